@@ -1,0 +1,283 @@
+//! One function per command. Mutating commands run inside
+//! [`State::execute`]: intent journaled and fsynced, action, result journaled
+//! and fsynced, and only then the response.
+use std::{path::PathBuf, time::Instant};
+
+use killpath_common::{level, TargetState};
+use serde_json::{json, Value};
+
+use super::{now_us, State};
+use crate::{
+    cgroup::{self, Cgroup},
+    error::{Error, Result},
+    journal::{self, Actor, Entry, Phase},
+    probe,
+    protocol::Command,
+    stop,
+    targets::{level_name, validate_name, Target},
+    tree,
+};
+
+/// Who is asking, from SO_PEERCRED.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+impl Caller {
+    fn actor(self) -> Actor {
+        Actor::Caller { uid: self.uid, pid: self.pid }
+    }
+}
+
+/// What an action reports back to `execute`.
+struct Done {
+    result: Value,
+    to_level: Option<u32>,
+    time_to_effect_us: Option<u64>,
+}
+
+impl State {
+    /// Serves one decoded command. `received` is when its line arrived.
+    pub fn handle(&mut self, cmd: Command, caller: Caller, received: Instant) -> Result<Value> {
+        match cmd {
+            Command::Ping {} => Ok(json!({"pong": true, "pid": std::process::id()})),
+            Command::Probe {} => Ok(json!(probe::run(Some(&self.config.cgroup_parent)))),
+            Command::Status { name } => self.status(name.as_deref()),
+            Command::Journal { after } => Ok(json!({"records": journal::read_records(self.journal.path(), after)?})),
+            Command::JournalVerify {} => Ok(json!(journal::verify_file(self.journal.path())?)),
+            Command::Create { name, move_caller } => {
+                validate_name(&name)?;
+                let params = json!({"move_caller": move_caller, "caller_pid": caller.pid});
+                self.execute(caller, "run", Some(&name), params, |s| s.create(&name, move_caller.then_some(caller.pid)))
+            }
+            Command::Adopt { name, cgroup, pid } => {
+                validate_name(&name)?;
+                let params = json!({"cgroup": cgroup, "pid": pid});
+                self.execute(caller, "adopt", Some(&name), params, |s| s.adopt(&name, cgroup.as_deref(), pid))
+            }
+            Command::Stop { name, reason } => {
+                self.registry.get(&name)?;
+                let params = json!({"reason": reason});
+                self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, received))
+            }
+            Command::Release { name } => {
+                self.registry.get(&name)?;
+                self.execute(caller, "release", Some(&name), Value::Null, |s| s.release(&name))
+            }
+        }
+    }
+
+    /// Journals a refused request (unauthorized caller).
+    pub fn journal_refusal(&mut self, caller: Caller, cmd: &Command) -> Result<()> {
+        let mut e = Entry::new(caller.actor(), Phase::Event, "refused");
+        e.params = json!({"cmd": cmd.name(), "gid": caller.gid});
+        e.outcome = Some("forbidden: caller is not root or in the agent's group".into());
+        e.high_priority = true;
+        self.journal.append(e)?;
+        Ok(())
+    }
+
+    fn execute(
+        &mut self,
+        caller: Caller,
+        action: &str,
+        target: Option<&str>,
+        params: Value,
+        f: impl FnOnce(&mut Self) -> Result<Done>,
+    ) -> Result<Value> {
+        let from_level = target.and_then(|t| self.registry.targets.get(t)).map(|t| t.level);
+        let mut intent = Entry::new(caller.actor(), Phase::Intent, action);
+        intent.target = target.map(str::to_owned);
+        intent.from_level = from_level;
+        intent.params = params;
+        let intent = self.journal.append(intent)?;
+        let outcome = f(self);
+        let mut res = Entry::new(caller.actor(), Phase::Result, action);
+        res.target = target.map(str::to_owned);
+        res.from_level = from_level;
+        res.intent_seq = Some(intent.seq);
+        match &outcome {
+            Ok(done) => {
+                res.to_level = done.to_level;
+                res.outcome = Some("ok".into());
+                res.time_to_effect_us = done.time_to_effect_us;
+                res.params = done.result.clone();
+            }
+            Err(e) => res.outcome = Some(format!("error: {e}")),
+        }
+        // The response waits for this fsync: nothing acknowledged is lost.
+        let rec = self.journal.append(res)?;
+        outcome.map(|mut d| {
+            if let Value::Object(m) = &mut d.result {
+                m.insert("journal_seq".into(), json!(rec.seq));
+            }
+            d.result
+        })
+    }
+
+    fn insert_target(&mut self, name: &str, cg: &Cgroup, created: bool) -> Result<Target> {
+        let t = Target {
+            name: name.to_owned(),
+            cgroup: cg.path().to_owned(),
+            cgroup_id: cg.id()?,
+            depth: cg.depth(&self.cgroup_mount)?,
+            created,
+            level: level::NORMAL,
+            since_unix_us: now_us(),
+            last_stop: None,
+        };
+        self.enforcer.maps.set(t.cgroup_id, TargetState { level: t.level, depth: t.depth })?;
+        self.registry.targets.insert(name.to_owned(), t.clone());
+        self.registry.save()?;
+        Ok(t)
+    }
+
+    fn ensure_new(&self, name: &str) -> Result<()> {
+        if self.registry.targets.contains_key(name) {
+            return Err(Error::TargetExists(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, name: &str, move_pid: Option<i32>) -> Result<Done> {
+        self.ensure_new(name)?;
+        let cg = Cgroup::new(self.config.cgroup_parent.join(name));
+        if cg.exists() && !cg.procs_recursive().is_empty() {
+            return Err(Error::InvalidRequest(format!("cgroup {} already exists and holds tasks; use adopt --cgroup", cg.path().display())));
+        }
+        cg.create()?;
+        let t = self.insert_target(name, &cg, true)?;
+        if let Some(pid) = move_pid {
+            cg.move_pid(pid)?;
+        }
+        Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+    }
+
+    fn adopt(&mut self, name: &str, cgroup_path: Option<&str>, pid: Option<i32>) -> Result<Done> {
+        self.ensure_new(name)?;
+        match (cgroup_path, pid) {
+            (Some(path), None) => {
+                let p = PathBuf::from(path);
+                let abs = if p.starts_with(&self.cgroup_mount) { p } else { self.cgroup_mount.join(path.trim_start_matches('/')) };
+                let cg = Cgroup::new(&abs);
+                if !cg.exists() {
+                    return Err(Error::InvalidRequest(format!("{} is not a cgroup2 directory", abs.display())));
+                }
+                if abs == self.cgroup_mount {
+                    return Err(Error::InvalidRequest("refusing to adopt the root cgroup".into()));
+                }
+                let own = self.cgroup_mount.join(cgroup::cgroup_of(std::process::id() as i32)?.trim_start_matches('/'));
+                if own.starts_with(&abs) {
+                    return Err(Error::InvalidRequest(format!("refusing to adopt {}: it contains the agent itself", abs.display())));
+                }
+                let t = self.insert_target(name, &cg, false)?;
+                Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+            }
+            (None, Some(pid)) => {
+                tree::check_adoptable(pid)?;
+                let cg = Cgroup::new(self.config.cgroup_parent.join(name));
+                cg.create()?;
+                let t = self.insert_target(name, &cg, true)?;
+                let moved = match tree::move_tree(pid, &cg) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Leave nothing half-made: forget the target, and
+                        // remove its cgroup if nothing got in.
+                        let _ = self.enforcer.maps.remove(t.cgroup_id);
+                        self.registry.targets.remove(name);
+                        self.registry.save()?;
+                        let _ = cg.remove();
+                        return Err(e);
+                    }
+                };
+                Ok(Done { result: json!({"target": t, "moved_pids": moved}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+            }
+            _ => Err(Error::InvalidRequest("adopt needs exactly one of --cgroup PATH or --pid PID".into())),
+        }
+    }
+
+    fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
+        let t = self.registry.get(name)?.clone();
+        // Arm the kernel guard first: from here on any task of the target
+        // that makes a syscall, forks or is switched out gets SIGKILL.
+        self.enforcer.maps.set(t.cgroup_id, TargetState { level: level::STOPPED, depth: t.depth })?;
+        let guard_armed_us = received.elapsed().as_micros() as u64;
+        let kills_before = self.enforcer.maps.guard_kills();
+        let report = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT)?;
+        let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
+        let tt = self.registry.get_mut(name)?;
+        tt.level = level::STOPPED;
+        tt.since_unix_us = now_us();
+        tt.last_stop = Some(report.clone());
+        self.registry.save()?;
+        Ok(Done {
+            result: json!({
+                "target": name,
+                "level": "stopped",
+                "survivors": report.survivors,
+                "tasks_at_start": report.tasks_at_start,
+                "time_to_halt_us": report.time_to_halt_us,
+                "time_to_empty_us": report.time_to_empty_us,
+                "guard_armed_us": guard_armed_us,
+                "guard_kills": guard_kills,
+                "used_cgroup_kill": report.used_cgroup_kill,
+                "used_freeze": report.used_freeze,
+            }),
+            to_level: Some(level::STOPPED),
+            time_to_effect_us: Some(report.time_to_empty_us),
+        })
+    }
+
+    fn release(&mut self, name: &str) -> Result<Done> {
+        let t = self.registry.get(name)?.clone();
+        self.enforcer.maps.remove(t.cgroup_id)?;
+        let cg = Cgroup::new(&t.cgroup);
+        let mut removed = false;
+        if cg.exists() {
+            if cg.has_freeze() {
+                cg.freeze(false)?;
+            }
+            if t.created && cg.procs_recursive().is_empty() {
+                cg.remove()?;
+                removed = true;
+            }
+        }
+        self.registry.targets.remove(name);
+        self.registry.save()?;
+        Ok(Done {
+            result: json!({"target": name, "cgroup_removed": removed, "tasks_left": if cg.exists() { cg.procs_recursive().len() } else { 0 }}),
+            to_level: Some(level::NORMAL),
+            time_to_effect_us: None,
+        })
+    }
+
+    fn status(&self, name: Option<&str>) -> Result<Value> {
+        let list: Vec<&Target> = match name {
+            Some(n) => vec![self.registry.get(n)?],
+            None => self.registry.targets.values().collect(),
+        };
+        let rows: Vec<Value> = list
+            .into_iter()
+            .map(|t| {
+                let cg = Cgroup::new(&t.cgroup);
+                let kernel = self.enforcer.maps.get(t.cgroup_id);
+                json!({
+                    "name": t.name,
+                    "cgroup": t.cgroup,
+                    "cgroup_id": t.cgroup_id,
+                    "level": level_name(t.level),
+                    "kernel_level": kernel.map(|k| level_name(k.level)),
+                    "tasks": cg.procs_recursive().len(),
+                    "populated": cg.populated().unwrap_or(false),
+                    "cgroup_exists": cg.exists(),
+                    "since_unix_us": t.since_unix_us,
+                    "last_stop": t.last_stop,
+                })
+            })
+            .collect();
+        Ok(json!({"targets": rows, "guard_kills": self.enforcer.maps.guard_kills()}))
+    }
+}

@@ -1,0 +1,115 @@
+//! The agent: owns the journal, the target registry and the kernel maps,
+//! and serves the socket. Everything that changes state goes through
+//! [`State::execute`], which journals intent before and result after.
+mod handlers;
+mod recovery;
+pub mod server;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpf::Enforcer,
+    cgroup::{self, Cgroup},
+    error::{Error, Result},
+    journal::Journal,
+    targets::Registry,
+};
+
+/// File in the state dir that tells the CLI's fallback where the agent's
+/// pins and cgroups are.
+pub const AGENT_FILE: &str = "agent.json";
+/// The journal inside the state dir.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// Journal the CLI writes when it had to act without the agent.
+pub const FALLBACK_JOURNAL_FILE: &str = "fallback-journal.jsonl";
+
+/// How the agent was started; persisted to `agent.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    /// cgroup under which `run`/`adopt --pid` create target cgroups.
+    pub cgroup_parent: PathBuf,
+    /// Group (besides root) allowed to change anything.
+    pub group: Option<u32>,
+}
+
+impl AgentConfig {
+    /// Default cgroup parent: `<parent of the agent's own cgroup>/killpath`,
+    /// so targets are siblings of the agent, never its ancestors.
+    pub fn default_cgroup_parent() -> Result<PathBuf> {
+        let mount = cgroup::cgroup2_mount()?;
+        let own = cgroup::cgroup_of(std::process::id() as i32)?;
+        let own_abs = mount.join(own.trim_start_matches('/'));
+        let parent = if own_abs == mount { mount.clone() } else { own_abs.parent().map(Path::to_path_buf).unwrap_or(mount.clone()) };
+        Ok(parent.join("killpath"))
+    }
+}
+
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Everything the agent owns. Guarded by one mutex: commands are applied
+/// one at a time, in journal order.
+pub struct State {
+    pub config: AgentConfig,
+    pub registry: Registry,
+    pub enforcer: Enforcer,
+    pub journal: Journal,
+    pub cgroup_mount: PathBuf,
+}
+
+impl State {
+    /// Opens (or recovers) everything under the configured state dir.
+    pub fn open(config: AgentConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.state_dir).map_err(Error::io(format!("creating {}", config.state_dir.display())))?;
+        let cgroup_mount = cgroup::cgroup2_mount()?;
+        Cgroup::new(&config.cgroup_parent).create()?;
+        let (journal, recovery) = Journal::open(&config.state_dir.join(JOURNAL_FILE))?;
+        let enforcer = Enforcer::open(&config.pin_dir)?;
+        let registry = Registry::load(&config.state_dir)?;
+        let mut state = Self { config, registry, enforcer, journal, cgroup_mount };
+        state.recover(recovery)?;
+        let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
+        Ok(state)
+    }
+}
+
+/// Runs the agent until SIGINT/SIGTERM. Enforcement outlives the agent:
+/// exiting (or being killed) detaches nothing.
+pub fn run(config: AgentConfig) -> Result<()> {
+    let state = State::open(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting the async runtime"))?;
+    rt.block_on(async move {
+        let listener = server::bind(&state)?;
+        tracing::info!(socket = %state.config.socket.display(), state_dir = %state.config.state_dir.display(), "agent ready");
+        let state = std::sync::Arc::new(std::sync::Mutex::new(state));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
+        tokio::select! {
+            () = server::serve(listener, state.clone()) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = crate::journal::Entry::new(
+            crate::journal::Actor::Source { source: "agent".into() },
+            crate::journal::Phase::Event,
+            "agent-exit",
+        );
+        s.journal.append(e)?;
+        tracing::info!("agent exiting; enforcement stays pinned in the kernel");
+        Ok(())
+    })
+}

@@ -1,0 +1,71 @@
+//! Agent start-up after a crash or a clean exit: close interrupted actions
+//! in the journal, import what the CLI did while the agent was away, and
+//! reconcile the registry with the kernel's pinned state. Reconciliation
+//! only ever tightens: the higher of the two levels wins.
+use killpath_common::TargetState;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{State, FALLBACK_JOURNAL_FILE};
+use crate::{
+    cgroup::Cgroup,
+    error::Result,
+    journal::{import_fallback, Actor, Entry, Phase, Recovery},
+    targets::level_name,
+};
+
+fn recovery_actor() -> Actor {
+    Actor::Source { source: "agent-recovery".into() }
+}
+
+impl State {
+    pub(super) fn recover(&mut self, rec: Recovery) -> Result<()> {
+        for intent in &rec.dangling_intents {
+            let mut e = Entry::new(recovery_actor(), Phase::Result, &intent.entry.action);
+            e.target = intent.entry.target.clone();
+            e.intent_seq = Some(intent.seq);
+            e.from_level = intent.entry.from_level;
+            e.outcome = Some("interrupted: the agent stopped before recording a result; state re-read from the kernel".into());
+            self.journal.append(e)?;
+        }
+        let imported = import_fallback(&mut self.journal, &self.config.state_dir.join(FALLBACK_JOURNAL_FILE))?;
+        let mut changes = Vec::new();
+        let names: Vec<String> = self.registry.targets.keys().cloned().collect();
+        for name in names {
+            let Ok(t) = self.registry.get_mut(&name) else { continue };
+            let cg = Cgroup::new(&t.cgroup);
+            if !cg.exists() {
+                warn!(target = %name, cgroup = %t.cgroup.display(), "target cgroup no longer exists");
+                changes.push(json!({"target": name, "change": "cgroup missing"}));
+                continue;
+            }
+            if cg.id().ok() != Some(t.cgroup_id) {
+                warn!(target = %name, "target cgroup was recreated (new id)");
+                changes.push(json!({"target": name, "change": "cgroup id changed; re-keyed"}));
+                t.cgroup_id = cg.id()?;
+            }
+            let kernel = self.enforcer.maps.get(t.cgroup_id);
+            let level = kernel.map_or(t.level, |k| k.level.max(t.level));
+            if kernel.map(|k| k.level) != Some(level) {
+                self.enforcer.maps.set(t.cgroup_id, TargetState { level, depth: t.depth })?;
+            }
+            if level != t.level {
+                changes.push(json!({"target": name, "change": format!("level {} -> {} (kernel state wins)", level_name(t.level), level_name(level))}));
+                t.level = level;
+            }
+        }
+        self.registry.save()?;
+        let mut e = Entry::new(recovery_actor(), Phase::Event, "agent-start");
+        e.params = json!({
+            "torn_bytes_truncated": rec.truncated_bytes,
+            "interrupted_actions": rec.dangling_intents.len(),
+            "fallback_records_imported": imported,
+            "programs_attached_now": self.enforcer.attached_now,
+            "reconciled": changes,
+            "targets": self.registry.targets.len(),
+        });
+        self.journal.append(e)?;
+        info!(targets = self.registry.targets.len(), imported, "agent state recovered");
+        Ok(())
+    }
+}

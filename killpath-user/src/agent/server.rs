@@ -1,0 +1,164 @@
+//! The agent's unix socket: newline-delimited JSON, one request per line.
+//! Each connection is its own task, so a slow or hostile client never
+//! blocks another; malformed input gets an error response and the
+//! connection (and the agent) keep going.
+use std::{
+    fs,
+    os::unix::fs::{chown, PermissionsExt},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder, Framed};
+use tracing::{debug, error, info, warn};
+
+use super::{handlers::Caller, State};
+use crate::{
+    error::{Error, Result},
+    protocol::{self, ErrorBody, Response, MAX_LINE},
+};
+
+/// Line framing with a length cap. Unlike a plain line codec, bytes left
+/// without a newline when the peer hangs up are dropped, never executed:
+/// half a `stop` request is not a request.
+struct RequestCodec(AnyDelimiterCodec);
+
+impl Decoder for RequestCodec {
+    type Item = Bytes;
+    type Error = AnyDelimiterCodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Self::Error> {
+        self.0.decode(buf)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Self::Error> {
+        if let Some(line) = self.0.decode(buf)? {
+            return Ok(Some(line));
+        }
+        if !buf.is_empty() {
+            debug!(bytes = buf.len(), "dropping unterminated request at hang-up");
+            buf.clear();
+        }
+        Ok(None)
+    }
+}
+
+impl Encoder<String> for RequestCodec {
+    type Error = AnyDelimiterCodecError;
+
+    fn encode(&mut self, item: String, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        self.0.encode(item, dst)
+    }
+}
+
+/// Binds the socket: parent dir created, stale socket replaced, mode 0600
+/// (0660 and chgrp when a group is configured).
+pub fn bind(state: &State) -> Result<UnixListener> {
+    let path = &state.config.socket;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Io { what: format!("removing stale socket {}", path.display()), source: e }),
+    }
+    let listener = UnixListener::bind(path).map_err(Error::io(format!("binding {}", path.display())))?;
+    let mode = if state.config.group.is_some() { 0o660 } else { 0o600 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("setting socket mode"))?;
+    if let Some(gid) = state.config.group {
+        chown(path, None, Some(gid)).map_err(Error::io("setting socket group"))?;
+    }
+    Ok(listener)
+}
+
+/// Accepts connections forever.
+pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
+    info!("serving");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, state).await {
+                        debug!("connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn authorized(caller: Caller, group: Option<u32>) -> bool {
+    if caller.uid == 0 {
+        return true;
+    }
+    let Some(g) = group else { return false };
+    if caller.gid == g {
+        return true;
+    }
+    // SO_PEERCRED carries only the primary gid; supplementary groups are in
+    // /proc/PID/status (the peer pid is the kernel's, not a claim).
+    fs::read_to_string(format!("/proc/{}/status", caller.pid))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Groups:").map(str::to_owned)))
+        .is_some_and(|l| l.split_whitespace().any(|x| x.parse() == Ok(g)))
+}
+
+async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let caller = Caller { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0) };
+    let group = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config.group;
+    let codec = RequestCodec(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE));
+    let mut framed = Framed::new(stream, codec);
+    while let Some(frame) = framed.next().await {
+        let received = Instant::now();
+        let response = match frame {
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Response::err(
+                Value::Null,
+                ErrorBody::new("too-long", format!("request line longer than {MAX_LINE} bytes; discarded up to the next newline")),
+            ),
+            Err(AnyDelimiterCodecError::Io(e)) => return Err(e),
+            Ok(line) => match protocol::decode(&line) {
+                Err(d) => Response::err(d.id, d.error),
+                Ok(req) => {
+                    let state = state.clone();
+                    let id = req.id.clone();
+                    let allowed = !req.cmd.mutates() || authorized(caller, group);
+                    // Blocking work (fsync, waiting for a cgroup to empty)
+                    // runs off the async threads.
+                    let r = tokio::task::spawn_blocking(move || {
+                        // A panicked handler must not take the agent down with
+                        // it: keep serving from the state as it was left.
+                        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if !allowed {
+                            s.journal_refusal(caller, &req.cmd)?;
+                            return Err(Error::Forbidden { uid: caller.uid });
+                        }
+                        s.handle(req.cmd, caller, received)
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(v)) => Response::ok(id, v),
+                        Ok(Err(e)) => Response::err(id, ErrorBody::new(e.code(), e.to_string())),
+                        Err(e) => {
+                            error!("handler panicked: {e}");
+                            Response::err(id, ErrorBody::new("internal", "internal error; the agent is still running"))
+                        }
+                    }
+                }
+            },
+        };
+        let line = serde_json::to_string(&response).unwrap_or_else(|_| r#"{"id":null,"ok":false,"error":{"code":"internal","message":"encode"}}"#.into());
+        framed.send(line).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The kernel side as the agent sees it: the eBPF object, its pinned maps
+//! and links, and the per-target state map the programs read.
+//!
+//! Fail-static: maps and links are pinned under bpffs, so killing the agent
+//! leaves every program attached and every target's state in place. A
+//! restarted agent reuses the pinned maps (aya `map_pin_path`) and, when a
+//! program's link pin exists, does not load or attach that program again.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{links::FdLink, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use killpath_common::{level, maps, programs, GuardConfig, TargetState, MAX_CGROUP_DEPTH};
+use tracing::{debug, info};
+
+use crate::error::{Error, Result};
+
+/// The compiled eBPF object, built by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/killpath"));
+
+/// Guard programs and the raw tracepoints they attach to.
+const GUARDS: &[(&str, &str)] = &[
+    (programs::GUARD_SYS_ENTER, "sys_enter"),
+    (programs::GUARD_FORK, "sched_process_fork"),
+    (programs::GUARD_SWITCH, "sched_switch"),
+];
+
+/// Maps that outlive the agent.
+const PINNED_MAPS: &[&str] = &[maps::TARGETS, maps::GUARD_CONFIG, maps::GUARD_KILLS];
+
+/// Default bpffs directory for killpath's pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/killpath";
+
+/// Mounts bpffs at /sys/fs/bpf unless some bpffs already covers `dir`.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").map_err(Error::io("reading /proc/self/mounts"))?;
+    let covered = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_d, mnt, ty) = (f.next(), f.next(), f.next());
+        ty == Some("bpf") && mnt.is_some_and(|m| dir.starts_with(m))
+    });
+    if covered {
+        return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Err(Error::Kernel(format!("{} is not on a bpffs mount", dir.display())));
+    }
+    fs::create_dir_all(root).map_err(Error::io("creating /sys/fs/bpf"))?;
+    // bpffs is not mounted on the build hosts (see platform notes); pins need it.
+    nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| Error::Kernel(format!("mounting bpffs at /sys/fs/bpf: {e}")))?;
+    info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+/// Typed handles on the pinned maps. Used by the agent, and by the CLI's
+/// fallback stop when the agent does not answer.
+pub struct Maps {
+    targets: HashMap<MapData, u64, TargetState>,
+    config: Array<MapData, GuardConfig>,
+    kills: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    fn from_maps(targets: Map, config: Map, kills: Map) -> Result<Self> {
+        Ok(Self {
+            targets: HashMap::try_from(targets).map_err(|e| Error::Kernel(format!("{}: {e}", maps::TARGETS)))?,
+            config: Array::try_from(config).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_CONFIG)))?,
+            kills: PerCpuArray::try_from(kills).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_KILLS)))?,
+        })
+    }
+
+    /// Opens the maps pinned under `pin_dir` by a running or dead agent.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let p = map_pin(pin_dir, name);
+            let data = MapData::from_pin(&p).map_err(|e| Error::Kernel(format!("opening pinned map {}: {e}", p.display())))?;
+            Ok(match name {
+                n if n == maps::TARGETS => Map::HashMap(data),
+                n if n == maps::GUARD_KILLS => Map::PerCpuArray(data),
+                _ => Map::Array(data),
+            })
+        };
+        Self::from_maps(open(maps::TARGETS)?, open(maps::GUARD_CONFIG)?, open(maps::GUARD_KILLS)?)
+    }
+
+    /// Every target the kernel knows, by cgroup id.
+    pub fn targets(&self) -> Vec<(u64, TargetState)> {
+        self.targets.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn get(&self, cgroup_id: u64) -> Option<TargetState> {
+        self.targets.get(&cgroup_id, 0).ok()
+    }
+
+    /// Sets a target's state, then recomputes the guard's global switch.
+    pub fn set(&mut self, cgroup_id: u64, state: TargetState) -> Result<()> {
+        if state.depth >= MAX_CGROUP_DEPTH {
+            return Err(Error::InvalidRequest(format!("cgroup depth {} exceeds {MAX_CGROUP_DEPTH}", state.depth)));
+        }
+        self.targets.insert(cgroup_id, state, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::TARGETS)))?;
+        self.sync_config()
+    }
+
+    /// Removes a target's state (no-op if absent).
+    pub fn remove(&mut self, cgroup_id: u64) -> Result<()> {
+        let _ = self.targets.remove(&cgroup_id);
+        self.sync_config()
+    }
+
+    /// Recomputes GuardConfig from the targets map, the single source of truth.
+    fn sync_config(&mut self) -> Result<()> {
+        let mut cfg = GuardConfig::default();
+        for (_, st) in self.targets() {
+            cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
+            if st.level >= level::STOPPED {
+                cfg.stopped_targets += 1;
+            }
+        }
+        self.config.set(0, cfg, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::GUARD_CONFIG)))
+    }
+
+    /// Tasks the guard has killed since its maps were created.
+    pub fn guard_kills(&self) -> u64 {
+        self.kills.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
+    pin_dir.join("links").join(prog)
+}
+
+/// The loaded (or re-found) kernel side.
+pub struct Enforcer {
+    pub maps: Maps,
+    pin_dir: PathBuf,
+    /// Programs this process attached (empty when all were found pinned).
+    pub attached_now: Vec<&'static str>,
+    // Keeps the object alive for the lifetime of the agent; the pins keep
+    // the programs alive after it.
+    _ebpf: Ebpf,
+}
+
+impl Enforcer {
+    /// Loads the object reusing pinned maps, and attaches and pins every
+    /// guard program whose link is not pinned yet.
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        ensure_bpffs(pin_dir)?;
+        for sub in ["maps", "links"] {
+            fs::create_dir_all(pin_dir.join(sub)).map_err(Error::io(format!("creating {}", pin_dir.join(sub).display())))?;
+        }
+        let pins: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, map_pin(pin_dir, n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Kernel(format!("loading the eBPF object: {e}")))?;
+        let mut attached_now = Vec::new();
+        for (prog, tp) in GUARDS {
+            let pin = link_pin(pin_dir, prog);
+            if pin.exists() {
+                debug!(prog, "link already pinned; not loading a second copy");
+                continue;
+            }
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| Error::Kernel(format!("program {prog} missing from the object")))?
+                .try_into()
+                .map_err(|e| Error::Kernel(format!("{prog}: {e}")))?;
+            p.load().map_err(|e| Error::Kernel(format!("loading {prog}: {e}")))?;
+            let id = p.attach(tp).map_err(|e| Error::Kernel(format!("attaching {prog} to raw_tracepoint/{tp}: {e}")))?;
+            let link: FdLink = p.take_link(id).map_err(|e| Error::Kernel(format!("{prog}: {e}")))?.into();
+            link.pin(&pin).map_err(|e| Error::Kernel(format!("pinning {}: {e}", pin.display())))?;
+            attached_now.push(*prog);
+            info!(prog, tp, "guard attached and pinned");
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| Error::Kernel(format!("map {name} missing from the object")));
+        let maps = Maps::from_maps(take(&mut ebpf, maps::TARGETS)?, take(&mut ebpf, maps::GUARD_CONFIG)?, take(&mut ebpf, maps::GUARD_KILLS)?)?;
+        Ok(Self { maps, pin_dir: pin_dir.to_owned(), attached_now, _ebpf: ebpf })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+/// Removes every pin under `pin_dir`: detaches the programs and frees the
+/// maps once no process holds them. Used by `agent --unpin` and tests.
+pub fn unpin_all(pin_dir: &Path) -> Result<()> {
+    for sub in ["links", "maps"] {
+        let dir = pin_dir.join(sub);
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                fs::remove_file(e.path()).map_err(Error::io(format!("removing {}", e.path().display())))?;
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    let _ = fs::remove_dir(pin_dir);
+    Ok(())
+}

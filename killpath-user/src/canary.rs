@@ -1,0 +1,59 @@
+//! The built-in canary workload: a small process tree that behaves like an
+//! autonomous job — it keeps doing work and writes progress records — so
+//! that every level has something real to act on.
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread,
+    time::Duration,
+};
+
+use crate::error::{Error, Result};
+
+/// Runs the canary parent: spawns `workers` worker processes (this binary,
+/// `canary --worker N`) and waits for them. It never exits on its own.
+pub fn run(dir: &Path, workers: u32) -> Result<()> {
+    fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    fs::write(dir.join("canary.pid"), std::process::id().to_string()).map_err(Error::io("writing canary.pid"))?;
+    let exe = std::env::current_exe().map_err(Error::io("finding own executable"))?;
+    let mut children: Vec<Child> = Vec::new();
+    for n in 0..workers {
+        let child = Command::new(&exe)
+            .args(["canary", "--worker", &n.to_string(), "--dir"])
+            .arg(dir)
+            .spawn()
+            .map_err(Error::io("spawning a canary worker"))?;
+        children.push(child);
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
+fn progress_path(dir: &Path, worker: u32) -> PathBuf {
+    dir.join(format!("progress-{worker}"))
+}
+
+/// One worker: appends a numbered record every 10 ms and rewrites its
+/// progress file (temp + rename) so a reader never sees a torn value.
+pub fn worker(dir: &Path, worker: u32) -> Result<()> {
+    let log = dir.join(format!("records-{worker}.log"));
+    let mut out = OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io(format!("opening {}", log.display())))?;
+    let progress = progress_path(dir, worker);
+    let tmp = progress.with_extension("tmp");
+    for n in 1u64.. {
+        writeln!(out, "{worker} {n}").map_err(Error::io("writing a record"))?;
+        fs::write(&tmp, n.to_string()).map_err(Error::io("writing progress"))?;
+        fs::rename(&tmp, &progress).map_err(Error::io("renaming progress"))?;
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Records written so far by `worker`, from its progress file.
+pub fn progress(dir: &Path, worker: u32) -> Option<u64> {
+    fs::read_to_string(progress_path(dir, worker)).ok()?.trim().parse().ok()
+}

@@ -1,0 +1,106 @@
+//! Command-line definitions. Doc comments are the help text.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use killpath::{bpf::DEFAULT_PIN_DIR, client::DEFAULT_SOCKET};
+
+/// killpath: move a workload through throttle, degrade, isolate and hard
+/// stop, enforced by the kernel, every action journaled.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    /// The agent's unix socket.
+    #[arg(long, global = true, env = "KILLPATH_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The agent's state dir (journal, targets). Clients use it only when
+    /// the agent does not answer (`stop`) or for offline journal checks.
+    #[arg(long, global = true, env = "KILLPATH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Default state dir.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/killpath";
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the agent (as root): serves the socket, owns the journal and the kernel programs.
+    Agent {
+        /// bpffs directory for pinned maps and links (survive agent restarts).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// cgroup under which target cgroups are created [default: <parent of the agent's cgroup>/killpath].
+        #[arg(long)]
+        cgroup_parent: Option<PathBuf>,
+        /// Numeric group id that may change things besides root (socket becomes 0660).
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Report what this kernel can enforce (loads a tiny program of each type).
+    Probe,
+    /// Start CMD as a new target NAME, inside its own cgroup from its first instruction.
+    Run {
+        /// Target name: letters, digits, `-`, `_`, `.`; at most 64 bytes.
+        name: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Manage an existing cgroup, or a process and all its descendants, as target NAME.
+    Adopt {
+        name: String,
+        /// Existing cgroup2 directory (absolute, or relative to the cgroup2 mount).
+        #[arg(long, required_unless_present = "pid", conflicts_with = "pid")]
+        cgroup: Option<String>,
+        /// Process whose whole tree moves into a new cgroup for NAME.
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// Show targets: level, tasks, last stop.
+    Status {
+        /// Only this target.
+        name: Option<String>,
+    },
+    /// Level 4, hard stop: SIGKILL every task of NAME without its cooperation.
+    Stop {
+        name: String,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Seconds to wait for the agent before stopping the cgroup directly.
+        #[arg(long, default_value_t = 3.0)]
+        agent_timeout: f64,
+    },
+    /// Stop managing NAME: lift enforcement, remove its cgroup if killpath made it and it is empty.
+    Release { name: String },
+    /// Show the action journal.
+    Journal {
+        /// Keep printing new records as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// Check the hash chain; exits non-zero if any record was edited, removed or reordered.
+        #[arg(long)]
+        verify: bool,
+        /// Read this journal file directly, without the agent (implies offline).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Read the journal in --state-dir directly, without the agent.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// The built-in canary workload: a process tree that keeps working and writes progress to DIR.
+    Canary {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        #[arg(long, hide = true)]
+        worker: Option<u32>,
+    },
+}

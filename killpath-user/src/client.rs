@@ -1,0 +1,65 @@
+//! Client side of the socket protocol, used by every CLI subcommand.
+//! Blocking and single-threaded on purpose: `killpath run` moves its own
+//! process into a cgroup and then execs, which wants no helper threads.
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::protocol::{self, Command, ErrorBody, Response};
+
+/// Default agent socket.
+pub const DEFAULT_SOCKET: &str = "/run/killpath/agent.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {path}: {source} (is `killpath agent` running?)")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("the agent at {path} did not answer within {timeout:?}")]
+    Timeout { path: PathBuf, timeout: Duration },
+    #[error("talking to the agent at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the agent sent an unreadable response: {0}")]
+    BadResponse(String),
+    #[error("{}: {}", .0.code, .0.message)]
+    Agent(ErrorBody),
+}
+
+impl ClientError {
+    /// The agent could not be reached or did not answer: the cases where
+    /// `stop` acts on the cgroup itself.
+    pub fn agent_unavailable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Timeout { .. } | Self::Io { .. })
+    }
+}
+
+/// Sends one command and waits up to `timeout` for its response.
+pub fn call(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Value, ClientError> {
+    let io = |source| ClientError::Io { path: socket.to_owned(), source };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = protocol::encode(1, cmd).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut resp = String::new();
+    match reader.read_line(&mut resp) {
+        Ok(0) => return Err(ClientError::BadResponse("the agent closed the connection without answering".into())),
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            return Err(ClientError::Timeout { path: socket.to_owned(), timeout })
+        }
+        Err(e) => return Err(io(e)),
+    }
+    let r: Response = serde_json::from_str(&resp).map_err(|e| ClientError::BadResponse(format!("{e}: {resp}")))?;
+    if r.ok {
+        Ok(r.result.unwrap_or(Value::Null))
+    } else {
+        Err(ClientError::Agent(r.error.unwrap_or_else(|| ErrorBody::new("unknown", "error without a body"))))
+    }
+}

@@ -1,0 +1,78 @@
+//! `killpath stop` without the agent. The kill path must not depend on the
+//! agent being healthy: when it does not answer, the CLI reads the agent's
+//! state dir to find the target's cgroup, arms the kernel guard through the
+//! pinned map, hard-stops the cgroup itself, and journals to a fallback
+//! journal that the agent imports when it comes back.
+use std::{path::Path, time::Instant};
+
+use killpath_common::{level, TargetState};
+use serde_json::{json, Value};
+
+use crate::{
+    agent::{AgentConfig, AGENT_FILE, FALLBACK_JOURNAL_FILE},
+    bpf::Maps,
+    cgroup::Cgroup,
+    error::Result,
+    journal::{self, Actor, Entry, Phase},
+    stop,
+    targets::Registry,
+};
+
+/// Hard-stops target `name` directly. `why` says why the agent was bypassed.
+pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str) -> Result<Value> {
+    let received = Instant::now();
+    let registry = Registry::load(state_dir)?;
+    let t = registry.get(name)?.clone();
+    let cfg_path = state_dir.join(AGENT_FILE);
+    let cfg: Option<AgentConfig> = std::fs::read(&cfg_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let journal_path = state_dir.join(FALLBACK_JOURNAL_FILE);
+    let actor = Actor::Caller { uid: nix::unistd::getuid().as_raw(), pid: std::process::id() as i32 };
+
+    let mut intent = Entry::new(actor.clone(), Phase::Intent, "stop");
+    intent.target = Some(name.to_owned());
+    intent.from_level = Some(t.level);
+    intent.params = json!({"reason": reason, "fallback": why});
+    let intent = journal::append_to_file(&journal_path, intent)?;
+
+    // Arm the guard through the pinned map if the pins are there; the
+    // cgroup kill below works without it.
+    let guard = match cfg.as_ref().map(|c| Maps::open_pinned(&c.pin_dir)) {
+        Some(Ok(mut maps)) => maps
+            .set(t.cgroup_id, TargetState { level: level::STOPPED, depth: t.depth })
+            .map(|()| "armed".to_owned())
+            .unwrap_or_else(|e| format!("not armed: {e}")),
+        Some(Err(e)) => format!("not armed: {e}"),
+        None => format!("not armed: {} unreadable", cfg_path.display()),
+    };
+    let outcome = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT);
+
+    let mut res = Entry::new(actor, Phase::Result, "stop");
+    res.target = Some(name.to_owned());
+    res.from_level = Some(t.level);
+    res.intent_seq = Some(intent.seq);
+    match &outcome {
+        Ok(r) => {
+            res.to_level = Some(level::STOPPED);
+            res.outcome = Some(if r.survivors == 0 { "ok".into() } else { format!("survivors: {}", r.survivors) });
+            res.time_to_effect_us = Some(r.time_to_empty_us);
+            res.params = json!({"report": r, "guard": guard});
+        }
+        Err(e) => res.outcome = Some(format!("error: {e}")),
+    }
+    journal::append_to_file(&journal_path, res)?;
+    let r = outcome?;
+    Ok(json!({
+        "target": name,
+        "level": "stopped",
+        "fallback": true,
+        "agent_error": why,
+        "guard": guard,
+        "journal": journal_path,
+        "survivors": r.survivors,
+        "tasks_at_start": r.tasks_at_start,
+        "time_to_halt_us": r.time_to_halt_us,
+        "time_to_empty_us": r.time_to_empty_us,
+        "used_cgroup_kill": r.used_cgroup_kill,
+        "used_freeze": r.used_freeze,
+    }))
+}

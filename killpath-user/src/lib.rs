@@ -1,0 +1,17 @@
+//! killpath: a host-level kill path for autonomous workloads, enforced by
+//! the kernel through eBPF. This crate is the agent and the CLI.
+pub mod agent;
+pub mod bpf;
+pub mod canary;
+pub mod cgroup;
+pub mod client;
+pub mod error;
+pub mod fallback;
+pub mod journal;
+pub mod probe;
+pub mod protocol;
+pub mod stop;
+pub mod targets;
+pub mod tree;
+
+pub use error::{Error, Result};

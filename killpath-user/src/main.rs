@@ -1,0 +1,144 @@
+//! The `killpath` binary: the agent, and a client for each command.
+mod cli;
+mod output;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context as _};
+use clap::Parser as _;
+use cli::{Cli, Cmd, DEFAULT_STATE_DIR};
+use killpath::{
+    agent::{self, AgentConfig, JOURNAL_FILE},
+    canary,
+    client,
+    fallback, journal,
+    protocol::Command,
+};
+use serde_json::{json, Value};
+
+/// Client calls that do real work (stop, probe) may take a while.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.cmd, Cmd::Agent { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILLPATH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("killpath: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn state_dir(cli: &Cli) -> PathBuf {
+    cli.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
+    Ok(client::call(&cli.socket, cmd, CALL_TIMEOUT)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = output::Output { json: cli.json };
+    match &cli.cmd {
+        Cmd::Agent { pin_dir, cgroup_parent, group } => {
+            let cgroup_parent = match cgroup_parent {
+                Some(p) => p.clone(),
+                None => AgentConfig::default_cgroup_parent()?,
+            };
+            let config = AgentConfig { socket: cli.socket.clone(), state_dir: state_dir(&cli), pin_dir: pin_dir.clone(), cgroup_parent, group: *group };
+            agent::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe => {
+            let r = call(&cli, &Command::Probe {})?;
+            out.probe(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { name, command } => run_in_target(&cli, name, command),
+        Cmd::Adopt { name, cgroup, pid } => {
+            let r = call(&cli, &Command::Adopt { name: name.clone(), cgroup: cgroup.clone(), pid: *pid })?;
+            out.adopted(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { name } => {
+            let r = call(&cli, &Command::Status { name: name.clone() })?;
+            out.status(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stop { name, reason, agent_timeout } => {
+            let timeout = Duration::try_from_secs_f64(*agent_timeout).context("--agent-timeout must be a positive number of seconds")?;
+            let cmd = Command::Stop { name: name.clone(), reason: reason.clone() };
+            let r = match client::call(&cli.socket, &cmd, timeout) {
+                Ok(r) => r,
+                Err(e) if e.agent_unavailable() => {
+                    let why = e.to_string();
+                    eprintln!("killpath: {why}; stopping {name} directly through its cgroup");
+                    fallback::stop(&state_dir(&cli), name, reason.as_deref(), &why)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            out.stopped(&r);
+            Ok(if r["survivors"].as_u64() == Some(0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Release { name } => {
+            let r = call(&cli, &Command::Release { name: name.clone() })?;
+            out.released(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Journal { follow, verify, file, offline } => journal_cmd(&cli, &out, *follow, *verify, file.clone(), *offline),
+        Cmd::Canary { dir, workers, worker } => {
+            match worker {
+                Some(n) => canary::worker(dir, *n)?,
+                None => canary::run(dir, *workers)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `run NAME -- CMD`: the agent creates the cgroup and moves this very
+/// process (identified by SO_PEERCRED) into it; then this process execs
+/// CMD, so CMD's first instruction already runs inside the target.
+fn run_in_target(cli: &Cli, name: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    call(cli, &Command::Create { name: name.to_owned(), move_caller: true })?;
+    let Some((prog, args)) = command.split_first() else { bail!("run needs a command after `--`") };
+    let err = std::process::Command::new(prog).args(args).exec();
+    eprintln!("killpath: cannot execute {prog}: {err} (target {name} was created; `killpath release {name}` removes it)");
+    Ok(ExitCode::from(127))
+}
+
+fn journal_cmd(cli: &Cli, out: &output::Output, follow: bool, verify: bool, file: Option<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
+    let local = file.or_else(|| (offline || (verify && cli.state_dir.is_some())).then(|| state_dir(cli).join(JOURNAL_FILE)));
+    if verify {
+        let report = match &local {
+            Some(path) => json!(journal::verify_file(path)?),
+            None => call(cli, &Command::JournalVerify {})?,
+        };
+        out.verify(&report);
+        return Ok(if report["ok"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let mut after = 0;
+    loop {
+        let records = match &local {
+            Some(path) => json!(journal::read_records(path, after)?),
+            None => call(cli, &Command::Journal { after })?["records"].clone(),
+        };
+        if let Some(last) = records.as_array().and_then(|a| a.last()) {
+            after = last["seq"].as_u64().unwrap_or(after);
+        }
+        out.records(&records);
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,151 @@
+//! Human-readable rendering of agent results (`--json` prints them raw).
+use serde_json::Value;
+
+pub struct Output {
+    pub json: bool,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+impl Output {
+    fn raw(&self, v: &Value) -> bool {
+        if self.json {
+            println!("{v}");
+        }
+        self.json
+    }
+
+    pub fn probe(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("kernel          {}", s(&r["kernel"]));
+        println!("cgroup2         {}", s(&r["cgroup2_mount"]));
+        println!("cgroup.kill     {}", yes(&r["cgroup_kill"]));
+        println!("cgroup.freeze   {}", yes(&r["cgroup_freeze"]));
+        println!("BTF             {}", yes(&r["btf"]));
+        println!("active LSMs     {}", s(&r["active_lsms"]));
+        println!("BPF LSM         {}", if r["lsm_available"] == Value::Bool(true) { "available" } else { "UNAVAILABLE" });
+        println!();
+        println!("{:<18} {:<12} DETAIL", "PROGRAM TYPE", "STATUS");
+        for p in r["program_types"].as_array().into_iter().flatten() {
+            let st = if p["available"] == Value::Bool(true) { "available" } else { "UNAVAILABLE" };
+            println!("{:<18} {:<12} {}", s(&p["program_type"]), st, s(&p["detail"]));
+        }
+        println!();
+        println!("{:<10} {:<16} DETAIL", "LEVEL", "ENFORCEABLE");
+        for l in r["levels"].as_array().into_iter().flatten() {
+            println!("{:<10} {:<16} {}", s(&l["level"]), yes(&l["enforceable"]), s(&l["detail"]));
+        }
+    }
+
+    pub fn status(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("{:<20} {:<9} {:>6}  {:<14} CGROUP", "TARGET", "LEVEL", "TASKS", "LAST STOP");
+        for t in r["targets"].as_array().into_iter().flatten() {
+            let last = &t["last_stop"];
+            let stop = if last.is_null() {
+                "-".to_owned()
+            } else {
+                format!("{} surv, {}µs", s(&last["survivors"]), s(&last["time_to_empty_us"]))
+            };
+            println!("{:<20} {:<9} {:>6}  {:<14} {}", s(&t["name"]), s(&t["level"]), s(&t["tasks"]), stop, s(&t["cgroup"]));
+        }
+        println!("guard kills (all targets): {}", s(&r["guard_kills"]));
+    }
+
+    pub fn adopted(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        let t = &r["target"];
+        let moved = r["moved_pids"].as_array().map(|a| format!(", moved {} processes", a.len())).unwrap_or_default();
+        println!("adopted {} (cgroup {}{moved})", s(&t["name"]), s(&t["cgroup"]));
+    }
+
+    pub fn stopped(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        if r["fallback"] == Value::Bool(true) {
+            println!("agent unavailable ({}): stopped directly; guard {}; journaled to {}", s(&r["agent_error"]), s(&r["guard"]), s(&r["journal"]));
+        }
+        println!(
+            "stopped {}: {} survivors of {} tasks; halted in {} µs, empty in {} µs ({}{})",
+            s(&r["target"]),
+            s(&r["survivors"]),
+            s(&r["tasks_at_start"]),
+            s(&r["time_to_halt_us"]),
+            s(&r["time_to_empty_us"]),
+            if r["used_freeze"] == Value::Bool(true) { "cgroup.freeze + " } else { "" },
+            if r["used_cgroup_kill"] == Value::Bool(true) { "cgroup.kill" } else { "per-pid SIGKILL" },
+        );
+    }
+
+    pub fn released(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!(
+            "released {}: enforcement lifted{}",
+            s(&r["target"]),
+            if r["cgroup_removed"] == Value::Bool(true) { ", cgroup removed".to_owned() } else { format!(", cgroup kept ({} tasks)", s(&r["tasks_left"])) }
+        );
+    }
+
+    pub fn verify(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        if r["ok"] == Value::Bool(true) {
+            println!("journal OK: {} records, hash chain intact ({})", s(&r["records"]), s(&r["path"]));
+        } else {
+            println!("journal FAILED verification ({}):", s(&r["path"]));
+            for p in r["problems"].as_array().into_iter().flatten() {
+                println!("  {}", s(&p["message"]));
+            }
+        }
+    }
+
+    pub fn records(&self, records: &Value) {
+        for rec in records.as_array().into_iter().flatten() {
+            if self.json {
+                println!("{rec}");
+                continue;
+            }
+            let actor = if rec["actor"]["source"].is_string() {
+                s(&rec["actor"]["source"])
+            } else {
+                format!("uid={} pid={}", s(&rec["actor"]["uid"]), s(&rec["actor"]["pid"]))
+            };
+            let tte = rec["time_to_effect_us"].as_u64().map(|t| format!(" {t}µs")).unwrap_or_default();
+            println!(
+                "{:>5} {} {:<7} {:<16} {:<12} {}{}{}",
+                s(&rec["seq"]),
+                s(&rec["time"]),
+                s(&rec["phase"]),
+                actor,
+                s(&rec["action"]),
+                rec["target"].as_str().unwrap_or("-"),
+                rec["outcome"].as_str().map(|o| format!(" -> {o}")).unwrap_or_default(),
+                tte
+            );
+        }
+    }
+}
+
+fn yes(v: &Value) -> &'static str {
+    if v == &Value::Bool(true) {
+        "yes"
+    } else {
+        "no"
+    }
+}

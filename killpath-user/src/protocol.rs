@@ -1,0 +1,210 @@
+//! The agent's socket protocol: one JSON object per line in each direction.
+//!
+//! Request:  `{"id": <number|string>, "cmd": "<command>", "args": {...}}`
+//! Response: `{"id": ..., "ok": true, "result": {...}}` or
+//!           `{"id": ..., "ok": false, "error": {"code": "...", "message": "..."}}`
+//!
+//! Unknown top-level fields, unknown commands and unknown arguments are
+//! errors, never ignored: a typo in a kill command must not silently do
+//! something else.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line the agent accepts, newline excluded.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A request as it arrives, before the command is decoded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    id: Value,
+    cmd: String,
+    #[serde(default)]
+    args: Option<Value>,
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Value,
+    pub cmd: Command,
+}
+
+/// Every command the agent serves. `args` of each variant are its fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", content = "args", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    /// Liveness check.
+    Ping {},
+    /// What the running kernel can enforce.
+    Probe {},
+    /// Create target NAME with a fresh cgroup; with `move_caller`, move the
+    /// calling process (identified by SO_PEERCRED, not by anything it sends)
+    /// into it: this is how `killpath run` starts CMD inside the cgroup.
+    #[serde(rename_all = "snake_case")]
+    Create {
+        name: String,
+        #[serde(default)]
+        move_caller: bool,
+    },
+    /// Adopt an existing cgroup, or a process and all its descendants.
+    Adopt {
+        name: String,
+        #[serde(default)]
+        cgroup: Option<String>,
+        #[serde(default)]
+        pid: Option<i32>,
+    },
+    /// Targets and their state.
+    Status {
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Level 4: kill every task of the target.
+    Stop {
+        name: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Forget a target and lift its enforcement.
+    Release { name: String },
+    /// Journal records with seq greater than `after`.
+    Journal {
+        #[serde(default)]
+        after: u64,
+    },
+    /// Verify the journal's hash chain.
+    JournalVerify {},
+}
+
+impl Command {
+    /// Whether the command changes anything (and so needs an authorized caller).
+    pub fn mutates(&self) -> bool {
+        matches!(self, Self::Create { .. } | Self::Adopt { .. } | Self::Stop { .. } | Self::Release { .. })
+    }
+
+    /// The command's wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping {} => "ping",
+            Self::Probe {} => "probe",
+            Self::Create { .. } => "create",
+            Self::Adopt { .. } => "adopt",
+            Self::Status { .. } => "status",
+            Self::Stop { .. } => "stop",
+            Self::Release { .. } => "release",
+            Self::Journal { .. } => "journal",
+            Self::JournalVerify {} => "journal-verify",
+        }
+    }
+}
+
+/// Wire names of every command, for the unknown-command error.
+pub const COMMANDS: &[&str] = &["ping", "probe", "create", "adopt", "status", "stop", "release", "journal", "journal-verify"];
+
+/// A request that could not be decoded: the id (if one could be read) and
+/// the error to send back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub id: Value,
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into() }
+    }
+}
+
+/// Decodes one request line (without its newline).
+pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
+    let text = std::str::from_utf8(line).map_err(|e| DecodeError {
+        id: Value::Null,
+        error: ErrorBody::new("invalid-utf8", format!("request is not valid UTF-8 (byte {})", e.valid_up_to())),
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError {
+        id: Value::Null,
+        error: ErrorBody::new("parse", format!("request is not valid JSON: {e}")),
+    })?;
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let bad = |code: &str, message: String| DecodeError { id: id.clone(), error: ErrorBody::new(code, message) };
+    let raw: RawRequest = serde_json::from_value(value).map_err(|e| bad("bad-request", format!("malformed request: {e}")))?;
+    if !(raw.id.is_number() || raw.id.is_string()) {
+        return Err(bad("bad-request", "`id` must be a number or a string".into()));
+    }
+    if !COMMANDS.contains(&raw.cmd.as_str()) {
+        return Err(bad("unknown-command", format!("unknown command {:?}; known: {}", raw.cmd, COMMANDS.join(", "))));
+    }
+    let args = raw.args.unwrap_or_else(|| Value::Object(Default::default()));
+    let tagged = serde_json::json!({ "cmd": raw.cmd, "args": args });
+    let cmd: Command =
+        serde_json::from_value(tagged).map_err(|e| bad("bad-request", format!("bad arguments for {:?}: {e}", raw.cmd)))?;
+    Ok(Request { id: raw.id, cmd })
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: Value,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    pub fn ok(id: Value, result: Value) -> Self {
+        Self { id, ok: true, result: Some(result), error: None }
+    }
+
+    pub fn err(id: Value, error: ErrorBody) -> Self {
+        Self { id, ok: false, result: None, error: Some(error) }
+    }
+}
+
+/// Encodes a command as a request line (client side).
+pub fn encode(id: u64, cmd: &Command) -> Result<String, serde_json::Error> {
+    let mut v = serde_json::to_value(cmd)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("id".into(), Value::from(id));
+    }
+    serde_json::to_string(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let line = encode(7, &Command::Stop { name: "a".into(), reason: Some("r".into()) }).unwrap();
+        let req = decode(line.as_bytes()).unwrap();
+        assert_eq!(req.id, Value::from(7));
+        assert_eq!(req.cmd, Command::Stop { name: "a".into(), reason: Some("r".into()) });
+    }
+
+    #[test]
+    fn args_optional_for_empty_commands() {
+        assert_eq!(decode(br#"{"id":1,"cmd":"ping"}"#).unwrap().cmd, Command::Ping {});
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let code = |l: &[u8]| decode(l).unwrap_err().error.code;
+        assert_eq!(code(b"\xff\xfe"), "invalid-utf8");
+        assert_eq!(code(b"{not json"), "parse");
+        assert_eq!(code(br#"{"id":1,"cmd":"ping","extra":1}"#), "bad-request");
+        assert_eq!(code(br#"{"id":1,"cmd":"explode"}"#), "unknown-command");
+        assert_eq!(code(br#"{"id":1,"cmd":"stop","args":{"name":"a","force":true}}"#), "bad-request");
+        assert_eq!(code(br#"{"id":1,"cmd":"stop","args":{}}"#), "bad-request");
+        assert_eq!(code(br#"{"id":null,"cmd":"ping"}"#), "bad-request");
+        assert_eq!(decode(br#"{"id":"x","cmd":"nope"}"#).unwrap_err().id, Value::from("x"));
+    }
+}

@@ -1,0 +1,233 @@
+//! Shared test harness: a real agent on a private socket, state dir, bpffs
+//! pin dir and cgroup parent, torn down (tasks killed, cgroups removed,
+//! programs unpinned) when the test ends.
+//!
+//! Skips: a privileged test that cannot run (not root, no BPF LSM) skips
+//! with a message under plain `cargo test`, and FAILS when
+//! `KILLPATH_TEST_STRICT=1` (set by `cargo xtask test`).
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use killpath::{bpf, cgroup::Cgroup};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_killpath");
+
+/// Skips the test (returns false) or, in strict mode, fails it.
+pub fn skip(why: &str) -> bool {
+    if std::env::var("KILLPATH_TEST_STRICT").as_deref() == Ok("1") {
+        panic!("test would skip, which is a failure under KILLPATH_TEST_STRICT=1: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+/// True when running as root; otherwise skips.
+pub fn root() -> bool {
+    nix::unistd::geteuid().is_root() || skip("needs root (privileged integration test)")
+}
+
+/// Where `cargo xtask test` says we run: "host", "vm", or unset.
+pub fn test_env() -> Option<String> {
+    std::env::var("KILLPATH_TEST_ENV").ok()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A running agent with private paths.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub cgroup_parent: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent, or returns None when the test must skip.
+    pub fn start() -> Option<Agent> {
+        if !root() {
+            return None;
+        }
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("kptest-{}-{n}", std::process::id());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount = killpath::cgroup::cgroup2_mount().expect("cgroup2 mounted");
+        let mut a = Agent {
+            child: None,
+            socket: dir.path().join("agent.sock"),
+            state_dir: dir.path().join("state"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+            cgroup_parent: mount.join(&tag),
+            log: dir.path().join("agent.log"),
+            dir,
+        };
+        a.spawn();
+        Some(a)
+    }
+
+    /// (Re)starts the agent process on the same paths.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(BIN)
+            .arg("agent")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .env("KILLPATH_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.socket.exists() && self.kp(&["status"]).status.success() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("agent exited ({st}) during start:\n{}", self.log_text());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready after 30 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("agent running")
+    }
+
+    /// SIGKILLs the agent (no cleanup, like a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A `killpath` command pointed at this agent.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).env("KILLPATH_SOCKET", &self.socket).env("KILLPATH_STATE_DIR", &self.state_dir).env_remove("KILLPATH_LOG");
+        c
+    }
+
+    /// Runs a `killpath` command to completion.
+    pub fn kp(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().expect("run killpath")
+    }
+
+    /// Runs `killpath --json ARGS`, asserts success, parses the output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.kp(&a);
+        assert!(
+            out.status.success(),
+            "killpath {args:?} failed: {}\nstdout: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log_text()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("killpath {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Starts `killpath run NAME -- CMD...` in the background and waits
+    /// until the target holds at least `min_tasks` tasks.
+    pub fn run_bg(&self, name: &str, command: &[&str], min_tasks: usize) -> Child {
+        let mut args = vec!["run", name, "--"];
+        args.extend_from_slice(command);
+        let child = self.cmd(&args).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("spawn run");
+        let cg = self.target_cgroup(name);
+        wait_until(Duration::from_secs(20), || cg.exists() && cg.procs_recursive().len() >= min_tasks)
+            .unwrap_or_else(|| panic!("target {name} never reached {min_tasks} tasks"));
+        child
+    }
+
+    /// The cgroup `run NAME` creates.
+    pub fn target_cgroup(&self, name: &str) -> Cgroup {
+        Cgroup::new(self.cgroup_parent.join(name))
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir.join("journal.jsonl")
+    }
+
+    /// Every journal record, parsed.
+    pub fn journal(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.journal_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        // Kill everything left under our cgroup parent, then remove it.
+        let parent = Cgroup::new(&self.cgroup_parent);
+        if parent.exists() {
+            for cg in parent.subtree() {
+                let _ = cg.freeze(false);
+                if cg.has_kill() {
+                    let _ = cg.kill();
+                }
+            }
+            let _ = parent.wait_empty(Duration::from_secs(5));
+            let _ = parent.remove();
+        }
+        let _ = bpf::unpin_all(&self.pin_dir);
+    }
+}
+
+/// Polls `f` until it returns true or the timeout passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return Some(());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a pid is alive (and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
+/// Path helper for tests that need files.
+pub fn p(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

@@ -1,0 +1,12 @@
+//! Privileged integration tests against the real kernel: real agent, real
+//! cgroups, real processes and sockets. Run one at a time
+//! (`--test-threads=1`): they share kernel state. Tests whose names start
+//! with `lsm_` need BPF LSM and run inside the VM (`cargo xtask test`).
+mod harness;
+
+mod fallback;
+mod journal;
+mod probe;
+mod socket;
+mod stop;
+mod targets;

@@ -1,0 +1,195 @@
+//! `cargo xtask demo [--vm]`: starts an agent, runs a canary workload under
+//! it, stops the canary and verifies the journal. The sequence is a plain
+//! list of [`Step`]s (see [`steps`]) so it can grow into a full drill; the same
+//! list runs on the host or, with `--vm`, inside the VM (the xtask binary
+//! re-runs itself there with the hidden `--in-guest` flag).
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::{
+    build,
+    proc::{self, shell_quote},
+    setup::{self, Env},
+    vm,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run the demo inside the BPF-LSM VM instead of on the host.
+    #[arg(long)]
+    vm: bool,
+    /// Run the steps right here, without setup or build (used inside the VM).
+    #[arg(long, hide = true)]
+    in_guest: bool,
+}
+
+/// One step of the demo.
+enum Step {
+    /// Start a command in the background under `name`; when `ready` is set,
+    /// wait (up to `READY_TIMEOUT`) for that path to appear.
+    Spawn { name: &'static str, args: Vec<String>, ready: Option<PathBuf> },
+    /// Run a command in the foreground; it must succeed.
+    Run { args: Vec<String> },
+    /// Let the workload run for a while.
+    Sleep(Duration),
+    /// Stop the background process started under `name` (SIGTERM, then SIGKILL).
+    Stop { name: &'static str },
+}
+
+/// How long a background process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The demo sequence. `kp` is the killpath binary, `tmp` a fresh directory.
+fn steps(kp: &Path, tmp: &Path) -> Vec<Step> {
+    let kp = kp.to_string_lossy().into_owned();
+    let sock = tmp.join("agent.sock").to_string_lossy().into_owned();
+    let path = |p: &str| tmp.join(p).to_string_lossy().into_owned();
+    let cli = |args: &[&str]| {
+        let mut v = vec![kp.clone(), "--socket".into(), sock.clone()];
+        v.extend(args.iter().map(|a| (*a).to_owned()));
+        v
+    };
+    vec![
+        Step::Spawn {
+            name: "agent",
+            args: vec![kp.clone(), "agent".into(), "--socket".into(), sock.clone(), "--state-dir".into(), path("state")],
+            ready: Some(tmp.join("agent.sock")),
+        },
+        // `run` execs the command in place, so this process becomes the canary.
+        Step::Spawn {
+            name: "canary",
+            args: cli(&["run", "canary", "--", &kp, "canary", "--dir", &path("canary")]),
+            ready: None,
+        },
+        Step::Sleep(Duration::from_secs(2)),
+        Step::Run { args: cli(&["status"]) },
+        Step::Run { args: cli(&["stop", "canary", "--reason", "demo"]) },
+        Step::Run { args: cli(&["journal", "--verify"]) },
+        Step::Run { args: cli(&["journal"]) },
+        Step::Stop { name: "canary" },
+        Step::Stop { name: "agent" },
+    ]
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let root = setup::workspace_root()?;
+    if args.in_guest {
+        setup::ensure_bpffs()?;
+        return execute(&root);
+    }
+    let env = setup::run()?;
+    build::run(&env, false)?;
+    if args.vm {
+        run_in_vm(&env)
+    } else {
+        execute(&env.root)
+    }
+}
+
+/// Re-runs this xtask binary inside the VM with `demo --in-guest`.
+fn run_in_vm(env: &Env) -> Result<()> {
+    let me = env::current_exe().context("finding the xtask executable")?;
+    let exec = format!("{} demo --in-guest", shell_quote(&me.to_string_lossy()));
+    let mut cmd = vm::vng_command(env, &exec, &[]);
+    println!("demo: {}", proc::describe(&cmd));
+    let status = cmd.status().with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+    if !status.success() {
+        bail!("the demo in the VM failed (vng exited with {status})");
+    }
+    Ok(())
+}
+
+/// Runs the steps with `target/debug/killpath` in a fresh temporary directory;
+/// background processes are always cleaned up.
+fn execute(root: &Path) -> Result<()> {
+    let kp = root.join("target/debug/killpath");
+    if !kp.is_file() {
+        bail!("{} is missing; run `cargo xtask build`", kp.display());
+    }
+    let tmp = env::temp_dir().join(format!("killpath-demo-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    println!("demo: working directory {}", tmp.display());
+    let mut background: Vec<(&'static str, Child)> = Vec::new();
+    let result = steps(&kp, &tmp).into_iter().try_for_each(|step| run_step(step, &mut background));
+    // Stop whatever is still running, newest first.
+    while let Some((name, mut child)) = background.pop() {
+        println!("demo: stopping {name}");
+        proc::terminate(&mut child, Duration::from_secs(5));
+    }
+    result?;
+    println!("demo done");
+    Ok(())
+}
+
+fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<()> {
+    match step {
+        Step::Spawn { name, args, ready } => {
+            let mut cmd = command(&args)?;
+            println!("$ {} &", proc::describe(&cmd));
+            let child = cmd
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("could not start {name}: `{}`", proc::describe(&cmd)))?;
+            background.push((name, child));
+            if let (Some(path), Some((_, child))) = (ready, background.last_mut()) {
+                wait_ready(name, child, &path)?;
+            }
+        }
+        Step::Run { args } => {
+            let mut cmd = command(&args)?;
+            println!("$ {}", proc::describe(&cmd));
+            let status = cmd
+                .stdin(Stdio::null())
+                .status()
+                .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+            if !status.success() {
+                bail!("`{}` failed ({status})", proc::describe(&cmd));
+            }
+        }
+        Step::Sleep(d) => {
+            println!("$ sleep {}", d.as_secs_f32());
+            thread::sleep(d);
+        }
+        Step::Stop { name } => {
+            if let Some(i) = background.iter().position(|(n, _)| *n == name) {
+                let (_, mut child) = background.remove(i);
+                println!("demo: stopping {name}");
+                proc::terminate(&mut child, Duration::from_secs(5));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn command(args: &[String]) -> Result<Command> {
+    let (program, rest) = args.split_first().ok_or_else(|| anyhow!("empty command in the demo steps"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(rest);
+    Ok(cmd)
+}
+
+/// Waits until `path` exists; fails early if `child` exits first.
+fn wait_ready(name: &str, child: &mut Child, path: &Path) -> Result<()> {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited ({status}) before {} appeared", path.display());
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            bail!("{name}: {} did not appear within {}s", path.display(), READY_TIMEOUT.as_secs());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
