@@ -128,10 +128,16 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
         id: Value::Null,
         error: ErrorBody::new("invalid-utf8", format!("request is not valid UTF-8 (byte {})", e.valid_up_to())),
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError {
-        id: Value::Null,
-        error: ErrorBody::new("parse", format!("request is not valid JSON: {e}")),
-    })?;
+    let value: Value = serde_json::from_str::<Unique>(text)
+        .map_err(|e| DecodeError {
+            id: Value::Null,
+            error: if e.is_data() {
+                ErrorBody::new("bad-request", format!("malformed request: {e}"))
+            } else {
+                ErrorBody::new("parse", format!("request is not valid JSON: {e}"))
+            },
+        })?
+        .0;
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let bad = |code: &str, message: String| DecodeError { id: id.clone(), error: ErrorBody::new(code, message) };
     let raw: RawRequest = serde_json::from_value(value).map_err(|e| bad("bad-request", format!("malformed request: {e}")))?;
@@ -146,6 +152,68 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
     let cmd: Command =
         serde_json::from_value(tagged).map_err(|e| bad("bad-request", format!("bad arguments for {:?}: {e}", raw.cmd)))?;
     Ok(Request { id: raw.id, cmd })
+}
+
+/// A JSON value whose objects have no duplicate keys, at any depth.
+/// serde_json keeps the last of duplicate keys, so
+/// `{"cmd":"status","cmd":"stop"}` would silently be a stop while a
+/// logger keeping the first key saw a status: an ambiguous request is an
+/// error instead.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(Unique(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if m.insert(k.clone(), v).is_some() {
+                return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+            }
+        }
+        Ok(Value::Object(m))
+    }
 }
 
 /// A response line.
@@ -205,6 +273,8 @@ mod tests {
         assert_eq!(code(br#"{"id":1,"cmd":"stop","args":{"name":"a","force":true}}"#), "bad-request");
         assert_eq!(code(br#"{"id":1,"cmd":"stop","args":{}}"#), "bad-request");
         assert_eq!(code(br#"{"id":null,"cmd":"ping"}"#), "bad-request");
+        assert_eq!(code(br#"{"id":1,"cmd":"status","cmd":"stop","args":{"name":"t"}}"#), "bad-request");
+        assert_eq!(code(br#"{"id":1,"cmd":"stop","args":{"name":"u","name":"t"}}"#), "bad-request");
         assert_eq!(decode(br#"{"id":"x","cmd":"nope"}"#).unwrap_err().id, Value::from("x"));
     }
 }

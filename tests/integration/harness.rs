@@ -164,6 +164,12 @@ impl Agent {
         let cg = self.target_cgroup(name);
         wait_until(Duration::from_secs(20), || cg.exists() && cg.procs_recursive().len() >= min_tasks)
             .unwrap_or_else(|| panic!("target {name} never reached {min_tasks} tasks"));
+        // `run` execs CMD only after the agent answered, and the agent
+        // answers only after journaling: wait for the exec so the run is
+        // fully acknowledged before the test goes on.
+        let pid = child.id();
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "killpath"))
+            .unwrap_or_else(|| panic!("`killpath run {name}` never exec'd its command"));
         child
     }
 

@@ -96,11 +96,15 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// Re-runs this xtask binary inside the VM with `demo --in-guest`.
 fn run_in_vm(env: &Env) -> Result<()> {
-    let me = env::current_exe().context("finding the xtask executable")?;
+    // A copy of this very binary: target/debug/xtask may be relinked by
+    // another cargo command while the VM boots.
+    let dir = vm::fresh_results_dir(env, "demo")?;
+    let me = dir.join("xtask");
+    fs::copy("/proc/self/exe", &me).with_context(|| format!("copying the xtask executable to {}", me.display()))?;
     let exec = format!("{} demo --in-guest", shell_quote(&me.to_string_lossy()));
     let mut cmd = vm::vng_command(env, &exec, &[]);
     println!("demo: {}", proc::describe(&cmd));
-    let status = cmd.status().with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+    let (status, _) = proc::run_tee(&mut cmd)?;
     if !status.success() {
         bail!("the demo in the VM failed (vng exited with {status})");
     }

@@ -77,9 +77,11 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// Runs `cmd`, streaming its stdout and stderr to ours while capturing both;
 /// returns the exit status and everything it printed (stdout then stderr).
+/// Its stdin is whatever the caller set (inherited by default). Going through
+/// pipes also protects our own stdout: qemu reopens /dev/stdout, which
+/// truncates it when it is a file.
 pub fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
     let mut child = cmd
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

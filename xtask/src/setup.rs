@@ -39,6 +39,10 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "iputils-ping",
     "python3-pip",
+    // The guest runs the host's udevd to create /dev/virtio-ports/virtme.*;
+    // without them vng falls back to the serial console, prints nothing
+    // without -v and exits 255 whatever the command returned.
+    "udev",
 ];
 
 /// What setup found or installed; every other command works from this.
@@ -321,7 +325,7 @@ fn apt_packages(apt: &mut Apt) -> Result<Outcome<()>> {
     apt.update()?;
     run_logged(
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &apt.log,

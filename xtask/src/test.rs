@@ -141,7 +141,8 @@ fn header(title: &str) {
 fn unit_tier(env: &Env) -> Result<Tier> {
     let mut cmd = env.cargo()?;
     cmd.args(["test", "--workspace", "--exclude", EBPF_PACKAGE, "--lib", "--bins"])
-        .env("KILLPATH_TEST_STRICT", "1");
+        .env("KILLPATH_TEST_STRICT", "1")
+        .stdin(Stdio::null());
     println!("test: {}", proc::describe(&cmd));
     let (status, output) = proc::run_tee(&mut cmd)?;
     Ok(Tier::judge("unit", status.success(), &output, "unit tests failed"))
@@ -176,7 +177,8 @@ fn host_tier(env: &Env, exe: &Path) -> Result<Tier> {
         .current_dir(package_dir(env))
         .env("CARGO_MANIFEST_DIR", package_dir(env))
         .env("KILLPATH_TEST_STRICT", "1")
-        .env("KILLPATH_TEST_ENV", "host");
+        .env("KILLPATH_TEST_ENV", "host")
+        .stdin(Stdio::null());
     println!("test: {}", proc::describe(&cmd));
     let (status, output) = proc::run_tee(&mut cmd)?;
     Ok(Tier::judge("host", status.success(), &output, "host integration tests failed"))

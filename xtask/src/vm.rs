@@ -42,15 +42,40 @@ pub fn vng_command(env: &Env, exec: &str, rwdirs: &[&Path]) -> Command {
     cmd
 }
 
-/// A fresh directory `target/vm-results/<label>-<timestamp>` for one VM run.
+/// How many earlier results directories of each kind are kept.
+const KEEP_RESULTS: usize = 10;
+
+/// A fresh directory `target/vm-results/<label>-<timestamp>` for one VM run;
+/// older ones beyond the last [`KEEP_RESULTS`] are removed.
 pub fn fresh_results_dir(env: &Env, label: &str) -> Result<PathBuf> {
+    let parent = env.root.join("target/vm-results");
+    prune(&parent, label);
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
-    let dir = env.root.join("target/vm-results").join(format!("{label}-{stamp}"));
+    let dir = parent.join(format!("{label}-{stamp}"));
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Removes all but the newest `KEEP_RESULTS` `<label>-<timestamp>` directories.
+fn prune(parent: &Path, label: &str) {
+    let prefix = format!("{label}-");
+    let mut old: Vec<(u128, PathBuf)> = fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let stamp = p.file_name()?.to_str()?.strip_prefix(&prefix)?.parse().ok()?;
+            Some((stamp, p))
+        })
+        .collect();
+    old.sort();
+    let excess = old.len().saturating_sub(KEEP_RESULTS);
+    for (_, dir) in old.into_iter().take(excess) {
+        let _ = fs::remove_dir_all(dir);
+    }
 }
 
 /// `cargo xtask vm -- <command...>`: boots the VM, runs the command with the
@@ -60,7 +85,10 @@ pub fn run_command(env: &Env, command: &[String]) -> Result<ExitCode> {
     let mut cmd = vng_command(env, &line, &[]);
     println!("vm: {}", proc::describe(&cmd));
     let start = Instant::now();
-    let status = cmd.status().with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+    let (status, output) = proc::run_tee(&mut cmd)?;
+    if !output.is_empty() && !output.ends_with('\n') {
+        println!();
+    }
     println!("vm: vng exited with {status} after {}", proc::elapsed(start));
     let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
     Ok(ExitCode::from(code))

@@ -47,7 +47,7 @@ impl State {
             Command::Probe {} => Ok(json!(probe::run(Some(&self.config.cgroup_parent)))),
             Command::Status { name } => self.status(name.as_deref()),
             Command::Journal { after } => Ok(json!({"records": journal::read_records(self.journal.path(), after)?})),
-            Command::JournalVerify {} => Ok(json!(journal::verify_file(self.journal.path())?)),
+            Command::JournalVerify {} => Ok(json!(self.verify_journal()?)),
             Command::Create { name, move_caller } => {
                 validate_name(&name)?;
                 let params = json!({"move_caller": move_caller, "caller_pid": caller.pid});
@@ -68,6 +68,28 @@ impl State {
                 self.execute(caller, "release", Some(&name), Value::Null, |s| s.release(&name))
             }
         }
+    }
+
+    /// Verifies the file, and also that it still ends where this agent
+    /// last wrote: removing the last records keeps the chain valid, but the
+    /// agent remembers how far it got.
+    fn verify_journal(&self) -> Result<journal::VerifyReport> {
+        let mut report = journal::verify_file(self.journal.path())?;
+        let written = self.journal.last_seq();
+        if report.records < written {
+            report.ok = false;
+            report.problems.push(journal::Problem {
+                line: report.records + 1,
+                seq: Some(report.records + 1),
+                kind: "truncated".into(),
+                message: format!(
+                    "the journal ends at seq {} but this agent wrote up to seq {written}: the last {} record(s) were removed",
+                    report.records,
+                    written - report.records
+                ),
+            });
+        }
+        Ok(report)
     }
 
     /// Journals a refused request (unauthorized caller).

@@ -24,20 +24,34 @@ use crate::{
 
 /// Line framing with a length cap. Unlike a plain line codec, bytes left
 /// without a newline when the peer hangs up are dropped, never executed:
-/// half a `stop` request is not a request.
+/// half a `stop` request is not a request. An oversized line is an item,
+/// not a decoder error: `Framed` ends the stream after any error, and a
+/// too-long line must cost the client one error response, not its
+/// connection.
 struct RequestCodec(AnyDelimiterCodec);
 
+/// One framed input.
+enum Frame {
+    Line(Bytes),
+    /// A line over [`MAX_LINE`]; the codec discards it up to its newline.
+    TooLong,
+}
+
 impl Decoder for RequestCodec {
-    type Item = Bytes;
+    type Item = Frame;
     type Error = AnyDelimiterCodecError;
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Self::Error> {
-        self.0.decode(buf)
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Frame::TooLong)),
+            Err(e) => Err(e),
+        }
     }
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Self::Error> {
-        if let Some(line) = self.0.decode(buf)? {
-            return Ok(Some(line));
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
         }
         if !buf.is_empty() {
             debug!(bytes = buf.len(), "dropping unterminated request at hang-up");
@@ -122,12 +136,13 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Re
     while let Some(frame) = framed.next().await {
         let received = Instant::now();
         let response = match frame {
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Response::err(
+            Ok(Frame::TooLong) => Response::err(
                 Value::Null,
                 ErrorBody::new("too-long", format!("request line longer than {MAX_LINE} bytes; discarded up to the next newline")),
             ),
             Err(AnyDelimiterCodecError::Io(e)) => return Err(e),
-            Ok(line) => match protocol::decode(&line) {
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => return Ok(()),
+            Ok(Frame::Line(line)) => match protocol::decode(&line) {
                 Err(d) => Response::err(d.id, d.error),
                 Ok(req) => {
                     let state = state.clone();
