@@ -37,10 +37,25 @@ impl ClientError {
     }
 }
 
+/// Connects within `timeout`. A blocking connect(2) on a unix socket waits
+/// forever when a hung agent's listen backlog is full; the kill path must
+/// not, so the connect runs on a helper thread we stop waiting for.
+fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = socket.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(UnixStream::connect(&path));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.map_err(|source| ClientError::Connect { path: socket.to_owned(), source }),
+        Err(_) => Err(ClientError::Timeout { path: socket.to_owned(), timeout }),
+    }
+}
+
 /// Sends one command and waits up to `timeout` for its response.
 pub fn call(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Value, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_owned(), source };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
+    let mut stream = connect(socket, timeout)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = protocol::encode(1, cmd).map_err(|e| ClientError::BadResponse(e.to_string()))?;

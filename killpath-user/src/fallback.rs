@@ -13,13 +13,16 @@ use crate::{
     bpf::Maps,
     cgroup::Cgroup,
     error::Result,
-    journal::{self, Actor, Entry, Phase},
+    journal::{Actor, Entry, Phase, Journal},
     stop,
     targets::Registry,
 };
 
 /// Hard-stops target `name` directly. `why` says why the agent was bypassed.
-pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str) -> Result<Value> {
+/// `started` is when the command began (before waiting for the agent), so
+/// the reported times include the wait.
+pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, started: Instant) -> Result<Value> {
+    let agent_wait_us = started.elapsed().as_micros() as u64;
     let received = Instant::now();
     let registry = Registry::load(state_dir)?;
     let t = registry.get(name)?.clone();
@@ -32,7 +35,10 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str) -> Re
     intent.target = Some(name.to_owned());
     intent.from_level = Some(t.level);
     intent.params = json!({"reason": reason, "fallback": why});
-    let intent = journal::append_to_file(&journal_path, intent)?;
+    // One open for both records: a second open would see the intent
+    // without its result and report it as an interrupted action.
+    let (mut journal, _) = Journal::open(&journal_path)?;
+    let intent = journal.append(intent)?;
 
     // Arm the guard through the pinned map if the pins are there; the
     // cgroup kill below works without it.
@@ -59,13 +65,15 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str) -> Re
         }
         Err(e) => res.outcome = Some(format!("error: {e}")),
     }
-    journal::append_to_file(&journal_path, res)?;
+    journal.append(res)?;
+    drop(journal);
     let r = outcome?;
     Ok(json!({
         "target": name,
         "level": "stopped",
         "fallback": true,
         "agent_error": why,
+        "agent_wait_us": agent_wait_us,
         "guard": guard,
         "journal": journal_path,
         "survivors": r.survivors,

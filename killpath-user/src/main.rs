@@ -74,14 +74,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop { name, reason, agent_timeout } => {
-            let timeout = Duration::try_from_secs_f64(*agent_timeout).context("--agent-timeout must be a positive number of seconds")?;
+            let started = std::time::Instant::now();
+            let timeout = Duration::try_from_secs_f64(*agent_timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .context("--agent-timeout must be a positive number of seconds")?;
             let cmd = Command::Stop { name: name.clone(), reason: reason.clone() };
             let r = match client::call(&cli.socket, &cmd, timeout) {
                 Ok(r) => r,
                 Err(e) if e.agent_unavailable() => {
                     let why = e.to_string();
                     eprintln!("killpath: {why}; stopping {name} directly through its cgroup");
-                    fallback::stop(&state_dir(&cli), name, reason.as_deref(), &why)?
+                    fallback::stop(&state_dir(&cli), name, reason.as_deref(), &why, started)?
                 }
                 Err(e) => return Err(e.into()),
             };

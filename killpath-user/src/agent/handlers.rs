@@ -141,10 +141,16 @@ impl State {
     }
 
     fn insert_target(&mut self, name: &str, cg: &Cgroup, created: bool) -> Result<Target> {
+        let cgroup_id = cg.id()?;
+        // Two names for one cgroup would share one kernel entry: adopting
+        // it again would reset a stopped target's guard to normal.
+        if let Some(other) = self.registry.targets.values().find(|t| t.cgroup_id == cgroup_id) {
+            return Err(Error::InvalidRequest(format!("cgroup {} is already target {:?}", cg.path().display(), other.name)));
+        }
         let t = Target {
             name: name.to_owned(),
             cgroup: cg.path().to_owned(),
-            cgroup_id: cg.id()?,
+            cgroup_id,
             depth: cg.depth(&self.cgroup_mount)?,
             created,
             level: level::NORMAL,
@@ -183,7 +189,15 @@ impl State {
         match (cgroup_path, pid) {
             (Some(path), None) => {
                 let p = PathBuf::from(path);
-                let abs = if p.starts_with(&self.cgroup_mount) { p } else { self.cgroup_mount.join(path.trim_start_matches('/')) };
+                let spelled = if p.starts_with(&self.cgroup_mount) { p } else { self.cgroup_mount.join(path.trim_start_matches('/')) };
+                // Resolve `..` and symlinks before any check: the root and
+                // "contains the agent" checks and the depth the guard keys
+                // on must see the real directory.
+                let abs = std::fs::canonicalize(&spelled)
+                    .map_err(|e| Error::InvalidRequest(format!("{} is not a cgroup2 directory: {e}", spelled.display())))?;
+                if !abs.starts_with(&self.cgroup_mount) {
+                    return Err(Error::InvalidRequest(format!("{} is not below the cgroup2 mount {}", abs.display(), self.cgroup_mount.display())));
+                }
                 let cg = Cgroup::new(&abs);
                 if !cg.exists() {
                     return Err(Error::InvalidRequest(format!("{} is not a cgroup2 directory", abs.display())));
