@@ -27,6 +27,8 @@ pub mod maps {
     pub const GUARD_CONFIG: &str = "KP_GUARD_CONFIG";
     /// `PerCpuArray<u64>` with one entry: tasks killed by the guard.
     pub const GUARD_KILLS: &str = "KP_GUARD_KILLS";
+    /// `PerCpuArray<u64>` indexed by [`super::counter`]: isolation drops and denials.
+    pub const COUNTERS: &str = "KP_COUNTERS";
     /// `Array<ProbeState>` with one entry: used by `probe` to see an LSM hook fire.
     pub const PROBE: &str = "KP_PROBE";
 }
@@ -40,6 +42,18 @@ pub mod programs {
     /// raw_tracepoint/sched_switch: kills a stopped target's task when it
     /// leaves the CPU, so a pure CPU loop without syscalls is caught too.
     pub const GUARD_SWITCH: &str = "kp_guard_switch";
+    /// Level 3, per-target cgroup hooks (attached to each target's cgroup).
+    pub const ISOLATE_SKB: &str = "kp_isolate_skb";
+    pub const ISOLATE_CONNECT4: &str = "kp_isolate_connect4";
+    pub const ISOLATE_CONNECT6: &str = "kp_isolate_connect6";
+    pub const ISOLATE_SENDMSG4: &str = "kp_isolate_sendmsg4";
+    pub const ISOLATE_SENDMSG6: &str = "kp_isolate_sendmsg6";
+    pub const ISOLATE_SOCK_CREATE: &str = "kp_isolate_sock_create";
+    /// Level 3, host-wide BPF LSM hooks (attached once where BPF LSM is on).
+    pub const ISOLATE_LSM_SOCKET_CREATE: &str = "kp_isolate_lsm_socket_create";
+    pub const ISOLATE_LSM_SOCKET_CONNECT: &str = "kp_isolate_lsm_socket_connect";
+    pub const ISOLATE_LSM_SOCKET_SENDMSG: &str = "kp_isolate_lsm_socket_sendmsg";
+    pub const ISOLATE_LSM_SOCKET_RECVMSG: &str = "kp_isolate_lsm_socket_recvmsg";
     /// Tiny programs `probe` loads to learn what the kernel accepts.
     pub const PROBE_LSM: &str = "kp_probe_lsm";
     pub const PROBE_CGROUP_SKB: &str = "kp_probe_cgroup_skb";
@@ -47,6 +61,20 @@ pub mod programs {
     pub const PROBE_SOCK: &str = "kp_probe_sock";
     pub const PROBE_TC: &str = "kp_probe_tc";
     pub const PROBE_TRACEPOINT: &str = "kp_probe_tracepoint";
+}
+
+/// Indexes of the `KP_COUNTERS` per-CPU array.
+pub mod counter {
+    /// Packets dropped on a cgroup skb hook of an isolated target.
+    pub const ISOLATE_SKB_DROPS: u32 = 0;
+    /// connect/sendmsg refused on a cgroup sock_addr hook.
+    pub const ISOLATE_ADDR_DENIALS: u32 = 1;
+    /// raw socket creation refused on the cgroup sock hook.
+    pub const ISOLATE_SOCK_DENIALS: u32 = 2;
+    /// Socket operations refused by a BPF LSM hook.
+    pub const ISOLATE_LSM_DENIALS: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
 }
 
 /// Deepest cgroup nesting level (root = 0) at which a target may sit. The
@@ -71,6 +99,11 @@ pub struct GuardConfig {
     pub stopped_targets: u32,
     /// Bit d set: some target sits at cgroup depth d.
     pub depth_mask: u32,
+    /// Number of targets at level ISOLATE or above. Zero: the host-wide LSM
+    /// socket hooks return at once.
+    pub isolated_targets: u32,
+    /// Padding; keeps the struct 8-byte sized and explicit.
+    pub _pad: u32,
 }
 
 /// Written by the agent before a probe, read back after it.

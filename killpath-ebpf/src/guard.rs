@@ -5,14 +5,10 @@
 //! without `cgroup.kill` fall back to a pid walk that a fork bomb can race.
 //! These raw tracepoints close both gaps from inside the kernel: a task of a
 //! stopped target dies at its next syscall, fork, or context switch.
-use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_send_signal},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
-};
-use killpath_common::{level, MAX_CGROUP_DEPTH};
+use aya_ebpf::{helpers::bpf_send_signal, macros::raw_tracepoint, programs::RawTracePointContext};
+use killpath_common::level;
 
-use crate::maps::{GUARD_CONFIG, GUARD_KILLS, TARGETS};
+use crate::{maps::GUARD_KILLS, targets};
 
 const SIGKILL: u32 = 9;
 
@@ -35,35 +31,19 @@ pub fn kp_guard_switch(_ctx: RawTracePointContext) -> i32 {
 fn try_guard() -> Result<i32, i64> {
     // Hot path (every syscall and context switch on the host): one array
     // lookup and return while no target is stopped.
-    let cfg = GUARD_CONFIG.get(0).ok_or(0i64)?;
+    let cfg = targets::config().ok_or(0i64)?;
     if cfg.stopped_targets == 0 {
         return Ok(0);
     }
-    let mask = cfg.depth_mask;
-    let mut depth = 0u32;
-    while depth < MAX_CGROUP_DEPTH {
-        if mask & (1u32 << depth) != 0 {
-            // Ancestor at `depth` of the current task's cgroup: equals the
-            // target's id for tasks in the target or any cgroup nested below
-            // it, so a workload cannot escape by creating a sub-cgroup.
-            // SAFETY: helper with no pointer arguments.
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(depth as i32) };
-            // SAFETY: value is only read and copied.
-            if let Some(state) = unsafe { TARGETS.get(&id) } {
-                if state.level >= level::STOPPED && state.depth == depth {
-                    // SAFETY: helper signals the current task only; it
-                    // refuses kernel threads and init by itself.
-                    if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-                        if let Some(kills) = GUARD_KILLS.get_ptr_mut(0) {
-                            // SAFETY: per-CPU slot, no concurrent writer.
-                            unsafe { *kills += 1 };
-                        }
-                    }
-                    return Ok(0);
-                }
+    if targets::of_current(cfg.depth_mask).is_some_and(|s| s.level >= level::STOPPED) {
+        // SAFETY: signals the current task only; the helper itself refuses
+        // kernel threads and init.
+        if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+            if let Some(kills) = GUARD_KILLS.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, no concurrent writer.
+                unsafe { *kills += 1 };
             }
         }
-        depth += 1;
     }
     Ok(0)
 }

@@ -4,8 +4,10 @@
 #![no_main]
 
 mod guard;
+mod isolate;
 mod maps;
 mod probe;
+mod targets;
 
 #[cfg(not(test))]
 #[panic_handler]

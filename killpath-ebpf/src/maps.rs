@@ -18,5 +18,8 @@ pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 #[map(name = "KP_GUARD_KILLS")]
 pub static GUARD_KILLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "KP_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(killpath_common::counter::COUNT, 0);
+
 #[map(name = "KP_PROBE")]
 pub static PROBE: Array<ProbeState> = Array::with_max_entries(1, 0);

@@ -18,7 +18,10 @@ use aya::{
 use killpath_common::{level, maps, programs, GuardConfig, TargetState, MAX_CGROUP_DEPTH};
 use tracing::{debug, info};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    isolate::IsolatePrograms,
+};
 
 /// The compiled eBPF object, built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/killpath"));
@@ -31,7 +34,7 @@ const GUARDS: &[(&str, &str)] = &[
 ];
 
 /// Maps that outlive the agent.
-const PINNED_MAPS: &[&str] = &[maps::TARGETS, maps::GUARD_CONFIG, maps::GUARD_KILLS];
+const PINNED_MAPS: &[&str] = &[maps::TARGETS, maps::GUARD_CONFIG, maps::GUARD_KILLS, maps::COUNTERS];
 
 /// Default bpffs directory for killpath's pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/killpath";
@@ -65,11 +68,13 @@ pub struct Maps {
     targets: HashMap<MapData, u64, TargetState>,
     config: Array<MapData, GuardConfig>,
     kills: PerCpuArray<MapData, u64>,
+    counters: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl Maps {
     fn from_maps(targets: Map, config: Map, kills: Map) -> Result<Self> {
         Ok(Self {
+            counters: None,
             targets: HashMap::try_from(targets).map_err(|e| Error::Kernel(format!("{}: {e}", maps::TARGETS)))?,
             config: Array::try_from(config).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_CONFIG)))?,
             kills: PerCpuArray::try_from(kills).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_KILLS)))?,
@@ -87,7 +92,14 @@ impl Maps {
                 _ => Map::Array(data),
             })
         };
-        Self::from_maps(open(maps::TARGETS)?, open(maps::GUARD_CONFIG)?, open(maps::GUARD_KILLS)?)
+        let mut m = Self::from_maps(open(maps::TARGETS)?, open(maps::GUARD_CONFIG)?, open(maps::GUARD_KILLS)?)?;
+        m.counters = open(maps::COUNTERS).ok().and_then(|c| PerCpuArray::try_from(c).ok());
+        Ok(m)
+    }
+
+    /// Sum over CPUs of counter `index` (see `killpath_common::counter`).
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters.as_ref().and_then(|c| c.get(&index, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     /// Every target the kernel knows, by cgroup id.
@@ -122,6 +134,9 @@ impl Maps {
             if st.level >= level::STOPPED {
                 cfg.stopped_targets += 1;
             }
+            if st.level >= level::ISOLATE {
+                cfg.isolated_targets += 1;
+            }
         }
         self.config.set(0, cfg, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::GUARD_CONFIG)))
     }
@@ -132,11 +147,11 @@ impl Maps {
     }
 }
 
-fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("maps").join(name)
 }
 
-fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
+pub(crate) fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
     pin_dir.join("links").join(prog)
 }
 
@@ -144,8 +159,10 @@ fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
 pub struct Enforcer {
     pub maps: Maps,
     pin_dir: PathBuf,
-    /// Programs this process attached (empty when all were found pinned).
+    /// Programs this process loaded or attached (empty when all were found pinned).
     pub attached_now: Vec<&'static str>,
+    /// Level-3 programs: per-target cgroup hooks and host-wide LSM hooks.
+    pub isolate: IsolatePrograms,
     // Keeps the object alive for the lifetime of the agent; the pins keep
     // the programs alive after it.
     _ebpf: Ebpf,
@@ -156,7 +173,7 @@ impl Enforcer {
     /// guard program whose link is not pinned yet.
     pub fn open(pin_dir: &Path) -> Result<Self> {
         ensure_bpffs(pin_dir)?;
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "progs", "targets"] {
             fs::create_dir_all(pin_dir.join(sub)).map_err(Error::io(format!("creating {}", pin_dir.join(sub).display())))?;
         }
         let pins: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, map_pin(pin_dir, n))).collect();
@@ -185,8 +202,12 @@ impl Enforcer {
             info!(prog, tp, "guard attached and pinned");
         }
         let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| Error::Kernel(format!("map {name} missing from the object")));
-        let maps = Maps::from_maps(take(&mut ebpf, maps::TARGETS)?, take(&mut ebpf, maps::GUARD_CONFIG)?, take(&mut ebpf, maps::GUARD_KILLS)?)?;
-        Ok(Self { maps, pin_dir: pin_dir.to_owned(), attached_now, _ebpf: ebpf })
+        let isolate = IsolatePrograms::open(&mut ebpf, pin_dir, &mut attached_now)?;
+        let mut maps = Maps::from_maps(take(&mut ebpf, maps::TARGETS)?, take(&mut ebpf, maps::GUARD_CONFIG)?, take(&mut ebpf, maps::GUARD_KILLS)?)?;
+        maps.counters = Some(
+            PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::COUNTERS)))?,
+        );
+        Ok(Self { maps, pin_dir: pin_dir.to_owned(), attached_now, isolate, _ebpf: ebpf })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -197,15 +218,8 @@ impl Enforcer {
 /// Removes every pin under `pin_dir`: detaches the programs and frees the
 /// maps once no process holds them. Used by `agent --unpin` and tests.
 pub fn unpin_all(pin_dir: &Path) -> Result<()> {
-    for sub in ["links", "maps"] {
-        let dir = pin_dir.join(sub);
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                fs::remove_file(e.path()).map_err(Error::io(format!("removing {}", e.path().display())))?;
-            }
-        }
-        let _ = fs::remove_dir(&dir);
+    if pin_dir.exists() {
+        fs::remove_dir_all(pin_dir).map_err(Error::io(format!("removing {}", pin_dir.display())))?;
     }
-    let _ = fs::remove_dir(pin_dir);
     Ok(())
 }

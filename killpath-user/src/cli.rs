@@ -76,6 +76,28 @@ pub enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         agent_timeout: f64,
     },
+    /// Level 3, isolate: cut NAME off from everything outside it (kernel-enforced).
+    Isolate {
+        name: String,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Then probe every channel from inside the target; exits non-zero if any is OPEN.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Step NAME down to a lower level (normal, throttle, degrade, isolate).
+    Restore {
+        name: String,
+        /// Target level.
+        #[arg(long)]
+        to: String,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Probe every channel from inside NAME and report each as cut or OPEN; exits non-zero if any is OPEN.
+    Verify { name: String },
     /// Stop managing NAME: lift enforcement, remove its cgroup if killpath made it and it is empty.
     Release { name: String },
     /// Show the action journal.
@@ -102,5 +124,25 @@ pub enum Cmd {
         workers: u32,
         #[arg(long, hide = true)]
         worker: Option<u32>,
+    },
+    /// Internal: the channel probe `verify` runs inside a target.
+    #[command(hide = true)]
+    VerifyProbe {
+        #[arg(long)]
+        tcp4: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        tcp6: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        udp: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        dns: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        unix: Option<PathBuf>,
+        #[arg(long)]
+        icmp: bool,
+        #[arg(long)]
+        packet: bool,
+        #[arg(long)]
+        hold: Option<std::net::SocketAddr>,
     },
 }

@@ -7,11 +7,14 @@ pub mod cgroup;
 pub mod client;
 pub mod error;
 pub mod fallback;
+pub mod isolate;
 pub mod journal;
 pub mod probe;
 pub mod protocol;
 pub mod stop;
 pub mod targets;
 pub mod tree;
+pub mod verify;
+pub mod verify_probe;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use killpath::{
     client,
     fallback, journal,
     protocol::Command,
+    verify_probe,
 };
 use serde_json::{json, Value};
 
@@ -20,6 +21,9 @@ use serde_json::{json, Value};
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE; a CLI piped into `head` should just end.
+    // SAFETY: restores the default disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let default_level = if matches!(cli.cmd, Cmd::Agent { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -92,6 +96,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.stopped(&r);
             Ok(if r["survivors"].as_u64() == Some(0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Cmd::Isolate { name, reason, verify } => {
+            let r = call(&cli, &Command::Isolate { name: name.clone(), reason: reason.clone(), verify: *verify })?;
+            out.isolated(&r);
+            Ok(verdict(&r))
+        }
+        Cmd::Restore { name, to, reason } => {
+            let r = call(&cli, &Command::Restore { name: name.clone(), to: to.clone(), reason: reason.clone() })?;
+            out.restored(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { name } => {
+            let r = call(&cli, &Command::Verify { name: name.clone() })?;
+            out.verified(&r);
+            Ok(verdict(&r))
+        }
+        Cmd::VerifyProbe { tcp4, tcp6, udp, dns, unix, icmp, packet, hold } => {
+            verify_probe::run(&verify_probe::ProbeArgs {
+                tcp4: *tcp4,
+                tcp6: *tcp6,
+                udp: *udp,
+                dns: *dns,
+                unix: unix.clone(),
+                icmp: *icmp,
+                packet: *packet,
+                hold: *hold,
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Release { name } => {
             let r = call(&cli, &Command::Release { name: name.clone() })?;
             out.released(&r);
@@ -118,6 +150,16 @@ fn run_in_target(cli: &Cli, name: &str, command: &[String]) -> anyhow::Result<Ex
     let err = std::process::Command::new(prog).args(args).exec();
     eprintln!("killpath: cannot execute {prog}: {err} (target {name} was created; `killpath release {name}` removes it)");
     Ok(ExitCode::from(127))
+}
+
+/// Non-zero exit when a verify table has any OPEN channel.
+fn verdict(r: &Value) -> ExitCode {
+    let open = r["verify"].as_array().is_some_and(|v| v.iter().any(|c| c["result"] == "OPEN"));
+    if open {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn journal_cmd(cli: &Cli, out: &output::Output, follow: bool, verify: bool, file: Option<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {

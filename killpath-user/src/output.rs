@@ -58,8 +58,23 @@ impl Output {
                 format!("{} surv, {}µs", s(&last["survivors"]), s(&last["time_to_empty_us"]))
             };
             println!("{:<20} {:<9} {:>6}  {:<14} {}", s(&t["name"]), s(&t["level"]), s(&t["tasks"]), stop, s(&t["cgroup"]));
+            if let Some(open) = t["open_channels"].as_array().filter(|a| !a.is_empty()) {
+                let names: Vec<String> = open.iter().map(s).collect();
+                println!("{:<20} isolated, but OPEN on this kernel: {}", "", names.join(", "));
+            }
         }
         println!("guard kills (all targets): {}", s(&r["guard_kills"]));
+        let i = &r["isolation"];
+        if !i.is_null() {
+            println!(
+                "isolation: {} packets dropped, {} connects/sends refused, {} raw sockets refused, {} LSM denials; BPF LSM hooks {}",
+                s(&i["packets_dropped"]),
+                s(&i["connects_refused"]),
+                s(&i["raw_sockets_refused"]),
+                s(&i["lsm_denials"]),
+                s(&i["lsm"])
+            );
+        }
     }
 
     pub fn adopted(&self, r: &Value) {
@@ -88,6 +103,44 @@ impl Output {
             if r["used_freeze"] == Value::Bool(true) { "cgroup.freeze + " } else { "" },
             if r["used_cgroup_kill"] == Value::Bool(true) { "cgroup.kill" } else { "per-pid SIGKILL" },
         );
+    }
+
+    pub fn isolated(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("isolated {} in {} µs (map update {} µs)", s(&r["target"]), s(&r["time_to_effect_us"]), s(&r["map_update_us"]));
+        for c in r["channels"].as_array().into_iter().flatten() {
+            println!("  {:<16} {:<4} {}", s(&c["channel"]), if c["enforced"] == Value::Bool(true) { "cut" } else { "OPEN" }, s(&c["by"]));
+        }
+        self.verify_table(&r["verify"]);
+    }
+
+    pub fn verified(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("verify {} (level {}):", s(&r["target"]), s(&r["level"]));
+        self.verify_table(&r["verify"]);
+    }
+
+    fn verify_table(&self, v: &Value) {
+        let Some(rows) = v.as_array() else { return };
+        println!("{:<18} {:<8} DETAIL", "CHANNEL", "RESULT");
+        for c in rows {
+            println!("{:<18} {:<8} {}", s(&c["channel"]), s(&c["result"]), s(&c["detail"]));
+        }
+        let open: Vec<String> = rows.iter().filter(|c| c["result"] == "OPEN").map(|c| s(&c["channel"])).collect();
+        if !open.is_empty() {
+            println!("OPEN channels: {}", open.join(", "));
+        }
+    }
+
+    pub fn restored(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("restored {} from {} to {} in {} µs", s(&r["target"]), s(&r["from"]), s(&r["level"]), s(&r["time_to_effect_us"]));
     }
 
     pub fn released(&self, r: &Value) {

@@ -59,7 +59,8 @@ fn load_ok(what: &str, r: Result<(), aya::programs::ProgramError>) -> Result<Str
     r.map(|()| format!("{what} loaded")).map_err(|e| format!("kernel refused to load {what}: {}", error_chain(&e)))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and all its sources, joined.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -107,6 +108,14 @@ fn probe_lsm(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<String, String> {
     }
 }
 
+/// Loads a fresh copy of the object and checks that a BPF LSM hook really
+/// runs on this kernel. The agent calls it before attaching its LSM hooks.
+pub fn lsm_runs() -> Result<String, String> {
+    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| format!("could not load the eBPF object: {}", error_chain(&e)))?;
+    let btf = Btf::from_sys_fs().ok();
+    probe_lsm(&mut ebpf, btf.as_ref())
+}
+
 /// Runs every probe. Needs CAP_BPF/CAP_SYS_ADMIN; without them every
 /// program type is reported unavailable with the kernel's error.
 pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
@@ -142,7 +151,22 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
     }
     let avail = |t: &str| program_types.iter().any(|p| p.program_type == t && p.available);
     let guard = avail("raw_tracepoint");
-    let levels = vec![LevelSupport {
+    let channels = crate::isolate::channels(if lsm_available { None } else { Some("BPF LSM unavailable on this kernel") });
+    let open: Vec<&str> = channels.iter().filter(|c| !c.enforced).map(|c| c.channel.as_str()).collect();
+    let cut: Vec<&str> = channels.iter().filter(|c| c.enforced).map(|c| c.channel.as_str()).collect();
+    let isolate_ok = avail("cgroup_skb") && avail("cgroup_sock_addr") && avail("cgroup_sock");
+    let mut levels = vec![LevelSupport {
+        level: "isolate".into(),
+        enforceable: isolate_ok,
+        detail: if !isolate_ok {
+            "UNAVAILABLE: cgroup skb/sock_addr/sock programs refused".into()
+        } else if open.is_empty() {
+            format!("cut: {}", cut.join(", "))
+        } else {
+            format!("cut: {}; OPEN (needs BPF LSM): {}", cut.join(", "), open.join(", "))
+        },
+    }];
+    levels.push(LevelSupport {
         level: "stopped".into(),
         enforceable: mount.is_some() && (cgroup_kill || cgroup_freeze),
         detail: format!(
@@ -151,7 +175,7 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
             if cgroup_freeze { "cgroup.freeze" } else { "no cgroup.freeze" },
             if guard { "on (raw_tracepoint sys_enter/sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
         ),
-    }];
+    });
     ProbeReport {
         kernel,
         cgroup2_mount: mount.map(|m| m.display().to_string()),

@@ -66,6 +66,25 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Level 3: cut the target off from everything outside it.
+    Isolate {
+        name: String,
+        #[serde(default)]
+        reason: Option<String>,
+        /// Probe every channel from inside the target after isolating.
+        #[serde(default)]
+        verify: bool,
+    },
+    /// Step a target down to a lower level.
+    Restore {
+        name: String,
+        /// Level name: normal, throttle, degrade, isolate.
+        to: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Probe every channel from inside the target and report cut or OPEN.
+    Verify { name: String },
     /// Forget a target and lift its enforcement.
     Release { name: String },
     /// Journal records with seq greater than `after`.
@@ -80,7 +99,10 @@ pub enum Command {
 impl Command {
     /// Whether the command changes anything (and so needs an authorized caller).
     pub fn mutates(&self) -> bool {
-        matches!(self, Self::Create { .. } | Self::Adopt { .. } | Self::Stop { .. } | Self::Release { .. })
+        matches!(
+            self,
+            Self::Create { .. } | Self::Adopt { .. } | Self::Stop { .. } | Self::Release { .. } | Self::Isolate { .. } | Self::Restore { .. } | Self::Verify { .. }
+        )
     }
 
     /// The command's wire name.
@@ -93,6 +115,9 @@ impl Command {
             Self::Status { .. } => "status",
             Self::Stop { .. } => "stop",
             Self::Release { .. } => "release",
+            Self::Isolate { .. } => "isolate",
+            Self::Restore { .. } => "restore",
+            Self::Verify { .. } => "verify",
             Self::Journal { .. } => "journal",
             Self::JournalVerify {} => "journal-verify",
         }
@@ -100,7 +125,8 @@ impl Command {
 }
 
 /// Wire names of every command, for the unknown-command error.
-pub const COMMANDS: &[&str] = &["ping", "probe", "create", "adopt", "status", "stop", "release", "journal", "journal-verify"];
+pub const COMMANDS: &[&str] =
+    &["ping", "probe", "create", "adopt", "status", "stop", "release", "isolate", "restore", "verify", "journal", "journal-verify"];
 
 /// A request that could not be decoded: the id (if one could be read) and
 /// the error to send back.

@@ -3,7 +3,7 @@
 //! and fsynced, and only then the response.
 use std::{path::PathBuf, time::Instant};
 
-use killpath_common::{level, TargetState};
+use killpath_common::{counter, level, TargetState};
 use serde_json::{json, Value};
 
 use super::{now_us, State};
@@ -15,8 +15,19 @@ use crate::{
     protocol::Command,
     stop,
     targets::{level_name, validate_name, Target},
-    tree,
+    tree, verify,
 };
+
+/// Parses a level name for `restore --to`.
+fn parse_level(s: &str) -> Result<u32> {
+    match s {
+        "normal" | "0" => Ok(level::NORMAL),
+        "throttle" | "1" => Ok(level::THROTTLE),
+        "degrade" | "2" => Ok(level::DEGRADE),
+        "isolate" | "3" => Ok(level::ISOLATE),
+        _ => Err(Error::InvalidRequest(format!("unknown level {s:?}: expected normal, throttle, degrade or isolate"))),
+    }
+}
 
 /// Who is asking, from SO_PEERCRED.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +73,21 @@ impl State {
                 self.registry.get(&name)?;
                 let params = json!({"reason": reason});
                 self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, received))
+            }
+            Command::Isolate { name, reason, verify } => {
+                self.registry.get(&name)?;
+                let params = json!({"reason": reason, "verify": verify});
+                self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, received))
+            }
+            Command::Restore { name, to, reason } => {
+                self.registry.get(&name)?;
+                let to_level = parse_level(&to)?;
+                let params = json!({"to": to, "reason": reason});
+                self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, to_level, received))
+            }
+            Command::Verify { name } => {
+                self.registry.get(&name)?;
+                self.execute(caller, "verify", Some(&name), Value::Null, |s| s.verify(&name))
             }
             Command::Release { name } => {
                 self.registry.get(&name)?;
@@ -158,6 +184,13 @@ impl State {
             last_stop: None,
         };
         self.enforcer.maps.set(t.cgroup_id, TargetState { level: t.level, depth: t.depth })?;
+        // Attach the level-3 hooks now, so that isolating later is only a
+        // map update.
+        if let Err(e) = self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup) {
+            let _ = self.enforcer.maps.remove(t.cgroup_id);
+            let _ = self.enforcer.isolate.detach_target(t.cgroup_id);
+            return Err(e);
+        }
         self.registry.targets.insert(name.to_owned(), t.clone());
         self.registry.save()?;
         Ok(t)
@@ -270,6 +303,7 @@ impl State {
     fn release(&mut self, name: &str) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         self.enforcer.maps.remove(t.cgroup_id)?;
+        self.enforcer.isolate.detach_target(t.cgroup_id)?;
         let cg = Cgroup::new(&t.cgroup);
         let mut removed = false;
         if cg.exists() {
@@ -300,7 +334,14 @@ impl State {
             .map(|t| {
                 let cg = Cgroup::new(&t.cgroup);
                 let kernel = self.enforcer.maps.get(t.cgroup_id);
+                let open: Vec<String> = if t.level >= level::ISOLATE {
+                    self.enforcer.isolate.channels().into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
+                } else {
+                    Vec::new()
+                };
                 json!({
+                    "open_channels": open,
+                    "isolation_hooks_attached": self.enforcer.isolate.attached(t.cgroup_id),
                     "name": t.name,
                     "cgroup": t.cgroup,
                     "cgroup_id": t.cgroup_id,
@@ -314,6 +355,113 @@ impl State {
                 })
             })
             .collect();
-        Ok(json!({"targets": rows, "guard_kills": self.enforcer.maps.guard_kills()}))
+        let m = &self.enforcer.maps;
+        Ok(json!({
+            "targets": rows,
+            "guard_kills": m.guard_kills(),
+            "isolation": {
+                "packets_dropped": m.counter(counter::ISOLATE_SKB_DROPS),
+                "connects_refused": m.counter(counter::ISOLATE_ADDR_DENIALS),
+                "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
+                "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
+                "lsm": self.enforcer.isolate.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
+            },
+        }))
+    }
+}
+
+impl State {
+    /// Level 3: one map update; the hooks are already attached.
+    fn isolate(&mut self, name: &str, verify_after: bool, received: Instant) -> Result<Done> {
+        let t = self.registry.get(name)?.clone();
+        if t.level >= level::STOPPED {
+            return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "a stopped target has nothing left to isolate; restore it first" });
+        }
+        let cg = Cgroup::new(&t.cgroup);
+        if !cg.exists() {
+            return Err(Error::InvalidRequest(format!("cgroup {} of target {name} no longer exists", t.cgroup.display())));
+        }
+        if !self.enforcer.isolate.attached(t.cgroup_id) {
+            self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup)?;
+        }
+        // An established connection has to exist before the cut to show
+        // that the cut stops it.
+        let probes = if verify_after {
+            let l = verify::Listeners::open(&self.config.state_dir)?;
+            let held = verify::hold(&t.cgroup, &l)?;
+            Some((l, held))
+        } else {
+            None
+        };
+        // With --verify, the clock starts after the probe set-up: the
+        // effect is timed, not the preparation for checking it.
+        let verify_setup_us = probes.as_ref().map(|_| received.elapsed().as_micros() as u64);
+        let before = Instant::now();
+        self.enforcer.maps.set(t.cgroup_id, TargetState { level: level::ISOLATE, depth: t.depth })?;
+        let map_update_us = before.elapsed().as_micros() as u64;
+        let time_to_effect_us = received.elapsed().as_micros() as u64 - verify_setup_us.unwrap_or(0);
+        let tt = self.registry.get_mut(name)?;
+        tt.level = level::ISOLATE;
+        tt.since_unix_us = now_us();
+        self.registry.save()?;
+        let channels = self.enforcer.isolate.channels();
+        let verified = match probes {
+            Some((l, held)) => Some(verify::run(&t.cgroup, &l, Some(held), &channels)?),
+            None => None,
+        };
+        let open: Vec<&str> = channels.iter().filter(|c| !c.enforced).map(|c| c.channel.as_str()).collect();
+        Ok(Done {
+            result: json!({
+                "target": name,
+                "level": "isolate",
+                "time_to_effect_us": time_to_effect_us,
+                "map_update_us": map_update_us,
+                "verify_setup_us": verify_setup_us,
+                "channels": channels,
+                "open_channels": open,
+                "verify": verified,
+            }),
+            to_level: Some(level::ISOLATE),
+            time_to_effect_us: Some(time_to_effect_us),
+        })
+    }
+
+    /// Steps a target down to `to` (a map update; a stopped target's cgroup
+    /// is thawed).
+    fn restore(&mut self, name: &str, to: u32, received: Instant) -> Result<Done> {
+        let t = self.registry.get(name)?.clone();
+        if to >= t.level {
+            return Err(Error::InvalidRequest(format!(
+                "restore goes down: {name} is at {}, cannot restore to {}",
+                level_name(t.level),
+                level_name(to)
+            )));
+        }
+        self.enforcer.maps.set(t.cgroup_id, TargetState { level: to, depth: t.depth })?;
+        let time_to_effect_us = received.elapsed().as_micros() as u64;
+        let cg = Cgroup::new(&t.cgroup);
+        if t.level >= level::STOPPED && cg.exists() && cg.has_freeze() {
+            cg.freeze(false)?;
+        }
+        let tt = self.registry.get_mut(name)?;
+        tt.level = to;
+        tt.since_unix_us = now_us();
+        self.registry.save()?;
+        Ok(Done {
+            result: json!({"target": name, "level": level_name(to), "from": level_name(t.level), "time_to_effect_us": time_to_effect_us}),
+            to_level: Some(to),
+            time_to_effect_us: Some(time_to_effect_us),
+        })
+    }
+
+    /// Probes every channel from inside the target.
+    fn verify(&mut self, name: &str) -> Result<Done> {
+        let t = self.registry.get(name)?.clone();
+        if t.level >= level::STOPPED {
+            return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "probes would be killed by the stop guard" });
+        }
+        let l = verify::Listeners::open(&self.config.state_dir)?;
+        let results = verify::run(&t.cgroup, &l, None, &self.enforcer.isolate.channels())?;
+        Ok(Done { result: json!({"target": name, "level": level_name(t.level), "verify": results}), to_level: None, time_to_effect_us: None })
     }
 }

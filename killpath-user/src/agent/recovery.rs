@@ -44,6 +44,10 @@ impl State {
                 changes.push(json!({"target": name, "change": "cgroup id changed; re-keyed"}));
                 t.cgroup_id = cg.id()?;
             }
+            if !self.enforcer.isolate.attached(t.cgroup_id) {
+                self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup)?;
+                changes.push(json!({"target": name, "change": "isolation hooks attached"}));
+            }
             let kernel = self.enforcer.maps.get(t.cgroup_id);
             let level = kernel.map_or(t.level, |k| k.level.max(t.level));
             if kernel.map(|k| k.level) != Some(level) {

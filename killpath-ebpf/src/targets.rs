@@ -1,0 +1,58 @@
+//! Finding the target a task or a packet belongs to. A target is keyed by
+//! its cgroup id; a task or socket belongs to it when the target's cgroup
+//! is its ancestor at the target's depth, so nested cgroups are included.
+//! Only depths where some target sits (GuardConfig.depth_mask) are looked at.
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
+};
+use killpath_common::{GuardConfig, TargetState, MAX_CGROUP_DEPTH};
+
+use crate::maps::{COUNTERS, GUARD_CONFIG, TARGETS};
+
+/// The global switches, or None if the config map is unreadable.
+#[inline(always)]
+pub fn config() -> Option<GuardConfig> {
+    GUARD_CONFIG.get(0).copied()
+}
+
+#[inline(always)]
+fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
+    let mut depth = 0u32;
+    while depth < MAX_CGROUP_DEPTH {
+        if mask & (1u32 << depth) != 0 {
+            let id = ancestor(depth as i32);
+            // SAFETY: value copied out immediately.
+            if let Some(state) = unsafe { TARGETS.get(&id) } {
+                if state.depth == depth {
+                    return Some(*state);
+                }
+            }
+        }
+        depth += 1;
+    }
+    None
+}
+
+/// The target of the current task, if any.
+#[inline(always)]
+pub fn of_current(mask: u32) -> Option<TargetState> {
+    // SAFETY: helper without pointer arguments.
+    find(mask, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) })
+}
+
+/// The target owning the socket of `skb`, if any.
+#[inline(always)]
+pub fn of_skb(mask: u32, skb: *mut __sk_buff) -> Option<TargetState> {
+    // SAFETY: skb is the program's context pointer.
+    find(mask, |d| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, d) })
+}
+
+/// Adds one to a global per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
