@@ -23,7 +23,9 @@ pub fn run(env: &Env, release: bool) -> Result<()> {
         println!("build: cargo {}", args.join(" "));
         let mut cmd = env.cargo()?;
         cmd.args(&args);
-        let status = cmd.status().with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+        let status = cmd
+            .status()
+            .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
         if !status.success() {
             bail!("`cargo {}` failed ({status})", args.join(" "));
         }

@@ -35,7 +35,11 @@ pub struct Args {
 enum Step {
     /// Start a command in the background under `name`; when `ready` is set,
     /// wait (up to `READY_TIMEOUT`) for that path to appear.
-    Spawn { name: &'static str, args: Vec<String>, ready: Option<PathBuf> },
+    Spawn {
+        name: &'static str,
+        args: Vec<String>,
+        ready: Option<PathBuf>,
+    },
     /// Run a command in the foreground; it must succeed.
     Run { args: Vec<String> },
     /// Let the workload run for a while.
@@ -60,20 +64,43 @@ fn steps(kp: &Path, tmp: &Path) -> Vec<Step> {
     vec![
         Step::Spawn {
             name: "agent",
-            args: vec![kp.clone(), "agent".into(), "--socket".into(), sock.clone(), "--state-dir".into(), path("state")],
+            args: vec![
+                kp.clone(),
+                "agent".into(),
+                "--socket".into(),
+                sock.clone(),
+                "--state-dir".into(),
+                path("state"),
+            ],
             ready: Some(tmp.join("agent.sock")),
         },
         // `run` execs the command in place, so this process becomes the canary.
         Step::Spawn {
             name: "canary",
-            args: cli(&["run", "canary", "--", &kp, "canary", "--dir", &path("canary")]),
+            args: cli(&[
+                "run",
+                "canary",
+                "--",
+                &kp,
+                "canary",
+                "--dir",
+                &path("canary"),
+            ]),
             ready: None,
         },
         Step::Sleep(Duration::from_secs(2)),
-        Step::Run { args: cli(&["status"]) },
-        Step::Run { args: cli(&["stop", "canary", "--reason", "demo"]) },
-        Step::Run { args: cli(&["journal", "--verify"]) },
-        Step::Run { args: cli(&["journal"]) },
+        Step::Run {
+            args: cli(&["status"]),
+        },
+        Step::Run {
+            args: cli(&["stop", "canary", "--reason", "demo"]),
+        },
+        Step::Run {
+            args: cli(&["journal", "--verify"]),
+        },
+        Step::Run {
+            args: cli(&["journal"]),
+        },
         Step::Stop { name: "canary" },
         Step::Stop { name: "agent" },
     ]
@@ -100,7 +127,8 @@ fn run_in_vm(env: &Env) -> Result<()> {
     // another cargo command while the VM boots.
     let dir = vm::fresh_results_dir(env, "demo")?;
     let me = dir.join("xtask");
-    fs::copy("/proc/self/exe", &me).with_context(|| format!("copying the xtask executable to {}", me.display()))?;
+    fs::copy("/proc/self/exe", &me)
+        .with_context(|| format!("copying the xtask executable to {}", me.display()))?;
     let exec = format!("{} demo --in-guest", shell_quote(&me.to_string_lossy()));
     let mut cmd = vm::vng_command(env, &exec, &[]);
     println!("demo: {}", proc::describe(&cmd));
@@ -125,7 +153,9 @@ fn execute(root: &Path) -> Result<()> {
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     println!("demo: working directory {}", tmp.display());
     let mut background: Vec<(&'static str, Child)> = Vec::new();
-    let result = steps(&kp, &tmp).into_iter().try_for_each(|step| run_step(step, &mut background));
+    let result = steps(&kp, &tmp)
+        .into_iter()
+        .try_for_each(|step| run_step(step, &mut background));
     // Stop whatever is still running, newest first.
     while let Some((name, mut child)) = background.pop() {
         println!("demo: stopping {name}");
@@ -177,7 +207,9 @@ fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<(
 }
 
 fn command(args: &[String]) -> Result<Command> {
-    let (program, rest) = args.split_first().ok_or_else(|| anyhow!("empty command in the demo steps"))?;
+    let (program, rest) = args
+        .split_first()
+        .ok_or_else(|| anyhow!("empty command in the demo steps"))?;
     let mut cmd = Command::new(program);
     cmd.args(rest);
     Ok(cmd)
@@ -188,10 +220,17 @@ fn wait_ready(name: &str, child: &mut Child, path: &Path) -> Result<()> {
     let start = Instant::now();
     while !path.exists() {
         if let Some(status) = child.try_wait()? {
-            bail!("{name} exited ({status}) before {} appeared", path.display());
+            bail!(
+                "{name} exited ({status}) before {} appeared",
+                path.display()
+            );
         }
         if start.elapsed() > READY_TIMEOUT {
-            bail!("{name}: {} did not appear within {}s", path.display(), READY_TIMEOUT.as_secs());
+            bail!(
+                "{name}: {} did not appear within {}s",
+                path.display(),
+                READY_TIMEOUT.as_secs()
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }

@@ -23,7 +23,9 @@ pub fn describe(cmd: &Command) -> String {
 /// Quotes `word` for a POSIX shell (unchanged when it needs no quoting).
 pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
-        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         word.to_owned()
     } else {
@@ -34,8 +36,14 @@ pub fn shell_quote(word: &str) -> String {
 /// Runs `cmd` and returns its stdout when it exits 0; `None` when it cannot be
 /// started or fails. For presence checks.
 pub fn output_ok(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs `cmd` with stdout and stderr appended to `log`; on failure the error
@@ -86,12 +94,20 @@ pub fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("could not start `{}`", describe(cmd)))?;
-    let out = child.stdout.take().map(|s| thread::spawn(move || pump(s, io::stdout())));
-    let err = child.stderr.take().map(|s| thread::spawn(move || pump(s, io::stderr())));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| thread::spawn(move || pump(s, io::stdout())));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| thread::spawn(move || pump(s, io::stderr())));
     let status = child.wait()?;
     let mut text = String::new();
     for handle in [out, err].into_iter().flatten() {
-        let bytes = handle.join().map_err(|_| anyhow::anyhow!("output reader thread panicked"))?;
+        let bytes = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("output reader thread panicked"))?;
         text.push_str(&String::from_utf8_lossy(&bytes));
     }
     Ok((status, text))
@@ -120,7 +136,11 @@ fn pump(mut src: impl Read, mut dst: impl Write) -> Vec<u8> {
 /// Spawns `cmd` in a process group of its own with stdin closed and its
 /// output appended to `log`, and waits at most `timeout`; on timeout the whole
 /// group (e.g. vng and the qemu it started) is killed and `Ok(None)` returned.
-pub fn run_with_timeout(cmd: &mut Command, log: &Path, timeout: Duration) -> Result<Option<ExitStatus>> {
+pub fn run_with_timeout(
+    cmd: &mut Command,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Option<ExitStatus>> {
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err_file = file.try_clone()?;
     let mut child = cmd

@@ -103,11 +103,17 @@ pub fn cache_dir() -> Result<PathBuf> {
     env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(|h| PathBuf::from(h).join(".cache/killpath"))
-        .ok_or_else(|| anyhow!("neither KILLPATH_CACHE nor HOME is set; set KILLPATH_CACHE to a cache directory"))
+        .ok_or_else(|| {
+            anyhow!(
+                "neither KILLPATH_CACHE nor HOME is set; set KILLPATH_CACHE to a cache directory"
+            )
+        })
 }
 
 fn vmlinuz(cache: &Path, version: &str) -> PathBuf {
-    cache.join("vm/root/boot").join(format!("vmlinuz-{version}"))
+    cache
+        .join("vm/root/boot")
+        .join(format!("vmlinuz-{version}"))
 }
 
 /// Runs every setup step and returns what the other commands need.
@@ -115,9 +121,13 @@ pub fn run() -> Result<Env> {
     let start = Instant::now();
     let root = workspace_root()?;
     let cache = cache_dir()?;
-    fs::create_dir_all(&cache).with_context(|| format!("creating the cache directory {}", cache.display()))?;
+    fs::create_dir_all(&cache)
+        .with_context(|| format!("creating the cache directory {}", cache.display()))?;
     let logs = cache.join("logs");
-    let mut apt = Apt { updated: false, log: logs.join("apt.log") };
+    let mut apt = Apt {
+        updated: false,
+        log: logs.join("apt.log"),
+    };
 
     step(
         "nightly toolchain",
@@ -132,8 +142,8 @@ pub fn run() -> Result<Env> {
     )?;
     step(
         "bpf-linker",
-        "see the log above; the recipe is in shared/notes/platform.md (needs crates.io and the nightly toolchain's libLLVM); \
-         delete the bpf-linker directory in the cache to start over",
+        "the recipe is `bpf_linker` in xtask/src/setup.rs (needs crates.io and the nightly toolchain's libLLVM); \
+         the full log is logs/bpf-linker.log in the cache; delete the cache's bpf-linker directory to start over",
         || bpf_linker(&cache, &logs.join("bpf-linker.log")),
     )?;
     step(
@@ -155,10 +165,23 @@ pub fn run() -> Result<Env> {
     step(
         "bpffs",
         "run `mount -t bpf bpf /sys/fs/bpf` as root",
-        || ensure_bpffs().map(|mounted| Outcome { value: (), installed: mounted, note: String::new() }),
+        || {
+            ensure_bpffs().map(|mounted| {
+                if mounted {
+                    Outcome::installed(()).note("mounted")
+                } else {
+                    Outcome::present(())
+                }
+            })
+        },
     )?;
     println!("setup: done in {}", proc::elapsed(start));
-    Ok(Env { root, cache, vng, kernel_version })
+    Ok(Env {
+        root,
+        cache,
+        vng,
+        kernel_version,
+    })
 }
 
 /// The result of one step: its value, whether it had to install anything,
@@ -171,11 +194,19 @@ struct Outcome<T> {
 
 impl<T> Outcome<T> {
     fn present(value: T) -> Self {
-        Self { value, installed: false, note: String::new() }
+        Self {
+            value,
+            installed: false,
+            note: String::new(),
+        }
     }
 
     fn installed(value: T) -> Self {
-        Self { value, installed: true, note: String::new() }
+        Self {
+            value,
+            installed: true,
+            note: String::new(),
+        }
     }
 
     fn note(mut self, note: impl Into<String>) -> Self {
@@ -192,7 +223,11 @@ fn step<T>(name: &str, fix: &str, f: impl FnOnce() -> Result<Outcome<T>>) -> Res
     let start = Instant::now();
     match f() {
         Ok(outcome) => {
-            let note = if outcome.note.is_empty() { String::new() } else { format!(" ({})", outcome.note) };
+            let note = if outcome.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", outcome.note)
+            };
             if outcome.installed {
                 println!("installed in {}{note}", proc::elapsed(start));
             } else {
@@ -208,9 +243,13 @@ fn step<T>(name: &str, fix: &str, f: impl FnOnce() -> Result<Outcome<T>>) -> Res
 }
 
 fn nightly(log: &Path) -> Result<Outcome<()>> {
-    let list = output_ok(Command::new("rustup").args(["toolchain", "list"]))
-        .ok_or_else(|| anyhow!("`rustup toolchain list` failed; is rustup installed and on PATH?"))?;
-    if list.lines().any(|l| l.starts_with("nightly-") || l.starts_with("nightly ")) {
+    let list = output_ok(Command::new("rustup").args(["toolchain", "list"])).ok_or_else(|| {
+        anyhow!("`rustup toolchain list` failed; is rustup installed and on PATH?")
+    })?;
+    if list
+        .lines()
+        .any(|l| l.starts_with("nightly-") || l.starts_with("nightly "))
+    {
         return Ok(Outcome::present(()));
     }
     run_logged(
@@ -223,13 +262,22 @@ fn nightly(log: &Path) -> Result<Outcome<()>> {
 
 fn rust_src(log: &Path) -> Result<Outcome<()>> {
     let installed = || {
-        output_ok(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-            .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
+        output_ok(Command::new("rustup").args([
+            "component",
+            "list",
+            "--toolchain",
+            "nightly",
+            "--installed",
+        ]))
+        .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
     };
     if installed() {
         return Ok(Outcome::present(()));
     }
-    run_logged(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]), log)?;
+    run_logged(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        log,
+    )?;
     if !installed() {
         bail!("`rustup component add` succeeded but rust-src is still not listed as installed");
     }
@@ -252,16 +300,25 @@ fn bpf_linker(cache: &Path, log: &Path) -> Result<Outcome<()>> {
     let mut libs: Vec<PathBuf> = fs::read_dir(&lib_dir)
         .with_context(|| format!("reading {}", lib_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .collect();
     libs.sort();
-    let lib = libs
-        .first()
-        .ok_or_else(|| anyhow!("no libLLVM.so.* in {}; the nightly toolchain looks incomplete", lib_dir.display()))?;
-    let lib_name = lib.file_name().ok_or_else(|| anyhow!("{} has no file name", lib.display()))?;
+    let lib = libs.first().ok_or_else(|| {
+        anyhow!(
+            "no libLLVM.so.* in {}; the nightly toolchain looks incomplete",
+            lib_dir.display()
+        )
+    })?;
+    let lib_name = lib
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", lib.display()))?;
     let prefix = tools.join("llvm");
     let prefix_lib = prefix.join("lib");
-    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     // The name the linker's build wants, and the name the binary's rpath loads.
     for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(lib_name)] {
         force_symlink(lib, &link)?;
@@ -270,7 +327,14 @@ fn bpf_linker(cache: &Path, log: &Path) -> Result<Outcome<()>> {
     rustflags.push(&prefix_lib);
     run_logged(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(BPF_LINKER_LLVM_FEATURE)
             .arg("--root")
             .arg(&tools)
@@ -278,7 +342,8 @@ fn bpf_linker(cache: &Path, log: &Path) -> Result<Outcome<()>> {
             .env("RUSTFLAGS", rustflags),
         log,
     )?;
-    let version = works().ok_or_else(|| anyhow!("{} was installed but `--version` fails", exe.display()))?;
+    let version =
+        works().ok_or_else(|| anyhow!("{} was installed but `--version` fails", exe.display()))?;
     Ok(Outcome::installed(()).note(version))
 }
 
@@ -287,7 +352,8 @@ fn force_symlink(target: &Path, link: &Path) -> Result<()> {
     if link.symlink_metadata().is_ok() {
         fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
     }
-    symlink(target, link).with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+    symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
 }
 
 /// apt state shared by the steps that use it: `apt-get update` runs at most once.
@@ -307,8 +373,10 @@ impl Apt {
 }
 
 fn dpkg_installed(package: &str) -> bool {
-    output_ok(Command::new("dpkg").args(["-s", package]))
-        .is_some_and(|out| out.lines().any(|l| l.trim() == "Status: install ok installed"))
+    output_ok(Command::new("dpkg").args(["-s", package])).is_some_and(|out| {
+        out.lines()
+            .any(|l| l.trim() == "Status: install ok installed")
+    })
 }
 
 fn apt_packages(apt: &mut Apt) -> Result<Outcome<()>> {
@@ -337,16 +405,19 @@ fn apt_packages(apt: &mut Apt) -> Result<Outcome<()>> {
 /// Finds a working `vng`: on PATH, else in Python's scripts directory.
 fn find_vng() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = which::which("vng").into_iter().collect();
-    if let Some(dir) =
-        output_ok(Command::new("python3").args(["-c", "import sysconfig;print(sysconfig.get_path('scripts'))"]))
-    {
+    if let Some(dir) = output_ok(Command::new("python3").args([
+        "-c",
+        "import sysconfig;print(sysconfig.get_path('scripts'))",
+    ])) {
         candidates.push(PathBuf::from(dir.trim()).join("vng"));
     }
     // pip's --user installs land here when not running as root.
     if let Some(home) = env::var_os("HOME") {
         candidates.push(PathBuf::from(home).join(".local/bin/vng"));
     }
-    candidates.into_iter().find(|c| output_ok(Command::new(c).arg("--version")).is_some())
+    candidates
+        .into_iter()
+        .find(|c| output_ok(Command::new(c).arg("--version")).is_some())
 }
 
 fn virtme_ng(log: &Path) -> Result<Outcome<PathBuf>> {
@@ -364,7 +435,10 @@ fn virtme_ng(log: &Path) -> Result<Outcome<PathBuf>> {
     };
     if let Err(e) = pip(&[]) {
         // Debian's own python3 refuses pip installs outside a venv (PEP 668).
-        if fs::read_to_string(log).unwrap_or_default().contains("externally-managed-environment") {
+        if fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("externally-managed-environment")
+        {
             pip(&["--break-system-packages"])?;
         } else {
             return Err(e);
@@ -390,26 +464,38 @@ fn vm_kernel(cache: &Path, apt: &mut Apt) -> Result<Outcome<String>> {
         None => (download_kernel(cache, apt)?, true),
     };
     installed |= link_modules(&vm, &version, &apt.log)?;
-    let outcome = if installed { Outcome::installed(version.clone()) } else { Outcome::present(version.clone()) };
+    let outcome = if installed {
+        Outcome::installed(version.clone())
+    } else {
+        Outcome::present(version.clone())
+    };
     Ok(outcome.note(version))
 }
 
 /// The `linux-image-6.1.0-N-amd64` package that `linux-image-amd64` depends on.
 fn kernel_package(apt: &mut Apt) -> Result<String> {
     let find = || {
-        output_ok(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).and_then(|out| {
-            out.lines()
-                .filter_map(|l| l.trim().strip_prefix("Depends:"))
-                .map(str::trim)
-                .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64") && !p.contains("cloud"))
-                .map(str::to_owned)
-        })
+        output_ok(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).and_then(
+            |out| {
+                out.lines()
+                    .filter_map(|l| l.trim().strip_prefix("Depends:"))
+                    .map(str::trim)
+                    .find(|p| {
+                        p.starts_with("linux-image-")
+                            && p.ends_with("-amd64")
+                            && !p.contains("cloud")
+                    })
+                    .map(str::to_owned)
+            },
+        )
     };
     if let Some(package) = find() {
         return Ok(package);
     }
     apt.update()?;
-    find().ok_or_else(|| anyhow!("`apt-cache depends linux-image-amd64` names no linux-image-*-amd64 package"))
+    find().ok_or_else(|| {
+        anyhow!("`apt-cache depends linux-image-amd64` names no linux-image-*-amd64 package")
+    })
 }
 
 fn download_kernel(cache: &Path, apt: &mut Apt) -> Result<String> {
@@ -427,19 +513,29 @@ fn download_kernel(cache: &Path, apt: &mut Apt) -> Result<String> {
             .flatten()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")) && n.to_string_lossy().ends_with(".deb"))
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy().starts_with(&format!("{package}_"))
+                        && n.to_string_lossy().ends_with(".deb")
+                })
             })
             .collect();
         v.sort();
         v
     };
     if debs(vm).is_empty() {
-        run_logged(Command::new("apt-get").args(["download", &package]).current_dir(vm), &log)?;
+        run_logged(
+            Command::new("apt-get")
+                .args(["download", &package])
+                .current_dir(vm),
+            &log,
+        )?;
     }
-    let deb = debs(vm)
-        .pop()
-        .ok_or_else(|| anyhow!("`apt-get download {package}` left no .deb in {}", vm.display()))?;
+    let deb = debs(vm).pop().ok_or_else(|| {
+        anyhow!(
+            "`apt-get download {package}` left no .deb in {}",
+            vm.display()
+        )
+    })?;
     let root = vm.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -449,7 +545,8 @@ fn download_kernel(cache: &Path, apt: &mut Apt) -> Result<String> {
     if !image.is_file() {
         bail!("{} does not contain {}", deb.display(), image.display());
     }
-    fs::write(vm.join("version"), format!("{version}\n")).context("recording the kernel version")?;
+    fs::write(vm.join("version"), format!("{version}\n"))
+        .context("recording the kernel version")?;
     Ok(version)
 }
 
@@ -461,10 +558,15 @@ fn link_modules(vm: &Path, version: &str, log: &Path) -> Result<bool> {
     let mut changed = false;
     if host_dir.symlink_metadata().is_err() {
         if !ours.is_dir() {
-            bail!("{} is missing; delete {} and run setup again", ours.display(), vm.display());
+            bail!(
+                "{} is missing; delete {} and run setup again",
+                ours.display(),
+                vm.display()
+            );
         }
         fs::create_dir_all("/lib/modules").context("creating /lib/modules (needs root)")?;
-        symlink(&ours, &host_dir).with_context(|| format!("linking {} -> {}", host_dir.display(), ours.display()))?;
+        symlink(&ours, &host_dir)
+            .with_context(|| format!("linking {} -> {}", host_dir.display(), ours.display()))?;
         changed = true;
     }
     if changed || !host_dir.join("modules.dep").is_file() {
@@ -489,7 +591,10 @@ pub fn ensure_bpffs() -> Result<bool> {
         .output()
         .context("could not run `mount`")?;
     if !out.status.success() {
-        bail!("`mount -t bpf bpf /sys/fs/bpf` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`mount -t bpf bpf /sys/fs/bpf` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(true)
 }

@@ -53,20 +53,32 @@ impl Tier {
     /// Judges a tier from its exit success and its captured libtest output.
     fn judge(name: &'static str, success: bool, output: &str, failure: &str) -> Self {
         match libtest_counts(output) {
-            Some((passed, failed)) => {
-                Self { name, passed, failed, problem: (!success).then(|| failure.to_owned()) }
-            }
+            Some((passed, failed)) => Self {
+                name,
+                passed,
+                failed,
+                problem: (!success).then(|| failure.to_owned()),
+            },
             None => Self {
                 name,
                 passed: 0,
                 failed: 0,
-                problem: Some(format!("printed no `test result:` line{}", if success { "" } else { &", and failed" })),
+                problem: Some(if success {
+                    "printed no `test result:` line".to_owned()
+                } else {
+                    format!("{failure} before printing any `test result:` line")
+                }),
             },
         }
     }
 
     fn broken(name: &'static str, e: &anyhow::Error) -> Self {
-        Self { name, passed: 0, failed: 0, problem: Some(format!("{e:#}")) }
+        Self {
+            name,
+            passed: 0,
+            failed: 0,
+            problem: Some(format!("{e:#}")),
+        }
     }
 }
 
@@ -122,7 +134,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     println!();
     for tier in &tiers {
         match &tier.problem {
-            None => println!("tier {}: {} passed, {} failed", tier.name, tier.passed, tier.failed),
+            None => println!(
+                "tier {}: {} passed, {} failed",
+                tier.name, tier.passed, tier.failed
+            ),
             Some(p) => println!("tier {}: FAILED: {p}", tier.name),
         }
     }
@@ -131,7 +146,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let ok = tiers.iter().all(|t| t.problem.is_none() && t.failed == 0);
     // The closing line, summed over every tier; nothing is printed after it.
     println!("{passed} passed, {failed} failed");
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn header(title: &str) {
@@ -140,21 +159,43 @@ fn header(title: &str) {
 
 fn unit_tier(env: &Env) -> Result<Tier> {
     let mut cmd = env.cargo()?;
-    cmd.args(["test", "--workspace", "--exclude", EBPF_PACKAGE, "--lib", "--bins"])
-        .env("KILLPATH_TEST_STRICT", "1")
-        .stdin(Stdio::null());
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        EBPF_PACKAGE,
+        "--lib",
+        "--bins",
+    ])
+    .env("KILLPATH_TEST_STRICT", "1")
+    .stdin(Stdio::null());
     println!("test: {}", proc::describe(&cmd));
     let (status, output) = proc::run_tee(&mut cmd)?;
-    Ok(Tier::judge("unit", status.success(), &output, "unit tests failed"))
+    Ok(Tier::judge(
+        "unit",
+        status.success(),
+        &output,
+        "unit tests failed",
+    ))
 }
 
 /// The integration test executable of killpath-user, from cargo's JSON messages.
 fn integration_exe(env: &Env) -> Result<PathBuf> {
     let mut cmd = env.cargo()?;
-    cmd.args(["test", "-p", USER_PACKAGE, "--test", INTEGRATION_TARGET, "--no-run", "--message-format=json"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
-    let out = cmd.output().with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+    cmd.args([
+        "test",
+        "-p",
+        USER_PACKAGE,
+        "--test",
+        INTEGRATION_TARGET,
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stdin(Stdio::null())
+    .stderr(Stdio::inherit());
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
     if !out.status.success() {
         bail!("`{}` failed ({})", proc::describe(&cmd), out.status);
     }
@@ -163,7 +204,11 @@ fn integration_exe(env: &Env) -> Result<PathBuf> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == INTEGRATION_TARGET)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| anyhow!("cargo built no executable for {USER_PACKAGE}'s `{INTEGRATION_TARGET}` test target"))
+        .ok_or_else(|| {
+            anyhow!(
+                "cargo built no executable for {USER_PACKAGE}'s `{INTEGRATION_TARGET}` test target"
+            )
+        })
 }
 
 fn package_dir(env: &Env) -> PathBuf {
@@ -181,7 +226,12 @@ fn host_tier(env: &Env, exe: &Path) -> Result<Tier> {
         .stdin(Stdio::null());
     println!("test: {}", proc::describe(&cmd));
     let (status, output) = proc::run_tee(&mut cmd)?;
-    Ok(Tier::judge("host", status.success(), &output, "host integration tests failed"))
+    Ok(Tier::judge(
+        "host",
+        status.success(),
+        &output,
+        "host integration tests failed",
+    ))
 }
 
 fn vm_tier(env: &Env, exe: &Path) -> Result<Tier> {
@@ -212,23 +262,41 @@ fn vm_tier(env: &Env, exe: &Path) -> Result<Tier> {
     let console = results.join("vng-console.log");
     let mut cmd = vm::vng_command(env, &format!("bash {}", q(&script)), &[&results]);
     println!("test: {}", proc::describe(&cmd));
-    println!("test: booting the VM (console output: {})", console.display());
+    println!(
+        "test: booting the VM (console output: {})",
+        console.display()
+    );
     let start = Instant::now();
     let status = proc::run_with_timeout(&mut cmd, &console, vm::TIMEOUT)?;
     let took = proc::elapsed(start);
     let output = fs::read_to_string(&log).unwrap_or_default();
     print!("{output}");
-    let code = fs::read_to_string(&rc).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let code = fs::read_to_string(&rc)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
     match (status, code) {
         (None, _) => {
-            println!("test: the VM did not finish within {}s; vng was killed", vm::TIMEOUT.as_secs());
+            println!(
+                "test: the VM did not finish within {}s; vng was killed",
+                vm::TIMEOUT.as_secs()
+            );
             println!("{}", proc::tail(&console, 30));
-            Ok(Tier { name: "vm", passed: 0, failed: 0, problem: Some("the VM timed out".into()) })
+            Ok(Tier {
+                name: "vm",
+                passed: 0,
+                failed: 0,
+                problem: Some("the VM timed out".into()),
+            })
         }
         (Some(status), None) => {
             println!("test: vng exited with {status} after {took}; last console lines:");
             println!("{}", proc::tail(&console, 30));
-            Ok(Tier { name: "vm", passed: 0, failed: 0, problem: Some("the VM produced no result".into()) })
+            Ok(Tier {
+                name: "vm",
+                passed: 0,
+                failed: 0,
+                problem: Some("the VM produced no result".into()),
+            })
         }
         (Some(_), Some(code)) => {
             println!("test: VM run finished in {took}, tests exited with {code}");

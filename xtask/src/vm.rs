@@ -50,7 +50,10 @@ const KEEP_RESULTS: usize = 10;
 pub fn fresh_results_dir(env: &Env, label: &str) -> Result<PathBuf> {
     let parent = env.root.join("target/vm-results");
     prune(&parent, label);
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
     let dir = parent.join(format!("{label}-{stamp}"));
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -67,7 +70,12 @@ fn prune(parent: &Path, label: &str) {
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| {
-            let stamp = p.file_name()?.to_str()?.strip_prefix(&prefix)?.parse().ok()?;
+            let stamp = p
+                .file_name()?
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .parse()
+                .ok()?;
             Some((stamp, p))
         })
         .collect();
@@ -81,7 +89,11 @@ fn prune(parent: &Path, label: &str) {
 /// `cargo xtask vm -- <command...>`: boots the VM, runs the command with the
 /// terminal attached, and exits with vng's exit code.
 pub fn run_command(env: &Env, command: &[String]) -> Result<ExitCode> {
-    let line = command.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+    let line = command
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut cmd = vng_command(env, &line, &[]);
     println!("vm: {}", proc::describe(&cmd));
     let start = Instant::now();
@@ -89,7 +101,13 @@ pub fn run_command(env: &Env, command: &[String]) -> Result<ExitCode> {
     if !output.is_empty() && !output.ends_with('\n') {
         println!();
     }
-    println!("vm: vng exited with {status} after {}", proc::elapsed(start));
-    let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+    println!(
+        "vm: vng exited with {status} after {}",
+        proc::elapsed(start)
+    );
+    let code = status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(1);
     Ok(ExitCode::from(code))
 }
