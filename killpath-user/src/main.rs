@@ -21,10 +21,14 @@ use serde_json::{json, Value};
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    // Rust ignores SIGPIPE; a CLI piped into `head` should just end.
-    // SAFETY: restores the default disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Agent { .. }) {
+        // Rust ignores SIGPIPE; a client piped into `head` should just
+        // end. Never in the agent: a client that hangs up before its
+        // response must cost an EPIPE, not the agent.
+        // SAFETY: restores the default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let default_level = if matches!(cli.cmd, Cmd::Agent { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
