@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use killpath_common::{level, maps, programs, GuardConfig, TargetState, MAX_CGROUP_DEPTH};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, Result},
@@ -81,7 +81,8 @@ impl Maps {
         })
     }
 
-    /// Opens the maps pinned under `pin_dir` by a running or dead agent.
+    /// Opens the maps pinned in one generation directory (see
+    /// [`generations`]) by a running or dead agent.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
         let open = |name: &str| -> Result<Map> {
             let p = map_pin(pin_dir, name);
@@ -100,6 +101,16 @@ impl Maps {
     /// Sum over CPUs of counter `index` (see `killpath_common::counter`).
     pub fn counter(&self, index: u32) -> u64 {
         self.counters.as_ref().and_then(|c| c.get(&index, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// The target states pinned in generation `dir`, reading only the
+    /// targets map (an older build's other maps may differ in layout).
+    pub fn pinned_targets(dir: &Path) -> Result<Vec<(u64, TargetState)>> {
+        let p = map_pin(dir, maps::TARGETS);
+        let data = MapData::from_pin(&p).map_err(|e| Error::Kernel(format!("opening pinned map {}: {e}", p.display())))?;
+        let map: HashMap<MapData, u64, TargetState> =
+            HashMap::try_from(Map::HashMap(data)).map_err(|e| Error::Kernel(format!("{}: {e}", p.display())))?;
+        Ok(map.iter().filter_map(|r| r.ok()).collect())
     }
 
     /// Every target the kernel knows, by cgroup id.
@@ -155,10 +166,57 @@ pub(crate) fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
     pin_dir.join("links").join(prog)
 }
 
+/// Pins live in one directory per build of the eBPF object:
+/// `<pin-dir>/gen-<sha256 of the object, 16 hex>`. A restart of the same
+/// build reuses its generation; a new build (whose maps or programs may
+/// differ in layout) gets a new generation, takes over the old one's
+/// target states, attaches its own programs, and only then retires the
+/// old generation, so enforcement never lapses across an upgrade.
+pub fn generation_dir(pin_dir: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(OBJECT);
+    pin_dir.join(format!("gen-{}", &hex::encode(hash)[..16]))
+}
+
+/// Every generation under `pin_dir` (the current build's first, if present),
+/// plus `pin_dir` itself if it holds a pre-generation layout.
+pub fn generations(pin_dir: &Path) -> Vec<PathBuf> {
+    let current = generation_dir(pin_dir);
+    let mut out: Vec<PathBuf> = current.exists().then(|| current.clone()).into_iter().collect();
+    if let Ok(rd) = fs::read_dir(pin_dir) {
+        let mut others: Vec<PathBuf> =
+            rd.flatten().map(|e| e.path()).filter(|p| p != &current && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-"))).collect();
+        others.sort();
+        out.extend(others);
+    }
+    if pin_dir.join("maps").exists() {
+        out.push(pin_dir.to_owned());
+    }
+    out
+}
+
+/// Removes an old generation's pins (its programs detach as the last
+/// references go). For the legacy layout only killpath's subdirectories go.
+fn retire(dir: &Path, pin_dir: &Path) -> Result<()> {
+    if dir == pin_dir {
+        for sub in ["maps", "links", "progs", "targets"] {
+            let d = dir.join(sub);
+            if d.exists() {
+                fs::remove_dir_all(&d).map_err(Error::io(format!("removing {}", d.display())))?;
+            }
+        }
+        Ok(())
+    } else {
+        fs::remove_dir_all(dir).map_err(Error::io(format!("removing {}", dir.display())))
+    }
+}
+
 /// The loaded (or re-found) kernel side.
 pub struct Enforcer {
     pub maps: Maps,
     pin_dir: PathBuf,
+    /// Generations of an older build, kept until the new one is in force.
+    old_generations: Vec<PathBuf>,
     /// Programs this process loaded or attached (empty when all were found pinned).
     pub attached_now: Vec<&'static str>,
     /// Level-3 programs: per-target cgroup hooks and host-wide LSM hooks.
@@ -171,8 +229,11 @@ pub struct Enforcer {
 impl Enforcer {
     /// Loads the object reusing pinned maps, and attaches and pins every
     /// guard program whose link is not pinned yet.
-    pub fn open(pin_dir: &Path) -> Result<Self> {
-        ensure_bpffs(pin_dir)?;
+    pub fn open(base: &Path) -> Result<Self> {
+        ensure_bpffs(base)?;
+        let old_generations: Vec<PathBuf> = generations(base).into_iter().filter(|g| g != &generation_dir(base)).collect();
+        let gen = generation_dir(base);
+        let pin_dir = gen.as_path();
         for sub in ["maps", "links", "progs", "targets"] {
             fs::create_dir_all(pin_dir.join(sub)).map_err(Error::io(format!("creating {}", pin_dir.join(sub).display())))?;
         }
@@ -207,11 +268,35 @@ impl Enforcer {
         maps.counters = Some(
             PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::COUNTERS)))?,
         );
-        Ok(Self { maps, pin_dir: pin_dir.to_owned(), attached_now, isolate, _ebpf: ebpf })
+        // Take over target states from an older build's maps (the higher
+        // level wins), so the new programs enforce what the old ones did.
+        for old in &old_generations {
+            match Maps::pinned_targets(old) {
+                Ok(entries) => {
+                    for (id, st) in entries {
+                        if maps.get(id).is_none_or(|cur| cur.level < st.level) {
+                            maps.set(id, st)?;
+                        }
+                    }
+                }
+                Err(e) => warn!(generation = %old.display(), "cannot read an old generation's targets: {e}"),
+            }
+        }
+        Ok(Self { maps, pin_dir: base.to_owned(), old_generations, attached_now, isolate, _ebpf: ebpf })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Removes older generations' pins. Call once this generation's
+    /// programs are attached for every target.
+    pub fn retire_old_generations(&mut self) -> Result<Vec<PathBuf>> {
+        for g in &self.old_generations {
+            retire(g, &self.pin_dir)?;
+            info!(generation = %g.display(), "retired pins of an older build");
+        }
+        Ok(std::mem::take(&mut self.old_generations))
     }
 }
 

@@ -122,6 +122,10 @@ pub enum Cmd {
         /// Number of worker processes.
         #[arg(long, default_value_t = 2)]
         workers: u32,
+        /// A local TCP service (HOST:PORT) each worker calls every iteration
+        /// (an HTTP GET); results go to DIR/net-N.
+        #[arg(long)]
+        service: Option<std::net::SocketAddr>,
         #[arg(long, hide = true)]
         worker: Option<u32>,
     },

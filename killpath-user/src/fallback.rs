@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agent::{AgentConfig, AGENT_FILE, FALLBACK_JOURNAL_FILE},
-    bpf::Maps,
+    bpf::{self, Maps},
     cgroup::Cgroup,
     error::Result,
     journal::{Actor, Entry, Phase, Journal},
@@ -42,13 +42,21 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
 
     // Arm the guard through the pinned map if the pins are there; the
     // cgroup kill below works without it.
-    let guard = match cfg.as_ref().map(|c| Maps::open_pinned(&c.pin_dir)) {
-        Some(Ok(mut maps)) => maps
-            .set(t.cgroup_id, TargetState { level: level::STOPPED, depth: t.depth })
-            .map(|()| "armed".to_owned())
-            .unwrap_or_else(|e| format!("not armed: {e}")),
-        Some(Err(e)) => format!("not armed: {e}"),
+    // Every generation of pins that exists (normally one) gets the stop.
+    let guard = match cfg.as_ref().map(|c| bpf::generations(&c.pin_dir)) {
         None => format!("not armed: {} unreadable", cfg_path.display()),
+        Some(gens) if gens.is_empty() => "not armed: no pinned maps (agent never started?)".to_owned(),
+        Some(gens) => {
+            let results: Vec<String> = gens
+                .iter()
+                .map(|g| {
+                    Maps::open_pinned(g)
+                        .and_then(|mut m| m.set(t.cgroup_id, TargetState { level: level::STOPPED, depth: t.depth }))
+                        .map_or_else(|e| format!("not armed in {}: {e}", g.display()), |()| "armed".to_owned())
+                })
+                .collect();
+            results.join("; ")
+        }
     };
     let outcome = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT);
 

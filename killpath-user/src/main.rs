@@ -134,10 +134,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Journal { follow, verify, file, offline } => journal_cmd(&cli, &out, *follow, *verify, file.clone(), *offline),
-        Cmd::Canary { dir, workers, worker } => {
+        Cmd::Canary { dir, workers, service, worker } => {
             match worker {
-                Some(n) => canary::worker(dir, *n)?,
-                None => canary::run(dir, *workers)?,
+                Some(n) => canary::worker(dir, *n, *service)?,
+                None => canary::run(dir, *workers, *service)?,
             }
             Ok(ExitCode::SUCCESS)
         }

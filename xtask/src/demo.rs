@@ -42,17 +42,25 @@ enum Step {
     },
     /// Run a command in the foreground; it must succeed.
     Run { args: Vec<String> },
+    /// Run a command whose non-zero exit is an expected, explained outcome
+    /// (e.g. `isolate --verify` reporting channels this kernel cannot cut).
+    RunMayFail { args: Vec<String>, why: &'static str },
+    /// Print files matching `prefix*` in `dir`.
+    Show { dir: PathBuf, prefix: &'static str },
     /// Let the workload run for a while.
     Sleep(Duration),
     /// Stop the background process started under `name` (SIGTERM, then SIGKILL).
     Stop { name: &'static str },
 }
 
+/// Port of the demo's local HTTP service.
+const SERVICE_PORT: u16 = 18437;
+
 /// How long a background process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The demo sequence. `kp` is the killpath binary, `tmp` a fresh directory.
-fn steps(kp: &Path, tmp: &Path) -> Vec<Step> {
+fn steps(kp: &Path, tmp: &Path, sandbox: &Sandbox) -> Vec<Step> {
     let kp = kp.to_string_lossy().into_owned();
     let sock = tmp.join("agent.sock").to_string_lossy().into_owned();
     let path = |p: &str| tmp.join(p).to_string_lossy().into_owned();
@@ -71,8 +79,30 @@ fn steps(kp: &Path, tmp: &Path) -> Vec<Step> {
                 sock.clone(),
                 "--state-dir".into(),
                 path("state"),
+                "--pin-dir".into(),
+                sandbox.pin_dir.to_string_lossy().into_owned(),
+                "--cgroup-parent".into(),
+                sandbox.cgroup_parent.to_string_lossy().into_owned(),
             ],
             ready: Some(tmp.join("agent.sock")),
+        },
+        // A local service outside every target: the canary's network call.
+        Step::Spawn {
+            name: "service",
+            args: vec![
+                "python3".into(),
+                "-m".into(),
+                "http.server".into(),
+                SERVICE_PORT.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--directory".into(),
+                tmp.to_string_lossy().into_owned(),
+            ],
+            ready: None,
+        },
+        Step::Run {
+            args: cli(&["probe"]),
         },
         // `run` execs the command in place, so this process becomes the canary.
         Step::Spawn {
@@ -85,10 +115,28 @@ fn steps(kp: &Path, tmp: &Path) -> Vec<Step> {
                 "canary",
                 "--dir",
                 &path("canary"),
+                "--service",
+                &format!("127.0.0.1:{SERVICE_PORT}"),
             ]),
             ready: None,
         },
         Step::Sleep(Duration::from_secs(2)),
+        Step::Run {
+            args: cli(&["status"]),
+        },
+        Step::Show {
+            dir: tmp.join("canary"),
+            prefix: "net-",
+        },
+        Step::RunMayFail {
+            args: cli(&["isolate", "canary", "--verify", "--reason", "demo"]),
+            why: "on a kernel without BPF LSM, unix and packet sockets stay OPEN and verify says so (exit 1)",
+        },
+        Step::Sleep(Duration::from_secs(1)),
+        Step::Show {
+            dir: tmp.join("canary"),
+            prefix: "net-",
+        },
         Step::Run {
             args: cli(&["status"]),
         },
@@ -139,6 +187,51 @@ fn run_in_vm(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// The demo's own bpffs pin dir and cgroup parent, so that it never
+/// touches a real agent's state and leaves nothing behind: at the end every
+/// task under the cgroup parent is killed, the cgroups removed, and the pins
+/// (hence the demo's programs) removed.
+struct Sandbox {
+    pin_dir: PathBuf,
+    cgroup_parent: PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Result<Self> {
+        let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+        let mount = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .next()
+            .ok_or_else(|| anyhow!("no cgroup2 filesystem is mounted"))?;
+        let tag = format!("killpath-demo-{}", std::process::id());
+        Ok(Self { pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag), cgroup_parent: mount.join(tag) })
+    }
+
+    fn clean(&self) {
+        let mut dirs = vec![self.cgroup_parent.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = fs::read_dir(&dirs[i]) {
+                dirs.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            }
+            i += 1;
+        }
+        for d in &dirs {
+            let _ = fs::write(d.join("cgroup.freeze"), "0");
+            let _ = fs::write(d.join("cgroup.kill"), "1");
+        }
+        thread::sleep(Duration::from_millis(300));
+        for d in dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+        let _ = fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
 /// Runs the steps with `target/debug/killpath` in a fresh temporary directory;
 /// background processes are always cleaned up.
 fn execute(root: &Path) -> Result<()> {
@@ -153,7 +246,8 @@ fn execute(root: &Path) -> Result<()> {
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     println!("demo: working directory {}", tmp.display());
     let mut background: Vec<(&'static str, Child)> = Vec::new();
-    let result = steps(&kp, &tmp)
+    let sandbox = Sandbox::new()?;
+    let result = steps(&kp, &tmp, &sandbox)
         .into_iter()
         .try_for_each(|step| run_step(step, &mut background));
     // Stop whatever is still running, newest first.
@@ -161,6 +255,7 @@ fn execute(root: &Path) -> Result<()> {
         println!("demo: stopping {name}");
         proc::terminate(&mut child, Duration::from_secs(5));
     }
+    sandbox.clean();
     result?;
     println!("demo done");
     Ok(())
@@ -189,6 +284,30 @@ fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<(
                 .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
             if !status.success() {
                 bail!("`{}` failed ({status})", proc::describe(&cmd));
+            }
+        }
+        Step::RunMayFail { args, why } => {
+            let mut cmd = command(&args)?;
+            println!("$ {}", proc::describe(&cmd));
+            let status = cmd
+                .stdin(Stdio::null())
+                .status()
+                .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+            if !status.success() {
+                println!("demo: exit {status}: {why}");
+            }
+        }
+        Step::Show { dir, prefix } => {
+            let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+                .collect();
+            files.sort();
+            for f in files {
+                let text = fs::read_to_string(&f).unwrap_or_default();
+                println!("{}: {}", f.display(), text.trim());
             }
         }
         Step::Sleep(d) => {

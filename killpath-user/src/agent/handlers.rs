@@ -373,6 +373,7 @@ impl State {
 impl State {
     /// Level 3: one map update; the hooks are already attached.
     fn isolate(&mut self, name: &str, verify_after: bool, received: Instant) -> Result<Done> {
+        let setup_start = Instant::now();
         let t = self.registry.get(name)?.clone();
         if t.level >= level::STOPPED {
             return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "a stopped target has nothing left to isolate; restore it first" });
@@ -395,7 +396,7 @@ impl State {
         };
         // With --verify, the clock starts after the probe set-up: the
         // effect is timed, not the preparation for checking it.
-        let verify_setup_us = probes.as_ref().map(|_| received.elapsed().as_micros() as u64);
+        let verify_setup_us = probes.as_ref().map(|_| setup_start.elapsed().as_micros() as u64);
         let before = Instant::now();
         self.enforcer.maps.set(t.cgroup_id, TargetState { level: level::ISOLATE, depth: t.depth })?;
         let map_update_us = before.elapsed().as_micros() as u64;

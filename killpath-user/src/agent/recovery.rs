@@ -59,6 +59,8 @@ impl State {
             }
         }
         self.registry.save()?;
+        // Every target now has this build's hooks: older builds' pins can go.
+        let retired = self.enforcer.retire_old_generations()?;
         let mut e = Entry::new(recovery_actor(), Phase::Event, "agent-start");
         e.params = json!({
             "torn_bytes_truncated": rec.truncated_bytes,
@@ -66,6 +68,7 @@ impl State {
             "fallback_records_imported": imported,
             "programs_attached_now": self.enforcer.attached_now,
             "reconciled": changes,
+            "retired_pin_generations": retired,
             "targets": self.registry.targets.len(),
         });
         self.journal.append(e)?;
