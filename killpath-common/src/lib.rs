@@ -29,6 +29,10 @@ pub mod maps {
     pub const GUARD_KILLS: &str = "KP_GUARD_KILLS";
     /// `PerCpuArray<u64>` indexed by [`super::counter`]: isolation drops and denials.
     pub const COUNTERS: &str = "KP_COUNTERS";
+    /// `HashMap<u32 ifindex, u64 cgroup id>`: host-side network devices
+    /// (the veth of a container in its own network namespace) whose traffic
+    /// belongs to a target; the TC program cuts it when the target is isolated.
+    pub const NETDEVS: &str = "KP_NETDEVS";
     /// `Array<ProbeState>` with one entry: used by `probe` to see an LSM hook fire.
     pub const PROBE: &str = "KP_PROBE";
 }
@@ -49,6 +53,8 @@ pub mod programs {
     pub const ISOLATE_SENDMSG4: &str = "kp_isolate_sendmsg4";
     pub const ISOLATE_SENDMSG6: &str = "kp_isolate_sendmsg6";
     pub const ISOLATE_SOCK_CREATE: &str = "kp_isolate_sock_create";
+    /// Level 3 at TC (TCX where available) on a target's host-side veth.
+    pub const ISOLATE_TC: &str = "kp_isolate_tc";
     /// Level 3, host-wide BPF LSM hooks (attached once where BPF LSM is on).
     pub const ISOLATE_LSM_SOCKET_CREATE: &str = "kp_isolate_lsm_socket_create";
     pub const ISOLATE_LSM_SOCKET_CONNECT: &str = "kp_isolate_lsm_socket_connect";
@@ -73,8 +79,10 @@ pub mod counter {
     pub const ISOLATE_SOCK_DENIALS: u32 = 2;
     /// Socket operations refused by a BPF LSM hook.
     pub const ISOLATE_LSM_DENIALS: u32 = 3;
+    /// Packets dropped at TC on a target's network device.
+    pub const ISOLATE_TC_DROPS: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Deepest cgroup nesting level (root = 0) at which a target may sit. The

@@ -14,12 +14,16 @@
 //! Each program reads the target's level from the map, so isolating is one
 //! map update.
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm},
-    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, lsm},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, TcContext},
 };
 use killpath_common::{counter, level};
 
-use crate::targets;
+use crate::{
+    maps::{NETDEVS, TARGETS},
+    targets,
+};
 
 const EPERM: i32 = 1;
 const AF_INET: i32 = 2;
@@ -50,6 +54,34 @@ fn try_skb(ctx: &SkBuffContext) -> Result<i32, i32> {
         return Ok(SKB_DROP);
     }
     Ok(SKB_PASS)
+}
+
+/// TC on the host side of a target's veth (`isolate --netdev`): drops
+/// every frame in both directions while the owning target is isolated. This
+/// also catches what no socket hook sees, such as frames from a packet
+/// socket inside the container's network namespace. Returns TC_ACT_UNSPEC
+/// (TCX_NEXT) otherwise, so other programs on the device still run.
+#[classifier]
+pub fn kp_isolate_tc(ctx: TcContext) -> i32 {
+    try_tc(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
+    let cfg = targets::config().ok_or(TC_ACT_UNSPEC)?;
+    if cfg.isolated_targets == 0 {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    // SAFETY: reading the device index from the skb context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: values copied out immediately.
+    let Some(cgid) = (unsafe { NETDEVS.get(&ifindex) }).copied() else { return Ok(TC_ACT_UNSPEC) };
+    // SAFETY: as above.
+    let isolated = unsafe { TARGETS.get(&cgid) }.is_some_and(|s| s.level >= level::ISOLATE);
+    if isolated {
+        targets::count(counter::ISOLATE_TC_DROPS);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    Ok(TC_ACT_UNSPEC)
 }
 
 /// sock_addr verdict for the current task: 1 allow, 0 refuse (EPERM).

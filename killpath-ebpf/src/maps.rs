@@ -21,5 +21,8 @@ pub static GUARD_KILLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "KP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(killpath_common::counter::COUNT, 0);
 
+#[map(name = "KP_NETDEVS")]
+pub static NETDEVS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
 #[map(name = "KP_PROBE")]
 pub static PROBE: Array<ProbeState> = Array::with_max_entries(1, 0);

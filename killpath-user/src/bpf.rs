@@ -34,7 +34,7 @@ const GUARDS: &[(&str, &str)] = &[
 ];
 
 /// Maps that outlive the agent.
-const PINNED_MAPS: &[&str] = &[maps::TARGETS, maps::GUARD_CONFIG, maps::GUARD_KILLS, maps::COUNTERS];
+const PINNED_MAPS: &[&str] = &[maps::TARGETS, maps::GUARD_CONFIG, maps::GUARD_KILLS, maps::COUNTERS, maps::NETDEVS];
 
 /// Default bpffs directory for killpath's pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/killpath";
@@ -199,7 +199,7 @@ pub fn generations(pin_dir: &Path) -> Vec<PathBuf> {
 /// references go). For the legacy layout only killpath's subdirectories go.
 fn retire(dir: &Path, pin_dir: &Path) -> Result<()> {
     if dir == pin_dir {
-        for sub in ["maps", "links", "progs", "targets"] {
+        for sub in ["maps", "links", "progs", "targets", "netdevs"] {
             let d = dir.join(sub);
             if d.exists() {
                 fs::remove_dir_all(&d).map_err(Error::io(format!("removing {}", d.display())))?;
@@ -234,7 +234,7 @@ impl Enforcer {
         let old_generations: Vec<PathBuf> = generations(base).into_iter().filter(|g| g != &generation_dir(base)).collect();
         let gen = generation_dir(base);
         let pin_dir = gen.as_path();
-        for sub in ["maps", "links", "progs", "targets"] {
+        for sub in ["maps", "links", "progs", "targets", "netdevs"] {
             fs::create_dir_all(pin_dir.join(sub)).map_err(Error::io(format!("creating {}", pin_dir.join(sub).display())))?;
         }
         let pins: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, map_pin(pin_dir, n))).collect();

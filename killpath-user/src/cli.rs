@@ -85,6 +85,10 @@ pub enum Cmd {
         /// Then probe every channel from inside the target; exits non-zero if any is OPEN.
         #[arg(long)]
         verify: bool,
+        /// Also cut at TC on this host-side network device (the veth of a
+        /// container in its own network namespace). Repeatable.
+        #[arg(long)]
+        netdev: Vec<String>,
     },
     /// Step NAME down to a lower level (normal, throttle, degrade, isolate).
     Restore {

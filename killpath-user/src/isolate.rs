@@ -43,7 +43,7 @@ fn kerr(what: impl std::fmt::Display) -> impl FnOnce(aya::programs::ProgramError
     move |e| Error::Kernel(format!("{what}: {}", crate::probe::error_chain(&e)))
 }
 
-fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("progs").join(name)
 }
 
@@ -69,11 +69,13 @@ pub struct IsolatePrograms {
     sock: CgroupSock,
     /// Why BPF LSM hooks are not attached (None: attached and running).
     pub lsm_error: Option<String>,
+    /// The TC program for `--netdev`.
+    pub tc: crate::isolate_tc::TcProgram,
     pin_dir: PathBuf,
 }
 
 /// Loads and pins `name` unless its pin exists.
-fn load_pinned<P>(ebpf: &mut Ebpf, pin_dir: &Path, name: &'static str, loaded: &mut Vec<&'static str>, load: impl FnOnce(&mut P) -> Result<()>) -> Result<PathBuf>
+pub(crate) fn load_pinned<P>(ebpf: &mut Ebpf, pin_dir: &Path, name: &'static str, loaded: &mut Vec<&'static str>, load: impl FnOnce(&mut P) -> Result<()>) -> Result<PathBuf>
 where
     for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -106,11 +108,12 @@ impl IsolatePrograms {
         }
         let sock_pin = load_pinned::<CgroupSock>(ebpf, pin_dir, programs::ISOLATE_SOCK_CREATE, loaded, |p| p.load().map_err(kerr("sock_create")))?;
         let sock = CgroupSock::from_pin(&sock_pin, CgroupSockAttachType::SockCreate).map_err(kerr("sock_create"))?;
+        let tc = crate::isolate_tc::TcProgram::open(ebpf, pin_dir, loaded)?;
         let lsm_error = attach_lsm(ebpf, pin_dir, loaded).err();
         if let Some(e) = &lsm_error {
             warn!("BPF LSM isolation hooks unavailable: {e}");
         }
-        Ok(Self { skb, addr, sock, lsm_error, pin_dir: pin_dir.to_owned() })
+        Ok(Self { skb, addr, sock, lsm_error, tc, pin_dir: pin_dir.to_owned() })
     }
 
     /// Attaches the cgroup hooks to a target's cgroup (idempotent: links

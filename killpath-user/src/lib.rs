@@ -8,6 +8,7 @@ pub mod client;
 pub mod error;
 pub mod fallback;
 pub mod isolate;
+pub mod isolate_tc;
 pub mod journal;
 pub mod probe;
 pub mod protocol;

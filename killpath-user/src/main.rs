@@ -100,8 +100,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.stopped(&r);
             Ok(if r["survivors"].as_u64() == Some(0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Isolate { name, reason, verify } => {
-            let r = call(&cli, &Command::Isolate { name: name.clone(), reason: reason.clone(), verify: *verify })?;
+        Cmd::Isolate { name, reason, verify, netdev } => {
+            let r = call(&cli, &Command::Isolate { name: name.clone(), reason: reason.clone(), verify: *verify, netdev: netdev.clone() })?;
             out.isolated(&r);
             Ok(verdict(&r))
         }

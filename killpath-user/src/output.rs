@@ -67,8 +67,9 @@ impl Output {
         let i = &r["isolation"];
         if !i.is_null() {
             println!(
-                "isolation: {} packets dropped, {} connects/sends refused, {} raw sockets refused, {} LSM denials; BPF LSM hooks {}",
+                "isolation: {} packets dropped ({} at TC), {} connects/sends refused, {} raw sockets refused, {} LSM denials; BPF LSM hooks {}",
                 s(&i["packets_dropped"]),
+                s(&i["tc_packets_dropped"]),
                 s(&i["connects_refused"]),
                 s(&i["raw_sockets_refused"]),
                 s(&i["lsm_denials"]),
@@ -110,6 +111,9 @@ impl Output {
             return;
         }
         println!("isolated {} in {} µs (map update {} µs)", s(&r["target"]), s(&r["time_to_effect_us"]), s(&r["map_update_us"]));
+        for d in r["netdevs"].as_array().into_iter().flatten() {
+            println!("  netdev {:<9} cut at TC ({})", s(&d["netdev"]), s(&d["mechanism"]));
+        }
         for c in r["channels"].as_array().into_iter().flatten() {
             println!("  {:<16} {:<4} {}", s(&c["channel"]), if c["enforced"] == Value::Bool(true) { "cut" } else { "OPEN" }, s(&c["by"]));
         }

@@ -74,6 +74,9 @@ pub enum Command {
         /// Probe every channel from inside the target after isolating.
         #[serde(default)]
         verify: bool,
+        /// Host-side network devices (a container's veth) to cut at TC too.
+        #[serde(default)]
+        netdev: Vec<String>,
     },
     /// Step a target down to a lower level.
     Restore {

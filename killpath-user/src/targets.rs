@@ -74,6 +74,9 @@ pub struct Target {
     pub since_unix_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_stop: Option<StopReport>,
+    /// Host-side network devices bound to the target (`isolate --netdev`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netdevs: Vec<String>,
 }
 
 /// All targets, by name.
@@ -150,6 +153,7 @@ mod tests {
             level: level::STOPPED,
             since_unix_us: 1,
             last_stop: None,
+            netdevs: Vec::new(),
         };
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();

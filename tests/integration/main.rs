@@ -5,6 +5,7 @@
 mod harness;
 
 mod fallback;
+mod isolate;
 mod journal;
 mod probe;
 mod socket;

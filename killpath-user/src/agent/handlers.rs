@@ -74,10 +74,14 @@ impl State {
                 let params = json!({"reason": reason});
                 self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, received))
             }
-            Command::Isolate { name, reason, verify } => {
+            Command::Isolate { name, reason, verify, netdev } => {
                 self.registry.get(&name)?;
-                let params = json!({"reason": reason, "verify": verify});
-                self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, received))
+                // Every device must exist before anything changes.
+                for d in &netdev {
+                    crate::isolate_tc::ifindex(d)?;
+                }
+                let params = json!({"reason": reason, "verify": verify, "netdev": netdev});
+                self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, &netdev, received))
             }
             Command::Restore { name, to, reason } => {
                 self.registry.get(&name)?;
@@ -182,6 +186,7 @@ impl State {
             level: level::NORMAL,
             since_unix_us: now_us(),
             last_stop: None,
+            netdevs: Vec::new(),
         };
         self.enforcer.maps.set(t.cgroup_id, TargetState { level: t.level, depth: t.depth })?;
         // Attach the level-3 hooks now, so that isolating later is only a
@@ -304,6 +309,9 @@ impl State {
         let t = self.registry.get(name)?.clone();
         self.enforcer.maps.remove(t.cgroup_id)?;
         self.enforcer.isolate.detach_target(t.cgroup_id)?;
+        for d in &t.netdevs {
+            self.enforcer.isolate.tc.detach(d)?;
+        }
         let cg = Cgroup::new(&t.cgroup);
         let mut removed = false;
         if cg.exists() {
@@ -340,6 +348,7 @@ impl State {
                     Vec::new()
                 };
                 json!({
+                    "netdevs": t.netdevs,
                     "open_channels": open,
                     "isolation_hooks_attached": self.enforcer.isolate.attached(t.cgroup_id),
                     "name": t.name,
@@ -361,6 +370,7 @@ impl State {
             "guard_kills": m.guard_kills(),
             "isolation": {
                 "packets_dropped": m.counter(counter::ISOLATE_SKB_DROPS),
+                "tc_packets_dropped": m.counter(counter::ISOLATE_TC_DROPS),
                 "connects_refused": m.counter(counter::ISOLATE_ADDR_DENIALS),
                 "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
                 "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
@@ -372,7 +382,7 @@ impl State {
 
 impl State {
     /// Level 3: one map update; the hooks are already attached.
-    fn isolate(&mut self, name: &str, verify_after: bool, received: Instant) -> Result<Done> {
+    fn isolate(&mut self, name: &str, verify_after: bool, netdevs: &[String], received: Instant) -> Result<Done> {
         let setup_start = Instant::now();
         let t = self.registry.get(name)?.clone();
         if t.level >= level::STOPPED {
@@ -384,6 +394,14 @@ impl State {
         }
         if !self.enforcer.isolate.attached(t.cgroup_id) {
             self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup)?;
+        }
+        let mut tc = Vec::new();
+        for d in netdevs {
+            tc.push(json!({"netdev": d, "mechanism": self.enforcer.isolate.tc.attach(d, t.cgroup_id)?}));
+            let tt = self.registry.get_mut(name)?;
+            if !tt.netdevs.contains(d) {
+                tt.netdevs.push(d.clone());
+            }
         }
         // An established connection has to exist before the cut to show
         // that the cut stops it.
@@ -420,6 +438,7 @@ impl State {
                 "verify_setup_us": verify_setup_us,
                 "channels": channels,
                 "open_channels": open,
+                "netdevs": tc,
                 "verify": verified,
             }),
             to_level: Some(level::ISOLATE),
