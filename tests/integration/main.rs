@@ -6,6 +6,7 @@ mod harness;
 
 mod fallback;
 mod isolate;
+mod isolate_netdev;
 mod journal;
 mod probe;
 mod socket;
