@@ -29,6 +29,14 @@ pub mod maps {
     pub const GUARD_KILLS: &str = "KP_GUARD_KILLS";
     /// `PerCpuArray<u64>` indexed by [`super::counter`]: isolation drops and denials.
     pub const COUNTERS: &str = "KP_COUNTERS";
+    /// `PerCpuHashMap<DenialKey, u64>`: denials per target and capability.
+    pub const DENIALS: &str = "KP_DENIALS";
+    /// `HashMap<DenialKey, RateWindow>`: rate limit of sampled denial events.
+    pub const DENIAL_RATE: &str = "KP_DENIAL_RATE";
+    /// `RingBuf` of [`super::DenialEvent`]: sampled denials for the agent.
+    pub const DENIAL_EVENTS: &str = "KP_DENIAL_EVENTS";
+    /// `LpmTrie<ConnectAllow, u8>`: `--allow-connect` entries.
+    pub const CONNECT_ALLOW: &str = "KP_CONNECT_ALLOW";
     /// `HashMap<u32 ifindex, u64 cgroup id>`: host-side network devices
     /// (the veth of a container in its own network namespace) whose traffic
     /// belongs to a target; the TC program cuts it when the target is isolated.
@@ -60,6 +68,23 @@ pub mod programs {
     pub const ISOLATE_LSM_SOCKET_CONNECT: &str = "kp_isolate_lsm_socket_connect";
     pub const ISOLATE_LSM_SOCKET_SENDMSG: &str = "kp_isolate_lsm_socket_sendmsg";
     pub const ISOLATE_LSM_SOCKET_RECVMSG: &str = "kp_isolate_lsm_socket_recvmsg";
+    /// Level 2, host-wide BPF LSM hooks (one per capability hook).
+    pub const DEGRADE_LSM: &[(&str, &str)] = &[
+        ("kp_degrade_socket_listen", "socket_listen"),
+        ("kp_degrade_bprm_check", "bprm_check_security"),
+        ("kp_degrade_task_alloc", "task_alloc"),
+        ("kp_degrade_ptrace_access", "ptrace_access_check"),
+        ("kp_degrade_ptrace_traceme", "ptrace_traceme"),
+        ("kp_degrade_sb_mount", "sb_mount"),
+        ("kp_degrade_move_mount", "move_mount"),
+        ("kp_degrade_sb_umount", "sb_umount"),
+        ("kp_degrade_bpf", "bpf"),
+        ("kp_degrade_module_request", "kernel_module_request"),
+        ("kp_degrade_load_data", "kernel_load_data"),
+        ("kp_degrade_read_file", "kernel_read_file"),
+        ("kp_degrade_setuid", "task_fix_setuid"),
+        ("kp_degrade_setgid", "task_fix_setgid"),
+    ];
     /// Tiny programs `probe` loads to learn what the kernel accepts.
     pub const PROBE_LSM: &str = "kp_probe_lsm";
     pub const PROBE_CGROUP_SKB: &str = "kp_probe_cgroup_skb";
@@ -97,7 +122,88 @@ pub struct TargetState {
     pub level: u32,
     /// Nesting depth of the target's cgroup (root = 0).
     pub depth: u32,
+    /// Revoked capabilities, a set of [`cap`] bits (level 2, degrade).
+    pub revoked: u32,
+    /// Padding, keeps the layout explicit.
+    pub _pad: u32,
 }
+
+/// Capabilities that `degrade` can revoke, one bit each.
+pub mod cap {
+    pub const NET_CONNECT: u32 = 1 << 0;
+    pub const NET_LISTEN: u32 = 1 << 1;
+    pub const NET_RAW: u32 = 1 << 2;
+    pub const NET_UNIX: u32 = 1 << 3;
+    pub const FS_WRITE: u32 = 1 << 4;
+    pub const EXEC: u32 = 1 << 5;
+    pub const FORK: u32 = 1 << 6;
+    pub const SIGNAL: u32 = 1 << 7;
+    pub const PTRACE: u32 = 1 << 8;
+    pub const MOUNT: u32 = 1 << 9;
+    pub const BPF: u32 = 1 << 10;
+    pub const MODULE: u32 = 1 << 11;
+    pub const SETID: u32 = 1 << 12;
+    /// Number of capabilities (bits 0..COUNT).
+    pub const COUNT: u32 = 13;
+}
+
+/// Key of the per-target, per-capability denial counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenialKey {
+    pub cgroup_id: u64,
+    /// Bit index of the capability (0..cap::COUNT).
+    pub cap: u32,
+    pub _pad: u32,
+}
+
+/// Fixed-window rate limit state for sampled denial events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub window_start_ns: u64,
+    pub events: u64,
+}
+
+/// Sampled denial events per (target, capability) per second.
+pub const DENIAL_EVENTS_PER_SEC: u64 = 20;
+
+/// A sampled denial, sent to the agent through the `KP_DENIAL_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenialEvent {
+    pub cgroup_id: u64,
+    pub time_ns: u64,
+    pub pid: u32,
+    /// Bit index of the capability.
+    pub cap: u32,
+    pub comm: [u8; 16],
+    /// Address family (connects), 0 otherwise.
+    pub family: u32,
+    /// Destination port, host order (connects).
+    pub port: u32,
+    /// Destination address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+}
+
+/// Key of the connect allow-list LPM trie: the target, then the port
+/// (0 = any port), then the address as 16 bytes (IPv4 mapped into
+/// ::ffff:a.b.c.d). The LPM prefix covers cgroup id + port + address bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectAllow {
+    /// The target's cgroup id in native byte order, as bytes: keeps the
+    /// struct 2-byte aligned so that it follows the LPM key's u32
+    /// prefix length without padding, as the kernel requires.
+    pub cgroup_id: [u8; 8],
+    /// Network byte order, as the sock_addr context gives it.
+    pub port_be: u16,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits of [`ConnectAllow`] before the address (cgroup id, port, pad).
+pub const CONNECT_ALLOW_FIXED_BITS: u32 = 64 + 16 + 16;
 
 /// Global switches read first by every hot-path program.
 #[repr(C)]
@@ -110,8 +216,9 @@ pub struct GuardConfig {
     /// Number of targets at level ISOLATE or above. Zero: the host-wide LSM
     /// socket hooks return at once.
     pub isolated_targets: u32,
-    /// Padding; keeps the struct 8-byte sized and explicit.
-    pub _pad: u32,
+    /// Number of targets with any revoked capability. Zero (and nothing
+    /// isolated): every degrade hook returns at once.
+    pub degraded_targets: u32,
 }
 
 /// Written by the agent before a probe, read back after it.
@@ -132,4 +239,12 @@ mod pod {
     unsafe impl aya::Pod for super::GuardConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenialKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateWindow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenialEvent {}
+    // SAFETY: as above (u16 pad keeps it explicit).
+    unsafe impl aya::Pod for super::ConnectAllow {}
 }

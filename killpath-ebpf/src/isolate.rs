@@ -18,16 +18,20 @@ use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, lsm},
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, TcContext},
 };
-use killpath_common::{counter, level};
+use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key};
+use killpath_common::{cap, counter, level, ConnectAllow, CONNECT_ALLOW_FIXED_BITS};
 
 use crate::{
-    maps::{NETDEVS, TARGETS},
+    degrade,
+    maps::{CONNECT_ALLOW, NETDEVS, TARGETS},
     targets,
 };
 
 const EPERM: i32 = 1;
+const AF_UNIX: i32 = 1;
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
+const AF_PACKET: i32 = 17;
 const SOCK_RAW: u32 = 3;
 
 /// cgroup_skb return codes.
@@ -85,34 +89,68 @@ fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
 }
 
 /// sock_addr verdict for the current task: 1 allow, 0 refuse (EPERM).
+/// Isolation refuses everything; a revoked `net.connect` refuses what the
+/// target's `--allow-connect` list does not match.
 #[inline(always)]
-fn addr_verdict() -> i32 {
+fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(cfg) = targets::config() else { return 1 };
-    if cfg.isolated_targets != 0 && isolated(targets::of_current(cfg.depth_mask)) {
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 {
+        return 1;
+    }
+    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return 1 };
+    if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_ADDR_DENIALS);
         return 0;
     }
-    1
+    if st.revoked & cap::NET_CONNECT == 0 {
+        return 1;
+    }
+    // SAFETY: the kernel-provided bpf_sock_addr context.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    if v6 {
+        for i in 0..4 {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&sa.user_ip6[i].to_ne_bytes());
+        }
+    } else {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..16].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    let port_be = sa.user_port as u16;
+    if allowed(id, port_be, addr) || allowed(id, 0, addr) {
+        return 1;
+    }
+    let detail = degrade::Detail { family: if v6 { AF_INET6 as u32 } else { AF_INET as u32 }, port: u16::from_be(port_be) as u32, addr };
+    degrade::deny(id, cap::NET_CONNECT.trailing_zeros(), detail);
+    0
+}
+
+/// Longest-prefix match of (target, port, address) in the allow-list.
+#[inline(always)]
+fn allowed(id: u64, port_be: u16, addr: [u8; 16]) -> bool {
+    let key = Key::new(CONNECT_ALLOW_FIXED_BITS + 128, ConnectAllow { cgroup_id: id.to_ne_bytes(), port_be, _pad: 0, addr });
+    CONNECT_ALLOW.get(&key).is_some()
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn kp_isolate_connect4(_ctx: SockAddrContext) -> i32 {
-    addr_verdict()
+pub fn kp_isolate_connect4(ctx: SockAddrContext) -> i32 {
+    addr_verdict(&ctx, false)
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn kp_isolate_connect6(_ctx: SockAddrContext) -> i32 {
-    addr_verdict()
+pub fn kp_isolate_connect6(ctx: SockAddrContext) -> i32 {
+    addr_verdict(&ctx, true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn kp_isolate_sendmsg4(_ctx: SockAddrContext) -> i32 {
-    addr_verdict()
+pub fn kp_isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
+    addr_verdict(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn kp_isolate_sendmsg6(_ctx: SockAddrContext) -> i32 {
-    addr_verdict()
+pub fn kp_isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
+    addr_verdict(&ctx, true)
 }
 
 #[cgroup_sock(sock_create)]
@@ -123,8 +161,16 @@ pub fn kp_isolate_sock_create(ctx: SockContext) -> i32 {
         return 1;
     }
     let Some(cfg) = targets::config() else { return 1 };
-    if cfg.isolated_targets != 0 && isolated(targets::of_current(cfg.depth_mask)) {
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 {
+        return 1;
+    }
+    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return 1 };
+    if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_SOCK_DENIALS);
+        return 0;
+    }
+    if st.revoked & cap::NET_RAW != 0 {
+        degrade::deny(id, cap::NET_RAW.trailing_zeros(), degrade::Detail::default());
         return 0;
     }
     1
@@ -143,23 +189,40 @@ fn lsm_verdict() -> i32 {
     0
 }
 
-/// security_socket_create(family, type, protocol, kern): refuse every
-/// non-IP family (unix, packet, netlink, ...) for user-requested sockets.
+/// security_socket_create(family, type, protocol, kern): isolation refuses
+/// every non-IP family (unix, packet, netlink, ...); degrade refuses packet
+/// and raw sockets (`net.raw`) and unix sockets (`net.unix`).
 #[lsm(hook = "socket_create")]
 pub fn kp_isolate_lsm_socket_create(ctx: LsmContext) -> i32 {
     // Argument slots follow the hook's signature; the slot after the last
     // argument holds the previous LSM program's return value.
-    let (family, kern, prev): (i32, i32, i32) = (ctx.arg(0), ctx.arg(3), ctx.arg(4));
+    let (family, ty, kern, prev): (i32, i32, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
     if prev != 0 {
         return prev;
     }
-    if kern != 0 || family == AF_INET || family == AF_INET6 {
+    if kern != 0 {
         return 0;
     }
-    lsm_verdict()
+    if family != AF_INET && family != AF_INET6 && lsm_verdict() != 0 {
+        return -EPERM;
+    }
+    let raw = family == AF_PACKET || (ty & 0xf) == SOCK_RAW as i32;
+    if raw {
+        if let Some(id) = degrade::revoked(cap::NET_RAW) {
+            return degrade::deny(id, cap::NET_RAW.trailing_zeros(), degrade::Detail::default());
+        }
+    }
+    if family == AF_UNIX {
+        if let Some(id) = degrade::revoked(cap::NET_UNIX) {
+            return degrade::deny(id, cap::NET_UNIX.trailing_zeros(), degrade::Detail::default());
+        }
+    }
+    0
 }
 
-/// security_socket_connect: refuse connects of any family (unix included).
+/// security_socket_connect(sock, address, addrlen): isolation refuses
+/// connects of any family; `net.unix` refuses unix-socket connects (with
+/// sockets created before the revocation, too).
 #[lsm(hook = "socket_connect")]
 pub fn kp_isolate_lsm_socket_connect(ctx: LsmContext) -> i32 {
     // Slot 3 (after the 3 arguments) is the previous program's return value.
@@ -167,7 +230,18 @@ pub fn kp_isolate_lsm_socket_connect(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    lsm_verdict()
+    if lsm_verdict() != 0 {
+        return -EPERM;
+    }
+    if let Some(id) = degrade::revoked(cap::NET_UNIX) {
+        let addr: *const u16 = ctx.arg(1);
+        // SAFETY: bounded kernel read of sockaddr.sa_family.
+        let family = unsafe { bpf_probe_read_kernel(addr) }.unwrap_or(0);
+        if i32::from(family) == AF_UNIX {
+            return degrade::deny(id, cap::NET_UNIX.trailing_zeros(), degrade::Detail::default());
+        }
+    }
+    0
 }
 
 /// security_socket_sendmsg: cuts established connections of every family,

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod degrade;
 mod guard;
 mod isolate;
 mod maps;

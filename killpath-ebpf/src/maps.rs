@@ -1,10 +1,11 @@
 //! Maps shared by all programs. The agent pins the persistent ones under its bpffs
 //! directory so that enforcement outlives the agent (fail-static).
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use killpath_common::{GuardConfig, ProbeState, TargetState};
+use killpath_common::{ConnectAllow, DenialKey, GuardConfig, ProbeState, RateWindow, TargetState};
 
 /// Upper bound on managed targets.
 pub const MAX_TARGETS: u32 = 4096;
@@ -20,6 +21,19 @@ pub static GUARD_KILLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "KP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(killpath_common::counter::COUNT, 0);
+
+#[map(name = "KP_DENIALS")]
+pub static DENIALS: PerCpuHashMap<DenialKey, u64> = PerCpuHashMap::with_max_entries(MAX_TARGETS * 4, 0);
+
+#[map(name = "KP_DENIAL_RATE")]
+pub static DENIAL_RATE: HashMap<DenialKey, RateWindow> = HashMap::with_max_entries(MAX_TARGETS * 4, 0);
+
+#[map(name = "KP_DENIAL_EVENTS")]
+pub static DENIAL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+// LPM tries must be created with BPF_F_NO_PREALLOC.
+#[map(name = "KP_CONNECT_ALLOW")]
+pub static CONNECT_ALLOW: LpmTrie<ConnectAllow, u8> = LpmTrie::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
 
 #[map(name = "KP_NETDEVS")]
 pub static NETDEVS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);

@@ -18,6 +18,11 @@ pub fn config() -> Option<GuardConfig> {
 
 #[inline(always)]
 fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
+    find_with_id(mask, ancestor).map(|(_, s)| s)
+}
+
+#[inline(always)]
+fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, TargetState)> {
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
         if mask & (1u32 << depth) != 0 {
@@ -25,7 +30,7 @@ fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
             // SAFETY: value copied out immediately.
             if let Some(state) = unsafe { TARGETS.get(&id) } {
                 if state.depth == depth {
-                    return Some(*state);
+                    return Some((id, *state));
                 }
             }
         }
@@ -39,6 +44,13 @@ fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
 pub fn of_current(mask: u32) -> Option<TargetState> {
     // SAFETY: helper without pointer arguments.
     find(mask, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) })
+}
+
+/// The target of the current task with its cgroup id, if any.
+#[inline(always)]
+pub fn of_current_with_id(mask: u32) -> Option<(u64, TargetState)> {
+    // SAFETY: helper without pointer arguments.
+    find_with_id(mask, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) })
 }
 
 /// The target owning the socket of `skb`, if any.

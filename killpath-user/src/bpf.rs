@@ -11,11 +11,11 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{links::FdLink, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use killpath_common::{level, maps, programs, GuardConfig, TargetState, MAX_CGROUP_DEPTH};
+use killpath_common::{cap, level, maps, programs, ConnectAllow, DenialKey, GuardConfig, TargetState, MAX_CGROUP_DEPTH};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -34,7 +34,17 @@ const GUARDS: &[(&str, &str)] = &[
 ];
 
 /// Maps that outlive the agent.
-const PINNED_MAPS: &[&str] = &[maps::TARGETS, maps::GUARD_CONFIG, maps::GUARD_KILLS, maps::COUNTERS, maps::NETDEVS];
+const PINNED_MAPS: &[&str] = &[
+    maps::TARGETS,
+    maps::GUARD_CONFIG,
+    maps::GUARD_KILLS,
+    maps::COUNTERS,
+    maps::NETDEVS,
+    maps::DENIALS,
+    maps::DENIAL_RATE,
+    maps::DENIAL_EVENTS,
+    maps::CONNECT_ALLOW,
+];
 
 /// Default bpffs directory for killpath's pins.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/killpath";
@@ -69,12 +79,21 @@ pub struct Maps {
     config: Array<MapData, GuardConfig>,
     kills: PerCpuArray<MapData, u64>,
     counters: Option<PerCpuArray<MapData, u64>>,
+    /// Degrade maps: only the agent opens them.
+    degrade: Option<DegradeMaps>,
+}
+
+/// The level-2 maps.
+pub struct DegradeMaps {
+    allow: LpmTrie<MapData, ConnectAllow, u8>,
+    denials: PerCpuHashMap<MapData, DenialKey, u64>,
 }
 
 impl Maps {
     fn from_maps(targets: Map, config: Map, kills: Map) -> Result<Self> {
         Ok(Self {
             counters: None,
+            degrade: None,
             targets: HashMap::try_from(targets).map_err(|e| Error::Kernel(format!("{}: {e}", maps::TARGETS)))?,
             config: Array::try_from(config).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_CONFIG)))?,
             kills: PerCpuArray::try_from(kills).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_KILLS)))?,
@@ -148,8 +167,42 @@ impl Maps {
             if st.level >= level::ISOLATE {
                 cfg.isolated_targets += 1;
             }
+            if st.revoked != 0 {
+                cfg.degraded_targets += 1;
+            }
         }
         self.config.set(0, cfg, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::GUARD_CONFIG)))
+    }
+
+    fn degrade_maps(&mut self) -> Result<&mut DegradeMaps> {
+        self.degrade.as_mut().ok_or_else(|| Error::Kernel("degrade maps not open".into()))
+    }
+
+    /// Adds an `--allow-connect` entry.
+    pub fn allow_connect(&mut self, prefix_len: u32, key: ConnectAllow) -> Result<()> {
+        let d = self.degrade_maps()?;
+        d.allow.insert(&Key::new(prefix_len, key), 1, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::CONNECT_ALLOW)))
+    }
+
+    /// Removes every `--allow-connect` entry of a target.
+    pub fn clear_allow_connect(&mut self, cgroup_id: u64) -> Result<()> {
+        let d = self.degrade_maps()?;
+        let mine: Vec<Key<ConnectAllow>> = d.allow.keys().filter_map(|k| k.ok()).filter(|k| k.data().cgroup_id == cgroup_id.to_ne_bytes()).collect();
+        for k in mine {
+            let _ = d.allow.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Denials of a target per capability bit index (exact: summed over CPUs).
+    pub fn denials(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
+        let Some(d) = self.degrade.as_ref() else { return Vec::new() };
+        (0..cap::COUNT)
+            .filter_map(|i| {
+                let v = d.denials.get(&DenialKey { cgroup_id, cap: i, _pad: 0 }, 0).ok()?;
+                Some((i, v.iter().sum()))
+            })
+            .collect()
     }
 
     /// Tasks the guard has killed since its maps were created.
@@ -221,6 +274,8 @@ pub struct Enforcer {
     pub attached_now: Vec<&'static str>,
     /// Level-3 programs: per-target cgroup hooks and host-wide LSM hooks.
     pub isolate: IsolatePrograms,
+    /// Sampled denials (level 2); the agent takes it to read events.
+    pub denial_events: Option<RingBuf<MapData>>,
     // Keeps the object alive for the lifetime of the agent; the pins keep
     // the programs alive after it.
     _ebpf: Ebpf,
@@ -268,6 +323,13 @@ impl Enforcer {
         maps.counters = Some(
             PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::COUNTERS)))?,
         );
+        maps.degrade = Some(DegradeMaps {
+            allow: LpmTrie::try_from(take(&mut ebpf, maps::CONNECT_ALLOW)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::CONNECT_ALLOW)))?,
+            denials: PerCpuHashMap::try_from(take(&mut ebpf, maps::DENIALS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::DENIALS)))?,
+        });
+        let denial_events = Some(
+            RingBuf::try_from(take(&mut ebpf, maps::DENIAL_EVENTS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::DENIAL_EVENTS)))?,
+        );
         // Take over target states from an older build's maps (the higher
         // level wins), so the new programs enforce what the old ones did.
         for old in &old_generations {
@@ -282,7 +344,7 @@ impl Enforcer {
                 Err(e) => warn!(generation = %old.display(), "cannot read an old generation's targets: {e}"),
             }
         }
-        Ok(Self { maps, pin_dir: base.to_owned(), old_generations, attached_now, isolate, _ebpf: ebpf })
+        Ok(Self { maps, pin_dir: base.to_owned(), old_generations, attached_now, isolate, denial_events, _ebpf: ebpf })
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -40,6 +40,9 @@ pub enum Cmd {
         /// Numeric group id that may change things besides root (socket becomes 0660).
         #[arg(long)]
         group: Option<u32>,
+        /// Shell command run for every alert (e.g. each degrade step), with the alert as JSON on stdin.
+        #[arg(long)]
+        alert_hook: Option<String>,
     },
     /// Report what this kernel can enforce (loads a tiny program of each type).
     Probe,
@@ -90,12 +93,35 @@ pub enum Cmd {
         #[arg(long)]
         netdev: Vec<String>,
     },
-    /// Step NAME down to a lower level (normal, throttle, degrade, isolate).
+    /// Level 2, degrade: revoke capabilities while NAME keeps running (see `capabilities`).
+    Degrade {
+        name: String,
+        /// Capabilities to revoke, comma-separated (net.connect, exec, fork, ...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        revoke: Vec<String>,
+        /// With net.connect revoked, still allow this destination: CIDR[:PORT], e.g. 10.1.0.0/16:5432 or [::1]/128:443. Repeatable.
+        #[arg(long)]
+        allow_connect: Vec<String>,
+        /// With fs.write revoked, still allow writes below PATH. Repeatable.
+        #[arg(long)]
+        allow_write: Vec<String>,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the capabilities `degrade` can revoke and whether this kernel enforces each.
+    Capabilities,
+    /// Stream alerts and sampled denials as they happen.
+    Events,
+    /// Step NAME down to a lower level, or give capabilities back.
     Restore {
         name: String,
-        /// Target level.
-        #[arg(long)]
-        to: String,
+        /// Target level (normal, throttle, degrade, isolate).
+        #[arg(long, required_unless_present = "grant", conflicts_with = "grant")]
+        to: Option<String>,
+        /// Capabilities to give back, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        grant: Vec<String>,
         /// Why (journaled).
         #[arg(long)]
         reason: Option<String>,

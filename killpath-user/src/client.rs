@@ -78,3 +78,24 @@ pub fn call(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Value, Cl
         Err(ClientError::Agent(r.error.unwrap_or_else(|| ErrorBody::new("unknown", "error without a body"))))
     }
 }
+
+/// Subscribes (`events`): calls `f` for every event line until the agent
+/// closes the connection.
+pub fn subscribe(socket: &Path, cmd: &Command, mut f: impl FnMut(&Value)) -> Result<(), ClientError> {
+    let io = |source| ClientError::Io { path: socket.to_owned(), source };
+    let mut stream = connect(socket, Duration::from_secs(5))?;
+    let mut line = protocol::encode(1, cmd).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    for l in BufReader::new(stream).lines() {
+        let l = l.map_err(io)?;
+        let r: Response = serde_json::from_str(&l).map_err(|e| ClientError::BadResponse(format!("{e}: {l}")))?;
+        if !r.ok {
+            return Err(ClientError::Agent(r.error.unwrap_or_else(|| ErrorBody::new("unknown", "error without a body"))));
+        }
+        if let Some(ev) = r.result.as_ref().and_then(|v| v.get("event")) {
+            f(ev);
+        }
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 //! journal that the agent imports when it comes back.
 use std::{path::Path, time::Instant};
 
-use killpath_common::{level, TargetState};
+use killpath_common::level;
 use serde_json::{json, Value};
 
 use crate::{
@@ -51,7 +51,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
                 .iter()
                 .map(|g| {
                     Maps::open_pinned(g)
-                        .and_then(|mut m| m.set(t.cgroup_id, TargetState { level: level::STOPPED, depth: t.depth }))
+                        .and_then(|mut m| m.set(t.cgroup_id, t.state(level::STOPPED)))
                         .map_or_else(|e| format!("not armed in {}: {e}", g.display()), |()| "armed".to_owned())
                 })
                 .collect();

@@ -179,7 +179,7 @@ impl IsolatePrograms {
 fn attach_lsm(ebpf: &mut Ebpf, pin_dir: &Path, loaded: &mut Vec<&'static str>) -> std::result::Result<(), String> {
     crate::probe::lsm_runs()?;
     let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
-    for (name, hook) in LSM_PROGS {
+    for (name, hook) in LSM_PROGS.iter().chain(programs::DEGRADE_LSM) {
         let pin = crate::bpf::link_pin(pin_dir, name);
         if pin.exists() {
             continue;

@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod canary;
 pub mod cgroup;
 pub mod client;
+pub mod degrade;
 pub mod error;
 pub mod fallback;
 pub mod isolate;

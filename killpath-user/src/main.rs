@@ -56,12 +56,12 @@ fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
-        Cmd::Agent { pin_dir, cgroup_parent, group } => {
+        Cmd::Agent { pin_dir, cgroup_parent, group, alert_hook } => {
             let cgroup_parent = match cgroup_parent {
                 Some(p) => p.clone(),
                 None => AgentConfig::default_cgroup_parent()?,
             };
-            let config = AgentConfig { socket: cli.socket.clone(), state_dir: state_dir(&cli), pin_dir: pin_dir.clone(), cgroup_parent, group: *group };
+            let config = AgentConfig { socket: cli.socket.clone(), state_dir: state_dir(&cli), pin_dir: pin_dir.clone(), cgroup_parent, group: *group, alert_hook: alert_hook.clone() };
             agent::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -105,8 +105,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.isolated(&r);
             Ok(verdict(&r))
         }
-        Cmd::Restore { name, to, reason } => {
-            let r = call(&cli, &Command::Restore { name: name.clone(), to: to.clone(), reason: reason.clone() })?;
+        Cmd::Degrade { name, revoke, allow_connect, allow_write, reason } => {
+            let cmd = Command::Degrade {
+                name: name.clone(),
+                revoke: revoke.clone(),
+                allow_connect: allow_connect.clone(),
+                allow_write: allow_write.clone(),
+                reason: reason.clone(),
+            };
+            let r = call(&cli, &cmd)?;
+            out.degraded(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Capabilities => {
+            let r = call(&cli, &Command::Capabilities {})?;
+            out.capabilities(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Events => {
+            client::subscribe(&cli.socket, &Command::Events {}, |ev| out.event(ev))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore { name, to, grant, reason } => {
+            let r = call(&cli, &Command::Restore { name: name.clone(), to: to.clone(), grant: grant.clone(), reason: reason.clone() })?;
             out.restored(&r);
             Ok(ExitCode::SUCCESS)
         }

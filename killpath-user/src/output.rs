@@ -58,6 +58,16 @@ impl Output {
                 format!("{} surv, {}µs", s(&last["survivors"]), s(&last["time_to_empty_us"]))
             };
             println!("{:<20} {:<9} {:>6}  {:<14} {}", s(&t["name"]), s(&t["level"]), s(&t["tasks"]), stop, s(&t["cgroup"]));
+            if let Some(rev) = t["revoked"].as_array().filter(|a| !a.is_empty()) {
+                let names: Vec<String> = rev.iter().map(s).collect();
+                let denials: Vec<String> = t["denials"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}: {} ({} last minute)", s(&v["total"]), s(&v["last_minute"])))
+                    .collect();
+                println!("{:<20} DEGRADED: revoked {}; denials {}", "", names.join(", "), if denials.is_empty() { "none".into() } else { denials.join(", ") });
+            }
             if let Some(open) = t["open_channels"].as_array().filter(|a| !a.is_empty()) {
                 let names: Vec<String> = open.iter().map(s).collect();
                 println!("{:<20} isolated, but OPEN on this kernel: {}", "", names.join(", "));
@@ -145,6 +155,47 @@ impl Output {
             return;
         }
         println!("restored {} from {} to {} in {} µs", s(&r["target"]), s(&r["from"]), s(&r["level"]), s(&r["time_to_effect_us"]));
+    }
+
+    pub fn degraded(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        let list = |v: &Value| v.as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+        println!("degraded {} ({} -> {}) in {} µs: revoked {}", s(&r["target"]), s(&r["from"]), s(&r["level"]), s(&r["time_to_effect_us"]), list(&r["revoked"]));
+        if r["allow_connect"].as_array().is_some_and(|a| !a.is_empty()) {
+            println!("  still allowed to connect to: {}", list(&r["allow_connect"]));
+        }
+        println!("  alert raised (journal, `killpath events`, alert hook)");
+    }
+
+    pub fn capabilities(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("{:<12} {:<16} DETAIL", "CAPABILITY", "ENFORCEABLE");
+        for c in r["capabilities"].as_array().into_iter().flatten() {
+            println!("{:<12} {:<16} {}", s(&c["name"]), yes(&c["enforceable"]), s(&c["detail"]));
+        }
+    }
+
+    pub fn event(&self, ev: &Value) {
+        if self.json {
+            println!("{ev}");
+        } else if ev["type"] == "alert" {
+            println!("ALERT {} {}", s(&ev["target"]), s(&ev["message"]));
+        } else {
+            println!(
+                "denied {} {} pid={} comm={}{}",
+                s(&ev["target"]),
+                s(&ev["capability"]),
+                s(&ev["pid"]),
+                s(&ev["comm"]),
+                ev["destination"].as_str().map(|d| format!(" dest={d}")).unwrap_or_default()
+            );
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
     }
 
     pub fn released(&self, r: &Value) {

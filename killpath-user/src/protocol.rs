@@ -78,14 +78,35 @@ pub enum Command {
         #[serde(default)]
         netdev: Vec<String>,
     },
-    /// Step a target down to a lower level.
-    Restore {
+    /// Level 2: revoke capabilities while the target keeps running.
+    #[serde(rename_all = "snake_case")]
+    Degrade {
         name: String,
-        /// Level name: normal, throttle, degrade, isolate.
-        to: String,
+        revoke: Vec<String>,
+        #[serde(default)]
+        allow_connect: Vec<String>,
+        #[serde(default)]
+        allow_write: Vec<String>,
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Step a target down to a lower level, or give capabilities back.
+    Restore {
+        name: String,
+        /// Level name: normal, throttle, degrade, isolate.
+        #[serde(default)]
+        to: Option<String>,
+        /// Capabilities to give back.
+        #[serde(default)]
+        grant: Vec<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// The capability catalog and what this kernel enforces of it.
+    Capabilities {},
+    /// Subscribe: the agent streams alerts and sampled denials on this
+    /// connection, one `{"id", "ok": true, "event": {...}}` line each.
+    Events {},
     /// Probe every channel from inside the target and report cut or OPEN.
     Verify { name: String },
     /// Forget a target and lift its enforcement.
@@ -104,7 +125,14 @@ impl Command {
     pub fn mutates(&self) -> bool {
         matches!(
             self,
-            Self::Create { .. } | Self::Adopt { .. } | Self::Stop { .. } | Self::Release { .. } | Self::Isolate { .. } | Self::Restore { .. } | Self::Verify { .. }
+            Self::Create { .. }
+                | Self::Adopt { .. }
+                | Self::Stop { .. }
+                | Self::Release { .. }
+                | Self::Isolate { .. }
+                | Self::Restore { .. }
+                | Self::Verify { .. }
+                | Self::Degrade { .. }
         )
     }
 
@@ -119,6 +147,9 @@ impl Command {
             Self::Stop { .. } => "stop",
             Self::Release { .. } => "release",
             Self::Isolate { .. } => "isolate",
+            Self::Degrade { .. } => "degrade",
+            Self::Capabilities {} => "capabilities",
+            Self::Events {} => "events",
             Self::Restore { .. } => "restore",
             Self::Verify { .. } => "verify",
             Self::Journal { .. } => "journal",
@@ -129,7 +160,23 @@ impl Command {
 
 /// Wire names of every command, for the unknown-command error.
 pub const COMMANDS: &[&str] =
-    &["ping", "probe", "create", "adopt", "status", "stop", "release", "isolate", "restore", "verify", "journal", "journal-verify"];
+    &[
+        "ping",
+        "probe",
+        "create",
+        "adopt",
+        "status",
+        "stop",
+        "release",
+        "isolate",
+        "degrade",
+        "restore",
+        "verify",
+        "capabilities",
+        "events",
+        "journal",
+        "journal-verify",
+    ];
 
 /// A request that could not be decoded: the id (if one could be read) and
 /// the error to send back.

@@ -77,6 +77,20 @@ pub struct Target {
     /// Host-side network devices bound to the target (`isolate --netdev`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub netdevs: Vec<String>,
+    /// Revoked capabilities (`killpath_common::cap` bits).
+    #[serde(default)]
+    pub revoked: u32,
+    /// `--allow-connect` entries, as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_connect: Vec<String>,
+}
+
+impl Target {
+    /// The kernel map entry for this target at `level`, keeping its
+    /// revoked capabilities.
+    pub fn state(&self, level: u32) -> killpath_common::TargetState {
+        killpath_common::TargetState { level, depth: self.depth, revoked: self.revoked, _pad: 0 }
+    }
 }
 
 /// All targets, by name.
@@ -154,6 +168,8 @@ mod tests {
             since_unix_us: 1,
             last_stop: None,
             netdevs: Vec::new(),
+            revoked: 0,
+            allow_connect: Vec::new(),
         };
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();

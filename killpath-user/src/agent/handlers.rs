@@ -3,7 +3,7 @@
 //! and fsynced, and only then the response.
 use std::{path::PathBuf, time::Instant};
 
-use killpath_common::{counter, level, TargetState};
+use killpath_common::{counter, level};
 use serde_json::{json, Value};
 
 use super::{now_us, State};
@@ -38,16 +38,16 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn actor(self) -> Actor {
+    pub(super) fn actor(self) -> Actor {
         Actor::Caller { uid: self.uid, pid: self.pid }
     }
 }
 
 /// What an action reports back to `execute`.
-struct Done {
-    result: Value,
-    to_level: Option<u32>,
-    time_to_effect_us: Option<u64>,
+pub(super) struct Done {
+    pub(super) result: Value,
+    pub(super) to_level: Option<u32>,
+    pub(super) time_to_effect_us: Option<u64>,
 }
 
 impl State {
@@ -83,12 +83,31 @@ impl State {
                 let params = json!({"reason": reason, "verify": verify, "netdev": netdev});
                 self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, &netdev, received))
             }
-            Command::Restore { name, to, reason } => {
+            Command::Restore { name, to, grant, reason } => {
                 self.registry.get(&name)?;
-                let to_level = parse_level(&to)?;
-                let params = json!({"to": to, "reason": reason});
-                self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, to_level, received))
+                let params = json!({"to": to, "grant": grant, "reason": reason});
+                match (to, grant.is_empty()) {
+                    (Some(to), true) => {
+                        let to_level = parse_level(&to)?;
+                        self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, to_level, received))
+                    }
+                    (None, false) => {
+                        let mask = grant.iter().map(|g| crate::degrade::bit(g)).collect::<Result<Vec<u32>>>()?.into_iter().fold(0, |a, b| a | b);
+                        self.execute(caller, "restore", Some(&name), params, |s| s.grant(&name, mask, received))
+                    }
+                    _ => Err(Error::InvalidRequest("restore needs exactly one of --to LEVEL or --grant CAP".into())),
+                }
             }
+            Command::Degrade { name, revoke, allow_connect, allow_write, reason } => {
+                self.registry.get(&name)?;
+                let plan = self.plan_degrade(&name, &revoke, &allow_connect, &allow_write)?;
+                let params = json!({"revoke": revoke, "allow_connect": allow_connect, "allow_write": allow_write, "reason": reason});
+                let r = self.execute(caller, "degrade", Some(&name), params, |s| s.degrade(&name, plan, received))?;
+                self.alert(caller, &name, "degrade", &r, reason.as_deref());
+                Ok(r)
+            }
+            Command::Capabilities {} => Ok(json!({"capabilities": self.capabilities()})),
+            Command::Events {} => Err(Error::InvalidRequest("events is a subscription: the server handles it".into())),
             Command::Verify { name } => {
                 self.registry.get(&name)?;
                 self.execute(caller, "verify", Some(&name), Value::Null, |s| s.verify(&name))
@@ -187,8 +206,10 @@ impl State {
             since_unix_us: now_us(),
             last_stop: None,
             netdevs: Vec::new(),
+            revoked: 0,
+            allow_connect: Vec::new(),
         };
-        self.enforcer.maps.set(t.cgroup_id, TargetState { level: t.level, depth: t.depth })?;
+        self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
         // Attach the level-3 hooks now, so that isolating later is only a
         // map update.
         if let Err(e) = self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup) {
@@ -277,7 +298,7 @@ impl State {
         let t = self.registry.get(name)?.clone();
         // Arm the kernel guard first: from here on any task of the target
         // that makes a syscall, forks or is switched out gets SIGKILL.
-        self.enforcer.maps.set(t.cgroup_id, TargetState { level: level::STOPPED, depth: t.depth })?;
+        self.enforcer.maps.set(t.cgroup_id, t.state(level::STOPPED))?;
         let guard_armed_us = received.elapsed().as_micros() as u64;
         let kills_before = self.enforcer.maps.guard_kills();
         let report = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT)?;
@@ -347,7 +368,17 @@ impl State {
                 } else {
                     Vec::new()
                 };
+                let denials: serde_json::Map<String, Value> = self
+                    .enforcer
+                    .maps
+                    .denials(t.cgroup_id)
+                    .into_iter()
+                    .map(|(i, n)| (crate::degrade::name_of_index(i).to_owned(), json!({"total": n, "last_minute": n.saturating_sub(self.denials_minute_ago(t.cgroup_id, i))})))
+                    .collect();
                 json!({
+                    "revoked": crate::degrade::names(t.revoked),
+                    "allow_connect": t.allow_connect,
+                    "denials": denials,
                     "netdevs": t.netdevs,
                     "open_channels": open,
                     "isolation_hooks_attached": self.enforcer.isolate.attached(t.cgroup_id),
@@ -416,7 +447,7 @@ impl State {
         // effect is timed, not the preparation for checking it.
         let verify_setup_us = probes.as_ref().map(|_| setup_start.elapsed().as_micros() as u64);
         let before = Instant::now();
-        self.enforcer.maps.set(t.cgroup_id, TargetState { level: level::ISOLATE, depth: t.depth })?;
+        self.enforcer.maps.set(t.cgroup_id, t.state(level::ISOLATE))?;
         let map_update_us = before.elapsed().as_micros() as u64;
         let time_to_effect_us = received.elapsed().as_micros() as u64 - verify_setup_us.unwrap_or(0);
         let tt = self.registry.get_mut(name)?;
@@ -457,18 +488,28 @@ impl State {
                 level_name(to)
             )));
         }
-        self.enforcer.maps.set(t.cgroup_id, TargetState { level: to, depth: t.depth })?;
+        // Below degrade, every capability comes back.
+        let mut t = t;
+        if to < level::DEGRADE {
+            t.revoked = 0;
+            t.allow_connect.clear();
+            self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
+        }
+        self.enforcer.maps.set(t.cgroup_id, t.state(to))?;
         let time_to_effect_us = received.elapsed().as_micros() as u64;
         let cg = Cgroup::new(&t.cgroup);
         if t.level >= level::STOPPED && cg.exists() && cg.has_freeze() {
             cg.freeze(false)?;
         }
+        let from = self.registry.get(name)?.level;
         let tt = self.registry.get_mut(name)?;
         tt.level = to;
+        tt.revoked = t.revoked;
+        tt.allow_connect = t.allow_connect.clone();
         tt.since_unix_us = now_us();
         self.registry.save()?;
         Ok(Done {
-            result: json!({"target": name, "level": level_name(to), "from": level_name(t.level), "time_to_effect_us": time_to_effect_us}),
+            result: json!({"target": name, "level": level_name(to), "from": level_name(from), "time_to_effect_us": time_to_effect_us}),
             to_level: Some(to),
             time_to_effect_us: Some(time_to_effect_us),
         })

@@ -1,6 +1,7 @@
 //! The agent: owns the journal, the target registry and the kernel maps,
 //! and serves the socket. Everything that changes state goes through
 //! [`State::execute`], which journals intent before and result after.
+mod degrade;
 mod handlers;
 mod recovery;
 pub mod server;
@@ -38,6 +39,9 @@ pub struct AgentConfig {
     pub cgroup_parent: PathBuf,
     /// Group (besides root) allowed to change anything.
     pub group: Option<u32>,
+    /// Shell command run for every alert, with the alert as JSON on stdin.
+    #[serde(default)]
+    pub alert_hook: Option<String>,
 }
 
 impl AgentConfig {
@@ -64,6 +68,10 @@ pub struct State {
     pub enforcer: Enforcer,
     pub journal: Journal,
     pub cgroup_mount: PathBuf,
+    /// Alerts and sampled denials, for `events` subscribers.
+    pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
+    /// Periodic snapshots of denial counters (cgroup id, capability index, count).
+    pub denial_history: std::collections::VecDeque<(std::time::Instant, Vec<(u64, u32, u64)>)>,
 }
 
 impl State {
@@ -75,7 +83,8 @@ impl State {
         let (journal, recovery) = Journal::open(&config.state_dir.join(JOURNAL_FILE))?;
         let enforcer = Enforcer::open(&config.pin_dir)?;
         let registry = Registry::load(&config.state_dir)?;
-        let mut state = Self { config, registry, enforcer, journal, cgroup_mount };
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let mut state = Self { config, registry, enforcer, journal, cgroup_mount, events, denial_history: Default::default() };
         state.recover(recovery)?;
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
@@ -95,7 +104,13 @@ pub fn run(config: AgentConfig) -> Result<()> {
     rt.block_on(async move {
         let listener = server::bind(&state)?;
         tracing::info!(socket = %state.config.socket.display(), state_dir = %state.config.state_dir.display(), "agent ready");
+        let mut state = state;
+        let ring = state.enforcer.denial_events.take();
         let state = std::sync::Arc::new(std::sync::Mutex::new(state));
+        if let Some(rb) = ring {
+            tokio::spawn(server::denial_reader(rb, state.clone()));
+        }
+        tokio::spawn(degrade::denial_sampler(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

@@ -2,7 +2,6 @@
 //! in the journal, import what the CLI did while the agent was away, and
 //! reconcile the registry with the kernel's pinned state. Reconciliation
 //! only ever tightens: the higher of the two levels wins.
-use killpath_common::TargetState;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -50,8 +49,14 @@ impl State {
             }
             let kernel = self.enforcer.maps.get(t.cgroup_id);
             let level = kernel.map_or(t.level, |k| k.level.max(t.level));
-            if kernel.map(|k| k.level) != Some(level) {
-                self.enforcer.maps.set(t.cgroup_id, TargetState { level, depth: t.depth })?;
+            // Revoked capabilities: the union, never fewer than either side.
+            let revoked = kernel.map_or(t.revoked, |k| k.revoked | t.revoked);
+            if revoked != t.revoked {
+                changes.push(json!({"target": name, "change": "revoked capabilities taken from the kernel"}));
+                t.revoked = revoked;
+            }
+            if kernel != Some(t.state(level)) {
+                self.enforcer.maps.set(t.cgroup_id, t.state(level))?;
             }
             if level != t.level {
                 changes.push(json!({"target": name, "change": format!("level {} -> {} (kernel state wins)", level_name(t.level), level_name(level))}));

@@ -19,8 +19,62 @@ use tracing::{debug, error, info, warn};
 use super::{handlers::Caller, State};
 use crate::{
     error::{Error, Result},
-    protocol::{self, ErrorBody, Response, MAX_LINE},
+    protocol::{self, Command, ErrorBody, Response, MAX_LINE},
 };
+
+/// Streams alerts and sampled denials to one subscriber until it goes away.
+async fn subscribe(mut framed: Framed<UnixStream, RequestCodec>, id: Value, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let mut rx = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).events.subscribe();
+    let send = |v: Value| serde_json::to_string(&Response::ok(id.clone(), v)).unwrap_or_default();
+    let err = |e: AnyDelimiterCodecError| std::io::Error::other(e.to_string());
+    framed.send(send(serde_json::json!({"subscribed": true}))).await.map_err(err)?;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let line = match ev {
+                    Ok(ev) => send(serde_json::json!({"event": ev})),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => send(serde_json::json!({"event": {"type": "lagged", "missed": n}})),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                framed.send(line).await.map_err(err)?;
+            }
+            // Anything from the subscriber (or its hang-up) ends the stream.
+            _ = framed.next() => return Ok(()),
+        }
+    }
+}
+
+/// Reads sampled denials from the kernel's ring buffer and publishes them.
+pub async fn denial_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<Mutex<State>>) {
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as
+    // the AsyncFd (which owns the ring buffer) lives.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(rb) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot watch the denial ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let rb = guard.get_inner_mut();
+        let mut events = Vec::new();
+        while let Some(item) = rb.next() {
+            if item.len() >= std::mem::size_of::<killpath_common::DenialEvent>() {
+                // SAFETY: the kernel wrote a DenialEvent; read unaligned.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<killpath_common::DenialEvent>()) });
+            }
+        }
+        guard.clear_ready();
+        if events.is_empty() {
+            continue;
+        }
+        let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ev in events {
+            let _ = s.events.send(s.denial_json(&ev));
+        }
+    }
+}
 
 /// Line framing with a length cap. Unlike a plain line codec, bytes left
 /// without a newline when the peer hangs up are dropped, never executed:
@@ -144,6 +198,7 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Re
             Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => return Ok(()),
             Ok(Frame::Line(line)) => match protocol::decode(&line) {
                 Err(d) => Response::err(d.id, d.error),
+                Ok(req) if req.cmd == Command::Events {} => return subscribe(framed, req.id, state).await,
                 Ok(req) => {
                     let state = state.clone();
                     let id = req.id.clone();
