@@ -37,6 +37,10 @@ pub mod maps {
     pub const DENIAL_EVENTS: &str = "KP_DENIAL_EVENTS";
     /// `LpmTrie<ConnectAllow, u8>`: `--allow-connect` entries.
     pub const CONNECT_ALLOW: &str = "KP_CONNECT_ALLOW";
+    /// `Array<KernelOffsets>` with one entry, filled by the agent from BTF.
+    pub const OFFSETS: &str = "KP_OFFSETS";
+    /// `HashMap<WriteAllow, u8>`: `--allow-write` directories.
+    pub const WRITE_ALLOW: &str = "KP_WRITE_ALLOW";
     /// `HashMap<u32 ifindex, u64 cgroup id>`: host-side network devices
     /// (the veth of a container in its own network namespace) whose traffic
     /// belongs to a target; the TC program cuts it when the target is isolated.
@@ -84,6 +88,18 @@ pub mod programs {
         ("kp_degrade_read_file", "kernel_read_file"),
         ("kp_degrade_setuid", "task_fix_setuid"),
         ("kp_degrade_setgid", "task_fix_setgid"),
+        ("kp_degrade_file_open", "file_open"),
+        ("kp_degrade_path_truncate", "path_truncate"),
+        ("kp_degrade_path_unlink", "path_unlink"),
+        ("kp_degrade_path_mkdir", "path_mkdir"),
+        ("kp_degrade_path_rmdir", "path_rmdir"),
+        ("kp_degrade_path_rename", "path_rename"),
+        ("kp_degrade_path_link", "path_link"),
+        ("kp_degrade_path_symlink", "path_symlink"),
+        ("kp_degrade_path_mknod", "path_mknod"),
+        ("kp_degrade_path_chmod", "path_chmod"),
+        ("kp_degrade_path_chown", "path_chown"),
+        ("kp_degrade_task_kill", "task_kill"),
     ];
     /// Tiny programs `probe` loads to learn what the kernel accepts.
     pub const PROBE_LSM: &str = "kp_probe_lsm";
@@ -202,6 +218,45 @@ pub struct ConnectAllow {
     pub addr: [u8; 16],
 }
 
+/// Kernel struct field offsets, read by the agent from the running
+/// kernel's BTF (/sys/kernel/btf/vmlinux) and handed to the programs that
+/// must follow kernel pointers (fs.write, signal). Rust eBPF has no CO-RE
+/// relocations, so this is how the same object works on 6.1 and 6.18.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 when every fs.write offset below is filled in.
+    pub fs_valid: u32,
+    pub file_f_mode: u32,
+    pub file_f_path: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    /// 1 when every signal offset below is filled in.
+    pub signal_valid: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+/// Key of the `--allow-write` map: a directory (by device and inode) below
+/// which a target may still write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteAllow {
+    pub cgroup_id: u64,
+    /// The kernel's dev_t of the directory's super block (MKDEV(major, minor)).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
 /// Prefix bits of [`ConnectAllow`] before the address (cgroup id, port, pad).
 pub const CONNECT_ALLOW_FIXED_BITS: u32 = 64 + 16 + 16;
 
@@ -247,4 +302,8 @@ mod pod {
     unsafe impl aya::Pod for super::DenialEvent {}
     // SAFETY: as above (u16 pad keeps it explicit).
     unsafe impl aya::Pod for super::ConnectAllow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WriteAllow {}
 }

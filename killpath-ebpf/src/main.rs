@@ -4,10 +4,12 @@
 #![no_main]
 
 mod degrade;
+mod fswrite;
 mod guard;
 mod isolate;
 mod maps;
 mod probe;
+mod signal;
 mod targets;
 
 #[cfg(not(test))]

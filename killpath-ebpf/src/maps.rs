@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use killpath_common::{ConnectAllow, DenialKey, GuardConfig, ProbeState, RateWindow, TargetState};
+use killpath_common::{ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, RateWindow, TargetState, WriteAllow};
 
 /// Upper bound on managed targets.
 pub const MAX_TARGETS: u32 = 4096;
@@ -34,6 +34,12 @@ pub static DENIAL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 // LPM tries must be created with BPF_F_NO_PREALLOC.
 #[map(name = "KP_CONNECT_ALLOW")]
 pub static CONNECT_ALLOW: LpmTrie<ConnectAllow, u8> = LpmTrie::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
+
+#[map(name = "KP_OFFSETS")]
+pub static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+
+#[map(name = "KP_WRITE_ALLOW")]
+pub static WRITE_ALLOW: HashMap<WriteAllow, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 #[map(name = "KP_NETDEVS")]
 pub static NETDEVS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);

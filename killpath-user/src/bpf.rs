@@ -15,7 +15,9 @@ use aya::{
     programs::{links::FdLink, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use killpath_common::{cap, level, maps, programs, ConnectAllow, DenialKey, GuardConfig, TargetState, MAX_CGROUP_DEPTH};
+use killpath_common::{
+    cap, level, maps, programs, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, TargetState, WriteAllow, MAX_CGROUP_DEPTH,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -44,6 +46,8 @@ const PINNED_MAPS: &[&str] = &[
     maps::DENIAL_RATE,
     maps::DENIAL_EVENTS,
     maps::CONNECT_ALLOW,
+    maps::OFFSETS,
+    maps::WRITE_ALLOW,
 ];
 
 /// Default bpffs directory for killpath's pins.
@@ -86,6 +90,7 @@ pub struct Maps {
 /// The level-2 maps.
 pub struct DegradeMaps {
     allow: LpmTrie<MapData, ConnectAllow, u8>,
+    write_allow: HashMap<MapData, WriteAllow, u8>,
     denials: PerCpuHashMap<MapData, DenialKey, u64>,
 }
 
@@ -194,6 +199,22 @@ impl Maps {
         Ok(())
     }
 
+    /// Adds an `--allow-write` directory.
+    pub fn allow_write(&mut self, key: WriteAllow) -> Result<()> {
+        let d = self.degrade_maps()?;
+        d.write_allow.insert(key, 1, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::WRITE_ALLOW)))
+    }
+
+    /// Removes every `--allow-write` directory of a target.
+    pub fn clear_allow_write(&mut self, cgroup_id: u64) -> Result<()> {
+        let d = self.degrade_maps()?;
+        let mine: Vec<WriteAllow> = d.write_allow.keys().filter_map(|k| k.ok()).filter(|k| k.cgroup_id == cgroup_id).collect();
+        for k in mine {
+            let _ = d.write_allow.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Denials of a target per capability bit index (exact: summed over CPUs).
     pub fn denials(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
         let Some(d) = self.degrade.as_ref() else { return Vec::new() };
@@ -276,6 +297,10 @@ pub struct Enforcer {
     pub isolate: IsolatePrograms,
     /// Sampled denials (level 2); the agent takes it to read events.
     pub denial_events: Option<RingBuf<MapData>>,
+    /// Why fs.write cannot be enforced here (kernel BTF), if it cannot.
+    pub fs_error: Option<String>,
+    /// Why signal cannot be enforced here (kernel BTF), if it cannot.
+    pub signal_error: Option<String>,
     // Keeps the object alive for the lifetime of the agent; the pins keep
     // the programs alive after it.
     _ebpf: Ebpf,
@@ -323,7 +348,13 @@ impl Enforcer {
         maps.counters = Some(
             PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::COUNTERS)))?,
         );
+        // Struct offsets for the pointer-following hooks (fs.write, signal).
+        let btf = crate::kernel_btf::resolve();
+        let mut offsets: Array<MapData, KernelOffsets> =
+            Array::try_from(take(&mut ebpf, maps::OFFSETS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::OFFSETS)))?;
+        offsets.set(0, btf.offsets, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::OFFSETS)))?;
         maps.degrade = Some(DegradeMaps {
+            write_allow: HashMap::try_from(take(&mut ebpf, maps::WRITE_ALLOW)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::WRITE_ALLOW)))?,
             allow: LpmTrie::try_from(take(&mut ebpf, maps::CONNECT_ALLOW)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::CONNECT_ALLOW)))?,
             denials: PerCpuHashMap::try_from(take(&mut ebpf, maps::DENIALS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::DENIALS)))?,
         });
@@ -344,7 +375,17 @@ impl Enforcer {
                 Err(e) => warn!(generation = %old.display(), "cannot read an old generation's targets: {e}"),
             }
         }
-        Ok(Self { maps, pin_dir: base.to_owned(), old_generations, attached_now, isolate, denial_events, _ebpf: ebpf })
+        Ok(Self {
+            maps,
+            pin_dir: base.to_owned(),
+            old_generations,
+            attached_now,
+            isolate,
+            denial_events,
+            fs_error: btf.fs_error,
+            signal_error: btf.signal_error,
+            _ebpf: ebpf,
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {

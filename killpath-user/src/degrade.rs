@@ -13,10 +13,10 @@ pub const CATALOG: &[(&str, u32, &str)] = &[
     ("net.listen", cap::NET_LISTEN, "BPF LSM socket_listen"),
     ("net.raw", cap::NET_RAW, "cgroup sock_create (raw IP) + BPF LSM socket_create (packet sockets)"),
     ("net.unix", cap::NET_UNIX, "BPF LSM socket_create + socket_connect (AF_UNIX)"),
-    ("fs.write", cap::FS_WRITE, "not implemented yet"),
+    ("fs.write", cap::FS_WRITE, "BPF LSM file_open (for write) + path_mknod/mkdir/unlink/rmdir/rename/link/symlink/truncate/chmod/chown; allow-list by directory inode"),
     ("exec", cap::EXEC, "BPF LSM bprm_check_security"),
     ("fork", cap::FORK, "BPF LSM task_alloc (threads stay allowed)"),
-    ("signal", cap::SIGNAL, "not implemented yet"),
+    ("signal", cap::SIGNAL, "BPF LSM task_kill (receivers outside the target)"),
     ("ptrace", cap::PTRACE, "BPF LSM ptrace_access_check + ptrace_traceme"),
     ("mount", cap::MOUNT, "BPF LSM sb_mount + move_mount + sb_umount"),
     ("bpf", cap::BPF, "BPF LSM bpf"),
@@ -32,13 +32,30 @@ pub struct Capability {
     pub detail: String,
 }
 
-/// The catalog on this kernel. `lsm_error` is None when BPF LSM runs.
-pub fn capabilities(lsm_error: Option<&str>) -> Vec<Capability> {
+/// Why capabilities cannot be enforced on this kernel (None: they can).
+#[derive(Clone, Debug, Default)]
+pub struct KernelGaps {
+    /// BPF LSM unavailable.
+    pub lsm: Option<String>,
+    /// fs.write offsets missing from BTF.
+    pub fs: Option<String>,
+    /// signal offsets missing from BTF.
+    pub signal: Option<String>,
+}
+
+/// The catalog on this kernel.
+pub fn capabilities(gaps: &KernelGaps) -> Vec<Capability> {
+    let lsm_error = gaps.lsm.as_deref();
     CATALOG
         .iter()
         .map(|(name, bit, by)| {
-            let (enforceable, detail) = if *bit & (cap::FS_WRITE | cap::SIGNAL) != 0 {
-                (false, "not enforceable on this kernel: killpath does not implement this hook yet (needs kernel struct offsets from BTF)".to_owned())
+            let btf_gap = match *bit {
+                cap::FS_WRITE => gaps.fs.as_deref(),
+                cap::SIGNAL => gaps.signal.as_deref(),
+                _ => None,
+            };
+            let (enforceable, detail) = if let (Some(gap), None) = (btf_gap, lsm_error) {
+                (false, format!("not enforceable on this kernel: {gap}"))
             } else if *bit == cap::NET_CONNECT {
                 (true, (*by).to_owned())
             } else {

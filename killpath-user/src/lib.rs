@@ -11,6 +11,7 @@ pub mod fallback;
 pub mod isolate;
 pub mod isolate_tc;
 pub mod journal;
+pub mod kernel_btf;
 pub mod probe;
 pub mod protocol;
 pub mod stop;

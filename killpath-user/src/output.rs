@@ -43,6 +43,8 @@ impl Output {
         for l in r["levels"].as_array().into_iter().flatten() {
             println!("{:<10} {:<16} {}", s(&l["level"]), yes(&l["enforceable"]), s(&l["detail"]));
         }
+        println!();
+        self.capability_table(&r["capabilities"]);
     }
 
     pub fn status(&self, r: &Value) {
@@ -166,6 +168,9 @@ impl Output {
         if r["allow_connect"].as_array().is_some_and(|a| !a.is_empty()) {
             println!("  still allowed to connect to: {}", list(&r["allow_connect"]));
         }
+        if r["allow_write"].as_array().is_some_and(|a| !a.is_empty()) {
+            println!("  still allowed to write below: {}", list(&r["allow_write"]));
+        }
         println!("  alert raised (journal, `killpath events`, alert hook)");
     }
 
@@ -173,8 +178,12 @@ impl Output {
         if self.raw(r) {
             return;
         }
+        self.capability_table(&r["capabilities"]);
+    }
+
+    fn capability_table(&self, caps: &Value) {
         println!("{:<12} {:<16} DETAIL", "CAPABILITY", "ENFORCEABLE");
-        for c in r["capabilities"].as_array().into_iter().flatten() {
+        for c in caps.as_array().into_iter().flatten() {
             println!("{:<12} {:<16} {}", s(&c["name"]), yes(&c["enforceable"]), s(&c["detail"]));
         }
     }

@@ -39,6 +39,8 @@ pub struct ProbeReport {
     pub lsm_available: bool,
     /// Per level: what this kernel can enforce, in words.
     pub levels: Vec<LevelSupport>,
+    /// Level 2: each capability and whether revoking it is enforceable here.
+    pub capabilities: Vec<crate::degrade::Capability>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -176,7 +178,14 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
             if guard { "on (raw_tracepoint sys_enter/sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
         ),
     });
+    let btf = crate::kernel_btf::resolve();
+    let capabilities = crate::degrade::capabilities(&crate::degrade::KernelGaps {
+        lsm: (!lsm_available).then(|| "BPF LSM unavailable".to_owned()),
+        fs: btf.fs_error,
+        signal: btf.signal_error,
+    });
     ProbeReport {
+        capabilities,
         kernel,
         cgroup2_mount: mount.map(|m| m.display().to_string()),
         cgroup_kill,

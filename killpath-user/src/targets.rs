@@ -83,6 +83,9 @@ pub struct Target {
     /// `--allow-connect` entries, as given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_connect: Vec<String>,
+    /// `--allow-write` directories, resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_write: Vec<String>,
 }
 
 impl Target {
@@ -170,6 +173,7 @@ mod tests {
             netdevs: Vec::new(),
             revoked: 0,
             allow_connect: Vec::new(),
+            allow_write: Vec::new(),
         };
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();

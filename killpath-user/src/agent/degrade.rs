@@ -27,6 +27,7 @@ use crate::{
 pub struct Plan {
     mask: u32,
     allow: Vec<(String, u32, ConnectAllow)>,
+    write: Vec<(String, killpath_common::WriteAllow)>,
 }
 
 /// How often denial counters are sampled for "last minute" figures.
@@ -43,7 +44,11 @@ pub async fn denial_sampler(state: std::sync::Arc<std::sync::Mutex<State>>) {
 
 impl State {
     pub(super) fn capabilities(&self) -> Vec<Capability> {
-        degrade::capabilities(self.enforcer.isolate.lsm_error.as_deref())
+        degrade::capabilities(&degrade::KernelGaps {
+            lsm: self.enforcer.isolate.lsm_error.clone(),
+            fs: self.enforcer.fs_error.clone(),
+            signal: self.enforcer.signal_error.clone(),
+        })
     }
 
     /// Checks every part of a degrade request against the catalog and this
@@ -67,13 +72,30 @@ impl State {
             }
             mask |= bit;
         }
-        if !allow_write.is_empty() {
-            let c = caps.iter().find(|c| c.name == "fs.write");
-            return Err(Error::InvalidRequest(format!(
-                "--allow-write needs fs.write, which {}",
-                c.map_or("is unknown".to_owned(), |c| c.detail.clone())
-            )));
+        if !allow_write.is_empty() && mask & killpath_common::cap::FS_WRITE == 0 && t.revoked & killpath_common::cap::FS_WRITE == 0 {
+            return Err(Error::InvalidRequest("--allow-write only makes sense with fs.write revoked".into()));
         }
+        let write = allow_write
+            .iter()
+            .map(|p| {
+                // Resolve the real directory (.., symlinks) once, here; the
+                // kernel then matches by (device, inode), which no later
+                // path trick can spell differently.
+                let real = std::fs::canonicalize(p).map_err(|e| Error::InvalidRequest(format!("bad --allow-write {p:?}: {e}")))?;
+                let md = std::fs::metadata(&real).map_err(|e| Error::InvalidRequest(format!("bad --allow-write {p:?}: {e}")))?;
+                if !md.is_dir() {
+                    return Err(Error::InvalidRequest(format!("bad --allow-write {p:?}: not a directory")));
+                }
+                use std::os::unix::fs::MetadataExt as _;
+                let key = killpath_common::WriteAllow {
+                    cgroup_id: t.cgroup_id,
+                    dev: crate::kernel_btf::kernel_dev(md.dev()),
+                    _pad: 0,
+                    ino: md.ino(),
+                };
+                Ok((real.display().to_string(), key))
+            })
+            .collect::<Result<Vec<_>>>()?;
         if !allow_connect.is_empty() && mask & killpath_common::cap::NET_CONNECT == 0 && t.revoked & killpath_common::cap::NET_CONNECT == 0 {
             return Err(Error::InvalidRequest("--allow-connect only makes sense with net.connect revoked".into()));
         }
@@ -81,7 +103,7 @@ impl State {
             .iter()
             .map(|a| degrade::parse_allow_connect(a, t.cgroup_id).map(|(l, k)| (a.clone(), l, k)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Plan { mask, allow })
+        Ok(Plan { mask, allow, write })
     }
 
     /// Applies a plan: allow-list first, then the revocation (one map
@@ -90,6 +112,12 @@ impl State {
         let mut t = self.registry.get(name)?.clone();
         for (_, l, k) in &plan.allow {
             self.enforcer.maps.allow_connect(*l, *k)?;
+        }
+        for (dir, k) in &plan.write {
+            self.enforcer.maps.allow_write(*k)?;
+            if !t.allow_write.contains(dir) {
+                t.allow_write.push(dir.clone());
+            }
         }
         t.revoked |= plan.mask;
         for (spec, _, _) in &plan.allow {
@@ -105,6 +133,7 @@ impl State {
         t.since_unix_us = now_us();
         let revoked = degrade::names(t.revoked);
         let allow = t.allow_connect.clone();
+        let allow_write = t.allow_write.clone();
         self.registry.targets.insert(name.to_owned(), t);
         self.registry.save()?;
         Ok(Done {
@@ -114,6 +143,7 @@ impl State {
                 "from": level_name(from),
                 "revoked": revoked,
                 "allow_connect": allow,
+                "allow_write": allow_write,
                 "time_to_effect_us": time_to_effect_us,
             }),
             to_level: Some(to),
@@ -131,6 +161,10 @@ impl State {
         if t.revoked & killpath_common::cap::NET_CONNECT == 0 {
             self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
             t.allow_connect.clear();
+        }
+        if t.revoked & killpath_common::cap::FS_WRITE == 0 {
+            self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
+            t.allow_write.clear();
         }
         let from = t.level;
         // Nothing left revoked at degrade: back to normal.

@@ -208,6 +208,7 @@ impl State {
             netdevs: Vec::new(),
             revoked: 0,
             allow_connect: Vec::new(),
+            allow_write: Vec::new(),
         };
         self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
         // Attach the level-3 hooks now, so that isolating later is only a
@@ -378,6 +379,7 @@ impl State {
                 json!({
                     "revoked": crate::degrade::names(t.revoked),
                     "allow_connect": t.allow_connect,
+                    "allow_write": t.allow_write,
                     "denials": denials,
                     "netdevs": t.netdevs,
                     "open_channels": open,
@@ -493,7 +495,9 @@ impl State {
         if to < level::DEGRADE {
             t.revoked = 0;
             t.allow_connect.clear();
+            t.allow_write.clear();
             self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
+            self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
         }
         self.enforcer.maps.set(t.cgroup_id, t.state(to))?;
         let time_to_effect_us = received.elapsed().as_micros() as u64;
@@ -506,6 +510,7 @@ impl State {
         tt.level = to;
         tt.revoked = t.revoked;
         tt.allow_connect = t.allow_connect.clone();
+        tt.allow_write = t.allow_write.clone();
         tt.since_unix_us = now_us();
         self.registry.save()?;
         Ok(Done {

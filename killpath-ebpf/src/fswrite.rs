@@ -1,0 +1,143 @@
+//! Level 2, capability `fs.write`: refuse opening for write, creating,
+//! unlinking, renaming, truncating, mkdir/rmdir, chmod/chown and linking,
+//! except below the target's `--allow-write` directories.
+//!
+//! The allow-list is checked on the dentry the kernel already resolved, by
+//! walking d_parent up to the filesystem root and looking each directory's
+//! (device, inode) up in KP_WRITE_ALLOW. Because the walk follows the real
+//! dentry tree, `..`, symlinks and bind mounts cannot lead around it: a bind
+//! mount of an outside directory into the allowed one keeps its own parents.
+//! Struct offsets come from the running kernel's BTF (KP_OFFSETS).
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
+use killpath_common::{cap, KernelOffsets, WriteAllow};
+
+use crate::{
+    degrade::{self, Detail},
+    maps::{OFFSETS, WRITE_ALLOW},
+};
+
+const FMODE_WRITE: u32 = 0x2;
+/// Deepest directory nesting walked; deeper allowed dirs are not matched.
+const MAX_WALK: u32 = 32;
+
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
+}
+
+/// Whether `dentry` is an allowed directory of target `id` or below one.
+#[inline(always)]
+fn allowed(o: &KernelOffsets, id: u64, dentry: u64) -> bool {
+    let mut d = dentry;
+    let mut i = 0;
+    while i < MAX_WALK {
+        if d == 0 {
+            return false;
+        }
+        if let Some(inode) = read::<u64>(d, o.dentry_d_inode).filter(|p| *p != 0) {
+            let ino = read::<u64>(inode, o.inode_i_ino).unwrap_or(0);
+            let dev = read::<u64>(inode, o.inode_i_sb).and_then(|sb| read::<u32>(sb, o.sb_s_dev)).unwrap_or(0);
+            if WRITE_ALLOW.get_ptr(&WriteAllow { cgroup_id: id, dev, _pad: 0, ino }).is_some() {
+                return true;
+            }
+        }
+        let parent = read::<u64>(d, o.dentry_d_parent).unwrap_or(0);
+        if parent == d {
+            return false;
+        }
+        d = parent;
+        i += 1;
+    }
+    false
+}
+
+/// The verdict for a write to `dentries` (0 = not applicable).
+#[inline(always)]
+fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2]) -> i32 {
+    let prev: i32 = ctx.arg(prev_slot);
+    if prev != 0 {
+        return prev;
+    }
+    let Some(id) = degrade::revoked(cap::FS_WRITE) else { return 0 };
+    let Some(o) = OFFSETS.get(0) else { return 0 };
+    if o.fs_valid == 0 {
+        return 0;
+    }
+    for d in dentries {
+        if d != 0 && !allowed(o, id, d) {
+            return degrade::deny(id, cap::FS_WRITE.trailing_zeros(), Detail::default());
+        }
+    }
+    0
+}
+
+/// dentry of a `struct path *`.
+#[inline(always)]
+fn path_dentry(path: u64) -> u64 {
+    let Some(o) = OFFSETS.get(0) else { return 0 };
+    read::<u64>(path, o.path_dentry).unwrap_or(0)
+}
+
+#[lsm(hook = "file_open")]
+pub fn kp_degrade_file_open(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    let Some(o) = OFFSETS.get(0) else { return ctx.arg(1) };
+    let mode = read::<u32>(file, o.file_f_mode).unwrap_or(0);
+    if mode & FMODE_WRITE == 0 {
+        return ctx.arg(1);
+    }
+    let dentry = read::<u64>(file + u64::from(o.file_f_path), o.path_dentry).unwrap_or(0);
+    check(&ctx, 1, [dentry, 0])
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn kp_degrade_path_truncate(ctx: LsmContext) -> i32 {
+    check(&ctx, 1, [path_dentry(ctx.arg(0)), 0])
+}
+
+#[lsm(hook = "path_unlink")]
+pub fn kp_degrade_path_unlink(ctx: LsmContext) -> i32 {
+    check(&ctx, 2, [ctx.arg(1), 0])
+}
+
+#[lsm(hook = "path_mkdir")]
+pub fn kp_degrade_path_mkdir(ctx: LsmContext) -> i32 {
+    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0])
+}
+
+#[lsm(hook = "path_rmdir")]
+pub fn kp_degrade_path_rmdir(ctx: LsmContext) -> i32 {
+    check(&ctx, 2, [ctx.arg(1), 0])
+}
+
+#[lsm(hook = "path_rename")]
+pub fn kp_degrade_path_rename(ctx: LsmContext) -> i32 {
+    check(&ctx, 5, [ctx.arg(1), path_dentry(ctx.arg(2))])
+}
+
+#[lsm(hook = "path_link")]
+pub fn kp_degrade_path_link(ctx: LsmContext) -> i32 {
+    check(&ctx, 3, [path_dentry(ctx.arg(1)), 0])
+}
+
+#[lsm(hook = "path_symlink")]
+pub fn kp_degrade_path_symlink(ctx: LsmContext) -> i32 {
+    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0])
+}
+
+/// Also the O_CREAT path: creating a file in a directory.
+#[lsm(hook = "path_mknod")]
+pub fn kp_degrade_path_mknod(ctx: LsmContext) -> i32 {
+    check(&ctx, 4, [path_dentry(ctx.arg(0)), 0])
+}
+
+#[lsm(hook = "path_chmod")]
+pub fn kp_degrade_path_chmod(ctx: LsmContext) -> i32 {
+    check(&ctx, 2, [path_dentry(ctx.arg(0)), 0])
+}
+
+#[lsm(hook = "path_chown")]
+pub fn kp_degrade_path_chown(ctx: LsmContext) -> i32 {
+    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0])
+}

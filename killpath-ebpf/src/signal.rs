@@ -1,0 +1,59 @@
+//! Level 2, capability `signal`: refuse signals to processes outside the
+//! target (signals inside it, and signal 0 existence checks, stay allowed).
+//! Whether the receiver is inside is decided from the receiver's own
+//! cgroup: task->cgroups->dfl_cgrp, its ancestor at the target's depth,
+//! and that cgroup's kernfs id — offsets from the running kernel's BTF.
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
+use killpath_common::{cap, KernelOffsets};
+
+use crate::{degrade, maps::OFFSETS, targets};
+
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
+}
+
+/// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable).
+#[inline(always)]
+fn ancestor_id(o: &KernelOffsets, task: u64, depth: u32) -> u64 {
+    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return 0 };
+    let level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
+    if level < depth as i32 {
+        return 0;
+    }
+    read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
+        .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
+        .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
+        .unwrap_or(0)
+}
+
+/// security_task_kill(p, info, sig, cred).
+#[lsm(hook = "task_kill")]
+pub fn kp_degrade_task_kill(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return prev;
+    }
+    let sig: i32 = ctx.arg(2);
+    if sig == 0 {
+        return 0;
+    }
+    let Some(cfg) = targets::config() else { return 0 };
+    if cfg.degraded_targets == 0 {
+        return 0;
+    }
+    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return 0 };
+    if st.revoked & cap::SIGNAL == 0 {
+        return 0;
+    }
+    let Some(o) = OFFSETS.get(0) else { return 0 };
+    if o.signal_valid == 0 {
+        return 0;
+    }
+    let p: u64 = ctx.arg(0);
+    if ancestor_id(o, p, st.depth) == id {
+        return 0;
+    }
+    degrade::deny(id, cap::SIGNAL.trailing_zeros(), degrade::Detail::default())
+}

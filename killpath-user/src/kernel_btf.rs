@@ -1,0 +1,108 @@
+//! Kernel struct offsets from the running kernel's BTF
+//! (/sys/kernel/btf/vmlinux). The fs.write and signal hooks follow kernel
+//! pointers; Rust eBPF has no CO-RE relocations, so the agent resolves the
+//! offsets here and hands them over in the KP_OFFSETS map. A missing field
+//! makes the capability "not enforceable", with the reason.
+use btf_rs::{Btf, Struct, Type};
+use killpath_common::KernelOffsets;
+
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offset of `field` in `struct sname`, looking into anonymous
+/// struct/union members.
+fn offset(btf: &Btf, sname: &str, field: &str) -> Result<u32, String> {
+    let types = btf.resolve_types_by_name(sname).map_err(|e| format!("struct {sname}: {e}"))?;
+    types
+        .iter()
+        .filter_map(|t| match t {
+            Type::Struct(s) => find(btf, s, field, 0),
+            _ => None,
+        })
+        .next()
+        .ok_or_else(|| format!("struct {sname} has no field {field} in this kernel's BTF"))
+}
+
+fn find(btf: &Btf, s: &Struct, field: &str, base: u32) -> Option<u32> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == field {
+            return Some((base + m.bit_offset()) / 8);
+        }
+        if name.is_empty() {
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m) {
+                if let Some(o) = find(btf, &inner, field, base + m.bit_offset()) {
+                    return Some(o);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Offsets, and why fs.write / signal cannot be enforced (None: they can).
+pub struct Resolved {
+    pub offsets: KernelOffsets,
+    pub fs_error: Option<String>,
+    pub signal_error: Option<String>,
+}
+
+pub fn resolve() -> Resolved {
+    let btf = match Btf::from_file(VMLINUX) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = format!("cannot read {VMLINUX}: {e}");
+            return Resolved { offsets: KernelOffsets::default(), fs_error: Some(why.clone()), signal_error: Some(why) };
+        }
+    };
+    let mut o = KernelOffsets::default();
+    let fs = (|| -> Result<(), String> {
+        o.file_f_mode = offset(&btf, "file", "f_mode")?;
+        o.file_f_path = offset(&btf, "file", "f_path")?;
+        o.path_dentry = offset(&btf, "path", "dentry")?;
+        o.dentry_d_parent = offset(&btf, "dentry", "d_parent")?;
+        o.dentry_d_inode = offset(&btf, "dentry", "d_inode")?;
+        o.inode_i_ino = offset(&btf, "inode", "i_ino")?;
+        o.inode_i_sb = offset(&btf, "inode", "i_sb")?;
+        o.sb_s_dev = offset(&btf, "super_block", "s_dev")?;
+        Ok(())
+    })();
+    let signal = (|| -> Result<(), String> {
+        o.task_cgroups = offset(&btf, "task_struct", "cgroups")?;
+        o.css_set_dfl_cgrp = offset(&btf, "css_set", "dfl_cgrp")?;
+        o.cgroup_level = offset(&btf, "cgroup", "level")?;
+        o.cgroup_ancestors = offset(&btf, "cgroup", "ancestors")?;
+        o.cgroup_kn = offset(&btf, "cgroup", "kn")?;
+        o.kernfs_node_id = offset(&btf, "kernfs_node", "id")?;
+        Ok(())
+    })();
+    o.fs_valid = u32::from(fs.is_ok());
+    o.signal_valid = u32::from(signal.is_ok());
+    Resolved { offsets: o, fs_error: fs.err(), signal_error: signal.err() }
+}
+
+/// The kernel's dev_t (MKDEV: major << 20 | minor) of a user-space st_dev.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | minor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kdev_encoding() {
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(0, 42)), 42);
+    }
+
+    #[test]
+    fn resolves_on_this_kernel_when_btf_exists() {
+        if std::path::Path::new(VMLINUX).exists() {
+            let r = resolve();
+            assert!(r.fs_error.is_none(), "{:?}", r.fs_error);
+            assert!(r.offsets.file_f_path > 0 && r.offsets.dentry_d_parent > 0);
+        }
+    }
+}
