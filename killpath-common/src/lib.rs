@@ -200,6 +200,9 @@ pub struct DenialEvent {
     pub port: u32,
     /// Destination address (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
+    /// What was refused, when it has a name: the file (last path
+    /// component) for fs.write, the program for exec. NUL-padded.
+    pub name: [u8; 32],
 }
 
 /// Key of the connect allow-list LPM trie: the target, then the port
@@ -234,6 +237,7 @@ pub struct KernelOffsets {
     pub dentry_d_inode: u32,
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
+    pub inode_i_mode: u32,
     pub sb_s_dev: u32,
     /// 1 when every signal offset below is filled in.
     pub signal_valid: u32,
@@ -243,6 +247,13 @@ pub struct KernelOffsets {
     pub cgroup_ancestors: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// dentry.d_name (struct qstr) and qstr.name: the name of a denied file.
+    pub dentry_d_name: u32,
+    pub qstr_name: u32,
+    /// linux_binprm.filename: the program a denied exec named.
+    pub bprm_filename: u32,
+    /// 1 when the three name offsets above are filled in.
+    pub names_valid: u32,
 }
 
 /// Key of the `--allow-write` map: a directory (by device and inode) below

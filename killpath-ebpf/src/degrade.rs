@@ -8,14 +8,14 @@
 //! hooks (see isolate.rs, which shares those programs), so they hold where
 //! BPF LSM is off. The rest are BPF LSM hooks with plain arguments.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::lsm,
     programs::LsmContext,
 };
 use killpath_common::{cap, DenialEvent, DenialKey, RateWindow, DENIAL_EVENTS_PER_SEC};
 
 use crate::{
-    maps::{DENIALS, DENIAL_EVENTS, DENIAL_RATE},
+    maps::{DENIALS, DENIAL_EVENTS, DENIAL_RATE, OFFSETS},
     targets,
 };
 
@@ -28,6 +28,8 @@ pub struct Detail {
     pub family: u32,
     pub port: u32,
     pub addr: [u8; 16],
+    /// Kernel pointer to a NUL-terminated name (0: none).
+    pub name_ptr: u64,
 }
 
 /// Counts a denial of capability bit `bit` for target `cgroup_id`, samples
@@ -64,7 +66,13 @@ pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
     };
     if sample {
         if let Some(mut slot) = DENIAL_EVENTS.reserve::<DenialEvent>(0) {
+            let mut name = [0u8; 32];
+            if detail.name_ptr != 0 {
+                // SAFETY: bounded kernel string read into a stack buffer.
+                let _ = unsafe { bpf_probe_read_kernel_str_bytes(detail.name_ptr as *const u8, &mut name) };
+            }
             let ev = DenialEvent {
+                name,
                 cgroup_id,
                 time_ns: now,
                 pid: (bpf_get_current_pid_tgid() >> 32) as u32,
@@ -110,10 +118,22 @@ pub fn kp_degrade_socket_listen(ctx: LsmContext) -> i32 {
     check(&ctx, 2, cap::NET_LISTEN)
 }
 
-/// exec: security_bprm_check_security(bprm).
+/// exec: security_bprm_check_security(bprm); the event names the program.
 #[lsm(hook = "bprm_check_security")]
 pub fn kp_degrade_bprm_check(ctx: LsmContext) -> i32 {
-    check(&ctx, 1, cap::EXEC)
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    let Some(id) = revoked(cap::EXEC) else { return 0 };
+    let bprm: u64 = ctx.arg(0);
+    let name_ptr = OFFSETS
+        .get(0)
+        .filter(|o| o.names_valid != 0)
+        // SAFETY: bounded kernel read of bprm->filename.
+        .and_then(|o| unsafe { bpf_probe_read_kernel((bprm + u64::from(o.bprm_filename)) as *const u64) }.ok())
+        .unwrap_or(0);
+    deny(id, cap::EXEC.trailing_zeros(), Detail { name_ptr, ..Detail::default() })
 }
 
 /// fork: security_task_alloc(task, clone_flags). Threads are not

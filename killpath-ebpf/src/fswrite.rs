@@ -17,6 +17,10 @@ use crate::{
 };
 
 const FMODE_WRITE: u32 = 0x2;
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+const S_IFIFO: u16 = 0o010000;
+const S_IFSOCK: u16 = 0o140000;
 /// Deepest directory nesting walked; deeper allowed dirs are not matched.
 const MAX_WALK: u32 = 32;
 
@@ -52,9 +56,10 @@ fn allowed(o: &KernelOffsets, id: u64, dentry: u64) -> bool {
     false
 }
 
-/// The verdict for a write to `dentries` (0 = not applicable).
+/// The verdict for a write below `dentries` (0 = not applicable); `named`
+/// is the dentry the event names (the new entry for creates).
 #[inline(always)]
-fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2]) -> i32 {
+fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2], named: u64) -> i32 {
     let prev: i32 = ctx.arg(prev_slot);
     if prev != 0 {
         return prev;
@@ -66,7 +71,9 @@ fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2]) -> i32 {
     }
     for d in dentries {
         if d != 0 && !allowed(o, id, d) {
-            return degrade::deny(id, cap::FS_WRITE.trailing_zeros(), Detail::default());
+            // The event names the file: dentry->d_name.name.
+            let name_ptr = if o.names_valid != 0 { read::<u64>(named + u64::from(o.dentry_d_name), o.qstr_name).unwrap_or(0) } else { 0 };
+            return degrade::deny(id, cap::FS_WRITE.trailing_zeros(), Detail { name_ptr, ..Detail::default() });
         }
     }
     0
@@ -88,56 +95,66 @@ pub fn kp_degrade_file_open(ctx: LsmContext) -> i32 {
         return ctx.arg(1);
     }
     let dentry = read::<u64>(file + u64::from(o.file_f_path), o.path_dentry).unwrap_or(0);
-    check(&ctx, 1, [dentry, 0])
+    // Character devices (/dev/null, ttys), FIFOs and sockets are not the
+    // filesystem: writing to them stays allowed. Regular files, block
+    // devices and anything unreadable are checked.
+    let mode = read::<u64>(dentry, o.dentry_d_inode).and_then(|i| read::<u16>(i, o.inode_i_mode)).unwrap_or(0) & S_IFMT;
+    if mode == S_IFCHR || mode == S_IFIFO || mode == S_IFSOCK {
+        return ctx.arg(1);
+    }
+    check(&ctx, 1, [dentry, 0], dentry)
 }
 
 #[lsm(hook = "path_truncate")]
 pub fn kp_degrade_path_truncate(ctx: LsmContext) -> i32 {
-    check(&ctx, 1, [path_dentry(ctx.arg(0)), 0])
+    let d = path_dentry(ctx.arg(0));
+    check(&ctx, 1, [d, 0], d)
 }
 
 #[lsm(hook = "path_unlink")]
 pub fn kp_degrade_path_unlink(ctx: LsmContext) -> i32 {
-    check(&ctx, 2, [ctx.arg(1), 0])
+    check(&ctx, 2, [ctx.arg(1), 0], ctx.arg(1))
 }
 
 #[lsm(hook = "path_mkdir")]
 pub fn kp_degrade_path_mkdir(ctx: LsmContext) -> i32 {
-    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0])
+    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0], ctx.arg(1))
 }
 
 #[lsm(hook = "path_rmdir")]
 pub fn kp_degrade_path_rmdir(ctx: LsmContext) -> i32 {
-    check(&ctx, 2, [ctx.arg(1), 0])
+    check(&ctx, 2, [ctx.arg(1), 0], ctx.arg(1))
 }
 
 #[lsm(hook = "path_rename")]
 pub fn kp_degrade_path_rename(ctx: LsmContext) -> i32 {
-    check(&ctx, 5, [ctx.arg(1), path_dentry(ctx.arg(2))])
+    check(&ctx, 5, [ctx.arg(1), path_dentry(ctx.arg(2))], ctx.arg(1))
 }
 
 #[lsm(hook = "path_link")]
 pub fn kp_degrade_path_link(ctx: LsmContext) -> i32 {
-    check(&ctx, 3, [path_dentry(ctx.arg(1)), 0])
+    check(&ctx, 3, [path_dentry(ctx.arg(1)), 0], ctx.arg(2))
 }
 
 #[lsm(hook = "path_symlink")]
 pub fn kp_degrade_path_symlink(ctx: LsmContext) -> i32 {
-    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0])
+    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0], ctx.arg(1))
 }
 
 /// Also the O_CREAT path: creating a file in a directory.
 #[lsm(hook = "path_mknod")]
 pub fn kp_degrade_path_mknod(ctx: LsmContext) -> i32 {
-    check(&ctx, 4, [path_dentry(ctx.arg(0)), 0])
+    check(&ctx, 4, [path_dentry(ctx.arg(0)), 0], ctx.arg(1))
 }
 
 #[lsm(hook = "path_chmod")]
 pub fn kp_degrade_path_chmod(ctx: LsmContext) -> i32 {
-    check(&ctx, 2, [path_dentry(ctx.arg(0)), 0])
+    let d = path_dentry(ctx.arg(0));
+    check(&ctx, 2, [d, 0], d)
 }
 
 #[lsm(hook = "path_chown")]
 pub fn kp_degrade_path_chown(ctx: LsmContext) -> i32 {
-    check(&ctx, 3, [path_dentry(ctx.arg(0)), 0])
+    let d = path_dentry(ctx.arg(0));
+    check(&ctx, 3, [d, 0], d)
 }

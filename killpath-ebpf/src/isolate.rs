@@ -121,7 +121,7 @@ fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     if allowed(id, port_be, addr) || allowed(id, 0, addr) {
         return 1;
     }
-    let detail = degrade::Detail { family: if v6 { AF_INET6 as u32 } else { AF_INET as u32 }, port: u16::from_be(port_be) as u32, addr };
+    let detail = degrade::Detail { family: if v6 { AF_INET6 as u32 } else { AF_INET as u32 }, port: u16::from_be(port_be) as u32, addr, name_ptr: 0 };
     degrade::deny(id, cap::NET_CONNECT.trailing_zeros(), detail);
     0
 }

@@ -63,6 +63,7 @@ pub fn resolve() -> Resolved {
         o.dentry_d_inode = offset(&btf, "dentry", "d_inode")?;
         o.inode_i_ino = offset(&btf, "inode", "i_ino")?;
         o.inode_i_sb = offset(&btf, "inode", "i_sb")?;
+        o.inode_i_mode = offset(&btf, "inode", "i_mode")?;
         o.sb_s_dev = offset(&btf, "super_block", "s_dev")?;
         Ok(())
     })();
@@ -75,6 +76,13 @@ pub fn resolve() -> Resolved {
         o.kernfs_node_id = offset(&btf, "kernfs_node", "id")?;
         Ok(())
     })();
+    let names = (|| -> Result<(), String> {
+        o.dentry_d_name = offset(&btf, "dentry", "d_name")?;
+        o.qstr_name = offset(&btf, "qstr", "name")?;
+        o.bprm_filename = offset(&btf, "linux_binprm", "filename")?;
+        Ok(())
+    })();
+    o.names_valid = u32::from(names.is_ok());
     o.fs_valid = u32::from(fs.is_ok());
     o.signal_valid = u32::from(signal.is_ok());
     Resolved { offsets: o, fs_error: fs.err(), signal_error: signal.err() }

@@ -200,7 +200,7 @@ impl Output {
                 s(&ev["capability"]),
                 s(&ev["pid"]),
                 s(&ev["comm"]),
-                ev["destination"].as_str().map(|d| format!(" dest={d}")).unwrap_or_default()
+                ev["destination"].as_str().map(|d| format!(" dest={d}")).or_else(|| ev["what"].as_str().map(|w| format!(" what={w}"))).unwrap_or_default()
             );
         }
         use std::io::Write as _;

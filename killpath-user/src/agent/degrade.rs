@@ -226,7 +226,9 @@ impl State {
             }
             _ => None,
         };
+        let what = String::from_utf8_lossy(&ev.name).trim_end_matches('\0').to_owned();
         json!({
+            "what": (!what.is_empty()).then_some(what),
             "type": "denial",
             "target": target,
             "cgroup_id": ev.cgroup_id,
