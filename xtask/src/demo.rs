@@ -276,23 +276,13 @@ fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<(
             }
         }
         Step::Run { args } => {
-            let mut cmd = command(&args)?;
-            println!("$ {}", proc::describe(&cmd));
-            let status = cmd
-                .stdin(Stdio::null())
-                .status()
-                .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+            let (status, cmd) = run_foreground(&args)?;
             if !status.success() {
-                bail!("`{}` failed ({status})", proc::describe(&cmd));
+                bail!("`{cmd}` failed ({status})");
             }
         }
         Step::RunMayFail { args, why } => {
-            let mut cmd = command(&args)?;
-            println!("$ {}", proc::describe(&cmd));
-            let status = cmd
-                .stdin(Stdio::null())
-                .status()
-                .with_context(|| format!("could not start `{}`", proc::describe(&cmd)))?;
+            let (status, _) = run_foreground(&args)?;
             if !status.success() {
                 println!("demo: exit {status}: {why}");
             }
@@ -323,6 +313,15 @@ fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Runs a step's command in the foreground, printing it first.
+fn run_foreground(args: &[String]) -> Result<(std::process::ExitStatus, String)> {
+    let mut cmd = command(args)?;
+    let shown = proc::describe(&cmd);
+    println!("$ {shown}");
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("could not start `{shown}`"))?;
+    Ok((status, shown))
 }
 
 fn command(args: &[String]) -> Result<Command> {
