@@ -21,8 +21,17 @@ fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
     find_with_id(mask, ancestor).map(|(_, s)| s)
 }
 
+/// Targets can nest (a target adopted inside another one): the effective
+/// state is the strictest of all enclosing targets — highest level, union
+/// of revoked capabilities — reported under the innermost target's id.
 #[inline(always)]
 fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, TargetState)> {
+    // Plain initialised locals rather than an Option accumulator: the
+    // verifier rejects reads of registers LLVM leaves uninitialised for a
+    // None payload.
+    let mut any = false;
+    let mut best_id = 0u64;
+    let mut best = TargetState::default();
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
         if mask & (1u32 << depth) != 0 {
@@ -30,13 +39,23 @@ fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, Target
             // SAFETY: value copied out immediately.
             if let Some(state) = unsafe { TARGETS.get(&id) } {
                 if state.depth == depth {
-                    return Some((id, *state));
+                    let level = if state.level > best.level { state.level } else { best.level };
+                    let revoked = state.revoked | best.revoked;
+                    best = *state;
+                    best.level = level;
+                    best.revoked = revoked;
+                    best_id = id;
+                    any = true;
                 }
             }
         }
         depth += 1;
     }
-    None
+    if any {
+        Some((best_id, best))
+    } else {
+        None
+    }
 }
 
 /// The target of the current task, if any.

@@ -169,8 +169,20 @@ impl IsolatePrograms {
     }
 
     /// The channel catalog for this kernel.
-    pub fn channels(&self) -> Vec<Channel> {
-        channels(self.lsm_error.as_deref())
+    /// `adopted`: the target was adopted (`adopt`), so its processes may
+    /// hold sockets created before they joined it.
+    pub fn channels(&self, adopted: bool) -> Vec<Channel> {
+        let mut c = channels(self.lsm_error.as_deref());
+        if adopted && self.lsm_error.is_some() {
+            // cgroup_skb and sock_addr hooks key on the cgroup a socket was
+            // created in; a socket opened before `adopt` keeps the old one.
+            c.push(Channel {
+                channel: "pre-adopt-sockets".into(),
+                enforced: false,
+                by: "sockets opened before `adopt` keep their old cgroup: only BPF LSM (socket_sendmsg/recvmsg) cuts them".into(),
+            });
+        }
+        c
     }
 }
 

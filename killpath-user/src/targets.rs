@@ -86,6 +86,10 @@ pub struct Target {
     /// `--allow-write` directories, resolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_write: Vec<String>,
+    /// Adopted (`adopt`), not started by `run`: its processes may hold
+    /// sockets created before they joined the target.
+    #[serde(default)]
+    pub adopted: bool,
 }
 
 impl Target {
@@ -174,6 +178,7 @@ mod tests {
             revoked: 0,
             allow_connect: Vec::new(),
             allow_write: Vec::new(),
+            adopted: false,
         };
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();

@@ -49,11 +49,19 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub cgroup_parent: PathBuf,
     pub log: PathBuf,
+    /// Extra `killpath agent` arguments (e.g. `--alert-hook CMD`), kept for restarts.
+    pub extra_args: Vec<String>,
 }
 
 impl Agent {
     /// Starts an agent, or returns None when the test must skip.
     pub fn start() -> Option<Agent> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Agent::start`], with extra `killpath agent` arguments, which
+    /// [`Agent::spawn`] passes again on every restart.
+    pub fn start_with(extra_args: &[&str]) -> Option<Agent> {
         if !root() {
             return None;
         }
@@ -68,6 +76,7 @@ impl Agent {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: mount.join(&tag),
             log: dir.path().join("agent.log"),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             dir,
         };
         a.spawn();
@@ -87,6 +96,7 @@ impl Agent {
             .arg(&self.pin_dir)
             .arg("--cgroup-parent")
             .arg(&self.cgroup_parent)
+            .args(&self.extra_args)
             .env("KILLPATH_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -97,7 +107,10 @@ impl Agent {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under software emulation (the VM) loading and verifying every
+        // program takes longer than on the host.
+        let limit = if test_env().as_deref() == Some("vm") { 120 } else { 30 };
+        let deadline = Instant::now() + Duration::from_secs(limit);
         while Instant::now() < deadline {
             if self.socket.exists() && self.kp(&["status"]).status.success() {
                 return;
@@ -109,7 +122,7 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("agent not ready after 30 s:\n{}", self.log_text());
+        panic!("agent not ready after {limit} s:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {

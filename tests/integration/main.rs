@@ -4,6 +4,7 @@
 //! with `lsm_` need BPF LSM and run inside the VM (`cargo xtask test`).
 mod harness;
 
+mod degrade;
 mod fallback;
 mod isolate;
 mod isolate_netdev;

@@ -189,7 +189,7 @@ impl State {
         })
     }
 
-    fn insert_target(&mut self, name: &str, cg: &Cgroup, created: bool) -> Result<Target> {
+    fn insert_target(&mut self, name: &str, cg: &Cgroup, created: bool, adopted: bool) -> Result<Target> {
         let cgroup_id = cg.id()?;
         // Two names for one cgroup would share one kernel entry: adopting
         // it again would reset a stopped target's guard to normal.
@@ -209,6 +209,7 @@ impl State {
             revoked: 0,
             allow_connect: Vec::new(),
             allow_write: Vec::new(),
+            adopted,
         };
         self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
         // Attach the level-3 hooks now, so that isolating later is only a
@@ -237,7 +238,7 @@ impl State {
             return Err(Error::InvalidRequest(format!("cgroup {} already exists and holds tasks; use adopt --cgroup", cg.path().display())));
         }
         cg.create()?;
-        let t = self.insert_target(name, &cg, true)?;
+        let t = self.insert_target(name, &cg, true, false)?;
         if let Some(pid) = move_pid {
             cg.move_pid(pid)?;
         }
@@ -269,14 +270,14 @@ impl State {
                 if own.starts_with(&abs) {
                     return Err(Error::InvalidRequest(format!("refusing to adopt {}: it contains the agent itself", abs.display())));
                 }
-                let t = self.insert_target(name, &cg, false)?;
+                let t = self.insert_target(name, &cg, false, true)?;
                 Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
             }
             (None, Some(pid)) => {
                 tree::check_adoptable(pid)?;
                 let cg = Cgroup::new(self.config.cgroup_parent.join(name));
                 cg.create()?;
-                let t = self.insert_target(name, &cg, true)?;
+                let t = self.insert_target(name, &cg, true, true)?;
                 let moved = match tree::move_tree(pid, &cg) {
                     Ok(m) => m,
                     Err(e) => {
@@ -365,7 +366,7 @@ impl State {
                 let cg = Cgroup::new(&t.cgroup);
                 let kernel = self.enforcer.maps.get(t.cgroup_id);
                 let open: Vec<String> = if t.level >= level::ISOLATE {
-                    self.enforcer.isolate.channels().into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
+                    self.enforcer.isolate.channels(t.adopted).into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
                 } else {
                     Vec::new()
                 };
@@ -440,7 +441,9 @@ impl State {
         // that the cut stops it.
         let probes = if verify_after {
             let l = verify::Listeners::open(&self.config.state_dir)?;
-            let held = verify::hold(&t.cgroup, &l)?;
+            // Already isolated: no connection can be opened before the cut
+            // any more; that channel is reported skipped, not failed.
+            let held = if t.level >= level::ISOLATE { None } else { Some(verify::hold(&t.cgroup, &l)?) };
             Some((l, held))
         } else {
             None
@@ -456,9 +459,9 @@ impl State {
         tt.level = level::ISOLATE;
         tt.since_unix_us = now_us();
         self.registry.save()?;
-        let channels = self.enforcer.isolate.channels();
+        let channels = self.enforcer.isolate.channels(t.adopted);
         let verified = match probes {
-            Some((l, held)) => Some(verify::run(&t.cgroup, &l, Some(held), &channels)?),
+            Some((l, held)) => Some(verify::run(&t.cgroup, &l, held, &channels)?),
             None => None,
         };
         let open: Vec<&str> = channels.iter().filter(|c| !c.enforced).map(|c| c.channel.as_str()).collect();
@@ -527,7 +530,7 @@ impl State {
             return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "probes would be killed by the stop guard" });
         }
         let l = verify::Listeners::open(&self.config.state_dir)?;
-        let results = verify::run(&t.cgroup, &l, None, &self.enforcer.isolate.channels())?;
+        let results = verify::run(&t.cgroup, &l, None, &self.enforcer.isolate.channels(t.adopted))?;
         Ok(Done { result: json!({"target": name, "level": level_name(t.level), "verify": results}), to_level: None, time_to_effect_us: None })
     }
 }
