@@ -51,7 +51,9 @@ pub mod maps {
 
 /// Program names as they appear in the eBPF object.
 pub mod programs {
-    /// raw_tracepoint/sys_enter: kills tasks of stopped targets at their next syscall.
+    /// raw_tracepoint/sys_enter variant of the guard. Not attached (it
+    /// would cost every syscall on the host); `probe` loads it to check
+    /// that raw tracepoints load.
     pub const GUARD_SYS_ENTER: &str = "kp_guard_sys_enter";
     /// raw_tracepoint/sched_process_fork: kills a stopped target's task that forks.
     pub const GUARD_FORK: &str = "kp_guard_fork";

@@ -175,7 +175,7 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
             "{}; {}; kernel guard {}",
             if cgroup_kill { "cgroup.kill" } else { "no cgroup.kill: per-pid SIGKILL walk of the frozen cgroup" },
             if cgroup_freeze { "cgroup.freeze" } else { "no cgroup.freeze" },
-            if guard { "on (raw_tracepoint sys_enter/sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
+            if guard { "on (raw_tracepoint sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
         ),
     });
     let btf = crate::kernel_btf::resolve();

@@ -1,10 +1,11 @@
 //! Developer and CI tasks for killpath (`cargo xtask <command>`).
 //!
-//! Every command except `bench` first runs `setup`, which installs (once,
-//! cached) everything the build and the tests need: the nightly `rust-src`
+//! Every command first runs `setup`, which installs (once, cached)
+//! everything the build and the tests need: the nightly `rust-src`
 //! component, bpf-linker built against nightly's own LLVM, Debian packages,
 //! virtme-ng and a Debian kernel for the BPF-LSM VM.
 
+mod bench;
 mod build;
 mod demo;
 mod proc;
@@ -44,8 +45,11 @@ enum Command {
     },
     /// Run setup and build, then a short agent/canary demonstration.
     Demo(demo::Args),
-    /// Run the benchmarks.
-    Bench,
+    /// Run setup and a release build, then the benchmarks; writes bench/RESULTS.md and bench/results.json.
+    Bench(bench::Args),
+    /// Child processes of `bench` (a subreaper for fork bombs, a syscall loop).
+    #[command(hide = true)]
+    BenchHelper(bench::HelperArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,10 +62,8 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Vm { command } => setup::run().and_then(|env| vm::run_command(&env, &command)),
         Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Bench => {
-            println!("bench: no benchmarks yet (issue 5)");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchHelper(args) => bench::helper(&args),
     };
     match result {
         Ok(code) => code,

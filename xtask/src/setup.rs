@@ -39,6 +39,8 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "iputils-ping",
     "python3-pip",
+    // `cargo xtask bench`: the nftables alternative to isolate.
+    "nftables",
     // The guest runs the host's udevd to create /dev/virtio-ports/virtme.*;
     // without them vng falls back to the serial console, prints nothing
     // without -v and exits 255 whatever the command returned.
