@@ -133,7 +133,10 @@ pub fn kp_degrade_path_rename(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_link")]
 pub fn kp_degrade_path_link(ctx: LsmContext) -> i32 {
-    check(&ctx, 3, [path_dentry(ctx.arg(1)), 0], ctx.arg(2))
+    // Both ends: the new name's directory, and the linked file itself, so
+    // an outside file cannot be linked into the allowed directory and
+    // written through the link.
+    check(&ctx, 3, [path_dentry(ctx.arg(1)), ctx.arg(0)], ctx.arg(2))
 }
 
 #[lsm(hook = "path_symlink")]

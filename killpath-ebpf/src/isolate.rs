@@ -206,7 +206,9 @@ pub fn kp_isolate_lsm_socket_create(ctx: LsmContext) -> i32 {
     if family != AF_INET && family != AF_INET6 && lsm_verdict() != 0 {
         return -EPERM;
     }
-    let raw = family == AF_PACKET || (ty & 0xf) == SOCK_RAW as i32;
+    // Raw IP and packet sockets only: netlink sockets are SOCK_RAW too, and
+    // `ip`, `ss` and getaddrinfo(AI_ADDRCONFIG) need them.
+    let raw = family == AF_PACKET || ((family == AF_INET || family == AF_INET6) && (ty & 0xf) == SOCK_RAW as i32);
     if raw {
         if let Some(id) = degrade::revoked(cap::NET_RAW) {
             return degrade::deny(id, cap::NET_RAW.trailing_zeros(), degrade::Detail::default());

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, RateWindow, TargetState, WriteAllow};
 
@@ -25,8 +25,9 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(killpath_c
 #[map(name = "KP_DENIALS")]
 pub static DENIALS: PerCpuHashMap<DenialKey, u64> = PerCpuHashMap::with_max_entries(MAX_TARGETS * 4, 0);
 
+// LRU: rate windows of released targets age out instead of filling the map.
 #[map(name = "KP_DENIAL_RATE")]
-pub static DENIAL_RATE: HashMap<DenialKey, RateWindow> = HashMap::with_max_entries(MAX_TARGETS * 4, 0);
+pub static DENIAL_RATE: LruHashMap<DenialKey, RateWindow> = LruHashMap::with_max_entries(MAX_TARGETS * 4, 0);
 
 #[map(name = "KP_DENIAL_EVENTS")]
 pub static DENIAL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

@@ -217,6 +217,15 @@ impl Maps {
         Ok(())
     }
 
+    /// Removes a released target's denial counters.
+    pub fn clear_denials(&mut self, cgroup_id: u64) {
+        if let Some(d) = self.degrade.as_mut() {
+            for cap in 0..cap::COUNT {
+                let _ = d.denials.remove(&DenialKey { cgroup_id, cap, _pad: 0 });
+            }
+        }
+    }
+
     /// Denials of a target per capability bit index (exact: summed over CPUs).
     pub fn denials(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
         let Some(d) = self.degrade.as_ref() else { return Vec::new() };

@@ -18,7 +18,7 @@ use crate::{
 
 /// How long one VM run may take before vng and qemu are killed. A boot takes
 /// ~8 s and a short test run 20-25 s under software emulation.
-pub const TIMEOUT: Duration = Duration::from_mins(15);
+pub const TIMEOUT: Duration = Duration::from_mins(40);
 
 /// A `vng` command that boots the VM kernel and runs `exec` (a shell command
 /// line) in the guest; each of `rwdirs` is writable from the guest.

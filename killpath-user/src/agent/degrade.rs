@@ -196,6 +196,7 @@ impl State {
             "reason": reason,
             "revoked": result["revoked"],
             "allow_connect": result["allow_connect"],
+            "allow_write": result["allow_write"],
             "level": result["level"],
             "time_unix_us": now_us(),
             "message": format!("target {name} degraded: {} revoked", result["revoked"]),

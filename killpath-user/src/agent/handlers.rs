@@ -332,6 +332,10 @@ impl State {
         let t = self.registry.get(name)?.clone();
         self.enforcer.maps.remove(t.cgroup_id)?;
         self.enforcer.isolate.detach_target(t.cgroup_id)?;
+        // Nothing of the target stays in the kernel maps.
+        self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
+        self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
+        self.enforcer.maps.clear_denials(t.cgroup_id);
         for d in &t.netdevs {
             self.enforcer.isolate.tc.detach(d)?;
         }
