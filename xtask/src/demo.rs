@@ -128,6 +128,39 @@ fn steps(kp: &Path, tmp: &Path, sandbox: &Sandbox) -> Vec<Step> {
             dir: tmp.join("canary"),
             prefix: "net-",
         },
+        // Level 2: what this kernel can revoke, then degrade the canary.
+        Step::Run {
+            args: cli(&["capabilities"]),
+        },
+        Step::RunMayFail {
+            args: cli(&[
+                "degrade",
+                "canary",
+                "--revoke",
+                "fs.write,exec",
+                "--allow-write",
+                &path("canary"),
+                "--reason",
+                "demo",
+            ]),
+            why: "fs.write and exec need BPF LSM; without it the request is refused whole and nothing changes (`cargo xtask demo --vm` has it)",
+        },
+        // Enforceable everywhere (cgroup hooks): the canary's calls to its
+        // service are refused, counted, sampled and alerted.
+        Step::Run {
+            args: cli(&["degrade", "canary", "--revoke", "net.connect", "--reason", "demo"]),
+        },
+        Step::Sleep(Duration::from_secs(1)),
+        Step::Show {
+            dir: tmp.join("canary"),
+            prefix: "net-",
+        },
+        Step::Run {
+            args: cli(&["status"]),
+        },
+        Step::Run {
+            args: cli(&["journal"]),
+        },
         Step::RunMayFail {
             args: cli(&["isolate", "canary", "--verify", "--reason", "demo"]),
             why: "on a kernel without BPF LSM, unix and packet sockets stay OPEN and verify says so (exit 1)",
