@@ -260,7 +260,7 @@ pub fn run(cgroup: &Path, l: &Listeners, held: Option<Held>, catalog: &[Channel]
         None => ChannelResult {
             channel: "established-tcp".into(),
             result: "skipped".into(),
-            detail: "needs a connection opened before isolation: `isolate --verify` on a target not yet isolated".into(),
+            detail: "needs a connection opened from inside before the cut: none could be (target already isolated, or net.connect revoked); `isolate --verify` on an open target tests it".into(),
         },
     });
     // Annotate OPEN channels the kernel cannot cut here.
