@@ -1039,7 +1039,7 @@ fn degrade_alert_journal_events_and_hook() {
         // The event stream: the same alert.
         ev.wait(Duration::from_secs(10), "the alert on the stream", |e| e.iter().any(|e| e["target"] == "alarm" && e["reason"] == reason));
         let s: Vec<Value> = ev.of("alarm", "alert").into_iter().filter(|e| e["reason"] == reason).collect();
-        assert_eq!(s, [a.clone()], "the stream and the hook got the same alert");
+        assert_eq!(s, std::slice::from_ref(a), "the stream and the hook got the same alert");
     }
     assert_eq!(hooked("drill-43")[0]["allow_connect"], json!(["127.0.0.1:80"]));
 

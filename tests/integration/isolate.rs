@@ -875,7 +875,7 @@ fn isolate_survives_agent_sigkill_and_restart() {
     assert_eq!(trow["isolation_hooks_attached"], true, "{trow}");
     assert_eq!(our_isolate_progs(&agent), progs, "the restart loaded a second copy of the programs (or lost one)");
     assert_eq!(cgroup_attachments(cg.path()), attached, "the restart changed what is attached to the target");
-    let start = agent.journal().into_iter().filter(|e| e["action"] == "agent-start").last().expect("agent-start event");
+    let start = agent.journal().into_iter().rfind(|e| e["action"] == "agent-start").expect("agent-start event");
     assert_eq!(start["params"]["programs_attached_now"], json!([]), "nothing loaded or attached again: {start}");
     check_http(&http4, cg.path(), &url, false, "after restart");
 

@@ -60,6 +60,9 @@ pub(crate) fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
+/// Denial counters at one moment: (cgroup id, capability index, count).
+pub type DenialSnapshot = (std::time::Instant, Vec<(u64, u32, u64)>);
+
 /// Everything the agent owns. Guarded by one mutex: commands are applied
 /// one at a time, in journal order.
 pub struct State {
@@ -70,8 +73,8 @@ pub struct State {
     pub cgroup_mount: PathBuf,
     /// Alerts and sampled denials, for `events` subscribers.
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
-    /// Periodic snapshots of denial counters (cgroup id, capability index, count).
-    pub denial_history: std::collections::VecDeque<(std::time::Instant, Vec<(u64, u32, u64)>)>,
+    /// Periodic snapshots of denial counters.
+    pub denial_history: std::collections::VecDeque<DenialSnapshot>,
 }
 
 impl State {
