@@ -30,7 +30,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Guard programs and the raw tracepoints they attach to. There is
 /// deliberately no sys_enter guard: `cargo xtask bench` measured it at
-/// ~125 ns on every syscall of every process on the host (1.48x on a
+/// ~125 ns on every syscall of every process on the host (about 1.5x on a
 /// getppid loop) even with nothing stopped. A task of a stopped target is
 /// caught at its next fork or context switch instead (a syscall-heavy or
 /// CPU-bound task is switched out at the latest at the next tick), and
