@@ -16,7 +16,6 @@
 //! from a FIFO), since with `exec` or `fork` revoked no new helper could be
 //! started inside it.
 use std::{
-    fs::File,
     io::{BufRead as _, BufReader, Write as _},
     net::TcpListener,
     os::unix::{fs::OpenOptionsExt as _, net::UnixListener, process::CommandExt as _},
@@ -38,6 +37,7 @@ use nix::{
 use serde_json::{json, Value};
 
 use crate::{
+    isolate::Server,
     harness::{alive, skip, wait_until, Agent},
     stop::{make_cgroup, run_bg, show, spawn_outside, stop, target_row, text, Reaped},
 };
@@ -210,65 +210,6 @@ fn tcp_sink() -> u16 {
     port
 }
 
-/// A server the test started OUTSIDE any target, in its own process group,
-/// output in files. Dropping it SIGKILLs the group and reaps the leader.
-struct Server {
-    child: Child,
-    name: String,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, name: &str, cmd: &[&str]) -> Server {
-        let out = dir.join(format!("{name}.out"));
-        let err = dir.join(format!("{name}.err"));
-        let child = Command::new(cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).expect("server stdout file"))
-            .stderr(File::create(&err).expect("server stderr file"))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} {cmd:?}: {e}"));
-        Server { child, name: name.to_owned(), out, err }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.stdout().lines().chain(self.stderr().lines()).filter(|l| l.contains(needle)).count()
-    }
-
-    fn describe(&self) -> String {
-        format!("server {} stdout:\n{}\nstderr:\n{}", self.name, self.stdout(), self.stderr())
-    }
-
-    /// The port from http.server's "Serving HTTP on ADDR port N" line.
-    fn port(&mut self) -> u16 {
-        let ok = wait_until(Duration::from_secs(30), || self.count("port ") > 0);
-        if ok.is_none() {
-            panic!("{} never printed its port (exited: {:?})\n{}", self.name, self.child.try_wait(), self.describe());
-        }
-        let s = self.stdout();
-        let rest = &s[s.find("port ").expect("port line") + 5..];
-        rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or_else(|e| panic!("bad port in {s:?}: {e}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `python3 -m http.server` on `bind`, outside any target, serving hello.txt.
 fn http_server(agent: &Agent, name: &str, bind: &str) -> (Server, u16) {

@@ -64,8 +64,8 @@ fn bpftool() -> &'static str {
 
 /// A server (or listener) the test started OUTSIDE any target, in its own
 /// process group, with stdout and stderr in files. Dropping it SIGKILLs the
-/// group and reaps the leader.
-struct Server {
+/// group and reaps the leader. Shared with the degrade tests.
+pub(crate) struct Server {
     child: Child,
     name: String,
     out: PathBuf,
@@ -73,7 +73,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path, name: &str, cmd: &[&str]) -> Server {
+    pub(crate) fn start(dir: &Path, name: &str, cmd: &[&str]) -> Server {
         let out = dir.join(format!("{name}.out"));
         let err = dir.join(format!("{name}.err"));
         let child = Command::new(cmd[0])
@@ -87,25 +87,25 @@ impl Server {
         Server { child, name: name.to_owned(), out, err }
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
     /// Lines of stdout+stderr containing `needle`.
-    fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.stdout().lines().chain(self.stderr().lines()).filter(|l| l.contains(needle)).count()
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("server {} stdout:\n{}\nstderr:\n{}", self.name, self.stdout(), self.stderr())
     }
 
     /// Waits until stdout+stderr contain `needle`.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
         let ok = wait_until(timeout, || self.count(needle) > 0).is_some();
         if !ok {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -116,8 +116,8 @@ impl Server {
     }
 
     /// The port from a "... port N ..." line (http.server and our scripts).
-    fn port(&mut self) -> u16 {
-        assert!(self.wait_for("port ", Duration::from_secs(10)), "{} never printed its port\n{}", self.name, self.describe());
+    pub(crate) fn port(&mut self) -> u16 {
+        assert!(self.wait_for("port ", Duration::from_secs(30)), "{} never printed its port\n{}", self.name, self.describe());
         let s = self.stdout();
         let rest = &s[s.find("port ").expect("port line") + 5..];
         rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or_else(|e| panic!("bad port in {s:?}: {e}"))
