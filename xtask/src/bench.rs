@@ -366,24 +366,7 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
     let (wall, r) = sb.call("stop", json!({"name": name, "reason": "bench"}))?;
     let left = count_procs(&cg).unwrap_or(0);
     let reported = r["survivors"].as_u64().unwrap_or(0);
-    s.push(
-        "kp_wall",
-        "killpath stop: client wall time",
-        Unit::Micros,
-        micros(wall),
-    );
-    s.push(
-        "kp_halt",
-        "killpath stop: time_to_halt_us (agent)",
-        Unit::Micros,
-        num(&r, "time_to_halt_us")?,
-    );
-    s.push(
-        "kp_empty",
-        "killpath stop: time_to_empty_us (agent)",
-        Unit::Micros,
-        num(&r, "time_to_empty_us")?,
-    );
+    push_stop_times(s, wall, &r)?;
     s.push(
         "kp_tasks",
         "killpath stop: tasks at start (agent)",
@@ -1053,24 +1036,7 @@ fn stop_single(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
                 let (wall, r) = measured?;
                 let reported =
                     usize::try_from(r["survivors"].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
-                s.push(
-                    "kp_wall",
-                    "killpath stop: client wall time",
-                    Unit::Micros,
-                    micros(wall),
-                );
-                s.push(
-                    "kp_halt",
-                    "killpath stop: time_to_halt_us (agent)",
-                    Unit::Micros,
-                    num(&r, "time_to_halt_us")?,
-                );
-                s.push(
-                    "kp_empty",
-                    "killpath stop: time_to_empty_us (agent)",
-                    Unit::Micros,
-                    num(&r, "time_to_empty_us")?,
-                );
+                push_stop_times(s, wall, &r)?;
                 s.push(
                     "kp_survivors",
                     "killpath stop: survivors",
@@ -1853,6 +1819,15 @@ fn rotate<T: Copy>(items: &[T], rep: usize) -> Vec<T> {
         v.rotate_left(k);
     }
     v
+}
+
+/// The three times every killpath stop reports: client wall, and the
+/// agent's time to halt and to empty.
+fn push_stop_times(s: &mut Section, wall: Duration, r: &Value) -> Result<()> {
+    s.push("kp_wall", "killpath stop: client wall time", Unit::Micros, micros(wall));
+    s.push("kp_halt", "killpath stop: time_to_halt_us (agent)", Unit::Micros, num(r, "time_to_halt_us")?);
+    s.push("kp_empty", "killpath stop: time_to_empty_us (agent)", Unit::Micros, num(r, "time_to_empty_us")?);
+    Ok(())
 }
 
 fn micros(d: Duration) -> f64 {
