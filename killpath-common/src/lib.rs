@@ -47,11 +47,22 @@ pub mod maps {
     pub const NETDEVS: &str = "KP_NETDEVS";
     /// `Array<ProbeState>` with one entry: used by `probe` to see an LSM hook fire.
     pub const PROBE: &str = "KP_PROBE";
+    /// `HashMap<ThrottleKey, Bucket>`: level-1 token buckets.
+    pub const THROTTLE: &str = "KP_THROTTLE";
+    /// `PerCpuHashMap<ThrottleKey, ThrottleCounts>`: what each bucket let
+    /// through, paced or denied (exact: per-CPU, summed by the agent).
+    pub const THROTTLE_COUNTS: &str = "KP_THROTTLE_COUNTS";
+    /// `Array<u32>` indexed by x86_64 syscall number: 1 + the syscall's
+    /// [`super::throttle`] class, 0 for none. Filled by the agent.
+    pub const SYSCALL_CLASS: &str = "KP_SYSCALL_CLASS";
+    /// `RingBuf` of [`super::ThrottleEvent`]: tasks paused by a pace
+    /// ceiling, for the agent to resume on time.
+    pub const THROTTLE_EVENTS: &str = "KP_THROTTLE_EVENTS";
 }
 
 /// Program names as they appear in the eBPF object.
 pub mod programs {
-    /// raw_tracepoint/sys_enter variant of the guard. Not attached (it
+    /// raw_tracepoint/sys_exit variant of the guard. Not attached (it
     /// would cost every syscall on the host); `probe` loads it to check
     /// that raw tracepoints load.
     pub const GUARD_SYS_ENTER: &str = "kp_guard_sys_enter";
@@ -62,6 +73,13 @@ pub mod programs {
     pub const GUARD_SWITCH: &str = "kp_guard_switch";
     /// Level 3, per-target cgroup hooks (attached to each target's cgroup).
     pub const ISOLATE_SKB: &str = "kp_isolate_skb";
+    /// cgroup_skb/egress: isolation plus the level-1 egress byte/packet
+    /// policer (loaded with the egress attach type, so it may return the
+    /// congestion-notification verdicts 2 and 3).
+    pub const EGRESS_SKB: &str = "kp_egress_skb";
+    /// Level 1: raw_tracepoint/sys_exit syscall pacing. Attached only
+    /// while some target has a syscall ceiling.
+    pub const THROTTLE_SYS_EXIT: &str = "kp_throttle_sys_exit";
     pub const ISOLATE_CONNECT4: &str = "kp_isolate_connect4";
     pub const ISOLATE_CONNECT6: &str = "kp_isolate_connect6";
     pub const ISOLATE_SENDMSG4: &str = "kp_isolate_sendmsg4";
@@ -287,6 +305,92 @@ pub struct GuardConfig {
     /// Number of targets with any revoked capability. Zero (and nothing
     /// isolated): every degrade hook returns at once.
     pub degraded_targets: u32,
+    /// Number of targets with a syscall ceiling. Zero: the sys_exit
+    /// throttle returns at once (and is detached besides).
+    pub syscall_throttled: u32,
+    /// Number of targets with an egress ceiling. Zero: the egress policer
+    /// is skipped.
+    pub egress_throttled: u32,
+    /// Bit d set: some throttled target sits at cgroup depth d.
+    pub throttle_depth_mask: u32,
+    pub _pad: u32,
+}
+
+/// Level 1, throttle: bucket classes and modes.
+pub mod throttle {
+    /// Syscall classes (a syscall belongs to at most one, plus ALL).
+    pub const NET: u32 = 0;
+    pub const EXEC: u32 = 1;
+    pub const FORK: u32 = 2;
+    pub const FS_WRITE: u32 = 3;
+    pub const ALL: u32 = 4;
+    /// Number of syscall classes.
+    pub const SYSCALL_CLASSES: u32 = 5;
+    /// Egress buckets (cgroup skb egress, and TC ingress on a `--netdev`).
+    pub const EGRESS_BYTES: u32 = 5;
+    pub const EGRESS_PACKETS: u32 = 6;
+    /// Number of bucket classes.
+    pub const COUNT: u32 = 7;
+    /// Over-budget syscalls still run; the task is paused until its
+    /// bucket has room again.
+    pub const MODE_PACE: u32 = 0;
+    /// Over-budget operations fail with EAGAIN (where a hook can fail them).
+    pub const MODE_DENY: u32 = 1;
+    /// Size of the syscall-class table (x86_64 syscall numbers).
+    pub const MAX_SYSCALL_NR: u32 = 512;
+}
+
+/// Key of a level-1 token bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ThrottleKey {
+    pub cgroup_id: u64,
+    /// One of the [`throttle`] classes.
+    pub class: u32,
+    pub _pad: u32,
+}
+
+/// A token bucket kept as GCRA state (theoretical arrival time), so the
+/// kernel updates it with one atomic add and no lock: an operation of `n`
+/// units moves `tat_ns` forward by `n * cost_ps / 1000`; it is over budget
+/// when `tat_ns` runs more than `tau_ns` (the burst) ahead of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Picoseconds of budget one unit costs: 10^12 / ceiling per second.
+    pub cost_ps: u64,
+    /// Burst tolerance in nanoseconds (burst units × cost).
+    pub tau_ns: u64,
+    /// Theoretical arrival time, CLOCK_MONOTONIC ns.
+    pub tat_ns: u64,
+    /// [`throttle::MODE_PACE`] or [`throttle::MODE_DENY`].
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU counts of one bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleCounts {
+    /// Units let through within budget (syscalls, bytes or packets).
+    pub passed: u64,
+    /// Operations that crossed the ceiling and paused their task (pace),
+    /// or packets passed with a congestion notification (egress).
+    pub paced: u64,
+    /// Operations refused (deny mode) or packets dropped (egress).
+    pub denied: u64,
+}
+
+/// A task paused by a pace ceiling: the agent resumes it at `resume_at_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleEvent {
+    /// The throttled target's cgroup id.
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC ns at which the bucket has room again.
+    pub resume_at_ns: u64,
+    pub tgid: u32,
+    pub class: u32,
 }
 
 /// Written by the agent before a probe, read back after it.
@@ -319,4 +423,12 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WriteAllow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThrottleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThrottleCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThrottleEvent {}
 }

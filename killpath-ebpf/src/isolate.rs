@@ -25,6 +25,7 @@ use crate::{
     degrade,
     maps::{CONNECT_ALLOW, NETDEVS, TARGETS},
     targets,
+    throttle::{self, Verdict},
 };
 
 const EPERM: i32 = 1;
@@ -37,6 +38,11 @@ const SOCK_RAW: u32 = 3;
 /// cgroup_skb return codes.
 const SKB_PASS: i32 = 1;
 const SKB_DROP: i32 = 0;
+/// Egress only (Linux 5.4): drop, and tell the sender it is congested.
+const SKB_DROP_CN: i32 = 2;
+/// Egress only: pass, and tell the sender it is congested (TCP enters CWR).
+const SKB_PASS_CN: i32 = 3;
+const EAGAIN: i32 = 11;
 
 #[inline(always)]
 fn isolated(state: Option<killpath_common::TargetState>) -> bool {
@@ -46,6 +52,27 @@ fn isolated(state: Option<killpath_common::TargetState>) -> bool {
 #[cgroup_skb]
 pub fn kp_isolate_skb(ctx: SkBuffContext) -> i32 {
     try_skb(&ctx).unwrap_or(SKB_PASS)
+}
+
+/// Egress: isolation as on ingress, then the level-1 byte/packet policer.
+#[cgroup_skb(egress)]
+pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
+    try_egress(&ctx).unwrap_or(SKB_PASS)
+}
+
+fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let cfg = targets::config().ok_or(SKB_PASS)?;
+    if try_skb(ctx)? == SKB_DROP {
+        return Ok(SKB_DROP);
+    }
+    if cfg.egress_throttled == 0 {
+        return Ok(SKB_PASS);
+    }
+    Ok(match throttle::egress(cfg.throttle_depth_mask, ctx.skb.skb) {
+        Verdict::Pass => SKB_PASS,
+        Verdict::Over(_) => SKB_PASS_CN,
+        Verdict::Refuse => SKB_DROP_CN,
+    })
 }
 
 fn try_skb(ctx: &SkBuffContext) -> Result<i32, i32> {
@@ -72,13 +99,17 @@ pub fn kp_isolate_tc(ctx: TcContext) -> i32 {
 
 fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
     let cfg = targets::config().ok_or(TC_ACT_UNSPEC)?;
-    if cfg.isolated_targets == 0 {
+    if cfg.isolated_targets == 0 && cfg.egress_throttled == 0 {
         return Ok(TC_ACT_UNSPEC);
     }
     // SAFETY: reading the device index from the skb context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ifindex, iif, len, segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
     // SAFETY: values copied out immediately.
     let Some(cgid) = (unsafe { NETDEVS.get(&ifindex) }).copied() else { return Ok(TC_ACT_UNSPEC) };
+    // Ingress on the host side of the veth is the workload's egress.
+    if cfg.egress_throttled != 0 && iif == ifindex && throttle::egress_tc(cgid, len as u64, segs as u64) == Verdict::Refuse {
+        return Ok(TC_ACT_SHOT as i32);
+    }
     // SAFETY: as above.
     let isolated = unsafe { TARGETS.get(&cgid) }.is_some_and(|s| s.level >= level::ISOLATE);
     if isolated {
@@ -94,12 +125,18 @@ fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
 #[inline(always)]
 fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(cfg) = targets::config() else { return 1 };
-    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 {
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.syscall_throttled == 0 {
         return 1;
     }
     let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return 1 };
     if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_ADDR_DENIALS);
+        return 0;
+    }
+    if cfg.syscall_throttled != 0 && throttle::net_denied(cfg.throttle_depth_mask) {
+        // SAFETY: helper for cgroup programs (Linux 5.18): the call fails
+        // with EAGAIN instead of the default EPERM.
+        unsafe { aya_ebpf::helpers::bpf_set_retval(-EAGAIN) };
         return 0;
     }
     if st.revoked & cap::NET_CONNECT == 0 {
@@ -135,12 +172,20 @@ fn allowed(id: u64, port_be: u16, addr: [u8; 16]) -> bool {
 
 #[cgroup_sock_addr(connect4)]
 pub fn kp_isolate_connect4(ctx: SockAddrContext) -> i32 {
-    addr_verdict(&ctx, false)
+    let v = addr_verdict(&ctx, false);
+    if v == 1 {
+        throttle::pace_socket(ctx.sock_addr);
+    }
+    v
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn kp_isolate_connect6(ctx: SockAddrContext) -> i32 {
-    addr_verdict(&ctx, true)
+    let v = addr_verdict(&ctx, true);
+    if v == 1 {
+        throttle::pace_socket(ctx.sock_addr);
+    }
+    v
 }
 
 #[cgroup_sock_addr(sendmsg4)]

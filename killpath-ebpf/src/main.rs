@@ -2,6 +2,10 @@
 //! functions; the modules are named for the level they enforce.
 #![no_std]
 #![no_main]
+// Atomic read-modify-write on map values (throttle buckets): core's
+// AtomicU64 offers no fetch_add/compare_exchange on bpfel.
+#![expect(internal_features, reason = "core::intrinsics atomics, see throttle.rs")]
+#![feature(core_intrinsics)]
 
 mod degrade;
 mod fswrite;
@@ -11,6 +15,7 @@ mod maps;
 mod probe;
 mod signal;
 mod targets;
+mod throttle;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use killpath_common::{ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, RateWindow, TargetState, WriteAllow};
+use killpath_common::{
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
+};
 
 /// Upper bound on managed targets.
 pub const MAX_TARGETS: u32 = 4096;
@@ -47,3 +49,15 @@ pub static NETDEVS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "KP_PROBE")]
 pub static PROBE: Array<ProbeState> = Array::with_max_entries(1, 0);
+
+#[map(name = "KP_THROTTLE")]
+pub static THROTTLE: HashMap<ThrottleKey, Bucket> = HashMap::with_max_entries(MAX_TARGETS * 2, 0);
+
+#[map(name = "KP_THROTTLE_COUNTS")]
+pub static THROTTLE_COUNTS: PerCpuHashMap<ThrottleKey, ThrottleCounts> = PerCpuHashMap::with_max_entries(MAX_TARGETS * 2, 0);
+
+#[map(name = "KP_SYSCALL_CLASS")]
+pub static SYSCALL_CLASS: Array<u32> = Array::with_max_entries(killpath_common::throttle::MAX_SYSCALL_NR, 0);
+
+#[map(name = "KP_THROTTLE_EVENTS")]
+pub static THROTTLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

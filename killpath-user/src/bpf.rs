@@ -16,7 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use killpath_common::{
-    cap, level, maps, programs, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, TargetState, WriteAllow, MAX_CGROUP_DEPTH,
+    cap, level, maps, programs, throttle as tclass, Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, TargetState, ThrottleCounts,
+    ThrottleKey, WriteAllow, MAX_CGROUP_DEPTH,
 };
 use tracing::{debug, info, warn};
 
@@ -50,6 +51,10 @@ const PINNED_MAPS: &[&str] = &[
     maps::CONNECT_ALLOW,
     maps::OFFSETS,
     maps::WRITE_ALLOW,
+    maps::THROTTLE,
+    maps::THROTTLE_COUNTS,
+    maps::SYSCALL_CLASS,
+    maps::THROTTLE_EVENTS,
 ];
 
 /// Default bpffs directory for killpath's pins.
@@ -87,6 +92,14 @@ pub struct Maps {
     counters: Option<PerCpuArray<MapData, u64>>,
     /// Degrade maps: only the agent opens them.
     degrade: Option<DegradeMaps>,
+    /// Throttle maps: only the agent opens them.
+    throttle: Option<ThrottleMaps>,
+}
+
+/// The level-1 maps.
+pub struct ThrottleMaps {
+    buckets: HashMap<MapData, ThrottleKey, Bucket>,
+    counts: PerCpuHashMap<MapData, ThrottleKey, ThrottleCounts>,
 }
 
 /// The level-2 maps.
@@ -101,6 +114,7 @@ impl Maps {
         Ok(Self {
             counters: None,
             degrade: None,
+            throttle: None,
             targets: HashMap::try_from(targets).map_err(|e| Error::Kernel(format!("{}: {e}", maps::TARGETS)))?,
             config: Array::try_from(config).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_CONFIG)))?,
             kills: PerCpuArray::try_from(kills).map_err(|e| Error::Kernel(format!("{}: {e}", maps::GUARD_KILLS)))?,
@@ -163,10 +177,37 @@ impl Maps {
         self.sync_config()
     }
 
-    /// Recomputes GuardConfig from the targets map, the single source of truth.
+    /// Recomputes GuardConfig from the targets and throttle maps, the
+    /// single source of truth. Without the throttle maps open (the CLI's
+    /// fallback stop), the throttle switches are kept as they are.
     fn sync_config(&mut self) -> Result<()> {
         let mut cfg = GuardConfig::default();
-        for (_, st) in self.targets() {
+        let targets = self.targets();
+        match &self.throttle {
+            Some(t) => {
+                let mut syscall = std::collections::BTreeSet::new();
+                let mut egress = std::collections::BTreeSet::new();
+                for k in t.buckets.keys().filter_map(|k| k.ok()) {
+                    let Some((_, st)) = targets.iter().find(|(id, _)| *id == k.cgroup_id) else { continue };
+                    cfg.throttle_depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
+                    if k.class < tclass::SYSCALL_CLASSES {
+                        syscall.insert(k.cgroup_id);
+                    } else {
+                        egress.insert(k.cgroup_id);
+                    }
+                }
+                cfg.syscall_throttled = syscall.len() as u32;
+                cfg.egress_throttled = egress.len() as u32;
+            }
+            None => {
+                if let Ok(cur) = self.config.get(&0, 0) {
+                    cfg.syscall_throttled = cur.syscall_throttled;
+                    cfg.egress_throttled = cur.egress_throttled;
+                    cfg.throttle_depth_mask = cur.throttle_depth_mask;
+                }
+            }
+        }
+        for (_, st) in targets {
             cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
             if st.level >= level::STOPPED {
                 cfg.stopped_targets += 1;
@@ -235,6 +276,53 @@ impl Maps {
                 Some((i, v.iter().sum()))
             })
             .collect()
+    }
+
+    fn throttle_maps(&mut self) -> Result<&mut ThrottleMaps> {
+        self.throttle.as_mut().ok_or_else(|| Error::Kernel("throttle maps not open".into()))
+    }
+
+    /// Installs a target's buckets (replacing all of its old ones) and
+    /// recomputes the global switches. Bucket state starts fresh (full).
+    pub fn set_throttle(&mut self, cgroup_id: u64, buckets: &[(u32, Bucket)]) -> Result<()> {
+        let t = self.throttle_maps()?;
+        for class in 0..tclass::COUNT {
+            if !buckets.iter().any(|(c, _)| *c == class) {
+                let _ = t.buckets.remove(&ThrottleKey { cgroup_id, class, _pad: 0 });
+            }
+        }
+        for (class, b) in buckets {
+            t.buckets.insert(ThrottleKey { cgroup_id, class: *class, _pad: 0 }, *b, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::THROTTLE)))?;
+        }
+        self.sync_config()
+    }
+
+    /// Removes a target's buckets and counts.
+    pub fn clear_throttle(&mut self, cgroup_id: u64) -> Result<()> {
+        self.set_throttle(cgroup_id, &[])?;
+        let t = self.throttle_maps()?;
+        for class in 0..tclass::COUNT {
+            let _ = t.counts.remove(&ThrottleKey { cgroup_id, class, _pad: 0 });
+        }
+        Ok(())
+    }
+
+    /// Classes with a bucket for this target.
+    pub fn throttle_classes(&self, cgroup_id: u64) -> Vec<u32> {
+        let Some(t) = self.throttle.as_ref() else { return Vec::new() };
+        (0..tclass::COUNT).filter(|c| t.buckets.get(&ThrottleKey { cgroup_id, class: *c, _pad: 0 }, 0).is_ok()).collect()
+    }
+
+    /// Counts of one bucket, summed over CPUs.
+    pub fn throttle_counts(&self, cgroup_id: u64, class: u32) -> ThrottleCounts {
+        let Some(t) = self.throttle.as_ref() else { return ThrottleCounts::default() };
+        let Ok(v) = t.counts.get(&ThrottleKey { cgroup_id, class, _pad: 0 }, 0) else { return ThrottleCounts::default() };
+        v.iter().fold(ThrottleCounts::default(), |a, c| ThrottleCounts { passed: a.passed + c.passed, paced: a.paced + c.paced, denied: a.denied + c.denied })
+    }
+
+    /// Whether any target has a syscall ceiling (the sys_exit hook is needed).
+    pub fn any_syscall_throttle(&self) -> bool {
+        self.config.get(&0, 0).is_ok_and(|c| c.syscall_throttled != 0)
     }
 
     /// Tasks the guard has killed since its maps were created.
@@ -308,6 +396,13 @@ pub struct Enforcer {
     pub isolate: IsolatePrograms,
     /// Sampled denials (level 2); the agent takes it to read events.
     pub denial_events: Option<RingBuf<MapData>>,
+    /// Tasks paused by a pace ceiling (level 1); the agent's pacer takes it.
+    pub throttle_events: Option<RingBuf<MapData>>,
+    /// Pin of the loaded (not necessarily attached) sys_exit throttle.
+    sys_exit_pin: PathBuf,
+    /// Where its link is pinned while attached (in this generation; kept
+    /// here because hashing the object for the generation name is slow).
+    sys_exit_link_pin: PathBuf,
     /// Why fs.write cannot be enforced here (kernel BTF), if it cannot.
     pub fs_error: Option<String>,
     /// Why signal cannot be enforced here (kernel BTF), if it cannot.
@@ -369,6 +464,26 @@ impl Enforcer {
             allow: LpmTrie::try_from(take(&mut ebpf, maps::CONNECT_ALLOW)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::CONNECT_ALLOW)))?,
             denials: PerCpuHashMap::try_from(take(&mut ebpf, maps::DENIALS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::DENIALS)))?,
         });
+        let mut classes: Array<MapData, u32> =
+            Array::try_from(take(&mut ebpf, maps::SYSCALL_CLASS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::SYSCALL_CLASS)))?;
+        if let Ok(table) = crate::throttle::syscall_class_table() {
+            for (nr, c) in table {
+                classes.set(nr, c, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::SYSCALL_CLASS)))?;
+            }
+        }
+        maps.throttle = Some(ThrottleMaps {
+            buckets: HashMap::try_from(take(&mut ebpf, maps::THROTTLE)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::THROTTLE)))?,
+            counts: PerCpuHashMap::try_from(take(&mut ebpf, maps::THROTTLE_COUNTS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::THROTTLE_COUNTS)))?,
+        });
+        let throttle_events = Some(
+            RingBuf::try_from(take(&mut ebpf, maps::THROTTLE_EVENTS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::THROTTLE_EVENTS)))?,
+        );
+        // Loaded (and pinned) now, attached only while something is
+        // throttled: throttling is then a map update plus, for the first
+        // syscall ceiling on the host, one link creation.
+        let sys_exit_pin = crate::isolate::load_pinned::<RawTracePoint>(&mut ebpf, pin_dir, programs::THROTTLE_SYS_EXIT, &mut attached_now, |p| {
+            p.load().map_err(|e| Error::Kernel(format!("loading {}: {e}", programs::THROTTLE_SYS_EXIT)))
+        })?;
         let denial_events = Some(
             RingBuf::try_from(take(&mut ebpf, maps::DENIAL_EVENTS)?).map_err(|e| Error::Kernel(format!("{}: {e}", maps::DENIAL_EVENTS)))?,
         );
@@ -393,6 +508,9 @@ impl Enforcer {
             attached_now,
             isolate,
             denial_events,
+            throttle_events,
+            sys_exit_pin,
+            sys_exit_link_pin: link_pin(pin_dir, programs::THROTTLE_SYS_EXIT),
             fs_error: btf.fs_error,
             signal_error: btf.signal_error,
             _ebpf: ebpf,
@@ -401,6 +519,33 @@ impl Enforcer {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Attaches the sys_exit throttle while some target has a syscall
+    /// ceiling and detaches it when none has, so that with nothing
+    /// throttled no per-syscall hook runs on the host. The link is pinned:
+    /// the ceiling holds with the agent dead. Returns whether attached.
+    pub fn sync_syscall_hook(&mut self) -> Result<bool> {
+        let pin = self.sys_exit_link_pin.clone();
+        let want = self.maps.any_syscall_throttle();
+        if want && !pin.exists() {
+            let mut p = RawTracePoint::from_pin(&self.sys_exit_pin).map_err(|e| Error::Kernel(format!("opening {}: {e}", self.sys_exit_pin.display())))?;
+            let id = p.attach("sys_exit").map_err(|e| Error::Kernel(format!("attaching {} to raw_tracepoint/sys_exit: {e}", programs::THROTTLE_SYS_EXIT)))?;
+            let link: FdLink = p.take_link(id).map_err(|e| Error::Kernel(format!("{}: {e}", programs::THROTTLE_SYS_EXIT)))?.into();
+            link.pin(&pin).map_err(|e| Error::Kernel(format!("pinning {}: {e}", pin.display())))?;
+            info!("sys_exit throttle attached");
+        } else if !want && pin.exists() {
+            // The pin holds the last reference to the link: removing it
+            // detaches the program.
+            fs::remove_file(&pin).map_err(Error::io(format!("removing {}", pin.display())))?;
+            info!("sys_exit throttle detached: no syscall ceiling left");
+        }
+        Ok(want)
+    }
+
+    /// Whether the sys_exit throttle is attached.
+    pub fn syscall_hook_attached(&self) -> bool {
+        self.sys_exit_link_pin.exists()
     }
 
     /// Removes older generations' pins. Call once this generation's

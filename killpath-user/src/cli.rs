@@ -109,6 +109,35 @@ pub enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Level 1, throttle: cap NAME's rate of action. Run again to change
+    /// ceilings live (the ones not named stay); `restore NAME --to normal`
+    /// lifts them. Rates: N, N/s, Nk/s, NM/s, NMB/s, NKiB/s.
+    Throttle {
+        name: String,
+        /// Ceiling on all syscalls per second.
+        #[arg(long, value_parser = parse_rate)]
+        syscalls: Option<u64>,
+        /// Ceiling on one class of syscalls: CLASS=N/s with CLASS one of
+        /// net (connect, sendto, sendmsg, sendmmsg), exec, fork, fs-write, all. Repeatable.
+        #[arg(long, value_parser = parse_class_rate)]
+        syscall_class: Vec<(String, u64)>,
+        /// Ceiling on bytes sent per second (cgroup egress; TC on --netdev devices).
+        #[arg(long, value_parser = parse_rate)]
+        egress_bytes: Option<u64>,
+        /// Ceiling on packets sent per second.
+        #[arg(long, value_parser = parse_rate)]
+        egress_packets: Option<u64>,
+        /// At most N live tasks; further fork/clone fails with EAGAIN.
+        #[arg(long)]
+        tasks: Option<u64>,
+        /// pace: over-budget syscalls wait (every call still succeeds);
+        /// deny: over-budget calls fail with EAGAIN (net class only).
+        #[arg(long, default_value = "pace")]
+        mode: String,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// List the capabilities `degrade` can revoke and whether this kernel enforces each.
     Capabilities,
     /// Stream alerts and sampled denials as they happen.
@@ -179,4 +208,12 @@ pub enum Cmd {
         #[arg(long)]
         hold: Option<std::net::SocketAddr>,
     },
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    killpath::throttle::parse_rate(s).map_err(|e| e.to_string())
+}
+
+fn parse_class_rate(s: &str) -> Result<(String, u64), String> {
+    killpath::throttle::parse_class_rate(s).map_err(|e| e.to_string())
 }

@@ -65,6 +65,8 @@ where
 /// The level-3 programs, opened from their pins.
 pub struct IsolatePrograms {
     skb: CgroupSkb,
+    /// Egress: isolation plus the level-1 egress policer.
+    skb_egress: CgroupSkb,
     addr: Vec<(&'static str, CgroupSockAddr)>,
     sock: CgroupSock,
     /// Why BPF LSM hooks are not attached (None: attached and running).
@@ -101,6 +103,10 @@ impl IsolatePrograms {
         // Opened with the ingress attach type; the program was loaded
         // without an expected attach type, so it attaches to both.
         let skb = CgroupSkb::from_pin(&skb_pin, CgroupSkbAttachType::Ingress).map_err(kerr("opening pinned cgroup_skb"))?;
+        // Loaded with the egress expected attach type (its section is
+        // cgroup_skb/egress), which lets it return the congestion verdicts.
+        let egress_pin = load_pinned::<CgroupSkb>(ebpf, pin_dir, programs::EGRESS_SKB, loaded, |p| p.load().map_err(kerr(programs::EGRESS_SKB)))?;
+        let skb_egress = CgroupSkb::from_pin(&egress_pin, CgroupSkbAttachType::Egress).map_err(kerr("opening pinned cgroup_skb/egress"))?;
         let mut addr = Vec::new();
         for (name, ty) in ADDR_PROGS {
             let pin = load_pinned::<CgroupSockAddr>(ebpf, pin_dir, name, loaded, |p| p.load().map_err(kerr(name)))?;
@@ -113,7 +119,7 @@ impl IsolatePrograms {
         if let Some(e) = &lsm_error {
             warn!("BPF LSM isolation hooks unavailable: {e}");
         }
-        Ok(Self { skb, addr, sock, lsm_error, tc, pin_dir: pin_dir.to_owned() })
+        Ok(Self { skb, skb_egress, addr, sock, lsm_error, tc, pin_dir: pin_dir.to_owned() })
     }
 
     /// Attaches the cgroup hooks to a target's cgroup (idempotent: links
@@ -127,11 +133,13 @@ impl IsolatePrograms {
         // as BPF_F_ALLOW_MULTI, so a workload attaching its own programs
         // to a nested cgroup cannot override ours; all of them run.
         let mode = CgroupAttachMode::Single;
-        for (suffix, ty) in [("skb_ingress", CgroupSkbAttachType::Ingress), ("skb_egress", CgroupSkbAttachType::Egress)] {
+        for (suffix, ty, prog) in
+            [("skb_ingress", CgroupSkbAttachType::Ingress, &mut self.skb), ("skb_egress", CgroupSkbAttachType::Egress, &mut self.skb_egress)]
+        {
             let pin = dir.join(suffix);
             if !pin.exists() {
-                let id = self.skb.attach(&cg, ty, mode).map_err(kerr(format!("attaching cgroup_skb/{suffix}")))?;
-                let link = fd_link(self.skb.take_link(id).map_err(kerr("cgroup_skb link"))?)?;
+                let id = prog.attach(&cg, ty, mode).map_err(kerr(format!("attaching cgroup_skb/{suffix}")))?;
+                let link = fd_link(prog.take_link(id).map_err(kerr("cgroup_skb link"))?)?;
                 link.pin(&pin).map_err(|e| Error::Kernel(format!("pinning {}: {e}", pin.display())))?;
             }
         }

@@ -16,6 +16,8 @@ pub mod probe;
 pub mod protocol;
 pub mod stop;
 pub mod targets;
+pub mod throttle;
+pub mod throttle_tasks;
 pub mod tree;
 pub mod verify;
 pub mod verify_probe;

@@ -117,6 +117,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.degraded(&r);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, reason } => {
+            let cmd = Command::Throttle {
+                name: name.clone(),
+                syscalls: *syscalls,
+                syscall_class: syscall_class.iter().cloned().collect(),
+                egress_bytes: *egress_bytes,
+                egress_packets: *egress_packets,
+                tasks: *tasks,
+                mode: Some(mode.clone()),
+                reason: reason.clone(),
+            };
+            let r = call(&cli, &cmd)?;
+            out.throttled(&r);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Capabilities => {
             let r = call(&cli, &Command::Capabilities {})?;
             out.capabilities(&r);

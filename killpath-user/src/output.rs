@@ -70,6 +70,28 @@ impl Output {
                     .collect();
                 println!("{:<20} DEGRADED: revoked {}; denials {}", "", names.join(", "), if denials.is_empty() { "none".into() } else { denials.join(", ") });
             }
+            let th = &t["throttle"];
+            if !th.is_null() {
+                println!("{:<20} THROTTLED: {}", "", ceilings(&th["ceilings"]));
+                for b in th["buckets"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<22}{:<15} ceiling {:>10}/s  measured {:>10}/s  passed {}  paced {}  denied {}",
+                        "",
+                        s(&b["class"]),
+                        s(&b["ceiling_per_s"]),
+                        s(&b["measured_per_s"]),
+                        s(&b["passed"]),
+                        s(&b["paced"]),
+                        s(&b["denied"])
+                    );
+                }
+                if let Some(tk) = th["tasks"].as_object() {
+                    println!("{:<22}tasks: {} of {} live, {} forks refused ({})", "", s(&tk["current"]), s(&tk["limit"]), s(&tk["forks_refused"]), s(&tk["mechanism"]));
+                }
+                if !th["needs_agent"].is_null() {
+                    println!("{:<22}needs the agent: {}", "", s(&th["needs_agent"]));
+                }
+            }
             if let Some(open) = t["open_channels"].as_array().filter(|a| !a.is_empty()) {
                 let names: Vec<String> = open.iter().map(s).collect();
                 println!("{:<20} isolated, but OPEN on this kernel: {}", "", names.join(", "));
@@ -174,6 +196,17 @@ impl Output {
         println!("  alert raised (journal, `killpath events`, alert hook)");
     }
 
+    pub fn throttled(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        println!("throttled {} ({} -> {}) in {} µs: {}", s(&r["target"]), s(&r["from"]), s(&r["level"]), s(&r["time_to_effect_us"]), ceilings(&r["ceilings"]));
+        if let Some(t) = r["tasks"].as_object() {
+            println!("  tasks limited by {}", s(&t["mechanism"]));
+        }
+        println!("  alert raised (journal, `killpath events`, alert hook)");
+    }
+
     pub fn capabilities(&self, r: &Value) {
         if self.raw(r) {
             return;
@@ -265,4 +298,23 @@ fn yes(v: &Value) -> &'static str {
     } else {
         "no"
     }
+}
+
+/// One line for a set of ceilings.
+fn ceilings(c: &Value) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in c["syscalls"].as_object().into_iter().flatten() {
+        parts.push(format!("syscalls[{k}] {}/s", s(v)));
+    }
+    if !c["egress_bytes"].is_null() {
+        parts.push(format!("egress {} B/s", s(&c["egress_bytes"])));
+    }
+    if !c["egress_packets"].is_null() {
+        parts.push(format!("egress {} packets/s", s(&c["egress_packets"])));
+    }
+    if !c["tasks"].is_null() {
+        parts.push(format!("tasks {}", s(&c["tasks"])));
+    }
+    parts.push(format!("mode {}", s(&c["mode"])));
+    parts.join(", ")
 }

@@ -90,6 +90,30 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Level 1: cap the target's rate of action. Running it again changes
+    /// the named ceilings live and keeps the others. Rates are per second.
+    #[serde(rename_all = "snake_case")]
+    Throttle {
+        name: String,
+        /// Ceiling on all syscalls.
+        #[serde(default)]
+        syscalls: Option<u64>,
+        /// Ceilings per syscall class (net, exec, fork, fs-write, all).
+        #[serde(default)]
+        syscall_class: std::collections::BTreeMap<String, u64>,
+        #[serde(default)]
+        egress_bytes: Option<u64>,
+        #[serde(default)]
+        egress_packets: Option<u64>,
+        /// Most live tasks.
+        #[serde(default)]
+        tasks: Option<u64>,
+        /// pace (default) or deny.
+        #[serde(default)]
+        mode: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Step a target down to a lower level, or give capabilities back.
     Restore {
         name: String,
@@ -133,6 +157,7 @@ impl Command {
                 | Self::Restore { .. }
                 | Self::Verify { .. }
                 | Self::Degrade { .. }
+                | Self::Throttle { .. }
         )
     }
 
@@ -148,6 +173,7 @@ impl Command {
             Self::Release { .. } => "release",
             Self::Isolate { .. } => "isolate",
             Self::Degrade { .. } => "degrade",
+            Self::Throttle { .. } => "throttle",
             Self::Capabilities {} => "capabilities",
             Self::Events {} => "events",
             Self::Restore { .. } => "restore",
@@ -170,6 +196,7 @@ pub const COMMANDS: &[&str] =
         "release",
         "isolate",
         "degrade",
+        "throttle",
         "restore",
         "verify",
         "capabilities",

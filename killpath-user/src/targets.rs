@@ -90,6 +90,9 @@ pub struct Target {
     /// sockets created before they joined the target.
     #[serde(default)]
     pub adopted: bool,
+    /// Level-1 ceilings (empty: not throttled).
+    #[serde(default, skip_serializing_if = "crate::throttle::Ceilings::is_empty")]
+    pub throttle: crate::throttle::Ceilings,
 }
 
 impl Target {
@@ -179,6 +182,7 @@ mod tests {
             allow_connect: Vec::new(),
             allow_write: Vec::new(),
             adopted: false,
+            throttle: Default::default(),
         };
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();

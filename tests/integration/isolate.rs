@@ -87,6 +87,11 @@ impl Server {
         Server { child, name: name.to_owned(), out, err }
     }
 
+    /// Whether the server process has exited (reaped if so).
+    pub(crate) fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }

@@ -13,3 +13,4 @@ mod probe;
 mod socket;
 mod stop;
 mod targets;
+mod throttle;

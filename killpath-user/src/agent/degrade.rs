@@ -185,7 +185,7 @@ impl State {
         })
     }
 
-    /// Raises an alert for a degrade step: high-priority journal record,
+    /// Raises an alert for a degrade or throttle step: high-priority journal record,
     /// event stream, operator hook (JSON on stdin, run without blocking).
     pub(super) fn alert(&mut self, caller: Caller, name: &str, action: &str, result: &Value, reason: Option<&str>) {
         let alert = json!({
@@ -198,8 +198,12 @@ impl State {
             "allow_connect": result["allow_connect"],
             "allow_write": result["allow_write"],
             "level": result["level"],
+            "ceilings": result["ceilings"],
             "time_unix_us": now_us(),
-            "message": format!("target {name} degraded: {} revoked", result["revoked"]),
+            "message": match action {
+                "throttle" => format!("target {name} throttled: {}", result["ceilings"]),
+                _ => format!("target {name} degraded: {} revoked", result["revoked"]),
+            },
         });
         let mut e = Entry::new(caller.actor(), Phase::Event, "alert");
         e.target = Some(name.to_owned());

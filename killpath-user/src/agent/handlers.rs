@@ -106,6 +106,20 @@ impl State {
                 self.alert(caller, &name, "degrade", &r, reason.as_deref());
                 Ok(r)
             }
+            Command::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, reason } => {
+                let mut req = crate::throttle::Ceilings { egress_bytes, egress_packets, tasks, ..Default::default() };
+                req.syscalls = syscall_class.clone();
+                if let Some(n) = syscalls {
+                    req.syscalls.insert("all".into(), n);
+                }
+                req.mode = mode.as_deref().map(crate::throttle::Mode::parse).transpose()?.unwrap_or_default();
+                let plan = self.plan_throttle(&name, &req)?;
+                let params = json!({"syscalls": syscalls, "syscall_class": syscall_class, "egress_bytes": egress_bytes,
+                    "egress_packets": egress_packets, "tasks": tasks, "mode": mode, "reason": reason});
+                let r = self.execute(caller, "throttle", Some(&name), params, |s| s.throttle(&name, plan, received))?;
+                self.alert(caller, &name, "throttle", &r, reason.as_deref());
+                Ok(r)
+            }
             Command::Capabilities {} => Ok(json!({"capabilities": self.capabilities()})),
             Command::Events {} => Err(Error::InvalidRequest("events is a subscription: the server handles it".into())),
             Command::Verify { name } => {
@@ -210,6 +224,7 @@ impl State {
             allow_connect: Vec::new(),
             allow_write: Vec::new(),
             adopted,
+            throttle: Default::default(),
         };
         self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
         // Attach the level-3 hooks now, so that isolating later is only a
@@ -329,6 +344,7 @@ impl State {
     }
 
     fn release(&mut self, name: &str) -> Result<Done> {
+        self.unthrottle(name)?;
         let t = self.registry.get(name)?.clone();
         self.enforcer.maps.remove(t.cgroup_id)?;
         self.enforcer.isolate.detach_target(t.cgroup_id)?;
@@ -382,6 +398,7 @@ impl State {
                     .map(|(i, n)| (crate::degrade::name_of_index(i).to_owned(), json!({"total": n, "last_minute": n.saturating_sub(self.denials_minute_ago(t.cgroup_id, i))})))
                     .collect();
                 json!({
+                    "throttle": self.throttle_status(t),
                     "revoked": crate::degrade::names(t.revoked),
                     "allow_connect": t.allow_connect,
                     "allow_write": t.allow_write,
@@ -488,7 +505,7 @@ impl State {
     }
 
     /// Steps a target down to `to` (a map update; a stopped target's cgroup
-    /// is thawed).
+    /// is thawed; below throttle the ceilings are lifted).
     fn restore(&mut self, name: &str, to: u32, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         if to >= t.level {
@@ -497,6 +514,10 @@ impl State {
                 level_name(t.level),
                 level_name(to)
             )));
+        }
+        // Below throttle, every ceiling is lifted.
+        if to < level::THROTTLE {
+            self.unthrottle(name)?;
         }
         // Below degrade, every capability comes back.
         let mut t = t;

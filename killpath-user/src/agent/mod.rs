@@ -5,6 +5,7 @@ mod degrade;
 mod handlers;
 mod recovery;
 pub mod server;
+mod throttle;
 
 use std::{
     path::{Path, PathBuf},
@@ -75,6 +76,10 @@ pub struct State {
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
     /// Periodic snapshots of denial counters.
     pub denial_history: std::collections::VecDeque<DenialSnapshot>,
+    /// Resumes tasks paused by pace ceilings.
+    pub pacer: throttle::Pacer,
+    /// Periodic snapshots of throttle bucket counts.
+    pub throttle_history: throttle::History,
 }
 
 impl State {
@@ -84,10 +89,21 @@ impl State {
         let cgroup_mount = cgroup::cgroup2_mount()?;
         Cgroup::new(&config.cgroup_parent).create()?;
         let (journal, recovery) = Journal::open(&config.state_dir.join(JOURNAL_FILE))?;
-        let enforcer = Enforcer::open(&config.pin_dir)?;
+        let mut enforcer = Enforcer::open(&config.pin_dir)?;
         let registry = Registry::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        let mut state = Self { config, registry, enforcer, journal, cgroup_mount, events, denial_history: Default::default() };
+        let pacer = throttle::Pacer::start(enforcer.throttle_events.take());
+        let mut state = Self {
+            config,
+            registry,
+            enforcer,
+            journal,
+            cgroup_mount,
+            events,
+            denial_history: Default::default(),
+            pacer,
+            throttle_history: Default::default(),
+        };
         state.recover(recovery)?;
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
@@ -114,6 +130,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             tokio::spawn(server::denial_reader(rb, state.clone()));
         }
         tokio::spawn(degrade::denial_sampler(state.clone()));
+        tokio::spawn(throttle::rate_sampler(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

@@ -63,6 +63,7 @@ impl State {
                 t.level = level;
             }
         }
+        changes.extend(self.recover_throttle()?);
         self.registry.save()?;
         // Every target now has this build's hooks: older builds' pins can go.
         let retired = self.enforcer.retire_old_generations()?;

@@ -1,0 +1,354 @@
+//! Tests: throttle (level 1). `killpath throttle NAME ...` caps a running
+//! target's syscalls (per class), egress bytes/packets and live tasks;
+//! running it again dials the ceilings live; `restore --to normal` lifts
+//! them.
+//!
+//! Rates are measured from outside the target, never reported by the
+//! workload: read syscalls from /proc/PID/io (`syscr`), connections from
+//! a server's accept count, TCP bytes from the iperf3 server's own JSON
+//! report, tasks from the cgroup's task list.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    harness::{alive, wait_until, Agent},
+    isolate::Server,
+    stop::{run_bg, show, target_row, text},
+};
+
+/// The distribution's python3 (a pyenv shim may not work inside the VM).
+fn py() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// A tight loop of one cheap syscall: read(2) of 0 bytes from /dev/zero.
+/// Every syscall it makes in the loop is a read, which the kernel counts
+/// in /proc/PID/io `syscr` — readable from outside the target.
+const READ_LOOP: &str = "import os\nfd = os.open('/dev/zero', os.O_RDONLY)\nwhile True:\n    os.read(fd, 0)\n";
+
+fn syscr(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscr for pid {pid}"))
+}
+
+/// Syscalls per second of `pid` over `window`, measured from outside.
+fn syscall_rate(pid: i32, window: Duration) -> f64 {
+    let a = syscr(pid);
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let b = syscr(pid);
+    (b - a) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn within(measured: f64, ceiling: f64, tol: f64) -> bool {
+    (measured - ceiling).abs() <= ceiling * tol
+}
+
+fn throttle(agent: &Agent, args: &[&str]) -> Value {
+    let mut a = vec!["throttle"];
+    a.extend_from_slice(args);
+    agent.json(&a)
+}
+
+fn throttle_row(agent: &Agent, name: &str) -> Value {
+    target_row(agent, name).map(|r| r["throttle"].clone()).unwrap_or(Value::Null)
+}
+
+fn bucket<'a>(row: &'a Value, class: &str) -> &'a Value {
+    row["buckets"].as_array().and_then(|b| b.iter().find(|b| b["class"] == class)).unwrap_or_else(|| panic!("no {class} bucket in {row}"))
+}
+
+/// Ceiling of 100, 1,000 and 10,000 syscalls/s on a tight syscall loop:
+/// the loop runs at the ceiling ±10% (measured from outside), keeps
+/// running (pace never fails a call), and a lowered ceiling takes effect
+/// within a measured time. Lifting it gives the full rate back and
+/// detaches the sys_exit hook.
+#[test]
+fn throttle_syscalls_pace_at_the_ceiling() {
+    let Some(agent) = Agent::start() else { return };
+    let w = run_bg(&agent, "loop", &[py(), "-c", READ_LOOP], 1);
+    let pid = w.pid();
+    let free = syscall_rate(pid, Duration::from_secs(1));
+    assert!(free > 50_000.0, "the unthrottled loop is too slow to show a ceiling: {free:.0}/s");
+    for ceiling in [100u64, 1_000, 10_000] {
+        let r = throttle(&agent, &["loop", "--syscalls", &format!("{ceiling}/s")]);
+        assert_eq!(r["level"], "throttle");
+        assert_eq!(r["syscall_hook_attached"], true);
+        // Let one burst pass, then measure over 4 s.
+        std::thread::sleep(Duration::from_millis(500));
+        let rate = syscall_rate(pid, Duration::from_secs(4));
+        eprintln!("ceiling {ceiling}/s: measured {rate:.1}/s (unthrottled {free:.0}/s)");
+        assert!(within(rate, ceiling as f64, 0.10), "ceiling {ceiling}/s, measured {rate:.1}/s");
+        assert!(alive(pid), "the paced loop died (a paced syscall must not fail)");
+    }
+    let row = throttle_row(&agent, "loop");
+    let all = bucket(&row, "all");
+    assert!(all["paced"].as_u64().unwrap_or(0) > 0, "{row}");
+    assert_eq!(all["denied"], 0, "pace mode denies nothing: {row}");
+    let measured = all["measured_per_s"].as_f64().unwrap_or(0.0);
+    assert!(within(measured, 10_000.0, 0.25), "status' measured rate {measured} vs 10000/s: {row}");
+    assert!(row["needs_agent"].as_str().is_some_and(|s| s.contains("SIGCONT")), "{row}");
+
+    // Dial down live: from 10,000/s to 100/s. Time until the loop is
+    // observed at the new ceiling: the first 5 ms sample after which a
+    // 500 ms window stays within the new budget (plus one burst).
+    let t0 = Instant::now();
+    let r = throttle(&agent, &["loop", "--syscalls", "100/s"]);
+    let returned = t0.elapsed();
+    let mut samples = vec![(Instant::now(), syscr(pid))];
+    while samples[0].0.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(5));
+        samples.push((Instant::now(), syscr(pid)));
+    }
+    let effect = samples
+        .iter()
+        .position(|(t, n)| {
+            samples.iter().rev().find(|(u, _)| u.duration_since(*t) <= Duration::from_millis(500)).is_some_and(|(_, m)| m - n <= 50 + 10 + 10)
+        })
+        .map(|i| samples[i].0.duration_since(t0))
+        .expect("the new ceiling never took effect");
+    eprintln!(
+        "ceiling change 10000/s -> 100/s: agent time_to_effect {} µs, command returned after {} µs, observed at the new ceiling after {} ms",
+        r["time_to_effect_us"],
+        returned.as_micros(),
+        effect.as_millis()
+    );
+    assert!(effect < Duration::from_millis(1000), "new ceiling took {effect:?}");
+
+    // Lift it: full speed again, and no per-syscall hook left on the host.
+    agent.json(&["restore", "loop", "--to", "normal"]);
+    let after = syscall_rate(pid, Duration::from_secs(1));
+    assert!(after > 20_000.0, "restore did not lift the ceiling: {after:.0}/s");
+    assert!(throttle_row(&agent, "loop").is_null());
+    let st = agent.json(&["status", "loop"]);
+    assert_eq!(st["targets"][0]["level"], "normal", "{st}");
+    let pins = std::fs::read_dir(&agent.pin_dir).expect("pin dir").flatten().map(|g| g.path().join("links/kp_throttle_sys_exit")).filter(|p| p.exists()).count();
+    assert_eq!(pins, 0, "sys_exit throttle still attached with nothing throttled");
+}
+
+/// `--syscall-class net=N/s`: pace mode slows connect() to the ceiling
+/// and every connect succeeds; deny mode fails the excess with EAGAIN.
+/// Connections are counted by the server, outside the target.
+#[test]
+fn throttle_net_class_pace_and_deny() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let server_py = format!(
+        "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(1024)\n\
+         n=0\nwhile True:\n    c,_=s.accept(); c.close(); n+=1\n    open('{}', 'w').write(str(n))\n",
+        dir.path().join("accepted").display()
+    );
+    let _server = Server::start(dir.path(), "accept", &[py(), "-c", &server_py]);
+    let accepted = || std::fs::read_to_string(dir.path().join("accepted")).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).expect("server up");
+    let client = format!(
+        "import socket, errno, time, sys\nok = eagain = other = 0\nend = time.time() + float(sys.argv[1])\n\
+         while time.time() < end:\n    s = socket.socket()\n    try:\n        s.connect(('127.0.0.1', {port})); ok += 1\n\
+         \x20   except OSError as e:\n        if e.errno == errno.EAGAIN: eagain += 1\n        else: other += 1\n    s.close()\n\
+         open(sys.argv[2], 'w').write(f'{{ok}} {{eagain}} {{other}}')\n"
+    );
+    let result = dir.path().join("client");
+    let res = result.display().to_string();
+    // The target idles until the client runs inside it (a child of its shell).
+    let _w = run_bg(&agent, "net", &["sh", "-c", &format!("while [ ! -e {0}.go ]; do sleep 0.05; done; {1} -c \"$0\" 4 {0}.pace; while [ ! -e {0}.go2 ]; do sleep 0.05; done; {1} -c \"$0\" 3 {0}.deny; sleep 100", res, py()), &client], 1);
+    throttle(&agent, &["net", "--syscall-class", "net=50/s"]);
+    let before = accepted();
+    std::fs::write(format!("{res}.go"), "").expect("go");
+    wait_until(Duration::from_secs(30), || Path::new(&format!("{res}.pace")).exists()).expect("pace client finished");
+    let counts = std::fs::read_to_string(format!("{res}.pace")).expect("pace result");
+    let v: Vec<u64> = counts.split_whitespace().map(|n| n.parse().expect("count")).collect();
+    let served = accepted() - before;
+    eprintln!("net=50/s pace, 4 s: client ok={} eagain={} other={}, server accepted {served}", v[0], v[1], v[2]);
+    assert_eq!((v[1], v[2]), (0, 0), "pace mode must not fail any connect: {counts}");
+    // 4 s at 50/s plus one burst (5) and the start-up edge.
+    assert!(within(served as f64, 200.0 + 5.0, 0.10), "server accepted {served}, expected ~205");
+
+    let r = throttle(&agent, &["net", "--syscall-class", "net=50/s", "--mode", "deny"]);
+    assert_eq!(r["ceilings"]["mode"], "deny");
+    let before = accepted();
+    std::fs::write(format!("{res}.go2"), "").expect("go2");
+    wait_until(Duration::from_secs(30), || Path::new(&format!("{res}.deny")).exists()).expect("deny client finished");
+    let counts = std::fs::read_to_string(format!("{res}.deny")).expect("deny result");
+    let v: Vec<u64> = counts.split_whitespace().map(|n| n.parse().expect("count")).collect();
+    let served = accepted() - before;
+    eprintln!("net=50/s deny, 3 s: client ok={} eagain={} other={}, server accepted {served}", v[0], v[1], v[2]);
+    assert!(v[1] > 1000, "deny mode should refuse the excess with EAGAIN fast: {counts}");
+    assert_eq!(v[2], 0, "only EAGAIN: {counts}");
+    assert!(within(served as f64, 150.0 + 5.0, 0.15), "server accepted {served}, expected ~155");
+    let row = throttle_row(&agent, "net");
+    assert!(bucket(&row, "net")["denied"].as_u64().unwrap_or(0) >= v[1], "{row}");
+}
+
+/// Whether some socket listens on 127.0.0.1:port or [::]:port (from /proc/net/tcp*, without connecting).
+fn listening(port: u16) -> bool {
+    let hex = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && format!("{} ", &cols[1][cols[1].len() - 5..]) == hex && cols[3] == "0A"
+        })
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Bytes/s the iperf3 server received in intervals [from, end) of its
+/// JSON report.
+fn iperf_rate(report: &str, from: f64) -> f64 {
+    let v: Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("iperf3 -J output ({e}): {report}"));
+    let (mut bytes, mut secs) = (0.0, 0.0);
+    for i in v["intervals"].as_array().into_iter().flatten() {
+        let s = &i["sum"];
+        if s["start"].as_f64().unwrap_or(0.0) >= from && !s["omitted"].as_bool().unwrap_or(false) {
+            bytes += s["bytes"].as_f64().unwrap_or(0.0);
+            secs += s["seconds"].as_f64().unwrap_or(0.0);
+        }
+    }
+    assert!(secs > 1.0, "no intervals in the iperf3 report: {report}");
+    bytes / secs
+}
+
+/// A TCP bulk transfer (iperf3 client inside the target, server outside)
+/// under 1 MB/s and 10 MB/s settles within ±10% of the ceiling, as the
+/// server measures it; it does not collapse.
+#[test]
+fn throttle_egress_tcp_settles_at_the_ceiling() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("go");
+    let g = gate.display().to_string();
+    let script = format!("for n in 1 2; do while [ ! -e {g}$n ]; do sleep 0.05; done; iperf3 -c 127.0.0.1 -p $(cat {g}$n) -t 8 >/dev/null 2>&1; done; sleep 100");
+    let _w = run_bg(&agent, "bulk", &["sh", "-c", &script], 1);
+    for (n, ceiling) in [(1, 1_000_000u64), (2, 10_000_000)] {
+        throttle(&agent, &["bulk", "--egress-bytes", &ceiling.to_string()]);
+        let port = free_port();
+        let server = Server::start(dir.path(), &format!("iperf{n}"), &["iperf3", "-s", "-1", "-J", "-p", &port.to_string()]);
+        // No probe connection: a one-off (-1) server would take it for the test.
+        wait_until(Duration::from_secs(10), || listening(port)).expect("iperf3 server up");
+        std::fs::write(format!("{g}{n}"), port.to_string()).expect("gate");
+        let mut server = server;
+        wait_until(Duration::from_secs(40), || server.exited()).expect("iperf3 run finished");
+        let rate = iperf_rate(&server.stdout(), 2.0);
+        eprintln!("egress ceiling {ceiling} B/s: iperf3 server received {rate:.0} B/s over seconds 2-8");
+        assert!(within(rate, ceiling as f64, 0.10), "ceiling {ceiling} B/s, received {rate:.0} B/s");
+    }
+    let row = throttle_row(&agent, "bulk");
+    assert!(bucket(&row, "egress-bytes")["passed"].as_u64().unwrap_or(0) > 60_000_000, "{row}");
+}
+
+/// `--tasks 10` on a fork loop: never more than 10 live tasks (sampled
+/// from outside), and the loop sees EAGAIN.
+#[test]
+fn throttle_tasks_caps_live_tasks() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let res = dir.path().join("forks").display().to_string();
+    let forker = format!(
+        "import os, time\nwhile not os.path.exists('{res}.go'): time.sleep(0.02)\nok = eagain = 0\nfor i in range(40):\n    try:\n        if os.fork() == 0:\n            time.sleep(2); os._exit(0)\n        ok += 1\n    except BlockingIOError:\n        eagain += 1\nopen('{res}', 'w').write(f'{{ok}} {{eagain}}')\ntime.sleep(100)\n"
+    );
+    let _w = run_bg(&agent, "forks", &[py(), "-c", &forker], 1);
+    let r = throttle(&agent, &["forks", "--tasks", "10"]);
+    assert!(r["tasks"]["mechanism"].as_str().is_some_and(|m| m.contains("pids")), "{r}");
+    let cg = agent.target_cgroup("forks");
+    std::fs::write(format!("{res}.go"), "").expect("go");
+    let mut most = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let tasks = std::fs::read_to_string(cg.path().join("cgroup.threads")).unwrap_or_default().lines().count();
+        most = most.max(tasks);
+    }
+    let counts = std::fs::read_to_string(&res).expect("forker result");
+    let v: Vec<u64> = counts.split_whitespace().map(|n| n.parse().expect("count")).collect();
+    eprintln!("--tasks 10: at most {most} live tasks seen; forks ok={} eagain={}", v[0], v[1]);
+    assert!(most <= 10, "saw {most} live tasks under --tasks 10");
+    assert!(most >= 9, "the fork loop never came near the limit ({most})");
+    assert_eq!(v[0], 9, "the forker plus 9 children is 10 tasks: {counts}");
+    assert_eq!(v[1], 31, "every further fork fails with EAGAIN: {counts}");
+    let row = throttle_row(&agent, "forks");
+    assert!(row["tasks"]["forks_refused"].as_u64().unwrap_or(0) >= 31, "{row}");
+    // Lifted: forks work again.
+    agent.json(&["restore", "forks", "--to", "normal"]);
+    let w2 = run_bg(&agent, "forks2", &["sh", "-c", "for i in $(seq 20); do sleep 5 & done; sleep 100"], 21);
+    drop(w2);
+}
+
+/// The throttle holds with the agent dead: ceilings are kernel state.
+/// A deny-mode net ceiling keeps refusing, and a paced task that reaches
+/// its ceiling stays paused (as status said) until the agent is back,
+/// which resumes it.
+#[test]
+fn throttle_holds_with_the_agent_dead() {
+    let Some(mut agent) = Agent::start() else { return };
+    let w = run_bg(&agent, "held", &[py(), "-c", READ_LOOP], 1);
+    let pid = w.pid();
+    throttle(&agent, &["held", "--syscalls", "100/s"]);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill9();
+    // Within one burst (100 ms) the loop is paused and nobody resumes it.
+    std::thread::sleep(Duration::from_millis(500));
+    let a = syscr(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let b = syscr(pid);
+    assert!(b - a <= 10, "with the agent dead the paced loop should stay paused, made {} syscalls", b - a);
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('T')), "not stopped: {state}");
+    agent.spawn();
+    let rate = syscall_rate(pid, Duration::from_secs(3));
+    // Accuracy is the first test's business; here: resumed, and paced again.
+    assert!(within(rate, 100.0, 0.30), "after the agent came back: {rate:.1}/s");
+    let rec = agent.journal().into_iter().rev().find(|r| r["action"] == "agent-start").expect("agent-start record");
+    assert!(rec.to_string().contains("paused task(s) resumed"), "{rec}");
+}
+
+/// Bad requests get a clear error naming the problem, and nothing
+/// changes: the ceilings in force stay, the agent keeps serving, the
+/// journal stays intact.
+#[test]
+fn throttle_bad_requests_change_nothing() {
+    let Some(agent) = Agent::start() else { return };
+    let _w = run_bg(&agent, "bad", &["sleep", "100"], 1);
+    throttle(&agent, &["bad", "--syscalls", "1000/s"]);
+    let cases: &[(&[&str], &str)] = &[
+        (&["throttle", "nosuch", "--syscalls", "100"], "unknown target"),
+        (&["throttle", "bad", "--syscalls", "5/s"], "out of range"),
+        (&["throttle", "bad", "--syscalls", "2000000/s"], "out of range"),
+        (&["throttle", "bad", "--egress-bytes", "1"], "out of range"),
+        (&["throttle", "bad", "--syscall-class", "disk=10"], "unknown syscall class"),
+        (&["throttle", "bad", "--syscall-class", "exec=10", "--mode", "deny"], "--mode deny cannot apply"),
+        (&["throttle", "bad", "--tasks", "0"], "--tasks 0"),
+        (&["throttle", "bad", "--mode", "slow", "--syscalls", "100"], "unknown throttle mode"),
+        (&["throttle", "bad", "--syscalls", "ten"], "bad rate"),
+        (&["throttle", "bad"], "at least one"),
+    ];
+    for (args, needle) in cases {
+        let out = agent.kp(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(text(&out.stderr).contains(needle), "{args:?}: expected {needle:?} in: {}", show(&out));
+    }
+    let row = throttle_row(&agent, "bad");
+    assert_eq!(row["ceilings"]["syscalls"]["all"], 1000, "{row}");
+    assert_eq!(bucket(&row, "all")["ceiling_per_s"], 1000, "{row}");
+    let v = agent.json(&["journal", "--verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let throttles = agent.journal().into_iter().filter(|r| r["action"] == "throttle" && r["phase"] == "result").count();
+    // One success plus the one request that reached the agent and failed
+    // there (the out-of-range ones are refused before any intent).
+    assert!(throttles >= 1, "journal has the throttle result");
+    let alerts = agent.journal().into_iter().filter(|r| r["action"] == "alert" && r["params"]["action"] == "throttle").count();
+    assert_eq!(alerts, 1, "one alert for the one throttle step");
+}
