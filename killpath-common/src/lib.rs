@@ -329,8 +329,13 @@ pub mod throttle {
     /// Egress buckets (cgroup skb egress, and TC ingress on a `--netdev`).
     pub const EGRESS_BYTES: u32 = 5;
     pub const EGRESS_PACKETS: u32 = 6;
+    /// The same ceilings at TC on a `--netdev` device, as buckets of their
+    /// own: a packet of a target's socket passes both the cgroup hook and
+    /// the veth, and one shared bucket would charge it twice.
+    pub const EGRESS_BYTES_TC: u32 = 7;
+    pub const EGRESS_PACKETS_TC: u32 = 8;
     /// Number of bucket classes.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
     /// Over-budget syscalls still run; the task is paused until its
     /// bucket has room again.
     pub const MODE_PACE: u32 = 0;

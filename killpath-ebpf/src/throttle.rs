@@ -279,7 +279,10 @@ pub fn egress_tc(id: u64, len: u64, segs: u64) -> Verdict {
     let packets = if segs == 0 { 1 } else { segs };
     // No congestion notification reaches the sender from TC in another
     // namespace: a hard policer with the burst as its depth.
-    worse(charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, true), charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, true))
+    worse(
+        charge(id, throttle::EGRESS_BYTES_TC, len, throttle::MODE_PACE, true),
+        charge(id, throttle::EGRESS_PACKETS_TC, packets, throttle::MODE_PACE, true),
+    )
 }
 
 #[inline(always)]

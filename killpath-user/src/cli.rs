@@ -40,6 +40,9 @@ pub enum Cmd {
         /// Numeric group id that may change things besides root (socket becomes 0660).
         #[arg(long)]
         group: Option<u32>,
+        /// Agent config file (TOML): each level's defaults for `escalate`.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Shell command run for every alert (e.g. each degrade step), with the alert as JSON on stdin.
         #[arg(long)]
         alert_hook: Option<String>,
@@ -109,6 +112,39 @@ pub enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Move NAME up one level with the configured defaults (agent --config);
+    /// jumping over a level needs --skip-reason, which is journaled.
+    Escalate {
+        name: String,
+        /// Level to go to (throttle, degrade, isolate, stop); default: the next one.
+        #[arg(long)]
+        to: Option<String>,
+        /// Why levels may be skipped (required to skip; journaled as a skip).
+        #[arg(long)]
+        skip_reason: Option<String>,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run the whole kill path on NAME (or a fresh canary), verify each
+    /// level from outside, time it, put the target back, and report.
+    /// Exit status 1 if any check failed.
+    Drill {
+        /// The target to drill (omit with --canary or --history).
+        name: Option<String>,
+        /// Drill a fresh built-in canary (started, drilled, checked, released).
+        #[arg(long, conflicts_with = "name")]
+        canary: bool,
+        /// Scenario file (TOML): levels, parameters, checks, thresholds.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Also write the report (JSON) to FILE.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// List past drills and their outcome (from the journal).
+        #[arg(long, conflicts_with_all = ["name", "canary", "scenario"])]
+        history: bool,
+    },
     /// Level 1, throttle: cap NAME's rate of action. Run again to change
     /// ceilings live (the ones not named stay); `restore NAME --to normal`
     /// lifts them. Rates: N, N/s, Nk/s, NM/s, NMB/s, NKiB/s.
@@ -134,6 +170,10 @@ pub enum Cmd {
         /// deny: over-budget calls fail with EAGAIN (net class only).
         #[arg(long, default_value = "pace")]
         mode: String,
+        /// Also police the egress ceilings at TC on this host-side device
+        /// (the veth of a workload in its own network namespace). Repeatable.
+        #[arg(long)]
+        netdev: Vec<String>,
         /// Why (journaled and in the alert).
         #[arg(long)]
         reason: Option<String>,
@@ -145,8 +185,9 @@ pub enum Cmd {
     /// Step NAME down to a lower level, or give capabilities back.
     Restore {
         name: String,
-        /// Target level (normal, throttle, degrade, isolate).
-        #[arg(long, required_unless_present = "grant", conflicts_with = "grant")]
+        /// Target level (normal, throttle, degrade, isolate); without --to
+        /// or --grant, one level down.
+        #[arg(long, conflicts_with = "grant")]
         to: Option<String>,
         /// Capabilities to give back, comma-separated.
         #[arg(long, value_delimiter = ',')]
@@ -174,10 +215,15 @@ pub enum Cmd {
         #[arg(long)]
         offline: bool,
     },
-    /// The built-in canary workload: a process tree that keeps working and writes progress to DIR.
+    /// The built-in canary workload: workers that write checksummed records and checkpoint them to DIR, call a local service, exec a helper, and a ticker making syscalls at a known rate; it resumes from its checkpoints.
     Canary {
+        /// Where the canary keeps its records and checkpoints (it resumes from them).
         #[arg(long)]
         dir: PathBuf,
+        /// Check the data in DIR instead of running: no committed record
+        /// lost, none duplicated, no checkpoint or record torn. Exit 1 if not.
+        #[arg(long)]
+        check: bool,
         /// Number of worker processes.
         #[arg(long, default_value_t = 2)]
         workers: u32,
@@ -187,6 +233,26 @@ pub enum Cmd {
         service: Option<std::net::SocketAddr>,
         #[arg(long, hide = true)]
         worker: Option<u32>,
+        #[arg(long, hide = true)]
+        ticker: bool,
+    },
+    /// Internal: the capability probe a drill runs inside a target.
+    #[command(hide = true)]
+    DrillProbe {
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// Capabilities to try, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        cap: Vec<String>,
+        /// A listening TCP address outside the target (net.connect).
+        #[arg(long)]
+        connect: Option<std::net::SocketAddr>,
+        /// A process outside the target (signal, ptrace).
+        #[arg(long)]
+        outside_pid: Option<i32>,
+        /// A scratch directory (fs.write, mount, net.unix).
+        #[arg(long)]
+        scratch: PathBuf,
     },
     /// Internal: the channel probe `verify` runs inside a target.
     #[command(hide = true)]

@@ -99,3 +99,49 @@ pub fn subscribe(socket: &Path, cmd: &Command, mut f: impl FnMut(&Value)) -> Res
     }
     Ok(())
 }
+
+/// One connection carrying many requests, in order (a drill: the agent
+/// ties the drill to its connection).
+pub struct Session {
+    path: PathBuf,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    next_id: u64,
+}
+
+impl Session {
+    pub fn open(socket: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let io = |source| ClientError::Io { path: socket.to_owned(), source };
+        let stream = connect(socket, timeout)?;
+        let reader = BufReader::new(stream.try_clone().map_err(io)?);
+        Ok(Self { path: socket.to_owned(), writer: stream, reader, next_id: 1 })
+    }
+
+    /// Sends one command and waits up to `timeout` for its response.
+    pub fn call(&mut self, cmd: &Command, timeout: Duration) -> Result<Value, ClientError> {
+        let path = self.path.clone();
+        let io = |source| ClientError::Io { path: path.clone(), source };
+        self.writer.set_write_timeout(Some(timeout)).map_err(io)?;
+        self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(io)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = protocol::encode(id, cmd).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).map_err(io)?;
+        let mut resp = String::new();
+        match self.reader.read_line(&mut resp) {
+            Ok(0) => return Err(ClientError::BadResponse("the agent closed the connection without answering".into())),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(ClientError::Timeout { path: self.path.clone(), timeout })
+            }
+            Err(e) => return Err(io(e)),
+        }
+        let r: Response = serde_json::from_str(&resp).map_err(|e| ClientError::BadResponse(format!("{e}: {resp}")))?;
+        if r.ok {
+            Ok(r.result.unwrap_or(Value::Null))
+        } else {
+            Err(ClientError::Agent(r.error.unwrap_or_else(|| ErrorBody::new("unknown", "error without a body"))))
+        }
+    }
+}

@@ -33,6 +33,10 @@ const SUFFIX_LEN: usize = HASH_KEY.len() + 64 + 2;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Actor {
+    /// A drill (`killpath drill`), run by the process with these peer
+    /// credentials. First: untagged decoding tries variants in order, and
+    /// a drill record also has `uid` and `pid`.
+    Drill { drill: u64, uid: u32, pid: i32 },
     /// A process identified by its peer credentials.
     Caller { uid: u32, pid: i32 },
     /// A named source such as `"cli-fallback"`.

@@ -56,12 +56,24 @@ fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
-        Cmd::Agent { pin_dir, cgroup_parent, group, alert_hook } => {
+        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook } => {
             let cgroup_parent = match cgroup_parent {
                 Some(p) => p.clone(),
                 None => AgentConfig::default_cgroup_parent()?,
             };
-            let config = AgentConfig { socket: cli.socket.clone(), state_dir: state_dir(&cli), pin_dir: pin_dir.clone(), cgroup_parent, group: *group, alert_hook: alert_hook.clone() };
+            let escalation = match config {
+                Some(f) => killpath::escalation::Escalation::load(f)?,
+                None => Default::default(),
+            };
+            let config = AgentConfig {
+                socket: cli.socket.clone(),
+                state_dir: state_dir(&cli),
+                pin_dir: pin_dir.clone(),
+                cgroup_parent,
+                group: *group,
+                alert_hook: alert_hook.clone(),
+                escalation,
+            };
             agent::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -117,7 +129,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.degraded(&r);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, reason } => {
+        Cmd::Escalate { name, to, skip_reason, reason } => {
+            let cmd = Command::Escalate { name: name.clone(), to: to.clone(), skip_reason: skip_reason.clone(), reason: reason.clone() };
+            let r = call(&cli, &cmd)?;
+            out.escalated(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Drill { name, canary, scenario, report, history } => {
+            if *history {
+                let r = call(&cli, &Command::Journal { after: 0 })?;
+                out.drill_history(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = killpath::drill::Options {
+                socket: cli.socket.clone(),
+                target: name.clone(),
+                canary: *canary,
+                scenario: scenario.clone(),
+            };
+            let rep = killpath::drill::run(&opts)?;
+            if let Some(f) = report {
+                std::fs::write(f, serde_json::to_vec_pretty(&rep)?).map_err(|e| anyhow::anyhow!("writing {}: {e}", f.display()))?;
+            }
+            out.drill_report(&rep);
+            Ok(if rep.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::DrillProbe { cgroup, cap, connect, outside_pid, scratch } => {
+            let r = killpath::drill_probe::run(cgroup, cap, *connect, *outside_pid, scratch)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, netdev, reason } => {
             let cmd = Command::Throttle {
                 name: name.clone(),
                 syscalls: *syscalls,
@@ -126,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 egress_packets: *egress_packets,
                 tasks: *tasks,
                 mode: Some(mode.clone()),
+                netdev: netdev.clone(),
                 reason: reason.clone(),
             };
             let r = call(&cli, &cmd)?;
@@ -170,10 +213,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Journal { follow, verify, file, offline } => journal_cmd(&cli, &out, *follow, *verify, file.clone(), *offline),
-        Cmd::Canary { dir, workers, service, worker } => {
-            match worker {
-                Some(n) => canary::worker(dir, *n, *service)?,
-                None => canary::run(dir, *workers, *service)?,
+        Cmd::Canary { dir, check, workers, service, worker, ticker } => {
+            if *check {
+                let r = canary::check(dir)?;
+                out.canary_check(&r);
+                return Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
+            match (worker, ticker) {
+                (Some(n), _) => canary::worker(dir, *n, *service)?,
+                (None, true) => canary::ticker()?,
+                (None, false) => canary::run(dir, *workers, *service)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -207,6 +207,85 @@ impl Output {
         println!("  alert raised (journal, `killpath events`, alert hook)");
     }
 
+    pub fn canary_check(&self, r: &killpath::canary::CheckReport) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+            return;
+        }
+        for w in &r.workers {
+            let state = if w.problems.is_empty() { "ok" } else { "CORRUPT" };
+            println!(
+                "worker {}: {state}: {} committed records, {} after the checkpoint{}",
+                w.worker,
+                w.committed,
+                w.tail_records,
+                if w.torn_tail { " (last line torn, uncommitted)" } else { "" }
+            );
+            for p in &w.problems {
+                println!("  {p}");
+            }
+        }
+        println!("canary data check: {}", if r.ok { "passed" } else { "FAILED" });
+    }
+
+    pub fn escalated(&self, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        let skipped = r["skipped"].as_array().filter(|a| !a.is_empty()).map(|a| format!(" (skipped {})", a.iter().map(s).collect::<Vec<_>>().join(", "))).unwrap_or_default();
+        let took = if r["time_to_effect_us"].is_null() { &r["time_to_empty_us"] } else { &r["time_to_effect_us"] };
+        println!("escalated {} {} -> {}{skipped} in {} µs", s(&r["target"]), s(&r["escalated_from"]), s(&r["level"]), s(took));
+    }
+
+    pub fn drill_report(&self, r: &killpath::drill::Report) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+            return;
+        }
+        println!("drill {} on {}{} — scenario: {}", r.drill, r.target, if r.canary { " (canary)" } else { "" }, r.scenario);
+        for st in &r.steps {
+            let took = st.time_to_effect_us.map_or("-".into(), |t| format!("{t} µs"));
+            println!("  {:<9} {}  time to effect {took}", st.level, if st.passed { "PASS" } else { "FAIL" });
+            for c in &st.checks {
+                println!("      [{}] {}: {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.detail);
+            }
+        }
+        if !r.left_out.is_empty() {
+            println!("  left out:");
+            for l in &r.left_out {
+                println!("      {}: {}", l.what, l.why);
+            }
+        }
+        if r.interrupted {
+            println!("  INTERRUPTED: the target was put back");
+        }
+        match r.restored.as_array() {
+            Some(a) if !a.is_empty() => println!("  target put back: {}", a.iter().map(s).collect::<Vec<_>>().join(", ")),
+            _ => println!("  target left as the drill found it"),
+        }
+        println!("drill {}: {} in {} ms", r.drill, if r.passed { "PASSED" } else { "FAILED" }, r.duration_ms);
+    }
+
+    pub fn drill_history(&self, r: &Value) {
+        let rows: Vec<&Value> =
+            r["records"].as_array().into_iter().flatten().filter(|rec| rec["action"] == "drill-end" || rec["action"] == "drill-abandoned").collect();
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+            return;
+        }
+        println!("{:<28} {:<18} {:<26} {:<10} FAILED CHECKS", "TIME", "DRILL", "TARGET", "OUTCOME");
+        for rec in rows {
+            let p = &rec["params"];
+            let outcome = match (rec["action"].as_str(), p["passed"].as_bool()) {
+                (Some("drill-abandoned"), _) => "abandoned",
+                (_, Some(true)) => "passed",
+                _ => "FAILED",
+            };
+            let failed = p["failed_checks"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join("; ")).unwrap_or_default();
+            println!("{:<28} {:<18} {:<26} {:<10} {}", s(&rec["time"]), s(&p["drill"]), s(&rec["target"]), outcome, if failed.is_empty() { s(&p["why"]) } else { failed });
+        }
+    }
+
     pub fn capabilities(&self, r: &Value) {
         if self.raw(r) {
             return;

@@ -111,10 +111,37 @@ pub enum Command {
         /// pace (default) or deny.
         #[serde(default)]
         mode: Option<String>,
+        /// Host-side network devices (a container's veth) to police at TC too.
+        #[serde(default)]
+        netdev: Vec<String>,
         #[serde(default)]
         reason: Option<String>,
     },
-    /// Step a target down to a lower level, or give capabilities back.
+    /// One level up with the configured defaults; jumping levels needs
+    /// `skip_reason` (journaled).
+    #[serde(rename_all = "snake_case")]
+    Escalate {
+        name: String,
+        /// Level name; default: the next one.
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        skip_reason: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Begins a drill on `target` on this connection: the agent keeps a
+    /// snapshot and puts the target back if the connection closes before
+    /// `drill-end`. Later commands on the connection are the drill's.
+    DrillBegin { target: String },
+    /// Ends this connection's drill: journals the report and (by default)
+    /// restores the target to its snapshot.
+    DrillEnd {
+        report: Value,
+        #[serde(default = "yes")]
+        restore: bool,
+    },
+    /// Step a target down to a lower level (default: one), or give capabilities back.
     Restore {
         name: String,
         /// Level name: normal, throttle, degrade, isolate.
@@ -144,6 +171,10 @@ pub enum Command {
     JournalVerify {},
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl Command {
     /// Whether the command changes anything (and so needs an authorized caller).
     pub fn mutates(&self) -> bool {
@@ -158,6 +189,9 @@ impl Command {
                 | Self::Verify { .. }
                 | Self::Degrade { .. }
                 | Self::Throttle { .. }
+                | Self::Escalate { .. }
+                | Self::DrillBegin { .. }
+                | Self::DrillEnd { .. }
         )
     }
 
@@ -174,6 +208,9 @@ impl Command {
             Self::Isolate { .. } => "isolate",
             Self::Degrade { .. } => "degrade",
             Self::Throttle { .. } => "throttle",
+            Self::Escalate { .. } => "escalate",
+            Self::DrillBegin { .. } => "drill-begin",
+            Self::DrillEnd { .. } => "drill-end",
             Self::Capabilities {} => "capabilities",
             Self::Events {} => "events",
             Self::Restore { .. } => "restore",
@@ -197,6 +234,9 @@ pub const COMMANDS: &[&str] =
         "isolate",
         "degrade",
         "throttle",
+        "escalate",
+        "drill-begin",
+        "drill-end",
         "restore",
         "verify",
         "capabilities",

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -93,9 +92,35 @@ pub struct Target {
     /// Level-1 ceilings (empty: not throttled).
     #[serde(default, skip_serializing_if = "crate::throttle::Ceilings::is_empty")]
     pub throttle: crate::throttle::Ceilings,
+    /// Level changes, oldest first (the last [`MAX_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<LevelChange>,
+}
+
+/// Level changes kept per target.
+pub const MAX_HISTORY: usize = 100;
+
+/// One level change of a target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LevelChange {
+    pub time_unix_us: u64,
+    pub from: String,
+    pub to: String,
+    /// The command: escalate, throttle, degrade, isolate, stop, restore, ...
+    pub action: String,
+    pub actor: crate::journal::Actor,
 }
 
 impl Target {
+    /// Appends a level change to the history.
+    pub fn record_level(&mut self, from: u32, to: u32, action: &str, actor: crate::journal::Actor) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        self.history.push(LevelChange { time_unix_us: now, from: level_name(from).into(), to: level_name(to).into(), action: action.into(), actor });
+        if self.history.len() > MAX_HISTORY {
+            self.history.remove(0);
+        }
+    }
+
     /// The kernel map entry for this target at `level`, keeping its
     /// revoked capabilities.
     pub fn state(&self, level: u32) -> killpath_common::TargetState {
@@ -133,19 +158,8 @@ impl Registry {
 
     /// Writes the registry durably: temp file, fsync, rename, fsync dir.
     pub fn save(&self) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&self.targets).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(Error::io(format!("writing {}", self.path.display())))
+        crate::durable::write(&self.path, &bytes)
     }
 }
 
@@ -183,6 +197,7 @@ mod tests {
             allow_write: Vec::new(),
             adopted: false,
             throttle: Default::default(),
+            history: Vec::new(),
         };
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();

@@ -64,6 +64,8 @@ pub fn class_name(c: u32) -> &'static str {
         class::ALL => "all",
         class::EGRESS_BYTES => "egress-bytes",
         class::EGRESS_PACKETS => "egress-packets",
+        class::EGRESS_BYTES_TC => "egress-bytes-tc",
+        class::EGRESS_PACKETS_TC => "egress-packets-tc",
         _ => "unknown",
     }
 }
@@ -162,9 +164,11 @@ impl Ceilings {
         }
         if let Some(b) = self.egress_bytes {
             out.push((class::EGRESS_BYTES, bucket(b, MAX_SKB_BYTES, Mode::Pace)));
+            out.push((class::EGRESS_BYTES_TC, bucket(b, MAX_SKB_BYTES, Mode::Pace)));
         }
         if let Some(p) = self.egress_packets {
             out.push((class::EGRESS_PACKETS, bucket(p, MAX_SKB_SEGS, Mode::Pace)));
+            out.push((class::EGRESS_PACKETS_TC, bucket(p, MAX_SKB_SEGS, Mode::Pace)));
         }
         Ok(out)
     }

@@ -2,7 +2,11 @@
 //! the host side of its veth (TCX on this host).
 use std::process::Command;
 
-use crate::harness::{Agent, wait_until};
+use crate::{
+    harness::{wait_until, Agent},
+    isolate::Server,
+    throttle::{free_port, iperf_rate, listening},
+};
 
 /// A network namespace with a veth pair: host side `host_if` (10.x.0.1),
 /// namespace side 10.x.0.2. Removed on drop.
@@ -78,6 +82,50 @@ fn isolate_netdev_cuts_a_container_at_tc() {
     // Release unbinds the device: isolating nothing later cannot touch it.
     agent.json(&["release", "box"]);
     assert!(veth.reachable());
+    let _ = run.kill();
+    let _ = run.wait();
+}
+
+/// `throttle --egress-bytes --netdev`: traffic on a container's veth that
+/// no cgroup hook of the target sees (here a sender in the namespace but
+/// outside the target's cgroup) is policed at TC. UDP is measured exactly
+/// by the receiver; TCP is reported and must not collapse.
+#[test]
+fn throttle_netdev_polices_at_tc() {
+    let Some(agent) = Agent::start() else { return };
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut run = agent.run_bg("box", &["ip", "netns", "exec", &veth.ns, "sleep", "1000"], 1);
+    let out = agent.kp(&["throttle", "box", "--netdev", &veth.host_if, "--tasks", "5"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--netdev only makes sense"), "{out:?}");
+    let r = agent.json(&["throttle", "box", "--egress-bytes", "1MB/s", "--netdev", &veth.host_if]);
+    assert_eq!(r["netdevs"][0]["netdev"], veth.host_if.as_str(), "{r}");
+    let host_ip = veth.peer_ip.replace(".0.2", ".0.1");
+    for (proto, extra) in [("udp", &["-u", "-b", "20M"][..]), ("tcp", &[][..])] {
+        let port = free_port();
+        let mut server = Server::start(dir.path(), &format!("iperf-{proto}"), &["iperf3", "-s", "-1", "-J", "-p", &port.to_string()]);
+        wait_until(std::time::Duration::from_secs(10), || listening(port)).expect("iperf3 server up");
+        let mut args = vec!["netns", "exec", &veth.ns, "iperf3", "-c", &host_ip, "-p"];
+        let p = port.to_string();
+        args.push(&p);
+        args.extend_from_slice(&["-t", "6"]);
+        args.extend_from_slice(extra);
+        let out = Command::new("ip").args(&args).output().expect("iperf3 client");
+        assert!(out.status.success() || proto == "tcp", "iperf3 {proto}: {}", String::from_utf8_lossy(&out.stderr));
+        wait_until(std::time::Duration::from_secs(20), || server.exited()).expect("iperf3 server finished");
+        let rate = iperf_rate(&server.stdout(), 2.0);
+        eprintln!("TC policer at 1 MB/s, {proto} from the namespace outside the target's cgroup: received {rate:.0} B/s");
+        if proto == "udp" {
+            assert!((rate - 1e6).abs() <= 1e5, "UDP through the TC policer: {rate:.0} B/s, ceiling 1000000");
+        } else {
+            assert!(rate <= 1.1e6 && rate >= 0.3e6, "TCP through the TC policer: {rate:.0} B/s (ceiling 1000000; must hold and not collapse)");
+        }
+    }
+    let st = agent.json(&["status", "box"]);
+    let buckets = st["targets"][0]["throttle"]["buckets"].as_array().cloned().unwrap_or_default();
+    let tc = buckets.iter().find(|b| b["class"] == "egress-bytes-tc").expect("TC bucket in status");
+    assert!(tc["denied"].as_u64().unwrap_or(0) > 0, "{st}");
+    agent.json(&["release", "box"]);
     let _ = run.kill();
     let _ = run.wait();
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod degrade;
+mod drill;
 mod fallback;
 mod isolate;
 mod isolate_netdev;

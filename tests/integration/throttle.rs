@@ -193,7 +193,7 @@ fn throttle_net_class_pace_and_deny() {
 }
 
 /// Whether some socket listens on 127.0.0.1:port or [::]:port (from /proc/net/tcp*, without connecting).
-fn listening(port: u16) -> bool {
+pub(crate) fn listening(port: u16) -> bool {
     let hex = format!(":{port:04X} ");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
         std::fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
@@ -203,13 +203,13 @@ fn listening(port: u16) -> bool {
     })
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Bytes/s the iperf3 server received in intervals [from, end) of its
 /// JSON report.
-fn iperf_rate(report: &str, from: f64) -> f64 {
+pub(crate) fn iperf_rate(report: &str, from: f64) -> f64 {
     let v: Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("iperf3 -J output ({e}): {report}"));
     let (mut bytes, mut secs) = (0.0, 0.0);
     for i in v["intervals"].as_array().into_iter().flatten() {

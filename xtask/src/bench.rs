@@ -44,6 +44,8 @@ use serde_json::{json, Value};
 
 use crate::{proc, setup};
 
+mod throttle;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Fewer repetitions: 2 fork-bomb runs per variant (instead of 5), 30
@@ -159,6 +161,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ));
             sections.push(run_section(&mut sb, &params, "isolate", isolate));
             sections.push(run_section(&mut sb, &params, "stop_single", stop_single));
+            sections.push(run_section(&mut sb, &params, "throttle", throttle::throttle));
             sections.push(run_section(&mut sb, &params, "overhead", overhead));
         }
         Err(e) => {
@@ -1085,19 +1088,32 @@ fn stop_single(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Benchmark 4: overhead on processes outside any target.
 
+/// The states the overhead benchmark compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OverheadState {
+    None,
+    Agent,
+    Throttled,
+}
+
+/// The other target the "throttled" state throttles (holding no task).
+const OVERHEAD_TARGET: &str = "ovh";
+
 fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
     s.title = "Overhead on a process outside any target".into();
     s.description = format!(
         "Nothing stopped or isolated. **agent**: the agent running with its programs attached (the level-4 \
-         guard on `sys_enter`, `sched_process_fork` and `sched_switch` runs for every task on the host). \
-         **none**: the agent stopped and its pins removed, which detaches its programs. {} repetitions, \
-         the order of the two states alternating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
+         guard on `sched_process_fork` and `sched_switch` runs for every task on the host). **throttled**: \
+         the same, and another target (holding no task) under a `--syscalls 1000/s` ceiling, so the \
+         `sys_exit` throttle is attached and runs on every syscall of the host, exiting after its lookup \
+         for processes outside throttled targets. **none**: the agent stopped and its pins removed, which \
+         detaches its programs. {} repetitions, the order of the three states rotating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
          child process calling getppid() {SYSCALLS_N} times: wall ns per call, and the thread's CPU ns per call (`CLOCK_THREAD_CPUTIME_ID`: the \
          eBPF programs run in the caller's context and are charged to it, while time spent preempted by \
          other work on a busy machine is not). (b) Loopback TCP throughput, `iperf3 -c 127.0.0.1 -t \
          {IPERF_SECS} -J` against `iperf3 -s -1`: received bits per second, and the same per CPU-second \
          of sender and receiver together (iperf3's own `cpu_utilization_percent`), the less noisy of \
-         the two on a shared machine. Also recorded: how many `sys_enter` raw tracepoint links were \
+         the two on a shared machine. Also recorded: how many `sys_enter`/`sys_exit` raw tracepoint links were \
          attached host-wide in each state (`bpftool link show`): other killpath agents, e.g. concurrent \
          test runs, add their own.",
         p.overhead_reps
@@ -1105,23 +1121,30 @@ fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
     // Warm-up: page cache, CPU frequency.
     syscall_sample(sb)?;
     for rep in 0..p.overhead_reps {
-        let order = if rep % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with_agent in order {
+        for state in rotate(&[OverheadState::None, OverheadState::Agent, OverheadState::Throttled], rep) {
             check_interrupted()?;
-            sb.set_agent(with_agent)?;
-            let (tag, label) = if with_agent {
-                ("agent", "agent loaded")
-            } else {
-                ("none", "no agent")
+            let (tag, label) = match state {
+                OverheadState::None => ("none", "no agent"),
+                OverheadState::Agent => ("agent", "agent loaded"),
+                OverheadState::Throttled => ("throttled", "agent loaded, another target throttled"),
             };
+            sb.set_agent(state != OverheadState::None)?;
+            if state != OverheadState::None {
+                // The registry survives the agent restart, and with it the
+                // other target's ceiling: set it for this state.
+                if sb.call("status", json!({"name": OVERHEAD_TARGET})).is_err() {
+                    sb.call("create", json!({"name": OVERHEAD_TARGET}))?;
+                }
+                if state == OverheadState::Throttled {
+                    sb.call("throttle", json!({"name": OVERHEAD_TARGET, "syscalls": 1000, "reason": "bench"}))?;
+                } else {
+                    let _ = sb.call("restore", json!({"name": OVERHEAD_TARGET, "to": "normal"}));
+                }
+            }
             if let Some(n) = sys_enter_links() {
                 s.push(
                     &format!("links_{tag}"),
-                    &format!("sys_enter links host-wide, {label}"),
+                    &format!("sys_enter/sys_exit links host-wide, {label}"),
                     Unit::Count,
                     count_f64(n),
                 );
@@ -1162,6 +1185,9 @@ fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
             );
         }
     }
+    if sb.call("status", json!({"name": OVERHEAD_TARGET})).is_ok() {
+        let _ = sb.call("release", json!({"name": OVERHEAD_TARGET}));
+    }
     if s.stat("links_none", 1.0).is_some_and(|n| n > 0.0) {
         s.notes.push(
             "In some \"none\" runs other killpath agents (not this harness's) had `sys_enter` guards attached: \
@@ -1190,6 +1216,22 @@ fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
         "iperf_agent_over_none",
         "iperf3 loopback throughput, agent / none (p50)",
         "iperf_agent",
+        "iperf_none",
+        0.5,
+        Some("≥ 0.95"),
+    );
+    s.ratio(
+        "getppid_cpu_throttled_over_none",
+        "getppid() CPU ns per call, another target throttled / none (p50)",
+        "getppid_cpu_throttled",
+        "getppid_cpu_none",
+        0.5,
+        Some("≤ 1.05"),
+    );
+    s.ratio(
+        "iperf_throttled_over_none",
+        "iperf3 loopback throughput, another target throttled / none (p50)",
+        "iperf_throttled",
         "iperf_none",
         0.5,
         Some("≥ 0.95"),
@@ -1235,7 +1277,7 @@ fn sys_enter_links() -> Option<usize> {
         links
             .as_array()?
             .iter()
-            .filter(|l| l["type"] == "raw_tracepoint" && l["tp_name"] == "sys_enter")
+            .filter(|l| l["type"] == "raw_tracepoint" && (l["tp_name"] == "sys_enter" || l["tp_name"] == "sys_exit"))
             .count(),
     )
 }
@@ -1937,6 +1979,7 @@ enum Unit {
     NsPerCall,
     BitsPerSecond,
     BitsPerCpuSecond,
+    PerSecond,
 }
 
 impl Unit {
@@ -1947,6 +1990,7 @@ impl Unit {
             Unit::NsPerCall => "ns_per_call",
             Unit::BitsPerSecond => "bits_per_second",
             Unit::BitsPerCpuSecond => "bits_per_cpu_second",
+            Unit::PerSecond => "per_second",
         }
     }
 
@@ -1957,6 +2001,7 @@ impl Unit {
             Unit::NsPerCall => format!("{v:.1} ns"),
             Unit::BitsPerSecond => format!("{:.2} Gbit/s", v / 1e9),
             Unit::BitsPerCpuSecond => format!("{:.2} Gbit/CPU-s", v / 1e9),
+            Unit::PerSecond => format!("{v:.1}/s"),
         }
     }
 }

@@ -18,14 +18,11 @@ use crate::{
     tree, verify,
 };
 
-/// Parses a level name for `restore --to`.
+/// Parses a level name for `restore --to` (stop is not a level to restore to).
 fn parse_level(s: &str) -> Result<u32> {
-    match s {
-        "normal" | "0" => Ok(level::NORMAL),
-        "throttle" | "1" => Ok(level::THROTTLE),
-        "degrade" | "2" => Ok(level::DEGRADE),
-        "isolate" | "3" => Ok(level::ISOLATE),
-        _ => Err(Error::InvalidRequest(format!("unknown level {s:?}: expected normal, throttle, degrade or isolate"))),
+    match crate::escalation::parse_level(s)? {
+        level::STOPPED => Err(Error::InvalidRequest("restore goes down: stop is the top level (use stop)".into())),
+        l => Ok(l),
     }
 }
 
@@ -35,11 +32,16 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
+    /// The drill this connection began, if any: its commands are the drill's.
+    pub drill: Option<u64>,
 }
 
 impl Caller {
     pub(super) fn actor(self) -> Actor {
-        Actor::Caller { uid: self.uid, pid: self.pid }
+        match self.drill {
+            Some(d) => super::drill::actor(d, self.uid, self.pid),
+            None => Actor::Caller { uid: self.uid, pid: self.pid },
+        }
     }
 }
 
@@ -91,11 +93,19 @@ impl State {
                         let to_level = parse_level(&to)?;
                         self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, to_level, received))
                     }
+                    // Neither: one level down.
+                    (None, true) => {
+                        let cur = self.registry.get(&name)?.level;
+                        if cur == level::NORMAL {
+                            return Err(Error::InvalidRequest(format!("{name} is already at normal")));
+                        }
+                        self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, cur - 1, received))
+                    }
                     (None, false) => {
                         let mask = grant.iter().map(|g| crate::degrade::bit(g)).collect::<Result<Vec<u32>>>()?.into_iter().fold(0, |a, b| a | b);
                         self.execute(caller, "restore", Some(&name), params, |s| s.grant(&name, mask, received))
                     }
-                    _ => Err(Error::InvalidRequest("restore needs exactly one of --to LEVEL or --grant CAP".into())),
+                    _ => Err(Error::InvalidRequest("restore takes --to LEVEL or --grant CAP, not both".into())),
                 }
             }
             Command::Degrade { name, revoke, allow_connect, allow_write, reason } => {
@@ -106,7 +116,7 @@ impl State {
                 self.alert(caller, &name, "degrade", &r, reason.as_deref());
                 Ok(r)
             }
-            Command::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, reason } => {
+            Command::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, netdev, reason } => {
                 let mut req = crate::throttle::Ceilings { egress_bytes, egress_packets, tasks, ..Default::default() };
                 req.syscalls = syscall_class.clone();
                 if let Some(n) = syscalls {
@@ -114,12 +124,23 @@ impl State {
                 }
                 req.mode = mode.as_deref().map(crate::throttle::Mode::parse).transpose()?.unwrap_or_default();
                 let plan = self.plan_throttle(&name, &req)?;
+                for d in &netdev {
+                    crate::isolate_tc::ifindex(d)?;
+                }
+                if !netdev.is_empty() && !plan.has_egress() {
+                    return Err(Error::InvalidRequest("--netdev only makes sense with --egress-bytes or --egress-packets".into()));
+                }
                 let params = json!({"syscalls": syscalls, "syscall_class": syscall_class, "egress_bytes": egress_bytes,
-                    "egress_packets": egress_packets, "tasks": tasks, "mode": mode, "reason": reason});
-                let r = self.execute(caller, "throttle", Some(&name), params, |s| s.throttle(&name, plan, received))?;
+                    "egress_packets": egress_packets, "tasks": tasks, "mode": mode, "netdev": netdev, "reason": reason});
+                let r = self.execute(caller, "throttle", Some(&name), params, |s| s.throttle(&name, plan, &netdev, received))?;
                 self.alert(caller, &name, "throttle", &r, reason.as_deref());
                 Ok(r)
             }
+            Command::Escalate { name, to, skip_reason, reason } => {
+                self.escalate(caller, &name, to.as_deref(), skip_reason.as_deref(), reason.as_deref(), received)
+            }
+            Command::DrillBegin { target } => self.drill_begin(caller, &target),
+            Command::DrillEnd { report, restore } => self.drill_end(caller, &report, restore),
             Command::Capabilities {} => Ok(json!({"capabilities": self.capabilities()})),
             Command::Events {} => Err(Error::InvalidRequest("events is a subscription: the server handles it".into())),
             Command::Verify { name } => {
@@ -165,7 +186,7 @@ impl State {
         Ok(())
     }
 
-    fn execute(
+    pub(super) fn execute(
         &mut self,
         caller: Caller,
         action: &str,
@@ -186,6 +207,16 @@ impl State {
         res.intent_seq = Some(intent.seq);
         match &outcome {
             Ok(done) => {
+                if let (Some(name), Some(to)) = (target, done.to_level) {
+                    if from_level != Some(to) {
+                        if let Some(t) = self.registry.targets.get_mut(name) {
+                            t.record_level(from_level.unwrap_or(0), to, action, caller.actor());
+                            // The level change is already saved by the
+                            // action; a failed save here only loses history.
+                            let _ = self.registry.save();
+                        }
+                    }
+                }
                 res.to_level = done.to_level;
                 res.outcome = Some("ok".into());
                 res.time_to_effect_us = done.time_to_effect_us;
@@ -225,6 +256,7 @@ impl State {
             allow_write: Vec::new(),
             adopted,
             throttle: Default::default(),
+            history: Vec::new(),
         };
         self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
         // Attach the level-3 hooks now, so that isolating later is only a
@@ -311,7 +343,7 @@ impl State {
         }
     }
 
-    fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
+    pub(super) fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         // Arm the kernel guard first: from here on any task of the target
         // that makes a syscall, forks or is switched out gets SIGKILL.
@@ -398,6 +430,7 @@ impl State {
                     .map(|(i, n)| (crate::degrade::name_of_index(i).to_owned(), json!({"total": n, "last_minute": n.saturating_sub(self.denials_minute_ago(t.cgroup_id, i))})))
                     .collect();
                 json!({
+                    "history": t.history,
                     "throttle": self.throttle_status(t),
                     "revoked": crate::degrade::names(t.revoked),
                     "allow_connect": t.allow_connect,
@@ -437,7 +470,7 @@ impl State {
 
 impl State {
     /// Level 3: one map update; the hooks are already attached.
-    fn isolate(&mut self, name: &str, verify_after: bool, netdevs: &[String], received: Instant) -> Result<Done> {
+    pub(super) fn isolate(&mut self, name: &str, verify_after: bool, netdevs: &[String], received: Instant) -> Result<Done> {
         let setup_start = Instant::now();
         let t = self.registry.get(name)?.clone();
         if t.level >= level::STOPPED {
@@ -506,7 +539,7 @@ impl State {
 
     /// Steps a target down to `to` (a map update; a stopped target's cgroup
     /// is thawed; below throttle the ceilings are lifted).
-    fn restore(&mut self, name: &str, to: u32, received: Instant) -> Result<Done> {
+    pub(super) fn restore(&mut self, name: &str, to: u32, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         if to >= t.level {
             return Err(Error::InvalidRequest(format!(

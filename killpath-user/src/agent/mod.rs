@@ -2,6 +2,8 @@
 //! and serves the socket. Everything that changes state goes through
 //! [`State::execute`], which journals intent before and result after.
 mod degrade;
+mod drill;
+mod escalate;
 mod handlers;
 mod recovery;
 pub mod server;
@@ -43,6 +45,9 @@ pub struct AgentConfig {
     /// Shell command run for every alert, with the alert as JSON on stdin.
     #[serde(default)]
     pub alert_hook: Option<String>,
+    /// Each level's defaults for `escalate` (from `--config FILE`).
+    #[serde(default)]
+    pub escalation: crate::escalation::Escalation,
 }
 
 impl AgentConfig {
@@ -80,6 +85,8 @@ pub struct State {
     pub pacer: throttle::Pacer,
     /// Periodic snapshots of throttle bucket counts.
     pub throttle_history: throttle::History,
+    /// Running drills, by id: what to put back if they end badly.
+    pub drills: std::collections::HashMap<u64, drill::Snapshot>,
 }
 
 impl State {
@@ -103,6 +110,7 @@ impl State {
             denial_history: Default::default(),
             pacer,
             throttle_history: Default::default(),
+            drills: Default::default(),
         };
         state.recover(recovery)?;
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;

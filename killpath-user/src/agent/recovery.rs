@@ -64,6 +64,7 @@ impl State {
             }
         }
         changes.extend(self.recover_throttle()?);
+        changes.extend(self.recover_drills()?);
         self.registry.save()?;
         // Every target now has this build's hooks: older builds' pins can go.
         let retired = self.enforcer.retire_old_generations()?;

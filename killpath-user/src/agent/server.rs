@@ -182,8 +182,22 @@ fn authorized(caller: Caller, group: Option<u32>) -> bool {
 }
 
 async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let mut drill = None;
+    let r = serve_connection(stream, state.clone(), &mut drill).await;
+    // A drill whose connection closed without drill-end (its client was
+    // interrupted or died): the agent puts its target back.
+    if let Some(id) = drill {
+        let _ = tokio::task::spawn_blocking(move || {
+            state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).abandon_drill(id, "its client disconnected before ending it");
+        })
+        .await;
+    }
+    r
+}
+
+async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &mut Option<u64>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
-    let caller = Caller { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0) };
+    let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0), drill: None };
     let group = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config.group;
     let codec = RequestCodec(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE));
     let mut framed = Framed::new(stream, codec);
@@ -202,6 +216,13 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Re
                 Ok(req) => {
                     let state = state.clone();
                     let id = req.id.clone();
+                    let (begins, ends) = (matches!(req.cmd, Command::DrillBegin { .. }), matches!(req.cmd, Command::DrillEnd { .. }));
+                    if begins && drill.is_some() {
+                        let e = ErrorBody::new("bad-request", "a drill is already running on this connection");
+                        framed.send(serde_json::to_string(&Response::err(id, e)).unwrap_or_default()).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+                        continue;
+                    }
+                    caller.drill = *drill;
                     let allowed = !req.cmd.mutates() || authorized(caller, group);
                     // Blocking work (fsync, waiting for a cgroup to empty)
                     // runs off the async threads.
@@ -217,7 +238,15 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Re
                     })
                     .await;
                     match r {
-                        Ok(Ok(v)) => Response::ok(id, v),
+                        Ok(Ok(v)) => {
+                            if begins {
+                                *drill = v["drill"].as_u64();
+                            }
+                            if ends {
+                                *drill = None;
+                            }
+                            Response::ok(id, v)
+                        }
                         Ok(Err(e)) => Response::err(id, ErrorBody::new(e.code(), e.to_string())),
                         Err(e) => {
                             error!("handler panicked: {e}");

@@ -199,9 +199,18 @@ impl State {
 
     /// Applies ceilings: buckets (one map update per class), the sys_exit
     /// hook if this is the first syscall ceiling, the task limit.
-    pub(super) fn throttle(&mut self, name: &str, ceilings: Ceilings, received: Instant) -> Result<Done> {
+    pub(super) fn throttle(&mut self, name: &str, ceilings: Ceilings, netdevs: &[String], received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         let buckets = ceilings.buckets()?;
+        // Devices first: binding one can fail, and then nothing changes.
+        let mut tc = Vec::new();
+        for d in netdevs {
+            tc.push(json!({"netdev": d, "mechanism": self.enforcer.isolate.tc.attach(d, t.cgroup_id)?}));
+            let tt = self.registry.get_mut(name)?;
+            if !tt.netdevs.contains(d) {
+                tt.netdevs.push(d.clone());
+            }
+        }
         self.enforcer.maps.set_throttle(t.cgroup_id, &buckets)?;
         let map_update_us = received.elapsed().as_micros() as u64;
         let hook = match self.enforcer.sync_syscall_hook() {
@@ -240,6 +249,7 @@ impl State {
                 "from": level_name(from),
                 "ceilings": ceilings,
                 "tasks": tasks,
+                "netdevs": tc,
                 "syscall_hook_attached": hook,
                 "map_update_us": map_update_us,
                 "time_to_effect_us": time_to_effect_us,
@@ -345,8 +355,8 @@ impl State {
             .map(|class| {
                 let counts = self.enforcer.maps.throttle_counts(t.cgroup_id, class);
                 let ceiling = match class {
-                    killpath_common::throttle::EGRESS_BYTES => c.egress_bytes,
-                    killpath_common::throttle::EGRESS_PACKETS => c.egress_packets,
+                    killpath_common::throttle::EGRESS_BYTES | killpath_common::throttle::EGRESS_BYTES_TC => c.egress_bytes,
+                    killpath_common::throttle::EGRESS_PACKETS | killpath_common::throttle::EGRESS_PACKETS_TC => c.egress_packets,
                     _ => c.syscalls.get(class_name(class)).copied(),
                 };
                 json!({
