@@ -4,8 +4,8 @@
 #![no_main]
 // Atomic read-modify-write on map values (throttle buckets): core's
 // AtomicU64 offers no fetch_add/compare_exchange on bpfel.
-#![expect(internal_features, reason = "core::intrinsics atomics, see throttle.rs")]
-#![feature(core_intrinsics)]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "core::intrinsics atomics, see throttle.rs"))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 mod degrade;
 mod fswrite;

@@ -22,7 +22,6 @@
 //!   of taking a loss); more than one more burst beyond, it is dropped
 //!   with a notification (verdict 2) and not charged. TCP thus settles at
 //!   the ceiling instead of collapsing into retransmission timeouts.
-use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock_addr},
@@ -99,8 +98,8 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool) -> V
         unsafe { core::ptr::write_volatile(tat, now) };
     }
     let inc = units * b.cost_ps / 1000;
-    // SAFETY: see above; the result is unused so this is a plain XADD.
-    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(tat, inc) };
+    // SAFETY: see above.
+    unsafe { xadd(tat, inc) };
     // SAFETY: see above.
     let new = unsafe { core::ptr::read_volatile(tat) };
     let tau = b.tau_ns;
@@ -111,7 +110,7 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool) -> V
     if hard_limit || new > now + 2 * tau {
         // Refund: XADD of the two's complement.
         // SAFETY: see above.
-        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(tat, inc.wrapping_neg()) };
+        unsafe { xadd(tat, inc.wrapping_neg()) };
         count(&key, |c| c.denied += 1);
         return Verdict::Refuse;
     }
@@ -123,6 +122,27 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool) -> V
     // has a whole burst, so a paced task pauses once per burst rather than
     // once per syscall, and the average rate is still exactly the ceiling.
     Verdict::Over(new)
+}
+
+/// Atomic add without fetch. On bpfel core's AtomicU64 has no
+/// read-modify-write methods, so the intrinsic is used directly; its result
+/// is unused, so LLVM emits a plain BPF_XADD (BPF cpu v1). Elsewhere (a
+/// host `cargo clippy`) the ordinary atomic.
+///
+/// # Safety
+/// `p` must point to an aligned u64 that lives for the call.
+#[inline(always)]
+unsafe fn xadd(p: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: per the function's contract.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: per the function's contract.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(p).fetch_add(v, core::sync::atomic::Ordering::Relaxed)
+    };
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]

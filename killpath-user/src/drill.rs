@@ -298,7 +298,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     result
 }
 
-fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, mut canary: Option<&mut CanaryRun>) -> Result<Report> {
+fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: Option<&mut CanaryRun>) -> Result<Report> {
     let started = Instant::now();
     let started_unix_us = now_us();
     let begin = s.call(&Command::DrillBegin { target: target.to_owned() }, REQUEST_TIMEOUT).map_err(client_err)?;
@@ -330,7 +330,7 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, mut canar
     }
     let stop_enabled = sc.stop.enabled.unwrap_or(canary.is_some());
     if stop_enabled && !interrupted() {
-        let (step, check) = stop_step(s, sc, target, canary.as_deref_mut())?;
+        let (step, check) = stop_step(s, sc, target, canary)?;
         steps.push(step);
         canary_check = check;
     } else if !stop_enabled {

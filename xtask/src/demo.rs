@@ -1,8 +1,9 @@
-//! `cargo xtask demo [--vm]`: starts an agent, runs a canary workload under
-//! it, stops the canary and verifies the journal. The sequence is a plain
-//! list of [`Step`]s (see [`steps`]) so it can grow into a full drill; the same
-//! list runs on the host or, with `--vm`, inside the VM (the xtask binary
-//! re-runs itself there with the hidden `--in-guest` flag).
+//! `cargo xtask demo [--vm]`: starts an agent and runs the default drill on
+//! a fresh canary (throttle, degrade, isolate, stop, restart from the
+//! checkpoint, data check), printing the report, then verifies the
+//! journal. The sequence is a plain list of [`Step`]s (see [`steps`]); the
+//! same list runs on the host or, with `--vm`, inside the VM (the xtask
+//! binary re-runs itself there with the hidden `--in-guest` flag).
 
 use std::{
     env, fs,
@@ -42,19 +43,9 @@ enum Step {
     },
     /// Run a command in the foreground; it must succeed.
     Run { args: Vec<String> },
-    /// Run a command whose non-zero exit is an expected, explained outcome
-    /// (e.g. `isolate --verify` reporting channels this kernel cannot cut).
-    RunMayFail { args: Vec<String>, why: &'static str },
-    /// Print files matching `prefix*` in `dir`.
-    Show { dir: PathBuf, prefix: &'static str },
-    /// Let the workload run for a while.
-    Sleep(Duration),
     /// Stop the background process started under `name` (SIGTERM, then SIGKILL).
     Stop { name: &'static str },
 }
-
-/// Port of the demo's local HTTP service.
-const SERVICE_PORT: u16 = 18437;
 
 /// How long a background process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,103 +77,23 @@ fn steps(kp: &Path, tmp: &Path, sandbox: &Sandbox) -> Vec<Step> {
             ],
             ready: Some(tmp.join("agent.sock")),
         },
-        // A local service outside every target: the canary's network call.
-        Step::Spawn {
-            name: "service",
-            args: vec![
-                "python3".into(),
-                "-m".into(),
-                "http.server".into(),
-                SERVICE_PORT.to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--directory".into(),
-                tmp.to_string_lossy().into_owned(),
-            ],
-            ready: None,
-        },
         Step::Run {
             args: cli(&["probe"]),
         },
-        // `run` execs the command in place, so this process becomes the canary.
-        Step::Spawn {
-            name: "canary",
-            args: cli(&[
-                "run",
-                "canary",
-                "--",
-                &kp,
-                "canary",
-                "--dir",
-                &path("canary"),
-                "--service",
-                &format!("127.0.0.1:{SERVICE_PORT}"),
-            ]),
-            ready: None,
-        },
-        Step::Sleep(Duration::from_secs(2)),
+        // The main job: a fresh canary (its own local service, records,
+        // checkpoints, an exec'd helper, a known syscall rate) driven
+        // through throttle, degrade, isolate and stop, each verified from
+        // outside and timed, then restarted from its checkpoint and its
+        // data checked. The report says what this kernel could not enforce.
         Step::Run {
-            args: cli(&["status"]),
-        },
-        Step::Show {
-            dir: tmp.join("canary"),
-            prefix: "net-",
-        },
-        // Level 2: what this kernel can revoke, then degrade the canary.
-        Step::Run {
-            args: cli(&["capabilities"]),
-        },
-        Step::RunMayFail {
-            args: cli(&[
-                "degrade",
-                "canary",
-                "--revoke",
-                "fs.write,exec",
-                "--allow-write",
-                &path("canary"),
-                "--reason",
-                "demo",
-            ]),
-            why: "fs.write and exec need BPF LSM; without it the request is refused whole and nothing changes (`cargo xtask demo --vm` has it)",
-        },
-        // Enforceable everywhere (cgroup hooks): the canary's calls to its
-        // service are refused, counted, sampled and alerted.
-        Step::Run {
-            args: cli(&["degrade", "canary", "--revoke", "net.connect", "--reason", "demo"]),
-        },
-        Step::Sleep(Duration::from_secs(1)),
-        Step::Show {
-            dir: tmp.join("canary"),
-            prefix: "net-",
+            args: cli(&["drill", "--canary", "--report", &path("drill-report.json")]),
         },
         Step::Run {
-            args: cli(&["status"]),
-        },
-        Step::Run {
-            args: cli(&["journal"]),
-        },
-        Step::RunMayFail {
-            args: cli(&["isolate", "canary", "--verify", "--reason", "demo"]),
-            why: "on a kernel without BPF LSM, unix and packet sockets stay OPEN and verify says so (exit 1)",
-        },
-        Step::Sleep(Duration::from_secs(1)),
-        Step::Show {
-            dir: tmp.join("canary"),
-            prefix: "net-",
-        },
-        Step::Run {
-            args: cli(&["status"]),
-        },
-        Step::Run {
-            args: cli(&["stop", "canary", "--reason", "demo"]),
+            args: cli(&["drill", "--history"]),
         },
         Step::Run {
             args: cli(&["journal", "--verify"]),
         },
-        Step::Run {
-            args: cli(&["journal"]),
-        },
-        Step::Stop { name: "canary" },
         Step::Stop { name: "agent" },
     ]
 }
@@ -313,29 +224,6 @@ fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<(
             if !status.success() {
                 bail!("`{cmd}` failed ({status})");
             }
-        }
-        Step::RunMayFail { args, why } => {
-            let (status, _) = run_foreground(&args)?;
-            if !status.success() {
-                println!("demo: exit {status}: {why}");
-            }
-        }
-        Step::Show { dir, prefix } => {
-            let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-                .with_context(|| format!("reading {}", dir.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-                .collect();
-            files.sort();
-            for f in files {
-                let text = fs::read_to_string(&f).unwrap_or_default();
-                println!("{}: {}", f.display(), text.trim());
-            }
-        }
-        Step::Sleep(d) => {
-            println!("$ sleep {}", d.as_secs_f32());
-            thread::sleep(d);
         }
         Step::Stop { name } => {
             if let Some(i) = background.iter().position(|(n, _)| *n == name) {
