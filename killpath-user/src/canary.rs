@@ -210,16 +210,26 @@ pub fn worker(dir: &Path, worker: u32, service: Option<SocketAddr>) -> Result<()
             let _ = fs::write(dir.join(format!("exec-{worker}")), format!("ok={execs} err={exec_err}\n"));
         }
         if n % CHECKPOINT_EVERY == 0 {
-            out.sync_data().map_err(Error::io("fsync of the log"))?;
-            let len = out.stream_position().map_err(Error::io("log position"))?;
-            let cp = Checkpoint { worker, records: n, log_bytes: len, log_sha256: sha256_prefix(&log, len).map_err(Error::io("hashing the log"))? };
-            let bytes = serde_json::to_vec(&cp).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-            crate::durable::write(&checkpoint_path(dir, worker), &bytes)?;
+            // A job that may not write new files any more (fs.write
+            // revoked) keeps working and retries at the next checkpoint:
+            // it degrades, it does not die. Its committed data stay valid.
+            if let Err(e) = checkpoint(dir, worker, &log, &mut out, n) {
+                tracing::warn!(worker, "checkpoint at record {n} failed, retrying at the next one: {e}");
+            }
         }
         let _ = fs::write(&progress, n.to_string());
         thread::sleep(Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// fsyncs the log, then replaces the checkpoint durably.
+fn checkpoint(dir: &Path, worker: u32, log: &Path, out: &mut File, n: u64) -> Result<()> {
+    out.sync_data().map_err(Error::io("fsync of the log"))?;
+    let len = out.stream_position().map_err(Error::io("log position"))?;
+    let cp = Checkpoint { worker, records: n, log_bytes: len, log_sha256: sha256_prefix(log, len).map_err(Error::io("hashing the log"))? };
+    let bytes = serde_json::to_vec(&cp).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    crate::durable::write(&checkpoint_path(dir, worker), &bytes)
 }
 
 /// Records written so far by `worker`, from its progress file.

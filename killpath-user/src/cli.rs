@@ -253,10 +253,16 @@ pub enum Cmd {
         /// A scratch directory (fs.write, mount, net.unix).
         #[arg(long)]
         scratch: PathBuf,
+        /// Internal: the rows so far, after the exec probe succeeded.
+        #[arg(long)]
+        exec_continuation: Option<String>,
     },
     /// Internal: the channel probe `verify` runs inside a target.
     #[command(hide = true)]
     VerifyProbe {
+        /// The target's cgroup: the probe moves itself in first.
+        #[arg(long)]
+        join: Option<PathBuf>,
         #[arg(long)]
         tcp4: Option<std::net::SocketAddr>,
         #[arg(long)]

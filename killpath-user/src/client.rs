@@ -52,31 +52,10 @@ fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> 
     }
 }
 
-/// Sends one command and waits up to `timeout` for its response.
+/// Sends one command on a fresh connection and waits up to `timeout` for
+/// its response.
 pub fn call(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Value, ClientError> {
-    let io = |source| ClientError::Io { path: socket.to_owned(), source };
-    let mut stream = connect(socket, timeout)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = protocol::encode(1, cmd).map_err(|e| ClientError::BadResponse(e.to_string()))?;
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
-    let mut reader = BufReader::new(stream);
-    let mut resp = String::new();
-    match reader.read_line(&mut resp) {
-        Ok(0) => return Err(ClientError::BadResponse("the agent closed the connection without answering".into())),
-        Ok(_) => {}
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            return Err(ClientError::Timeout { path: socket.to_owned(), timeout })
-        }
-        Err(e) => return Err(io(e)),
-    }
-    let r: Response = serde_json::from_str(&resp).map_err(|e| ClientError::BadResponse(format!("{e}: {resp}")))?;
-    if r.ok {
-        Ok(r.result.unwrap_or(Value::Null))
-    } else {
-        Err(ClientError::Agent(r.error.unwrap_or_else(|| ErrorBody::new("unknown", "error without a body"))))
-    }
+    Session::open(socket, timeout)?.call(cmd, timeout)
 }
 
 /// Subscribes (`events`): calls `f` for every event line until the agent

@@ -467,7 +467,7 @@ fn run_probes(cgroup: &Path, caps: &[String]) -> Result<Vec<Value>> {
     let addr = listener.local_addr().map_err(Error::io("listener address"))?;
     let mut outside = Process::new("sleep").arg("60").stdin(Stdio::null()).spawn().map_err(Error::io("starting an outside process"))?;
     let scratch = std::env::temp_dir().join(format!("killpath-drill-scratch-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&scratch);
+    let _ = std::fs::create_dir_all(scratch.join("drill-mount"));
     let exe = std::env::current_exe().map_err(Error::io("finding own executable"))?;
     let out = Process::new(exe)
         .arg("drill-probe")

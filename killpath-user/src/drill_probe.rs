@@ -6,7 +6,8 @@
 //! with `exec` revoked. Each operation is harmless if it is allowed: a
 //! connect to the drill's own listener, a file in a scratch directory, a
 //! tmpfs mounted and unmounted, an ELF-less module image the kernel
-//! rejects after the LSM check, setuid to the uid it already has.
+//! rejects after the LSM check, setuid to the uid it already has, SIGWINCH
+//! (ignored) to the drill's own outside process.
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
@@ -38,10 +39,49 @@ fn io_err(e: std::io::Error) -> i32 {
 }
 
 /// Runs the probes; one JSON row per capability.
-pub fn run(cgroup: &Path, caps: &[String], connect: Option<SocketAddr>, outside_pid: Option<i32>, scratch: &Path) -> Result<Value> {
+///
+/// `exec` is probed last, by this process exec'ing itself: a probe that
+/// forked first could not tell a refused exec from a refused fork. If the
+/// exec succeeds, the new image (`continuation`: the rows so far) reports
+/// exec allowed.
+pub fn run(cgroup: &Path, caps: &[String], connect: Option<SocketAddr>, outside_pid: Option<i32>, scratch: &Path, continuation: Option<&str>) -> Result<Value> {
+    if let Some(rows) = continuation {
+        let mut rows: Vec<Value> = serde_json::from_str(rows).map_err(|e| Error::InvalidRequest(format!("bad continuation: {e}")))?;
+        rows.push(json!({"cap": "exec", "result": "allowed"}));
+        return Ok(json!({"pid": std::process::id(), "probes": rows}));
+    }
     std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).map_err(Error::cgroup(cgroup))?;
-    let rows: Vec<Value> = caps.iter().map(|c| probe(c, connect, outside_pid, scratch)).collect();
+    let mut rows: Vec<Value> = caps.iter().filter(|c| *c != "exec").map(|c| probe(c, connect, outside_pid, scratch)).collect();
+    if caps.iter().any(|c| c == "exec") {
+        let refused = exec_self(cgroup, scratch, &rows);
+        rows.push(verdict("exec", Err(refused)));
+    }
     Ok(json!({"pid": std::process::id(), "probes": rows}))
+}
+
+/// Execs this binary as `drill-probe --exec-continuation ROWS`; returns
+/// only if the exec failed, with its errno.
+fn exec_self(cgroup: &Path, scratch: &Path, rows: &[Value]) -> i32 {
+    use std::ffi::CString;
+    let arg = |s: &std::ffi::OsStr| CString::new(s.as_encoded_bytes()).ok();
+    let rows = Value::Array(rows.to_vec()).to_string();
+    let argv: Option<Vec<CString>> = [
+        arg("killpath".as_ref()),
+        arg("drill-probe".as_ref()),
+        arg("--cgroup".as_ref()),
+        arg(cgroup.as_os_str()),
+        arg("--scratch".as_ref()),
+        arg(scratch.as_os_str()),
+        arg("--exec-continuation".as_ref()),
+        arg(rows.as_ref()),
+    ]
+    .into_iter()
+    .collect();
+    let (Some(argv), Ok(exe)) = (argv, CString::new("/proc/self/exe")) else { return libc::EINVAL };
+    match nix::unistd::execv(&exe, &argv) {
+        Err(e) => e as i32,
+        Ok(never) => match never {},
+    }
 }
 
 fn probe(cap: &str, connect: Option<SocketAddr>, outside_pid: Option<i32>, scratch: &Path) -> Value {
@@ -54,11 +94,11 @@ fn probe(cap: &str, connect: Option<SocketAddr>, outside_pid: Option<i32>, scrat
         "net.raw" => raw_socket(libc::AF_PACKET, libc::SOCK_RAW),
         "net.unix" => raw_socket(libc::AF_UNIX, libc::SOCK_STREAM),
         "fs.write" => std::fs::write(scratch.join("drill-fs-write"), b"x").map_err(io_err),
-        "exec" => std::process::Command::new("true").status().map(drop).map_err(io_err),
         "fork" => fork_and_reap(),
         "signal" => match outside_pid {
-            // Signal 0: the permission check (and the LSM hook) without a signal.
-            Some(p) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).map_err(|e| e as i32),
+            // SIGWINCH: a real signal (the hook sees it), ignored by default
+            // by the drill's outside `sleep`.
+            Some(p) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGWINCH).map_err(|e| e as i32),
             None => return json!({"cap": cap, "result": "not-checked", "detail": "no outside process given"}),
         },
         "ptrace" => match outside_pid {
@@ -103,8 +143,9 @@ fn fork_and_reap() -> std::result::Result<(), i32> {
 }
 
 fn mount_tmpfs(scratch: &Path) -> std::result::Result<(), i32> {
+    // Made by the drill outside the target: with fs.write revoked this
+    // probe could not create it.
     let dir = scratch.join("drill-mount");
-    let _ = std::fs::create_dir_all(&dir);
     nix::mount::mount(Some("none"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| e as i32)?;
     let _ = nix::mount::umount(&dir);
     Ok(())

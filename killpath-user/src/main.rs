@@ -154,8 +154,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.drill_report(&rep);
             Ok(if rep.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::DrillProbe { cgroup, cap, connect, outside_pid, scratch } => {
-            let r = killpath::drill_probe::run(cgroup, cap, *connect, *outside_pid, scratch)?;
+        Cmd::DrillProbe { cgroup, cap, connect, outside_pid, scratch, exec_continuation } => {
+            let r = killpath::drill_probe::run(cgroup, cap, *connect, *outside_pid, scratch, exec_continuation.as_deref())?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -194,8 +194,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.verified(&r);
             Ok(verdict(&r))
         }
-        Cmd::VerifyProbe { tcp4, tcp6, udp, dns, unix, icmp, packet, hold } => {
+        Cmd::VerifyProbe { join, tcp4, tcp6, udp, dns, unix, icmp, packet, hold } => {
             verify_probe::run(&verify_probe::ProbeArgs {
+                join: join.clone(),
                 tcp4: *tcp4,
                 tcp6: *tcp6,
                 udp: *udp,

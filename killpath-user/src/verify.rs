@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::unix::{net::UnixListener, process::CommandExt},
+    os::unix::net::UnixListener,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
@@ -124,31 +124,14 @@ impl Listeners {
     }
 }
 
-/// Starts `killpath verify-probe ARGS` inside `cgroup`: the child moves
-/// itself into the cgroup (write "0" to cgroup.procs) before exec, so no
-/// instruction of the probe runs outside the target.
+/// Starts `killpath verify-probe ARGS` inside `cgroup`: the probe moves
+/// itself into the cgroup (`--join`) right after its exec and before any
+/// probe, so a target with `exec` revoked (degrade, then isolate) can
+/// still be probed: moving in before the exec would get the exec refused.
 fn spawn_probe(cgroup: &Path, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().map_err(Error::io("finding own executable"))?;
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::InvalidRequest("cgroup path contains NUL".into()))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("verify-probe").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-    // SAFETY: the closure only calls async-signal-safe libc functions.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    cmd.arg("verify-probe").arg("--join").arg(cgroup).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
     cmd.spawn().map_err(Error::io("starting verify-probe inside the target"))
 }
 

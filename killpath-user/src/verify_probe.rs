@@ -19,6 +19,8 @@ const TIMEOUT: Duration = Duration::from_millis(800);
 /// Which channels to try, and where.
 #[derive(Debug, Default, Clone)]
 pub struct ProbeArgs {
+    /// The target's cgroup, joined before anything else.
+    pub join: Option<PathBuf>,
     pub tcp4: Option<SocketAddr>,
     pub tcp6: Option<SocketAddr>,
     pub udp: Option<SocketAddr>,
@@ -145,6 +147,13 @@ fn hold(addr: SocketAddr) {
 
 /// Runs the probe and prints its results.
 pub fn run(a: &ProbeArgs) {
+    if let Some(cg) = &a.join {
+        if let Err(e) = std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string()) {
+            // Nothing is probed from outside the target.
+            report("join", Err(e));
+            return;
+        }
+    }
     if let Some(addr) = a.hold {
         return hold(addr);
     }

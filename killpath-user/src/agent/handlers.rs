@@ -483,14 +483,7 @@ impl State {
         if !self.enforcer.isolate.attached(t.cgroup_id) {
             self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup)?;
         }
-        let mut tc = Vec::new();
-        for d in netdevs {
-            tc.push(json!({"netdev": d, "mechanism": self.enforcer.isolate.tc.attach(d, t.cgroup_id)?}));
-            let tt = self.registry.get_mut(name)?;
-            if !tt.netdevs.contains(d) {
-                tt.netdevs.push(d.clone());
-            }
-        }
+        let tc = self.bind_netdevs(name, t.cgroup_id, netdevs)?;
         // An established connection has to exist before the cut to show
         // that the cut stops it.
         let probes = if verify_after {
@@ -535,6 +528,20 @@ impl State {
             to_level: Some(level::ISOLATE),
             time_to_effect_us: Some(time_to_effect_us),
         })
+    }
+
+    /// Binds host-side devices to a target and attaches the TC program to
+    /// each (idempotent); one `{"netdev", "mechanism"}` row per device.
+    pub(super) fn bind_netdevs(&mut self, name: &str, cgroup_id: u64, netdevs: &[String]) -> Result<Vec<Value>> {
+        let mut tc = Vec::new();
+        for d in netdevs {
+            tc.push(json!({"netdev": d, "mechanism": self.enforcer.isolate.tc.attach(d, cgroup_id)?}));
+            let tt = self.registry.get_mut(name)?;
+            if !tt.netdevs.contains(d) {
+                tt.netdevs.push(d.clone());
+            }
+        }
+        Ok(tc)
     }
 
     /// Steps a target down to `to` (a map update; a stopped target's cgroup

@@ -203,14 +203,7 @@ impl State {
         let t = self.registry.get(name)?.clone();
         let buckets = ceilings.buckets()?;
         // Devices first: binding one can fail, and then nothing changes.
-        let mut tc = Vec::new();
-        for d in netdevs {
-            tc.push(json!({"netdev": d, "mechanism": self.enforcer.isolate.tc.attach(d, t.cgroup_id)?}));
-            let tt = self.registry.get_mut(name)?;
-            if !tt.netdevs.contains(d) {
-                tt.netdevs.push(d.clone());
-            }
-        }
+        let tc = self.bind_netdevs(name, t.cgroup_id, netdevs)?;
         self.enforcer.maps.set_throttle(t.cgroup_id, &buckets)?;
         let map_update_us = received.elapsed().as_micros() as u64;
         let hook = match self.enforcer.sync_syscall_hook() {
