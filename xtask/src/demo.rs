@@ -48,7 +48,9 @@ enum Step {
 }
 
 /// How long a background process may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Loading and verifying every program takes ~40 s in the VM (software
+/// emulation); a dead agent is noticed at once (see `wait_ready`).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The demo sequence. `kp` is the killpath binary, `tmp` a fresh directory.
 fn steps(kp: &Path, tmp: &Path, sandbox: &Sandbox) -> Vec<Step> {
