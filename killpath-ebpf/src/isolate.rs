@@ -62,7 +62,7 @@ pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
 
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let cfg = targets::config().ok_or(SKB_PASS)?;
-    if try_skb(ctx)? == SKB_DROP {
+    if isolated_skb(&cfg, ctx) {
         return Ok(SKB_DROP);
     }
     if cfg.egress_throttled == 0 {
@@ -77,14 +77,17 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
 
 fn try_skb(ctx: &SkBuffContext) -> Result<i32, i32> {
     let cfg = targets::config().ok_or(SKB_PASS)?;
-    if cfg.isolated_targets == 0 {
-        return Ok(SKB_PASS);
-    }
-    if isolated(targets::of_skb(cfg.depth_mask, ctx.skb.skb)) {
+    Ok(if isolated_skb(&cfg, ctx) { SKB_DROP } else { SKB_PASS })
+}
+
+/// Whether the packet's socket belongs to an isolated target (counted).
+#[inline(always)]
+fn isolated_skb(cfg: &killpath_common::GuardConfig, ctx: &SkBuffContext) -> bool {
+    if cfg.isolated_targets != 0 && isolated(targets::of_skb(cfg.depth_mask, ctx.skb.skb)) {
         targets::count(counter::ISOLATE_SKB_DROPS);
-        return Ok(SKB_DROP);
+        return true;
     }
-    Ok(SKB_PASS)
+    false
 }
 
 /// TC on the host side of a target's veth (`isolate --netdev`): drops

@@ -35,7 +35,7 @@ use aya_ebpf::{
 use killpath_common::{throttle, Bucket, ThrottleCounts, ThrottleEvent, ThrottleKey, MAX_CGROUP_DEPTH};
 
 use crate::{
-    maps::{SYSCALL_CLASS, THROTTLE, THROTTLE_COUNTS, THROTTLE_EVENTS},
+    maps::{SYSCALL_CLASS, TARGETS, THROTTLE, THROTTLE_COUNTS, THROTTLE_EVENTS},
     targets,
 };
 
@@ -69,10 +69,11 @@ fn count(key: &ThrottleKey, f: impl FnOnce(&mut ThrottleCounts)) {
 }
 
 /// Charges `units` to the bucket (`id`, `class`) if it exists and is in
-/// `mode`. `hard_limit`: refuse (without charging) once over the burst,
-/// instead of only past one more burst.
+/// `mode`, at time `now` (bpf_ktime_get_ns, read once by the caller).
+/// `hard_limit`: refuse (without charging) once over the burst, instead of
+/// only past one more burst.
 #[inline(always)]
-pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool) -> Verdict {
+pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool, now: u64) -> Verdict {
     let key = ThrottleKey { cgroup_id: id, class, _pad: 0 };
     let Some(b) = THROTTLE.get_ptr_mut(&key) else { return Verdict::Pass };
     // SAFETY: map value pointer, valid for this program run.
@@ -80,8 +81,6 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool) -> V
     if b.mode != mode {
         return Verdict::Pass;
     }
-    // SAFETY: as above.
-    let now = unsafe { bpf_ktime_get_ns() };
     // The eBPF object is built for BPF cpu v1 (aya-build's default), which
     // has atomic add only without fetch (BPF_XADD): no atomic load,
     // fetch-add or compare-exchange. So: a plain read, the charge as one
@@ -165,6 +164,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if cfg.syscall_throttled == 0 {
         return Ok(0);
     }
+    // Every task on the host passes here while anything is throttled: a
+    // task outside every target leaves after one hash lookup per depth in
+    // use, before reading its registers.
+    if !in_a_target(cfg.throttle_depth_mask) {
+        return Ok(0);
+    }
     // sys_exit(struct pt_regs *regs, long ret).
     let regs: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
@@ -182,12 +187,14 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if id == 0 {
         return Ok(0);
     }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut resume = 0u64;
-    if let Verdict::Over(at) = charge(id, throttle::ALL, 1, throttle::MODE_PACE, false) {
+    if let Verdict::Over(at) = charge(id, throttle::ALL, 1, throttle::MODE_PACE, false, now) {
         resume = at;
     }
     if specific != throttle::ALL {
-        if let Verdict::Over(at) = charge(id, specific, 1, throttle::MODE_PACE, false) {
+        if let Verdict::Over(at) = charge(id, specific, 1, throttle::MODE_PACE, false, now) {
             if at > resume {
                 resume = at;
             }
@@ -197,6 +204,26 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
         pause(id, resume, specific);
     }
     Ok(0)
+}
+
+/// Whether the current task is in some target at a depth where throttled
+/// targets sit (one lookup in the targets map per such depth).
+#[inline(always)]
+fn in_a_target(mask: u32) -> bool {
+    let mut found = false;
+    let mut depth = 0u32;
+    while depth < MAX_CGROUP_DEPTH {
+        if mask & (1u32 << depth) != 0 {
+            // SAFETY: helper without pointer arguments.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(depth as i32) };
+            // SAFETY: existence check only.
+            if unsafe { TARGETS.get(&id) }.is_some() {
+                found = true;
+            }
+        }
+        depth += 1;
+    }
+    found
 }
 
 /// The innermost enclosing target that has a bucket of class `a` or `b`
@@ -213,8 +240,9 @@ fn owner(mask: u32, a: u32, b: u32, ancestor: impl Fn(i32) -> u64) -> u64 {
             let id = ancestor(depth as i32);
             let ka = ThrottleKey { cgroup_id: id, class: a, _pad: 0 };
             let kb = ThrottleKey { cgroup_id: id, class: b, _pad: 0 };
-            // SAFETY: existence checks only.
-            if unsafe { THROTTLE.get(&ka) }.is_some() || unsafe { THROTTLE.get(&kb) }.is_some() {
+            // SAFETY: existence checks only; the second lookup only when
+            // it asks something else.
+            if unsafe { THROTTLE.get(&ka) }.is_some() || (b != a && unsafe { THROTTLE.get(&kb) }.is_some()) {
                 found = id;
             }
         }
@@ -243,7 +271,8 @@ fn pause(cgroup_id: u64, resume_at_ns: u64, class: u32) {
 pub fn net_denied(depth_mask: u32) -> bool {
     // SAFETY: helper without pointer arguments.
     let id = owner(depth_mask, throttle::NET, throttle::NET, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) });
-    id != 0 && charge(id, throttle::NET, 1, throttle::MODE_DENY, true) == Verdict::Refuse
+    // SAFETY: helper without arguments.
+    id != 0 && charge(id, throttle::NET, 1, throttle::MODE_DENY, true, unsafe { bpf_ktime_get_ns() }) == Verdict::Refuse
 }
 
 /// Egress policer verdict for one skb: charges the byte and packet buckets
@@ -258,7 +287,9 @@ pub fn egress(depth_mask: u32, skb: *mut __sk_buff) -> Verdict {
     if id == 0 {
         return Verdict::Pass;
     }
-    worse(charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, false), charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, false))
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    worse(charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, false, now), charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, false, now))
 }
 
 /// At connect (cgroup sock_addr connect4/6, process context): caps the
@@ -299,9 +330,11 @@ pub fn egress_tc(id: u64, len: u64, segs: u64) -> Verdict {
     let packets = if segs == 0 { 1 } else { segs };
     // No congestion notification reaches the sender from TC in another
     // namespace: a hard policer with the burst as its depth.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     worse(
-        charge(id, throttle::EGRESS_BYTES_TC, len, throttle::MODE_PACE, true),
-        charge(id, throttle::EGRESS_PACKETS_TC, packets, throttle::MODE_PACE, true),
+        charge(id, throttle::EGRESS_BYTES_TC, len, throttle::MODE_PACE, true, now),
+        charge(id, throttle::EGRESS_PACKETS_TC, packets, throttle::MODE_PACE, true, now),
     )
 }
 

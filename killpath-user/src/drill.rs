@@ -252,14 +252,11 @@ fn threshold(checks: &mut Vec<Check>, level: &str, took: Option<u64>, max: Optio
     }
 }
 
-/// The highest journal seq now (alerts raised by a step come after it).
-fn journal_seq(s: &mut Session) -> Result<u64> {
-    let r = s.call(&Command::Journal { after: 0 }, REQUEST_TIMEOUT).map_err(client_err)?;
-    Ok(r["records"].as_array().and_then(|a| a.last()).and_then(|l| l["seq"].as_u64()).unwrap_or(0))
-}
-
-/// Whether an alert for `action` on `target` was journaled after `seq`.
-fn alert_after(s: &mut Session, seq: u64, target: &str, action: &str) -> Result<bool> {
+/// Whether an alert for `action` on `target` was journaled after the
+/// step's own result record (`journal_seq` of its response): the agent
+/// raises it right after that record.
+fn alert_after(s: &mut Session, step: &Value, target: &str, action: &str) -> Result<bool> {
+    let seq = step["journal_seq"].as_u64().unwrap_or(0);
     let r = s.call(&Command::Journal { after: seq }, REQUEST_TIMEOUT).map_err(client_err)?;
     Ok(r["records"].as_array().into_iter().flatten().any(|rec| rec["action"] == "alert" && rec["target"] == target && rec["params"]["action"] == action))
 }
@@ -377,7 +374,6 @@ fn restore_between(s: &mut Session, sc: &Scenario, target: &str, start_level: u3
 fn throttle_step(s: &mut Session, sc: &Scenario, target: &str, cgroup: &Path, settle: Duration) -> Result<Step> {
     let ceiling = sc.throttle.syscalls;
     let before = syscall_rate(cgroup, Duration::from_millis(1500));
-    let seq = journal_seq(s)?;
     let cmd = Command::Throttle {
         name: target.to_owned(),
         syscalls: Some(ceiling),
@@ -408,7 +404,7 @@ fn throttle_step(s: &mut Session, sc: &Scenario, target: &str, cgroup: &Path, se
     } else {
         checks.push(check("rate dropped", after < before, detail));
     }
-    checks.push(check("alert raised", alert_after(s, seq, target, "throttle")?, "high-priority journal record for the throttle step"));
+    checks.push(check("alert raised", alert_after(s, &r, target, "throttle")?, "high-priority journal record for the throttle step"));
     threshold(&mut checks, "throttle", took, sc.throttle.max_time_to_effect_us);
     let passed = checks.iter().all(|c| c.passed);
     Ok(Step { level: "throttle".into(), params: json!({"syscalls": ceiling}), time_to_effect_us: took, checks, passed })
@@ -434,7 +430,6 @@ fn degrade_step(s: &mut Session, sc: &Scenario, target: &str, cgroup: &Path, set
         }
     };
     let denials_before = status_row(s, target)?["denials"].clone();
-    let seq = journal_seq(s)?;
     let cmd = Command::Degrade { name: target.to_owned(), revoke: revoke.clone(), allow_connect: Vec::new(), allow_write: Vec::new(), reason: Some("drill".into()) };
     let mut checks = Vec::new();
     let r = match s.call(&cmd, REQUEST_TIMEOUT) {
@@ -455,7 +450,7 @@ fn degrade_step(s: &mut Session, sc: &Scenario, target: &str, cgroup: &Path, set
         let (b, a) = (denials_before[cap.as_str()]["total"].as_u64().unwrap_or(0), denials_after[cap.as_str()]["total"].as_u64().unwrap_or(0));
         checks.push(check(format!("{cap} denial counted"), a > b, format!("denials {b} -> {a}")));
     }
-    checks.push(check("alert raised", alert_after(s, seq, target, "degrade")?, "high-priority journal record for the degrade step"));
+    checks.push(check("alert raised", alert_after(s, &r, target, "degrade")?, "high-priority journal record for the degrade step"));
     threshold(&mut checks, "degrade", took, sc.degrade.max_time_to_effect_us);
     let passed = checks.iter().all(|c| c.passed);
     Ok(Step { level: "degrade".into(), params: json!({"revoke": revoke}), time_to_effect_us: took, checks, passed })

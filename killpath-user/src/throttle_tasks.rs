@@ -62,6 +62,24 @@ fn v1_pids_mount() -> Option<PathBuf> {
     })
 }
 
+/// The v1 pids cgroup a target's tasks go to on a hybrid host. Named
+/// with the cgroup id too: a name reused for a new target must not
+/// inherit an old target's pids cgroup.
+fn v1_dir(mount: &Path, name: &str, target: &Path) -> Result<PathBuf> {
+    let id = Cgroup::new(target).id()?;
+    Ok(mount.join("killpath").join(format!("{name}-{id}")))
+}
+
+/// The pids cgroup already set up for a target, if any; changes nothing
+/// (for `status` and the periodic membership check).
+pub fn existing(name: &str, target: &Path) -> Option<PidsCgroup> {
+    if target.join("pids.max").exists() {
+        return Some(PidsCgroup::V2(target.to_owned()));
+    }
+    let dir = v1_dir(&v1_pids_mount()?, name, target).ok()?;
+    dir.exists().then_some(PidsCgroup::V1(dir))
+}
+
 /// Finds (and sets up) the pids cgroup for a target.
 pub fn locate(name: &str, target: &Path) -> Result<PidsCgroup> {
     if target.join("pids.max").exists() {
@@ -82,45 +100,46 @@ pub fn locate(name: &str, target: &Path) -> Result<PidsCgroup> {
     let mount = v1_pids_mount().ok_or_else(|| {
         Error::Kernel("--tasks needs the pids controller: it is neither enabled on cgroup2 nor mounted as a v1 hierarchy".into())
     })?;
-    // Named with the cgroup id too: a name reused for a new target must
-    // not inherit an old target's pids cgroup.
-    let id = Cgroup::new(target).id()?;
-    let dir = mount.join("killpath").join(format!("{name}-{id}"));
+    let dir = v1_dir(&mount, name, target)?;
     fs::create_dir_all(&dir).map_err(Error::cgroup(&dir))?;
     Ok(PidsCgroup::V1(dir))
 }
 
-/// Sets the limit (`None`: lift it). For v1, first moves every task of the
-/// target in, repeating until a pass moves nothing: a task forked during
-/// a pass inherits its parent's v1 cgroup, so once a pass finds everyone
-/// already inside, no task of the target can be outside.
+/// Sets the limit (`None`: lift it); with a limit on v1, moves every
+/// task of the target in first.
 pub fn apply(pids: &PidsCgroup, target: &Path, limit: Option<u64>) -> Result<u64> {
     let value = limit.map_or("max".to_owned(), |n| n.to_string());
     // Limit first, so nothing forked while moving escapes the count.
     fs::write(pids.dir().join("pids.max"), &value).map_err(Error::cgroup(pids.dir().join("pids.max")))?;
+    if limit.is_some() {
+        return sync_members(pids, target);
+    }
+    Ok(0)
+}
+
+/// v1 only: moves into the pids cgroup every task of the target that is
+/// not in it yet, repeating until a pass moves nothing. A task forked
+/// during a pass inherits its parent's v1 cgroup, so once a pass finds
+/// everyone inside, no task of the target can be outside. Returns how
+/// many tasks moved.
+pub fn sync_members(pids: &PidsCgroup, target: &Path) -> Result<u64> {
+    let PidsCgroup::V1(dir) = pids else { return Ok(0) };
+    let inside = || -> Vec<i32> { fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect() };
     let mut moved = 0;
-    if let PidsCgroup::V1(dir) = pids {
-        if limit.is_some() {
-            let inside = |dir: &Path| -> Vec<i32> {
-                fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
-            };
-            for _ in 0..100 {
-                let have = inside(dir);
-                let missing: Vec<i32> = Cgroup::new(target).procs_recursive().into_iter().filter(|p| !have.contains(p)).collect();
-                if missing.is_empty() {
-                    return Ok(moved);
-                }
-                for pid in missing {
-                    // A task that exited meanwhile is fine (ESRCH).
-                    if fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok() {
-                        moved += 1;
-                    }
-                }
+    for _ in 0..100 {
+        let have = inside();
+        let missing: Vec<i32> = Cgroup::new(target).procs_recursive().into_iter().filter(|p| !have.contains(p)).collect();
+        if missing.is_empty() {
+            return Ok(moved);
+        }
+        for pid in missing {
+            // A task that exited meanwhile is fine (ESRCH).
+            if fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok() {
+                moved += 1;
             }
-            return Err(Error::Kernel(format!("tasks of {} kept appearing outside {}", target.display(), dir.display())));
         }
     }
-    Ok(moved)
+    Err(Error::Kernel(format!("tasks of {} kept appearing outside {}", target.display(), dir.display())))
 }
 
 /// Removes the v1 cgroup of a released target when it is empty.

@@ -137,9 +137,11 @@ fn pacer_loop(mut rb: Option<RingBuf<MapData>>, rx: mpsc::Receiver<PacerMsg>, re
                 *c.entry(p.cgroup_id).or_default() += 1;
             }
         }
-        // Sleep until the next resume is due, a new pause is reported, or
-        // 5 ms pass (to pick up agent messages); ppoll has ns resolution.
-        let next = paused.values().map(|p| p.resume_at_ns).min().map_or(5_000_000, |t| t.saturating_sub(monotonic_ns()).min(5_000_000));
+        // Sleep until the next resume is due or a new pause is reported;
+        // while tasks are paused, at most 5 ms (an agent message may
+        // resume them early). With none paused a message has nothing to
+        // act on, so an idle agent wakes once a second, not 200 times.
+        let next = paused.values().map(|p| p.resume_at_ns).min().map_or(1_000_000_000, |t| t.saturating_sub(monotonic_ns()).min(5_000_000));
         let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_nanos(next));
         match rb.as_ref() {
             Some(rb) => {
@@ -260,8 +262,7 @@ impl State {
         }
         self.enforcer.maps.clear_throttle(t.cgroup_id)?;
         self.enforcer.sync_syscall_hook()?;
-        if t.throttle.tasks.is_some() {
-            let pids = throttle_tasks::locate(name, &t.cgroup)?;
+        if let Some(pids) = throttle_tasks::existing(name, &t.cgroup).filter(|_| t.throttle.tasks.is_some()) {
             throttle_tasks::apply(&pids, &t.cgroup, None)?;
             throttle_tasks::cleanup(&pids);
         }
@@ -296,12 +297,10 @@ impl State {
     /// pids cgroup, moves in any task that joined the target's cgroup2
     /// directory from outside (forks join by themselves).
     pub fn sample_throttle(&mut self) {
-        for t in self.registry.targets.values() {
-            if let Some(n) = t.throttle.tasks {
-                if let Ok(p @ throttle_tasks::PidsCgroup::V1(_)) = throttle_tasks::locate(&t.name, &t.cgroup) {
-                    if let Err(e) = throttle_tasks::apply(&p, &t.cgroup, Some(n)) {
-                        warn!(target = %t.name, "keeping --tasks members in {}: {e}", p.describe());
-                    }
+        for t in self.registry.targets.values().filter(|t| t.throttle.tasks.is_some()) {
+            if let Some(p @ throttle_tasks::PidsCgroup::V1(_)) = throttle_tasks::existing(&t.name, &t.cgroup) {
+                if let Err(e) = throttle_tasks::sync_members(&p, &t.cgroup) {
+                    warn!(target = %t.name, "keeping --tasks members in {}: {e}", p.describe());
                 }
             }
         }
@@ -363,7 +362,7 @@ impl State {
             })
             .collect();
         let tasks = c.tasks.map(|limit| {
-            let pids = throttle_tasks::locate(&t.name, &t.cgroup).ok();
+            let pids = throttle_tasks::existing(&t.name, &t.cgroup);
             json!({
                 "limit": limit,
                 "current": pids.as_ref().and_then(|p| p.current()),
