@@ -365,3 +365,36 @@ fn throttle_bad_requests_change_nothing() {
     let alerts = agent.journal().into_iter().filter(|r| r["action"] == "alert" && r["params"]["action"] == "throttle").count();
     assert_eq!(alerts, 1, "one alert for the one throttle step");
 }
+
+/// `--egress-packets`: a UDP flood of small datagrams from inside the
+/// target is held to the packet ceiling, counted by the receiver outside.
+#[test]
+fn throttle_egress_packets_hold_a_udp_flood() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("go").display().to_string();
+    let script = format!("while [ ! -e {gate} ]; do sleep 0.05; done; iperf3 -c 127.0.0.1 -u -l 200 -b 4M -t 6 -p $(cat {gate}) >/dev/null 2>&1; sleep 100");
+    let _w = run_bg(&agent, "flood", &["sh", "-c", &script], 1);
+    throttle(&agent, &["flood", "--egress-packets", "500/s"]);
+    let port = free_port();
+    let mut server = Server::start(dir.path(), "iperf-udp", &["iperf3", "-s", "-1", "-J", "-p", &port.to_string()]);
+    wait_until(Duration::from_secs(10), || listening(port)).expect("iperf3 server up");
+    std::fs::write(&gate, port.to_string()).expect("gate");
+    wait_until(Duration::from_secs(40), || server.exited()).expect("iperf3 run finished");
+    let v: Value = serde_json::from_str(&server.stdout()).unwrap_or_else(|e| panic!("iperf3 -J ({e}): {}", server.stdout()));
+    let (mut packets, mut secs) = (0.0, 0.0);
+    for i in v["intervals"].as_array().into_iter().flatten() {
+        if i["sum"]["start"].as_f64().unwrap_or(0.0) >= 2.0 {
+            // iperf3 counts `packets` from sequence numbers, lost ones
+            // included: received = packets - lost_packets.
+            packets += i["sum"]["packets"].as_f64().unwrap_or(0.0) - i["sum"]["lost_packets"].as_f64().unwrap_or(0.0);
+            secs += i["sum"]["seconds"].as_f64().unwrap_or(0.0);
+        }
+    }
+    assert!(secs > 1.0, "no intervals: {v}");
+    let rate = packets / secs;
+    eprintln!("egress ceiling 500 packets/s: the receiver counted {rate:.0} UDP packets/s (the sender offered 2,500/s)");
+    assert!(within(rate, 500.0, 0.10), "ceiling 500 packets/s, received {rate:.0}/s");
+    let row = throttle_row(&agent, "flood");
+    assert!(bucket(&row, "egress-packets")["denied"].as_u64().unwrap_or(0) > 1000, "the excess was dropped and counted: {row}");
+}
