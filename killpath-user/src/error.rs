@@ -26,6 +26,32 @@ pub enum Error {
     InvalidRequest(String),
     #[error("kernel: {0}")]
     Kernel(String),
+    #[error("kernel: loading the eBPF object: {}", chain(.0.as_ref()))]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("kernel: {what}: {}", chain(source))]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("kernel: {what}: {}", chain(source))]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("kernel: {what}: {}", chain(source))]
+    Link {
+        what: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("kernel: pinning {}: {}", path.display(), chain(source))]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
     #[error("{what}: {source}")]
@@ -37,11 +63,7 @@ pub enum Error {
     #[error("uid {uid} may not change anything: only root or the agent's group may")]
     Forbidden { uid: u32 },
     #[error("target {name:?} is {level}: {why}")]
-    WrongLevel {
-        name: String,
-        level: &'static str,
-        why: &'static str,
-    },
+    WrongLevel { name: String, level: &'static str, why: &'static str },
 }
 
 impl Error {
@@ -55,7 +77,7 @@ impl Error {
             Self::Cgroup { .. } => "cgroup",
             Self::NoSuchProcess(_) => "no-such-process",
             Self::InvalidRequest(_) => "bad-request",
-            Self::Kernel(_) => "kernel",
+            Self::Kernel(_) | Self::Load(_) | Self::Program { .. } | Self::Map { .. } | Self::Link { .. } | Self::Pin { .. } => "kernel",
             Self::Journal(_) => "journal",
             Self::Io { .. } => "io",
             Self::WrongLevel { .. } => "wrong-level",
@@ -69,11 +91,48 @@ impl Error {
         move |source| Self::Io { what, source }
     }
 
+    /// Wraps an aya program error with what was being done.
+    pub fn program(what: impl std::fmt::Display) -> impl FnOnce(aya::programs::ProgramError) -> Self {
+        let what = what.to_string();
+        move |source| Self::Program { what, source }
+    }
+
+    /// Wraps an aya map error with the map and what was being done.
+    pub fn map(what: impl std::fmt::Display) -> impl FnOnce(aya::maps::MapError) -> Self {
+        let what = what.to_string();
+        move |source| Self::Map { what, source }
+    }
+
+    /// Wraps an aya link error with what was being done.
+    pub fn link(what: impl std::fmt::Display) -> impl FnOnce(aya::programs::links::LinkError) -> Self {
+        let what = what.to_string();
+        move |source| Self::Link { what, source }
+    }
+
+    /// Wraps an aya pin error with the pin's path.
+    pub fn pin(path: impl Into<PathBuf>) -> impl FnOnce(aya::pin::PinError) -> Self {
+        let path = path.into();
+        move |source| Self::Pin { path, source }
+    }
+
     /// Wraps an I/O error on a cgroup file or directory.
     pub fn cgroup(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Cgroup { path, source }
     }
+}
+
+/// An error and all its sources, joined: aya keeps the verifier log and the
+/// kernel's errno in the sources, and the socket sends only the message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,30 +1,25 @@
 //! killpath: a host-level kill path for autonomous workloads, enforced by
 //! the kernel through eBPF. This crate is the agent and the CLI.
+//!
+//! Imports go one way: [`agent`] and [`client`] → the levels ([`throttle`],
+//! [`degrade`], [`isolate`], [`stop`]) → [`kernel`]. A command flows
+//! CLI ([`client::cli`]) → a request line on the unix socket
+//! ([`client::protocol`]) → [`agent::server`] (caller from SO_PEERCRED) →
+//! [`agent::dispatch`] → the journaled transaction ([`agent::transaction`]:
+//! intent fsynced, action, result fsynced) → the level's module updates a
+//! pinned map → the already-attached kernel hook reads it on its next event.
 pub mod agent;
-pub mod bpf;
-pub mod canary;
-pub mod cgroup;
 pub mod client;
 pub mod degrade;
 pub mod drill;
-pub mod drill_probe;
-pub mod drill_scenario;
-pub mod durable;
 pub mod error;
-pub mod escalation;
-pub mod fallback;
 pub mod isolate;
-pub mod isolate_tc;
 pub mod journal;
-pub mod kernel_btf;
-pub mod probe;
-pub mod protocol;
+pub mod kernel;
+pub mod level;
+pub mod state_dir;
 pub mod stop;
-pub mod targets;
+pub mod target;
 pub mod throttle;
-pub mod throttle_tasks;
-pub mod tree;
-pub mod verify;
-pub mod verify_probe;
 
 pub use error::{Error, Result};

@@ -1,19 +1,22 @@
 //! The `killpath` binary: the agent, and a client for each command.
-mod cli;
-mod output;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
-use cli::{Cli, Cmd, DEFAULT_STATE_DIR};
 use killpath::{
-    agent::{self, AgentConfig, JOURNAL_FILE},
-    canary,
-    client,
-    fallback, journal,
-    protocol::Command,
-    verify_probe,
+    agent::{self, AgentConfig},
+    client::{
+        self,
+        cli::{Cli, Cmd, DEFAULT_STATE_DIR},
+        output,
+        protocol::Command,
+    },
+    drill::canary,
+    isolate::verify_probe,
+    journal,
+    state_dir::JOURNAL_FILE,
+    stop::fallback,
 };
 use serde_json::{json, Value};
 
@@ -32,9 +35,7 @@ fn main() -> ExitCode {
     let default_level = if matches!(cli.cmd, Cmd::Agent { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILLPATH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KILLPATH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)))
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -62,7 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => AgentConfig::default_cgroup_parent()?,
             };
             let escalation = match config {
-                Some(f) => killpath::escalation::Escalation::load(f)?,
+                Some(f) => killpath::agent::defaults::Escalation::load(f)?,
                 None => Default::default(),
             };
             let config = AgentConfig {
@@ -95,10 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Stop { name, reason, agent_timeout } => {
             let started = std::time::Instant::now();
-            let timeout = Duration::try_from_secs_f64(*agent_timeout)
-                .ok()
-                .filter(|t| !t.is_zero())
-                .context("--agent-timeout must be a positive number of seconds")?;
+            let timeout =
+                Duration::try_from_secs_f64(*agent_timeout).ok().filter(|t| !t.is_zero()).context("--agent-timeout must be a positive number of seconds")?;
             let cmd = Command::Stop { name: name.clone(), reason: reason.clone() };
             let r = match client::call(&cli.socket, &cmd, timeout) {
                 Ok(r) => r,
@@ -141,12 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.drill_history(&r);
                 return Ok(ExitCode::SUCCESS);
             }
-            let opts = killpath::drill::Options {
-                socket: cli.socket.clone(),
-                target: name.clone(),
-                canary: *canary,
-                scenario: scenario.clone(),
-            };
+            let opts = killpath::drill::Options { socket: cli.socket.clone(), target: name.clone(), canary: *canary, scenario: scenario.clone() };
             let rep = killpath::drill::run(&opts)?;
             if let Some(f) = report {
                 std::fs::write(f, serde_json::to_vec_pretty(&rep)?).map_err(|e| anyhow::anyhow!("writing {}: {e}", f.display()))?;
@@ -155,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if rep.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::DrillProbe { cgroup, cap, connect, outside_pid, scratch, exec_continuation } => {
-            let r = killpath::drill_probe::run(cgroup, cap, *connect, *outside_pid, scratch, exec_continuation.as_deref())?;
+            let r = killpath::drill::probe::run(cgroup, cap, *connect, *outside_pid, scratch, exec_continuation.as_deref())?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }

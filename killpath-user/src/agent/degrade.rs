@@ -17,10 +17,10 @@ use super::{
     now_us, State,
 };
 use crate::{
-    degrade::{self, Capability},
+    degrade::{self, CapabilityStatus},
     error::{Error, Result},
     journal::{Entry, Phase},
-    targets::level_name,
+    target::level_name,
 };
 
 /// A validated degrade request: nothing is applied until all of it checks out.
@@ -43,9 +43,9 @@ pub async fn denial_sampler(state: std::sync::Arc<std::sync::Mutex<State>>) {
 }
 
 impl State {
-    pub(super) fn capabilities(&self) -> Vec<Capability> {
+    pub(super) fn capabilities(&self) -> Vec<CapabilityStatus> {
         degrade::capabilities(&degrade::KernelGaps {
-            lsm: self.enforcer.isolate.lsm_error.clone(),
+            lsm: self.enforcer.lsm_error.clone(),
             fs: self.enforcer.fs_error.clone(),
             signal: self.enforcer.signal_error.clone(),
         })
@@ -87,22 +87,14 @@ impl State {
                     return Err(Error::InvalidRequest(format!("bad --allow-write {p:?}: not a directory")));
                 }
                 use std::os::unix::fs::MetadataExt as _;
-                let key = killpath_common::WriteAllow {
-                    cgroup_id: t.cgroup_id,
-                    dev: crate::kernel_btf::kernel_dev(md.dev()),
-                    _pad: 0,
-                    ino: md.ino(),
-                };
+                let key = killpath_common::WriteAllow { cgroup_id: t.cgroup_id, dev: crate::kernel::btf::kernel_dev(md.dev()), _pad: 0, ino: md.ino() };
                 Ok((real.display().to_string(), key))
             })
             .collect::<Result<Vec<_>>>()?;
         if !allow_connect.is_empty() && mask & killpath_common::cap::NET_CONNECT == 0 && t.revoked & killpath_common::cap::NET_CONNECT == 0 {
             return Err(Error::InvalidRequest("--allow-connect only makes sense with net.connect revoked".into()));
         }
-        let allow = allow_connect
-            .iter()
-            .map(|a| degrade::parse_allow_connect(a, t.cgroup_id).map(|(l, k)| (a.clone(), l, k)))
-            .collect::<Result<Vec<_>>>()?;
+        let allow = allow_connect.iter().map(|a| degrade::parse_allow_connect(a, t.cgroup_id).map(|(l, k)| (a.clone(), l, k))).collect::<Result<Vec<_>>>()?;
         Ok(Plan { mask, allow, write })
     }
 
@@ -247,12 +239,8 @@ impl State {
     /// Snapshot of denial counters, for "last minute" figures in status.
     pub fn sample_denials(&mut self) {
         let now = Instant::now();
-        let snap: Vec<(u64, u32, u64)> = self
-            .registry
-            .targets
-            .values()
-            .flat_map(|t| self.enforcer.maps.denials(t.cgroup_id).into_iter().map(move |(i, n)| (t.cgroup_id, i, n)))
-            .collect();
+        let snap: Vec<(u64, u32, u64)> =
+            self.registry.targets.values().flat_map(|t| self.enforcer.maps.denials(t.cgroup_id).into_iter().map(move |(i, n)| (t.cgroup_id, i, n))).collect();
         self.denial_history.push_back((now, snap));
         while self.denial_history.len() > 8 {
             self.denial_history.pop_front();

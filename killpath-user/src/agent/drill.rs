@@ -14,7 +14,7 @@ use super::{handlers::Caller, now_us, State};
 use crate::{
     error::{Error, Result},
     journal::{Actor, Entry, Phase},
-    targets::level_name,
+    target::level_name,
     throttle::Ceilings,
 };
 
@@ -49,7 +49,7 @@ impl State {
         let snap = Snapshot { drill: id, target: target.to_owned(), level: t.level, revoked: t.revoked, throttle: t.throttle.clone() };
         std::fs::create_dir_all(self.drills_dir()).map_err(Error::io("creating the drills dir"))?;
         let bytes = serde_json::to_vec(&snap).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        crate::durable::write(&self.drill_file(id), &bytes)?;
+        crate::kernel::durable::write(&self.drill_file(id), &bytes)?;
         let mut e = Entry::new(Caller { drill: Some(id), ..caller }.actor(), Phase::Event, "drill-begin");
         e.target = Some(target.to_owned());
         e.from_level = Some(t.level);
@@ -77,7 +77,9 @@ impl State {
 
     /// The drill's client went away without ending it: put the target back.
     pub fn abandon_drill(&mut self, id: u64, why: &str) {
-        let Some(snap) = self.drills.remove(&id) else { return };
+        let Some(snap) = self.drills.remove(&id) else {
+            return;
+        };
         let caller = Caller { uid: 0, gid: 0, pid: 0, drill: Some(id) };
         let restored = self.restore_snapshot(caller, &snap).unwrap_or_else(|e| vec![format!("restore failed: {e}")]);
         warn!(drill = id, target = %snap.target, "drill abandoned ({why}); restored: {restored:?}");
@@ -94,9 +96,12 @@ impl State {
     /// At start: drills that were running when the agent went down.
     pub(super) fn recover_drills(&mut self) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.drills_dir()) else { return Ok(out) };
+        let Ok(rd) = std::fs::read_dir(self.drills_dir()) else {
+            return Ok(out);
+        };
         for f in rd.flatten() {
-            let Ok(snap) = std::fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Snapshot>(&b).map_err(|e| e.to_string())) else {
+            let Ok(snap) = std::fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Snapshot>(&b).map_err(|e| e.to_string()))
+            else {
                 warn!(file = %f.path().display(), "unreadable drill lease; removed");
                 let _ = std::fs::remove_file(f.path());
                 continue;
@@ -113,7 +118,9 @@ impl State {
     fn restore_snapshot(&mut self, caller: Caller, snap: &Snapshot) -> Result<Vec<String>> {
         let mut done = Vec::new();
         let name = snap.target.as_str();
-        let Ok(t) = self.registry.get(name).cloned() else { return Ok(done) };
+        let Ok(t) = self.registry.get(name).cloned() else {
+            return Ok(done);
+        };
         let params = json!({"drill": snap.drill, "to": level_name(snap.level)});
         if t.level > snap.level {
             self.execute(caller, "restore", Some(name), params.clone(), |s| s.restore(name, snap.level, Instant::now()))?;

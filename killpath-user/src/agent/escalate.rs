@@ -9,17 +9,25 @@ use super::{handlers::Caller, State};
 use crate::{
     error::{Error, Result},
     journal::{Entry, Phase},
-    targets::level_name,
+    target::level_name,
 };
 
 impl State {
-    pub(super) fn escalate(&mut self, caller: Caller, name: &str, to: Option<&str>, skip_reason: Option<&str>, reason: Option<&str>, received: Instant) -> Result<Value> {
+    pub(super) fn escalate(
+        &mut self,
+        caller: Caller,
+        name: &str,
+        to: Option<&str>,
+        skip_reason: Option<&str>,
+        reason: Option<&str>,
+        received: Instant,
+    ) -> Result<Value> {
         let from = self.registry.get(name)?.level;
         if from >= level::STOPPED {
             return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "there is no level above stop" });
         }
         let to = match to {
-            Some(t) => crate::escalation::parse_level(t)?,
+            Some(t) => crate::agent::defaults::parse_level(t)?,
             None => from + 1,
         };
         if to <= from {
@@ -55,7 +63,7 @@ impl State {
                     Some(r) => r.clone(),
                     None => {
                         let caps = self.capabilities();
-                        crate::escalation::DEFAULT_REVOKE
+                        crate::agent::defaults::DEFAULT_REVOKE
                             .iter()
                             .filter(|c| caps.iter().any(|k| k.name == **c && k.enforceable))
                             .map(|c| (*c).to_owned())

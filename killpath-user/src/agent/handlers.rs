@@ -8,19 +8,19 @@ use serde_json::{json, Value};
 
 use super::{now_us, State};
 use crate::{
-    cgroup::{self, Cgroup},
+    client::protocol::Command,
     error::{Error, Result},
+    isolate::verify,
     journal::{self, Actor, Entry, Phase},
-    probe,
-    protocol::Command,
+    kernel::cgroup::{self, Cgroup},
+    kernel::proctree as tree,
     stop,
-    targets::{level_name, validate_name, Target},
-    tree, verify,
+    target::{level_name, validate_name, Target},
 };
 
 /// Parses a level name for `restore --to` (stop is not a level to restore to).
 fn parse_level(s: &str) -> Result<u32> {
-    match crate::escalation::parse_level(s)? {
+    match crate::agent::defaults::parse_level(s)? {
         level::STOPPED => Err(Error::InvalidRequest("restore goes down: stop is the top level (use stop)".into())),
         l => Ok(l),
     }
@@ -57,7 +57,7 @@ impl State {
     pub fn handle(&mut self, cmd: Command, caller: Caller, received: Instant) -> Result<Value> {
         match cmd {
             Command::Ping {} => Ok(json!({"pong": true, "pid": std::process::id()})),
-            Command::Probe {} => Ok(json!(probe::run(Some(&self.config.cgroup_parent)))),
+            Command::Probe {} => Ok(json!(super::probe::run(Some(&self.config.cgroup_parent)))),
             Command::Status { name } => self.status(name.as_deref()),
             Command::Journal { after } => Ok(json!({"records": journal::read_records(self.journal.path(), after)?})),
             Command::JournalVerify {} => Ok(json!(self.verify_journal()?)),
@@ -80,7 +80,7 @@ impl State {
                 self.registry.get(&name)?;
                 // Every device must exist before anything changes.
                 for d in &netdev {
-                    crate::isolate_tc::ifindex(d)?;
+                    crate::isolate::netdev::ifindex(d)?;
                 }
                 let params = json!({"reason": reason, "verify": verify, "netdev": netdev});
                 self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, &netdev, received))
@@ -125,7 +125,7 @@ impl State {
                 req.mode = mode.as_deref().map(crate::throttle::Mode::parse).transpose()?.unwrap_or_default();
                 let plan = self.plan_throttle(&name, &req)?;
                 for d in &netdev {
-                    crate::isolate_tc::ifindex(d)?;
+                    crate::isolate::netdev::ifindex(d)?;
                 }
                 if !netdev.is_empty() && !plan.has_egress() {
                     return Err(Error::InvalidRequest("--netdev only makes sense with --egress-bytes or --egress-packets".into()));
@@ -301,8 +301,8 @@ impl State {
                 // Resolve `..` and symlinks before any check: the root and
                 // "contains the agent" checks and the depth the guard keys
                 // on must see the real directory.
-                let abs = std::fs::canonicalize(&spelled)
-                    .map_err(|e| Error::InvalidRequest(format!("{} is not a cgroup2 directory: {e}", spelled.display())))?;
+                let abs =
+                    std::fs::canonicalize(&spelled).map_err(|e| Error::InvalidRequest(format!("{} is not a cgroup2 directory: {e}", spelled.display())))?;
                 if !abs.starts_with(&self.cgroup_mount) {
                     return Err(Error::InvalidRequest(format!("{} is not below the cgroup2 mount {}", abs.display(), self.cgroup_mount.display())));
                 }
@@ -418,7 +418,7 @@ impl State {
                 let cg = Cgroup::new(&t.cgroup);
                 let kernel = self.enforcer.maps.get(t.cgroup_id);
                 let open: Vec<String> = if t.level >= level::ISOLATE {
-                    self.enforcer.isolate.channels(t.adopted).into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
+                    crate::isolate::catalog(self.enforcer.lsm_error.as_deref(), t.adopted).into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
                 } else {
                     Vec::new()
                 };
@@ -427,7 +427,12 @@ impl State {
                     .maps
                     .denials(t.cgroup_id)
                     .into_iter()
-                    .map(|(i, n)| (crate::degrade::name_of_index(i).to_owned(), json!({"total": n, "last_minute": n.saturating_sub(self.denials_minute_ago(t.cgroup_id, i))})))
+                    .map(|(i, n)| {
+                        (
+                            crate::degrade::name_of_index(i).to_owned(),
+                            json!({"total": n, "last_minute": n.saturating_sub(self.denials_minute_ago(t.cgroup_id, i))}),
+                        )
+                    })
                     .collect();
                 json!({
                     "history": t.history,
@@ -462,7 +467,7 @@ impl State {
                 "connects_refused": m.counter(counter::ISOLATE_ADDR_DENIALS),
                 "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
                 "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
-                "lsm": self.enforcer.isolate.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
+                "lsm": self.enforcer.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
             },
         }))
     }
@@ -507,7 +512,7 @@ impl State {
         tt.level = level::ISOLATE;
         tt.since_unix_us = now_us();
         self.registry.save()?;
-        let channels = self.enforcer.isolate.channels(t.adopted);
+        let channels = crate::isolate::catalog(self.enforcer.lsm_error.as_deref(), t.adopted);
         let verified = match probes {
             Some((l, held)) => Some(verify::run(&t.cgroup, &l, held, &channels)?),
             None => None,
@@ -549,11 +554,7 @@ impl State {
     pub(super) fn restore(&mut self, name: &str, to: u32, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         if to >= t.level {
-            return Err(Error::InvalidRequest(format!(
-                "restore goes down: {name} is at {}, cannot restore to {}",
-                level_name(t.level),
-                level_name(to)
-            )));
+            return Err(Error::InvalidRequest(format!("restore goes down: {name} is at {}, cannot restore to {}", level_name(t.level), level_name(to))));
         }
         // Below throttle, every ceiling is lifted.
         if to < level::THROTTLE {
@@ -596,7 +597,7 @@ impl State {
             return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "probes would be killed by the stop guard" });
         }
         let l = verify::Listeners::open(&self.config.state_dir)?;
-        let results = verify::run(&t.cgroup, &l, None, &self.enforcer.isolate.channels(t.adopted))?;
+        let results = verify::run(&t.cgroup, &l, None, &crate::isolate::catalog(self.enforcer.lsm_error.as_deref(), t.adopted))?;
         Ok(Done { result: json!({"target": name, "level": level_name(t.level), "verify": results}), to_level: None, time_to_effect_us: None })
     }
 }

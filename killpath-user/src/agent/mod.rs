@@ -1,10 +1,13 @@
 //! The agent: owns the journal, the target registry and the kernel maps,
 //! and serves the socket. Everything that changes state goes through
 //! [`State::execute`], which journals intent before and result after.
+pub mod defaults;
 mod degrade;
 mod drill;
+pub mod enforcer;
 mod escalate;
 mod handlers;
+mod probe;
 mod recovery;
 pub mod server;
 mod throttle;
@@ -16,21 +19,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::state_dir::{AGENT_FILE, FALLBACK_JOURNAL_FILE, JOURNAL_FILE};
 use crate::{
-    bpf::Enforcer,
-    cgroup::{self, Cgroup},
     error::{Error, Result},
     journal::Journal,
-    targets::Registry,
+    kernel::cgroup::{self, Cgroup},
+    target::Registry,
 };
-
-/// File in the state dir that tells the CLI's fallback where the agent's
-/// pins and cgroups are.
-pub const AGENT_FILE: &str = "agent.json";
-/// The journal inside the state dir.
-pub const JOURNAL_FILE: &str = "journal.jsonl";
-/// Journal the CLI writes when it had to act without the agent.
-pub const FALLBACK_JOURNAL_FILE: &str = "fallback-journal.jsonl";
+pub use enforcer::Enforcer;
 
 /// How the agent was started; persisted to `agent.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,7 +43,7 @@ pub struct AgentConfig {
     pub alert_hook: Option<String>,
     /// Each level's defaults for `escalate` (from `--config FILE`).
     #[serde(default)]
-    pub escalation: crate::escalation::Escalation,
+    pub escalation: crate::agent::defaults::Escalation,
 }
 
 impl AgentConfig {
@@ -123,11 +119,7 @@ impl State {
 /// exiting (or being killed) detaches nothing.
 pub fn run(config: AgentConfig) -> Result<()> {
     let state = State::open(config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(Error::io("starting the async runtime"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io("starting the async runtime"))?;
     rt.block_on(async move {
         let listener = server::bind(&state)?;
         tracing::info!(socket = %state.config.socket.display(), state_dir = %state.config.state_dir.display(), "agent ready");
@@ -146,11 +138,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             _ = term.recv() => {}
         }
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = crate::journal::Entry::new(
-            crate::journal::Actor::Source { source: "agent".into() },
-            crate::journal::Phase::Event,
-            "agent-exit",
-        );
+        let e = crate::journal::Entry::new(crate::journal::Actor::Source { source: "agent".into() }, crate::journal::Phase::Event, "agent-exit");
         s.journal.append(e)?;
         tracing::info!("agent exiting; enforcement stays pinned in the kernel");
         Ok(())

@@ -7,10 +7,10 @@ use tracing::{info, warn};
 
 use super::{State, FALLBACK_JOURNAL_FILE};
 use crate::{
-    cgroup::Cgroup,
     error::Result,
     journal::{import_fallback, Actor, Entry, Phase, Recovery},
-    targets::level_name,
+    kernel::cgroup::Cgroup,
+    target::level_name,
 };
 
 fn recovery_actor() -> Actor {
@@ -31,7 +31,9 @@ impl State {
         let mut changes = Vec::new();
         let names: Vec<String> = self.registry.targets.keys().cloned().collect();
         for name in names {
-            let Ok(t) = self.registry.get_mut(&name) else { continue };
+            let Ok(t) = self.registry.get_mut(&name) else {
+                continue;
+            };
             let cg = Cgroup::new(&t.cgroup);
             if !cg.exists() {
                 warn!(target = %name, cgroup = %t.cgroup.display(), "target cgroup no longer exists");

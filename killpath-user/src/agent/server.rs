@@ -18,8 +18,8 @@ use tracing::{debug, error, info, warn};
 
 use super::{handlers::Caller, State};
 use crate::{
+    client::protocol::{self, Command, ErrorBody, Response, MAX_LINE},
     error::{Error, Result},
-    protocol::{self, Command, ErrorBody, Response, MAX_LINE},
 };
 
 /// Streams alerts and sampled denials to one subscriber until it goes away.
@@ -56,7 +56,9 @@ pub async fn denial_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Ar
         }
     };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         let rb = guard.get_inner_mut();
         let mut events = Vec::new();
         while let Some(item) = rb.next() {
@@ -204,10 +206,9 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
     while let Some(frame) = framed.next().await {
         let received = Instant::now();
         let response = match frame {
-            Ok(Frame::TooLong) => Response::err(
-                Value::Null,
-                ErrorBody::new("too-long", format!("request line longer than {MAX_LINE} bytes; discarded up to the next newline")),
-            ),
+            Ok(Frame::TooLong) => {
+                Response::err(Value::Null, ErrorBody::new("too-long", format!("request line longer than {MAX_LINE} bytes; discarded up to the next newline")))
+            }
             Err(AnyDelimiterCodecError::Io(e)) => return Err(e),
             Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => return Ok(()),
             Ok(Frame::Line(line)) => match protocol::decode(&line) {
@@ -219,7 +220,10 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
                     let (begins, ends) = (matches!(req.cmd, Command::DrillBegin { .. }), matches!(req.cmd, Command::DrillEnd { .. }));
                     if begins && drill.is_some() {
                         let e = ErrorBody::new("bad-request", "a drill is already running on this connection");
-                        framed.send(serde_json::to_string(&Response::err(id, e)).unwrap_or_default()).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+                        framed
+                            .send(serde_json::to_string(&Response::err(id, e)).unwrap_or_default())
+                            .await
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
                         continue;
                     }
                     caller.drill = *drill;

@@ -17,11 +17,11 @@ use tracing::warn;
 
 use super::{handlers::Done, now_us, State};
 use crate::{
-    cgroup::Cgroup,
     error::{Error, Result},
-    targets::level_name,
+    kernel::cgroup::Cgroup,
+    target::level_name,
+    throttle::tasks,
     throttle::{class_name, Ceilings},
-    throttle_tasks,
 };
 
 /// How often bucket counts are sampled for the measured rates.
@@ -91,7 +91,12 @@ fn pidfd_cont(fd: &OwnedFd) -> bool {
     unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGCONT, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
 }
 
-fn pacer_loop(mut rb: Option<RingBuf<MapData>>, rx: mpsc::Receiver<PacerMsg>, resumed: Arc<AtomicU64>, paused_count: Arc<std::sync::Mutex<HashMap<u64, usize>>>) {
+fn pacer_loop(
+    mut rb: Option<RingBuf<MapData>>,
+    rx: mpsc::Receiver<PacerMsg>,
+    resumed: Arc<AtomicU64>,
+    paused_count: Arc<std::sync::Mutex<HashMap<u64, usize>>>,
+) {
     let mut paused: HashMap<u32, Paused> = HashMap::new();
     loop {
         if let Some(rb) = rb.as_mut() {
@@ -219,8 +224,8 @@ impl State {
         };
         let tasks = match ceilings.tasks {
             Some(n) => {
-                let pids = throttle_tasks::locate(name, &t.cgroup)?;
-                let moved = throttle_tasks::apply(&pids, &t.cgroup, Some(n))?;
+                let pids = tasks::locate(name, &t.cgroup)?;
+                let moved = tasks::apply(&pids, &t.cgroup, Some(n))?;
                 Some(json!({"limit": n, "mechanism": pids.describe(), "moved_tasks": moved}))
             }
             None => None,
@@ -262,9 +267,9 @@ impl State {
         }
         self.enforcer.maps.clear_throttle(t.cgroup_id)?;
         self.enforcer.sync_syscall_hook()?;
-        if let Some(pids) = throttle_tasks::existing(name, &t.cgroup).filter(|_| t.throttle.tasks.is_some()) {
-            throttle_tasks::apply(&pids, &t.cgroup, None)?;
-            throttle_tasks::cleanup(&pids);
+        if let Some(pids) = tasks::existing(name, &t.cgroup).filter(|_| t.throttle.tasks.is_some()) {
+            tasks::apply(&pids, &t.cgroup, None)?;
+            tasks::cleanup(&pids);
         }
         self.pacer.resume_target(t.cgroup_id);
         resume_stopped(&t.cgroup);
@@ -276,8 +281,13 @@ impl State {
     /// resumes tasks paused while the agent was down. Called at start.
     pub(super) fn recover_throttle(&mut self) -> Result<Vec<Value>> {
         let mut changes = Vec::new();
-        let list: Vec<(String, u64, std::path::PathBuf, Ceilings)> =
-            self.registry.targets.values().filter(|t| !t.throttle.is_empty()).map(|t| (t.name.clone(), t.cgroup_id, t.cgroup.clone(), t.throttle.clone())).collect();
+        let list: Vec<(String, u64, std::path::PathBuf, Ceilings)> = self
+            .registry
+            .targets
+            .values()
+            .filter(|t| !t.throttle.is_empty())
+            .map(|t| (t.name.clone(), t.cgroup_id, t.cgroup.clone(), t.throttle.clone()))
+            .collect();
         for (name, id, cgroup, c) in list {
             let buckets = c.buckets()?;
             if self.enforcer.maps.throttle_classes(id).len() != buckets.len() {
@@ -298,8 +308,8 @@ impl State {
     /// directory from outside (forks join by themselves).
     pub fn sample_throttle(&mut self) {
         for t in self.registry.targets.values().filter(|t| t.throttle.tasks.is_some()) {
-            if let Some(p @ throttle_tasks::PidsCgroup::V1(_)) = throttle_tasks::existing(&t.name, &t.cgroup) {
-                if let Err(e) = throttle_tasks::sync_members(&p, &t.cgroup) {
+            if let Some(p @ tasks::PidsCgroup::V1(_)) = tasks::existing(&t.name, &t.cgroup) {
+                if let Err(e) = tasks::sync_members(&p, &t.cgroup) {
                     warn!(target = %t.name, "keeping --tasks members in {}: {e}", p.describe());
                 }
             }
@@ -334,7 +344,7 @@ impl State {
     }
 
     /// The `throttle` block of a target in `status`.
-    pub(super) fn throttle_status(&self, t: &crate::targets::Target) -> Value {
+    pub(super) fn throttle_status(&self, t: &crate::target::Target) -> Value {
         if t.throttle.is_empty() {
             return Value::Null;
         }
@@ -362,7 +372,7 @@ impl State {
             })
             .collect();
         let tasks = c.tasks.map(|limit| {
-            let pids = throttle_tasks::existing(&t.name, &t.cgroup);
+            let pids = tasks::existing(&t.name, &t.cgroup);
             json!({
                 "limit": limit,
                 "current": pids.as_ref().and_then(|p| p.current()),

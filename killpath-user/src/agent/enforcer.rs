@@ -1,0 +1,167 @@
+//! The kernel side as the agent holds it: the loaded object with every
+//! level's programs attached and pinned, and the maps. Composes the levels
+//! (each level's folder says what it loads); the kernel layer below says
+//! how to load, pin and find things.
+//!
+//! Fail-static: maps and links are pinned under bpffs, so killing the agent
+//! leaves every program attached and every target's state in place. A
+//! restarted agent reuses the pinned maps (aya `map_pin_path`) and, when a
+//! program's link pin exists, does not load or attach that program again.
+use std::path::{Path, PathBuf};
+
+use aya::{
+    maps::{MapData, RingBuf},
+    Btf, Ebpf, EbpfLoader,
+};
+use killpath_common::{maps, programs};
+use tracing::{info, warn};
+
+use crate::{
+    degrade,
+    error::{Error, Result},
+    isolate::IsolatePrograms,
+    kernel::{
+        btf,
+        maps::{Maps, PINNED},
+        object::{self, typed, OBJECT},
+        pins,
+    },
+    throttle,
+};
+
+/// Stop guard programs and the raw tracepoints they attach to. There is
+/// deliberately no sys_enter guard: `cargo xtask bench` measured it at
+/// ~125 ns on every syscall of every process on the host (about 1.5x on a
+/// getppid loop) even with nothing stopped. A task of a stopped target is
+/// caught at its next fork or context switch instead (a syscall-heavy or
+/// CPU-bound task is switched out at the latest at the next tick), and
+/// cgroup.kill has already sent it SIGKILL.
+const STOP_GUARDS: &[(&str, &str)] = &[(programs::GUARD_FORK, "sched_process_fork"), (programs::GUARD_SWITCH, "sched_switch")];
+
+/// The loaded (or re-found) kernel side.
+pub struct Enforcer {
+    pub maps: Maps,
+    pin_dir: PathBuf,
+    /// Generations of an older build, kept until the new one is in force.
+    old_generations: Vec<PathBuf>,
+    /// Programs this process loaded or attached (empty when all were found pinned).
+    pub attached_now: Vec<&'static str>,
+    /// Level-3 programs: per-target cgroup hooks and the TC program.
+    pub isolate: IsolatePrograms,
+    /// Level-1 sys_exit hook, attached only while a syscall ceiling exists.
+    pub syscall_hook: throttle::hook::SyscallHook,
+    /// Why BPF LSM hooks are not attached (None: attached and running).
+    pub lsm_error: Option<String>,
+    /// Sampled denials (level 2); the agent takes it to read events.
+    pub denial_events: Option<RingBuf<MapData>>,
+    /// Tasks paused by a pace ceiling (level 1); the agent's pacer takes it.
+    pub throttle_events: Option<RingBuf<MapData>>,
+    /// Why fs.write cannot be enforced here (kernel BTF), if it cannot.
+    pub fs_error: Option<String>,
+    /// Why signal cannot be enforced here (kernel BTF), if it cannot.
+    pub signal_error: Option<String>,
+    // Keeps the object alive for the lifetime of the agent; the pins keep
+    // the programs alive after it.
+    _ebpf: Ebpf,
+}
+
+/// Attaches the host-wide LSM hooks of isolate and degrade, after checking
+/// that a BPF LSM hook really runs here (an LSM program can attach where
+/// `bpf` is not an active LSM and then never be called).
+fn attach_lsm(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>) -> std::result::Result<(), String> {
+    crate::kernel::probe::lsm_runs()?;
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+    crate::isolate::programs::attach_lsm(ebpf, &btf, gen, loaded).map_err(|e| e.to_string())?;
+    degrade::programs::attach_lsm(ebpf, &btf, gen, loaded).map_err(|e| e.to_string())
+}
+
+impl Enforcer {
+    /// Loads the object reusing pinned maps, and attaches and pins every
+    /// program whose link is not pinned yet.
+    pub fn open(base: &Path) -> Result<Self> {
+        pins::ensure_bpffs(base)?;
+        let gen = pins::generation_dir(base);
+        let old_generations: Vec<PathBuf> = pins::generations(base).into_iter().filter(|g| g != &gen).collect();
+        pins::create_generation(&gen)?;
+        let map_pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pins::map_pin(&gen, n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
+        let mut attached_now = Vec::new();
+        for (prog, tp) in STOP_GUARDS {
+            if object::attach_raw_tracepoint(&mut ebpf, &gen, prog, tp)? {
+                attached_now.push(*prog);
+                info!(prog, tp, "guard attached and pinned");
+            }
+        }
+        let isolate = IsolatePrograms::open(&mut ebpf, &gen, &mut attached_now)?;
+        let lsm_error = attach_lsm(&mut ebpf, &gen, &mut attached_now).err();
+        if let Some(e) = &lsm_error {
+            warn!("BPF LSM hooks unavailable: {e}");
+        }
+        let mut maps = Maps::from_object(&mut ebpf)?;
+        // Struct offsets for the pointer-following hooks (fs.write, signal).
+        let btf = btf::resolve();
+        degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
+        throttle::maps::fill_syscall_classes(&mut ebpf)?;
+        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now)?;
+        let throttle_events = Some(typed(&mut ebpf, maps::THROTTLE_EVENTS)?);
+        let denial_events = Some(typed(&mut ebpf, maps::DENIAL_EVENTS)?);
+        // Take over target states from an older build's maps (the higher
+        // level wins), so the new programs enforce what the old ones did.
+        for old in &old_generations {
+            match Maps::pinned_targets(old) {
+                Ok(entries) => {
+                    for (id, st) in entries {
+                        if maps.get(id).is_none_or(|cur| cur.level < st.level) {
+                            maps.set(id, st)?;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(generation = %old.display(), "cannot read an old generation's targets: {e}")
+                }
+            }
+        }
+        Ok(Self {
+            maps,
+            pin_dir: base.to_owned(),
+            old_generations,
+            attached_now,
+            isolate,
+            syscall_hook,
+            lsm_error,
+            denial_events,
+            throttle_events,
+            fs_error: btf.fs_error,
+            signal_error: btf.signal_error,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches or detaches the sys_exit throttle to match the ceilings.
+    pub fn sync_syscall_hook(&mut self) -> Result<bool> {
+        self.syscall_hook.sync(&self.maps)
+    }
+
+    /// Whether the sys_exit throttle is attached.
+    pub fn syscall_hook_attached(&self) -> bool {
+        self.syscall_hook.attached()
+    }
+
+    /// Removes older generations' pins. Call once this generation's
+    /// programs are attached for every target.
+    pub fn retire_old_generations(&mut self) -> Result<Vec<PathBuf>> {
+        for g in &self.old_generations {
+            pins::retire(g, &self.pin_dir)?;
+            info!(generation = %g.display(), "retired pins of an older build");
+        }
+        Ok(std::mem::take(&mut self.old_generations))
+    }
+}

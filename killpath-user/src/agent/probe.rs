@@ -1,0 +1,92 @@
+//! `killpath probe`: what the running kernel can enforce, per level and per
+//! capability, from the kernel features `kernel::probe` found (never from
+//! reading kernel config). Requests the kernel cannot enforce fail with a
+//! clear error elsewhere; this is the report.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    degrade::{self, CapabilityStatus},
+    isolate,
+    kernel::{
+        btf,
+        probe::{self, ProgramSupport},
+    },
+};
+
+/// What `probe` found.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub kernel: String,
+    pub cgroup2_mount: Option<String>,
+    pub cgroup_kill: bool,
+    pub cgroup_freeze: bool,
+    pub btf: bool,
+    /// Contents of /sys/kernel/security/lsm (informational).
+    pub active_lsms: Option<String>,
+    pub program_types: Vec<ProgramSupport>,
+    /// BPF LSM loads, attaches and its hook really ran.
+    pub lsm_available: bool,
+    /// Per level: what this kernel can enforce, in words.
+    pub levels: Vec<LevelSupport>,
+    /// Level 2: each capability and whether revoking it is enforceable here.
+    pub capabilities: Vec<CapabilityStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LevelSupport {
+    pub level: String,
+    pub enforceable: bool,
+    pub detail: String,
+}
+
+/// Runs every probe. Needs CAP_BPF/CAP_SYS_ADMIN; without them every
+/// program type is reported unavailable with the kernel's error.
+pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
+    let f = probe::features(cgroup_parent);
+    let guard = f.available("raw_tracepoint");
+    let channels = isolate::catalog(if f.lsm_available { None } else { Some("BPF LSM unavailable on this kernel") }, false);
+    let open: Vec<&str> = channels.iter().filter(|c| !c.enforced).map(|c| c.channel.as_str()).collect();
+    let cut: Vec<&str> = channels.iter().filter(|c| c.enforced).map(|c| c.channel.as_str()).collect();
+    let isolate_ok = f.available("cgroup_skb") && f.available("cgroup_sock_addr") && f.available("cgroup_sock");
+    let mut levels = vec![LevelSupport {
+        level: "isolate".into(),
+        enforceable: isolate_ok,
+        detail: if !isolate_ok {
+            "UNAVAILABLE: cgroup skb/sock_addr/sock programs refused".into()
+        } else if open.is_empty() {
+            format!("cut: {}", cut.join(", "))
+        } else {
+            format!("cut: {}; OPEN (needs BPF LSM): {}", cut.join(", "), open.join(", "))
+        },
+    }];
+    levels.push(LevelSupport {
+        level: "stopped".into(),
+        enforceable: f.cgroup2_mount.is_some() && (f.cgroup_kill || f.cgroup_freeze),
+        detail: format!(
+            "{}; {}; kernel guard {}",
+            if f.cgroup_kill { "cgroup.kill" } else { "no cgroup.kill: per-pid SIGKILL walk of the frozen cgroup" },
+            if f.cgroup_freeze { "cgroup.freeze" } else { "no cgroup.freeze" },
+            if guard { "on (raw_tracepoint sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
+        ),
+    });
+    let btf = btf::resolve();
+    let capabilities = degrade::capabilities(&degrade::KernelGaps {
+        lsm: (!f.lsm_available).then(|| "BPF LSM unavailable".to_owned()),
+        fs: btf.fs_error,
+        signal: btf.signal_error,
+    });
+    ProbeReport {
+        kernel: f.kernel,
+        cgroup2_mount: f.cgroup2_mount,
+        cgroup_kill: f.cgroup_kill,
+        cgroup_freeze: f.cgroup_freeze,
+        btf: f.btf,
+        active_lsms: f.active_lsms,
+        program_types: f.program_types,
+        lsm_available: f.lsm_available,
+        levels,
+        capabilities,
+    }
+}

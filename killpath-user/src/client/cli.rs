@@ -1,0 +1,291 @@
+//! Command-line definitions. Doc comments are the help text.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{client::DEFAULT_SOCKET, kernel::pins::DEFAULT_PIN_DIR};
+
+/// killpath: move a workload through throttle, degrade, isolate and hard
+/// stop, enforced by the kernel, every action journaled.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    /// The agent's unix socket.
+    #[arg(long, global = true, env = "KILLPATH_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The agent's state dir (journal, targets). Clients use it only when
+    /// the agent does not answer (`stop`) or for offline journal checks.
+    #[arg(long, global = true, env = "KILLPATH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Default state dir.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/killpath";
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the agent (as root): serves the socket, owns the journal and the kernel programs.
+    Agent {
+        /// bpffs directory for pinned maps and links (survive agent restarts).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// cgroup under which target cgroups are created [default: <parent of the agent's cgroup>/killpath].
+        #[arg(long)]
+        cgroup_parent: Option<PathBuf>,
+        /// Numeric group id that may change things besides root (socket becomes 0660).
+        #[arg(long)]
+        group: Option<u32>,
+        /// Agent config file (TOML): each level's defaults for `escalate`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Shell command run for every alert (e.g. each degrade step), with the alert as JSON on stdin.
+        #[arg(long)]
+        alert_hook: Option<String>,
+    },
+    /// Report what this kernel can enforce (loads a tiny program of each type).
+    Probe,
+    /// Start CMD as a new target NAME, inside its own cgroup from its first instruction.
+    Run {
+        /// Target name: letters, digits, `-`, `_`, `.`; at most 64 bytes.
+        name: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Manage an existing cgroup, or a process and all its descendants, as target NAME.
+    Adopt {
+        name: String,
+        /// Existing cgroup2 directory (absolute, or relative to the cgroup2 mount).
+        #[arg(long, required_unless_present = "pid", conflicts_with = "pid")]
+        cgroup: Option<String>,
+        /// Process whose whole tree moves into a new cgroup for NAME.
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// Show targets: level, tasks, last stop.
+    Status {
+        /// Only this target.
+        name: Option<String>,
+    },
+    /// Level 4, hard stop: SIGKILL every task of NAME without its cooperation.
+    Stop {
+        name: String,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Seconds to wait for the agent before stopping the cgroup directly.
+        #[arg(long, default_value_t = 3.0)]
+        agent_timeout: f64,
+    },
+    /// Level 3, isolate: cut NAME off from everything outside it (kernel-enforced).
+    Isolate {
+        name: String,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Then probe every channel from inside the target; exits non-zero if any is OPEN.
+        #[arg(long)]
+        verify: bool,
+        /// Also cut at TC on this host-side network device (the veth of a
+        /// container in its own network namespace). Repeatable.
+        #[arg(long)]
+        netdev: Vec<String>,
+    },
+    /// Level 2, degrade: revoke capabilities while NAME keeps running (see `capabilities`).
+    Degrade {
+        name: String,
+        /// Capabilities to revoke, comma-separated (net.connect, exec, fork, ...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        revoke: Vec<String>,
+        /// With net.connect revoked, still allow this destination: CIDR[:PORT], e.g. 10.1.0.0/16:5432 or [::1]/128:443. Repeatable.
+        #[arg(long)]
+        allow_connect: Vec<String>,
+        /// With fs.write revoked, still allow writes below PATH. Repeatable.
+        #[arg(long)]
+        allow_write: Vec<String>,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Move NAME up one level with the configured defaults (agent --config);
+    /// jumping over a level needs --skip-reason, which is journaled.
+    Escalate {
+        name: String,
+        /// Level to go to (throttle, degrade, isolate, stop); default: the next one.
+        #[arg(long)]
+        to: Option<String>,
+        /// Why levels may be skipped (required to skip; journaled as a skip).
+        #[arg(long)]
+        skip_reason: Option<String>,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run the whole kill path on NAME (or a fresh canary), verify each
+    /// level from outside, time it, put the target back, and report.
+    /// Exit status 1 if any check failed.
+    Drill {
+        /// The target to drill (omit with --canary or --history).
+        name: Option<String>,
+        /// Drill a fresh built-in canary (started, drilled, checked, released).
+        #[arg(long, conflicts_with = "name")]
+        canary: bool,
+        /// Scenario file (TOML): levels, parameters, checks, thresholds.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Also write the report (JSON) to FILE.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// List past drills and their outcome (from the journal).
+        #[arg(long, conflicts_with_all = ["name", "canary", "scenario"])]
+        history: bool,
+    },
+    /// Level 1, throttle: cap NAME's rate of action. Run again to change
+    /// ceilings live (the ones not named stay); `restore NAME --to normal`
+    /// lifts them. Rates: N, N/s, Nk/s, NM/s, NMB/s, NKiB/s.
+    Throttle {
+        name: String,
+        /// Ceiling on all syscalls per second.
+        #[arg(long, value_parser = parse_rate)]
+        syscalls: Option<u64>,
+        /// Ceiling on one class of syscalls: CLASS=N/s with CLASS one of
+        /// net (connect, sendto, sendmsg, sendmmsg), exec, fork, fs-write, all. Repeatable.
+        #[arg(long, value_parser = parse_class_rate)]
+        syscall_class: Vec<(String, u64)>,
+        /// Ceiling on bytes sent per second (cgroup egress; TC on --netdev devices).
+        #[arg(long, value_parser = parse_rate)]
+        egress_bytes: Option<u64>,
+        /// Ceiling on packets sent per second.
+        #[arg(long, value_parser = parse_rate)]
+        egress_packets: Option<u64>,
+        /// At most N live tasks; further fork/clone fails with EAGAIN.
+        #[arg(long)]
+        tasks: Option<u64>,
+        /// pace: over-budget syscalls wait (every call still succeeds);
+        /// deny: over-budget calls fail with EAGAIN (net class only).
+        #[arg(long, default_value = "pace")]
+        mode: String,
+        /// Also police the egress ceilings at TC on this host-side device
+        /// (the veth of a workload in its own network namespace). Repeatable.
+        #[arg(long)]
+        netdev: Vec<String>,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the capabilities `degrade` can revoke and whether this kernel enforces each.
+    Capabilities,
+    /// Stream alerts and sampled denials as they happen.
+    Events,
+    /// Step NAME down to a lower level, or give capabilities back.
+    Restore {
+        name: String,
+        /// Target level (normal, throttle, degrade, isolate); without --to
+        /// or --grant, one level down.
+        #[arg(long, conflicts_with = "grant")]
+        to: Option<String>,
+        /// Capabilities to give back, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        grant: Vec<String>,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Probe every channel from inside NAME and report each as cut or OPEN; exits non-zero if any is OPEN.
+    Verify { name: String },
+    /// Stop managing NAME: lift enforcement, remove its cgroup if killpath made it and it is empty.
+    Release { name: String },
+    /// Show the action journal.
+    Journal {
+        /// Keep printing new records as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// Check the hash chain; exits non-zero if any record was edited, removed or reordered.
+        #[arg(long)]
+        verify: bool,
+        /// Read this journal file directly, without the agent (implies offline).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Read the journal in --state-dir directly, without the agent.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// The built-in canary workload: workers that write checksummed records and checkpoint them to DIR, call a local service, exec a helper, and a ticker making syscalls at a known rate; it resumes from its checkpoints.
+    Canary {
+        /// Where the canary keeps its records and checkpoints (it resumes from them).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Check the data in DIR instead of running: no committed record
+        /// lost, none duplicated, no checkpoint or record torn. Exit 1 if not.
+        #[arg(long)]
+        check: bool,
+        /// Number of worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// A local TCP service (HOST:PORT) each worker calls every iteration
+        /// (an HTTP GET); results go to DIR/net-N.
+        #[arg(long)]
+        service: Option<std::net::SocketAddr>,
+        #[arg(long, hide = true)]
+        worker: Option<u32>,
+        #[arg(long, hide = true)]
+        ticker: bool,
+    },
+    /// Internal: the capability probe a drill runs inside a target.
+    #[command(hide = true)]
+    DrillProbe {
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// Capabilities to try, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        cap: Vec<String>,
+        /// A listening TCP address outside the target (net.connect).
+        #[arg(long)]
+        connect: Option<std::net::SocketAddr>,
+        /// A process outside the target (signal, ptrace).
+        #[arg(long)]
+        outside_pid: Option<i32>,
+        /// A scratch directory (fs.write, mount, net.unix).
+        #[arg(long)]
+        scratch: PathBuf,
+        /// Internal: the rows so far, after the exec probe succeeded.
+        #[arg(long)]
+        exec_continuation: Option<String>,
+    },
+    /// Internal: the channel probe `verify` runs inside a target.
+    #[command(hide = true)]
+    VerifyProbe {
+        /// The target's cgroup: the probe moves itself in first.
+        #[arg(long)]
+        join: Option<PathBuf>,
+        #[arg(long)]
+        tcp4: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        tcp6: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        udp: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        dns: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        unix: Option<PathBuf>,
+        #[arg(long)]
+        icmp: bool,
+        #[arg(long)]
+        packet: bool,
+        #[arg(long)]
+        hold: Option<std::net::SocketAddr>,
+    },
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    crate::throttle::parse_rate(s).map_err(|e| e.to_string())
+}
+
+fn parse_class_rate(s: &str) -> Result<(String, u64), String> {
+    crate::throttle::parse_class_rate(s).map_err(|e| e.to_string())
+}

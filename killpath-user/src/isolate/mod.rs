@@ -1,0 +1,16 @@
+//! Level 3, isolate: cut the target off from everything outside it.
+//!
+//! - [`channel`]: the catalog of channels, the single source of truth.
+//! - [`programs`]: the per-target cgroup hooks and isolation's LSM hooks.
+//! - [`netdev`]: `--netdev`, the TC program on a container's host-side veth.
+//! - [`verify`] and [`verify_probe`]: `isolate --verify`, proven from inside.
+//!
+//! Kernel side: `killpath-ebpf/src/isolate/`.
+pub mod channel;
+pub mod netdev;
+pub mod programs;
+pub mod verify;
+pub mod verify_probe;
+
+pub use channel::{catalog, Channel, ChannelStatus};
+pub use programs::IsolatePrograms;

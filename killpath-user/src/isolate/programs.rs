@@ -1,0 +1,146 @@
+//! Level 3, isolate, on the user side: the programs that enforce it, their
+//! per-target attachment, and the catalog of channels with what enforces
+//! each one on this kernel.
+//!
+//! Programs are loaded once and pinned (`<pin-dir>/progs`); a restarted
+//! agent opens the pins instead of loading a second copy. The cgroup hooks
+//! are attached to each target's cgroup when the target is created, with
+//! their links pinned under `<pin-dir>/targets/<cgroup id>/`, so isolating
+//! is a single map update and survives the agent.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType},
+    Btf, Ebpf,
+};
+use killpath_common::programs;
+use tracing::info;
+
+use crate::{
+    error::{Error, Result},
+    kernel::{
+        object::{self, fd_link, load_pinned},
+        pins::target_dir,
+    },
+};
+
+const ADDR_PROGS: &[(&str, CgroupSockAddrAttachType)] = &[
+    (programs::ISOLATE_CONNECT4, CgroupSockAddrAttachType::Connect4),
+    (programs::ISOLATE_CONNECT6, CgroupSockAddrAttachType::Connect6),
+    (programs::ISOLATE_SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
+    (programs::ISOLATE_SENDMSG6, CgroupSockAddrAttachType::UDPSendMsg6),
+];
+
+const LSM_PROGS: &[(&str, &str)] = &[
+    (programs::ISOLATE_LSM_SOCKET_CREATE, "socket_create"),
+    (programs::ISOLATE_LSM_SOCKET_CONNECT, "socket_connect"),
+    (programs::ISOLATE_LSM_SOCKET_SENDMSG, "socket_sendmsg"),
+    (programs::ISOLATE_LSM_SOCKET_RECVMSG, "socket_recvmsg"),
+];
+
+/// The level-3 programs, opened from their pins.
+pub struct IsolatePrograms {
+    skb: CgroupSkb,
+    /// Egress: isolation plus the level-1 egress policer.
+    skb_egress: CgroupSkb,
+    addr: Vec<(&'static str, CgroupSockAddr)>,
+    sock: CgroupSock,
+    /// The TC program for `--netdev`.
+    pub tc: super::netdev::TcProgram,
+    pin_dir: PathBuf,
+}
+
+impl IsolatePrograms {
+    /// Loads (or opens from their pins) the per-target cgroup programs and
+    /// the TC program. The cgroup_skb egress program is shared with level
+    /// 1: one program isolates and polices egress (see the eBPF side).
+    pub fn open(ebpf: &mut Ebpf, pin_dir: &Path, loaded: &mut Vec<&'static str>) -> Result<Self> {
+        let skb_pin = load_pinned::<CgroupSkb>(ebpf, pin_dir, programs::ISOLATE_SKB, loaded, |p| p.load().map_err(Error::program(programs::ISOLATE_SKB)))?;
+        // Opened with the ingress attach type; the program was loaded
+        // without an expected attach type, so it attaches to both.
+        let skb = CgroupSkb::from_pin(&skb_pin, CgroupSkbAttachType::Ingress).map_err(Error::program("opening pinned cgroup_skb"))?;
+        // Loaded with the egress expected attach type (its section is
+        // cgroup_skb/egress), which lets it return the congestion verdicts.
+        let egress_pin = load_pinned::<CgroupSkb>(ebpf, pin_dir, programs::EGRESS_SKB, loaded, |p| p.load().map_err(Error::program(programs::EGRESS_SKB)))?;
+        let skb_egress = CgroupSkb::from_pin(&egress_pin, CgroupSkbAttachType::Egress).map_err(Error::program("opening pinned cgroup_skb/egress"))?;
+        let mut addr = Vec::new();
+        for (name, ty) in ADDR_PROGS {
+            let pin = load_pinned::<CgroupSockAddr>(ebpf, pin_dir, name, loaded, |p| p.load().map_err(Error::program(name)))?;
+            addr.push((*name, CgroupSockAddr::from_pin(&pin, *ty).map_err(Error::program(name))?));
+        }
+        let sock_pin = load_pinned::<CgroupSock>(ebpf, pin_dir, programs::ISOLATE_SOCK_CREATE, loaded, |p| p.load().map_err(Error::program("sock_create")))?;
+        let sock = CgroupSock::from_pin(&sock_pin, CgroupSockAttachType::SockCreate).map_err(Error::program("sock_create"))?;
+        let tc = super::netdev::TcProgram::open(ebpf, pin_dir, loaded)?;
+        Ok(Self { skb, skb_egress, addr, sock, tc, pin_dir: pin_dir.to_owned() })
+    }
+
+    /// Attaches the cgroup hooks to a target's cgroup (idempotent: links
+    /// already pinned for this cgroup id are kept).
+    pub fn attach_target(&mut self, cgroup_id: u64, cgroup: &Path) -> Result<()> {
+        let dir = target_dir(&self.pin_dir, cgroup_id);
+        fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let cg = fs::File::open(cgroup).map_err(Error::cgroup(cgroup))?;
+        // Mode "Single" means flags = 0, which BPF_LINK_CREATE requires
+        // for cgroups (any flag is EINVAL): cgroup bpf_links always behave
+        // as BPF_F_ALLOW_MULTI, so a workload attaching its own programs
+        // to a nested cgroup cannot override ours; all of them run.
+        let mode = CgroupAttachMode::Single;
+        for (suffix, ty, prog) in
+            [("skb_ingress", CgroupSkbAttachType::Ingress, &mut self.skb), ("skb_egress", CgroupSkbAttachType::Egress, &mut self.skb_egress)]
+        {
+            let pin = dir.join(suffix);
+            if !pin.exists() {
+                let id = prog.attach(&cg, ty, mode).map_err(Error::program(format!("attaching cgroup_skb/{suffix}")))?;
+                let link = fd_link(prog.take_link(id).map_err(Error::program("cgroup_skb link"))?)?;
+                link.pin(&pin).map_err(Error::pin(&pin))?;
+            }
+        }
+        for (name, prog) in &mut self.addr {
+            let pin = dir.join(*name);
+            if !pin.exists() {
+                let id = prog.attach(&cg, mode).map_err(Error::program(format!("attaching {name}")))?;
+                let link = fd_link(prog.take_link(id).map_err(Error::program(*name))?)?;
+                link.pin(&pin).map_err(Error::pin(&pin))?;
+            }
+        }
+        let pin = dir.join(programs::ISOLATE_SOCK_CREATE);
+        if !pin.exists() {
+            let id = self.sock.attach(&cg, mode).map_err(Error::program("attaching sock_create"))?;
+            let link = fd_link(self.sock.take_link(id).map_err(Error::program("sock_create link"))?)?;
+            link.pin(&pin).map_err(Error::pin(&pin))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches a target's cgroup hooks (removing the last reference to a
+    /// pinned link detaches it).
+    pub fn detach_target(&self, cgroup_id: u64) -> Result<()> {
+        let dir = target_dir(&self.pin_dir, cgroup_id);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a target's hooks are all attached (their link pins exist).
+    pub fn attached(&self, cgroup_id: u64) -> bool {
+        let dir = target_dir(&self.pin_dir, cgroup_id);
+        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE].iter().chain(ADDR_PROGS.iter().map(|(n, _)| n)).all(|n| dir.join(n).exists())
+    }
+}
+
+/// Loads, attaches and pins isolation's host-wide BPF LSM hooks. The
+/// caller has checked that a BPF LSM hook really runs here
+/// (`kernel::probe::lsm_runs`).
+pub fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, gen: &Path, loaded: &mut Vec<&'static str>) -> Result<()> {
+    for (name, hook) in LSM_PROGS {
+        if object::attach_lsm(ebpf, btf, gen, name, hook)? {
+            loaded.push(name);
+            info!(hook, "isolation LSM hook attached and pinned");
+        }
+    }
+    Ok(())
+}

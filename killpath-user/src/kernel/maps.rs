@@ -1,0 +1,194 @@
+//! Typed handles on the pinned maps, and the per-target state map every
+//! program reads. Each level adds its own methods in its folder
+//! (`throttle::maps`, `degrade::maps`); this file owns the handles and the
+//! global switches ([`GuardConfig`]) that let hooks exit early.
+use std::path::Path;
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+};
+use killpath_common::{
+    level, maps, throttle as tclass, Bucket, ConnectAllow, DenialKey, GuardConfig, TargetState, ThrottleCounts, ThrottleKey, WriteAllow, MAX_CGROUP_DEPTH,
+};
+
+use super::{object::typed, pins::map_pin};
+use crate::error::{Error, Result};
+
+/// Maps that outlive the agent: every map the object declares is pinned,
+/// so a restarted agent (or the CLI's fallback stop) finds the same state.
+pub const PINNED: &[&str] = &[
+    maps::TARGETS,
+    maps::GUARD_CONFIG,
+    maps::GUARD_KILLS,
+    maps::COUNTERS,
+    maps::NETDEVS,
+    maps::DENIALS,
+    maps::DENIAL_RATE,
+    maps::DENIAL_EVENTS,
+    maps::CONNECT_ALLOW,
+    maps::OFFSETS,
+    maps::WRITE_ALLOW,
+    maps::THROTTLE,
+    maps::THROTTLE_COUNTS,
+    maps::SYSCALL_CLASS,
+    maps::THROTTLE_EVENTS,
+];
+
+/// Typed handles on the pinned maps. Used by the agent, and by the CLI's
+/// fallback stop when the agent does not answer.
+pub struct Maps {
+    targets: HashMap<MapData, u64, TargetState>,
+    config: Array<MapData, GuardConfig>,
+    kills: PerCpuArray<MapData, u64>,
+    counters: Option<PerCpuArray<MapData, u64>>,
+    /// Degrade maps: only the agent opens them.
+    pub(crate) degrade: Option<DegradeMaps>,
+    /// Throttle maps: only the agent opens them.
+    pub(crate) throttle: Option<ThrottleMaps>,
+}
+
+/// The level-1 maps (methods in `throttle::maps`).
+pub struct ThrottleMaps {
+    pub(crate) buckets: HashMap<MapData, ThrottleKey, Bucket>,
+    pub(crate) counts: PerCpuHashMap<MapData, ThrottleKey, ThrottleCounts>,
+}
+
+/// The level-2 maps (methods in `degrade::maps`).
+pub struct DegradeMaps {
+    pub(crate) allow: LpmTrie<MapData, ConnectAllow, u8>,
+    pub(crate) write_allow: HashMap<MapData, WriteAllow, u8>,
+    pub(crate) denials: PerCpuHashMap<MapData, DenialKey, u64>,
+}
+
+fn open_pin(gen: &Path, name: &str, wrap: fn(MapData) -> Map) -> Result<Map> {
+    let p = map_pin(gen, name);
+    let data = MapData::from_pin(&p).map_err(Error::map(format!("opening pinned map {}", p.display())))?;
+    Ok(wrap(data))
+}
+
+impl Maps {
+    /// Takes every map's handle out of a freshly loaded object.
+    pub fn from_object(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            targets: typed(ebpf, maps::TARGETS)?,
+            config: typed(ebpf, maps::GUARD_CONFIG)?,
+            kills: typed(ebpf, maps::GUARD_KILLS)?,
+            counters: Some(typed(ebpf, maps::COUNTERS)?),
+            degrade: Some(DegradeMaps {
+                write_allow: typed(ebpf, maps::WRITE_ALLOW)?,
+                allow: typed(ebpf, maps::CONNECT_ALLOW)?,
+                denials: typed(ebpf, maps::DENIALS)?,
+            }),
+            throttle: Some(ThrottleMaps { buckets: typed(ebpf, maps::THROTTLE)?, counts: typed(ebpf, maps::THROTTLE_COUNTS)? }),
+        })
+    }
+
+    /// Opens the maps pinned in one generation directory (see
+    /// [`super::pins::generations`]) by a running or dead agent: only the
+    /// ones a stop needs.
+    pub fn open_pinned(gen: &Path) -> Result<Self> {
+        Ok(Self {
+            targets: HashMap::try_from(open_pin(gen, maps::TARGETS, Map::HashMap)?).map_err(Error::map(maps::TARGETS))?,
+            config: Array::try_from(open_pin(gen, maps::GUARD_CONFIG, Map::Array)?).map_err(Error::map(maps::GUARD_CONFIG))?,
+            kills: PerCpuArray::try_from(open_pin(gen, maps::GUARD_KILLS, Map::PerCpuArray)?).map_err(Error::map(maps::GUARD_KILLS))?,
+            counters: open_pin(gen, maps::COUNTERS, Map::PerCpuArray).ok().and_then(|c| PerCpuArray::try_from(c).ok()),
+            degrade: None,
+            throttle: None,
+        })
+    }
+
+    /// Sum over CPUs of counter `index` (see `killpath_common::counter`).
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters.as_ref().and_then(|c| c.get(&index, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// The target states pinned in generation `gen`, reading only the
+    /// targets map (an older build's other maps may differ in layout).
+    pub fn pinned_targets(gen: &Path) -> Result<Vec<(u64, TargetState)>> {
+        let map: HashMap<MapData, u64, TargetState> =
+            HashMap::try_from(open_pin(gen, maps::TARGETS, Map::HashMap)?).map_err(Error::map(map_pin(gen, maps::TARGETS).display()))?;
+        Ok(map.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Every target the kernel knows, by cgroup id.
+    pub fn targets(&self) -> Vec<(u64, TargetState)> {
+        self.targets.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn get(&self, cgroup_id: u64) -> Option<TargetState> {
+        self.targets.get(&cgroup_id, 0).ok()
+    }
+
+    /// Sets a target's state, then recomputes the guard's global switch.
+    pub fn set(&mut self, cgroup_id: u64, state: TargetState) -> Result<()> {
+        if state.depth >= MAX_CGROUP_DEPTH {
+            return Err(Error::InvalidRequest(format!("cgroup depth {} exceeds {MAX_CGROUP_DEPTH}", state.depth)));
+        }
+        self.targets.insert(cgroup_id, state, 0).map_err(Error::map(format!("updating {}", maps::TARGETS)))?;
+        self.sync_config()
+    }
+
+    /// Removes a target's state (no-op if absent).
+    pub fn remove(&mut self, cgroup_id: u64) -> Result<()> {
+        let _ = self.targets.remove(&cgroup_id);
+        self.sync_config()
+    }
+
+    /// The global switches as the kernel sees them now.
+    pub fn config(&self) -> Option<GuardConfig> {
+        self.config.get(&0, 0).ok()
+    }
+
+    /// Recomputes GuardConfig from the targets and throttle maps, the
+    /// single source of truth. Without the throttle maps open (the CLI's
+    /// fallback stop), the throttle switches are kept as they are.
+    pub(crate) fn sync_config(&mut self) -> Result<()> {
+        let mut cfg = GuardConfig::default();
+        let targets = self.targets();
+        match &self.throttle {
+            Some(t) => {
+                let mut syscall = std::collections::BTreeSet::new();
+                let mut egress = std::collections::BTreeSet::new();
+                for k in t.buckets.keys().filter_map(|k| k.ok()) {
+                    let Some((_, st)) = targets.iter().find(|(id, _)| *id == k.cgroup_id) else {
+                        continue;
+                    };
+                    cfg.throttle_depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
+                    if k.class < tclass::SYSCALL_CLASSES {
+                        syscall.insert(k.cgroup_id);
+                    } else {
+                        egress.insert(k.cgroup_id);
+                    }
+                }
+                cfg.syscall_throttled = syscall.len() as u32;
+                cfg.egress_throttled = egress.len() as u32;
+            }
+            None => {
+                if let Some(cur) = self.config() {
+                    cfg.syscall_throttled = cur.syscall_throttled;
+                    cfg.egress_throttled = cur.egress_throttled;
+                    cfg.throttle_depth_mask = cur.throttle_depth_mask;
+                }
+            }
+        }
+        for (_, st) in targets {
+            cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
+            if st.level >= level::STOPPED {
+                cfg.stopped_targets += 1;
+            }
+            if st.level >= level::ISOLATE {
+                cfg.isolated_targets += 1;
+            }
+            if st.revoked != 0 {
+                cfg.degraded_targets += 1;
+            }
+        }
+        self.config.set(0, cfg, 0).map_err(Error::map(format!("updating {}", maps::GUARD_CONFIG)))
+    }
+
+    /// Tasks the guard has killed since its maps were created.
+    pub fn guard_kills(&self) -> u64 {
+        self.kills.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}

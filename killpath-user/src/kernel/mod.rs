@@ -1,0 +1,22 @@
+//! The kernel layer: everything killpath needs from Linux that is not
+//! specific to one level. Levels and the agent build on it; it imports
+//! neither.
+//!
+//! - [`object`]: the compiled eBPF object; loading, pinning, attaching.
+//! - [`pins`]: bpffs, pin paths and pin generations (fail-static upgrades).
+//! - [`maps`]: typed handles on the pinned maps and the global switches.
+//! - [`btf`]: struct offsets from the running kernel's BTF.
+//! - [`probe`]: which program types and hooks this kernel accepts.
+//! - [`cgroup`]: cgroup v2 directories: create, move, freeze, kill, wait.
+//! - [`proctree`]: process trees from /proc.
+//! - [`mounts`]: the one parser of /proc/self/mounts.
+//! - [`durable`]: write-then-rename with fsyncs.
+pub mod btf;
+pub mod cgroup;
+pub mod durable;
+pub mod maps;
+pub mod mounts;
+pub mod object;
+pub mod pins;
+pub mod probe;
+pub mod proctree;

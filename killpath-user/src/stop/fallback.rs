@@ -1,0 +1,93 @@
+//! `killpath stop` without the agent. The kill path must not depend on the
+//! agent being healthy: when it does not answer, the CLI reads the agent's
+//! state dir to find the target's cgroup, arms the kernel guard through the
+//! pinned map, hard-stops the cgroup itself, and journals to a fallback
+//! journal that the agent imports when it comes back.
+use std::{path::Path, time::Instant};
+
+use killpath_common::level;
+use serde_json::{json, Value};
+
+use crate::{
+    error::Result,
+    journal::{Actor, Entry, Journal, Phase},
+    kernel::{cgroup::Cgroup, maps::Maps, pins},
+    state_dir::{AgentFile, AGENT_FILE, FALLBACK_JOURNAL_FILE},
+    stop,
+    target::Registry,
+};
+
+/// Hard-stops target `name` directly. `why` says why the agent was bypassed.
+/// `started` is when the command began (before waiting for the agent), so
+/// the reported times include the wait.
+pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, started: Instant) -> Result<Value> {
+    let agent_wait_us = started.elapsed().as_micros() as u64;
+    let received = Instant::now();
+    let registry = Registry::load(state_dir)?;
+    let t = registry.get(name)?.clone();
+    let cfg_path = state_dir.join(AGENT_FILE);
+    let cfg = AgentFile::read(state_dir);
+    let journal_path = state_dir.join(FALLBACK_JOURNAL_FILE);
+    let actor = Actor::Caller { uid: nix::unistd::getuid().as_raw(), pid: std::process::id() as i32 };
+
+    let mut intent = Entry::new(actor.clone(), Phase::Intent, "stop");
+    intent.target = Some(name.to_owned());
+    intent.from_level = Some(t.level);
+    intent.params = json!({"reason": reason, "fallback": why});
+    // One open for both records: a second open would see the intent
+    // without its result and report it as an interrupted action.
+    let (mut journal, _) = Journal::open(&journal_path)?;
+    let intent = journal.append(intent)?;
+
+    // Arm the guard through the pinned map if the pins are there; the
+    // cgroup kill below works without it.
+    // Every generation of pins that exists (normally one) gets the stop.
+    let guard = match cfg.as_ref().map(|c| pins::generations(&c.pin_dir)) {
+        None => format!("not armed: {} unreadable", cfg_path.display()),
+        Some(gens) if gens.is_empty() => "not armed: no pinned maps (agent never started?)".to_owned(),
+        Some(gens) => {
+            let results: Vec<String> = gens
+                .iter()
+                .map(|g| {
+                    Maps::open_pinned(g)
+                        .and_then(|mut m| m.set(t.cgroup_id, t.state(level::STOPPED)))
+                        .map_or_else(|e| format!("not armed in {}: {e}", g.display()), |()| "armed".to_owned())
+                })
+                .collect();
+            results.join("; ")
+        }
+    };
+    let outcome = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT);
+
+    let mut res = Entry::new(actor, Phase::Result, "stop");
+    res.target = Some(name.to_owned());
+    res.from_level = Some(t.level);
+    res.intent_seq = Some(intent.seq);
+    match &outcome {
+        Ok(r) => {
+            res.to_level = Some(level::STOPPED);
+            res.outcome = Some(if r.survivors == 0 { "ok".into() } else { format!("survivors: {}", r.survivors) });
+            res.time_to_effect_us = Some(r.time_to_empty_us);
+            res.params = json!({"report": r, "guard": guard});
+        }
+        Err(e) => res.outcome = Some(format!("error: {e}")),
+    }
+    journal.append(res)?;
+    drop(journal);
+    let r = outcome?;
+    Ok(json!({
+        "target": name,
+        "level": "stopped",
+        "fallback": true,
+        "agent_error": why,
+        "agent_wait_us": agent_wait_us,
+        "guard": guard,
+        "journal": journal_path,
+        "survivors": r.survivors,
+        "tasks_at_start": r.tasks_at_start,
+        "time_to_halt_us": r.time_to_halt_us,
+        "time_to_empty_us": r.time_to_empty_us,
+        "used_cgroup_kill": r.used_cgroup_kill,
+        "used_freeze": r.used_freeze,
+    }))
+}
