@@ -12,10 +12,7 @@ use killpath_common::{level, ConnectAllow};
 use serde_json::{json, Value};
 use tracing::warn;
 
-use super::{
-    handlers::{Caller, Done},
-    now_us, State,
-};
+use super::{now_us, Caller, Done, State};
 use crate::{
     degrade::{self, CapabilityStatus},
     error::{Error, Result},

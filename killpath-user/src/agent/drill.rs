@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::{handlers::Caller, now_us, State};
+use super::{now_us, Caller, State};
 use crate::{
     error::{Error, Result},
     journal::{Actor, Entry, Phase},

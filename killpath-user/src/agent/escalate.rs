@@ -5,7 +5,7 @@ use std::time::Instant;
 use killpath_common::level;
 use serde_json::{json, Value};
 
-use super::{handlers::Caller, State};
+use super::{Caller, State};
 use crate::{
     error::{Error, Result},
     journal::{Entry, Phase},

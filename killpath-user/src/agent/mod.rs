@@ -1,16 +1,23 @@
 //! The agent: owns the journal, the target registry and the kernel maps,
 //! and serves the socket. Everything that changes state goes through
 //! [`State::execute`], which journals intent before and result after.
+mod caller;
 pub mod defaults;
 mod degrade;
+mod dispatch;
 mod drill;
 pub mod enforcer;
 mod escalate;
-mod handlers;
+mod isolate;
+mod lifecycle;
 mod probe;
 mod recovery;
+mod restore;
 pub mod server;
+mod status;
+mod stop;
 mod throttle;
+mod transaction;
 
 use std::{
     path::{Path, PathBuf},
@@ -26,7 +33,9 @@ use crate::{
     kernel::cgroup::{self, Cgroup},
     target::Registry,
 };
+pub use caller::Caller;
 pub use enforcer::Enforcer;
+use transaction::Done;
 
 /// How the agent was started; persisted to `agent.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder, Framed};
 use tracing::{debug, error, info, warn};
 
-use super::{handlers::Caller, State};
+use super::{Caller, State};
 use crate::{
     client::protocol::{self, Command, ErrorBody, Response, MAX_LINE},
     error::{Error, Result},

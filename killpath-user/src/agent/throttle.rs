@@ -15,7 +15,7 @@ use killpath_common::{level, ThrottleCounts, ThrottleEvent};
 use serde_json::{json, Value};
 use tracing::warn;
 
-use super::{handlers::Done, now_us, State};
+use super::{now_us, Done, State};
 use crate::{
     error::{Error, Result},
     kernel::cgroup::Cgroup,

@@ -1,0 +1,22 @@
+//! Who is asking: the peer's credentials from SO_PEERCRED, and the drill
+//! its connection began, if any.
+use crate::journal::Actor;
+
+/// Who is asking, from SO_PEERCRED.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// The drill this connection began, if any: its commands are the drill's.
+    pub drill: Option<u64>,
+}
+
+impl Caller {
+    pub(super) fn actor(self) -> Actor {
+        match self.drill {
+            Some(d) => super::drill::actor(d, self.uid, self.pid),
+            None => Actor::Caller { uid: self.uid, pid: self.pid },
+        }
+    }
+}

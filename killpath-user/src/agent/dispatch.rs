@@ -1,0 +1,147 @@
+//! One arm per socket command: validation, then the journaled transaction
+//! around the level's action.
+use std::time::Instant;
+
+use killpath_common::level;
+use serde_json::{json, Value};
+
+use super::{Caller, State};
+use crate::{
+    client::protocol::Command,
+    error::{Error, Result},
+    journal::{self},
+    target::validate_name,
+};
+
+/// Parses a level name for `restore --to` (stop is not a level to restore to).
+fn parse_level(s: &str) -> Result<u32> {
+    match crate::agent::defaults::parse_level(s)? {
+        level::STOPPED => Err(Error::InvalidRequest("restore goes down: stop is the top level (use stop)".into())),
+        l => Ok(l),
+    }
+}
+
+impl State {
+    /// Serves one decoded command. `received` is when its line arrived.
+    pub fn handle(&mut self, cmd: Command, caller: Caller, received: Instant) -> Result<Value> {
+        match cmd {
+            Command::Ping {} => Ok(json!({"pong": true, "pid": std::process::id()})),
+            Command::Probe {} => Ok(json!(super::probe::run(Some(&self.config.cgroup_parent)))),
+            Command::Status { name } => self.status(name.as_deref()),
+            Command::Journal { after } => Ok(json!({"records": journal::read_records(self.journal.path(), after)?})),
+            Command::JournalVerify {} => Ok(json!(self.verify_journal()?)),
+            Command::Create { name, move_caller } => {
+                validate_name(&name)?;
+                let params = json!({"move_caller": move_caller, "caller_pid": caller.pid});
+                self.execute(caller, "run", Some(&name), params, |s| s.create(&name, move_caller.then_some(caller.pid)))
+            }
+            Command::Adopt { name, cgroup, pid } => {
+                validate_name(&name)?;
+                let params = json!({"cgroup": cgroup, "pid": pid});
+                self.execute(caller, "adopt", Some(&name), params, |s| s.adopt(&name, cgroup.as_deref(), pid))
+            }
+            Command::Stop { name, reason } => {
+                self.registry.get(&name)?;
+                let params = json!({"reason": reason});
+                self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, received))
+            }
+            Command::Isolate { name, reason, verify, netdev } => {
+                self.registry.get(&name)?;
+                // Every device must exist before anything changes.
+                for d in &netdev {
+                    crate::isolate::netdev::ifindex(d)?;
+                }
+                let params = json!({"reason": reason, "verify": verify, "netdev": netdev});
+                self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, &netdev, received))
+            }
+            Command::Restore { name, to, grant, reason } => {
+                self.registry.get(&name)?;
+                let params = json!({"to": to, "grant": grant, "reason": reason});
+                match (to, grant.is_empty()) {
+                    (Some(to), true) => {
+                        let to_level = parse_level(&to)?;
+                        self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, to_level, received))
+                    }
+                    // Neither: one level down.
+                    (None, true) => {
+                        let cur = self.registry.get(&name)?.level;
+                        if cur == level::NORMAL {
+                            return Err(Error::InvalidRequest(format!("{name} is already at normal")));
+                        }
+                        self.execute(caller, "restore", Some(&name), params, |s| s.restore(&name, cur - 1, received))
+                    }
+                    (None, false) => {
+                        let mask = grant.iter().map(|g| crate::degrade::bit(g)).collect::<Result<Vec<u32>>>()?.into_iter().fold(0, |a, b| a | b);
+                        self.execute(caller, "restore", Some(&name), params, |s| s.grant(&name, mask, received))
+                    }
+                    _ => Err(Error::InvalidRequest("restore takes --to LEVEL or --grant CAP, not both".into())),
+                }
+            }
+            Command::Degrade { name, revoke, allow_connect, allow_write, reason } => {
+                self.registry.get(&name)?;
+                let plan = self.plan_degrade(&name, &revoke, &allow_connect, &allow_write)?;
+                let params = json!({"revoke": revoke, "allow_connect": allow_connect, "allow_write": allow_write, "reason": reason});
+                let r = self.execute(caller, "degrade", Some(&name), params, |s| s.degrade(&name, plan, received))?;
+                self.alert(caller, &name, "degrade", &r, reason.as_deref());
+                Ok(r)
+            }
+            Command::Throttle { name, syscalls, syscall_class, egress_bytes, egress_packets, tasks, mode, netdev, reason } => {
+                let mut req = crate::throttle::Ceilings { egress_bytes, egress_packets, tasks, ..Default::default() };
+                req.syscalls = syscall_class.clone();
+                if let Some(n) = syscalls {
+                    req.syscalls.insert("all".into(), n);
+                }
+                req.mode = mode.as_deref().map(crate::throttle::Mode::parse).transpose()?.unwrap_or_default();
+                let plan = self.plan_throttle(&name, &req)?;
+                for d in &netdev {
+                    crate::isolate::netdev::ifindex(d)?;
+                }
+                if !netdev.is_empty() && !plan.has_egress() {
+                    return Err(Error::InvalidRequest("--netdev only makes sense with --egress-bytes or --egress-packets".into()));
+                }
+                let params = json!({"syscalls": syscalls, "syscall_class": syscall_class, "egress_bytes": egress_bytes,
+                    "egress_packets": egress_packets, "tasks": tasks, "mode": mode, "netdev": netdev, "reason": reason});
+                let r = self.execute(caller, "throttle", Some(&name), params, |s| s.throttle(&name, plan, &netdev, received))?;
+                self.alert(caller, &name, "throttle", &r, reason.as_deref());
+                Ok(r)
+            }
+            Command::Escalate { name, to, skip_reason, reason } => {
+                self.escalate(caller, &name, to.as_deref(), skip_reason.as_deref(), reason.as_deref(), received)
+            }
+            Command::DrillBegin { target } => self.drill_begin(caller, &target),
+            Command::DrillEnd { report, restore } => self.drill_end(caller, &report, restore),
+            Command::Capabilities {} => Ok(json!({"capabilities": self.capabilities()})),
+            Command::Events {} => Err(Error::InvalidRequest("events is a subscription: the server handles it".into())),
+            Command::Verify { name } => {
+                self.registry.get(&name)?;
+                self.execute(caller, "verify", Some(&name), Value::Null, |s| s.verify(&name))
+            }
+            Command::Release { name } => {
+                self.registry.get(&name)?;
+                self.execute(caller, "release", Some(&name), Value::Null, |s| s.release(&name))
+            }
+        }
+    }
+
+    /// Verifies the file, and also that it still ends where this agent
+    /// last wrote: removing the last records keeps the chain valid, but the
+    /// agent remembers how far it got.
+    pub(super) fn verify_journal(&self) -> Result<journal::VerifyReport> {
+        let mut report = journal::verify_file(self.journal.path())?;
+        let written = self.journal.last_seq();
+        if report.records < written {
+            report.ok = false;
+            report.problems.push(journal::Problem {
+                line: report.records + 1,
+                seq: Some(report.records + 1),
+                kind: "truncated".into(),
+                message: format!(
+                    "the journal ends at seq {} but this agent wrote up to seq {written}: the last {} record(s) were removed",
+                    report.records,
+                    written - report.records
+                ),
+            });
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,157 @@
+//! Targets come and go: `run` (create), `adopt` (a cgroup or a process
+//! tree) and `release`.
+use std::path::PathBuf;
+
+use killpath_common::level;
+use serde_json::json;
+
+use super::{now_us, Done, State};
+use crate::{
+    error::{Error, Result},
+    kernel::cgroup::{self, Cgroup},
+    kernel::proctree as tree,
+    target::Target,
+};
+
+impl State {
+    pub(super) fn insert_target(&mut self, name: &str, cg: &Cgroup, created: bool, adopted: bool) -> Result<Target> {
+        let cgroup_id = cg.id()?;
+        // Two names for one cgroup would share one kernel entry: adopting
+        // it again would reset a stopped target's guard to normal.
+        if let Some(other) = self.registry.targets.values().find(|t| t.cgroup_id == cgroup_id) {
+            return Err(Error::InvalidRequest(format!("cgroup {} is already target {:?}", cg.path().display(), other.name)));
+        }
+        let t = Target {
+            name: name.to_owned(),
+            cgroup: cg.path().to_owned(),
+            cgroup_id,
+            depth: cg.depth(&self.cgroup_mount)?,
+            created,
+            level: level::NORMAL,
+            since_unix_us: now_us(),
+            last_stop: None,
+            netdevs: Vec::new(),
+            revoked: 0,
+            allow_connect: Vec::new(),
+            allow_write: Vec::new(),
+            adopted,
+            throttle: Default::default(),
+            history: Vec::new(),
+        };
+        self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
+        // Attach the level-3 hooks now, so that isolating later is only a
+        // map update.
+        if let Err(e) = self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup) {
+            let _ = self.enforcer.maps.remove(t.cgroup_id);
+            let _ = self.enforcer.isolate.detach_target(t.cgroup_id);
+            return Err(e);
+        }
+        self.registry.targets.insert(name.to_owned(), t.clone());
+        self.registry.save()?;
+        Ok(t)
+    }
+
+    pub(super) fn ensure_new(&self, name: &str) -> Result<()> {
+        if self.registry.targets.contains_key(name) {
+            return Err(Error::TargetExists(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub(super) fn create(&mut self, name: &str, move_pid: Option<i32>) -> Result<Done> {
+        self.ensure_new(name)?;
+        let cg = Cgroup::new(self.config.cgroup_parent.join(name));
+        if cg.exists() && !cg.procs_recursive().is_empty() {
+            return Err(Error::InvalidRequest(format!("cgroup {} already exists and holds tasks; use adopt --cgroup", cg.path().display())));
+        }
+        cg.create()?;
+        let t = self.insert_target(name, &cg, true, false)?;
+        if let Some(pid) = move_pid {
+            cg.move_pid(pid)?;
+        }
+        Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+    }
+
+    pub(super) fn adopt(&mut self, name: &str, cgroup_path: Option<&str>, pid: Option<i32>) -> Result<Done> {
+        self.ensure_new(name)?;
+        match (cgroup_path, pid) {
+            (Some(path), None) => {
+                let p = PathBuf::from(path);
+                let spelled = if p.starts_with(&self.cgroup_mount) { p } else { self.cgroup_mount.join(path.trim_start_matches('/')) };
+                // Resolve `..` and symlinks before any check: the root and
+                // "contains the agent" checks and the depth the guard keys
+                // on must see the real directory.
+                let abs =
+                    std::fs::canonicalize(&spelled).map_err(|e| Error::InvalidRequest(format!("{} is not a cgroup2 directory: {e}", spelled.display())))?;
+                if !abs.starts_with(&self.cgroup_mount) {
+                    return Err(Error::InvalidRequest(format!("{} is not below the cgroup2 mount {}", abs.display(), self.cgroup_mount.display())));
+                }
+                let cg = Cgroup::new(&abs);
+                if !cg.exists() {
+                    return Err(Error::InvalidRequest(format!("{} is not a cgroup2 directory", abs.display())));
+                }
+                if abs == self.cgroup_mount {
+                    return Err(Error::InvalidRequest("refusing to adopt the root cgroup".into()));
+                }
+                let own = self.cgroup_mount.join(cgroup::cgroup_of(std::process::id() as i32)?.trim_start_matches('/'));
+                if own.starts_with(&abs) {
+                    return Err(Error::InvalidRequest(format!("refusing to adopt {}: it contains the agent itself", abs.display())));
+                }
+                let t = self.insert_target(name, &cg, false, true)?;
+                Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+            }
+            (None, Some(pid)) => {
+                tree::check_adoptable(pid)?;
+                let cg = Cgroup::new(self.config.cgroup_parent.join(name));
+                cg.create()?;
+                let t = self.insert_target(name, &cg, true, true)?;
+                let moved = match tree::move_tree(pid, &cg) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Leave nothing half-made: forget the target, and
+                        // remove its cgroup if nothing got in.
+                        let _ = self.enforcer.maps.remove(t.cgroup_id);
+                        self.registry.targets.remove(name);
+                        self.registry.save()?;
+                        let _ = cg.remove();
+                        return Err(e);
+                    }
+                };
+                Ok(Done { result: json!({"target": t, "moved_pids": moved}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+            }
+            _ => Err(Error::InvalidRequest("adopt needs exactly one of --cgroup PATH or --pid PID".into())),
+        }
+    }
+
+    pub(super) fn release(&mut self, name: &str) -> Result<Done> {
+        self.unthrottle(name)?;
+        let t = self.registry.get(name)?.clone();
+        self.enforcer.maps.remove(t.cgroup_id)?;
+        self.enforcer.isolate.detach_target(t.cgroup_id)?;
+        // Nothing of the target stays in the kernel maps.
+        self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
+        self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
+        self.enforcer.maps.clear_denials(t.cgroup_id);
+        for d in &t.netdevs {
+            self.enforcer.isolate.tc.detach(d)?;
+        }
+        let cg = Cgroup::new(&t.cgroup);
+        let mut removed = false;
+        if cg.exists() {
+            if cg.has_freeze() {
+                cg.freeze(false)?;
+            }
+            if t.created && cg.procs_recursive().is_empty() {
+                cg.remove()?;
+                removed = true;
+            }
+        }
+        self.registry.targets.remove(name);
+        self.registry.save()?;
+        Ok(Done {
+            result: json!({"target": name, "cgroup_removed": removed, "tasks_left": if cg.exists() { cg.procs_recursive().len() } else { 0 }}),
+            to_level: Some(level::NORMAL),
+            time_to_effect_us: None,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! `killpath status`: each target's level, ceilings, capabilities,
+//! channels, counters and denials, read from the kernel maps.
+
+use killpath_common::{counter, level};
+use serde_json::{json, Value};
+
+use super::State;
+use crate::{
+    error::Result,
+    kernel::cgroup::Cgroup,
+    target::{level_name, Target},
+};
+
+impl State {
+    pub(super) fn status(&self, name: Option<&str>) -> Result<Value> {
+        let list: Vec<&Target> = match name {
+            Some(n) => vec![self.registry.get(n)?],
+            None => self.registry.targets.values().collect(),
+        };
+        let rows: Vec<Value> = list
+            .into_iter()
+            .map(|t| {
+                let cg = Cgroup::new(&t.cgroup);
+                let kernel = self.enforcer.maps.get(t.cgroup_id);
+                let open: Vec<String> = if t.level >= level::ISOLATE {
+                    crate::isolate::catalog(self.enforcer.lsm_error.as_deref(), t.adopted).into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
+                } else {
+                    Vec::new()
+                };
+                let denials: serde_json::Map<String, Value> = self
+                    .enforcer
+                    .maps
+                    .denials(t.cgroup_id)
+                    .into_iter()
+                    .map(|(i, n)| {
+                        (
+                            crate::degrade::name_of_index(i).to_owned(),
+                            json!({"total": n, "last_minute": n.saturating_sub(self.denials_minute_ago(t.cgroup_id, i))}),
+                        )
+                    })
+                    .collect();
+                json!({
+                    "history": t.history,
+                    "throttle": self.throttle_status(t),
+                    "revoked": crate::degrade::names(t.revoked),
+                    "allow_connect": t.allow_connect,
+                    "allow_write": t.allow_write,
+                    "denials": denials,
+                    "netdevs": t.netdevs,
+                    "open_channels": open,
+                    "isolation_hooks_attached": self.enforcer.isolate.attached(t.cgroup_id),
+                    "name": t.name,
+                    "cgroup": t.cgroup,
+                    "cgroup_id": t.cgroup_id,
+                    "level": level_name(t.level),
+                    "kernel_level": kernel.map(|k| level_name(k.level)),
+                    "tasks": cg.procs_recursive().len(),
+                    "populated": cg.populated().unwrap_or(false),
+                    "cgroup_exists": cg.exists(),
+                    "since_unix_us": t.since_unix_us,
+                    "last_stop": t.last_stop,
+                })
+            })
+            .collect();
+        let m = &self.enforcer.maps;
+        Ok(json!({
+            "targets": rows,
+            "guard_kills": m.guard_kills(),
+            "isolation": {
+                "packets_dropped": m.counter(counter::ISOLATE_SKB_DROPS),
+                "tc_packets_dropped": m.counter(counter::ISOLATE_TC_DROPS),
+                "connects_refused": m.counter(counter::ISOLATE_ADDR_DENIALS),
+                "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
+                "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
+                "lsm": self.enforcer.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
+            },
+        }))
+    }
+}
