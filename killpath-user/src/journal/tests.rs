@@ -1,0 +1,220 @@
+
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn entry(phase: Phase, action: &str) -> Entry {
+    let mut e = Entry::new(Actor::Caller { uid: 0, pid: 42 }, phase, action);
+    e.target = Some(format!("workload-{action}"));
+    e
+}
+
+/// A journal (in a not yet existing subdirectory) with 4 events targeting workload-1..4.
+fn four() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/journal.jsonl");
+    let (mut journal, recovery) = Journal::open(&path).unwrap();
+    assert_eq!(recovery.truncated_bytes, 0);
+    for i in 1..=4 {
+        journal.append(entry(Phase::Event, &i.to_string())).unwrap();
+    }
+    (dir, path)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+}
+
+fn kinds(path: &Path) -> Vec<(u64, String)> {
+    let problems = verify_file(path).unwrap().problems;
+    problems.into_iter().map(|p| (p.line, p.kind)).collect()
+}
+
+fn kind(line: u64, kind: &str) -> (u64, String) {
+    (line, kind.to_owned())
+}
+
+#[test]
+fn append_and_verify_ok() {
+    let (_dir, path) = four();
+    let report = verify_file(&path).unwrap();
+    assert!(report.ok && report.records == 4, "{report:?}");
+    let all = read_records(&path, 0).unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!((all[0].prev_hash.as_str(), &all[2].prev_hash), (ZERO_HASH, &all[1].hash));
+    assert_eq!(read_records(&path, 2).unwrap(), all[2..]);
+    assert_eq!(lines(&path)[3], serde_json::to_string(&all[3]).unwrap());
+    assert!(lines(&path)[3].ends_with(&format!(",\"hash\":\"{}\"}}", all[3].hash)));
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn edited_byte_is_a_hash_mismatch() {
+    let (_dir, path) = four();
+    let mut l = lines(&path);
+    l[1] = l[1].replace("workload-2", "workload-X");
+    write_lines(&path, &l);
+    assert_eq!(kinds(&path), [kind(2, "hash-mismatch")]);
+    let message = &verify_file(&path).unwrap().problems[0].message;
+    assert!(message.starts_with("line 2 (seq 2): content does not match its hash"));
+    assert!(matches!(Journal::open(&path), Err(JournalError::Corrupt { .. })));
+    assert!(read_records(&path, 0).unwrap_err().to_string().contains("line 2 (seq 2)"));
+    // Whatever byte sits in the middle of line 2, flipping it is caught on line 2.
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = l[0].len() + 1 + l[1].len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    assert!(kinds(&path).iter().all(|(line, _)| *line == 2));
+}
+
+#[test]
+fn removed_line_breaks_the_chain() {
+    let (_dir, path) = four();
+    let mut l = lines(&path);
+    l.remove(1);
+    write_lines(&path, &l);
+    assert_eq!(kinds(&path), [kind(2, "seq-gap"), kind(2, "chain-break")]);
+}
+
+#[test]
+fn swapped_lines_are_detected() {
+    let (_dir, path) = four();
+    let mut l = lines(&path);
+    l.swap(1, 2);
+    write_lines(&path, &l);
+    let found = kinds(&path);
+    assert!(found.contains(&kind(2, "chain-break")) && found.contains(&kind(3, "seq-gap")));
+    assert!(!verify_file(&path).unwrap().ok);
+}
+
+#[test]
+fn malformed_line_is_named() {
+    let (_dir, path) = four();
+    let mut l = lines(&path);
+    l.insert(2, "hello".into());
+    write_lines(&path, &l);
+    assert_eq!(kinds(&path), [kind(3, "malformed")]);
+    assert!(read_records(&path, 0).unwrap_err().to_string().contains("line 3:"));
+}
+
+#[test]
+fn torn_tail_is_truncated_on_open() {
+    let (_dir, path) = four();
+    let torn = b"{\"seq\":5,\"time_unix";
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(torn).unwrap();
+    assert_eq!(kinds(&path), [kind(5, "torn-tail")]);
+    assert_eq!(verify_file(&path).unwrap().records, 4);
+    assert_eq!(read_records(&path, 0).unwrap().len(), 4);
+    let (mut journal, recovery) = Journal::open(&path).unwrap();
+    assert_eq!(recovery.truncated_bytes, torn.len() as u64);
+    assert_eq!(journal.append(entry(Phase::Event, "5")).unwrap().seq, 5);
+    assert!(verify_file(&path).unwrap().ok);
+}
+
+#[test]
+fn dangling_intents_are_reported() {
+    let (_dir, path) = four();
+    let (mut journal, _) = Journal::open(&path).unwrap();
+    let stop = journal.append(entry(Phase::Intent, "stop")).unwrap();
+    let mut result = entry(Phase::Result, "stop");
+    (result.intent_seq, result.outcome) = (Some(stop.seq), Some("ok".into()));
+    journal.append(result).unwrap();
+    let run = journal.append(entry(Phase::Intent, "run")).unwrap();
+    drop(journal);
+    let (_, recovery) = Journal::open(&path).unwrap();
+    assert_eq!(recovery.dangling_intents, [run]);
+}
+
+#[test]
+fn reopen_continues_seq_and_chain() {
+    let (_dir, path) = four();
+    let last = read_records(&path, 3).unwrap().remove(0);
+    let (mut journal, _) = Journal::open(&path).unwrap();
+    assert_eq!((journal.last_seq(), journal.path()), (4, path.as_path()));
+    let next = journal.append(entry(Phase::Event, "5")).unwrap();
+    assert_eq!((next.seq, next.prev_hash), (5, last.hash));
+    assert!(verify_file(&path).unwrap().ok);
+}
+
+#[test]
+fn second_open_is_locked() {
+    let (_dir, path) = four();
+    let held = Journal::open(&path).unwrap();
+    assert!(matches!(Journal::open(&path), Err(JournalError::Locked { .. })));
+    let appended = append_to_file(&path, entry(Phase::Event, "x"));
+    assert!(matches!(appended, Err(JournalError::Locked { .. })));
+    drop(held);
+    assert_eq!(append_to_file(&path, entry(Phase::Event, "x")).unwrap().seq, 5);
+}
+
+#[test]
+fn import_fallback_moves_records_and_renames() {
+    let dir = tempfile::tempdir().unwrap();
+    let (main, fallback) = (dir.path().join("journal"), dir.path().join("fallback"));
+    let mut e = Entry::new(Actor::Source { source: "cli-fallback".into() }, Phase::Result, "stop");
+    (e.target, e.outcome, e.time_to_effect_us) = (Some("w1".into()), Some("ok".into()), Some(7));
+    let first = append_to_file(&fallback, e.clone()).unwrap();
+    append_to_file(&fallback, e).unwrap();
+    let original = fs::read_to_string(&fallback).unwrap();
+    let (mut journal, _) = Journal::open(&main).unwrap();
+    assert_eq!(import_fallback(&mut journal, &fallback).unwrap(), 2);
+    assert!(!fallback.exists());
+    let renamed = fs::read_dir(dir.path()).unwrap().filter(|f| {
+        let name = f.as_ref().unwrap().file_name();
+        name.to_string_lossy().starts_with("fallback.imported-")
+    });
+    assert_eq!(renamed.count(), 1);
+    let got = read_records(&main, 0).unwrap();
+    let imported = &got[0].entry;
+    assert_eq!((imported.actor.clone(), imported.phase), (first.entry.actor.clone(), Phase::Event));
+    assert_eq!((imported.action.as_str(), imported.target.as_deref()), ("fallback-imported", Some("w1")));
+    assert_eq!((imported.outcome.as_deref(), imported.time_to_effect_us), (Some("ok"), Some(7)));
+    assert_eq!(imported.params["fallback_record"], serde_json::to_value(&first).unwrap());
+    assert!(imported.params.get("fallback_verify").is_none());
+    // A crash before the rename: importing the same file again duplicates nothing.
+    fs::write(&fallback, &original).unwrap();
+    assert_eq!(import_fallback(&mut journal, &fallback).unwrap(), 0);
+    // A tampered fallback is still imported, with the problems attached.
+    fs::write(&fallback, original.replace("w1", "w2")).unwrap();
+    assert_eq!(import_fallback(&mut journal, &fallback).unwrap(), 2);
+    let last = read_records(&main, 3).unwrap().remove(0);
+    assert_eq!(last.entry.params["fallback_verify"][0]["kind"], "hash-mismatch");
+    assert_eq!(import_fallback(&mut journal, &fallback).unwrap(), 0);
+    assert!(verify_file(&main).unwrap().ok);
+}
+
+/// Child half of `record_survives_crash`: appends, then exits without dropping anything.
+#[test]
+fn crash_child() {
+    if let Some(path) = std::env::var_os("KILLPATH_JOURNAL_CRASH_PATH") {
+        let (mut journal, _) = Journal::open(Path::new(&path)).unwrap();
+        journal.append(entry(Phase::Intent, "crash")).unwrap();
+        std::process::exit(0);
+    }
+}
+
+#[test]
+fn record_survives_crash() {
+    let (_dir, path) = four();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--test-threads=1"])
+        .env("KILLPATH_JOURNAL_CRASH_PATH", &path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_, recovery) = Journal::open(&path).unwrap();
+    assert_eq!(recovery.dangling_intents.len(), 1);
+    assert_eq!(recovery.dangling_intents[0].entry.action, "crash");
+    assert!(verify_file(&path).unwrap().ok);
+}
+
+#[test]
+fn rfc3339_utc_microseconds() {
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+    assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+    assert_eq!(rfc3339(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
+}
