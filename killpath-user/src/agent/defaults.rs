@@ -17,20 +17,22 @@
 //!
 //! Without a file (or a section), throttle caps syscalls at 1,000/s and
 //! egress at 1 MB/s, and degrade revokes every capability in
-//! [`DEFAULT_REVOKE`] that this kernel can enforce.
+//! [`default_revoke`] that this kernel can enforce.
 use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    degrade::Capability,
     error::{Error, Result},
     throttle::Ceilings,
 };
 
-/// Capabilities a default degrade step revokes, where enforceable: what an
-/// autonomous job uses to reach out or change the host. fork and signal
-/// are left to the job, which usually needs them to keep working.
-pub const DEFAULT_REVOKE: &[&str] = &["net.connect", "net.listen", "net.raw", "net.unix", "fs.write", "exec", "ptrace", "mount", "bpf", "module", "setid"];
+/// Capabilities a default degrade step revokes, where enforceable (see
+/// [`Capability::revoked_by_default`]).
+pub fn default_revoke() -> impl Iterator<Item = Capability> {
+    Capability::ALL.into_iter().filter(|c| c.revoked_by_default())
+}
 
 /// Level-1 defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,7 +67,7 @@ impl ThrottleDefaults {
     }
 }
 
-/// Level-2 defaults. `revoke` absent: [`DEFAULT_REVOKE`], where enforceable.
+/// Level-2 defaults. `revoke` absent: [`default_revoke`], where enforceable.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DegradeDefaults {

@@ -63,10 +63,9 @@ impl State {
                     Some(r) => r.clone(),
                     None => {
                         let caps = self.capabilities();
-                        crate::agent::defaults::DEFAULT_REVOKE
-                            .iter()
-                            .filter(|c| caps.iter().any(|k| k.name == **c && k.enforceable))
-                            .map(|c| (*c).to_owned())
+                        crate::agent::defaults::default_revoke()
+                            .filter(|c| caps.iter().any(|k| k.name == c.name() && k.enforceable))
+                            .map(|c| c.name().to_owned())
                             .collect()
                     }
                 };

@@ -16,7 +16,10 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::{
+    degrade::Capability,
+    error::{Error, Result},
+};
 
 const EPERM: i32 = libc::EPERM;
 const EACCES: i32 = libc::EACCES;
@@ -89,33 +92,38 @@ fn exec_self(cgroup: &Path, scratch: &Path, rows: &[Value]) -> i32 {
 }
 
 fn probe(cap: &str, connect: Option<SocketAddr>, outside_pid: Option<i32>, scratch: &Path) -> Value {
-    let r: std::result::Result<(), i32> = match cap {
-        "net.connect" => match connect {
+    let Ok(c) = Capability::parse(cap) else {
+        return json!({"cap": cap, "result": "not-checked", "detail": "unknown capability"});
+    };
+    // One arm per capability: a new one does not compile until it has a probe.
+    let r: std::result::Result<(), i32> = match c {
+        Capability::NetConnect => match connect {
             Some(a) => TcpStream::connect_timeout(&a, Duration::from_secs(2)).map(drop).map_err(io_err),
             None => return json!({"cap": cap, "result": "not-checked", "detail": "no listener given"}),
         },
-        "net.listen" => TcpListener::bind("127.0.0.1:0").map(drop).map_err(io_err),
-        "net.raw" => raw_socket(libc::AF_PACKET, libc::SOCK_RAW),
-        "net.unix" => raw_socket(libc::AF_UNIX, libc::SOCK_STREAM),
-        "fs.write" => std::fs::write(scratch.join("drill-fs-write"), b"x").map_err(io_err),
-        "fork" => fork_and_reap(),
-        "signal" => match outside_pid {
+        Capability::NetListen => TcpListener::bind("127.0.0.1:0").map(drop).map_err(io_err),
+        Capability::NetRaw => raw_socket(libc::AF_PACKET, libc::SOCK_RAW),
+        Capability::NetUnix => raw_socket(libc::AF_UNIX, libc::SOCK_STREAM),
+        Capability::FsWrite => std::fs::write(scratch.join("drill-fs-write"), b"x").map_err(io_err),
+        // Probed last, by exec'ing this binary (see `run`).
+        Capability::Exec => return json!({"cap": cap, "result": "not-checked", "detail": "exec is probed by exec'ing the probe itself"}),
+        Capability::Fork => fork_and_reap(),
+        Capability::Signal => match outside_pid {
             // SIGWINCH: a real signal (the hook sees it), ignored by default
             // by the drill's outside `sleep`.
             Some(p) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGWINCH).map_err(|e| e as i32),
             None => return json!({"cap": cap, "result": "not-checked", "detail": "no outside process given"}),
         },
-        "ptrace" => match outside_pid {
+        Capability::Ptrace => match outside_pid {
             // PTRACE_SEIZE does not stop the tracee; the attachment ends
             // when this probe exits.
             Some(p) => nix::sys::ptrace::seize(nix::unistd::Pid::from_raw(p), nix::sys::ptrace::Options::empty()).map_err(|e| e as i32),
             None => return json!({"cap": cap, "result": "not-checked", "detail": "no outside process given"}),
         },
-        "mount" => mount_tmpfs(scratch),
-        "bpf" => bpf_map_create(),
-        "module" => init_module_garbage(),
-        "setid" => nix::unistd::setuid(nix::unistd::getuid()).map_err(|e| e as i32),
-        _ => return json!({"cap": cap, "result": "not-checked", "detail": "no probe for this capability"}),
+        Capability::Mount => mount_tmpfs(scratch),
+        Capability::Bpf => bpf_map_create(),
+        Capability::Module => init_module_garbage(),
+        Capability::Setid => nix::unistd::setuid(nix::unistd::getuid()).map_err(|e| e as i32),
     };
     verdict(cap, r)
 }

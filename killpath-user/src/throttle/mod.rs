@@ -8,6 +8,7 @@
 //! window longer than the burst, whatever the number of CPUs or tasks.
 pub mod hook;
 pub mod maps;
+pub mod pacer;
 pub mod tasks;
 
 use std::collections::BTreeMap;
