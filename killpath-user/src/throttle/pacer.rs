@@ -161,4 +161,3 @@ pub fn resume_stopped(cgroup: &std::path::Path) -> usize {
     }
     n
 }
-
