@@ -3,7 +3,6 @@
 //! capability denied, counted and alerted), isolate (every channel cut),
 //! stop (no survivor; the canary resumes from its checkpoint).
 use std::{
-    io::Read,
     net::TcpListener,
     path::Path,
     process::{Command as Process, Stdio},
