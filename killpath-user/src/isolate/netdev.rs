@@ -54,17 +54,17 @@ pub struct TcProgram {
 impl TcProgram {
     pub fn open(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>) -> Result<Self> {
         let pin = load_pinned::<SchedClassifier>(ebpf, gen, programs::ISOLATE_TC, loaded, |p| {
-            p.load().map_err(|e| Error::Kernel(format!("loading {}: {e}", programs::ISOLATE_TC)))
+            p.load().map_err(Error::program(format!("loading {}", programs::ISOLATE_TC)))
         })?;
         debug_assert_eq!(pin, prog_pin(gen, programs::ISOLATE_TC));
-        let prog = SchedClassifier::from_pin(&pin).map_err(|e| Error::Kernel(format!("opening {}: {e}", pin.display())))?;
+        let prog = SchedClassifier::from_pin(&pin).map_err(Error::program(format!("opening {}", pin.display())))?;
         Ok(Self { prog, gen: gen.to_owned() })
     }
 
     fn netdevs(&self) -> Result<HashMap<MapData, u32, u64>> {
         let p = map_pin(&self.gen, maps::NETDEVS);
-        let data = MapData::from_pin(&p).map_err(|e| Error::Kernel(format!("opening {}: {e}", p.display())))?;
-        HashMap::try_from(Map::HashMap(data)).map_err(|e| Error::Kernel(format!("{}: {e}", maps::NETDEVS)))
+        let data = MapData::from_pin(&p).map_err(Error::map(format!("opening {}", p.display())))?;
+        HashMap::try_from(Map::HashMap(data)).map_err(Error::map(maps::NETDEVS))
     }
 
     /// Binds `iface` to the target and attaches the TC program to both
@@ -80,9 +80,9 @@ impl TcProgram {
             }
             match self.prog.attach_with_options(iface, ty, TcAttachOptions::TcxOrder(LinkOrder::default())) {
                 Ok(id) => {
-                    let link = self.prog.take_link(id).map_err(|e| Error::Kernel(format!("tc link: {e}")))?;
-                    let link = FdLink::try_from(link).map_err(|e| Error::Kernel(format!("tc link: {e}")))?;
-                    link.pin(&pin).map_err(|e| Error::Kernel(format!("pinning {}: {e}", pin.display())))?;
+                    let link = self.prog.take_link(id).map_err(Error::program("tc link"))?;
+                    let link = FdLink::try_from(link).map_err(Error::link("tc link"))?;
+                    link.pin(&pin).map_err(Error::pin(&pin))?;
                 }
                 Err(tcx_err) => {
                     // Pre-6.6 kernels: a clsact filter via netlink.
@@ -92,14 +92,14 @@ impl TcProgram {
                         .prog
                         .attach_with_options(iface, ty, TcAttachOptions::Netlink(Default::default()))
                         .map_err(|e| Error::Kernel(format!("attaching TC to {iface} ({dir}): TCX: {tcx_err}; clsact: {e}")))?;
-                    let link = self.prog.take_link(id).map_err(|e| Error::Kernel(format!("tc link: {e}")))?;
+                    let link = self.prog.take_link(id).map_err(Error::program("tc link"))?;
                     // The filter belongs to the qdisc, not to this fd: keep
                     // it attached when the handle goes away.
                     std::mem::forget(link);
                 }
             }
         }
-        self.netdevs()?.insert(idx, cgroup_id, 0).map_err(|e| Error::Kernel(format!("updating {}: {e}", maps::NETDEVS)))?;
+        self.netdevs()?.insert(idx, cgroup_id, 0).map_err(Error::map(format!("updating {}", maps::NETDEVS)))?;
         Ok(mechanism)
     }
 
