@@ -3,7 +3,7 @@
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -149,46 +149,12 @@ fn non_root_caller_may_read_but_not_change() {
     assert_agent_serves(&agent);
 }
 
-/// An agent process on `agent`'s paths started with `--group GID`; killed
-/// on drop (declare it after the `Agent` so it goes first).
-struct GroupAgent(Child);
-
-impl GroupAgent {
-    fn start(agent: &mut Agent, gid: u32) -> GroupAgent {
-        agent.kill9();
-        let log = std::fs::OpenOptions::new().append(true).open(&agent.log).unwrap();
-        let child = Command::new(BIN)
-            .arg("agent")
-            .arg("--socket")
-            .arg(&agent.socket)
-            .arg("--state-dir")
-            .arg(&agent.state_dir)
-            .arg("--pin-dir")
-            .arg(&agent.pin_dir)
-            .arg("--cgroup-parent")
-            .arg(&agent.cgroup_parent)
-            .arg("--group")
-            .arg(gid.to_string())
-            .env("KILLPATH_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut g = GroupAgent(child);
-        let ready = wait_until(Duration::from_secs(30), || {
-            assert!(g.0.try_wait().unwrap().is_none(), "agent --group exited:\n{}", agent.log_text());
-            agent.kp(&["status"]).status.success()
-        });
-        assert!(ready.is_some(), "agent --group not ready:\n{}", agent.log_text());
-        g
-    }
-}
-
-impl Drop for GroupAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Restarts `agent` on the same paths with `--group GID` (the harness
+/// passes it again on any later restart, and stops it with the test).
+fn restart_with_group(agent: &mut Agent, gid: u32) {
+    agent.kill9();
+    agent.extra_args = vec!["--group".to_owned(), gid.to_string()];
+    agent.spawn();
 }
 
 #[test]
@@ -198,7 +164,7 @@ fn configured_group_may_change_others_may_not() {
     let (_ra, pa) = sleeping_target(&agent, "a");
     let (_rb, pb) = sleeping_target(&agent, "b");
     let (_rc, pc) = sleeping_target(&agent, "c");
-    let _g = GroupAgent::start(&mut agent, group);
+    restart_with_group(&mut agent, group);
     let meta = std::fs::metadata(&agent.socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o660, "socket mode with --group");
     assert_eq!(meta.gid(), group, "socket group with --group");
