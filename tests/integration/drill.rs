@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     harness::{wait_until, Agent},
-    stop::{run_bg, show, text},
+    support::process::{run_bg, show, text},
 };
 
 /// `killpath --json drill ARGS`: (exit success, report).

@@ -16,7 +16,11 @@ use serde_json::Value;
 
 use crate::{
     harness::{alive, wait_until, Agent},
-    stop::{assert_all_dead, children, living, make_cgroup, move_into, pids, run_bg, show, spawn_outside, target_row, text, Reaped},
+    support::{
+        cgroup::{make_cgroup, move_into},
+        process::{assert_all_dead, children, living, pids, run_bg, show, spawn_outside, text, Reaped},
+        status::target_row,
+    },
 };
 
 const FALLBACK_JOURNAL: &str = "fallback-journal.jsonl";

@@ -3,12 +3,12 @@
 //! (`--test-threads=1`): they share kernel state. Tests whose names start
 //! with `lsm_` need BPF LSM and run inside the VM (`cargo xtask test`).
 mod harness;
+mod support;
 
 mod degrade;
 mod drill;
 mod fallback;
 mod isolate;
-mod isolate_netdev;
 mod journal;
 mod probe;
 mod socket;

@@ -2,196 +2,21 @@
 //! the workload does: process trees, SIGTERM-ignoring loops, nested
 //! sub-cgroups, fork bombs; and the kernel guard kills what is moved into a
 //! stopped target afterwards.
-//!
-//! The small helpers at the top are shared with `targets.rs` and
-//! `fallback.rs`.
-use std::{
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use killpath::cgroup::Cgroup;
 use nix::{
-    sys::signal::{kill, killpg, Signal},
+    sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use serde_json::Value;
 
-use crate::harness::{alive, wait_until, Agent};
-
-// ---------------------------------------------------------------- helpers
-
-/// A process the test spawned outside any target, in its own process group.
-/// Dropping it SIGKILLs the whole group and reaps the leader, so nothing the
-/// test started outside the agent's cgroup parent outlives the test.
-pub(crate) struct Outside {
-    child: Child,
-}
-
-impl Outside {
-    pub(crate) fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawns `cmd` outside any target (in the test's own cgroup), as the
-/// leader of a new process group.
-pub(crate) fn spawn_outside(cmd: &[&str]) -> Outside {
-    let child = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    Outside { child }
-}
-
-/// A `killpath run` child (the command exec'd in place): SIGKILLed and
-/// reaped on drop, so it never stays a zombie of the test process.
-pub(crate) struct Reaped(pub(crate) Child);
-
-impl Reaped {
-    pub(crate) fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `agent.run_bg`, wrapped so the child is reaped.
-pub(crate) fn run_bg(agent: &Agent, name: &str, cmd: &[&str], min_tasks: usize) -> Reaped {
-    Reaped(agent.run_bg(name, cmd, min_tasks))
-}
-
-pub(crate) fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// One-line description of a finished `killpath` command, for messages.
-pub(crate) fn show(out: &Output) -> String {
-    format!("exit {}\nstdout: {}\nstderr: {}", out.status, text(&out.stdout), text(&out.stderr))
-}
-
-/// Sorted pids (processes) in a cgroup and every cgroup below it.
-pub(crate) fn pids(cg: &Cgroup) -> Vec<i32> {
-    let mut v = cg.procs_recursive();
-    v.sort_unstable();
-    v
-}
-
-/// The pids of `pids` that are still alive (not gone, not zombies).
-pub(crate) fn living(pids: &[i32]) -> Vec<i32> {
-    pids.iter().copied().filter(|p| alive(*p)).collect()
-}
-
-/// Parent pid from /proc, if the process exists.
-pub(crate) fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Live direct children of `pid`.
-pub(crate) fn children(pid: i32) -> Vec<i32> {
-    let mut out: Vec<i32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| ppid(*p) == Some(pid) && alive(*p))
-        .collect();
-    out.sort_unstable();
-    out
-}
-
-/// The row for `name` in `status --json`, if listed.
-pub(crate) fn target_row(agent: &Agent, name: &str) -> Option<Value> {
-    let st = agent.json(&["status"]);
-    st["targets"].as_array().expect("status has a targets array").iter().find(|t| t["name"] == name).cloned()
-}
-
-pub(crate) fn guard_kills(agent: &Agent) -> u64 {
-    agent.json(&["status"])["guard_kills"].as_u64().expect("status has guard_kills")
-}
-
-/// The cgroup2 path of `pid` (the `0::` line of /proc/PID/cgroup).
-pub(crate) fn cgroup_line(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
-}
-
-/// `path` relative to the cgroup2 mount, with a leading `/` (as in /proc/PID/cgroup).
-pub(crate) fn cgroup_rel(path: &std::path::Path) -> String {
-    let mount = killpath::cgroup::cgroup2_mount().expect("cgroup2 mount");
-    format!("/{}", path.strip_prefix(&mount).expect("path below the cgroup2 mount").display())
-}
-
-/// Creates a cgroup directory (and parents) for the test.
-pub(crate) fn make_cgroup(path: PathBuf) -> Cgroup {
-    std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-    let cg = Cgroup::new(path);
-    assert!(cg.exists(), "{} is not a cgroup", cg.path().display());
-    cg
-}
-
-/// Moves `pid` into `cg` (the write to cgroup.procs must succeed; the
-/// caller checks where it landed: a stopped target may kill it at once).
-pub(crate) fn move_into(cg: &Cgroup, pid: i32) {
-    cg.move_pid(pid).unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", cg.path().display()));
-}
-
-/// Waits up to 2 s for every pid to be dead (the kill is asynchronous only
-/// for the last few microseconds of exit; the stop already waited for
-/// `populated 0`, so this is normally immediate).
-pub(crate) fn assert_all_dead(agent: &Agent, what: &str, pids: &[i32]) {
-    if wait_until(Duration::from_secs(2), || living(pids).is_empty()).is_none() {
-        panic!("{what}: still alive: {:?} (of {pids:?})\nagent log:\n{}", living(pids), agent.log_text());
-    }
-}
-
-/// `killpath --json stop NAME`, asserting success.
-pub(crate) fn stop(agent: &Agent, name: &str) -> Value {
-    agent.json(&["stop", name])
-}
-
-/// Everything a completed hard stop must show: the report says 0 survivors
-/// and a time, every pid recorded before is dead, the cgroup (checked in
-/// cgroup.events and cgroup.procs, recursively) is empty, and status says
-/// the target is stopped, in the registry and in the kernel map.
-pub(crate) fn assert_stopped(agent: &Agent, name: &str, cg: &Cgroup, report: &Value, before: &[i32]) {
-    assert_eq!(report["survivors"], 0, "stop left survivors: {report}\nagent log:\n{}", agent.log_text());
-    assert_eq!(report["level"], "stopped", "{report}");
-    let tte = report["time_to_empty_us"].as_u64().unwrap_or_else(|| panic!("no time_to_empty_us: {report}"));
-    assert!(tte > 0, "time_to_empty_us must be a measured time: {report}");
-    let tth = report["time_to_halt_us"].as_u64().unwrap_or_else(|| panic!("no time_to_halt_us: {report}"));
-    assert!(tth > 0 && tth <= tte, "halt ({tth} µs) must come before empty ({tte} µs): {report}");
-    assert_all_dead(agent, &format!("after stop {name}"), before);
-    for sub in cg.subtree() {
-        assert_eq!(sub.populated().ok(), Some(false), "{} still populated after stop: {report}", sub.path().display());
-        assert!(sub.procs().is_empty(), "{} still lists {:?}", sub.path().display(), sub.procs());
-    }
-    let row = target_row(agent, name).unwrap_or_else(|| panic!("status no longer lists {name}"));
-    assert_eq!(row["level"], "stopped", "{row}");
-    assert_eq!(row["kernel_level"], "stopped", "the guard must be armed in the kernel map: {row}");
-    assert_eq!(row["tasks"], 0, "{row}");
-    assert_eq!(row["last_stop"]["survivors"], 0, "{row}");
-}
-
-// ---------------------------------------------------------------- tests
+use crate::{
+    harness::{alive, wait_until, Agent},
+    support::{
+        cgroup::{cgroup_line, cgroup_rel, make_cgroup, move_into},
+        process::{children, pids, run_bg, show, spawn_outside, text},
+        status::{assert_stopped, guard_kills, stop, target_row},
+    },
+};
 
 #[test]
 fn stop_single_process() {

@@ -13,9 +13,10 @@ use nix::{
 
 use crate::{
     harness::{alive, wait_until, Agent},
-    stop::{
-        assert_stopped, cgroup_line, cgroup_rel, children, guard_kills, make_cgroup, move_into, pids, run_bg, show, spawn_outside, stop, target_row,
-        text,
+    support::{
+        cgroup::{cgroup_line, cgroup_rel, make_cgroup, move_into},
+        process::{children, pids, run_bg, show, spawn_outside, text},
+        status::{assert_stopped, guard_kills, stop, target_row},
     },
 };
 

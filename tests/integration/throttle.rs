@@ -1,14 +1,15 @@
 //! Tests: throttle (level 1). `killpath throttle NAME ...` caps a running
 //! target's syscalls (per class), egress bytes/packets and live tasks;
 //! running it again dials the ceilings live; `restore --to normal` lifts
-//! them.
+//! them. With `--netdev` the egress ceiling also polices a container's veth
+//! at TC.
 //!
 //! Rates are measured from outside the target, never reported by the
 //! workload: read syscalls from /proc/PID/io (`syscr`), connections from
 //! a server's accept count, TCP bytes from the iperf3 server's own JSON
 //! report, tasks from the cgroup's task list.
 use std::{
-    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -16,18 +17,13 @@ use serde_json::Value;
 
 use crate::{
     harness::{alive, wait_until, Agent},
-    isolate::Server,
-    stop::{run_bg, show, target_row, text},
+    support::{
+        net::{free_tcp_port, Server},
+        process::{py, run_bg, show, text},
+        status::target_row,
+        veth::Veth,
+    },
 };
-
-/// The distribution's python3 (a pyenv shim may not work inside the VM).
-fn py() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
 
 /// A tight loop of one cheap syscall: read(2) of 0 bytes from /dev/zero.
 /// Every syscall it makes in the loop is a read, which the kernel counts
@@ -160,7 +156,7 @@ fn throttle_syscalls_pace_at_the_ceiling() {
 fn throttle_net_class_pace_and_deny() {
     let Some(agent) = Agent::start() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = free_tcp_port();
     let server_py = format!(
         "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(1024)\n\
          n=0\nwhile True:\n    c,_=s.accept(); c.close(); n+=1\n    open('{}', 'w').write(str(n))\n",
@@ -204,7 +200,7 @@ fn throttle_net_class_pace_and_deny() {
 }
 
 /// Whether some socket listens on 127.0.0.1:port or [::]:port (from /proc/net/tcp*, without connecting).
-pub(crate) fn listening(port: u16) -> bool {
+fn listening(port: u16) -> bool {
     let hex = format!(":{port:04X} ");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
         std::fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
@@ -214,13 +210,9 @@ pub(crate) fn listening(port: u16) -> bool {
     })
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Bytes/s the iperf3 server received in intervals [from, end) of its
 /// JSON report.
-pub(crate) fn iperf_rate(report: &str, from: f64) -> f64 {
+fn iperf_rate(report: &str, from: f64) -> f64 {
     let v: Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("iperf3 -J output ({e}): {report}"));
     let (mut bytes, mut secs) = (0.0, 0.0);
     for i in v["intervals"].as_array().into_iter().flatten() {
@@ -247,7 +239,7 @@ fn throttle_egress_tcp_settles_at_the_ceiling() {
     let _w = run_bg(&agent, "bulk", &["sh", "-c", &script], 1);
     for (n, ceiling) in [(1, 1_000_000u64), (2, 10_000_000)] {
         throttle(&agent, &["bulk", "--egress-bytes", &ceiling.to_string()]);
-        let port = free_port();
+        let port = free_tcp_port();
         let server = Server::start(dir.path(), &format!("iperf{n}"), &["iperf3", "-s", "-1", "-J", "-p", &port.to_string()]);
         // No probe connection: a one-off (-1) server would take it for the test.
         wait_until(Duration::from_secs(10), || listening(port)).expect("iperf3 server up");
@@ -378,7 +370,7 @@ fn throttle_egress_packets_hold_a_udp_flood() {
     let script = format!("while [ ! -e {gate} ]; do sleep 0.05; done; iperf3 -c 127.0.0.1 -u -l 200 -b 4M -t 6 -p $(cat {gate}) >/dev/null 2>&1; sleep 100");
     let _w = run_bg(&agent, "flood", &["sh", "-c", &script], 1);
     throttle(&agent, &["flood", "--egress-packets", "500/s"]);
-    let port = free_port();
+    let port = free_tcp_port();
     let mut server = Server::start(dir.path(), "iperf-udp", &["iperf3", "-s", "-1", "-J", "-p", &port.to_string()]);
     wait_until(Duration::from_secs(10), || listening(port)).expect("iperf3 server up");
     std::fs::write(&gate, port.to_string()).expect("gate");
@@ -399,4 +391,48 @@ fn throttle_egress_packets_hold_a_udp_flood() {
     assert!(within(rate, 500.0, 0.10), "ceiling 500 packets/s, received {rate:.0}/s");
     let row = throttle_row(&agent, "flood");
     assert!(bucket(&row, "egress-packets")["denied"].as_u64().unwrap_or(0) > 1000, "the excess was dropped and counted: {row}");
+}
+
+/// `throttle --egress-bytes --netdev`: traffic on a container's veth that
+/// no cgroup hook of the target sees (here a sender in the namespace but
+/// outside the target's cgroup) is policed at TC. UDP is measured exactly
+/// by the receiver; TCP is reported and must not collapse.
+#[test]
+fn throttle_netdev_polices_at_tc() {
+    let Some(agent) = Agent::start() else { return };
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut run = agent.run_bg("box", &["ip", "netns", "exec", &veth.ns, "sleep", "1000"], 1);
+    let out = agent.kp(&["throttle", "box", "--netdev", &veth.host_if, "--tasks", "5"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--netdev only makes sense"), "{out:?}");
+    let r = agent.json(&["throttle", "box", "--egress-bytes", "1MB/s", "--netdev", &veth.host_if]);
+    assert_eq!(r["netdevs"][0]["netdev"], veth.host_if.as_str(), "{r}");
+    let host_ip = veth.peer_ip.replace(".0.2", ".0.1");
+    for (proto, extra) in [("udp", &["-u", "-b", "20M"][..]), ("tcp", &[][..])] {
+        let port = free_tcp_port();
+        let mut server = Server::start(dir.path(), &format!("iperf-{proto}"), &["iperf3", "-s", "-1", "-J", "-p", &port.to_string()]);
+        wait_until(std::time::Duration::from_secs(10), || listening(port)).expect("iperf3 server up");
+        let mut args = vec!["netns", "exec", &veth.ns, "iperf3", "-c", &host_ip, "-p"];
+        let p = port.to_string();
+        args.push(&p);
+        args.extend_from_slice(&["-t", "6"]);
+        args.extend_from_slice(extra);
+        let out = Command::new("ip").args(&args).output().expect("iperf3 client");
+        assert!(out.status.success() || proto == "tcp", "iperf3 {proto}: {}", String::from_utf8_lossy(&out.stderr));
+        wait_until(std::time::Duration::from_secs(20), || server.exited()).expect("iperf3 server finished");
+        let rate = iperf_rate(&server.stdout(), 2.0);
+        eprintln!("TC policer at 1 MB/s, {proto} from the namespace outside the target's cgroup: received {rate:.0} B/s");
+        if proto == "udp" {
+            assert!((rate - 1e6).abs() <= 1e5, "UDP through the TC policer: {rate:.0} B/s, ceiling 1000000");
+        } else {
+            assert!((0.3e6..=1.1e6).contains(&rate), "TCP through the TC policer: {rate:.0} B/s (ceiling 1000000; must hold and not collapse)");
+        }
+    }
+    let st = agent.json(&["status", "box"]);
+    let buckets = st["targets"][0]["throttle"]["buckets"].as_array().cloned().unwrap_or_default();
+    let tc = buckets.iter().find(|b| b["class"] == "egress-bytes-tc").expect("TC bucket in status");
+    assert!(tc["denied"].as_u64().unwrap_or(0) > 0, "{st}");
+    agent.json(&["release", "box"]);
+    let _ = run.kill();
+    let _ = run.wait();
 }
