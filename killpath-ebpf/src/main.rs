@@ -1,19 +1,30 @@
 //! killpath kernel programs. Entry points are thin wrappers over `try_*`
-//! functions; the modules are named for the level they enforce.
+//! functions (or over one check shared by a family of hooks).
+//!
+//! - `maps.rs`: every map; `targets.rs`: the target of a task or packet;
+//!   `abi.rs`: kernel numbers several levels share;
+//! - one module per level, each holding that level's hooks: `stop.rs`
+//!   (level 4), `isolate/` (level 3, one file per hook family), `degrade/`
+//!   (level 2: `caps`, `fswrite`, `signal`, `connect`), `throttle/`
+//!   (level 1: `syscalls`, `egress`, and the `bucket` both charge);
+//! - `probe.rs`: the tiny programs `killpath probe` loads.
+//!
+//! One program per hook: where a hook serves several levels (the socket,
+//! skb and TC hooks), its program lives in `isolate/` and calls into each
+//! level's functions, in level order, with a comment saying so.
 #![no_std]
 #![no_main]
 // Atomic read-modify-write on map values (throttle buckets): core's
 // AtomicU64 offers no fetch_add/compare_exchange on bpfel.
-#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "core::intrinsics atomics, see throttle.rs"))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "core::intrinsics atomics, see throttle/bucket.rs"))]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
+mod abi;
 mod degrade;
-mod fswrite;
-mod guard;
 mod isolate;
 mod maps;
 mod probe;
-mod signal;
+mod stop;
 mod targets;
 mod throttle;
 

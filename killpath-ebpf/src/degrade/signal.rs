@@ -3,16 +3,11 @@
 //! Whether the receiver is inside is decided from the receiver's own
 //! cgroup: task->cgroups->dfl_cgrp, its ancestor at the target's depth,
 //! and that cgroup's kernfs id — offsets from the running kernel's BTF.
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::{cap, KernelOffsets};
 
-use crate::{degrade, maps::OFFSETS, targets};
-
-#[inline(always)]
-fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
-}
+use super::{deny, read, Detail};
+use crate::{maps::OFFSETS, targets};
 
 /// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable).
 #[inline(always)]
@@ -31,29 +26,34 @@ fn ancestor_id(o: &KernelOffsets, task: u64, depth: u32) -> u64 {
 /// security_task_kill(p, info, sig, cred).
 #[lsm(hook = "task_kill")]
 pub fn kp_degrade_task_kill(ctx: LsmContext) -> i32 {
+    try_task_kill(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_task_kill(ctx: &LsmContext) -> Result<i32, i32> {
     let prev: i32 = ctx.arg(4);
     if prev != 0 {
-        return prev;
+        return Ok(prev);
     }
     let sig: i32 = ctx.arg(2);
     if sig == 0 {
-        return 0;
+        return Ok(0);
     }
-    let Some(cfg) = targets::config() else { return 0 };
+    let cfg = targets::config().ok_or(0)?;
     if cfg.degraded_targets == 0 {
-        return 0;
+        return Ok(0);
     }
-    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return 0 };
+    let (id, st) = targets::of_current_with_id(cfg.depth_mask).ok_or(0)?;
     if st.revoked & cap::SIGNAL == 0 {
-        return 0;
+        return Ok(0);
     }
-    let Some(o) = OFFSETS.get(0) else { return 0 };
+    let o = OFFSETS.get(0).ok_or(0)?;
     if o.signal_valid == 0 {
-        return 0;
+        return Ok(0);
     }
     let p: u64 = ctx.arg(0);
     if ancestor_id(o, p, st.depth) == id {
-        return 0;
+        return Ok(0);
     }
-    degrade::deny(id, cap::SIGNAL.trailing_zeros(), degrade::Detail::default())
+    Ok(deny(id, cap::SIGNAL.trailing_zeros(), Detail::default()))
 }

@@ -8,13 +8,11 @@
 //! dentry tree, `..`, symlinks and bind mounts cannot lead around it: a bind
 //! mount of an outside directory into the allowed one keeps its own parents.
 //! Struct offsets come from the running kernel's BTF (KP_OFFSETS).
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::{cap, KernelOffsets, WriteAllow};
 
-use crate::{
-    degrade::{self, Detail},
-    maps::{OFFSETS, WRITE_ALLOW},
-};
+use super::{deny, read, revoked, Detail};
+use crate::maps::{OFFSETS, WRITE_ALLOW};
 
 const FMODE_WRITE: u32 = 0x2;
 const S_IFMT: u16 = 0o170000;
@@ -23,12 +21,6 @@ const S_IFIFO: u16 = 0o010000;
 const S_IFSOCK: u16 = 0o140000;
 /// Deepest directory nesting walked; deeper allowed dirs are not matched.
 const MAX_WALK: u32 = 32;
-
-#[inline(always)]
-fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
-}
 
 /// Whether `dentry` is an allowed directory of target `id` or below one.
 #[inline(always)]
@@ -64,7 +56,7 @@ fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2], named: u64) -> 
     if prev != 0 {
         return prev;
     }
-    let Some(id) = degrade::revoked(cap::FS_WRITE) else { return 0 };
+    let Some(id) = revoked(cap::FS_WRITE) else { return 0 };
     let Some(o) = OFFSETS.get(0) else { return 0 };
     if o.fs_valid == 0 {
         return 0;
@@ -73,7 +65,7 @@ fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2], named: u64) -> 
         if d != 0 && !allowed(o, id, d) {
             // The event names the file: dentry->d_name.name.
             let name_ptr = if o.names_valid != 0 { read::<u64>(named + u64::from(o.dentry_d_name), o.qstr_name).unwrap_or(0) } else { 0 };
-            return degrade::deny(id, cap::FS_WRITE.trailing_zeros(), Detail { name_ptr, ..Detail::default() });
+            return deny(id, cap::FS_WRITE.trailing_zeros(), Detail { name_ptr, ..Detail::default() });
         }
     }
     0

@@ -1,4 +1,4 @@
-//! Level 4 guard: SIGKILL any task of a stopped target that still runs.
+//! Level 4, stop: SIGKILL any task of a stopped target that still runs.
 //!
 //! `cgroup.kill` (Linux 5.14) already kills tasks forked while the kill is in
 //! flight, but a task can be moved into a stopped target later, and kernels

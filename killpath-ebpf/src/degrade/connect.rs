@@ -1,0 +1,99 @@
+//! Level 2, the network capabilities: `net.connect` (with the target's
+//! `--allow-connect` list), `net.raw` and `net.unix`. They have no programs
+//! of their own: the socket hooks are shared with isolate (one program per
+//! hook, in `isolate/sock.rs` and `isolate/lsm.rs`), which call the
+//! functions here once the target is not isolated. The cgroup sock_addr /
+//! sock hooks make them hold where BPF LSM is off.
+use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key, programs::{LsmContext, SockAddrContext}};
+use killpath_common::{cap, ConnectAllow, CONNECT_ALLOW_FIXED_BITS};
+
+use super::{deny, revoked, Detail};
+use crate::{
+    abi::{AF_INET, AF_INET6, AF_PACKET, AF_UNIX, SOCK_RAW},
+    maps::CONNECT_ALLOW,
+};
+
+/// `net.connect` at cgroup sock_addr connect4/6 and sendmsg4/6: whether
+/// target `id` (with capabilities `revoked`) may reach the address in
+/// `ctx`. A refusal is counted and sampled.
+#[inline(always)]
+pub fn addr_allowed(ctx: &SockAddrContext, v6: bool, id: u64, revoked: u32) -> bool {
+    if revoked & cap::NET_CONNECT == 0 {
+        return true;
+    }
+    // SAFETY: the kernel-provided bpf_sock_addr context.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    if v6 {
+        for i in 0..4 {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&sa.user_ip6[i].to_ne_bytes());
+        }
+    } else {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..16].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    let port_be = sa.user_port as u16;
+    if allowed(id, port_be, addr) || allowed(id, 0, addr) {
+        return true;
+    }
+    let detail = Detail { family: if v6 { AF_INET6 as u32 } else { AF_INET as u32 }, port: u16::from_be(port_be) as u32, addr, name_ptr: 0 };
+    deny(id, cap::NET_CONNECT.trailing_zeros(), detail);
+    false
+}
+
+/// Longest-prefix match of (target, port, address) in the allow-list.
+#[inline(always)]
+fn allowed(id: u64, port_be: u16, addr: [u8; 16]) -> bool {
+    let key = Key::new(CONNECT_ALLOW_FIXED_BITS + 128, ConnectAllow { cgroup_id: id.to_ne_bytes(), port_be, _pad: 0, addr });
+    CONNECT_ALLOW.get(&key).is_some()
+}
+
+/// `net.raw` at cgroup sock_create, for a SOCK_RAW socket of target `id`
+/// (with capabilities `revoked`): whether it may be created. A refusal is
+/// counted and sampled.
+#[inline(always)]
+pub fn raw_socket_allowed(id: u64, revoked: u32) -> bool {
+    if revoked & cap::NET_RAW != 0 {
+        deny(id, cap::NET_RAW.trailing_zeros(), Detail::default());
+        return false;
+    }
+    true
+}
+
+/// `net.raw` and `net.unix` at LSM socket_create(family, type, ...): 0 or
+/// -EPERM. `net.raw` refuses packet and raw IP sockets, `net.unix` unix
+/// sockets.
+#[inline(always)]
+pub fn lsm_socket_create(family: i32, ty: i32) -> i32 {
+    // Raw IP and packet sockets only: netlink sockets are SOCK_RAW too, and
+    // `ip`, `ss` and getaddrinfo(AI_ADDRCONFIG) need them.
+    let raw = family == AF_PACKET || ((family == AF_INET || family == AF_INET6) && (ty & 0xf) == SOCK_RAW as i32);
+    if raw {
+        if let Some(id) = revoked(cap::NET_RAW) {
+            return deny(id, cap::NET_RAW.trailing_zeros(), Detail::default());
+        }
+    }
+    if family == AF_UNIX {
+        if let Some(id) = revoked(cap::NET_UNIX) {
+            return deny(id, cap::NET_UNIX.trailing_zeros(), Detail::default());
+        }
+    }
+    0
+}
+
+/// `net.unix` at LSM socket_connect(sock, address, addrlen): refuses
+/// unix-socket connects, with sockets created before the revocation too.
+/// 0 or -EPERM.
+#[inline(always)]
+pub fn lsm_socket_connect(ctx: &LsmContext) -> i32 {
+    if let Some(id) = revoked(cap::NET_UNIX) {
+        let addr: *const u16 = ctx.arg(1);
+        // SAFETY: bounded kernel read of sockaddr.sa_family.
+        let family = unsafe { bpf_probe_read_kernel(addr) }.unwrap_or(0);
+        if i32::from(family) == AF_UNIX {
+            return deny(id, cap::NET_UNIX.trailing_zeros(), Detail::default());
+        }
+    }
+    0
+}

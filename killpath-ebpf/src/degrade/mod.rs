@@ -1,0 +1,113 @@
+//! Level 2, degrade: refuse one capability at a time, with EPERM, while the
+//! workload keeps running. Every refusal is counted per target and
+//! capability (per-CPU, exact) and sampled into a ring buffer at most
+//! DENIAL_EVENTS_PER_SEC times a second per (target, capability), so a
+//! workload retrying in a loop cannot flood the agent.
+//!
+//! - `caps.rs`: capabilities with a BPF LSM hook of their own and plain
+//!   arguments (net.listen, exec, fork, ptrace, mount, bpf, module, setid);
+//! - `fswrite.rs`: `fs.write`, with the `--allow-write` directories;
+//! - `signal.rs`: `signal`, decided from the receiver's cgroup;
+//! - `connect.rs`: the network capabilities net.connect (with the
+//!   `--allow-connect` list), net.raw and net.unix. They are enforced on
+//!   the socket hooks isolate owns (cgroup sock_addr / sock, so they hold
+//!   where BPF LSM is off, and the LSM socket hooks): those programs live
+//!   in `isolate/` and call into `connect.rs`.
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use killpath_common::{DenialEvent, DenialKey, RateWindow, DENIAL_EVENTS_PER_SEC};
+
+use crate::{
+    abi::EPERM,
+    maps::{DENIALS, DENIAL_EVENTS, DENIAL_RATE},
+    targets,
+};
+
+mod caps;
+pub mod connect;
+mod fswrite;
+mod signal;
+
+/// Where a denial happened, for the sampled event.
+#[derive(Clone, Copy, Default)]
+pub struct Detail {
+    pub family: u32,
+    pub port: u32,
+    pub addr: [u8; 16],
+    /// Kernel pointer to a NUL-terminated name (0: none).
+    pub name_ptr: u64,
+}
+
+/// Counts a denial of capability bit `bit` for target `cgroup_id`, samples
+/// it (rate-limited), and returns -EPERM.
+#[inline(always)]
+pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
+    let key = DenialKey { cgroup_id, cap: bit, _pad: 0 };
+    match DENIALS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, this CPU's slot only.
+        Some(c) => unsafe { *c += 1 },
+        None => {
+            let _ = DENIALS.insert(&key, &1, 0);
+        }
+    }
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sample = match DENIAL_RATE.get_ptr_mut(&key) {
+        Some(w) => {
+            // SAFETY: map value pointer valid for this run. Races between
+            // CPUs can let a few extra events through: bounded, harmless.
+            unsafe {
+                if now.wrapping_sub((*w).window_start_ns) >= 1_000_000_000 {
+                    (*w).window_start_ns = now;
+                    (*w).events = 0;
+                }
+                (*w).events += 1;
+                (*w).events <= DENIAL_EVENTS_PER_SEC
+            }
+        }
+        None => {
+            let _ = DENIAL_RATE.insert(&key, &RateWindow { window_start_ns: now, events: 1 }, 0);
+            true
+        }
+    };
+    if sample {
+        if let Some(mut slot) = DENIAL_EVENTS.reserve::<DenialEvent>(0) {
+            let mut name = [0u8; 32];
+            if detail.name_ptr != 0 {
+                // SAFETY: bounded kernel string read into a stack buffer.
+                let _ = unsafe { bpf_probe_read_kernel_str_bytes(detail.name_ptr as *const u8, &mut name) };
+            }
+            let ev = DenialEvent {
+                name,
+                cgroup_id,
+                time_ns: now,
+                pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                cap: bit,
+                comm: bpf_get_current_comm().unwrap_or([0; 16]),
+                family: detail.family,
+                port: detail.port,
+                addr: detail.addr,
+            };
+            slot.write(ev);
+            slot.submit(0);
+        }
+    }
+    -EPERM
+}
+
+/// The current task's target if it has capability `mask` revoked.
+#[inline(always)]
+pub fn revoked(mask: u32) -> Option<u64> {
+    let cfg = targets::config()?;
+    if cfg.degraded_targets == 0 {
+        return None;
+    }
+    let (id, st) = targets::of_current_with_id(cfg.depth_mask)?;
+    (st.revoked & mask != 0).then_some(id)
+}
+
+/// Reads a `T` at `base + off` in kernel memory (None if unreadable).
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
+}

@@ -1,0 +1,62 @@
+//! cgroup_skb programs on the target's cgroup: isolation on ingress and
+//! egress, and on egress also throttle's byte/packet policer.
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use killpath_common::{counter, GuardConfig};
+
+use super::isolated;
+use crate::{
+    targets,
+    throttle::{self, Verdict},
+};
+
+/// cgroup_skb return codes.
+const SKB_PASS: i32 = 1;
+const SKB_DROP: i32 = 0;
+/// Egress only (Linux 5.4): drop, and tell the sender it is congested.
+const SKB_DROP_CN: i32 = 2;
+/// Egress only: pass, and tell the sender it is congested (TCP enters CWR).
+const SKB_PASS_CN: i32 = 3;
+
+#[cgroup_skb]
+pub fn kp_isolate_skb(ctx: SkBuffContext) -> i32 {
+    try_skb(&ctx).unwrap_or(SKB_PASS)
+}
+
+/// Egress: isolation as on ingress, then the level-1 byte/packet policer.
+/// One program serves both levels (isolate, throttle/egress.rs).
+#[cgroup_skb(egress)]
+pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
+    try_egress(&ctx).unwrap_or(SKB_PASS)
+}
+
+fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let cfg = targets::config().ok_or(SKB_PASS)?;
+    // Level 3.
+    if isolated_skb(&cfg, ctx) {
+        return Ok(SKB_DROP);
+    }
+    // Level 1.
+    if cfg.egress_throttled == 0 {
+        return Ok(SKB_PASS);
+    }
+    Ok(match throttle::egress::skb(cfg.throttle_depth_mask, ctx.skb.skb) {
+        Verdict::Pass => SKB_PASS,
+        Verdict::Over(_) => SKB_PASS_CN,
+        Verdict::Refuse => SKB_DROP_CN,
+    })
+}
+
+fn try_skb(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let cfg = targets::config().ok_or(SKB_PASS)?;
+    Ok(if isolated_skb(&cfg, ctx) { SKB_DROP } else { SKB_PASS })
+}
+
+/// Whether the packet's socket belongs to an isolated target (counted).
+#[inline(always)]
+fn isolated_skb(cfg: &GuardConfig, ctx: &SkBuffContext) -> bool {
+    if cfg.isolated_targets != 0 && isolated(targets::of_skb(cfg.depth_mask, ctx.skb.skb)) {
+        targets::count(counter::ISOLATE_SKB_DROPS);
+        return true;
+    }
+    false
+}

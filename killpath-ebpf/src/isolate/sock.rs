@@ -1,0 +1,106 @@
+//! cgroup sock_addr (connect4/6, sendmsg4/6) and cgroup sock_create
+//! programs on the target's cgroup.
+//!
+//! One program per hook serves three levels. For an address, in this
+//! order: isolate refuses everything (EPERM); throttle's `net` ceiling in
+//! deny mode fails the call with EAGAIN (`throttle/syscalls.rs`); degrade's
+//! `net.connect` refuses what the target's `--allow-connect` list does not
+//! match (`degrade/connect.rs`). A connect that passes then gets throttle's
+//! pacing rate (`throttle/egress.rs`). For a raw socket: isolate, then
+//! degrade's `net.raw`.
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
+use killpath_common::{counter, level};
+
+use crate::{abi::SOCK_RAW, degrade, targets, throttle};
+
+/// sock_addr and sock return codes: allow, or refuse (EPERM unless the
+/// program set another return value).
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn kp_isolate_connect4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn kp_isolate_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn kp_isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
+    addr_verdict(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn kp_isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
+    addr_verdict(&ctx, true)
+}
+
+/// connect: the address verdict, then, for an allowed connect, the
+/// socket's pacing rate (level 1).
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let v = addr_verdict(ctx, v6);
+    if v == ALLOW {
+        throttle::egress::pace_socket(ctx.sock_addr);
+    }
+    v
+}
+
+/// sock_addr verdict for the current task.
+#[inline(always)]
+fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(cfg) = targets::config() else { return ALLOW };
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.syscall_throttled == 0 {
+        return ALLOW;
+    }
+    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return ALLOW };
+    // Level 3.
+    if st.level >= level::ISOLATE {
+        targets::count(counter::ISOLATE_ADDR_DENIALS);
+        return REFUSE;
+    }
+    // Level 1, `net` in deny mode.
+    if cfg.syscall_throttled != 0 && throttle::syscalls::net_refused(cfg.throttle_depth_mask) {
+        return REFUSE;
+    }
+    // Level 2, `net.connect`.
+    if degrade::connect::addr_allowed(ctx, v6, id, st.revoked) {
+        ALLOW
+    } else {
+        REFUSE
+    }
+}
+
+/// Raw sockets (ping, hand-made packets): refused by isolation, and by
+/// degrade's `net.raw`.
+#[cgroup_sock(sock_create)]
+pub fn kp_isolate_sock_create(ctx: SockContext) -> i32 {
+    try_sock_create(&ctx).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
+    // SAFETY: ctx.sock is the kernel-provided bpf_sock context.
+    let ty = unsafe { (*ctx.sock).type_ };
+    if ty != SOCK_RAW {
+        return Ok(ALLOW);
+    }
+    let cfg = targets::config().ok_or(ALLOW)?;
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 {
+        return Ok(ALLOW);
+    }
+    let (id, st) = targets::of_current_with_id(cfg.depth_mask).ok_or(ALLOW)?;
+    // Level 3.
+    if st.level >= level::ISOLATE {
+        targets::count(counter::ISOLATE_SOCK_DENIALS);
+        return Ok(REFUSE);
+    }
+    // Level 2, `net.raw`.
+    Ok(if degrade::connect::raw_socket_allowed(id, st.revoked) { ALLOW } else { REFUSE })
+}
