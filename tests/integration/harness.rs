@@ -1,6 +1,8 @@
 //! Shared test harness: a real agent on a private socket, state dir, bpffs
 //! pin dir and cgroup parent, torn down (tasks killed, cgroups removed,
-//! programs unpinned) when the test ends.
+//! programs unpinned) when the test ends. The paths, the agent process and
+//! the teardown are a [`killpath_sandbox::Sandbox`], shared with `cargo
+//! xtask bench` and `cargo xtask demo`.
 //!
 //! Skips: a privileged test that cannot run (not root, no BPF LSM) skips
 //! with a message under plain `cargo test`, and FAILS when
@@ -10,14 +12,18 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::Once,
     time::{Duration, Instant},
 };
 
-use killpath::{bpf, cgroup::Cgroup};
+use killpath::cgroup::Cgroup;
+use killpath_sandbox::Sandbox;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_killpath");
+
+/// The tag prefix of the tests' sandboxes: `kptest-<pid>[-<n>]`.
+const PREFIX: &str = "kptest";
 
 /// Skips the test (returns false) or, in strict mode, fails it.
 pub fn skip(why: &str) -> bool {
@@ -38,11 +44,20 @@ pub fn test_env() -> Option<String> {
     std::env::var("KILLPATH_TEST_ENV").ok()
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+/// An error and its causes, one after the other.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
 
-/// A running agent with private paths.
+/// A running agent with private paths (a [`Sandbox`]).
 pub struct Agent {
-    child: Option<Child>,
+    sandbox: Sandbox,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
@@ -65,18 +80,21 @@ impl Agent {
         if !root() {
             return None;
         }
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("kptest-{}-{n}", std::process::id());
+        // What test processes that died (SIGKILL, a crash) left behind.
+        static STALE: Once = Once::new();
+        STALE.call_once(|| {
+            killpath_sandbox::remove_stale(PREFIX);
+        });
         let dir = tempfile::tempdir().expect("tempdir");
-        let mount = killpath::cgroup::cgroup2_mount().expect("cgroup2 mounted");
+        let sandbox = Sandbox::in_dir(PREFIX, dir.path()).unwrap_or_else(|e| panic!("sandbox: {}", chain(&e)));
         let mut a = Agent {
-            child: None,
-            socket: dir.path().join("agent.sock"),
-            state_dir: dir.path().join("state"),
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
-            cgroup_parent: mount.join(&tag),
-            log: dir.path().join("agent.log"),
+            socket: sandbox.socket().to_owned(),
+            state_dir: sandbox.state_dir().to_owned(),
+            pin_dir: sandbox.pin_dir().to_owned(),
+            cgroup_parent: sandbox.cgroup_parent().to_owned(),
+            log: sandbox.log().to_owned(),
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            sandbox,
             dir,
         };
         a.spawn();
@@ -86,43 +104,14 @@ impl Agent {
     /// (Re)starts the agent process on the same paths.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(BIN)
-            .arg("agent")
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--cgroup-parent")
-            .arg(&self.cgroup_parent)
-            .args(&self.extra_args)
-            .env("KILLPATH_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
+        let mut cmd = self.sandbox.agent_command(Path::new(BIN));
+        cmd.args(&self.extra_args).env("KILLPATH_LOG", "debug").stdout(Stdio::null()).stderr(log);
         // Under software emulation (the VM) loading and verifying every
         // program takes longer than on the host.
         let limit = if test_env().as_deref() == Some("vm") { 120 } else { 30 };
-        let deadline = Instant::now() + Duration::from_secs(limit);
-        while Instant::now() < deadline {
-            if self.socket.exists() && self.kp(&["status"]).status.success() {
-                return;
-            }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!("agent exited ({st}) during start:\n{}", self.log_text());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = self.sandbox.start_agent(cmd, Duration::from_secs(limit)) {
+            panic!("agent start failed: {}:\n{}", chain(&e), self.log_text());
         }
-        panic!("agent not ready after {limit} s:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
@@ -130,15 +119,12 @@ impl Agent {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).expect("agent running")
+        self.sandbox.agent_pid().map(|p| p as i32).expect("agent running")
     }
 
     /// SIGKILLs the agent (no cleanup, like a crash).
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.sandbox.kill_agent();
     }
 
     /// A `killpath` command pointed at this agent.
@@ -206,21 +192,11 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Kills the agent and every task under its cgroup parent, removes the
+    /// cgroups (and the agent's v1 pids cgroups) and the pins; `dir` goes
+    /// after.
     fn drop(&mut self) {
-        self.kill9();
-        // Kill everything left under our cgroup parent, then remove it.
-        let parent = Cgroup::new(&self.cgroup_parent);
-        if parent.exists() {
-            for cg in parent.subtree() {
-                let _ = cg.freeze(false);
-                if cg.has_kill() {
-                    let _ = cg.kill();
-                }
-            }
-            let _ = parent.wait_empty(Duration::from_secs(5));
-            let _ = parent.remove();
-        }
-        let _ = bpf::unpin_all(&self.pin_dir);
+        self.sandbox.teardown();
     }
 }
 

@@ -4,16 +4,22 @@
 //! journal. The sequence is a plain list of [`Step`]s (see [`steps`]); the
 //! same list runs on the host or, with `--vm`, inside the VM (the xtask
 //! binary re-runs itself there with the hidden `--in-guest` flag).
+//!
+//! The agent runs in a [`Sandbox`] of its own (socket, state dir, bpffs pin
+//! dir, cgroup parent), so that the demo never touches a real agent's state
+//! and leaves nothing behind: at the end every task under the cgroup parent
+//! is killed, the cgroups removed, and the pins (hence the demo's programs)
+//! removed. The sandbox's directory is kept: it holds the drill report.
 
 use std::{
-    env, fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use killpath_sandbox::Sandbox;
 
 use crate::{
     build,
@@ -34,51 +40,36 @@ pub struct Args {
 
 /// One step of the demo.
 enum Step {
-    /// Start a command in the background under `name`; when `ready` is set,
-    /// wait (up to `READY_TIMEOUT`) for that path to appear.
-    Spawn {
-        name: &'static str,
-        args: Vec<String>,
-        ready: Option<PathBuf>,
-    },
+    /// Start the agent in the demo's sandbox and wait until it answers.
+    StartAgent,
     /// Run a command in the foreground; it must succeed.
     Run { args: Vec<String> },
-    /// Stop the background process started under `name` (SIGTERM, then SIGKILL).
-    Stop { name: &'static str },
+    /// Stop the agent (SIGTERM, then SIGKILL).
+    StopAgent,
 }
 
-/// How long a background process may take to become ready.
+/// The sandbox's tag prefix: `killpath-demo-<pid>`, also the name of its
+/// directory in the temp dir.
+const PREFIX: &str = "killpath-demo";
+/// How long the agent may take to answer.
 /// Loading and verifying every program takes ~40 s in the VM (software
-/// emulation); a dead agent is noticed at once (see `wait_ready`).
+/// emulation); a dead agent is noticed at once.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the agent gets to exit on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// The demo sequence. `kp` is the killpath binary, `tmp` a fresh directory.
-fn steps(kp: &Path, tmp: &Path, sandbox: &Sandbox) -> Vec<Step> {
+/// The demo sequence. `kp` is the killpath binary.
+fn steps(kp: &Path, sandbox: &Sandbox) -> Vec<Step> {
     let kp = kp.to_string_lossy().into_owned();
-    let sock = tmp.join("agent.sock").to_string_lossy().into_owned();
-    let path = |p: &str| tmp.join(p).to_string_lossy().into_owned();
+    let sock = sandbox.socket().to_string_lossy().into_owned();
+    let path = |p: &str| sandbox.dir().join(p).to_string_lossy().into_owned();
     let cli = |args: &[&str]| {
         let mut v = vec![kp.clone(), "--socket".into(), sock.clone()];
         v.extend(args.iter().map(|a| (*a).to_owned()));
         v
     };
     vec![
-        Step::Spawn {
-            name: "agent",
-            args: vec![
-                kp.clone(),
-                "agent".into(),
-                "--socket".into(),
-                sock.clone(),
-                "--state-dir".into(),
-                path("state"),
-                "--pin-dir".into(),
-                sandbox.pin_dir.to_string_lossy().into_owned(),
-                "--cgroup-parent".into(),
-                sandbox.cgroup_parent.to_string_lossy().into_owned(),
-            ],
-            ready: Some(tmp.join("agent.sock")),
-        },
+        Step::StartAgent,
         Step::Run {
             args: cli(&["probe"]),
         },
@@ -96,7 +87,7 @@ fn steps(kp: &Path, tmp: &Path, sandbox: &Sandbox) -> Vec<Step> {
         Step::Run {
             args: cli(&["journal", "--verify"]),
         },
-        Step::Stop { name: "agent" },
+        Step::StopAgent,
     ]
 }
 
@@ -133,93 +124,38 @@ fn run_in_vm(env: &Env) -> Result<()> {
     Ok(())
 }
 
-/// The demo's own bpffs pin dir and cgroup parent, so that it never
-/// touches a real agent's state and leaves nothing behind: at the end every
-/// task under the cgroup parent is killed, the cgroups removed, and the pins
-/// (hence the demo's programs) removed.
-struct Sandbox {
-    pin_dir: PathBuf,
-    cgroup_parent: PathBuf,
-}
-
-impl Sandbox {
-    fn new() -> Result<Self> {
-        let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-        let mount = mounts
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-            })
-            .next()
-            .ok_or_else(|| anyhow!("no cgroup2 filesystem is mounted"))?;
-        let tag = format!("killpath-demo-{}", std::process::id());
-        Ok(Self { pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag), cgroup_parent: mount.join(tag) })
-    }
-
-    fn clean(&self) {
-        let mut dirs = vec![self.cgroup_parent.clone()];
-        let mut i = 0;
-        while i < dirs.len() {
-            if let Ok(rd) = fs::read_dir(&dirs[i]) {
-                dirs.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-            }
-            i += 1;
-        }
-        for d in &dirs {
-            let _ = fs::write(d.join("cgroup.freeze"), "0");
-            let _ = fs::write(d.join("cgroup.kill"), "1");
-        }
-        thread::sleep(Duration::from_millis(300));
-        for d in dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
-        }
-        let _ = fs::remove_dir_all(&self.pin_dir);
-    }
-}
-
-/// Runs the steps with `target/debug/killpath` in a fresh temporary directory;
-/// background processes are always cleaned up.
+/// Runs the steps with `target/debug/killpath` in a fresh sandbox; the
+/// agent is always stopped and the sandbox torn down.
 fn execute(root: &Path) -> Result<()> {
     let kp = root.join("target/debug/killpath");
     if !kp.is_file() {
         bail!("{} is missing; run `cargo xtask build`", kp.display());
     }
-    let tmp = env::temp_dir().join(format!("killpath-demo-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    for pid in killpath_sandbox::remove_stale(PREFIX) {
+        println!("demo: removed the leftovers of an earlier, interrupted run (pid {pid})");
     }
-    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    println!("demo: working directory {}", tmp.display());
-    let mut background: Vec<(&'static str, Child)> = Vec::new();
-    let sandbox = Sandbox::new()?;
-    let result = steps(&kp, &tmp, &sandbox)
+    let mut sandbox = Sandbox::new(PREFIX)?;
+    sandbox.keep_dir(true);
+    println!("demo: working directory {}", sandbox.dir().display());
+    let result = steps(&kp, &sandbox)
         .into_iter()
-        .try_for_each(|step| run_step(step, &mut background));
-    // Stop whatever is still running, newest first.
-    while let Some((name, mut child)) = background.pop() {
-        println!("demo: stopping {name}");
-        proc::terminate(&mut child, Duration::from_secs(5));
-    }
-    sandbox.clean();
+        .try_for_each(|step| run_step(step, &kp, &mut sandbox));
+    stop_agent(&mut sandbox);
+    sandbox.teardown();
     result?;
     println!("demo done");
     Ok(())
 }
 
-fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<()> {
+fn run_step(step: Step, kp: &Path, sandbox: &mut Sandbox) -> Result<()> {
     match step {
-        Step::Spawn { name, args, ready } => {
-            let mut cmd = command(&args)?;
+        Step::StartAgent => {
+            let mut cmd = sandbox.agent_command(kp);
             println!("$ {} &", proc::describe(&cmd));
-            let child = cmd
-                .stdin(Stdio::null())
-                .spawn()
-                .with_context(|| format!("could not start {name}: `{}`", proc::describe(&cmd)))?;
-            background.push((name, child));
-            if let (Some(path), Some((_, child))) = (ready, background.last_mut()) {
-                wait_ready(name, child, &path)?;
-            }
+            cmd.stdin(Stdio::null());
+            sandbox
+                .start_agent(cmd, READY_TIMEOUT)
+                .context("could not start the agent")?;
         }
         Step::Run { args } => {
             let (status, cmd) = run_foreground(&args)?;
@@ -227,15 +163,17 @@ fn run_step(step: Step, background: &mut Vec<(&'static str, Child)>) -> Result<(
                 bail!("`{cmd}` failed ({status})");
             }
         }
-        Step::Stop { name } => {
-            if let Some(i) = background.iter().position(|(n, _)| *n == name) {
-                let (_, mut child) = background.remove(i);
-                println!("demo: stopping {name}");
-                proc::terminate(&mut child, Duration::from_secs(5));
-            }
-        }
+        Step::StopAgent => stop_agent(sandbox),
     }
     Ok(())
+}
+
+/// Stops the agent if it runs.
+fn stop_agent(sandbox: &mut Sandbox) {
+    if sandbox.agent_running() {
+        println!("demo: stopping agent");
+        sandbox.stop_agent(STOP_GRACE);
+    }
 }
 
 /// Runs a step's command in the foreground, printing it first.
@@ -254,26 +192,4 @@ fn command(args: &[String]) -> Result<Command> {
     let mut cmd = Command::new(program);
     cmd.args(rest);
     Ok(cmd)
-}
-
-/// Waits until `path` exists; fails early if `child` exits first.
-fn wait_ready(name: &str, child: &mut Child, path: &Path) -> Result<()> {
-    let start = Instant::now();
-    while !path.exists() {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "{name} exited ({status}) before {} appeared",
-                path.display()
-            );
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            bail!(
-                "{name}: {} did not appear within {}s",
-                path.display(),
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }

@@ -12,6 +12,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+/// SIGTERM to a child, then SIGKILL after a grace period (shared with the
+/// agent sandbox).
+pub use killpath_sandbox::terminate;
 
 /// The command line of `cmd`, shell-quoted, for messages.
 pub fn describe(cmd: &Command) -> String {
@@ -179,29 +182,6 @@ fn kill_group(child: &Child) {
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
     }
-}
-
-/// Sends SIGTERM to `child` (by its pid), then SIGKILL if it has not exited
-/// within `grace`; reaps it.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Seconds since `start`, formatted for progress lines ("0.4s", "83s").

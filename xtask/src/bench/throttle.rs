@@ -8,7 +8,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use super::{check_interrupted, micros, num, spawn_in_cgroup, wait_comm, Params, Sandbox, Section, Unit};
+use super::{
+    common::{check_interrupted, listening, micros, num, spawn_in_cgroup, wait_comm},
+    sandbox::Sandbox,
+    section::{Section, Unit},
+    Params,
+};
 use crate::proc;
 
 /// A tight loop of read(2) of 0 bytes: its rate is /proc/PID/io `syscr`,
@@ -41,7 +46,7 @@ pub(super) fn throttle(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
     );
     let name = "thr";
     sb.call("create", json!({"name": name}))?;
-    let cg = sb.parent.join(name);
+    let cg = sb.parent().join(name);
     let mut target = spawn_in_cgroup(&cg, &["python3", "-c", READ_LOOP])?;
     let result = (|| -> Result<()> {
         wait_comm(target.id(), "python3")?;
@@ -121,7 +126,7 @@ fn received_rate(report: &str) -> Result<f64> {
 fn egress_accuracy(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
     let name = "thr-egress";
     sb.call("create", json!({"name": name}))?;
-    let cg = sb.parent.join(name);
+    let cg = sb.parent().join(name);
     let result = (|| -> Result<()> {
         for rep in 0..(p.effect_reps / 50).max(1) {
             for c in EGRESS_CEILINGS {
@@ -151,7 +156,7 @@ fn iperf_in(cg: &Path, _ceiling: u64) -> Result<f64> {
         .spawn()
         .context("starting iperf3 -s")?;
     let start = Instant::now();
-    while !super::listening(&port) {
+    while !listening(&port) {
         if start.elapsed() > Duration::from_secs(10) {
             bail!("iperf3 -s never listened on {port}");
         }

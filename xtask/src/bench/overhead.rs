@@ -1,0 +1,277 @@
+//! Benchmark: the loaded agent's overhead on processes outside any target
+//! (a getppid() loop, loopback iperf3), with no agent, the agent, and the
+//! agent with another target throttled.
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::{
+    common::{check_interrupted, count_f64, listening, rotate},
+    sandbox::Sandbox,
+    section::{Section, Unit},
+    Params,
+};
+use crate::proc;
+
+/// getppid() calls per overhead sample.
+const SYSCALLS_N: u64 = 2_000_000;
+/// getppid() samples per visit of a state (agent / no agent).
+const SYSCALL_SAMPLES: usize = 3;
+/// iperf3 test length per overhead sample, seconds.
+const IPERF_SECS: u32 = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OverheadState {
+    None,
+    Agent,
+    Throttled,
+}
+
+/// The other target the "throttled" state throttles (holding no task).
+const OVERHEAD_TARGET: &str = "ovh";
+
+pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
+    s.title = "Overhead on a process outside any target".into();
+    s.description = format!(
+        "Nothing stopped or isolated. **agent**: the agent running with its programs attached (the level-4 \
+         guard on `sched_process_fork` and `sched_switch` runs for every task on the host). **throttled**: \
+         the same, and another target (holding no task) under a `--syscalls 1000/s` ceiling, so the \
+         `sys_exit` throttle is attached and runs on every syscall of the host, exiting after its lookup \
+         for processes outside throttled targets. **none**: the agent stopped and its pins removed, which \
+         detaches its programs. {} repetitions, the order of the three states rotating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
+         child process calling getppid() {SYSCALLS_N} times: wall ns per call, and the thread's CPU ns per call (`CLOCK_THREAD_CPUTIME_ID`: the \
+         eBPF programs run in the caller's context and are charged to it, while time spent preempted by \
+         other work on a busy machine is not). (b) Loopback TCP throughput, `iperf3 -c 127.0.0.1 -t \
+         {IPERF_SECS} -J` against `iperf3 -s -1`: received bits per second, and the same per CPU-second \
+         of sender and receiver together (iperf3's own `cpu_utilization_percent`), the less noisy of \
+         the two on a shared machine. Also recorded: how many `sys_enter`/`sys_exit` raw tracepoint links were \
+         attached host-wide in each state (`bpftool link show`): other killpath agents, e.g. concurrent \
+         test runs, add their own.",
+        p.overhead_reps
+    );
+    // Warm-up: page cache, CPU frequency.
+    syscall_sample(sb)?;
+    for rep in 0..p.overhead_reps {
+        for state in rotate(&[OverheadState::None, OverheadState::Agent, OverheadState::Throttled], rep) {
+            check_interrupted()?;
+            let (tag, label) = match state {
+                OverheadState::None => ("none", "no agent"),
+                OverheadState::Agent => ("agent", "agent loaded"),
+                OverheadState::Throttled => ("throttled", "agent loaded, another target throttled"),
+            };
+            sb.set_agent(state != OverheadState::None)?;
+            if state != OverheadState::None {
+                // The registry survives the agent restart, and with it the
+                // other target's ceiling: set it for this state.
+                if sb.call("status", json!({"name": OVERHEAD_TARGET})).is_err() {
+                    sb.call("create", json!({"name": OVERHEAD_TARGET}))?;
+                }
+                if state == OverheadState::Throttled {
+                    sb.call("throttle", json!({"name": OVERHEAD_TARGET, "syscalls": 1000, "reason": "bench"}))?;
+                } else {
+                    let _ = sb.call("restore", json!({"name": OVERHEAD_TARGET, "to": "normal"}));
+                }
+            }
+            if let Some(n) = sys_enter_links() {
+                s.push(
+                    &format!("links_{tag}"),
+                    &format!("sys_enter/sys_exit links host-wide, {label}"),
+                    Unit::Count,
+                    count_f64(n),
+                );
+            }
+            let (mut wall_ns, mut cpu_ns) = (0.0, 0.0);
+            for _ in 0..SYSCALL_SAMPLES {
+                (wall_ns, cpu_ns) = syscall_sample(sb)?;
+                s.push(
+                    &format!("getppid_cpu_{tag}"),
+                    &format!("getppid(): CPU ns per call, {label}"),
+                    Unit::NsPerCall,
+                    cpu_ns,
+                );
+                s.push(
+                    &format!("getppid_{tag}"),
+                    &format!("getppid(): wall ns per call, {label}"),
+                    Unit::NsPerCall,
+                    wall_ns,
+                );
+            }
+            let (bps, per_cpu) = iperf()?;
+            s.push(
+                &format!("iperf_{tag}"),
+                &format!("iperf3 loopback TCP, {label}"),
+                Unit::BitsPerSecond,
+                bps,
+            );
+            s.push(
+                &format!("iperf_cpu_{tag}"),
+                &format!("iperf3 loopback TCP per CPU-second, {label}"),
+                Unit::BitsPerCpuSecond,
+                per_cpu,
+            );
+            println!(
+                "bench:   overhead {label}: getppid {cpu_ns:.1} CPU ns/call ({wall_ns:.1} wall), iperf3 {:.2} Gbit/s ({:.2} Gbit/CPU-s)",
+                bps / 1e9,
+                per_cpu / 1e9
+            );
+        }
+    }
+    if sb.call("status", json!({"name": OVERHEAD_TARGET})).is_ok() {
+        let _ = sb.call("release", json!({"name": OVERHEAD_TARGET}));
+    }
+    if s.stat("links_none", 1.0).is_some_and(|n| n > 0.0) {
+        s.notes.push(
+            "In some \"none\" runs other killpath agents (not this harness's) had `sys_enter` guards attached: \
+             the baseline is then not a host without BPF, and the ratio understates the overhead."
+                .into(),
+        );
+    }
+    sb.set_agent(true)?;
+    s.ratio(
+        "getppid_cpu_agent_over_none",
+        "getppid() CPU ns per call, agent / none (p50)",
+        "getppid_cpu_agent",
+        "getppid_cpu_none",
+        0.5,
+        Some("≤ 1.05"),
+    );
+    s.ratio(
+        "getppid_agent_over_none",
+        "getppid() wall ns per call, agent / none (p50)",
+        "getppid_agent",
+        "getppid_none",
+        0.5,
+        Some("≤ 1.05"),
+    );
+    s.ratio(
+        "iperf_agent_over_none",
+        "iperf3 loopback throughput, agent / none (p50)",
+        "iperf_agent",
+        "iperf_none",
+        0.5,
+        Some("≥ 0.95"),
+    );
+    s.ratio(
+        "getppid_cpu_throttled_over_none",
+        "getppid() CPU ns per call, another target throttled / none (p50)",
+        "getppid_cpu_throttled",
+        "getppid_cpu_none",
+        0.5,
+        Some("≤ 1.05"),
+    );
+    s.ratio(
+        "iperf_throttled_over_none",
+        "iperf3 loopback throughput, another target throttled / none (p50)",
+        "iperf_throttled",
+        "iperf_none",
+        0.5,
+        Some("≥ 0.95"),
+    );
+    s.ratio(
+        "iperf_cpu_agent_over_none",
+        "iperf3 loopback throughput per CPU-second, agent / none (p50)",
+        "iperf_cpu_agent",
+        "iperf_cpu_none",
+        0.5,
+        Some("≥ 0.95"),
+    );
+    Ok(())
+}
+
+/// Runs the getppid helper once; (wall, CPU) ns per call.
+fn syscall_sample(sb: &Sandbox) -> Result<(f64, f64)> {
+    let out = Command::new(&sb.helper)
+        .args(["bench-helper", "syscalls", &SYSCALLS_N.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .context("running the getppid loop")?;
+    if !out.status.success() {
+        bail!(
+            "the getppid loop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace().map(str::parse::<f64>);
+    match (words.next(), words.next()) {
+        (Some(Ok(wall)), Some(Ok(cpu))) => Ok((wall, cpu)),
+        _ => bail!("the getppid loop printed {:?}", text.trim()),
+    }
+}
+
+/// Count of raw tracepoint links on `sys_enter`, host-wide; None if bpftool fails.
+fn sys_enter_links() -> Option<usize> {
+    let out = proc::output_ok(Command::new("bpftool").args(["-j", "link", "show"]))?;
+    let links: Value = serde_json::from_str(&out).ok()?;
+    Some(
+        links
+            .as_array()?
+            .iter()
+            .filter(|l| l["type"] == "raw_tracepoint" && (l["tp_name"] == "sys_enter" || l["tp_name"] == "sys_exit"))
+            .count(),
+    )
+}
+
+/// One iperf3 run over loopback: received bits per second, and bits per
+/// CPU-second of sender and receiver together.
+fn iperf() -> Result<(f64, f64)> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port()
+        .to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    let result = (|| -> Result<(f64, f64)> {
+        let start = Instant::now();
+        while !listening(&port) {
+            if let Some(status) = server.try_wait()? {
+                bail!("iperf3 -s exited ({status}) before listening");
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("iperf3 -s did not listen on port {port} within 10 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let secs = IPERF_SECS.to_string();
+        let out = Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running iperf3 -c")?;
+        let report: Value =
+            serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
+        if let Some(e) = report["error"].as_str() {
+            bail!("iperf3: {e}");
+        }
+        if !out.status.success() {
+            bail!("iperf3 -c failed ({})", out.status);
+        }
+        let end = &report["end"];
+        let bps = end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("iperf3's report has no end.sum_received.bits_per_second"))?;
+        let cpu = &end["cpu_utilization_percent"];
+        let busy = match (cpu["host_total"].as_f64(), cpu["remote_total"].as_f64()) {
+            (Some(a), Some(b)) if a + b > 0.0 => (a + b) / 100.0,
+            _ => {
+                bail!("iperf3's report has no end.cpu_utilization_percent host_total/remote_total")
+            }
+        };
+        Ok((bps, bps / busy))
+    })();
+    proc::terminate(&mut server, Duration::from_secs(5));
+    result
+}
