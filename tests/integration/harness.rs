@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use killpath::cgroup::Cgroup;
+use killpath::kernel::cgroup::Cgroup;
 use killpath_sandbox::Sandbox;
 use serde_json::Value;
 

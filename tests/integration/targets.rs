@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use killpath::cgroup::Cgroup;
+use killpath::kernel::cgroup::Cgroup;
 use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
@@ -189,7 +189,7 @@ fn targets_adopt_existing_cgroup() {
 #[test]
 fn targets_names_are_validated() {
     let Some(agent) = Agent::start() else { return };
-    let mount = killpath::cgroup::cgroup2_mount().unwrap();
+    let mount = killpath::kernel::cgroup::cgroup2_mount().unwrap();
     let long = "x".repeat(65);
     let bad = ["../x", "a/b", long.as_str(), "", ".", "..", " ", "a b", "a..b", ".hidden", "tab\there", "é"];
     let parent_before = subdirs(&agent.cgroup_parent);
@@ -277,7 +277,7 @@ fn targets_adopt_refusals() {
     }
 
     // The root cgroup (which also holds the agent here), and a missing cgroup.
-    let mount = killpath::cgroup::cgroup2_mount().unwrap();
+    let mount = killpath::kernel::cgroup::cgroup2_mount().unwrap();
     for (what, path, needle) in [
         ("the root", "/".to_owned(), "root cgroup"),
         ("the mount", mount.to_str().unwrap().to_owned(), "root cgroup"),
@@ -333,7 +333,7 @@ fn targets_adopt_of_a_managed_cgroup_is_refused() {
 #[test]
 fn targets_adopt_refuses_root_cgroup_spelled_with_dotdot() {
     let Some(agent) = Agent::start() else { return };
-    let mount = killpath::cgroup::cgroup2_mount().unwrap();
+    let mount = killpath::kernel::cgroup::cgroup2_mount().unwrap();
     let parent_rel = cgroup_rel(&agent.cgroup_parent);
     // The harness puts the cgroup parent directly below the root.
     let root_alias = format!("{}/..", parent_rel.trim_start_matches('/'));
@@ -353,7 +353,7 @@ fn targets_adopt_refuses_root_cgroup_spelled_with_dotdot() {
 #[test]
 fn targets_adopt_cgroup_path_with_dotdot_keeps_the_guard() {
     let Some(agent) = Agent::start() else { return };
-    let mount = killpath::cgroup::cgroup2_mount().unwrap();
+    let mount = killpath::kernel::cgroup::cgroup2_mount().unwrap();
     let parent_rel = cgroup_rel(&agent.cgroup_parent);
     let ext = make_cgroup(agent.cgroup_parent.join("ext"));
     let spelled = format!("{}/ext/../ext", parent_rel.trim_start_matches('/'));

@@ -10,7 +10,7 @@ use crate::{
     support::process::sleeping_target,
 };
 
-const MAX_LINE: usize = killpath::protocol::MAX_LINE;
+const MAX_LINE: usize = killpath::client::protocol::MAX_LINE;
 
 /// `req` padded with trailing spaces (valid JSON whitespace) to `len` bytes.
 fn padded(req: &str, len: usize) -> String {

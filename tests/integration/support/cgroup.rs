@@ -4,7 +4,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use killpath::cgroup::Cgroup;
+use killpath::kernel::cgroup::Cgroup;
 
 /// The cgroup2 path of `pid` (the `0::` line of /proc/PID/cgroup).
 pub(crate) fn cgroup_line(pid: i32) -> Option<String> {
@@ -13,7 +13,7 @@ pub(crate) fn cgroup_line(pid: i32) -> Option<String> {
 
 /// `path` relative to the cgroup2 mount, with a leading `/` (as in /proc/PID/cgroup).
 pub(crate) fn cgroup_rel(path: &std::path::Path) -> String {
-    let mount = killpath::cgroup::cgroup2_mount().expect("cgroup2 mount");
+    let mount = killpath::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount");
     format!("/{}", path.strip_prefix(&mount).expect("path below the cgroup2 mount").display())
 }
 

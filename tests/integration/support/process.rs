@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use killpath::cgroup::Cgroup;
+use killpath::kernel::cgroup::Cgroup;
 use nix::{
     sys::signal::{killpg, Signal},
     unistd::Pid,

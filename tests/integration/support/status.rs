@@ -1,6 +1,6 @@
 //! What the agent reports about its targets: status rows, the stopped
 //! state, whether its BPF LSM hooks are attached.
-use killpath::cgroup::Cgroup;
+use killpath::kernel::cgroup::Cgroup;
 use serde_json::Value;
 
 use crate::{
