@@ -28,7 +28,9 @@ mod stop;
 mod targets;
 mod throttle;
 
-#[cfg(not(test))]
+// Only for the BPF target: on the host (clippy, `cargo check --workspace`)
+// std is linked through killpath-common's `user` feature and brings its own.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -37,7 +37,7 @@ fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, Target
         if mask & (1u32 << depth) != 0 {
             let id = ancestor(depth as i32);
             // SAFETY: value copied out immediately.
-            if let Some(state) = unsafe { TARGETS.get(&id) } {
+            if let Some(state) = unsafe { TARGETS.get(id) } {
                 if state.depth == depth {
                     let level = if state.level > best.level { state.level } else { best.level };
                     let revoked = state.revoked | best.revoked;

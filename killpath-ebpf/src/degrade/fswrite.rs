@@ -34,7 +34,7 @@ fn allowed(o: &KernelOffsets, id: u64, dentry: u64) -> bool {
         if let Some(inode) = read::<u64>(d, o.dentry_d_inode).filter(|p| *p != 0) {
             let ino = read::<u64>(inode, o.inode_i_ino).unwrap_or(0);
             let dev = read::<u64>(inode, o.inode_i_sb).and_then(|sb| read::<u32>(sb, o.sb_s_dev)).unwrap_or(0);
-            if WRITE_ALLOW.get_ptr(&WriteAllow { cgroup_id: id, dev, _pad: 0, ino }).is_some() {
+            if WRITE_ALLOW.get_ptr(WriteAllow { cgroup_id: id, dev, _pad: 0, ino }).is_some() {
                 return true;
             }
         }

@@ -42,16 +42,16 @@ pub struct Detail {
 #[inline(always)]
 pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
     let key = DenialKey { cgroup_id, cap: bit, _pad: 0 };
-    match DENIALS.get_ptr_mut(&key) {
+    match DENIALS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, this CPU's slot only.
         Some(c) => unsafe { *c += 1 },
         None => {
-            let _ = DENIALS.insert(&key, &1, 0);
+            let _ = DENIALS.insert(key, 1, 0);
         }
     }
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let sample = match DENIAL_RATE.get_ptr_mut(&key) {
+    let sample = match DENIAL_RATE.get_ptr_mut(key) {
         Some(w) => {
             // SAFETY: map value pointer valid for this run. Races between
             // CPUs can let a few extra events through: bounded, harmless.
@@ -65,7 +65,7 @@ pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
             }
         }
         None => {
-            let _ = DENIAL_RATE.insert(&key, &RateWindow { window_start_ns: now, events: 1 }, 0);
+            let _ = DENIAL_RATE.insert(key, RateWindow { window_start_ns: now, events: 1 }, 0);
             true
         }
     };

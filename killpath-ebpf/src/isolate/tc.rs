@@ -33,17 +33,17 @@ fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
     // SAFETY: reading the device index from the skb context.
     let (ifindex, iif, len, segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
     // SAFETY: values copied out immediately.
-    let Some(cgid) = (unsafe { NETDEVS.get(&ifindex) }).copied() else { return Ok(TC_ACT_UNSPEC) };
+    let Some(cgid) = (unsafe { NETDEVS.get(ifindex) }).copied() else { return Ok(TC_ACT_UNSPEC) };
     // Level 1. Ingress on the host side of the veth is the workload's egress.
     if cfg.egress_throttled != 0 && iif == ifindex && throttle::egress::tc(cgid, len as u64, segs as u64) == Verdict::Refuse {
-        return Ok(TC_ACT_SHOT as i32);
+        return Ok(TC_ACT_SHOT);
     }
     // Level 3.
     // SAFETY: as above.
-    let isolated = unsafe { TARGETS.get(&cgid) }.is_some_and(|s| s.level >= level::ISOLATE);
+    let isolated = unsafe { TARGETS.get(cgid) }.is_some_and(|s| s.level >= level::ISOLATE);
     if isolated {
         targets::count(counter::ISOLATE_TC_DROPS);
-        return Ok(TC_ACT_SHOT as i32);
+        return Ok(TC_ACT_SHOT);
     }
     Ok(TC_ACT_UNSPEC)
 }

@@ -25,7 +25,7 @@ fn count(key: &ThrottleKey, f: impl FnOnce(&mut ThrottleCounts)) {
     } else {
         let mut c = ThrottleCounts::default();
         f(&mut c);
-        let _ = THROTTLE_COUNTS.insert(key, &c, 0);
+        let _ = THROTTLE_COUNTS.insert(key, c, 0);
     }
 }
 
@@ -36,7 +36,7 @@ fn count(key: &ThrottleKey, f: impl FnOnce(&mut ThrottleCounts)) {
 #[inline(always)]
 pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool, now: u64) -> Verdict {
     let key = ThrottleKey { cgroup_id: id, class, _pad: 0 };
-    let Some(b) = THROTTLE.get_ptr_mut(&key) else { return Verdict::Pass };
+    let Some(b) = THROTTLE.get_ptr_mut(key) else { return Verdict::Pass };
     // SAFETY: map value pointer, valid for this program run.
     let b: &mut Bucket = unsafe { &mut *b };
     if b.mode != mode {
@@ -121,7 +121,7 @@ pub fn owner(mask: u32, a: u32, b: u32, ancestor: impl Fn(i32) -> u64) -> u64 {
             let kb = ThrottleKey { cgroup_id: id, class: b, _pad: 0 };
             // SAFETY: existence checks only; the second lookup only when
             // it asks something else.
-            if unsafe { THROTTLE.get(&ka) }.is_some() || (b != a && unsafe { THROTTLE.get(&kb) }.is_some()) {
+            if unsafe { THROTTLE.get(ka) }.is_some() || (b != a && unsafe { THROTTLE.get(kb) }.is_some()) {
                 found = id;
             }
         }

@@ -54,7 +54,7 @@ pub fn pace_socket(sa: *mut bpf_sock_addr) {
     }
     let key = ThrottleKey { cgroup_id: id, class: throttle::EGRESS_BYTES, _pad: 0 };
     // SAFETY: value copied out immediately.
-    let Some(b) = (unsafe { THROTTLE.get(&key) }) else { return };
+    let Some(b) = (unsafe { THROTTLE.get(key) }) else { return };
     if b.cost_ps == 0 {
         return;
     }

@@ -90,7 +90,7 @@ fn in_a_target(mask: u32) -> bool {
             // SAFETY: helper without pointer arguments.
             let id = unsafe { bpf_get_current_ancestor_cgroup_id(depth as i32) };
             // SAFETY: existence check only.
-            if unsafe { TARGETS.get(&id) }.is_some() {
+            if unsafe { TARGETS.get(id) }.is_some() {
                 found = true;
             }
         }
