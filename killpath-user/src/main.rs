@@ -188,18 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.verified(&r);
             Ok(verdict(&r))
         }
-        Cmd::VerifyProbe { join, tcp4, tcp6, udp, dns, unix, icmp, packet, hold } => {
-            verify_probe::run(&verify_probe::ProbeArgs {
-                join: join.clone(),
-                tcp4: *tcp4,
-                tcp6: *tcp6,
-                udp: *udp,
-                dns: *dns,
-                unix: unix.clone(),
-                icmp: *icmp,
-                packet: *packet,
-                hold: *hold,
-            });
+        Cmd::VerifyProbe(args) => {
+            verify_probe::run(args);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Release { name } => {

@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{MapData, RingBuf},
+    maps::{Array, MapData, RingBuf},
     Btf, Ebpf, EbpfLoader,
 };
-use killpath_common::{maps, programs};
+use killpath_common::{maps, programs, KernelOffsets};
 use tracing::{info, warn};
 
 use crate::{
@@ -60,6 +60,9 @@ pub struct Enforcer {
     pub fs_error: Option<String>,
     /// Why signal cannot be enforced here (kernel BTF), if it cannot.
     pub signal_error: Option<String>,
+    /// Maps filled at load (struct offsets, syscall classes), kept open
+    /// like the others.
+    _filled: (Array<MapData, KernelOffsets>, Array<MapData, u32>),
     // Keeps the object alive for the lifetime of the agent; the pins keep
     // the programs alive after it.
     _ebpf: Ebpf,
@@ -104,8 +107,11 @@ impl Enforcer {
         let mut maps = Maps::from_object(&mut ebpf)?;
         // Struct offsets for the pointer-following hooks (fs.write, signal).
         let btf = btf::resolve();
-        degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
-        throttle::maps::fill_syscall_classes(&mut ebpf)?;
+        // Both handles stay open while programs load: a program loaded
+        // after its map's last fd closed fails with "fd N is not pointing
+        // to valid bpf_map" (aya relocated the fd into its instructions).
+        let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
+        let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
         let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now)?;
         let throttle_events = Some(typed(&mut ebpf, maps::THROTTLE_EVENTS)?);
         let denial_events = Some(typed(&mut ebpf, maps::DENIAL_EVENTS)?);
@@ -137,6 +143,7 @@ impl Enforcer {
             throttle_events,
             fs_error: btf.fs_error,
             signal_error: btf.signal_error,
+            _filled: (offsets, syscall_classes),
             _ebpf: ebpf,
         })
     }

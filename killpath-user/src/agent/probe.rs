@@ -11,23 +11,16 @@ use crate::{
     isolate,
     kernel::{
         btf,
-        probe::{self, ProgramSupport},
+        probe::{self, KernelFeatures},
     },
 };
 
 /// What `probe` found.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeReport {
-    pub kernel: String,
-    pub cgroup2_mount: Option<String>,
-    pub cgroup_kill: bool,
-    pub cgroup_freeze: bool,
-    pub btf: bool,
-    /// Contents of /sys/kernel/security/lsm (informational).
-    pub active_lsms: Option<String>,
-    pub program_types: Vec<ProgramSupport>,
-    /// BPF LSM loads, attaches and its hook really ran.
-    pub lsm_available: bool,
+    /// The kernel's features (flattened: the same keys as before the split).
+    #[serde(flatten)]
+    pub kernel: KernelFeatures,
     /// Per level: what this kernel can enforce, in words.
     pub levels: Vec<LevelSupport>,
     /// Level 2: each capability and whether revoking it is enforceable here.
@@ -77,16 +70,5 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
         fs: btf.fs_error,
         signal: btf.signal_error,
     });
-    ProbeReport {
-        kernel: f.kernel,
-        cgroup2_mount: f.cgroup2_mount,
-        cgroup_kill: f.cgroup_kill,
-        cgroup_freeze: f.cgroup_freeze,
-        btf: f.btf,
-        active_lsms: f.active_lsms,
-        program_types: f.program_types,
-        lsm_available: f.lsm_available,
-        levels,
-        capabilities,
-    }
+    ProbeReport { kernel: f, levels, capabilities }
 }

@@ -259,27 +259,7 @@ pub enum Cmd {
     },
     /// Internal: the channel probe `verify` runs inside a target.
     #[command(hide = true)]
-    VerifyProbe {
-        /// The target's cgroup: the probe moves itself in first.
-        #[arg(long)]
-        join: Option<PathBuf>,
-        #[arg(long)]
-        tcp4: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        tcp6: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        udp: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        dns: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        unix: Option<PathBuf>,
-        #[arg(long)]
-        icmp: bool,
-        #[arg(long)]
-        packet: bool,
-        #[arg(long)]
-        hold: Option<std::net::SocketAddr>,
-    },
+    VerifyProbe(crate::isolate::verify_probe::ProbeArgs),
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {

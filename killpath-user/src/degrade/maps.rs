@@ -17,9 +17,12 @@ use crate::{
 
 /// Fills `KP_OFFSETS` with the struct offsets read from the running
 /// kernel's BTF (Rust eBPF has no CO-RE) in a freshly loaded object.
-pub fn fill_offsets(ebpf: &mut Ebpf, offsets: KernelOffsets) -> Result<()> {
+/// Returns the map's handle: the caller keeps it for as long as it loads
+/// programs, whose instructions refer to the map by this handle's fd.
+pub fn fill_offsets(ebpf: &mut Ebpf, offsets: KernelOffsets) -> Result<Array<MapData, KernelOffsets>> {
     let mut map: Array<MapData, KernelOffsets> = typed(ebpf, maps::OFFSETS)?;
-    map.set(0, offsets, 0).map_err(Error::map(format!("updating {}", maps::OFFSETS)))
+    map.set(0, offsets, 0).map_err(Error::map(format!("updating {}", maps::OFFSETS)))?;
+    Ok(map)
 }
 
 impl Maps {

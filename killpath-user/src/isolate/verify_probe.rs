@@ -18,20 +18,30 @@ use super::channel::Channel;
 
 const TIMEOUT: Duration = Duration::from_millis(800);
 
-/// Which channels to try, and where.
-#[derive(Debug, Default, Clone)]
+/// Which channels to try, and where (the `verify-probe` flags, one per
+/// channel that `verify.rs` passes).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct ProbeArgs {
-    /// The target's cgroup, joined before anything else.
+    /// The target's cgroup: the probe moves itself in first.
+    #[arg(long)]
     pub join: Option<PathBuf>,
+    #[arg(long)]
     pub tcp4: Option<SocketAddr>,
+    #[arg(long)]
     pub tcp6: Option<SocketAddr>,
+    #[arg(long)]
     pub udp: Option<SocketAddr>,
+    #[arg(long)]
     pub dns: Option<SocketAddr>,
+    #[arg(long)]
     pub unix: Option<PathBuf>,
+    #[arg(long)]
     pub icmp: bool,
+    #[arg(long)]
     pub packet: bool,
     /// Open a TCP connection, report it, wait for a line on stdin, then
     /// try to use it (the "established connection" channel).
+    #[arg(long)]
     pub hold: Option<SocketAddr>,
 }
 

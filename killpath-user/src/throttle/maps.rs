@@ -15,15 +15,16 @@ use crate::{
 };
 
 /// Fills `KP_SYSCALL_CLASS` (x86_64 syscall number → class) in a freshly
-/// loaded object.
-pub fn fill_syscall_classes(ebpf: &mut Ebpf) -> Result<()> {
+/// loaded object. Returns the map's handle: the caller keeps it for as long
+/// as it loads programs, whose instructions refer to the map by its fd.
+pub fn fill_syscall_classes(ebpf: &mut Ebpf) -> Result<Array<MapData, u32>> {
     let mut classes: Array<MapData, u32> = typed(ebpf, maps::SYSCALL_CLASS)?;
     if let Ok(table) = super::syscall_class_table() {
         for (nr, c) in table {
             classes.set(nr, c, 0).map_err(Error::map(format!("updating {}", maps::SYSCALL_CLASS)))?;
         }
     }
-    Ok(())
+    Ok(classes)
 }
 
 impl Maps {
