@@ -1,11 +1,16 @@
 //! Level 1, throttle, as the agent and CLI see it: ceilings, their
 //! validation, the syscall classes, and the token buckets they become.
 //!
-//! Mechanism (see also killpath-ebpf/src/throttle.rs): each ceiling is a
+//! Mechanism (see also killpath-ebpf/src/throttle/): each ceiling is a
 //! GCRA token bucket in a pinned map. GCRA keeps one timestamp per bucket
 //! (the "theoretical arrival time"); charging is one atomic add in the
 //! kernel, and the average admitted rate is exactly the ceiling over any
 //! window longer than the burst, whatever the number of CPUs or tasks.
+//!
+//! - here: ceilings, classes, and the buckets they become.
+//! - [`maps`]: the buckets and counts in the kernel; [`hook`]: the sys_exit
+//!   hook, attached only while a syscall ceiling exists; [`pacer`]: resumes
+//!   paced tasks; [`tasks`]: `--tasks` through the pids controller.
 pub mod hook;
 pub mod maps;
 pub mod pacer;

@@ -161,7 +161,7 @@ impl Results {
              [`results.json`](results.json) (every raw sample). It talks to the agent over its socket, so the \
              killpath numbers contain no CLI process start. The harness is `xtask/src/bench/`. Every number \
              here comes from the run described below; percentiles are nearest-rank, so with few samples p99 is \
-             the maximum. Throttle (level 1) does not exist yet and is not measured.\n"
+             the maximum.\n"
         );
         let _ = writeln!(md, "## This run\n");
         let _ = writeln!(md, "| | |\n| --- | --- |");
