@@ -1,14 +1,16 @@
 //! killpath: a host-level kill path for autonomous workloads, enforced by
 //! the kernel through eBPF. This crate is the agent and the CLI.
 //!
-//! Imports go one way: [`agent`] and [`client`] → the levels ([`throttle`],
-//! [`degrade`], [`isolate`], [`stop`]) → [`kernel`]. A command flows
-//! CLI ([`client::cli`]) → a request line on the unix socket
+//! Imports go one way, with no cycle: [`agent`], [`cli`], [`client`] and
+//! [`drill`] → [`target`] → the levels ([`throttle`], [`degrade`],
+//! [`isolate`], [`stop`]) → [`kernel`]; a level imports only `kernel`. A command flows
+//! CLI ([`cli`]) → a request line on the unix socket
 //! ([`client::protocol`]) → [`agent::server`] (caller from SO_PEERCRED) →
 //! [`agent::dispatch`] → the journaled transaction ([`agent::transaction`]:
 //! intent fsynced, action, result fsynced) → the level's module updates a
 //! pinned map → the already-attached kernel hook reads it on its next event.
 pub mod agent;
+pub mod cli;
 pub mod client;
 pub mod degrade;
 pub mod drill;

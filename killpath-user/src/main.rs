@@ -6,17 +6,12 @@ use anyhow::{bail, Context as _};
 use clap::Parser as _;
 use killpath::{
     agent::{self, AgentConfig},
-    client::{
-        self,
-        cli::{Cli, Cmd, DEFAULT_STATE_DIR},
-        output,
-        protocol::Command,
-    },
+    cli::{output, Cli, Cmd, DEFAULT_STATE_DIR},
+    client::{self, fallback, protocol::Command},
     drill::canary,
     isolate::verify_probe,
     journal,
     state_dir::JOURNAL_FILE,
-    stop::fallback,
 };
 use serde_json::{json, Value};
 

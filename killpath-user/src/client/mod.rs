@@ -2,10 +2,9 @@
 //! Blocking and single-threaded on purpose: `killpath run` moves its own
 //! process into a cgroup and then execs, which wants no helper threads.
 //!
-//! - [`cli`]: the command line (clap); [`output`]: rendering results;
-//!   [`protocol`]: the socket protocol shared with the agent.
-pub mod cli;
-pub mod output;
+//! - [`protocol`]: the socket protocol shared with the agent.
+//! - [`fallback`]: `killpath stop` when the agent does not answer.
+pub mod fallback;
 pub mod protocol;
 
 use std::{

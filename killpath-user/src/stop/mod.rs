@@ -6,11 +6,9 @@
 //! here sends SIGTERM or waits for a graceful exit: that is a polite request,
 //! not a stop.
 //!
-//! - here: the hard stop on a cgroup.
-//! - [`fallback`]: `killpath stop` when the agent does not answer.
-//!
-//! Kernel side: the stop guard in `killpath-ebpf/src/stop.rs`.
-pub mod fallback;
+//! The no-agent path (`killpath stop` when the agent does not answer) is
+//! `client::fallback`: it reads the agent's registry, so it sits above the
+//! levels. Kernel side: the stop guard in `killpath-ebpf/src/stop.rs`.
 
 use std::time::{Duration, Instant};
 

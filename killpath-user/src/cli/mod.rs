@@ -1,4 +1,7 @@
-//! Command-line definitions. Doc comments are the help text.
+//! The command line: clap definitions (doc comments are the help text)
+//! and [`output`], the human rendering of results (`--json` prints them raw).
+pub mod output;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
