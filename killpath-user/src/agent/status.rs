@@ -59,6 +59,8 @@ impl State {
                     "cgroup_exists": cg.exists(),
                     "since_unix_us": t.since_unix_us,
                     "last_stop": t.last_stop,
+                    "escape_attempts": self.enforcer.maps.members.as_ref().map(|m| m.escapes(t.cgroup_id)),
+                    "members": self.enforcer.maps.members.as_ref().map(|m| m.processes_of(&[t.cgroup_id]).len()),
                 })
             })
             .collect();
@@ -73,6 +75,10 @@ impl State {
                 "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
                 "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
                 "lsm": self.enforcer.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
+            },
+            "membership": {
+                "tracking": self.enforcer.members_error.clone().map_or("on: marks follow each task; a move out of a target is detected and reverted".to_owned(), |e| format!("unavailable: {e}")),
+                "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
             },
         }))
     }
