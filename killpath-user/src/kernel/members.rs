@@ -44,6 +44,11 @@ fn threads_recursive(cg: &Cgroup) -> Vec<u32> {
 }
 
 impl MemberMaps {
+    /// The mark of task `tid`, if it has one.
+    pub fn get(&self, tid: u32) -> Option<Member> {
+        self.members.get(&tid, 0).ok()
+    }
+
     /// Every mark: (task id, mark).
     pub fn all(&self) -> Vec<(u32, Member)> {
         self.members.iter().filter_map(|r| r.ok()).collect()
@@ -135,10 +140,20 @@ impl MemberMaps {
     /// pidfd (no reused pid is ever signalled). Returns the processes
     /// signalled.
     pub fn kill(&self, targets: &[u64]) -> BTreeSet<u32> {
+        self.kill_marks(&self.of_targets(targets))
+    }
+
+    /// SIGKILLs the process of each mark in `marks` (one signal per
+    /// process), re-checking that one mark with the pidfd open: one map
+    /// lookup each, so a stop of a large tree stays linear.
+    pub fn kill_marks(&self, marks: &[(u32, Member)]) -> BTreeSet<u32> {
         let mut killed = BTreeSet::new();
-        for tgid in self.processes_of(targets) {
-            if kill_if_marked(tgid, || self.processes_of(targets).contains(&tgid)) {
-                killed.insert(tgid);
+        for (tid, m) in marks {
+            if killed.contains(&m.tgid) {
+                continue;
+            }
+            if kill_if_marked(m.tgid, || self.members.get(tid, 0).is_ok_and(|now| now.tgid == m.tgid && now.target == m.target)) {
+                killed.insert(m.tgid);
             }
         }
         killed
@@ -161,4 +176,20 @@ pub fn kill_if_marked(tgid: u32, still_marked: impl FnOnce() -> bool) -> bool {
     // SAFETY: pidfd_send_signal(2) on our own pidfd, no siginfo.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
     r == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_if_marked_signals_only_while_marked() {
+        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let pid = child.id();
+        assert!(!kill_if_marked(pid, || false), "no mark: no signal");
+        assert!(child.try_wait().unwrap().is_none(), "still running");
+        assert!(kill_if_marked(pid, || true));
+        let st = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL));
+    }
 }

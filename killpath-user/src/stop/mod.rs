@@ -88,9 +88,6 @@ pub fn hard_stop_marked(cg: &Cgroup, marked: Marked<'_>, received: Instant, time
     let procs: std::collections::BTreeSet<u32> = cg.procs_recursive().into_iter().map(|p| p as u32).collect();
     let mut report = StopReport { tasks_at_start: procs.len(), membership: marked.is_some(), ..Default::default() };
     let mut killed = std::collections::BTreeSet::new();
-    if let Some((m, ids)) = marked {
-        report.marked_outside = marked_alive(m, ids).difference(&procs).count();
-    }
     // Freezing a subtree freezes its descendants too (cgroup v2 freezer is
     // hierarchical), so one write covers nested cgroups.
     if cg.has_freeze() {
@@ -108,11 +105,30 @@ pub fn hard_stop_marked(cg: &Cgroup, marked: Marked<'_>, received: Instant, time
     }
     // Members outside the cgroup (escaped, or born outside by clone3):
     // SIGKILL through pidfds. The guard kills them too at their next
-    // context switch now that the target is stopped.
+    // context switch now that the target is stopped. Read after the
+    // kill, so the map walk does not delay the freeze; the processes of
+    // the cgroup got their SIGKILL from cgroup.kill already.
+    let mut outside = std::collections::BTreeSet::new();
     if let Some((m, ids)) = marked {
-        killed.extend(m.kill(ids));
+        let marks: Vec<(u32, killpath_common::Member)> = m.of_targets(ids).into_iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).collect();
+        killed.extend(m.kill_marks(&marks));
+        outside = marks.iter().map(|(_, mk)| mk.tgid).collect();
     }
     report.time_to_halt_us = micros(received);
+    // Not in the cgroup at the start: forked inside since, or outside it
+    // (escaped). Only the latter count; a killed task keeps its cgroup in
+    // /proc until it is reaped.
+    if !outside.is_empty() {
+        let mount = crate::kernel::cgroup::cgroup2_mount().ok();
+        let rel = mount.as_deref().and_then(|m| cg.path().strip_prefix(m).ok()).map(|r| format!("/{}", r.display()));
+        report.marked_outside = outside
+            .iter()
+            .filter(|p| {
+                let at = crate::kernel::cgroup::cgroup_of(**p as i32).ok();
+                matches!((&at, &rel), (Some(a), Some(r)) if a != r && !a.starts_with(&format!("{r}/")))
+            })
+            .count();
+    }
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
