@@ -58,6 +58,22 @@ pub mod maps {
     /// `RingBuf` of [`super::ThrottleEvent`]: tasks paused by a pace
     /// ceiling, for the agent to resume on time.
     pub const THROTTLE_EVENTS: &str = "KP_THROTTLE_EVENTS";
+    /// `HashMap<u32 task id, Member>`: the target each task belongs to,
+    /// wherever it now sits (membership follows the task).
+    pub const MEMBERS: &str = "KP_MEMBERS";
+    /// `PerCpuHashMap<u64 target cgroup id, u64>`: escape attempts (a
+    /// marked task that left its target's subtree) per target.
+    pub const ESCAPES: &str = "KP_ESCAPES";
+    /// `RingBuf` of [`super::EscapeEvent`]: each escape attempt, for the
+    /// agent to journal, alert and revert.
+    pub const ESCAPE_EVENTS: &str = "KP_ESCAPE_EVENTS";
+    /// `PerCpuArray<u64>` with one entry: marks the kernel could not
+    /// record (the members map was full).
+    pub const MEMBER_LOST: &str = "KP_MEMBER_LOST";
+    /// `Array<u32>` with one entry: the agent's tgid. Its own moves (adopt
+    /// --pid of a task of another target) re-mark the task instead of
+    /// counting as an escape.
+    pub const MEMBER_AGENT: &str = "KP_MEMBER_AGENT";
 }
 
 /// Program names as they appear in the eBPF object.
@@ -128,6 +144,14 @@ pub mod programs {
     pub const PROBE_SOCK: &str = "kp_probe_sock";
     pub const PROBE_TC: &str = "kp_probe_tc";
     pub const PROBE_TRACEPOINT: &str = "kp_probe_tracepoint";
+    /// raw_tracepoint/cgroup_attach_task: marks a task entering a target,
+    /// catches a marked task leaving its target's subtree.
+    pub const MEMBER_ATTACH: &str = "kp_member_attach";
+    /// raw_tracepoint/sched_process_fork: the child inherits its parent's
+    /// mark; catches clone3(CLONE_INTO_CGROUP) out of the subtree.
+    pub const MEMBER_FORK: &str = "kp_member_fork";
+    /// raw_tracepoint/sched_process_exit: drops the exiting task's mark.
+    pub const MEMBER_EXIT: &str = "kp_member_exit";
 }
 
 /// Indexes of the `KP_COUNTERS` per-CPU array.
@@ -274,6 +298,65 @@ pub struct KernelOffsets {
     pub bprm_filename: u32,
     /// 1 when the three name offsets above are filled in.
     pub names_valid: u32,
+    /// task_struct.pid and task_struct.tgid: the task a membership hook
+    /// is handed (attach, fork) by pointer.
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    /// 1 when the signal offsets and the two task offsets above are
+    /// filled in: membership tracking needs all of them.
+    pub members_valid: u32,
+    pub _pad_members: u32,
+}
+
+/// A task's membership: the target it entered (by `run`, `adopt`, a move
+/// into the target's subtree, or a fork from a member), kept wherever the
+/// task moves afterwards. Keyed by task id in `KP_MEMBERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Member {
+    /// The target's cgroup id.
+    pub target: u64,
+    /// Thread group (process) id of the task: what stop signals.
+    pub tgid: u32,
+    /// Escape attempts by this task.
+    pub escapes: u32,
+}
+
+/// How a marked task left its target's subtree ([`EscapeEvent::kind`]).
+pub mod escape {
+    /// A write to some `cgroup.procs`/`cgroup.threads` outside the subtree.
+    pub const ATTACH: u32 = 0;
+    /// A member's child born outside the subtree: clone3(CLONE_INTO_CGROUP)
+    /// with an outside cgroup, or a fork by a member that is outside.
+    pub const BORN_OUTSIDE: u32 = 1;
+    /// [`super::EscapeEvent::action`]: left to the agent (move it back, or
+    /// kill it for isolated/stopped targets) and to the stop guard.
+    pub const ACTION_AGENT: u32 = 0;
+    /// [`super::EscapeEvent::action`]: killed in the kernel (the escaping
+    /// task was the current one) because its target is isolated or stopped.
+    pub const ACTION_KILLED: u32 = 1;
+}
+
+/// An escape attempt, sent to the agent through `KP_ESCAPE_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EscapeEvent {
+    /// The target the task belongs to.
+    pub target: u64,
+    /// Cgroup id the task went to.
+    pub dst_cgroup: u64,
+    pub time_ns: u64,
+    /// The escaping task and its process.
+    pub pid: u32,
+    pub tgid: u32,
+    /// The process that made the move (the writer, or the clone3 parent).
+    pub by_tgid: u32,
+    /// One of [`escape`]: ATTACH or BORN_OUTSIDE.
+    pub kind: u32,
+    /// The target's level when it happened.
+    pub level: u32,
+    /// [`escape::ACTION_AGENT`] or [`escape::ACTION_KILLED`].
+    pub action: u32,
 }
 
 /// Key of the `--allow-write` map: a directory (by device and inode) below
@@ -436,4 +519,8 @@ mod pod {
     unsafe impl aya::Pod for super::ThrottleCounts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ThrottleEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Member {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EscapeEvent {}
 }

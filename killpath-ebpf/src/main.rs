@@ -23,6 +23,7 @@ mod abi;
 mod degrade;
 mod isolate;
 mod maps;
+mod members;
 mod probe;
 mod stop;
 mod targets;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{
-    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
 };
 
 /// Upper bound on managed targets.
@@ -61,3 +61,22 @@ pub static SYSCALL_CLASS: Array<u32> = Array::with_max_entries(killpath_common::
 
 #[map(name = "KP_THROTTLE_EVENTS")]
 pub static THROTTLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Upper bound on marked tasks (threads included). Preallocated: tracing
+/// programs on older kernels (6.1) may only use preallocated hash maps.
+pub const MAX_MEMBERS: u32 = 65536;
+
+#[map(name = "KP_MEMBERS")]
+pub static MEMBERS: HashMap<u32, Member> = HashMap::with_max_entries(MAX_MEMBERS, 0);
+
+#[map(name = "KP_ESCAPES")]
+pub static ESCAPES: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
+
+#[map(name = "KP_ESCAPE_EVENTS")]
+pub static ESCAPE_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+#[map(name = "KP_MEMBER_AGENT")]
+pub static MEMBER_AGENT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "KP_MEMBER_LOST")]
+pub static MEMBER_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

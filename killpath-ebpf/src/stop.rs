@@ -5,10 +5,21 @@
 //! without `cgroup.kill` fall back to a pid walk that a fork bomb can race.
 //! These raw tracepoints close both gaps from inside the kernel: a task of a
 //! stopped target dies at its next syscall, fork, or context switch.
-use aya_ebpf::{helpers::bpf_send_signal, macros::raw_tracepoint, programs::RawTracePointContext};
+//!
+//! Membership follows the task (`members.rs`): a marked task of a stopped
+//! target dies here wherever it sits, and a marked task of an isolated
+//! target dies here once it is outside its target's subtree.
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_send_signal},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
 use killpath_common::level;
 
-use crate::{maps::GUARD_KILLS, targets};
+use crate::{
+    maps::{GUARD_KILLS, TARGETS},
+    members, targets,
+};
 
 const SIGKILL: u32 = 9;
 
@@ -32,18 +43,40 @@ fn try_guard() -> Result<i32, i64> {
     // Hot path (every syscall and context switch on the host): one array
     // lookup and return while no target is stopped.
     let cfg = targets::config().ok_or(0i64)?;
-    if cfg.stopped_targets == 0 {
+    if cfg.stopped_targets == 0 && cfg.isolated_targets == 0 {
         return Ok(0);
     }
-    if targets::of_current(cfg.depth_mask).is_some_and(|s| s.level >= level::STOPPED) {
-        // SAFETY: signals the current task only; the helper itself refuses
-        // kernel threads and init.
-        if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-            if let Some(kills) = GUARD_KILLS.get_ptr_mut(0) {
-                // SAFETY: per-CPU slot, no concurrent writer.
-                unsafe { *kills += 1 };
-            }
-        }
+    if cfg.stopped_targets != 0 && targets::of_current(cfg.depth_mask).is_some_and(|s| s.level >= level::STOPPED) {
+        kill_current();
+        return Ok(0);
+    }
+    // A member outside its target's cgroup: one or two hash lookups.
+    let cur = bpf_get_current_pid_tgid();
+    let Some(m) = members::of(cur as u32, (cur >> 32) as u32) else {
+        return Ok(0);
+    };
+    // SAFETY: value copied out at once.
+    let Some(st) = (unsafe { TARGETS.get(m.target) }).copied() else {
+        return Ok(0);
+    };
+    let kill = st.level >= level::STOPPED || {
+        // SAFETY: helper without pointer arguments.
+        st.level >= level::ISOLATE && unsafe { bpf_get_current_ancestor_cgroup_id(st.depth as i32) } != m.target
+    };
+    if kill {
+        kill_current();
     }
     Ok(0)
+}
+
+#[inline(always)]
+fn kill_current() {
+    // SAFETY: signals the current task only; the helper itself refuses
+    // kernel threads and init.
+    if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+        if let Some(kills) = GUARD_KILLS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer.
+            unsafe { *kills += 1 };
+        }
+    }
 }

@@ -38,6 +38,12 @@ use crate::{
 /// cgroup.kill has already sent it SIGKILL.
 const STOP_GUARDS: &[(&str, &str)] = &[(programs::GUARD_FORK, "sched_process_fork"), (programs::GUARD_SWITCH, "sched_switch")];
 
+/// Membership programs (killpath-ebpf/src/members.rs) and their raw
+/// tracepoints: cgroup_attach_task exists since Linux 4.x, the sched ones
+/// forever; all three load where raw tracepoints do (no BPF LSM needed).
+const MEMBER_HOOKS: &[(&str, &str)] =
+    &[(programs::MEMBER_EXIT, "sched_process_exit"), (programs::MEMBER_FORK, "sched_process_fork"), (programs::MEMBER_ATTACH, "cgroup_attach_task")];
+
 /// The loaded (or re-found) kernel side.
 pub struct Enforcer {
     pub maps: Maps,
@@ -60,6 +66,10 @@ pub struct Enforcer {
     pub fs_error: Option<String>,
     /// Why signal cannot be enforced here (kernel BTF), if it cannot.
     pub signal_error: Option<String>,
+    /// Why membership tracking cannot run here (kernel BTF), if it cannot.
+    pub members_error: Option<String>,
+    /// Escape attempts (membership); the agent takes it to read events.
+    pub escape_events: Option<RingBuf<MapData>>,
     /// Maps filled at load (struct offsets, syscall classes), kept open
     /// like the others.
     _filled: (Array<MapData, KernelOffsets>, Array<MapData, u32>),
@@ -113,6 +123,17 @@ impl Enforcer {
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
         let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now)?;
+        // Membership: exit first, so no mark is ever set without the hook
+        // that drops it when its task dies.
+        if btf.members_error.is_none() {
+            for (prog, tp) in MEMBER_HOOKS {
+                if object::attach_raw_tracepoint(&mut ebpf, &gen, prog, tp)? {
+                    attached_now.push(*prog);
+                    info!(prog, tp, "membership hook attached and pinned");
+                }
+            }
+        }
+        let escape_events = Some(typed(&mut ebpf, maps::ESCAPE_EVENTS)?);
         let throttle_events = Some(typed(&mut ebpf, maps::THROTTLE_EVENTS)?);
         let denial_events = Some(typed(&mut ebpf, maps::DENIAL_EVENTS)?);
         // Take over target states from an older build's maps (the higher
@@ -131,6 +152,12 @@ impl Enforcer {
                 }
             }
         }
+        // Marks too: a task that escaped under the old build stays a member.
+        for old in &old_generations {
+            if let (Some(mine), Ok(Some(theirs))) = (maps.members.as_mut(), Maps::open_pinned(old).map(|m| m.members)) {
+                mine.copy_from(&theirs);
+            }
+        }
         Ok(Self {
             maps,
             pin_dir: base.to_owned(),
@@ -143,6 +170,8 @@ impl Enforcer {
             throttle_events,
             fs_error: btf.fs_error,
             signal_error: btf.signal_error,
+            members_error: btf.members_error,
+            escape_events,
             _filled: (offsets, syscall_classes),
             _ebpf: ebpf,
         })

@@ -48,6 +48,9 @@ impl State {
         }
         self.registry.targets.insert(name.to_owned(), t.clone());
         self.registry.save()?;
+        // Tasks already inside (adopt --cgroup) become members; those that
+        // enter later are marked by the kernel as they attach.
+        self.mark_target(&t);
         Ok(t)
     }
 
@@ -68,6 +71,7 @@ impl State {
         let t = self.insert_target(name, &cg, true, false)?;
         if let Some(pid) = move_pid {
             cg.move_pid(pid)?;
+            self.mark_target(&t);
         }
         Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
     }
@@ -117,6 +121,7 @@ impl State {
                         return Err(e);
                     }
                 };
+                self.mark_target(&t);
                 Ok(Done { result: json!({"target": t, "moved_pids": moved}), to_level: Some(level::NORMAL), time_to_effect_us: None })
             }
             _ => Err(Error::InvalidRequest("adopt needs exactly one of --cgroup PATH or --pid PID".into())),
@@ -132,6 +137,9 @@ impl State {
         self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
         self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
         self.enforcer.maps.clear_denials(t.cgroup_id);
+        if let Some(m) = self.enforcer.maps.members.as_mut() {
+            m.unmark_target(t.cgroup_id);
+        }
         for d in &t.netdevs {
             self.enforcer.isolate.tc.detach(d)?;
         }

@@ -8,6 +8,7 @@ mod dispatch;
 mod drill;
 pub mod enforcer;
 mod escalate;
+mod escape;
 mod isolate;
 mod lifecycle;
 mod probe;
@@ -118,6 +119,10 @@ impl State {
             drills: Default::default(),
         };
         state.recover(recovery)?;
+        if let Some(m) = state.enforcer.maps.members.as_mut() {
+            m.set_agent(std::process::id());
+        }
+        state.mark_all_targets();
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
         Ok(state)
@@ -134,9 +139,13 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tracing::info!(socket = %state.config.socket.display(), state_dir = %state.config.state_dir.display(), "agent ready");
         let mut state = state;
         let ring = state.enforcer.denial_events.take();
+        let escapes = state.enforcer.escape_events.take();
         let state = std::sync::Arc::new(std::sync::Mutex::new(state));
         if let Some(rb) = ring {
             tokio::spawn(server::denial_reader(rb, state.clone()));
+        }
+        if let Some(rb) = escapes {
+            tokio::spawn(escape::escape_reader(rb, state.clone()));
         }
         tokio::spawn(degrade::denial_sampler(state.clone()));
         tokio::spawn(throttle::rate_sampler(state.clone()));

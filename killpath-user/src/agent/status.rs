@@ -17,6 +17,12 @@ impl State {
             Some(n) => vec![self.registry.get(n)?],
             None => self.registry.targets.values().collect(),
         };
+        // One walk of the marks for all rows (status must stay cheap with
+        // many targets): target -> its marked processes.
+        let mut members: std::collections::HashMap<u64, std::collections::BTreeSet<u32>> = Default::default();
+        for (_, mk) in self.enforcer.maps.members.as_ref().map(|m| m.all()).unwrap_or_default() {
+            members.entry(mk.target).or_default().insert(mk.tgid);
+        }
         let rows: Vec<Value> = list
             .into_iter()
             .map(|t| {
@@ -59,6 +65,8 @@ impl State {
                     "cgroup_exists": cg.exists(),
                     "since_unix_us": t.since_unix_us,
                     "last_stop": t.last_stop,
+                    "escape_attempts": self.enforcer.maps.members.as_ref().map(|m| m.escapes(t.cgroup_id)),
+                    "members": self.enforcer.maps.members.as_ref().map(|_| members.get(&t.cgroup_id).map_or(0, |s| s.len())),
                 })
             })
             .collect();
@@ -73,6 +81,10 @@ impl State {
                 "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
                 "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
                 "lsm": self.enforcer.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
+            },
+            "membership": {
+                "tracking": self.enforcer.members_error.clone().map_or("on: marks follow each task; a move out of a target is detected and reverted".to_owned(), |e| format!("unavailable: {e}")),
+                "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
             },
         }))
     }

@@ -5,9 +5,14 @@ use killpath_common::level;
 use serde_json::json;
 
 use super::{now_us, Done, State};
-use crate::{error::Result, kernel::cgroup::Cgroup, stop};
+use crate::{error::Result, kernel::cgroup::Cgroup, stop, target::Target};
 
 impl State {
+    /// Cgroup ids of `t` and of every target nested inside it.
+    pub(super) fn nested_ids(&self, t: &Target) -> Vec<u64> {
+        self.registry.targets.values().filter(|o| o.cgroup.starts_with(&t.cgroup)).map(|o| o.cgroup_id).collect()
+    }
+
     pub(super) fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         // Arm the kernel guard first: from here on any task of the target
@@ -15,7 +20,12 @@ impl State {
         self.enforcer.maps.set(t.cgroup_id, t.state(level::STOPPED))?;
         let guard_armed_us = received.elapsed().as_micros() as u64;
         let kills_before = self.enforcer.maps.guard_kills();
-        let report = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT)?;
+        // Membership follows the task: the target's marked tasks, and those
+        // of targets nested in it, die wherever they sit.
+        let ids = self.nested_ids(&t);
+        let marked = self.enforcer.maps.members.as_ref().map(|m| (m, ids.as_slice()));
+        let report = stop::hard_stop_marked(&Cgroup::new(&t.cgroup), marked, received, stop::EMPTY_TIMEOUT)?;
+        let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
         let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
         let tt = self.registry.get_mut(name)?;
         tt.level = level::STOPPED;
@@ -34,6 +44,10 @@ impl State {
                 "guard_kills": guard_kills,
                 "used_cgroup_kill": report.used_cgroup_kill,
                 "used_freeze": report.used_freeze,
+                "escape_attempts": escape_attempts,
+                "marked_outside": report.marked_outside,
+                "marked_killed": report.marked_killed,
+                "membership": report.membership,
             }),
             to_level: Some(level::STOPPED),
             time_to_effect_us: Some(report.time_to_empty_us),

@@ -95,12 +95,16 @@ impl Output {
                     println!("{:<22}needs the agent: {}", "", s(&th["needs_agent"]));
                 }
             }
+            if let Some(n) = t["escape_attempts"].as_u64().filter(|n| *n > 0) {
+                println!("{:<20} ESCAPE ATTEMPTS: {n} (tasks that left the target's cgroup; see the journal)", "");
+            }
             if let Some(open) = t["open_channels"].as_array().filter(|a| !a.is_empty()) {
                 let names: Vec<String> = open.iter().map(s).collect();
                 println!("{:<20} isolated, but OPEN on this kernel: {}", "", names.join(", "));
             }
         }
         println!("guard kills (all targets): {}", s(&r["guard_kills"]));
+        println!("membership tracking: {}", s(&r["membership"]["tracking"]));
         let i = &r["isolation"];
         if !i.is_null() {
             println!(
@@ -141,6 +145,16 @@ impl Output {
             if r["used_freeze"] == Value::Bool(true) { "cgroup.freeze + " } else { "" },
             if r["used_cgroup_kill"] == Value::Bool(true) { "cgroup.kill" } else { "per-pid SIGKILL" },
         );
+        if r["membership"] == Value::Bool(true) {
+            println!(
+                "members outside the cgroup at stop: {}, killed by pidfd: {}; escape attempts: {}",
+                s(&r["marked_outside"]),
+                s(&r["marked_killed"]),
+                s(&r["escape_attempts"])
+            );
+        } else {
+            println!("membership marks unavailable: only the cgroup was stopped");
+        }
     }
 
     pub fn isolated(&self, r: &Value) {

@@ -42,6 +42,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     // Arm the guard through the pinned map if the pins are there; the
     // cgroup kill below works without it.
     // Every generation of pins that exists (normally one) gets the stop.
+    let mut opened: Vec<Maps> = Vec::new();
     let guard = match cfg.as_ref().map(|c| pins::generations(&c.pin_dir)) {
         None => format!("not armed: {} unreadable", cfg_path.display()),
         Some(gens) if gens.is_empty() => "not armed: no pinned maps (agent never started?)".to_owned(),
@@ -50,14 +51,23 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
                 .iter()
                 .map(|g| {
                     Maps::open_pinned(g)
-                        .and_then(|mut m| m.set(t.cgroup_id, t.state(level::STOPPED)))
+                        .and_then(|mut m| {
+                            m.set(t.cgroup_id, t.state(level::STOPPED))?;
+                            opened.push(m);
+                            Ok(())
+                        })
                         .map_or_else(|e| format!("not armed in {}: {e}", g.display()), |()| "armed".to_owned())
                 })
                 .collect();
             results.join("; ")
         }
     };
-    let outcome = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT);
+    // Membership follows the task: the marks of the target (and of targets
+    // nested in it) from the pinned maps, when the pins have them.
+    let ids: Vec<u64> = registry.targets.values().filter(|o| o.cgroup.starts_with(&t.cgroup)).map(|o| o.cgroup_id).collect();
+    let members = opened.iter().find_map(|m| m.members.as_ref());
+    let outcome = stop::hard_stop_marked(&Cgroup::new(&t.cgroup), members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
+    let escape_attempts: u64 = members.map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
 
     let mut res = Entry::new(actor, Phase::Result, "stop");
     res.target = Some(name.to_owned());
@@ -68,7 +78,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
             res.to_level = Some(level::STOPPED);
             res.outcome = Some(if r.survivors == 0 { "ok".into() } else { format!("survivors: {}", r.survivors) });
             res.time_to_effect_us = Some(r.time_to_empty_us);
-            res.params = json!({"report": r, "guard": guard});
+            res.params = json!({"report": r, "guard": guard, "escape_attempts": escape_attempts});
         }
         Err(e) => res.outcome = Some(format!("error: {e}")),
     }
@@ -89,5 +99,9 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "time_to_empty_us": r.time_to_empty_us,
         "used_cgroup_kill": r.used_cgroup_kill,
         "used_freeze": r.used_freeze,
+        "escape_attempts": escape_attempts,
+        "marked_outside": r.marked_outside,
+        "marked_killed": r.marked_killed,
+        "membership": r.membership,
     }))
 }

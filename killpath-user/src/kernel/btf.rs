@@ -44,6 +44,8 @@ pub struct Resolved {
     pub offsets: KernelOffsets,
     pub fs_error: Option<String>,
     pub signal_error: Option<String>,
+    /// Why membership tracking (marks, escape detection) cannot run here.
+    pub members_error: Option<String>,
 }
 
 pub fn resolve() -> Resolved {
@@ -51,7 +53,7 @@ pub fn resolve() -> Resolved {
         Ok(b) => b,
         Err(e) => {
             let why = format!("cannot read {VMLINUX}: {e}");
-            return Resolved { offsets: KernelOffsets::default(), fs_error: Some(why.clone()), signal_error: Some(why) };
+            return Resolved { offsets: KernelOffsets::default(), fs_error: Some(why.clone()), signal_error: Some(why.clone()), members_error: Some(why) };
         }
     };
     let mut o = KernelOffsets::default();
@@ -82,10 +84,18 @@ pub fn resolve() -> Resolved {
         o.bprm_filename = offset(&btf, "linux_binprm", "filename")?;
         Ok(())
     })();
+    // Membership hooks follow the same cgroup pointers as signal, plus the
+    // ids of the task they are handed.
+    let members = signal.clone().and_then(|()| {
+        o.task_pid = offset(&btf, "task_struct", "pid")?;
+        o.task_tgid = offset(&btf, "task_struct", "tgid")?;
+        Ok(())
+    });
+    o.members_valid = u32::from(members.is_ok());
     o.names_valid = u32::from(names.is_ok());
     o.fs_valid = u32::from(fs.is_ok());
     o.signal_valid = u32::from(signal.is_ok());
-    Resolved { offsets: o, fs_error: fs.err(), signal_error: signal.err() }
+    Resolved { offsets: o, fs_error: fs.err(), signal_error: signal.err(), members_error: members.err() }
 }
 
 /// The kernel's dev_t (MKDEV: major << 20 | minor) of a user-space st_dev.

@@ -12,7 +12,7 @@ use killpath_common::{
     level, maps, throttle as tclass, Bucket, ConnectAllow, DenialKey, GuardConfig, TargetState, ThrottleCounts, ThrottleKey, WriteAllow, MAX_CGROUP_DEPTH,
 };
 
-use super::{object::typed, pins::map_pin};
+use super::{members::MemberMaps, object::typed, pins::map_pin};
 use crate::error::{Error, Result};
 
 /// Maps that outlive the agent: every map the object declares is pinned,
@@ -33,6 +33,11 @@ pub const PINNED: &[&str] = &[
     maps::THROTTLE_COUNTS,
     maps::SYSCALL_CLASS,
     maps::THROTTLE_EVENTS,
+    maps::MEMBERS,
+    maps::ESCAPES,
+    maps::ESCAPE_EVENTS,
+    maps::MEMBER_LOST,
+    maps::MEMBER_AGENT,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's
@@ -46,6 +51,8 @@ pub struct Maps {
     pub(crate) degrade: Option<DegradeMaps>,
     /// Throttle maps: only the agent opens them.
     pub(crate) throttle: Option<ThrottleMaps>,
+    /// Membership marks (`kernel::members`); None when the pins predate them.
+    pub members: Option<MemberMaps>,
 }
 
 /// The level-1 maps (methods in `throttle::maps`).
@@ -81,6 +88,12 @@ impl Maps {
                 denials: typed(ebpf, maps::DENIALS)?,
             }),
             throttle: Some(ThrottleMaps { buckets: typed(ebpf, maps::THROTTLE)?, counts: typed(ebpf, maps::THROTTLE_COUNTS)? }),
+            members: Some(MemberMaps {
+                members: typed(ebpf, maps::MEMBERS)?,
+                escapes: Some(typed(ebpf, maps::ESCAPES)?),
+                lost: Some(typed(ebpf, maps::MEMBER_LOST)?),
+                agent: Some(typed(ebpf, maps::MEMBER_AGENT)?),
+            }),
         })
     }
 
@@ -95,6 +108,14 @@ impl Maps {
             counters: open_pin(gen, maps::COUNTERS, Map::PerCpuArray).ok().and_then(|c| PerCpuArray::try_from(c).ok()),
             degrade: None,
             throttle: None,
+            // An older build's pins may lack the membership maps: the stop
+            // then acts on the cgroup only, as before.
+            members: open_pin(gen, maps::MEMBERS, Map::HashMap).ok().and_then(|m| HashMap::try_from(m).ok()).map(|members| MemberMaps {
+                members,
+                escapes: open_pin(gen, maps::ESCAPES, Map::PerCpuHashMap).ok().and_then(|m| PerCpuHashMap::try_from(m).ok()),
+                lost: open_pin(gen, maps::MEMBER_LOST, Map::PerCpuArray).ok().and_then(|m| PerCpuArray::try_from(m).ok()),
+                agent: None,
+            }),
         })
     }
 

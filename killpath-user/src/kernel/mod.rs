@@ -5,6 +5,8 @@
 //! - [`object`]: the compiled eBPF object; loading, pinning, attaching.
 //! - [`pins`]: bpffs, pin paths and pin generations (fail-static upgrades).
 //! - [`maps`]: typed handles on the pinned maps and the global switches.
+//! - [`members`]: membership marks (tasks that belong to a target
+//!   wherever they sit), escape counts, killing marked tasks by pidfd.
 //! - [`btf`]: struct offsets from the running kernel's BTF.
 //! - [`probe`]: which program types and hooks this kernel accepts.
 //! - [`cgroup`]: cgroup v2 directories: create, move, freeze, kill, wait.
@@ -15,6 +17,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod durable;
 pub mod maps;
+pub mod members;
 pub mod mounts;
 pub mod object;
 pub mod pins;

@@ -1,0 +1,246 @@
+//! Membership follows the task: every task that entered a target keeps a
+//! mark (`KP_MEMBERS`, keyed by task id) naming that target, wherever it
+//! moves afterwards, so the stop guard and `stop` act on it even outside
+//! the target's cgroup.
+//!
+//! - `cgroup_attach_task` (raw tracepoint, fires after every successful
+//!   write to a `cgroup.procs`/`cgroup.threads`, with the destination
+//!   cgroup and the moved task — the thread-group leader for a procs
+//!   write): an unmarked task entering a target's subtree is marked; a
+//!   marked task moving out of its target's subtree is an escape attempt.
+//! - `sched_process_fork`: the child inherits its parent's mark. A child
+//!   born outside the subtree (clone3 with CLONE_INTO_CGROUP, which never
+//!   passes cgroup_attach_task) is an escape attempt too.
+//! - `sched_process_exit`: the mark goes with the task, so a reused pid
+//!   never inherits a dead task's membership.
+//!
+//! An escape is counted per target (`KP_ESCAPES`) and posted to the agent
+//! (`KP_ESCAPE_EVENTS`), which journals it, alerts, and moves the task
+//! back (or kills it when its target is isolated or stopped). When the
+//! escaping task is the one running (it wrote its own pid), an isolated or
+//! stopped target's task is killed here at once; otherwise the stop guard
+//! (`stop.rs`) kills it at its next context switch or fork.
+//!
+//! The destination's ancestors are not in the tracepoint's arguments: they
+//! are read from `struct cgroup` with offsets from the kernel's BTF
+//! (KP_OFFSETS, `members_valid`), like the `signal` capability does.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use killpath_common::{escape, level, EscapeEvent, KernelOffsets, Member, TargetState, MAX_CGROUP_DEPTH};
+
+use crate::{
+    maps::{ESCAPES, ESCAPE_EVENTS, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, TARGETS},
+    targets,
+};
+
+const SIGKILL: u32 = 9;
+
+/// Reads a `T` at `base + off` in kernel memory (None if unreadable).
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
+}
+
+/// The mark of task `pid` of process `tgid`: its own, or its thread-group
+/// leader's (a procs write moves and marks the whole group through its
+/// leader).
+#[inline(always)]
+pub fn of(pid: u32, tgid: u32) -> Option<Member> {
+    // SAFETY: values copied out at once.
+    unsafe { MEMBERS.get(pid).or_else(|| MEMBERS.get(tgid)) }.copied()
+}
+
+/// kernfs id of `cgrp`'s ancestor at `depth` (0 if `cgrp` sits higher).
+#[inline(always)]
+fn ancestor(o: &KernelOffsets, cgrp: u64, cgrp_level: i32, depth: u32) -> u64 {
+    if cgrp_level < depth as i32 {
+        return 0;
+    }
+    read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
+        .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
+        .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
+        .unwrap_or(0)
+}
+
+/// The innermost target whose subtree holds `cgrp` (0: none).
+#[inline(always)]
+fn innermost(o: &KernelOffsets, mask: u32, cgrp: u64, cgrp_level: i32) -> u64 {
+    let mut best = 0u64;
+    let mut depth = 0u32;
+    while depth < MAX_CGROUP_DEPTH {
+        if mask & (1u32 << depth) != 0 && depth as i32 <= cgrp_level {
+            let id = ancestor(o, cgrp, cgrp_level, depth);
+            // SAFETY: value read at once.
+            if unsafe { TARGETS.get(id) }.is_some_and(|s| s.depth == depth) {
+                best = id;
+            }
+        }
+        depth += 1;
+    }
+    best
+}
+
+/// Counts, records and posts one escape attempt; kills the escaping task
+/// right here when it is the running one and its target is isolated or
+/// stopped (bpf_send_signal acts on the current task's process only).
+#[inline(always)]
+fn escaped(pid: u32, tgid: u32, m: &Member, st: &TargetState, dst_cgroup: u64, kind: u32) {
+    match ESCAPES.get_ptr_mut(m.target) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        Some(c) => unsafe { *c += 1 },
+        None => {
+            let _ = ESCAPES.insert(m.target, 1u64, 0);
+        }
+    }
+    if let Some(own) = MEMBERS.get_ptr_mut(pid) {
+        // SAFETY: map value valid for this run; a lost increment under a
+        // race is harmless (the per-target count above is exact).
+        unsafe { (*own).escapes += 1 };
+    }
+    let by_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut action = escape::ACTION_AGENT;
+    if st.level >= level::ISOLATE && kind == escape::ATTACH && by_tgid == tgid {
+        // SAFETY: signals the current process only.
+        if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+            action = escape::ACTION_KILLED;
+        }
+    }
+    if let Some(mut slot) = ESCAPE_EVENTS.reserve::<EscapeEvent>(0) {
+        slot.write(EscapeEvent {
+            target: m.target,
+            dst_cgroup,
+            // SAFETY: helper without arguments.
+            time_ns: unsafe { bpf_ktime_get_ns() },
+            pid,
+            tgid,
+            by_tgid,
+            kind,
+            level: st.level,
+            action,
+        });
+        slot.submit(0);
+    }
+}
+
+/// Marks `pid` as a member of `target`, counting a full map as a lost mark.
+#[inline(always)]
+fn mark(pid: u32, m: &Member) {
+    if MEMBERS.insert(pid, m, 0).is_err() {
+        if let Some(lost) = MEMBER_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe { *lost += 1 };
+        }
+    }
+}
+
+/// cgroup_attach_task(struct cgroup *dst_cgrp, const char *path,
+/// struct task_struct *task, bool threadgroup): fired once per migration,
+/// after it succeeded (kernel/cgroup/cgroup.c, cgroup_attach_task).
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn kp_member_attach(ctx: RawTracePointContext) -> i32 {
+    try_attach(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
+    let o = OFFSETS.get(0)?;
+    if o.members_valid == 0 {
+        return None;
+    }
+    let cfg = targets::config()?;
+    let dst: u64 = ctx.arg(0);
+    let task: u64 = ctx.arg(2);
+    let pid = read::<i32>(task, o.task_pid)? as u32;
+    let tgid = read::<i32>(task, o.task_tgid)? as u32;
+    // The tracepoint fires for cgroup v1 hierarchies too (the throttle's
+    // v1 pids cgroup): only a move on the default (v2) hierarchy leaves
+    // the task's css_set pointing at `dst` once it completed.
+    let now_in = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp))?;
+    if now_in != dst {
+        return Some(0);
+    }
+    let dst_level = read::<i32>(dst, o.cgroup_level)?;
+    let by_agent = MEMBER_AGENT.get(0).is_some_and(|a| *a != 0 && *a == (bpf_get_current_pid_tgid() >> 32) as u32);
+    if by_agent {
+        // The agent's own move (run, adopt): the task is the destination
+        // target's now, never an escape.
+        let target = innermost(o, cfg.depth_mask, dst, dst_level);
+        if target != 0 {
+            mark(pid, &Member { target, tgid, escapes: 0 });
+        }
+        return Some(0);
+    }
+    let Some(m) = of(pid, tgid) else {
+        // Not a member yet: entering a target's subtree makes it one.
+        let target = innermost(o, cfg.depth_mask, dst, dst_level);
+        if target != 0 {
+            mark(pid, &Member { target, tgid, escapes: 0 });
+        }
+        return Some(0);
+    };
+    // SAFETY: value copied out at once.
+    let Some(st) = (unsafe { TARGETS.get(m.target) }).copied() else {
+        // The target was released: its marks are stale.
+        let _ = MEMBERS.remove(pid);
+        return Some(0);
+    };
+    if ancestor(o, dst, dst_level, st.depth) == m.target {
+        // A move inside its own subtree; entering a target nested in it
+        // makes the task that (stricter or equal) target's.
+        let inner = innermost(o, cfg.depth_mask, dst, dst_level);
+        if inner != 0 && inner != m.target {
+            mark(pid, &Member { target: inner, tgid, escapes: m.escapes });
+        }
+        return Some(0);
+    }
+    let dst_id = read::<u64>(dst, o.cgroup_kn).and_then(|kn| read::<u64>(kn, o.kernfs_node_id)).unwrap_or(0);
+    escaped(pid, tgid, &m, &st, dst_id, escape::ATTACH);
+    Some(0)
+}
+
+/// sched_process_fork(struct task_struct *parent, struct task_struct
+/// *child): fired in the parent after copy_process, so the child's
+/// cgroup (CLONE_INTO_CGROUP included) is already set.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn kp_member_fork(ctx: RawTracePointContext) -> i32 {
+    try_fork(&ctx).unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
+    // Every fork on the host passes here: one or two hash lookups, then
+    // out for tasks of no target.
+    let cur = bpf_get_current_pid_tgid();
+    let m = of(cur as u32, (cur >> 32) as u32)?;
+    let o = OFFSETS.get(0)?;
+    if o.members_valid == 0 {
+        return None;
+    }
+    let child: u64 = ctx.arg(1);
+    let pid = read::<i32>(child, o.task_pid)? as u32;
+    let tgid = read::<i32>(child, o.task_tgid)? as u32;
+    let child_member = Member { target: m.target, tgid, escapes: 0 };
+    mark(pid, &child_member);
+    // SAFETY: value copied out at once.
+    let st = (unsafe { TARGETS.get(m.target) }).copied()?;
+    let cgrp = read::<u64>(child, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp))?;
+    let lvl = read::<i32>(cgrp, o.cgroup_level)?;
+    if ancestor(o, cgrp, lvl, st.depth) != m.target {
+        let dst_id = read::<u64>(cgrp, o.cgroup_kn).and_then(|kn| read::<u64>(kn, o.kernfs_node_id)).unwrap_or(0);
+        escaped(pid, tgid, &child_member, &st, dst_id, escape::BORN_OUTSIDE);
+    }
+    Some(0)
+}
+
+/// sched_process_exit(struct task_struct *p, ...): runs in the exiting
+/// task itself (do_exit), once per thread.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn kp_member_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid = bpf_get_current_pid_tgid() as u32;
+    let _ = MEMBERS.remove(pid);
+    0
+}

@@ -1,0 +1,243 @@
+//! Tests: membership follows the task. A root task inside a target that
+//! moves itself out (a write to the cgroup2 root's `cgroup.procs`), forks
+//! after moving out, or is born outside (clone3 with CLONE_INTO_CGROUP)
+//! stays the target's: the escape is detected, journaled and reverted
+//! (moved back, or killed for an isolated target), and `stop` kills it
+//! wherever it is and counts it. Judged from outside: /proc/PID, its
+//! /proc/PID/cgroup, and the journal file.
+use std::{path::Path, time::Duration};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+use crate::{
+    harness::{alive, wait_until, Agent},
+    support::{
+        cgroup::{cgroup_line, cgroup_rel, make_cgroup},
+        process::{children, py, run_bg, show, Reaped},
+        status::{stop, target_row},
+    },
+};
+
+/// SIGKILLs the pids a test let out of every target, whatever happens.
+struct Escapees(Vec<i32>);
+
+impl Drop for Escapees {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The cgroup2 root's cgroup.procs.
+fn root_procs() -> String {
+    killpath::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount").join("cgroup.procs").display().to_string()
+}
+
+/// Starts target `name` running `sh`: it waits for `flag`, moves itself
+/// to the cgroup2 root, then runs `after` (in the same shell).
+fn escaping_target(agent: &Agent, name: &str, flag: &Path, after: &str) -> Reaped {
+    let script = format!(r#"while [ ! -e "{}" ]; do sleep 0.02; done; echo 0 > "{}"; {after}"#, flag.display(), root_procs());
+    run_bg(agent, name, &["sh", "-c", &script], 1)
+}
+
+/// Whether `pid` sits in the cgroup `rel` or below it.
+fn inside(pid: i32, rel: &str) -> bool {
+    cgroup_line(pid).is_some_and(|l| l == rel || l.starts_with(&format!("{rel}/")))
+}
+
+/// The high-priority escape records of the journal about `pid`.
+fn escape_records(agent: &Agent, pid: i32) -> Vec<Value> {
+    agent.journal().into_iter().filter(|r| r["action"] == "escape" && r["params"]["tgid"] == pid).collect()
+}
+
+/// `killpath --json stop NAME` while the agent is dead: the CLI's direct stop.
+fn direct_stop(agent: &Agent, name: &str) -> Value {
+    let out = agent.kp(&["--json", "stop", name, "--agent-timeout", "1"]);
+    assert!(out.status.success(), "direct stop failed: {}", show(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", show(&out)))
+}
+
+fn assert_gone(pids: &[i32], report: &Value) {
+    for p in pids {
+        assert!(wait_until(Duration::from_secs(2), || !alive(*p)).is_some(), "pid {p} survived the stop: {report}");
+    }
+    assert_eq!(report["survivors"], 0, "{report}");
+    assert!(report["escape_attempts"].as_u64().unwrap_or(0) >= 1, "stop must count the escape: {report}");
+}
+
+/// (a) An escape with the agent up: counted, reverted, and the stop kills
+/// the escaped task and reports it.
+#[test]
+fn escape_to_root_then_stop() {
+    let Some(agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("go");
+    let run = escaping_target(&agent, "esc-a", &flag, "exec sleep 1000");
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(5), || !escape_records(&agent, pid).is_empty())
+        .unwrap_or_else(|| panic!("no escape record for {pid}; journal: {:?}\nlog:\n{}", agent.journal(), agent.log_text()));
+    let r = stop(&agent, "esc-a");
+    assert_gone(&[pid], &r);
+}
+
+/// (a) with the agent dead: nothing moves the task back, so it is outside
+/// the target when `killpath stop` (the CLI's direct stop, from the pinned
+/// maps) runs, and must still die and be counted.
+#[test]
+fn escape_to_root_agent_dead_direct_stop() {
+    let Some(mut agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("go");
+    let run = escaping_target(&agent, "esc-dead", &flag, "exec sleep 1000");
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    agent.kill9();
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(5), || cgroup_line(pid).as_deref() == Some("/")).unwrap_or_else(|| panic!("{pid} never reached the root cgroup"));
+    assert!(alive(pid));
+    let r = direct_stop(&agent, "esc-dead");
+    assert_eq!(r["fallback"], true, "{r}");
+    assert!(r["marked_outside"].as_u64().unwrap_or(0) >= 1, "the escaped task was outside the cgroup at stop: {r}");
+    assert_gone(&[pid], &r);
+}
+
+/// (b) A grandchild forked after the escape inherits the mark: the direct
+/// stop (agent dead, so nothing was moved back) kills the whole tree.
+#[test]
+fn escape_then_fork_grandchild_direct_stop() {
+    let Some(mut agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("go");
+    let run = escaping_target(&agent, "esc-b", &flag, "sh -c 'sleep 1000 & wait' & wait");
+    let pid = run.pid();
+    let mut guard = Escapees(vec![pid]);
+    agent.kill9();
+    std::fs::write(&flag, "").expect("flag");
+    let mut tree = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        tree = children(pid).into_iter().flat_map(|c| std::iter::once(c).chain(children(c))).collect();
+        tree.len() == 2
+    })
+    .unwrap_or_else(|| panic!("no child and grandchild of {pid}"));
+    guard.0.extend(&tree);
+    for p in std::iter::once(pid).chain(tree.iter().copied()) {
+        assert_eq!(cgroup_line(p).as_deref(), Some("/"), "{p} runs in the root cgroup, outside the target");
+    }
+    let r = direct_stop(&agent, "esc-b");
+    assert!(r["marked_outside"].as_u64().unwrap_or(0) >= 3, "shell, child and grandchild were outside: {r}");
+    let all: Vec<i32> = std::iter::once(pid).chain(tree.iter().copied()).collect();
+    assert_gone(&all, &r);
+}
+
+/// (c) An escape before isolate: the agent moves the task back into the
+/// target at once, journals a high-priority escape record, and status
+/// counts it.
+#[test]
+fn escape_is_moved_back() {
+    let Some(agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("go");
+    let run = escaping_target(&agent, "esc-c", &flag, "exec sleep 1000");
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    let rel = cgroup_rel(agent.target_cgroup("esc-c").path());
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(5), || !escape_records(&agent, pid).is_empty())
+        .unwrap_or_else(|| panic!("no escape record for {pid}\nlog:\n{}", agent.log_text()));
+    let rec = &escape_records(&agent, pid)[0];
+    assert_eq!(rec["high_priority"], true, "{rec}");
+    assert!(rec["outcome"].as_str().unwrap_or("").starts_with("moved back"), "{rec}");
+    wait_until(Duration::from_secs(1), || inside(pid, &rel)).unwrap_or_else(|| panic!("{pid} is at {:?}, not back in {rel}", cgroup_line(pid)));
+    assert!(alive(pid), "a target below isolate is moved back, not killed");
+    let row = target_row(&agent, "esc-c").expect("row");
+    assert!(row["escape_attempts"].as_u64().unwrap_or(0) >= 1, "{row}");
+}
+
+/// An escape from an isolated target: the task moved itself, so the
+/// kernel kills it as it moves.
+#[test]
+fn escape_from_isolated_target_is_killed() {
+    let Some(agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("go");
+    let run = escaping_target(&agent, "esc-iso", &flag, "exec sleep 1000");
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    agent.json(&["isolate", "esc-iso"]);
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(2), || !alive(pid)).unwrap_or_else(|| panic!("{pid} of an isolated target escaped and lives at {:?}", cgroup_line(pid)));
+    wait_until(Duration::from_secs(5), || !escape_records(&agent, pid).is_empty()).expect("escape journaled");
+    let rec = &escape_records(&agent, pid)[0];
+    assert!(rec["outcome"].as_str().unwrap_or("").contains("killed"), "{rec}");
+}
+
+/// Python: wait for argv[1], clone3(CLONE_INTO_CGROUP) into the cgroup
+/// directory argv[2] (opened read-only), write the child's pid to argv[3];
+/// the child execs `sleep 1000`.
+const CLONE_INTO: &str = r#"
+import ctypes, os, sys, time
+flag, dst, out = sys.argv[1], sys.argv[2], sys.argv[3]
+while not os.path.exists(flag):
+    time.sleep(0.02)
+fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+names = ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")
+class CloneArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in names]
+args = CloneArgs(flags=0x200000000, exit_signal=17, cgroup=fd)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+pid = libc.syscall(435, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+if pid == 0:
+    os.execv("/bin/sleep", ["sleep", "1000"])
+if pid < 0:
+    open(out, "w").write("error %d" % ctypes.get_errno())
+    sys.exit(1)
+open(out + ".tmp", "w").write(str(pid))
+os.rename(out + ".tmp", out)
+time.sleep(1000)
+"#;
+
+/// (d) clone3(CLONE_INTO_CGROUP) into a cgroup outside the target: the
+/// child is a member from birth, its escape is counted, and stop kills it.
+fn clone_into_case(agent_dead: bool) {
+    let Some(mut agent) = Agent::start() else { return };
+    let name = if agent_dead { "clone-dead" } else { "clone-live" };
+    let flag = agent.dir.path().join("go");
+    let out = agent.dir.path().join("child-pid");
+    let outside = make_cgroup(agent.cgroup_parent.join(format!("outside-{name}")));
+    let (flag_s, dst_s, out_s) = (flag.display().to_string(), outside.path().display().to_string(), out.display().to_string());
+    let run = run_bg(&agent, name, &[py(), "-c", CLONE_INTO, &flag_s, &dst_s, &out_s], 1);
+    let mut guard = Escapees(vec![run.pid()]);
+    if agent_dead {
+        agent.kill9();
+    }
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(5), || out.exists()).expect("clone3 result");
+    let text = std::fs::read_to_string(&out).expect("child pid");
+    let child: i32 = text.trim().parse().unwrap_or_else(|_| panic!("clone3 failed: {text}"));
+    guard.0.push(child);
+    assert!(alive(child));
+    let r = if agent_dead {
+        assert_eq!(cgroup_line(child), Some(cgroup_rel(outside.path())), "the child was born outside the target");
+        let r = direct_stop(&agent, name);
+        assert!(r["marked_outside"].as_u64().unwrap_or(0) >= 1, "{r}");
+        r
+    } else {
+        wait_until(Duration::from_secs(5), || !escape_records(&agent, child).is_empty())
+            .unwrap_or_else(|| panic!("no escape record\nlog:\n{}", agent.log_text()));
+        stop(&agent, name)
+    };
+    assert_gone(&[run.pid(), child], &r);
+}
+
+#[test]
+fn clone_into_outside_cgroup_then_stop() {
+    clone_into_case(false);
+}
+
+#[test]
+fn clone_into_outside_cgroup_agent_dead_direct_stop() {
+    clone_into_case(true);
+}
