@@ -29,6 +29,20 @@ impl State {
         Ok(())
     }
 
+    /// Journals a request refused because its caller is inside a target
+    /// (or could not be resolved): high priority, a target trying to lift
+    /// its own level is an alert.
+    pub fn journal_confined_refusal(&mut self, caller: Caller, cmd: &Command, why: &crate::error::Error, target: Option<&str>) -> Result<()> {
+        let mut e = Entry::new(caller.actor(), Phase::Event, "refused");
+        e.params = json!({"cmd": cmd.name(), "gid": caller.gid, "inside_target": target});
+        e.outcome = Some(format!("forbidden: {why}"));
+        e.high_priority = true;
+        self.journal.append(e)?;
+        let alert = json!({"type": "alert", "priority": "high", "action": "refused", "target": target, "cmd": cmd.name(), "pid": caller.pid, "message": why.to_string()});
+        let _ = self.events.send(alert);
+        Ok(())
+    }
+
     pub(super) fn execute(
         &mut self,
         caller: Caller,
