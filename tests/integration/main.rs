@@ -10,6 +10,7 @@ mod drill;
 mod fallback;
 mod isolate;
 mod journal;
+mod privileges;
 mod probe;
 mod socket;
 mod stop;

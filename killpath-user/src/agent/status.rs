@@ -59,6 +59,7 @@ impl State {
                     "cgroup_exists": cg.exists(),
                     "since_unix_us": t.since_unix_us,
                     "last_stop": t.last_stop,
+                    "privileges": self.privileges(t),
                 })
             })
             .collect();
