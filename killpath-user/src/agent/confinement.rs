@@ -5,12 +5,14 @@
 //! cgroup at request time, not at connect time: a task moved into a target
 //! after connecting is inside it from then on.
 use std::{
+    collections::BTreeMap,
     fs,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::fs::MetadataExt,
     },
     path::Path,
+    time::{Duration, Instant},
 };
 
 use super::{Caller, State};
@@ -53,8 +55,9 @@ fn pidfd_alive(pidfd: RawFd) -> bool {
 impl State {
     /// The target the caller is inside, if any: its cgroup (read now from
     /// /proc/PID/cgroup) is a target's cgroup or below it, by path on the
-    /// cgroup2 mount and by cgroup id along its ancestors (so a renamed
-    /// target directory still counts). An error when the caller cannot be
+    /// cgroup2 mount and by cgroup id along its ancestors (cgroup2 refuses
+    /// renames, so the ids are a second check should the registry's path
+    /// be spelled through another mount of the hierarchy). An error when the caller cannot be
     /// resolved (its pid is gone): the request is refused then too.
     ///
     /// Membership marks (a task that left its target's cgroup) are meant
@@ -79,6 +82,34 @@ impl State {
         let ids = ancestor_ids(&abs, &self.cgroup_mount);
         Ok(self.registry.targets.values().find(|t| ids.contains(&t.cgroup_id)).map(|t| t.name.clone()))
     }
+}
+
+/// Journaled refusals per target and second; beyond that they are refused
+/// and counted, and the next journaled one carries the count. Each
+/// journaled refusal is an fsync under the agent's lock: a target
+/// hammering the socket must not slow a stop down.
+const JOURNALED_PER_SECOND: u32 = 10;
+
+/// Per target (or "" for callers that could not be resolved): the current
+/// one-second window, refusals journaled in it, refusals not journaled.
+static WINDOWS: std::sync::Mutex<BTreeMap<String, (Instant, u32, u64)>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Whether to journal this refusal; `Some(n)`: yes, and `n` refusals were
+/// left out of the journal since the last journaled one.
+pub(super) fn journal_refusal_now(target: Option<&str>) -> Option<u64> {
+    let mut w = WINDOWS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    let e = w.entry(target.unwrap_or_default().to_owned()).or_insert((now, 0, 0));
+    if now.duration_since(e.0) >= Duration::from_secs(1) {
+        e.0 = now;
+        e.1 = 0;
+    }
+    if e.1 >= JOURNALED_PER_SECOND {
+        e.2 += 1;
+        return None;
+    }
+    e.1 += 1;
+    Some(std::mem::take(&mut e.2))
 }
 
 /// cgroup ids (kernfs inode numbers) of `dir` and its ancestors up to, not

@@ -17,9 +17,9 @@ use crate::{
 /// "-") moves itself into that cgroup, then sends each request line and
 /// prints each response line: the agent must judge the caller where it is
 /// when it asks, not where it was when it connected. The first line
-/// printed is its pid and cgroup.
+/// printed is its pid and cgroup. A `SLEEP` argument waits 1.1 s.
 const CLIENT_PY: &str = r#"
-import json, os, socket, sys
+import json, os, socket, sys, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(10)
 s.connect(sys.argv[2])
@@ -29,6 +29,9 @@ if sys.argv[1] != "-":
 print(json.dumps({"pid": os.getpid(), "uid": os.getuid(), "cgroup": open("/proc/self/cgroup").read().strip()}), flush=True)
 fr = s.makefile("rb")
 for req in sys.argv[3:]:
+    if req == "SLEEP":
+        time.sleep(1.1)
+        continue
     s.sendall(req.encode() + b"\n")
     sys.stdout.write(fr.readline().decode())
     sys.stdout.flush()
@@ -130,4 +133,29 @@ fn a_workload_started_by_run_cannot_release_or_stop() {
     let names: Vec<&str> = st["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["inner", "t"], "{st}");
     assert_eq!(refusals_from(&agent, ident["pid"].as_u64().unwrap()).len(), 2);
+}
+
+#[test]
+fn a_flood_of_refused_requests_is_counted_not_journaled_one_by_one() {
+    let Some(agent) = Agent::start() else { return };
+    let (_run, pid) = sleeping_target(&agent, "t");
+    let cg = agent.target_cgroup("t");
+    let release = r#"{"id":1,"cmd":"release","args":{"name":"t"}}"#;
+    let mut reqs = vec![release; 100];
+    reqs.push("SLEEP");
+    reqs.push(release);
+    let out = Command::new(py()).args(["-c", CLIENT_PY]).arg(cg.path()).arg(&agent.socket).args(&reqs).stdin(Stdio::null()).output().unwrap();
+    let (ident, r) = parse(&out, 101);
+    for resp in &r {
+        assert_inside(resp, 1, "t");
+    }
+    assert!(alive(pid));
+    assert_eq!(agent.json(&["status", "t"])["targets"][0]["level"], "normal");
+    let refused = refusals_from(&agent, ident["pid"].as_u64().unwrap());
+    // At most 10 a second are journaled; the rest are counted in the next
+    // journaled one, so journaled + counted = every refusal.
+    assert!(refused.len() < 60, "{} refusals journaled one by one", refused.len());
+    let counted: u64 = refused.iter().map(|r| r["params"]["refusals_not_journaled_before"].as_u64().unwrap()).sum();
+    assert_eq!(refused.len() as u64 + counted, 101, "{refused:?}");
+    assert!(counted > 0, "the flood was not rate-limited: {refused:?}");
 }
