@@ -64,6 +64,10 @@ pub enum Error {
     Forbidden { uid: u32 },
     #[error("target {name:?} is {level}: {why}")]
     WrongLevel { name: String, level: &'static str, why: &'static str },
+    #[error("the caller (pid {pid}) is inside target {target:?} and may only read (ping, probe, status, capabilities, journal, events)")]
+    InsideTarget { pid: i32, target: String },
+    #[error("the caller (pid {pid}) is gone or its cgroup cannot be read: refusing to change anything for it")]
+    CallerUnknown { pid: i32 },
 }
 
 impl Error {
@@ -81,7 +85,7 @@ impl Error {
             Self::Journal(_) => "journal",
             Self::Io { .. } => "io",
             Self::WrongLevel { .. } => "wrong-level",
-            Self::Forbidden { .. } => "forbidden",
+            Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::CallerUnknown { .. } => "forbidden",
         }
     }
 

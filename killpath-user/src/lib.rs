@@ -19,6 +19,7 @@ pub mod isolate;
 pub mod journal;
 pub mod kernel;
 pub mod level;
+pub mod privileges;
 pub mod state_dir;
 pub mod stop;
 pub mod target;

@@ -78,7 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.probe(&r);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { name, command } => run_in_target(&cli, name, command),
+        Cmd::Run { name, command, no_privileges, user } => run_in_target(&cli, name, command, *no_privileges, user.as_deref()),
         Cmd::Adopt { name, cgroup, pid } => {
             let r = call(&cli, &Command::Adopt { name: name.clone(), cgroup: cgroup.clone(), pid: *pid })?;
             out.adopted(&r);
@@ -210,12 +210,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `run NAME -- CMD`: the agent creates the cgroup and moves this very
-/// process (identified by SO_PEERCRED) into it; then this process execs
-/// CMD, so CMD's first instruction already runs inside the target.
-fn run_in_target(cli: &Cli, name: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+/// process (identified by SO_PEERCRED) into it; then this process gives up
+/// its privileges (with --no-privileges / --user) and execs CMD, so CMD's
+/// first instruction already runs inside the target, unprivileged.
+fn run_in_target(cli: &Cli, name: &str, command: &[String], no_privileges: bool, user: Option<&str>) -> anyhow::Result<ExitCode> {
+    use killpath::privileges::{self, drop as privs};
     use std::os::unix::process::CommandExt as _;
-    call(cli, &Command::Create { name: name.to_owned(), move_caller: true })?;
     let Some((prog, args)) = command.split_first() else { bail!("run needs a command after `--`") };
+    // Resolved before the target exists: a typo must not leave one behind.
+    let identity = match user {
+        Some(u) => Some(privs::resolve(u)?),
+        None if no_privileges && nix::unistd::geteuid().is_root() => {
+            Some(privs::resolve("nobody").unwrap_or(privs::Identity { uid: privs::NOBODY, gid: privs::NOBODY }))
+        }
+        None => None,
+    };
+    let r = call(cli, &Command::Create { name: name.to_owned(), move_caller: true })?;
+    if no_privileges || user.is_some() {
+        if let Err(e) = privs::drop_all(identity) {
+            // Fail closed: never exec the workload with privileges it was
+            // meant not to have.
+            eprintln!("killpath: cannot drop privileges: {e} (target {name} was created; `killpath release {name}` removes it)");
+            return Ok(ExitCode::from(126));
+        }
+    }
+    // What CMD will hold (execve adds nothing: with no_new_privs and an
+    // empty bounding set, and without them this process is already all it
+    // will be), judged like `status` judges a target's tasks.
+    let guard = privileges::Guard::from_lsm_error(r["lsm_error"].as_str());
+    let cgroup = PathBuf::from(r["target"]["cgroup"].as_str().unwrap_or_default());
+    let mount = killpath::kernel::cgroup::cgroup2_mount()?;
+    let verdict = privileges::assess(&[std::process::id() as i32], &cgroup, &mount, &guard);
+    // stdout is CMD's: the verdict goes to stderr.
+    if cli.json {
+        eprintln!("{}", json!({"target": name, "cgroup": cgroup, "privileges": verdict}));
+    } else if verdict.escape == "possible" {
+        eprintln!("killpath: target {name}: escape possible: {}", verdict.why);
+    }
     let err = std::process::Command::new(prog).args(args).exec();
     eprintln!("killpath: cannot execute {prog}: {err} (target {name} was created; `killpath release {name}` removes it)");
     Ok(ExitCode::from(127))

@@ -11,6 +11,7 @@ mod fallback;
 mod isolate;
 mod journal;
 mod membership;
+mod privileges;
 mod probe;
 mod socket;
 mod stop;

@@ -10,6 +10,9 @@ pub struct Caller {
     pub pid: i32,
     /// The drill this connection began, if any: its commands are the drill's.
     pub drill: Option<u64>,
+    /// A pidfd of the peer (owned by its connection), to tell a live
+    /// caller from a recycled pid; None for the agent's own actions.
+    pub pidfd: Option<std::os::fd::RawFd>,
 }
 
 impl Caller {

@@ -80,7 +80,7 @@ impl State {
         let Some(snap) = self.drills.remove(&id) else {
             return;
         };
-        let caller = Caller { uid: 0, gid: 0, pid: 0, drill: Some(id) };
+        let caller = Caller { uid: 0, gid: 0, pid: 0, drill: Some(id), pidfd: None };
         let restored = self.restore_snapshot(caller, &snap).unwrap_or_else(|e| vec![format!("restore failed: {e}")]);
         warn!(drill = id, target = %snap.target, "drill abandoned ({why}); restored: {restored:?}");
         let mut e = Entry::new(caller.actor(), Phase::Event, "drill-abandoned");

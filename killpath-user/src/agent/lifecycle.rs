@@ -73,7 +73,16 @@ impl State {
             cg.move_pid(pid)?;
             self.mark_target(&t);
         }
-        Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+        // `run` judges its own privileges after dropping them (the caller
+        // is still the unprivileged-to-be CLI now): it needs the kernel's
+        // LSM state for that.
+        Ok(Done { result: json!({"target": t, "lsm_error": self.enforcer.lsm_error}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+    }
+
+    /// What the tasks of `t` could do to leave its cgroup on this kernel.
+    pub(super) fn privileges(&self, t: &Target) -> crate::privileges::Assessment {
+        let guard = crate::privileges::Guard::from_lsm_error(self.enforcer.lsm_error.as_deref());
+        crate::privileges::assess(&Cgroup::new(&t.cgroup).procs_recursive(), &t.cgroup, &self.cgroup_mount, &guard)
     }
 
     pub(super) fn adopt(&mut self, name: &str, cgroup_path: Option<&str>, pid: Option<i32>) -> Result<Done> {
@@ -102,7 +111,8 @@ impl State {
                     return Err(Error::InvalidRequest(format!("refusing to adopt {}: it contains the agent itself", abs.display())));
                 }
                 let t = self.insert_target(name, &cg, false, true)?;
-                Ok(Done { result: json!({"target": t}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+                let privileges = self.privileges(&t);
+                Ok(Done { result: json!({"target": t, "privileges": privileges}), to_level: Some(level::NORMAL), time_to_effect_us: None })
             }
             (None, Some(pid)) => {
                 tree::check_adoptable(pid)?;
@@ -122,7 +132,8 @@ impl State {
                     }
                 };
                 self.mark_target(&t);
-                Ok(Done { result: json!({"target": t, "moved_pids": moved}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+                let privileges = self.privileges(&t);
+                Ok(Done { result: json!({"target": t, "moved_pids": moved, "privileges": privileges}), to_level: Some(level::NORMAL), time_to_effect_us: None })
             }
             _ => Err(Error::InvalidRequest("adopt needs exactly one of --cgroup PATH or --pid PID".into())),
         }

@@ -199,7 +199,11 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Re
 
 async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &mut Option<u64>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
-    let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0), drill: None };
+    let pid = cred.pid().unwrap_or(0);
+    // Held for the connection's life: each request checks the caller is
+    // still this very process (see `confinement`).
+    let pidfd = super::confinement::peer_pidfd(&stream, pid);
+    let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid, drill: None, pidfd: pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) };
     let group = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config.group;
     let codec = RequestCodec(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE));
     let mut framed = Framed::new(stream, codec);
@@ -227,7 +231,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
                         continue;
                     }
                     caller.drill = *drill;
-                    let allowed = !req.cmd.mutates() || authorized(caller, group);
+                    let mutates = req.cmd.mutates();
+                    let allowed = !mutates || authorized(caller, group);
                     // Blocking work (fsync, waiting for a cgroup to empty)
                     // runs off the async threads.
                     let r = tokio::task::spawn_blocking(move || {
@@ -237,6 +242,21 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
                         if !allowed {
                             s.journal_refusal(caller, &req.cmd)?;
                             return Err(Error::Forbidden { uid: caller.uid });
+                        }
+                        // A task of a target may read but never change
+                        // anything (nor begin a drill, nor `run`): resolved
+                        // now, per request, from the kernel's view of the
+                        // caller's cgroup.
+                        if mutates {
+                            let refusal = match s.caller_target(caller) {
+                                Ok(None) => None,
+                                Ok(Some(target)) => Some((Error::InsideTarget { pid: caller.pid, target: target.clone() }, Some(target))),
+                                Err(e) => Some((e, None)),
+                            };
+                            if let Some((e, target)) = refusal {
+                                s.journal_confined_refusal(caller, &req.cmd, &e, target.as_deref())?;
+                                return Err(e);
+                            }
                         }
                         s.handle(req.cmd, caller, received)
                     })

@@ -67,6 +67,7 @@ impl State {
                     "last_stop": t.last_stop,
                     "escape_attempts": self.enforcer.maps.members.as_ref().map(|m| m.escapes(t.cgroup_id)),
                     "members": self.enforcer.maps.members.as_ref().map(|_| members.get(&t.cgroup_id).map_or(0, |s| s.len())),
+                    "privileges": self.privileges(t),
                 })
             })
             .collect();

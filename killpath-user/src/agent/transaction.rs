@@ -29,6 +29,22 @@ impl State {
         Ok(())
     }
 
+    /// Journals a request refused because its caller is inside a target
+    /// (or could not be resolved): high priority, a target trying to lift
+    /// its own level is an alert.
+    /// Rate-limited per target (see `confinement::journal_refusal_now`).
+    pub fn journal_confined_refusal(&mut self, caller: Caller, cmd: &Command, why: &crate::error::Error, target: Option<&str>) -> Result<()> {
+        let Some(left_out) = super::confinement::journal_refusal_now(target) else { return Ok(()) };
+        let mut e = Entry::new(caller.actor(), Phase::Event, "refused");
+        e.params = json!({"cmd": cmd.name(), "gid": caller.gid, "inside_target": target, "refusals_not_journaled_before": left_out});
+        e.outcome = Some(format!("forbidden: {why}"));
+        e.high_priority = true;
+        self.journal.append(e)?;
+        let alert = json!({"type": "alert", "priority": "high", "action": "refused", "target": target, "cmd": cmd.name(), "pid": caller.pid, "message": why.to_string()});
+        let _ = self.events.send(alert);
+        Ok(())
+    }
+
     pub(super) fn execute(
         &mut self,
         caller: Caller,

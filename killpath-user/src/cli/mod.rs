@@ -56,6 +56,16 @@ pub enum Cmd {
     Run {
         /// Target name: letters, digits, `-`, `_`, `.`; at most 64 bytes.
         name: String,
+        /// Start CMD without any privilege: empty capability sets (bounding
+        /// included), no_new_privs (no setuid gain); run as root, it also
+        /// becomes `nobody` unless --user says otherwise (uid 0 owns the
+        /// cgroup files even without capabilities).
+        #[arg(long)]
+        no_privileges: bool,
+        /// Start CMD as USER[:GROUP] (name or number) with only that group,
+        /// no capabilities and no_new_privs (implies --no-privileges).
+        #[arg(long, value_name = "USER[:GROUP]")]
+        user: Option<String>,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,

@@ -56,6 +56,11 @@ impl Output {
             let last = &t["last_stop"];
             let stop = if last.is_null() { "-".to_owned() } else { format!("{} surv, {}µs", s(&last["survivors"]), s(&last["time_to_empty_us"])) };
             println!("{:<20} {:<9} {:>6}  {:<14} {}", s(&t["name"]), s(&t["level"]), s(&t["tasks"]), stop, s(&t["cgroup"]));
+            let p = &t["privileges"];
+            if !p.is_null() {
+                let verdict = if p["escape"] == "possible" { "ESCAPE POSSIBLE" } else { "escape prevented" };
+                println!("{:<20} {verdict}: {}", "", s(&p["why"]));
+            }
             if let Some(rev) = t["revoked"].as_array().filter(|a| !a.is_empty()) {
                 let names: Vec<String> = rev.iter().map(s).collect();
                 let denials: Vec<String> = t["denials"]
@@ -126,6 +131,7 @@ impl Output {
         let t = &r["target"];
         let moved = r["moved_pids"].as_array().map(|a| format!(", moved {} processes", a.len())).unwrap_or_default();
         println!("adopted {} (cgroup {}{moved})", s(&t["name"]), s(&t["cgroup"]));
+        println!("escape {}: {}", s(&r["privileges"]["escape"]), s(&r["privileges"]["why"]));
     }
 
     pub fn stopped(&self, r: &Value) {

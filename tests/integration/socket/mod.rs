@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod framing;
+mod targets_refused;
 
 use std::{
     io::{self, BufRead, BufReader, Write},
