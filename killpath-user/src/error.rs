@@ -64,6 +64,8 @@ pub enum Error {
     Forbidden { uid: u32 },
     #[error("target {name:?} is {level}: {why}")]
     WrongLevel { name: String, level: &'static str, why: &'static str },
+    #[error("target {name:?}: its cgroup path does not lead to its cgroup (id {cgroup_id}): {why}; refused")]
+    CgroupMismatch { name: String, cgroup_id: u64, why: String },
 }
 
 impl Error {
@@ -82,6 +84,7 @@ impl Error {
             Self::Io { .. } => "io",
             Self::WrongLevel { .. } => "wrong-level",
             Self::Forbidden { .. } => "forbidden",
+            Self::CgroupMismatch { .. } => "cgroup-mismatch",
         }
     }
 

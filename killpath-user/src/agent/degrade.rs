@@ -256,7 +256,7 @@ impl State {
     }
 }
 
-fn run_hook(hook: &str, alert: &Value) {
+pub(super) fn run_hook(hook: &str, alert: &Value) {
     let child = Command::new("sh").arg("-c").arg(hook).stdin(Stdio::piped()).stdout(Stdio::null()).spawn();
     match child {
         Ok(mut c) => {

@@ -5,7 +5,7 @@ use killpath_common::level;
 use serde_json::json;
 
 use super::{now_us, Done, State};
-use crate::{error::Result, kernel::cgroup::Cgroup, stop};
+use crate::{error::Result, stop};
 
 impl State {
     pub(super) fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
@@ -15,7 +15,10 @@ impl State {
         self.enforcer.maps.set(t.cgroup_id, t.state(level::STOPPED))?;
         let guard_armed_us = received.elapsed().as_micros() as u64;
         let kills_before = self.enforcer.maps.guard_kills();
-        let report = stop::hard_stop(&Cgroup::new(&t.cgroup), received, stop::EMPTY_TIMEOUT)?;
+        // The real cgroup, by id: a mount over the path cannot hide the
+        // target's tasks from the stop (a mismatch is alerted and reported).
+        let (cg, path_mismatch) = self.target_cgroup(name)?;
+        let report = stop::hard_stop(&cg, received, stop::EMPTY_TIMEOUT)?;
         let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
         let tt = self.registry.get_mut(name)?;
         tt.level = level::STOPPED;
@@ -34,6 +37,7 @@ impl State {
                 "guard_kills": guard_kills,
                 "used_cgroup_kill": report.used_cgroup_kill,
                 "used_freeze": report.used_freeze,
+                "cgroup_path_mismatch": path_mismatch,
             }),
             to_level: Some(level::STOPPED),
             time_to_effect_us: Some(report.time_to_empty_us),

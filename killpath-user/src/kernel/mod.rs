@@ -13,7 +13,9 @@
 //! - [`durable`]: write-then-rename with fsyncs.
 pub mod btf;
 pub mod cgroup;
+pub mod cgroup_id;
 pub mod durable;
+pub mod links;
 pub mod maps;
 pub mod mounts;
 pub mod object;
