@@ -13,5 +13,6 @@ mod journal;
 mod probe;
 mod socket;
 mod stop;
+mod tamper;
 mod targets;
 mod throttle;
