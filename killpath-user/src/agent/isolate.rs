@@ -27,9 +27,6 @@ impl State {
         if !cg.exists() {
             return Err(Error::InvalidRequest(format!("cgroup {} of target {name} no longer exists", t.cgroup.display())));
         }
-        // Put back any link pin removed since the last check first, so a
-        // removed pin is re-pinned (and alerted) rather than attached twice.
-        self.check_links();
         if !self.enforcer.isolate.attached(t.cgroup_id) {
             self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup)?;
         }
