@@ -142,9 +142,9 @@ impl LinkKeeper {
         let held = self.lock();
         let mut out = Vec::new();
         for (pin, fd) in held.iter() {
-            // symlink_metadata: a pin replaced by a symlink or another file
-            // is not our link; only a missing pin is put back (a foreign
-            // file in its place fails the re-pin with EEXIST and is reported).
+            // Only a missing pin is put back. Known gap: a path that exists
+            // is not checked to be our link (a foreign pin or file put in
+            // its place is left alone; the link stays held by our fd).
             if fs::symlink_metadata(pin).is_ok() {
                 continue;
             }
