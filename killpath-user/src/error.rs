@@ -68,6 +68,8 @@ pub enum Error {
     InsideTarget { pid: i32, target: String },
     #[error("the caller (pid {pid}) is gone or its cgroup cannot be read: refusing to change anything for it")]
     CallerUnknown { pid: i32 },
+    #[error("target {name:?}: its cgroup path does not lead to its cgroup (id {cgroup_id}): {why}; refused")]
+    CgroupMismatch { name: String, cgroup_id: u64, why: String },
 }
 
 impl Error {
@@ -86,6 +88,7 @@ impl Error {
             Self::Io { .. } => "io",
             Self::WrongLevel { .. } => "wrong-level",
             Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::CallerUnknown { .. } => "forbidden",
+            Self::CgroupMismatch { .. } => "cgroup-mismatch",
         }
     }
 

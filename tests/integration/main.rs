@@ -15,5 +15,6 @@ mod privileges;
 mod probe;
 mod socket;
 mod stop;
+mod tamper;
 mod targets;
 mod throttle;

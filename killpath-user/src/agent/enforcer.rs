@@ -22,6 +22,7 @@ use crate::{
     isolate::IsolatePrograms,
     kernel::{
         btf,
+        links::LinkKeeper,
         maps::{Maps, PINNED},
         object::{self, typed, OBJECT},
         pins,
@@ -76,6 +77,9 @@ pub struct Enforcer {
     // Keeps the object alive for the lifetime of the agent; the pins keep
     // the programs alive after it.
     _ebpf: Ebpf,
+    /// Every link of this generation held by fd as well as by pin (see
+    /// `kernel::links`): the agent's periodic check re-pins a removed pin.
+    pub links: LinkKeeper,
 }
 
 /// Attaches the host-wide LSM hooks of isolate and degrade, after checking
@@ -103,13 +107,14 @@ impl Enforcer {
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         let mut attached_now = Vec::new();
+        let links = LinkKeeper::default();
         for (prog, tp) in STOP_GUARDS {
             if object::attach_raw_tracepoint(&mut ebpf, &gen, prog, tp)? {
                 attached_now.push(*prog);
                 info!(prog, tp, "guard attached and pinned");
             }
         }
-        let isolate = IsolatePrograms::open(&mut ebpf, &gen, &mut attached_now)?;
+        let isolate = IsolatePrograms::open(&mut ebpf, &gen, &mut attached_now, links.clone())?;
         let lsm_error = attach_lsm(&mut ebpf, &gen, &mut attached_now).err();
         if let Some(e) = &lsm_error {
             warn!("BPF LSM hooks unavailable: {e}");
@@ -122,7 +127,7 @@ impl Enforcer {
         // to valid bpf_map" (aya relocated the fd into its instructions).
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
-        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now)?;
+        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone())?;
         // Membership: exit first, so no mark is ever set without the hook
         // that drops it when its task dies.
         if btf.members_error.is_none() {
@@ -158,6 +163,9 @@ impl Enforcer {
                 mine.copy_from(&theirs);
             }
         }
+        // Hold what is pinned now: the host-wide links just attached or left
+        // by a previous agent, and every target's cgroup links.
+        links.hold_generation(&gen);
         Ok(Self {
             maps,
             pin_dir: base.to_owned(),
@@ -174,6 +182,7 @@ impl Enforcer {
             escape_events,
             _filled: (offsets, syscall_classes),
             _ebpf: ebpf,
+            links,
         })
     }
 

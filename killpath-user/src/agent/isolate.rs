@@ -21,7 +21,9 @@ impl State {
         if t.level >= level::STOPPED {
             return Err(Error::WrongLevel { name: name.into(), level: "stopped", why: "a stopped target has nothing left to isolate; restore it first" });
         }
-        let cg = Cgroup::new(&t.cgroup);
+        // By id (the real directory); a cgroup gone by id falls back to the
+        // path, which then does not exist either.
+        let cg = self.target_cgroup(name).map_or_else(|_| Cgroup::new(&t.cgroup), |(c, _)| c);
         if !cg.exists() {
             return Err(Error::InvalidRequest(format!("cgroup {} of target {name} no longer exists", t.cgroup.display())));
         }

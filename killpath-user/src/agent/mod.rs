@@ -18,6 +18,7 @@ mod restore;
 pub mod server;
 mod status;
 mod stop;
+mod tamper;
 mod throttle;
 mod transaction;
 
@@ -150,6 +151,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         }
         tokio::spawn(degrade::denial_sampler(state.clone()));
         tokio::spawn(throttle::rate_sampler(state.clone()));
+        tokio::spawn(tamper::link_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

@@ -40,7 +40,13 @@ impl State {
                 changes.push(json!({"target": name, "change": "cgroup missing"}));
                 continue;
             }
-            if cg.id().ok() != Some(t.cgroup_id) {
+            // A path that leads elsewhere while the cgroup still exists by
+            // its id is tampering (a mount over it), not a recreated cgroup:
+            // keep the id (see kernel::cgroup_id).
+            if let Some(why) = crate::kernel::cgroup_id::path_mismatch(&t.cgroup, t.cgroup_id).filter(|_| Cgroup::by_id(&t.cgroup, t.cgroup_id).is_ok()) {
+                warn!(target = %name, "cgroup path tampered: {why}; keeping cgroup id {}", t.cgroup_id);
+                changes.push(json!({"target": name, "change": "cgroup path tampered; kept its id", "why": why}));
+            } else if cg.id().ok() != Some(t.cgroup_id) {
                 warn!(target = %name, "target cgroup was recreated (new id)");
                 changes.push(json!({"target": name, "change": "cgroup id changed; re-keyed"}));
                 t.cgroup_id = cg.id()?;

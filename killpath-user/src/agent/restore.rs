@@ -41,7 +41,9 @@ impl State {
         }
         self.enforcer.maps.set(t.cgroup_id, t.state(to))?;
         let time_to_effect_us = received.elapsed().as_micros() as u64;
-        let cg = Cgroup::new(&t.cgroup);
+        // By id (the real directory); a cgroup gone by id falls back to the
+        // path, which then does not exist either.
+        let cg = self.target_cgroup(name).map_or_else(|_| Cgroup::new(&t.cgroup), |(c, _)| c);
         if undone.contains(&Undo::Thaw) && cg.exists() && cg.has_freeze() {
             cg.freeze(false)?;
         }

@@ -26,7 +26,8 @@ impl State {
         let rows: Vec<Value> = list
             .into_iter()
             .map(|t| {
-                let cg = Cgroup::new(&t.cgroup);
+                // By id: a mount over the path cannot show fake task counts.
+                let cg = Cgroup::by_id(&t.cgroup, t.cgroup_id).map_or_else(|_| Cgroup::new(&t.cgroup), |(c, _)| c);
                 let kernel = self.enforcer.maps.get(t.cgroup_id);
                 let open: Vec<String> = if t.level >= level::ISOLATE {
                     crate::isolate::catalog(self.enforcer.lsm_error.as_deref(), t.adopted).into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()

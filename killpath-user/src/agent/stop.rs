@@ -5,7 +5,7 @@ use killpath_common::level;
 use serde_json::json;
 
 use super::{now_us, Done, State};
-use crate::{error::Result, kernel::cgroup::Cgroup, stop, target::Target};
+use crate::{error::Result, stop, target::Target};
 
 impl State {
     /// Cgroup ids of `t` and of every target nested inside it.
@@ -20,11 +20,14 @@ impl State {
         self.enforcer.maps.set(t.cgroup_id, t.state(level::STOPPED))?;
         let guard_armed_us = received.elapsed().as_micros() as u64;
         let kills_before = self.enforcer.maps.guard_kills();
+        // The real cgroup, by id: a mount over the path cannot hide the
+        // target's tasks from the stop (a mismatch is alerted and reported).
+        let (cg, path_mismatch) = self.target_cgroup(name)?;
         // Membership follows the task: the target's marked tasks, and those
         // of targets nested in it, die wherever they sit.
         let ids = self.nested_ids(&t);
         let marked = self.enforcer.maps.members.as_ref().map(|m| (m, ids.as_slice()));
-        let report = stop::hard_stop_marked(&Cgroup::new(&t.cgroup), marked, received, stop::EMPTY_TIMEOUT)?;
+        let report = stop::hard_stop_marked(&cg, marked, received, stop::EMPTY_TIMEOUT)?;
         let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
         let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
         let tt = self.registry.get_mut(name)?;
@@ -48,6 +51,7 @@ impl State {
                 "marked_outside": report.marked_outside,
                 "marked_killed": report.marked_killed,
                 "membership": report.membership,
+                "cgroup_path_mismatch": path_mismatch,
             }),
             to_level: Some(level::STOPPED),
             time_to_effect_us: Some(report.time_to_empty_us),

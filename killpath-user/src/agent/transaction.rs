@@ -53,6 +53,14 @@ impl State {
         params: Value,
         f: impl FnOnce(&mut Self) -> Result<Done>,
     ) -> Result<Value> {
+        // Re-pin (and alert) any link pin removed since the last periodic
+        // check before the action looks at pins: a level module that saw a
+        // pin missing would otherwise attach the program a second time.
+        // Not before a stop: nothing may delay it (the periodic check
+        // follows within 0.5 s), and it attaches nothing.
+        if action != "stop" {
+            self.check_links();
+        }
         let from_level = target.and_then(|t| self.registry.targets.get(t)).map(|t| t.level);
         let mut intent = Entry::new(caller.actor(), Phase::Intent, action);
         intent.target = target.map(str::to_owned);

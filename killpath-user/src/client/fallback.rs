@@ -3,13 +3,21 @@
 //! state dir to find the target's cgroup, arms the kernel guard through the
 //! pinned map, hard-stops the cgroup itself, and journals to a fallback
 //! journal that the agent imports when it comes back.
+//!
+//! The state dir is only a hint: a workload that can write it could point
+//! a target at a decoy cgroup. Before acting, the target's cgroup id must
+//! be a key of the pinned `KP_TARGETS` map (the kernel's own list of
+//! targets) and the registry's cgroup path must be that cgroup (cgroup2,
+//! inode = id); otherwise the stop is refused, naming the mismatch, and
+//! the refusal is journaled. The stop then acts on the cgroup opened by its
+//! id (`kernel::cgroup_id`), not on the path.
 use std::{path::Path, time::Instant};
 
 use killpath_common::level;
 use serde_json::{json, Value};
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     journal::{Actor, Entry, Journal, Phase},
     kernel::{cgroup::Cgroup, maps::Maps, pins},
     state_dir::{AgentFile, AGENT_FILE, FALLBACK_JOURNAL_FILE},
@@ -39,6 +47,21 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     let (mut journal, _) = Journal::open(&journal_path)?;
     let intent = journal.append(intent)?;
 
+    let cg = match verify(cfg.as_ref().map(|c| c.pin_dir.as_path()), name, t.cgroup_id, &t.cgroup) {
+        Ok(cg) => cg,
+        Err(e) => {
+            let mut res = Entry::new(actor, Phase::Result, "stop");
+            res.target = Some(name.to_owned());
+            res.from_level = Some(t.level);
+            res.intent_seq = Some(intent.seq);
+            res.outcome = Some(format!("refused: {e}"));
+            res.params = json!({"refused": e.to_string(), "cgroup": t.cgroup, "cgroup_id": t.cgroup_id});
+            res.high_priority = true;
+            journal.append(res)?;
+            return Err(e);
+        }
+    };
+
     // Arm the guard through the pinned map if the pins are there; the
     // cgroup kill below works without it.
     // Every generation of pins that exists (normally one) gets the stop.
@@ -66,7 +89,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     // nested in it) from the pinned maps, when the pins have them.
     let ids: Vec<u64> = registry.targets.values().filter(|o| o.cgroup.starts_with(&t.cgroup)).map(|o| o.cgroup_id).collect();
     let members = opened.iter().find_map(|m| m.members.as_ref());
-    let outcome = stop::hard_stop_marked(&Cgroup::new(&t.cgroup), members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
+    let outcome = stop::hard_stop_marked(&cg, members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
     let escape_attempts: u64 = members.map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
 
     let mut res = Entry::new(actor, Phase::Result, "stop");
@@ -104,4 +127,30 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "marked_killed": r.marked_killed,
         "membership": r.membership,
     }))
+}
+
+/// Checks the registry's word against the kernel's: `cgroup_id` must be a
+/// target in some generation's pinned `KP_TARGETS` (under the agent's pin
+/// dir, or the default one), and `path` must be that cgroup. Returns the
+/// cgroup opened by its id.
+fn verify(pin_dir: Option<&Path>, name: &str, cgroup_id: u64, path: &Path) -> Result<Cgroup> {
+    let mismatch = |why: String| Error::CgroupMismatch { name: name.to_owned(), cgroup_id, why };
+    let mut dirs: Vec<&Path> = pin_dir.into_iter().collect();
+    if pin_dir != Some(Path::new(pins::DEFAULT_PIN_DIR)) {
+        dirs.push(Path::new(pins::DEFAULT_PIN_DIR));
+    }
+    let gens: Vec<_> = dirs.iter().flat_map(|d| pins::generations(d)).collect();
+    let known = gens.iter().any(|g| Maps::open_pinned(g).is_ok_and(|m| m.get(cgroup_id).is_some()));
+    if !known {
+        let looked: Vec<String> = gens.iter().map(|g| g.display().to_string()).collect();
+        return Err(mismatch(format!(
+            "cgroup id {cgroup_id} is not a target in the pinned KP_TARGETS map (looked in: {}); the registry may be forged",
+            if looked.is_empty() { "no pinned generation".to_owned() } else { looked.join(", ") }
+        )));
+    }
+    let (cg, wrong) = Cgroup::by_id(path, cgroup_id).map_err(|e| mismatch(format!("no cgroup with that id can be opened: {e}")))?;
+    match wrong {
+        Some(why) => Err(mismatch(format!("{why}; the registry may be forged or the path mounted over"))),
+        None => Ok(cg),
+    }
 }

@@ -6,7 +6,8 @@
 //! agent opens the pins instead of loading a second copy. The cgroup hooks
 //! are attached to each target's cgroup when the target is created, with
 //! their links pinned under `<pin-dir>/targets/<cgroup id>/`, so isolating
-//! is a single map update and survives the agent.
+//! is a single map update and survives the agent. The agent also holds
+//! every link by fd ([`LinkKeeper`]): unlinking a pin does not detach it.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -22,6 +23,9 @@ use tracing::info;
 use crate::{
     error::{Error, Result},
     kernel::{
+        cgroup::cgroup2_mount,
+        cgroup_id,
+        links::LinkKeeper,
         object::{self, fd_link, load_pinned},
         pins::target_dir,
     },
@@ -51,13 +55,15 @@ pub struct IsolatePrograms {
     /// The TC program for `--netdev`.
     pub tc: super::netdev::TcProgram,
     pin_dir: PathBuf,
+    /// The agent's fds of the links (shared with the enforcer).
+    links: LinkKeeper,
 }
 
 impl IsolatePrograms {
     /// Loads (or opens from their pins) the per-target cgroup programs and
     /// the TC program. The cgroup_skb egress program is shared with level
     /// 1: one program isolates and polices egress (see the eBPF side).
-    pub fn open(ebpf: &mut Ebpf, pin_dir: &Path, loaded: &mut Vec<&'static str>) -> Result<Self> {
+    pub fn open(ebpf: &mut Ebpf, pin_dir: &Path, loaded: &mut Vec<&'static str>, links: LinkKeeper) -> Result<Self> {
         let skb_pin = load_pinned::<CgroupSkb>(ebpf, pin_dir, programs::ISOLATE_SKB, loaded, |p| p.load().map_err(Error::program(programs::ISOLATE_SKB)))?;
         // Opened with the ingress attach type; the program was loaded
         // without an expected attach type, so it attaches to both.
@@ -74,15 +80,18 @@ impl IsolatePrograms {
         let sock_pin = load_pinned::<CgroupSock>(ebpf, pin_dir, programs::ISOLATE_SOCK_CREATE, loaded, |p| p.load().map_err(Error::program("sock_create")))?;
         let sock = CgroupSock::from_pin(&sock_pin, CgroupSockAttachType::SockCreate).map_err(Error::program("sock_create"))?;
         let tc = super::netdev::TcProgram::open(ebpf, pin_dir, loaded)?;
-        Ok(Self { skb, skb_egress, addr, sock, tc, pin_dir: pin_dir.to_owned() })
+        Ok(Self { skb, skb_egress, addr, sock, tc, pin_dir: pin_dir.to_owned(), links })
     }
 
     /// Attaches the cgroup hooks to a target's cgroup (idempotent: links
-    /// already pinned for this cgroup id are kept).
+    /// already pinned for this cgroup id are kept), and holds every link
+    /// by fd as well as by pin.
     pub fn attach_target(&mut self, cgroup_id: u64, cgroup: &Path) -> Result<()> {
         let dir = target_dir(&self.pin_dir, cgroup_id);
         fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        let cg = fs::File::open(cgroup).map_err(Error::cgroup(cgroup))?;
+        // The real cgroup, by id: a mount over the path cannot make the
+        // hooks attach elsewhere.
+        let cg = fs::File::from(cgroup_id::open_by_id(&cgroup2_mount()?, cgroup_id).map_err(Error::cgroup(cgroup))?);
         // Mode "Single" means flags = 0, which BPF_LINK_CREATE requires
         // for cgroups (any flag is EINVAL): cgroup bpf_links always behave
         // as BPF_F_ALLOW_MULTI, so a workload attaching its own programs
@@ -112,13 +121,22 @@ impl IsolatePrograms {
             let link = fd_link(self.sock.take_link(id).map_err(Error::program("sock_create link"))?)?;
             link.pin(&pin).map_err(Error::pin(&pin))?;
         }
+        for n in Self::link_names() {
+            self.links.hold(&dir.join(n))?;
+        }
         Ok(())
     }
 
-    /// Detaches a target's cgroup hooks (removing the last reference to a
-    /// pinned link detaches it).
+    /// The names of a target's link pins.
+    fn link_names() -> impl Iterator<Item = &'static str> {
+        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE].into_iter().chain(ADDR_PROGS.iter().map(|(n, _)| *n))
+    }
+
+    /// Detaches a target's cgroup hooks: removes the pins and drops the
+    /// agent's fds (the links detach with their last reference).
     pub fn detach_target(&self, cgroup_id: u64) -> Result<()> {
         let dir = target_dir(&self.pin_dir, cgroup_id);
+        self.links.release(&dir);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
         }
@@ -128,7 +146,7 @@ impl IsolatePrograms {
     /// Whether a target's hooks are all attached (their link pins exist).
     pub fn attached(&self, cgroup_id: u64) -> bool {
         let dir = target_dir(&self.pin_dir, cgroup_id);
-        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE].iter().chain(ADDR_PROGS.iter().map(|(n, _)| n)).all(|n| dir.join(n).exists())
+        Self::link_names().all(|n| dir.join(n).exists())
     }
 }
 

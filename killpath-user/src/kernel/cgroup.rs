@@ -2,15 +2,28 @@
 //! kill, wait until empty. Paths are absolute paths on the cgroup2 mount,
 //! which is found from /proc/self/mounts (hybrid hosts mount it at
 //! /sys/fs/cgroup/unified, pure v2 hosts at /sys/fs/cgroup).
+//!
+//! A target's cgroup is opened by its id ([`Cgroup::by_id`], see
+//! [`super::cgroup_id`]): every file is then opened relative to the real
+//! directory's fd, so a mount over the path cannot feed it fake files.
 use std::{
     fs,
-    io::{self, Read, Seek},
-    os::{fd::AsFd, unix::fs::MetadataExt},
+    io::{self, Read, Seek, Write},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::{
+    fcntl::OFlag,
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+};
+
+use super::cgroup_id;
 
 use crate::error::{Error, Result};
 
@@ -32,15 +45,60 @@ pub fn cgroup_of(pid: i32) -> Result<String> {
     text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned).ok_or_else(|| Error::Kernel(format!("{path} has no cgroup2 entry")))
 }
 
-/// One cgroup v2 directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One cgroup v2 directory: by path, or (from [`Cgroup::by_id`]) by an fd
+/// of the real directory, the path then only naming it in messages.
+#[derive(Clone, Debug)]
 pub struct Cgroup {
     path: PathBuf,
+    dir: Option<Arc<OwnedFd>>,
 }
+
+impl PartialEq for Cgroup {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for Cgroup {}
 
 impl Cgroup {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self { path: path.into(), dir: None }
+    }
+
+    /// The cgroup whose id is `id`, opened by handle on the cgroup2 mount
+    /// (the real directory even under a mount over `path`), and what is
+    /// wrong with `path` if it no longer leads there (None: it does).
+    pub fn by_id(path: impl Into<PathBuf>, id: u64) -> Result<(Self, Option<String>)> {
+        let path = path.into();
+        let mount = cgroup2_mount()?;
+        let fd = cgroup_id::open_by_id(&mount, id).map_err(Error::cgroup(&path))?;
+        let mismatch = cgroup_id::path_mismatch(&path, id);
+        Ok((Self { path, dir: Some(Arc::new(fd)) }, mismatch))
+    }
+
+    /// Whether this cgroup is held by an fd of its directory.
+    pub fn by_fd(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// Opens one of this cgroup's files: beneath the directory fd (never
+    /// crossing a mount) when held by fd, by path otherwise.
+    fn open(&self, name: &str, write: bool) -> io::Result<fs::File> {
+        match &self.dir {
+            Some(d) => {
+                let flags = if write { OFlag::O_WRONLY } else { OFlag::O_RDONLY };
+                cgroup_id::open_beneath(d.as_ref(), Path::new(name), flags).map(fs::File::from)
+            }
+            None if write => fs::OpenOptions::new().write(true).open(self.file(name)),
+            None => fs::File::open(self.file(name)),
+        }
+    }
+
+    fn read_file(&self, name: &str) -> io::Result<String> {
+        let mut s = String::new();
+        self.open(name, false)?.read_to_string(&mut s)?;
+        Ok(s)
     }
 
     pub fn path(&self) -> &Path {
@@ -54,7 +112,10 @@ impl Cgroup {
     /// The kernel's cgroup id: on cgroup2 it is the directory's kernfs inode
     /// number, the same value bpf_get_current_ancestor_cgroup_id() returns.
     pub fn id(&self) -> Result<u64> {
-        fs::metadata(&self.path).map(|m| m.ino()).map_err(Error::cgroup(&self.path))
+        match &self.dir {
+            Some(d) => nix::sys::stat::fstat(d.as_ref()).map(|s| s.st_ino).map_err(|e| Error::cgroup(&self.path)(e.into())),
+            None => fs::metadata(&self.path).map(|m| m.ino()).map_err(Error::cgroup(&self.path)),
+        }
     }
 
     /// Nesting depth below the cgroup2 root (root = 0).
@@ -67,7 +128,10 @@ impl Cgroup {
     }
 
     pub fn exists(&self) -> bool {
-        self.file("cgroup.procs").exists()
+        match self.dir {
+            Some(_) => self.open("cgroup.procs", false).is_ok(),
+            None => self.file("cgroup.procs").exists(),
+        }
     }
 
     pub fn create(&self) -> Result<()> {
@@ -79,17 +143,49 @@ impl Cgroup {
     }
 
     fn write(&self, name: &str, value: &str) -> Result<()> {
-        let f = self.file(name);
-        fs::write(&f, value).map_err(Error::cgroup(f))
+        self.open(name, true).and_then(|mut f| f.write_all(value.as_bytes())).map_err(Error::cgroup(self.file(name)))
     }
 
     /// Moves a whole thread group into this cgroup.
     pub fn move_pid(&self, pid: i32) -> Result<()> {
         let f = self.file("cgroup.procs");
-        fs::write(&f, pid.to_string()).map_err(|e| match e.raw_os_error() {
+        self.open("cgroup.procs", true).and_then(|mut w| w.write_all(pid.to_string().as_bytes())).map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) => Error::NoSuchProcess(pid),
             _ => Error::Cgroup { path: f, source: e },
         })
+    }
+
+    /// The cgroups directly below this one.
+    fn children(&self) -> Vec<Cgroup> {
+        let Some(d) = &self.dir else {
+            let Ok(rd) = fs::read_dir(&self.path) else {
+                return Vec::new();
+            };
+            return rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| Cgroup::new(e.path())).collect();
+        };
+        // By fd: list the real directory, and open each child beneath it
+        // (a child with something mounted over it fails with EXDEV and is
+        // left out here; its tasks are still killed by the parent's
+        // cgroup.kill, which is hierarchical).
+        let Ok(mut dir) = cgroup_id::open_beneath(d.as_ref(), Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .and_then(|fd| nix::dir::Dir::from_fd(fd).map_err(io::Error::from))
+        else {
+            return Vec::new();
+        };
+        let names: Vec<String> = dir
+            .iter()
+            .flatten()
+            .filter(|e| e.file_type() == Some(nix::dir::Type::Directory))
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let fd = cgroup_id::open_beneath(d.as_ref(), Path::new(&n), OFlag::O_RDONLY | OFlag::O_DIRECTORY).ok()?;
+                Some(Cgroup { path: self.path.join(n), dir: Some(Arc::new(fd)) })
+            })
+            .collect()
     }
 
     /// This cgroup and every cgroup below it, parents before children.
@@ -97,13 +193,8 @@ impl Cgroup {
         let mut out = vec![self.clone()];
         let mut i = 0;
         while i < out.len() {
-            if let Ok(rd) = fs::read_dir(&out[i].path) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        out.push(Cgroup::new(e.path()));
-                    }
-                }
-            }
+            let children = out[i].children();
+            out.extend(children);
             i += 1;
         }
         out
@@ -111,7 +202,7 @@ impl Cgroup {
 
     /// Pids directly in this cgroup.
     pub fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.file("cgroup.procs")).map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
+        self.read_file("cgroup.procs").map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
     }
 
     /// Pids in this cgroup and every nested cgroup.
@@ -121,17 +212,25 @@ impl Cgroup {
 
     /// `populated` from cgroup.events: 1 while any task lives in the subtree.
     pub fn populated(&self) -> Result<bool> {
-        let f = self.file("cgroup.events");
-        let text = fs::read_to_string(&f).map_err(Error::cgroup(f))?;
+        let text = self.read_file("cgroup.events").map_err(Error::cgroup(self.file("cgroup.events")))?;
         Ok(events_field(&text, "populated") == Some(1))
     }
 
     pub fn has_kill(&self) -> bool {
-        self.file("cgroup.kill").exists()
+        self.has("cgroup.kill")
     }
 
     pub fn has_freeze(&self) -> bool {
-        self.file("cgroup.freeze").exists()
+        self.has("cgroup.freeze")
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match self.dir {
+            // Opening for writing would need the permission, not the
+            // file: O_PATH asks only whether it is there.
+            Some(ref d) => cgroup_id::open_beneath(d.as_ref(), Path::new(name), OFlag::O_PATH).is_ok(),
+            None => self.file(name).exists(),
+        }
     }
 
     /// cgroup.freeze (Linux 5.2): every task of the subtree stops at its
@@ -152,7 +251,7 @@ impl Cgroup {
     /// than spinning. Returns false on timeout.
     pub fn wait_empty(&self, timeout: Duration) -> Result<bool> {
         let path = self.file("cgroup.events");
-        let mut f = fs::File::open(&path).map_err(Error::cgroup(&path))?;
+        let mut f = self.open("cgroup.events", false).map_err(Error::cgroup(&path))?;
         let deadline = Instant::now() + timeout;
         let mut buf = String::new();
         loop {

@@ -15,7 +15,9 @@
 //! - [`durable`]: write-then-rename with fsyncs.
 pub mod btf;
 pub mod cgroup;
+pub mod cgroup_id;
 pub mod durable;
+pub mod links;
 pub mod maps;
 pub mod members;
 pub mod mounts;

@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::{
     error::{Error, Result},
-    kernel::{maps::Maps, object::load_pinned, pins::link_pin},
+    kernel::{links::LinkKeeper, maps::Maps, object::load_pinned, pins::link_pin},
 };
 
 /// The loaded (not necessarily attached) sys_exit throttle.
@@ -27,16 +27,18 @@ pub struct SyscallHook {
     prog_pin: PathBuf,
     /// Where its link is pinned while attached.
     link_pin: PathBuf,
+    /// The agent's fds of the links (shared with the enforcer).
+    links: LinkKeeper,
 }
 
 impl SyscallHook {
     /// Loads (and pins) the program now; attaching waits for the first
     /// syscall ceiling, which is then a map update plus one link creation.
-    pub fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>) -> Result<Self> {
+    pub fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, links: LinkKeeper) -> Result<Self> {
         let prog_pin = load_pinned::<RawTracePoint>(ebpf, gen, programs::THROTTLE_SYS_EXIT, loaded, |p| {
             p.load().map_err(Error::program(format!("loading {}", programs::THROTTLE_SYS_EXIT)))
         })?;
-        Ok(Self { prog_pin, link_pin: link_pin(gen, programs::THROTTLE_SYS_EXIT) })
+        Ok(Self { prog_pin, link_pin: link_pin(gen, programs::THROTTLE_SYS_EXIT), links })
     }
 
     /// Attaches the hook while some target has a syscall ceiling and
@@ -49,10 +51,12 @@ impl SyscallHook {
             let id = p.attach("sys_exit").map_err(Error::program(format!("attaching {} to raw_tracepoint/sys_exit", programs::THROTTLE_SYS_EXIT)))?;
             let link: FdLink = p.take_link(id).map_err(Error::program(programs::THROTTLE_SYS_EXIT))?.into();
             link.pin(pin).map_err(Error::pin(pin))?;
+            self.links.hold(pin)?;
             info!("sys_exit throttle attached");
         } else if !want && pin.exists() {
-            // The pin holds the last reference to the link: removing it
-            // detaches the program.
+            // The pin and the agent's fd are the link's references:
+            // dropping both detaches the program.
+            self.links.release(pin);
             fs::remove_file(pin).map_err(Error::io(format!("removing {}", pin.display())))?;
             info!("sys_exit throttle detached: no syscall ceiling left");
         }

@@ -1,0 +1,169 @@
+//! Links held by fd as well as by pin.
+//!
+//! A pinned bpf_link stays attached while any reference to it exists: the
+//! pin file under bpffs, or an open fd. With the pin as the only reference,
+//! a root task that unlinks the pin detaches the program. The agent
+//! therefore keeps an fd of every link of its generation (host-wide links
+//! under `links/`, per-target cgroup links under `targets/<cgroup id>/`):
+//! unlinking a pin no longer detaches anything while the agent runs, and
+//! [`LinkKeeper::check`] puts a missing pin back from the fd it holds, so
+//! the link survives the agent again (fail-static) if it dies afterwards.
+//!
+//! The agent's own detaches ([`LinkKeeper::release`]) drop the fd in the
+//! same critical section as they remove the pin, so the keeper never
+//! mistakes them for tampering.
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use tracing::warn;
+
+use crate::error::{Error, Result};
+
+/// bpf(2) commands (include/uapi/linux/bpf.h).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// The `BPF_OBJ_*` part of `union bpf_attr`. The kernel accepts a shorter
+/// attr than its own as long as it is a prefix (the rest is taken as zero).
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+fn cpath(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Kernel(format!("pin path {} has a NUL byte", path.display())))
+}
+
+/// BPF_OBJ_GET: a new fd referring to the object pinned at `path`.
+fn obj_get(path: &Path) -> Result<OwnedFd> {
+    let c = cpath(path)?;
+    let attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: attr is a valid prefix of union bpf_attr and outlives the call;
+    // the pathname pointer is a NUL-terminated string alive for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjAttr, std::mem::size_of::<ObjAttr>()) };
+    if fd < 0 {
+        return Err(Error::io(format!("BPF_OBJ_GET {}", path.display()))(std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_OBJ_PIN: pins the object behind `fd` at `path`.
+fn obj_pin(fd: &OwnedFd, path: &Path) -> Result<()> {
+    let c = cpath(path)?;
+    let attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    // SAFETY: as in obj_get; the fd is open for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &attr as *const ObjAttr, std::mem::size_of::<ObjAttr>()) };
+    if r < 0 {
+        return Err(Error::io(format!("BPF_OBJ_PIN {}", path.display()))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A pin the agent found missing and put back (or could not).
+#[derive(Clone, Debug)]
+pub struct Repinned {
+    pub pin: PathBuf,
+    /// The target's cgroup id, for a per-target link.
+    pub cgroup_id: Option<u64>,
+    /// None when re-pinned; the error otherwise (the link stays attached
+    /// through the fd while the agent runs).
+    pub error: Option<String>,
+}
+
+/// Every link of one generation, held by fd. Cloning shares the same set
+/// (the level modules that attach and detach hold a clone).
+#[derive(Clone, Debug, Default)]
+pub struct LinkKeeper {
+    held: Arc<Mutex<BTreeMap<PathBuf, OwnedFd>>>,
+}
+
+impl LinkKeeper {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, OwnedFd>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds the link pinned at `pin` (no-op if already held).
+    pub fn hold(&self, pin: &Path) -> Result<()> {
+        let mut held = self.lock();
+        if !held.contains_key(pin) {
+            held.insert(pin.to_owned(), obj_get(pin)?);
+        }
+        Ok(())
+    }
+
+    /// Holds every link pinned in generation `gen`: `links/*` and
+    /// `targets/*/*` (opened from the pins a previous agent left).
+    pub fn hold_generation(&self, gen: &Path) {
+        let mut pins: Vec<PathBuf> = files(&gen.join("links"));
+        if let Ok(rd) = fs::read_dir(gen.join("targets")) {
+            for d in rd.flatten() {
+                pins.extend(files(&d.path()));
+            }
+        }
+        for p in pins {
+            if let Err(e) = self.hold(&p) {
+                warn!(pin = %p.display(), "cannot hold link by fd: {e}");
+            }
+        }
+    }
+
+    /// Drops the fd of `pin` and of every link below it (a target's
+    /// directory): the caller has removed or is removing the pins, and the
+    /// links detach once both references are gone.
+    pub fn release(&self, pin: &Path) {
+        self.lock().retain(|p, _| !p.starts_with(pin));
+    }
+
+    /// How many links are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no link is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Puts back every pin that disappeared, from the fd held. A removed
+    /// target directory is recreated. Returns what was found missing.
+    pub fn check(&self) -> Vec<Repinned> {
+        let held = self.lock();
+        let mut out = Vec::new();
+        for (pin, fd) in held.iter() {
+            // Only a missing pin is put back. Known gap: a path that exists
+            // is not checked to be our link (a foreign pin or file put in
+            // its place is left alone; the link stays held by our fd).
+            if fs::symlink_metadata(pin).is_ok() {
+                continue;
+            }
+            let error = pin
+                .parent()
+                .map_or(Ok(()), |d| fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display()))))
+                .and_then(|()| obj_pin(fd, pin))
+                .err()
+                .map(|e| e.to_string());
+            let cgroup_id = pin
+                .parent()
+                .filter(|d| d.parent().and_then(Path::file_name).is_some_and(|n| n == "targets"))
+                .and_then(|d| d.file_name()?.to_str()?.parse().ok());
+            out.push(Repinned { pin: pin.clone(), cgroup_id, error });
+        }
+        out
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect()).unwrap_or_default()
+}
