@@ -173,6 +173,31 @@ fn escape_from_isolated_target_is_killed() {
     assert!(rec["outcome"].as_str().unwrap_or("").contains("killed"), "{rec}");
 }
 
+/// A task of an isolated target moved out by another task of the target
+/// (not by itself, so the kernel cannot signal it as it moves): the agent
+/// kills it through a pidfd.
+#[test]
+fn escape_of_another_task_from_isolated_target_is_killed() {
+    let Some(agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("go");
+    // The shell moves its child out, not itself.
+    let script = format!(r#"while [ ! -e "{}" ]; do sleep 0.02; done; sleep 1000 & echo $! > "{}"; wait; exec sleep 1000"#, flag.display(), root_procs());
+    let run = run_bg(&agent, "esc-other", &["sh", "-c", &script], 1);
+    let mut guard = Escapees(vec![run.pid()]);
+    agent.json(&["isolate", "esc-other"]);
+    std::fs::write(&flag, "").expect("flag");
+    let find = || agent.journal().into_iter().find(|r| r["action"] == "escape");
+    wait_until(Duration::from_secs(5), || find().is_some()).unwrap_or_else(|| panic!("no escape record\nlog:\n{}", agent.log_text()));
+    let rec = find().expect("record");
+    let moved = rec["params"]["tgid"].as_i64().expect("tgid") as i32;
+    guard.0.push(moved);
+    assert_ne!(moved, run.pid(), "the shell moved its child, not itself: {rec}");
+    assert_eq!(rec["params"]["by_pid"], run.pid(), "{rec}");
+    wait_until(Duration::from_secs(2), || !alive(moved)).unwrap_or_else(|| panic!("{moved} escaped an isolated target and lives at {:?}", cgroup_line(moved)));
+    assert!(rec["outcome"].as_str().unwrap_or("").contains("killed"), "{rec}");
+    assert!(alive(run.pid()), "the shell that stayed inside is not killed for it");
+}
+
 /// Python: wait for argv[1], clone3(CLONE_INTO_CGROUP) into the cgroup
 /// directory argv[2] (opened read-only), write the child's pid to argv[3];
 /// the child execs `sleep 1000`.

@@ -1,5 +1,8 @@
 //! Degrade follows cgroup membership: children, later programs and nested
-//! cgroups are degraded, processes outside the target are not.
+//! cgroups are degraded, processes outside the target are not, and a
+//! process moved out is put back (membership follows the task).
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::{
@@ -8,16 +11,17 @@ use super::{
     helper::Helper,
     EPERM,
 };
+
 use crate::{
-    harness::Agent,
+    harness::{wait_until, Agent},
     support::cgroup::{cgroup_line, make_cgroup},
 };
 
 /// Degrade follows cgroup membership: the running process, a child it
 /// forks afterwards, a program it starts afterwards, a process in a nested
 /// cgroup and a fresh process there are all refused; processes outside the
-/// target (the test's own cgroup, a sibling cgroup, a process moved out)
-/// are not.
+/// target (the test's own cgroup, a sibling cgroup) are not; a process
+/// moved out is moved back and stays degraded.
 #[test]
 fn degrade_reaches_children_and_nested_cgroups_only() {
     let Some(agent) = Agent::start() else { return };
@@ -49,10 +53,14 @@ fn degrade_reaches_children_and_nested_cgroups_only() {
     // Outside the target: untouched.
     assert_eq!(connect_errno_outside("127.0.0.1", port), 0, "the test's own cgroup");
     assert_eq!(connect_errno(sibling.path(), "127.0.0.1", port), 0, "a sibling cgroup under the same parent");
-    // A process moved out of the target is no longer degraded.
+    // Membership follows the task: a process moved out of the target is
+    // an escape attempt, moved back by the agent, and stays degraded.
     sibling.move_pid(nested.pid).unwrap();
-    nested.expect("connect", c.clone(), 0, "moved out of the target");
-    nested.expect("fork_connect", c.clone(), 0, "moved out of the target, its child");
+    wait_until(Duration::from_secs(2), || cgroup_line(nested.pid).is_some_and(|l| l.contains("/fam")))
+        .unwrap_or_else(|| panic!("a process moved out of the target was not moved back: {:?}", cgroup_line(nested.pid)));
+    nested.expect("connect", c.clone(), EPERM, "moved out of the target, and back");
+    nested.expect("fork_connect", c.clone(), EPERM, "moved out of the target and back, its child");
+    refused += 2;
     assert_eq!(denials(&agent, "fam", "net.connect"), refused, "one denial per refused attempt, nested ones counted for the target");
 
     agent.json(&["restore", "fam", "--grant", "net.connect"]);
