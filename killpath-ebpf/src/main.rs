@@ -7,6 +7,8 @@
 //!   (level 4), `isolate/` (level 3, one file per hook family), `degrade/`
 //!   (level 2: `caps`, `fswrite`, `signal`, `connect`), `throttle/`
 //!   (level 1: `syscalls`, `egress`, and the `bucket` both charge);
+//! - `protect/`: self-protection, always on for every task inside a
+//!   target where BPF LSM runs (one file per hook family);
 //! - `probe.rs`: the tiny programs `killpath probe` loads.
 //!
 //! One program per hook: where a hook serves several levels (the socket,
@@ -24,6 +26,7 @@ mod degrade;
 mod isolate;
 mod maps;
 mod probe;
+mod protect;
 mod stop;
 mod targets;
 mod throttle;

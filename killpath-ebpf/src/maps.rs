@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{
-    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
 };
 
 /// Upper bound on managed targets.
@@ -61,3 +61,9 @@ pub static SYSCALL_CLASS: Array<u32> = Array::with_max_entries(killpath_common::
 
 #[map(name = "KP_THROTTLE_EVENTS")]
 pub static THROTTLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map(name = "KP_PROTECTED_PIDS")]
+pub static PROTECTED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "KP_PROTECTED_DIRS")]
+pub static PROTECTED_DIRS: HashMap<ProtectedInode, u32> = HashMap::with_max_entries(64, 0);

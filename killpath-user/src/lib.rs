@@ -17,6 +17,7 @@ pub mod isolate;
 pub mod journal;
 pub mod kernel;
 pub mod level;
+pub mod protect;
 pub mod state_dir;
 pub mod stop;
 pub mod target;

@@ -11,6 +11,7 @@ mod fallback;
 mod isolate;
 mod journal;
 mod probe;
+mod protect;
 mod socket;
 mod stop;
 mod targets;

@@ -39,7 +39,10 @@ impl State {
                         )
                     })
                     .collect();
+                let protections: serde_json::Map<String, Value> =
+                    self.enforcer.maps.protection_refusals(t.cgroup_id).into_iter().map(|(n, v)| (n.to_owned(), json!(v))).collect();
                 json!({
+                    "protections_refused": protections,
                     "history": t.history,
                     "throttle": self.throttle_status(t),
                     "revoked": crate::degrade::names(t.revoked),
@@ -74,6 +77,7 @@ impl State {
                 "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
                 "lsm": self.enforcer.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
             },
+            "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
         }))
     }
 }

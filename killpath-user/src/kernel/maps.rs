@@ -33,6 +33,8 @@ pub const PINNED: &[&str] = &[
     maps::THROTTLE_COUNTS,
     maps::SYSCALL_CLASS,
     maps::THROTTLE_EVENTS,
+    maps::PROTECTED_PIDS,
+    maps::PROTECTED_DIRS,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's
