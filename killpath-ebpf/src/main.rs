@@ -14,6 +14,10 @@
 //! One program per hook: where a hook serves several levels (the socket,
 //! skb and TC hooks), its program lives in `isolate/` and calls into each
 //! level's functions, in level order, with a comment saying so.
+//! Self-protection (`protect/`) is the exception: its programs share some
+//! BPF LSM hooks with degrade's (task_kill, file_open, path_*, sb_mount,
+//! bpf...). Several BPF LSM programs can sit on one hook; the first
+//! refusal ends the chain, so the order between them does not matter.
 #![no_std]
 #![no_main]
 // Atomic read-modify-write on map values (throttle buckets): core's

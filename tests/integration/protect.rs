@@ -21,7 +21,7 @@ use crate::{
 const ATTACKER: &str = r#"
 import ctypes, json, os, sys, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
-out, root, parent, target, agent, pins, state = sys.argv[1:8]
+out, root, parent, target, agent, pins, state, pin = sys.argv[1:9]
 a = int(agent)
 me = str(os.getpid())
 r = {}
@@ -65,7 +65,6 @@ def ptrace():
     check(libc.ptrace(16, a, 0, 0), 'ptrace')
     libc.ptrace(17, a, 0, 0)
 attempt('ptrace_agent', ptrace)
-pin = sorted(os.path.join(d, f) for d, _, fs in os.walk(pins) for f in fs)[0]
 attempt('unlink_pin', lambda: os.unlink(pin))
 attempt('rename_pin', lambda: os.rename(pin, pin + '.x'))
 attempt('rmdir_pins', lambda: os.rmdir(pins))
@@ -128,7 +127,9 @@ fn lsm_self_protection() {
     let agent_pid = agent.pid();
     let pins_before = files(&agent.pin_dir);
     let agent_json = std::fs::read_to_string(agent.state_dir.join("agent.json")).expect("agent.json");
-    assert!(!pins_before.is_empty(), "the agent pinned its links");
+    // The pin the attacker unlinks and renames: one that exists before it
+    // starts (the agent pins more for the attacker's own target).
+    let pin = pins_before.iter().find(|p| Path::new(p).is_file()).cloned().expect("the agent pinned its links");
     let args: Vec<String> = vec![
         py().into(),
         "-c".into(),
@@ -140,6 +141,7 @@ fn lsm_self_protection() {
         agent_pid.to_string(),
         agent.pin_dir.display().to_string(),
         agent.state_dir.display().to_string(),
+        pin.clone(),
     ];
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let _attacker = run_bg(&agent, "attacker", &argv, 1);
@@ -171,7 +173,10 @@ fn lsm_self_protection() {
     assert!(!state.starts_with('T') && !state.starts_with('t'), "the agent was stopped: {state}");
     assert_eq!(status_field(agent_pid, "TracerPid"), "0", "the agent was traced");
     // Pins and state files untouched; no tmpfs over the target's cgroup.
-    assert_eq!(files(&agent.pin_dir), pins_before, "pins changed");
+    let pins_after = files(&agent.pin_dir);
+    let lost: Vec<&String> = pins_before.difference(&pins_after).collect();
+    assert!(lost.is_empty(), "pins removed or renamed from inside a target: {lost:?}");
+    assert!(Path::new(&pin).is_file() && !Path::new(&format!("{pin}.x")).exists(), "the attacked pin {pin} was moved");
     assert_eq!(std::fs::read_to_string(agent.state_dir.join("agent.json")).unwrap_or_default(), agent_json, "agent.json changed");
     assert!(!agent.state_dir.join("forged.json").exists(), "a file was created in the state dir");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
