@@ -74,6 +74,12 @@ pub mod maps {
     /// --pid of a task of another target) re-mark the task instead of
     /// counting as an escape.
     pub const MEMBER_AGENT: &str = "KP_MEMBER_AGENT";
+    /// `HashMap<u32 tgid, u32>`: killpath's own processes (the agent),
+    /// which no task inside a target may signal or ptrace.
+    pub const PROTECTED_PIDS: &str = "KP_PROTECTED_PIDS";
+    /// `HashMap<ProtectedInode, u32>`: killpath's pin and state
+    /// directories, below which no task inside a target may write.
+    pub const PROTECTED_DIRS: &str = "KP_PROTECTED_DIRS";
 }
 
 /// Program names as they appear in the eBPF object.
@@ -136,6 +142,30 @@ pub mod programs {
         ("kp_degrade_path_chmod", "path_chmod"),
         ("kp_degrade_path_chown", "path_chown"),
         ("kp_degrade_task_kill", "task_kill"),
+    ];
+    /// Self-protection: host-wide BPF LSM hooks that refuse, for every task
+    /// inside any target at any level, what would let it step out of the
+    /// kill path (see [`super::protect`]).
+    pub const PROTECT_LSM: &[(&str, &str)] = &[
+        ("kp_protect_inode_permission", "inode_permission"),
+        ("kp_protect_file_permission", "file_permission"),
+        ("kp_protect_bpf", "bpf"),
+        ("kp_protect_task_kill", "task_kill"),
+        ("kp_protect_ptrace_access", "ptrace_access_check"),
+        ("kp_protect_file_open", "file_open"),
+        ("kp_protect_path_unlink", "path_unlink"),
+        ("kp_protect_path_rmdir", "path_rmdir"),
+        ("kp_protect_path_rename", "path_rename"),
+        ("kp_protect_path_truncate", "path_truncate"),
+        ("kp_protect_path_link", "path_link"),
+        ("kp_protect_path_symlink", "path_symlink"),
+        ("kp_protect_path_mknod", "path_mknod"),
+        ("kp_protect_path_mkdir", "path_mkdir"),
+        ("kp_protect_path_chmod", "path_chmod"),
+        ("kp_protect_path_chown", "path_chown"),
+        ("kp_protect_sb_mount", "sb_mount"),
+        ("kp_protect_move_mount", "move_mount"),
+        ("kp_protect_sb_umount", "sb_umount"),
     ];
     /// Tiny programs `probe` loads to learn what the kernel accepts.
     pub const PROBE_LSM: &str = "kp_probe_lsm";
@@ -205,6 +235,41 @@ pub mod cap {
     pub const SETID: u32 = 1 << 12;
     /// Number of capabilities (bits 0..COUNT).
     pub const COUNT: u32 = 13;
+}
+
+/// Self-protections (always on for every task inside a target where BPF
+/// LSM runs). Their refusals are counted in `KP_DENIALS` and sampled into
+/// `KP_DENIAL_EVENTS` like capability denials, at index `FIRST + n`.
+pub mod protect {
+    /// Writes to cgroupfs outside the task's target subtree (cgroup.procs,
+    /// cgroup.threads, and clone3(CLONE_INTO_CGROUP) through the same check).
+    pub const CGROUP_WRITE: u32 = 0;
+    /// bpf(2).
+    pub const BPF: u32 = 1;
+    /// Signals to killpath's processes.
+    pub const SIGNAL: u32 = 2;
+    /// ptrace (and /proc/PID/mem, process_vm_*, pidfd_getfd) of killpath's processes.
+    pub const PTRACE: u32 = 3;
+    /// Writes, unlinks, renames below killpath's pin and state directories.
+    pub const FILES: u32 = 4;
+    /// Mounts onto, and unmounts of, cgroupfs and bpffs.
+    pub const MOUNT: u32 = 5;
+    /// Number of protections.
+    pub const COUNT: u32 = 6;
+    /// Denial-counter index of protection 0 (capabilities use 0..cap::COUNT).
+    pub const FIRST: u32 = 16;
+    /// Names, in index order.
+    pub const NAMES: [&str; COUNT as usize] = ["protect.cgroup-write", "protect.bpf", "protect.signal", "protect.ptrace", "protect.files", "protect.mount"];
+}
+
+/// Key of `KP_PROTECTED_DIRS`: a directory by device and inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtectedInode {
+    /// The kernel's dev_t of the directory's super block (MKDEV(major, minor)).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
 }
 
 /// Key of the per-target, per-capability denial counters.
@@ -306,6 +371,15 @@ pub struct KernelOffsets {
     /// filled in: membership tracking needs all of them.
     pub members_valid: u32,
     pub _pad_members: u32,
+    /// Self-protection: inode.i_private (a kernfs inode's kernfs_node),
+    /// kernfs_node.parent (`__parent` since 6.15), super_block.s_magic,
+    /// vfsmount.mnt_sb (task_struct.tgid is `task_tgid` above).
+    pub inode_i_private: u32,
+    pub kernfs_node_parent: u32,
+    pub sb_s_magic: u32,
+    pub vfsmount_mnt_sb: u32,
+    /// 1 when the self-protection offsets above (and fs/signal's) are filled in.
+    pub protect_valid: u32,
 }
 
 /// A task's membership: the target it entered (by `run`, `adopt`, a move
@@ -523,4 +597,5 @@ mod pod {
     unsafe impl aya::Pod for super::Member {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EscapeEvent {}
+    unsafe impl aya::Pod for super::ProtectedInode {}
 }

@@ -7,11 +7,17 @@
 //!   (level 4), `isolate/` (level 3, one file per hook family), `degrade/`
 //!   (level 2: `caps`, `fswrite`, `signal`, `connect`), `throttle/`
 //!   (level 1: `syscalls`, `egress`, and the `bucket` both charge);
+//! - `protect/`: self-protection, always on for every task inside a
+//!   target where BPF LSM runs (one file per hook family);
 //! - `probe.rs`: the tiny programs `killpath probe` loads.
 //!
 //! One program per hook: where a hook serves several levels (the socket,
 //! skb and TC hooks), its program lives in `isolate/` and calls into each
 //! level's functions, in level order, with a comment saying so.
+//! Self-protection (`protect/`) is the exception: its programs share some
+//! BPF LSM hooks with degrade's (task_kill, file_open, path_*, sb_mount,
+//! bpf...). Several BPF LSM programs can sit on one hook; the first
+//! refusal ends the chain, so the order between them does not matter.
 #![no_std]
 #![no_main]
 // Atomic read-modify-write on map values (throttle buckets): core's
@@ -25,6 +31,7 @@ mod isolate;
 mod maps;
 mod members;
 mod probe;
+mod protect;
 mod stop;
 mod targets;
 mod throttle;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{
-    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
 };
 
 /// Upper bound on managed targets.
@@ -80,3 +80,9 @@ pub static MEMBER_AGENT: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "KP_MEMBER_LOST")]
 pub static MEMBER_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "KP_PROTECTED_PIDS")]
+pub static PROTECTED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "KP_PROTECTED_DIRS")]
+pub static PROTECTED_DIRS: HashMap<ProtectedInode, u32> = HashMap::with_max_entries(64, 0);

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod kernel;
 pub mod level;
 pub mod privileges;
+pub mod protect;
 pub mod state_dir;
 pub mod stop;
 pub mod target;

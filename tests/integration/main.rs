@@ -13,6 +13,7 @@ mod journal;
 mod membership;
 mod privileges;
 mod probe;
+mod protect;
 mod socket;
 mod stop;
 mod tamper;

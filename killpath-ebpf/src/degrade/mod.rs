@@ -107,7 +107,7 @@ pub fn revoked(mask: u32) -> Option<u64> {
 
 /// Reads a `T` at `base + off` in kernel memory (None if unreadable).
 #[inline(always)]
-fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+pub(crate) fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel validates the address.
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
 }

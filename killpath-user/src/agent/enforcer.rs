@@ -27,6 +27,7 @@ use crate::{
         object::{self, typed, OBJECT},
         pins,
     },
+    protect::ProtectMaps,
     throttle,
 };
 
@@ -80,6 +81,17 @@ pub struct Enforcer {
     /// Every link of this generation held by fd as well as by pin (see
     /// `kernel::links`): the agent's periodic check re-pins a removed pin.
     pub links: LinkKeeper,
+    /// What the self-protection hooks treat as killpath's.
+    pub protect: ProtectMaps,
+    /// Why the self-protection hooks are off here (None: attached and
+    /// running, with the struct offsets they follow).
+    pub protect_error: Option<String>,
+}
+
+/// Attaches the self-protection LSM hooks (BPF LSM known to run here).
+fn attach_protect(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>) -> std::result::Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+    crate::protect::attach_lsm(ebpf, &btf, gen, loaded).map_err(|e| e.to_string())
 }
 
 /// Attaches the host-wide LSM hooks of isolate and degrade, after checking
@@ -119,9 +131,22 @@ impl Enforcer {
         if let Some(e) = &lsm_error {
             warn!("BPF LSM hooks unavailable: {e}");
         }
+        // Self-protection: its own error, so a hook this kernel lacks does
+        // not take degrade's and isolate's hooks down with it.
+        let mut protect_error = match &lsm_error {
+            Some(e) => Some(e.clone()),
+            None => attach_protect(&mut ebpf, &gen, &mut attached_now).err(),
+        };
+        if let Some(e) = &protect_error {
+            warn!("self-protection hooks unavailable: {e}");
+        }
+        let protect = ProtectMaps::from_object(&mut ebpf)?;
         let mut maps = Maps::from_object(&mut ebpf)?;
         // Struct offsets for the pointer-following hooks (fs.write, signal).
         let btf = btf::resolve();
+        if protect_error.is_none() {
+            protect_error = btf.protect_error.clone().map(|e| format!("kernel BTF: {e}"));
+        }
         // Both handles stay open while programs load: a program loaded
         // after its map's last fd closed fails with "fd N is not pointing
         // to valid bpf_map" (aya relocated the fd into its instructions).
@@ -183,7 +208,17 @@ impl Enforcer {
             _filled: (offsets, syscall_classes),
             _ebpf: ebpf,
             links,
+            protect,
+            protect_error,
         })
+    }
+
+    /// Tells the self-protection hooks what is killpath's: this process,
+    /// the pin directory and `state_dir`. Failing here leaves them on for
+    /// cgroupfs, bpf(2) and mounts, not for the agent or its files.
+    pub fn protect_self(&mut self, state_dir: &Path) -> Result<()> {
+        self.protect.protect_process(std::process::id())?;
+        self.protect.protect_dirs(&[self.pin_dir.as_path(), state_dir])
     }
 
     pub fn pin_dir(&self) -> &Path {

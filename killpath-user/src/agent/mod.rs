@@ -105,6 +105,9 @@ impl State {
         Cgroup::new(&config.cgroup_parent).create()?;
         let (journal, recovery) = Journal::open(&config.state_dir.join(JOURNAL_FILE))?;
         let mut enforcer = Enforcer::open(&config.pin_dir)?;
+        if let Err(e) = enforcer.protect_self(&config.state_dir) {
+            tracing::warn!("self-protection does not cover the agent and its files: {e}");
+        }
         let registry = Registry::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let pacer = throttle::Pacer::start(enforcer.throttle_events.take());

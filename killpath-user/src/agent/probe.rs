@@ -13,6 +13,7 @@ use crate::{
         btf,
         probe::{self, KernelFeatures},
     },
+    protect::ProtectionStatus,
 };
 
 /// What `probe` found.
@@ -25,6 +26,10 @@ pub struct ProbeReport {
     pub levels: Vec<LevelSupport>,
     /// Level 2: each capability and whether revoking it is enforceable here.
     pub capabilities: Vec<CapabilityStatus>,
+    /// Self-protection (always on for every target where BPF LSM runs):
+    /// each protection, on or off here.
+    #[serde(default)]
+    pub protections: Vec<ProtectionStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,10 +70,12 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
         ),
     });
     let btf = btf::resolve();
+    let lsm = (!f.lsm_available).then(|| "unavailable on this kernel".to_owned());
+    let protections = crate::protect::statuses(lsm.as_deref(), btf.protect_error.as_deref());
     let capabilities = degrade::capabilities(&degrade::KernelGaps {
         lsm: (!f.lsm_available).then(|| "BPF LSM unavailable".to_owned()),
         fs: btf.fs_error,
         signal: btf.signal_error,
     });
-    ProbeReport { kernel: f, levels, capabilities }
+    ProbeReport { kernel: f, levels, capabilities, protections }
 }

@@ -46,7 +46,10 @@ impl State {
                         )
                     })
                     .collect();
+                let protections: serde_json::Map<String, Value> =
+                    self.enforcer.maps.protection_refusals(t.cgroup_id).into_iter().map(|(n, v)| (n.to_owned(), json!(v))).collect();
                 json!({
+                    "protections_refused": protections,
                     "history": t.history,
                     "throttle": self.throttle_status(t),
                     "revoked": crate::degrade::names(t.revoked),
@@ -88,6 +91,7 @@ impl State {
                 "tracking": self.enforcer.members_error.clone().map_or("on: marks follow each task; a move out of a target is detected and reverted".to_owned(), |e| format!("unavailable: {e}")),
                 "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
             },
+            "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
         }))
     }
 }

@@ -45,6 +45,11 @@ impl Output {
         }
         println!();
         self.capability_table(&r["capabilities"]);
+        println!();
+        println!("{:<18} {:<4} DETAIL", "PROTECTION", "ON");
+        for p in r["protections"].as_array().into_iter().flatten() {
+            println!("{:<18} {:<4} {}", s(&p["name"]), yes(&p["on"]), s(&p["detail"]));
+        }
     }
 
     pub fn status(&self, r: &Value) {
@@ -70,6 +75,10 @@ impl Output {
                     .map(|(k, v)| format!("{k}: {} ({} last minute)", s(&v["total"]), s(&v["last_minute"])))
                     .collect();
                 println!("{:<20} DEGRADED: revoked {}; denials {}", "", names.join(", "), if denials.is_empty() { "none".into() } else { denials.join(", ") });
+            }
+            if let Some(p) = t["protections_refused"].as_object().filter(|p| !p.is_empty()) {
+                let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}: {}", s(v))).collect();
+                println!("{:<20} SELF-PROTECTION refused: {}", "", list.join(", "));
             }
             let th = &t["throttle"];
             if !th.is_null() {

@@ -214,6 +214,10 @@ pub fn names(mask: u32) -> Vec<&'static str> {
 
 /// Name of capability bit index `index` (as in denial keys/events).
 pub fn name_of_index(index: u32) -> &'static str {
+    // Self-protection refusals share the counters at protect::FIRST + n.
+    if let Some(name) = index.checked_sub(killpath_common::protect::FIRST).and_then(|i| killpath_common::protect::NAMES.get(i as usize)) {
+        return name;
+    }
     Capability::from_index(index).map_or("unknown", Capability::name)
 }
 

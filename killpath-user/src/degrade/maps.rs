@@ -5,7 +5,7 @@ use aya::{
     maps::{lpm_trie::Key, Array, MapData},
     Ebpf,
 };
-use killpath_common::{cap, maps, ConnectAllow, DenialKey, KernelOffsets, WriteAllow};
+use killpath_common::{cap, maps, protect, ConnectAllow, DenialKey, KernelOffsets, WriteAllow};
 
 use crate::{
     error::{Error, Result},
@@ -62,10 +62,11 @@ impl Maps {
         Ok(())
     }
 
-    /// Removes a released target's denial counters.
+    /// Removes a released target's denial counters (self-protection
+    /// refusals included).
     pub fn clear_denials(&mut self, cgroup_id: u64) {
         if let Some(d) = self.degrade.as_mut() {
-            for cap in 0..cap::COUNT {
+            for cap in (0..cap::COUNT).chain(protect::FIRST..protect::FIRST + protect::COUNT) {
                 let _ = d.denials.remove(&DenialKey { cgroup_id, cap, _pad: 0 });
             }
         }

@@ -39,13 +39,15 @@ fn find(btf: &Btf, s: &Struct, field: &str, base: u32) -> Option<u32> {
     None
 }
 
-/// Offsets, and why fs.write / signal cannot be enforced (None: they can).
+/// Offsets, and why fs.write / signal / self-protection cannot be enforced
+/// (None: they can).
 pub struct Resolved {
     pub offsets: KernelOffsets,
     pub fs_error: Option<String>,
     pub signal_error: Option<String>,
     /// Why membership tracking (marks, escape detection) cannot run here.
     pub members_error: Option<String>,
+    pub protect_error: Option<String>,
 }
 
 pub fn resolve() -> Resolved {
@@ -53,7 +55,7 @@ pub fn resolve() -> Resolved {
         Ok(b) => b,
         Err(e) => {
             let why = format!("cannot read {VMLINUX}: {e}");
-            return Resolved { offsets: KernelOffsets::default(), fs_error: Some(why.clone()), signal_error: Some(why.clone()), members_error: Some(why) };
+            return Resolved { offsets: KernelOffsets::default(), fs_error: Some(why.clone()), signal_error: Some(why.clone()), members_error: Some(why.clone()), protect_error: Some(why) };
         }
     };
     let mut o = KernelOffsets::default();
@@ -92,10 +94,23 @@ pub fn resolve() -> Resolved {
         Ok(())
     });
     o.members_valid = u32::from(members.is_ok());
+    // Self-protection: the fs and signal offsets, and these. Linux 6.15
+    // renamed kernfs_node.parent to __parent (RCU-protected); same meaning.
+    let protect = (|| -> Result<(), String> {
+        fs.clone()?;
+        signal.clone()?;
+        o.inode_i_private = offset(&btf, "inode", "i_private")?;
+        o.kernfs_node_parent = offset(&btf, "kernfs_node", "parent").or_else(|_| offset(&btf, "kernfs_node", "__parent"))?;
+        o.sb_s_magic = offset(&btf, "super_block", "s_magic")?;
+        o.task_tgid = offset(&btf, "task_struct", "tgid")?;
+        o.vfsmount_mnt_sb = offset(&btf, "vfsmount", "mnt_sb")?;
+        Ok(())
+    })();
+    o.protect_valid = u32::from(protect.is_ok());
     o.names_valid = u32::from(names.is_ok());
     o.fs_valid = u32::from(fs.is_ok());
     o.signal_valid = u32::from(signal.is_ok());
-    Resolved { offsets: o, fs_error: fs.err(), signal_error: signal.err(), members_error: members.err() }
+    Resolved { offsets: o, fs_error: fs.err(), signal_error: signal.err(), members_error: members.err(), protect_error: protect.err() }
 }
 
 /// The kernel's dev_t (MKDEV: major << 20 | minor) of a user-space st_dev.
@@ -120,6 +135,8 @@ mod tests {
         if std::path::Path::new(VMLINUX).exists() {
             let r = resolve();
             assert!(r.fs_error.is_none(), "{:?}", r.fs_error);
+            assert!(r.protect_error.is_none(), "{:?}", r.protect_error);
+            assert!(r.offsets.kernfs_node_parent > 0 && r.offsets.sb_s_magic > 0 && r.offsets.task_tgid > 0);
             assert!(r.offsets.file_f_path > 0 && r.offsets.dentry_d_parent > 0);
         }
     }

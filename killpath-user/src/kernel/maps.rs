@@ -38,6 +38,8 @@ pub const PINNED: &[&str] = &[
     maps::ESCAPE_EVENTS,
     maps::MEMBER_LOST,
     maps::MEMBER_AGENT,
+    maps::PROTECTED_PIDS,
+    maps::PROTECTED_DIRS,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's

@@ -21,7 +21,7 @@ use crate::{
 
 /// `killpath --json events`, spawned with stdout piped; a thread collects
 /// every line. Dropping it kills the subscriber.
-pub(super) struct Events {
+pub(crate) struct Events {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
     _sentinel: Reaped,
@@ -31,7 +31,7 @@ impl Events {
     /// Subscribes, and returns once the subscription is known to be live:
     /// a sentinel target is degraded (with a unique reason) until its alert
     /// shows up on the stream, so nothing after this call can be missed.
-    pub(super) fn start(agent: &Agent) -> Events {
+    pub(crate) fn start(agent: &Agent) -> Events {
         let sentinel = run_bg(agent, "events-sentinel", &["sleep", "1000"], 1);
         let mut child = agent
             .cmd(&["--json", "events"])
@@ -62,24 +62,24 @@ impl Events {
         panic!("the events subscriber never received an alert: {:?}\nagent log:\n{}", ev.all(), agent.log_text());
     }
 
-    pub(super) fn all(&self) -> Vec<Value> {
+    pub(crate) fn all(&self) -> Vec<Value> {
         self.lines.lock().unwrap().clone()
     }
 
     /// Events about target `name` of type `ty`.
-    pub(super) fn of(&self, name: &str, ty: &str) -> Vec<Value> {
+    pub(crate) fn of(&self, name: &str, ty: &str) -> Vec<Value> {
         self.all().into_iter().filter(|e| e["target"] == name && e["type"] == ty).collect()
     }
 
     /// Waits until `f` holds for the collected events.
-    pub(super) fn wait(&self, timeout: Duration, what: &str, f: impl Fn(&[Value]) -> bool) {
+    pub(crate) fn wait(&self, timeout: Duration, what: &str, f: impl Fn(&[Value]) -> bool) {
         if wait_until(timeout, || f(&self.all())).is_none() {
             panic!("events: never saw {what}; got {:?}", self.all());
         }
     }
 
     /// Waits until no new event arrived for `quiet`.
-    pub(super) fn settle(&self, quiet: Duration) {
+    pub(crate) fn settle(&self, quiet: Duration) {
         let mut n = self.all().len();
         let mut since = Instant::now();
         while since.elapsed() < quiet {

@@ -20,7 +20,7 @@
 //! target), `events` (a `killpath events` subscriber) and `helper` (the
 //! long-lived operation helper) hold what several of them use.
 mod clients;
-mod events;
+pub(crate) mod events;
 mod helper;
 
 mod alerts;
