@@ -237,7 +237,7 @@ fn run_in_target(cli: &Cli, name: &str, command: &[String], no_privileges: bool,
     // What CMD will hold (execve adds nothing: with no_new_privs and an
     // empty bounding set, and without them this process is already all it
     // will be), judged like `status` judges a target's tasks.
-    let guard = privileges::Guard::from_lsm_error(r["lsm_error"].as_str());
+    let guard = privileges::Guard::from_state(r["lsm_error"].as_str(), r["protect_error"].as_str());
     let cgroup = PathBuf::from(r["target"]["cgroup"].as_str().unwrap_or_default());
     let mount = killpath::kernel::cgroup::cgroup2_mount()?;
     let verdict = privileges::assess(&[std::process::id() as i32], &cgroup, &mount, &guard);

@@ -79,6 +79,12 @@ impl State {
         if let Some(t) = by_path {
             return Ok(Some(t.name.clone()));
         }
+        // Membership follows the task: a caller that left its target's
+        // cgroup (before the agent moved it back) is still the target's.
+        let mark = self.enforcer.maps.members.as_ref().and_then(|m| u32::try_from(caller.pid).ok().and_then(|pid| m.get(pid)));
+        if let Some(t) = mark.and_then(|m| self.registry.targets.values().find(|t| t.cgroup_id == m.target)) {
+            return Ok(Some(t.name.clone()));
+        }
         let ids = ancestor_ids(&abs, &self.cgroup_mount);
         Ok(self.registry.targets.values().find(|t| ids.contains(&t.cgroup_id)).map(|t| t.name.clone()))
     }

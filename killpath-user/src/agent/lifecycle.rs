@@ -76,12 +76,12 @@ impl State {
         // `run` judges its own privileges after dropping them (the caller
         // is still the unprivileged-to-be CLI now): it needs the kernel's
         // LSM state for that.
-        Ok(Done { result: json!({"target": t, "lsm_error": self.enforcer.lsm_error}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+        Ok(Done { result: json!({"target": t, "lsm_error": self.enforcer.lsm_error, "protect_error": self.enforcer.protect_error}), to_level: Some(level::NORMAL), time_to_effect_us: None })
     }
 
     /// What the tasks of `t` could do to leave its cgroup on this kernel.
     pub(super) fn privileges(&self, t: &Target) -> crate::privileges::Assessment {
-        let guard = crate::privileges::Guard::from_lsm_error(self.enforcer.lsm_error.as_deref());
+        let guard = crate::privileges::Guard::from_state(self.enforcer.lsm_error.as_deref(), self.enforcer.protect_error.as_deref());
         crate::privileges::assess(&Cgroup::new(&t.cgroup).procs_recursive(), &t.cgroup, &self.cgroup_mount, &guard)
     }
 

@@ -152,13 +152,15 @@ pub enum Guard {
 }
 
 impl Guard {
-    /// From the enforcer's LSM state. The LSM self-protection (refusing
-    /// `cgroup.procs` writes outside the target) is not part of this
-    /// build, so an available LSM is [`Guard::LsmWithoutMoveGuard`].
-    pub fn from_lsm_error(lsm_error: Option<&str>) -> Self {
-        match lsm_error {
-            Some(e) => Self::NoLsm(e.to_owned()),
-            None => Self::LsmWithoutMoveGuard,
+    /// From the enforcer's state: BPF LSM (`lsm_error`) and the
+    /// self-protection hooks (`protect_error`, see `crate::protect`), whose
+    /// cgroupfs hook refuses `cgroup.procs`/`cgroup.threads` writes (and
+    /// clone3 into a cgroup) outside the target.
+    pub fn from_state(lsm_error: Option<&str>, protect_error: Option<&str>) -> Self {
+        match (lsm_error, protect_error) {
+            (Some(e), _) => Self::NoLsm(e.to_owned()),
+            (None, Some(_)) => Self::LsmWithoutMoveGuard,
+            (None, None) => Self::MoveGuard,
         }
     }
 
