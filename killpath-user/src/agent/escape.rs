@@ -24,41 +24,20 @@ use crate::{
 
 /// Reads escape attempts from the kernel's ring buffer and acts on each.
 pub async fn escape_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<Mutex<State>>) {
-    // SAFETY: the ring buffer owns its fd and keeps it open for as long as
-    // the AsyncFd (which owns the ring buffer) lives.
-    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(rb) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!("cannot watch the escape ring buffer: {e}");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        let rb = guard.get_inner_mut();
-        let mut events = Vec::new();
-        while let Some(item) = rb.next() {
-            if item.len() >= std::mem::size_of::<EscapeEvent>() {
-                // SAFETY: the kernel wrote an EscapeEvent; read unaligned.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<EscapeEvent>()) });
-            }
-        }
-        guard.clear_ready();
-        if events.is_empty() {
-            continue;
-        }
+    super::ring::read_batches::<EscapeEvent, _, _>(rb, "escape", |events| {
         let state = state.clone();
-        // Journaling fsyncs: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for ev in events {
-                s.on_escape(&ev);
-            }
-        })
-        .await;
-    }
+        async move {
+            // Journaling fsyncs: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for ev in events {
+                    s.on_escape(&ev);
+                }
+            })
+            .await;
+        }
+    })
+    .await;
 }
 
 impl State {

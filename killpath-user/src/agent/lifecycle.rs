@@ -76,7 +76,11 @@ impl State {
         // `run` judges its own privileges after dropping them (the caller
         // is still the unprivileged-to-be CLI now): it needs the kernel's
         // LSM state for that.
-        Ok(Done { result: json!({"target": t, "lsm_error": self.enforcer.lsm_error, "protect_error": self.enforcer.protect_error}), to_level: Some(level::NORMAL), time_to_effect_us: None })
+        Ok(Done {
+            result: json!({"target": t, "lsm_error": self.enforcer.lsm_error, "protect_error": self.enforcer.protect_error}),
+            to_level: Some(level::NORMAL),
+            time_to_effect_us: None,
+        })
     }
 
     /// What the tasks of `t` could do to leave its cgroup on this kernel.

@@ -15,6 +15,7 @@ mod lifecycle;
 mod probe;
 mod recovery;
 mod restore;
+mod ring;
 pub mod server;
 mod status;
 mod stop;

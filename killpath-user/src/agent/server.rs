@@ -46,36 +46,14 @@ async fn subscribe(mut framed: Framed<UnixStream, RequestCodec>, id: Value, stat
 
 /// Reads sampled denials from the kernel's ring buffer and publishes them.
 pub async fn denial_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<Mutex<State>>) {
-    // SAFETY: the ring buffer owns its fd and keeps it open for as long as
-    // the AsyncFd (which owns the ring buffer) lives.
-    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(rb) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!("cannot watch the denial ring buffer: {e}");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        let rb = guard.get_inner_mut();
-        let mut events = Vec::new();
-        while let Some(item) = rb.next() {
-            if item.len() >= std::mem::size_of::<killpath_common::DenialEvent>() {
-                // SAFETY: the kernel wrote a DenialEvent; read unaligned.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<killpath_common::DenialEvent>()) });
-            }
-        }
-        guard.clear_ready();
-        if events.is_empty() {
-            continue;
-        }
+    super::ring::read_batches::<killpath_common::DenialEvent, _, _>(rb, "denial", |events| {
         let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for ev in events {
             let _ = s.events.send(s.denial_json(&ev));
         }
-    }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// Line framing with a length cap. Unlike a plain line codec, bytes left

@@ -55,7 +55,13 @@ pub fn resolve() -> Resolved {
         Ok(b) => b,
         Err(e) => {
             let why = format!("cannot read {VMLINUX}: {e}");
-            return Resolved { offsets: KernelOffsets::default(), fs_error: Some(why.clone()), signal_error: Some(why.clone()), members_error: Some(why.clone()), protect_error: Some(why) };
+            return Resolved {
+                offsets: KernelOffsets::default(),
+                fs_error: Some(why.clone()),
+                signal_error: Some(why.clone()),
+                members_error: Some(why.clone()),
+                protect_error: Some(why),
+            };
         }
     };
     let mut o = KernelOffsets::default();
