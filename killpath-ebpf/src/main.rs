@@ -27,6 +27,7 @@
 
 mod abi;
 mod degrade;
+mod dentry;
 mod isolate;
 mod maps;
 mod members;

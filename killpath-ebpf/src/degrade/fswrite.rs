@@ -19,33 +19,11 @@ const S_IFMT: u16 = 0o170000;
 const S_IFCHR: u16 = 0o020000;
 const S_IFIFO: u16 = 0o010000;
 const S_IFSOCK: u16 = 0o140000;
-/// Deepest directory nesting walked; deeper allowed dirs are not matched.
-const MAX_WALK: u32 = 32;
 
 /// Whether `dentry` is an allowed directory of target `id` or below one.
 #[inline(always)]
 fn allowed(o: &KernelOffsets, id: u64, dentry: u64) -> bool {
-    let mut d = dentry;
-    let mut i = 0;
-    while i < MAX_WALK {
-        if d == 0 {
-            return false;
-        }
-        if let Some(inode) = read::<u64>(d, o.dentry_d_inode).filter(|p| *p != 0) {
-            let ino = read::<u64>(inode, o.inode_i_ino).unwrap_or(0);
-            let dev = read::<u64>(inode, o.inode_i_sb).and_then(|sb| read::<u32>(sb, o.sb_s_dev)).unwrap_or(0);
-            if WRITE_ALLOW.get_ptr(WriteAllow { cgroup_id: id, dev, _pad: 0, ino }).is_some() {
-                return true;
-            }
-        }
-        let parent = read::<u64>(d, o.dentry_d_parent).unwrap_or(0);
-        if parent == d {
-            return false;
-        }
-        d = parent;
-        i += 1;
-    }
-    false
+    crate::dentry::at_or_below(o, dentry, |dev, ino| WRITE_ALLOW.get_ptr(WriteAllow { cgroup_id: id, dev, _pad: 0, ino }).is_some())
 }
 
 /// The verdict for a write below `dentries` (0 = not applicable); `named`

@@ -15,33 +15,11 @@ use super::{current_target, offsets, refuse};
 use crate::{degrade::read, maps::PROTECTED_DIRS};
 
 const FMODE_WRITE: u32 = 0x2;
-/// Deepest nesting walked below a protected directory's filesystem root.
-const MAX_WALK: u32 = 32;
 
 /// Whether `dentry` is a protected directory or below one.
 #[inline(always)]
 pub fn protected(o: &KernelOffsets, dentry: u64) -> bool {
-    let mut d = dentry;
-    let mut i = 0;
-    while i < MAX_WALK {
-        if d == 0 {
-            return false;
-        }
-        if let Some(inode) = read::<u64>(d, o.dentry_d_inode).filter(|p| *p != 0) {
-            let ino = read::<u64>(inode, o.inode_i_ino).unwrap_or(0);
-            let dev = read::<u64>(inode, o.inode_i_sb).and_then(|sb| read::<u32>(sb, o.sb_s_dev)).unwrap_or(0);
-            if PROTECTED_DIRS.get_ptr(ProtectedInode { dev, _pad: 0, ino }).is_some() {
-                return true;
-            }
-        }
-        let parent = read::<u64>(d, o.dentry_d_parent).unwrap_or(0);
-        if parent == d {
-            return false;
-        }
-        d = parent;
-        i += 1;
-    }
-    false
+    crate::dentry::at_or_below(o, dentry, |dev, ino| PROTECTED_DIRS.get_ptr(ProtectedInode { dev, _pad: 0, ino }).is_some())
 }
 
 /// The verdict for a change at or below `dentries` (0 = not applicable).
