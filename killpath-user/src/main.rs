@@ -52,7 +52,7 @@ fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
-        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook } => {
+        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key } => {
             let cgroup_parent = match cgroup_parent {
                 Some(p) => p.clone(),
                 None => AgentConfig::default_cgroup_parent()?,
@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group: *group,
                 alert_hook: alert_hook.clone(),
                 escalation,
+                journal_key: journal_key.clone(),
             };
             agent::run(config)?;
             Ok(ExitCode::SUCCESS)
@@ -192,7 +193,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.released(&r);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Journal { follow, verify, file, offline } => journal_cmd(&cli, &out, *follow, *verify, file.clone(), *offline),
+        Cmd::Journal { follow, verify, file, offline, anchor, key, head } => {
+            let check = JournalCheck { anchor: anchor.clone(), key: key.clone(), head: *head };
+            journal_cmd(&cli, &out, *follow, *verify, file.clone(), *offline, &check)
+        }
         Cmd::Canary { dir, check, workers, service, worker, ticker } => {
             if *check {
                 let r = canary::check(dir)?;
@@ -262,12 +266,43 @@ fn verdict(r: &Value) -> ExitCode {
     }
 }
 
-fn journal_cmd(cli: &Cli, out: &output::Output, follow: bool, verify: bool, file: Option<PathBuf>, offline: bool) -> anyhow::Result<ExitCode> {
+/// `journal --anchor`, `--key`, `--head`.
+struct JournalCheck {
+    anchor: Option<String>,
+    key: Option<PathBuf>,
+    head: bool,
+}
+
+fn journal_cmd(
+    cli: &Cli,
+    out: &output::Output,
+    follow: bool,
+    verify: bool,
+    file: Option<PathBuf>,
+    offline: bool,
+    check: &JournalCheck,
+) -> anyhow::Result<ExitCode> {
     let local = file.or_else(|| (offline || (verify && cli.state_dir.is_some())).then(|| state_dir(cli).join(JOURNAL_FILE)));
+    if check.head {
+        let head = match &local {
+            Some(path) => json!(journal::head_of_file(path)?),
+            None => call(cli, &Command::Status { name: None })?["journal"]["head"].clone(),
+        };
+        out.head(&head);
+        return Ok(ExitCode::SUCCESS);
+    }
     if verify {
+        // Bad syntax is refused here, before anything is read.
+        let anchor = check.anchor.as_deref().map(journal::Anchor::parse).transpose().map_err(anyhow::Error::msg)?;
         let report = match &local {
-            Some(path) => json!(journal::verify_file(path)?),
-            None => call(cli, &Command::JournalVerify {})?,
+            Some(path) => {
+                let key = check.key.as_deref().map(journal::Key::read).transpose()?;
+                json!(journal::verify_file_with(path, &journal::VerifyOptions { anchor, key, written: None })?)
+            }
+            None if check.key.is_some() => {
+                anyhow::bail!("--key checks a journal file: give --file PATH or --state-dir DIR (online, the agent checks HMACs with its own --journal-key)")
+            }
+            None => call(cli, &Command::JournalVerify { anchor: check.anchor.clone() })?,
         };
         out.verify(&report);
         return Ok(if report["ok"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE });

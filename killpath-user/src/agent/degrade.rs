@@ -201,10 +201,7 @@ impl State {
         if let Err(err) = self.journal.append(e) {
             warn!("journaling an alert failed: {err}");
         }
-        let _ = self.events.send(alert.clone());
-        if let Some(hook) = self.config.alert_hook.clone() {
-            std::thread::spawn(move || run_hook(&hook, &alert));
-        }
+        self.send_alert(alert);
     }
 
     /// A sampled denial as an event: who (pid, comm), what (capability,

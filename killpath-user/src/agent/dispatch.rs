@@ -29,7 +29,10 @@ impl State {
             Command::Probe {} => Ok(json!(super::probe::run(Some(&self.config.cgroup_parent)))),
             Command::Status { name } => self.status(name.as_deref()),
             Command::Journal { after } => Ok(json!({"records": journal::read_records(self.journal.path(), after)?})),
-            Command::JournalVerify {} => Ok(json!(self.verify_journal()?)),
+            Command::JournalVerify { anchor } => {
+                let anchor = anchor.as_deref().map(journal::Anchor::parse).transpose().map_err(Error::InvalidRequest)?;
+                Ok(json!(self.verify_journal(anchor)?))
+            }
             Command::Create { name, move_caller } => {
                 validate_name(&name)?;
                 let params = json!({"move_caller": move_caller, "caller_pid": caller.pid});
@@ -123,25 +126,13 @@ impl State {
         }
     }
 
-    /// Verifies the file, and also that it still ends where this agent
-    /// last wrote: removing the last records keeps the chain valid, but the
-    /// agent remembers how far it got.
-    pub(super) fn verify_journal(&self) -> Result<journal::VerifyReport> {
-        let mut report = journal::verify_file(self.journal.path())?;
-        let written = self.journal.last_seq();
-        if report.records < written {
-            report.ok = false;
-            report.problems.push(journal::Problem {
-                line: report.records + 1,
-                seq: Some(report.records + 1),
-                kind: "truncated".into(),
-                message: format!(
-                    "the journal ends at seq {} but this agent wrote up to seq {written}: the last {} record(s) were removed",
-                    report.records,
-                    written - report.records
-                ),
-            });
-        }
-        Ok(report)
+    /// Verifies the file, and also that it still holds the record this
+    /// agent last wrote, with the hash it wrote (removing the last records,
+    /// or rewriting and re-chaining the file, keeps the chain valid, but the
+    /// agent remembers its head), the HMACs under the agent's key, and the
+    /// caller's anchor.
+    pub(super) fn verify_journal(&self, anchor: Option<journal::Anchor>) -> Result<journal::VerifyReport> {
+        let opts = journal::VerifyOptions { anchor, key: self.journal.key().cloned(), written: Some(self.journal.head()) };
+        Ok(journal::verify_file_with(self.journal.path(), &opts)?)
     }
 }

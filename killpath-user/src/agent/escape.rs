@@ -114,9 +114,6 @@ impl State {
 
     /// Sends an alert to `events` subscribers and the operator's hook.
     fn publish_alert(&self, alert: Value) {
-        let _ = self.events.send(alert.clone());
-        if let Some(hook) = self.config.alert_hook.clone() {
-            std::thread::spawn(move || super::degrade::run_hook(&hook, &alert));
-        }
+        self.send_alert(alert);
     }
 }

@@ -1,6 +1,7 @@
 //! The agent: owns the journal, the target registry and the kernel maps,
 //! and serves the socket. Everything that changes state goes through
 //! [`State::execute`], which journals intent before and result after.
+mod anchor;
 mod caller;
 mod confinement;
 pub mod defaults;
@@ -57,6 +58,9 @@ pub struct AgentConfig {
     /// Each level's defaults for `escalate` (from `--config FILE`).
     #[serde(default)]
     pub escalation: crate::agent::defaults::Escalation,
+    /// HMAC key for journal records (`--journal-key`): root-only, outside the state dir.
+    #[serde(default)]
+    pub journal_key: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -96,6 +100,8 @@ pub struct State {
     pub throttle_history: throttle::History,
     /// Running drills, by id: what to put back if they end badly.
     pub drills: std::collections::HashMap<u64, drill::Snapshot>,
+    /// The journal's head as last published (events subscribers read it).
+    pub journal_head: anchor::SharedHead,
 }
 
 impl State {
@@ -104,13 +110,21 @@ impl State {
         std::fs::create_dir_all(&config.state_dir).map_err(Error::io(format!("creating {}", config.state_dir.display())))?;
         let cgroup_mount = cgroup::cgroup2_mount()?;
         Cgroup::new(&config.cgroup_parent).create()?;
-        let (journal, recovery) = Journal::open(&config.state_dir.join(JOURNAL_FILE))?;
+        // The key is checked before anything is written: a key that others
+        // can read, or that sits in the state dir, protects nothing.
+        let key = match &config.journal_key {
+            Some(path) => Some(crate::journal::Key::load_for_agent(path, &config.state_dir).map_err(|e| Error::InvalidRequest(e.to_string()))?),
+            None => None,
+        };
+        let (mut journal, recovery) = Journal::open_with(&config.state_dir.join(JOURNAL_FILE), key)?;
         let mut enforcer = Enforcer::open(&config.pin_dir)?;
         if let Err(e) = enforcer.protect_self(&config.state_dir) {
             tracing::warn!("self-protection does not cover the agent and its files: {e}");
         }
         let registry = Registry::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let journal_head = std::sync::Arc::new(std::sync::Mutex::new(journal.head()));
+        journal.set_observer(anchor::observer(events.clone(), journal_head.clone(), config.alert_hook.clone()));
         let pacer = throttle::Pacer::start(enforcer.throttle_events.take());
         let mut state = Self {
             config,
@@ -123,6 +137,7 @@ impl State {
             pacer,
             throttle_history: Default::default(),
             drills: Default::default(),
+            journal_head,
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {

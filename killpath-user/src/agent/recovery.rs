@@ -19,6 +19,16 @@ fn recovery_actor() -> Actor {
 
 impl State {
     pub(super) fn recover(&mut self, rec: Recovery) -> Result<()> {
+        if let Some(first) = rec.hmac_problems.first() {
+            let message = format!("journal HMAC check at start failed on {} record(s): {}", rec.hmac_problems.len(), first.message);
+            warn!("{message}");
+            let mut e = Entry::new(recovery_actor(), Phase::Event, "journal-hmac-failed");
+            e.params = json!({"problems": rec.hmac_problems.iter().take(10).collect::<Vec<_>>()});
+            e.outcome = Some(message.clone());
+            e.high_priority = true;
+            self.journal.append(e)?;
+            self.send_alert(json!({"type": "alert", "priority": "high", "action": "journal-hmac-failed", "message": message, "time_unix_us": super::now_us()}));
+        }
         for intent in &rec.dangling_intents {
             let mut e = Entry::new(recovery_actor(), Phase::Result, &intent.entry.action);
             e.target = intent.entry.target.clone();

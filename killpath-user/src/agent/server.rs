@@ -24,7 +24,12 @@ use crate::{
 
 /// Streams alerts and sampled denials to one subscriber until it goes away.
 async fn subscribe(mut framed: Framed<UnixStream, RequestCodec>, id: Value, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let mut rx = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).events.subscribe();
+    let (mut rx, head) = {
+        let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (s.events.subscribe(), s.journal_head.clone())
+    };
+    // Every event carries the journal head (see `anchor`).
+    let head = move || head.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let send = |v: Value| serde_json::to_string(&Response::ok(id.clone(), v)).unwrap_or_default();
     let err = |e: AnyDelimiterCodecError| std::io::Error::other(e.to_string());
     framed.send(send(serde_json::json!({"subscribed": true}))).await.map_err(err)?;
@@ -32,7 +37,7 @@ async fn subscribe(mut framed: Framed<UnixStream, RequestCodec>, id: Value, stat
         tokio::select! {
             ev = rx.recv() => {
                 let line = match ev {
-                    Ok(ev) => send(serde_json::json!({"event": ev})),
+                    Ok(ev) => send(serde_json::json!({"event": super::anchor::with_head(ev, &head())})),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => send(serde_json::json!({"event": {"type": "lagged", "missed": n}})),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
                 };

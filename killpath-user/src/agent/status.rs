@@ -92,6 +92,7 @@ impl State {
                 "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
             },
             "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
+            "journal": self.journal_status(),
         }))
     }
 }

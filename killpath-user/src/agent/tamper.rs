@@ -82,9 +82,6 @@ impl State {
         if let Err(err) = self.journal.append(e) {
             warn!("journaling a tamper alert failed: {err}");
         }
-        let _ = self.events.send(alert.clone());
-        if let Some(hook) = self.config.alert_hook.clone() {
-            std::thread::spawn(move || super::degrade::run_hook(&hook, &alert));
-        }
+        self.send_alert(alert);
     }
 }

@@ -49,6 +49,10 @@ pub enum Cmd {
         /// Shell command run for every alert (e.g. each degrade step), with the alert as JSON on stdin.
         #[arg(long)]
         alert_hook: Option<String>,
+        /// HMAC key for journal records (at least 16 bytes): each record then carries an
+        /// HMAC-SHA256 of its hash. Must be owned by root, mode 0600 or stricter, outside the state dir.
+        #[arg(long, value_name = "FILE")]
+        journal_key: Option<PathBuf>,
     },
     /// Report what this kernel can enforce (loads a tiny program of each type).
     Probe,
@@ -227,6 +231,18 @@ pub enum Cmd {
         /// Read the journal in --state-dir directly, without the agent.
         #[arg(long)]
         offline: bool,
+        /// With --verify: the record SEQ must still have HASH (a head kept elsewhere:
+        /// from the events stream, the alert hook or `journal --head`). Catches a
+        /// journal rewritten and re-chained after the anchor was taken.
+        #[arg(long, value_name = "SEQ:HASH", requires = "verify")]
+        anchor: Option<String>,
+        /// With --verify: check every record's HMAC with this key (the agent's
+        /// --journal-key); needs --file or --state-dir.
+        #[arg(long, value_name = "FILE", requires = "verify")]
+        key: Option<PathBuf>,
+        /// Print the head of the chain (last seq and hash) as an anchor, SEQ:HASH.
+        #[arg(long, conflicts_with_all = ["verify", "follow"])]
+        head: bool,
     },
     /// The built-in canary workload: workers that write checksummed records and checkpoint them to DIR, call a local service, exec a helper, and a ticker making syscalls at a known rate; it resumes from its checkpoints.
     Canary {

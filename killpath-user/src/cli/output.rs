@@ -392,6 +392,24 @@ impl Output {
                 println!("  {}", s(&p["message"]));
             }
         }
+        if let Some(a) = r["anchor"].as_object() {
+            let state = if a.get("ok") == Some(&Value::Bool(true)) { "matches" } else { "DOES NOT match" };
+            println!("  anchor seq {}: {state}", a.get("seq").map(s).unwrap_or_default());
+        }
+        if r["hmac"].is_string() {
+            println!("  hmac: {}", s(&r["hmac"]));
+        }
+        if r["head"]["seq"].is_u64() {
+            println!("  head: {}:{}", s(&r["head"]["seq"]), s(&r["head"]["hash"]));
+        }
+    }
+
+    /// `journal --head`: the anchor to keep elsewhere.
+    pub fn head(&self, h: &Value) {
+        if self.raw(h) {
+            return;
+        }
+        println!("{}:{}", s(&h["seq"]), s(&h["hash"]));
     }
 
     pub fn records(&self, records: &Value) {

@@ -167,8 +167,12 @@ pub enum Command {
         #[serde(default)]
         after: u64,
     },
-    /// Verify the journal's hash chain.
-    JournalVerify {},
+    /// Verify the journal's hash chain (and, with `anchor` = `SEQ:HASH`,
+    /// that the record SEQ still has HASH).
+    JournalVerify {
+        #[serde(default)]
+        anchor: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -216,7 +220,7 @@ impl Command {
             Self::Restore { .. } => "restore",
             Self::Verify { .. } => "verify",
             Self::Journal { .. } => "journal",
-            Self::JournalVerify {} => "journal-verify",
+            Self::JournalVerify { .. } => "journal-verify",
         }
     }
 }

@@ -17,6 +17,147 @@ pub struct VerifyReport {
     pub records: u64,
     pub ok: bool,
     pub problems: Vec<Problem>,
+    /// The last record read (seq 0 for an empty file).
+    pub head: Head,
+    /// What was found of HMACs: `"no HMAC"`, `"HMAC on N of M records, not
+    /// checked (no --key)"` or `"HMAC checked: ..."`.
+    pub hmac: String,
+    /// The anchor checked, if one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<AnchorCheck>,
+}
+
+/// What [`verify_file_with`] checks besides the chain.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// A head held elsewhere: the record with its seq must have its hash.
+    pub anchor: Option<Anchor>,
+    /// Check every record's HMAC under this key.
+    pub key: Option<Key>,
+    /// The head the running agent remembers writing (online verify): the
+    /// file must still hold that record, with that hash.
+    pub written: Option<Head>,
+}
+
+/// HMACs seen so far, and what is wrong with them under a key.
+pub(super) struct HmacCheck<'k> {
+    key: Option<&'k Key>,
+    records: u64,
+    signed: u64,
+    first_signed: Option<u64>,
+    problems: Vec<Problem>,
+}
+
+impl<'k> HmacCheck<'k> {
+    pub(super) fn new(key: Option<&'k Key>) -> Self {
+        HmacCheck { key, records: 0, signed: 0, first_signed: None, problems: Vec::new() }
+    }
+
+    pub(super) fn see(&mut self, line: u64, r: &Record) {
+        self.records += 1;
+        match (&r.hmac, self.key) {
+            (Some(mac), key) => {
+                self.signed += 1;
+                self.first_signed.get_or_insert(r.seq);
+                if key.is_some_and(|k| !k.verifies(&r.hash, mac)) {
+                    let what = "HMAC does not match the key: the record was written or re-chained without the key";
+                    self.problems.push(Problem::new(line, Some(r.seq), "hmac-mismatch", what));
+                }
+            }
+            (None, Some(_)) if self.first_signed.is_some() => {
+                let what = "no HMAC although earlier records carry one: the HMAC was stripped, or the record written without the key";
+                self.problems.push(Problem::new(line, Some(r.seq), "hmac-missing", what));
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// The summary line and the problems. `strict`: with a key, a journal
+    /// with no HMAC at all is a problem (verification); not when an agent
+    /// starts using a key on an older journal.
+    pub(super) fn finish(mut self, strict: bool) -> (String, Vec<Problem>) {
+        let summary = match (self.key, self.signed) {
+            (None, 0) => "no HMAC".to_owned(),
+            (None, n) => format!("HMAC on {n} of {} records, not checked (no --key)", self.records),
+            (Some(_), 0) => "no HMAC: no record carries one".to_owned(),
+            (Some(_), n) => {
+                let before = self.first_signed.map_or(0, |s| s.saturating_sub(1));
+                let bad = self.problems.len();
+                let covered = if before > 0 {
+                    format!("; the {before} record(s) before seq {} carry none and are covered through the chain", before + 1)
+                } else {
+                    String::new()
+                };
+                format!("HMAC checked on {n} of {} records, {bad} failed{covered}", self.records)
+            }
+        };
+        if strict && self.key.is_some() && self.signed == 0 && self.records > 0 {
+            let what = "no record carries an HMAC, but a key was given: the journal was not written with a key, or its HMACs were stripped";
+            self.problems.push(Problem::new(1, None, "hmac-absent", what));
+        }
+        (summary, self.problems)
+    }
+}
+
+/// Everything [`verify_file_with`] checks per record besides the chain.
+pub(super) struct Verifier<'o> {
+    opts: &'o VerifyOptions,
+    hmacs: HmacCheck<'o>,
+    head: Head,
+    /// (line, hash) of the records at the anchor's and the written head's seq.
+    at_anchor: Option<(u64, String)>,
+    at_written: Option<(u64, String)>,
+}
+
+impl<'o> Verifier<'o> {
+    pub(super) fn new(opts: &'o VerifyOptions) -> Self {
+        let head = Head { seq: 0, hash: ZERO_HASH.to_owned() };
+        Verifier { opts, hmacs: HmacCheck::new(opts.key.as_ref()), head, at_anchor: None, at_written: None }
+    }
+
+    pub(super) fn see(&mut self, line: u64, r: &Record) {
+        self.hmacs.see(line, r);
+        if self.opts.anchor.as_ref().is_some_and(|a| a.seq == r.seq) {
+            self.at_anchor = Some((line, r.hash.clone()));
+        }
+        if self.opts.written.as_ref().is_some_and(|w| w.seq == r.seq) {
+            self.at_written = Some((line, r.hash.clone()));
+        }
+        self.head = Head { seq: r.seq, hash: r.hash.clone() };
+    }
+
+    pub(super) fn finish(self, path: &Path, scan: Scan) -> VerifyReport {
+        let mut problems = scan.problems;
+        let (hmac, hmac_problems) = self.hmacs.finish(true);
+        problems.extend(hmac_problems);
+        let anchor = self.opts.anchor.as_ref().map(|a| {
+            let (check, problem) = a.check(self.at_anchor.as_ref().map(|(_, h)| h.as_str()), self.head.seq, self.at_anchor.as_ref().map(|(l, _)| *l));
+            problems.extend(problem);
+            check
+        });
+        if let Some(w) = &self.opts.written {
+            match &self.at_written {
+                Some((_, h)) if *h == w.hash => {}
+                Some((line, h)) => problems.push(Problem::new(
+                    *line,
+                    Some(w.seq),
+                    "rewritten",
+                    &format!("this agent wrote seq {} with hash {}, the file has {h}: the journal was rewritten under the agent", w.seq, w.hash),
+                )),
+                None if w.seq == 0 => {}
+                None => problems.push(Problem::new(
+                    scan.records + 1,
+                    Some(w.seq),
+                    "truncated",
+                    &format!(
+                        "the journal ends at seq {} but this agent wrote up to seq {} (hash {}): the last record(s) were removed",
+                        self.head.seq, w.seq, w.hash
+                    ),
+                )),
+            }
+        }
+        VerifyReport { path: path.to_owned(), records: scan.records, ok: problems.is_empty(), problems, head: self.head, hmac, anchor }
+    }
 }
 
 /// One verification finding.
@@ -25,7 +166,9 @@ pub struct Problem {
     /// 1-based line number.
     pub line: u64,
     pub seq: Option<u64>,
-    /// `"hash-mismatch"`, `"seq-gap"`, `"chain-break"`, `"malformed"` or `"torn-tail"`.
+    /// `"hash-mismatch"`, `"seq-gap"`, `"chain-break"`, `"malformed"`, `"torn-tail"`;
+    /// `"anchor-mismatch"`, `"anchor-missing"`; `"hmac-mismatch"`, `"hmac-missing"`,
+    /// `"hmac-absent"`; online, `"rewritten"` and `"truncated"`.
     pub kind: String,
     /// Human-readable, starting with `line N (seq S):`.
     pub message: String,
@@ -41,16 +184,37 @@ impl Problem {
     }
 }
 
-/// Splits a line (without `\n`) into the hashed body and the claimed hash.
-pub(super) fn split_line(raw: &[u8]) -> Option<(Vec<u8>, String)> {
+/// Splits a line (without `\n`) into the hashed body, the claimed hash and
+/// the HMAC, if the line carries one (`,"hmac":"<64 hex>"` after the hash).
+pub(super) fn split_line(raw: &[u8]) -> Option<(Vec<u8>, String, Option<String>)> {
+    let (raw, hmac) = match strip_hmac(raw) {
+        Some((rest, hmac)) => (rest, Some(hmac)),
+        None => (raw.to_vec(), None),
+    };
     let (head, tail) = raw.split_at(raw.len().checked_sub(SUFFIX_LEN)?);
     let hex = tail.strip_prefix(HASH_KEY.as_bytes())?.strip_suffix(b"\"}")?;
-    if !head.starts_with(b"{") || !hex.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+    if !head.starts_with(b"{") || !is_hex64(hex) {
         return None;
     }
     let mut body = head.to_vec();
     body.push(b'}');
-    Some((body, String::from_utf8_lossy(hex).into_owned()))
+    Some((body, String::from_utf8_lossy(hex).into_owned(), hmac))
+}
+
+fn is_hex64(b: &[u8]) -> bool {
+    b.len() == 64 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `{..,"hash":"H","hmac":"M"}` -> (`{..,"hash":"H"}`, M).
+fn strip_hmac(raw: &[u8]) -> Option<(Vec<u8>, String)> {
+    let (head, tail) = raw.split_at(raw.len().checked_sub(HMAC_SUFFIX_LEN)?);
+    let hex = tail.strip_prefix(HMAC_KEY.as_bytes())?.strip_suffix(b"\"}")?;
+    if !is_hex64(hex) {
+        return None;
+    }
+    let mut rest = head.to_vec();
+    rest.push(b'}');
+    Some((rest, String::from_utf8_lossy(hex).into_owned()))
 }
 
 /// What the next line must link to.
@@ -63,7 +227,7 @@ pub(super) enum Link {
 
 /// Checks one complete line against the chain so far; returns the record if it parsed.
 pub(super) fn check_line(link: &mut Link, line: u64, raw: &[u8], problems: &mut Vec<Problem>) -> Option<Record> {
-    let Some((body, hash)) = split_line(raw) else {
+    let Some((body, hash, hmac)) = split_line(raw) else {
         *link = Link::Unknown;
         problems.push(Problem::new(line, None, "malformed", "not a journal record (no trailing hash field)"));
         return None;
@@ -98,7 +262,9 @@ pub(super) fn check_line(link: &mut Link, line: u64, raw: &[u8], problems: &mut 
         }
     }
     *link = Link::After(body.seq, hash.clone());
-    Some(body.seal(hash))
+    let mut record = body.seal(hash);
+    record.hmac = hmac;
+    Some(record)
 }
 
 /// Outcome of reading a whole journal file.

@@ -8,17 +8,30 @@
 //! `write(2)` and `fdatasync`s before returning, so callers write the intent before acting
 //! and acknowledge only after the result record is durable.
 //!
+//! With a key (`agent --journal-key`), `,"hmac":"<hex>"` follows the hash:
+//! HMAC-SHA256 of the hash's 64 hex characters. The head (last seq and hash)
+//! goes out with every record (see [`Observer`]) so it can be kept where the
+//! host cannot write, and checked later as an [`Anchor`]. Before each append
+//! the journal checks that the file still ends with the line it last wrote.
+//!
 //! - [`record`]: what a line holds; [`chain`]: verification;
-//!   [`import`]: the fallback journal; here: the open, locked, appending file.
+//!   [`anchor`]: heads and anchors; [`key`]: the HMAC key;
+//!   [`import`]: the fallback journal; [`rewrite`]: a file changed under the
+//!   agent; here: the open, locked, appending file.
+mod anchor;
 mod chain;
 mod import;
+mod key;
 mod record;
+mod rewrite;
 #[cfg(test)]
 mod tests;
 
+pub use anchor::{Anchor, AnchorCheck, Head};
 use chain::*;
-pub use chain::{Problem, VerifyReport};
+pub use chain::{Problem, VerifyOptions, VerifyReport};
 pub use import::import_fallback;
+pub use key::{Key, KeyError};
 use record::*;
 pub use record::{Actor, Entry, Phase, Record};
 
@@ -40,6 +53,14 @@ const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000
 const HASH_KEY: &str = ",\"hash\":\"";
 /// Length of `,"hash":"<64 hex>"}`.
 const SUFFIX_LEN: usize = HASH_KEY.len() + 64 + 2;
+/// What precedes the HMAC, after the hash's closing quote.
+const HMAC_KEY: &str = ",\"hmac\":\"";
+/// Length of `,"hmac":"<64 hex>"}`.
+const HMAC_SUFFIX_LEN: usize = HMAC_KEY.len() + 64 + 2;
+
+/// Called after every durable append with the record and the new head
+/// (the agent publishes both on its events stream).
+pub type Observer = Box<dyn FnMut(&Record, &Head) + Send>;
 
 /// Errors of the journal; each names the file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +88,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// Intents with no result pointing at them: the agent died mid-action.
     pub dangling_intents: Vec<Record>,
+    /// With a key: records whose HMAC does not verify, or that lost theirs.
+    pub hmac_problems: Vec<Problem>,
 }
 
 /// Opens `path` read+append and takes an exclusive flock, making sure the locked file is
@@ -103,7 +126,6 @@ fn sync_parent(path: &Path) -> Result<(), JournalError> {
 }
 
 /// An open journal holding an exclusive flock on its file.
-#[derive(Debug)]
 pub struct Journal {
     file: Flock<File>,
     path: PathBuf,
@@ -111,8 +133,19 @@ pub struct Journal {
     last_hash: String,
     /// File length after the last durable append.
     len: u64,
+    /// The last complete line (with its newline), as this journal wrote or
+    /// read it: the file must still end with it at the next append.
+    last_line: Vec<u8>,
     /// Set when a write or sync failed: the file state is unknown until reopened.
     poisoned: bool,
+    key: Option<Key>,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).field("head", &self.head()).field("hmac", &self.key.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Journal {
@@ -121,14 +154,23 @@ impl Journal {
     /// A torn final line (crash mid-write, never acknowledged) is truncated and reported;
     /// any other problem is [`JournalError::Corrupt`] — a tampered journal is never repaired.
     pub fn open(path: &Path) -> Result<(Journal, Recovery), JournalError> {
+        Self::open_with(path, None)
+    }
+
+    /// [`Journal::open`] with an HMAC key: every record appended carries an
+    /// HMAC; records already there are checked ([`Recovery::hmac_problems`]).
+    pub fn open_with(path: &Path, key: Option<Key>) -> Result<(Journal, Recovery), JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir, "create directory"))?;
         }
         let file = lock_path(path, true)?.ok_or_else(|| io_err(path, "open")(io::ErrorKind::NotFound.into()))?;
-        let (mut intents, mut last) = (BTreeMap::new(), None);
-        let scan = scan(&file, path, |_, _, record| {
+        let (mut intents, mut last, mut last_line) = (BTreeMap::new(), None, Vec::new());
+        let mut hmacs = HmacCheck::new(key.as_ref());
+        let scan = scan(&file, path, |line, raw, record| {
             let Some(r) = record else { return };
             last = Some((r.seq, r.hash.clone()));
+            last_line = [raw, b"\n"].concat();
+            hmacs.see(line, &r);
             match r.entry.phase {
                 Phase::Intent => {
                     intents.insert(r.seq, r);
@@ -155,16 +197,61 @@ impl Journal {
             warn!(path = %path.display(), seq = r.seq, action = %r.entry.action, "intent without result: interrupted action");
         }
         let (last_seq, last_hash) = last.unwrap_or_else(|| (0, ZERO_HASH.to_owned()));
-        let journal = Journal { file, path: path.to_owned(), next_seq: last_seq + 1, last_hash, len: scan.good_len, poisoned: false };
-        Ok((journal, Recovery { truncated_bytes: scan.torn_bytes, dangling_intents }))
+        let (_, hmac_problems) = hmacs.finish(false);
+        for p in &hmac_problems {
+            warn!(path = %path.display(), "journal HMAC: {}", p.message);
+        }
+        let journal =
+            Journal { file, path: path.to_owned(), next_seq: last_seq + 1, last_hash, len: scan.good_len, last_line, poisoned: false, key, observer: None };
+        Ok((journal, Recovery { truncated_bytes: scan.torn_bytes, dangling_intents, hmac_problems }))
+    }
+
+    /// Sets the function called after every durable append.
+    pub fn set_observer(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
+    /// The last record written: what an anchor holds.
+    pub fn head(&self) -> Head {
+        Head { seq: self.next_seq - 1, hash: self.last_hash.clone() }
+    }
+
+    /// Whether records carry an HMAC.
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The key records are signed with, for verification.
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
     }
 
     /// Appends one record with a single `write(2)` and `fdatasync`s: durable on return.
     /// After any write or sync failure the journal refuses further appends until reopened.
+    /// If the file no longer ends with the line this journal last wrote (rewritten,
+    /// truncated, replaced), a `journal-rewritten` record saying so goes first.
     pub fn append(&mut self, entry: Entry) -> Result<Record, JournalError> {
         if self.poisoned {
             return Err(JournalError::Poisoned { path: self.path.clone() });
         }
+        if let Some(found) = self.check_tail()? {
+            let note = self.resync(found)?;
+            let rec = self.write_record(note)?;
+            self.notify(&rec);
+        }
+        let rec = self.write_record(entry)?;
+        self.notify(&rec);
+        Ok(rec)
+    }
+
+    fn notify(&mut self, rec: &Record) {
+        let head = self.head();
+        if let Some(observe) = self.observer.as_mut() {
+            observe(rec, &head);
+        }
+    }
+
+    fn write_record(&mut self, entry: Entry) -> Result<Record, JournalError> {
         let time_unix_us = now_us();
         let body = Body { seq: self.next_seq, time_unix_us, time: rfc3339(time_unix_us), prev_hash: self.last_hash.clone(), entry };
         let encoded = serde_json::to_vec(&body).map_err(io::Error::from);
@@ -173,7 +260,14 @@ impl Journal {
         line.pop(); // the body's closing '}'
         line.extend_from_slice(HASH_KEY.as_bytes());
         line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(b"\"}\n");
+        line.push(b'"');
+        let hmac = self.key.as_ref().map(|k| k.sign(&hash));
+        if let Some(mac) = &hmac {
+            line.extend_from_slice(HMAC_KEY.as_bytes());
+            line.extend_from_slice(mac.as_bytes());
+            line.push(b'"');
+        }
+        line.extend_from_slice(b"}\n");
         if let Err(e) = self.write_durably(&line) {
             self.poisoned = true;
             // Best effort: drop any partial line so a later reopen sees a clean tail.
@@ -185,7 +279,10 @@ impl Journal {
         self.next_seq += 1;
         self.last_hash.clone_from(&hash);
         self.len += line.len() as u64;
-        Ok(body.seal(hash))
+        self.last_line = line;
+        let mut record = body.seal(hash);
+        record.hmac = hmac;
+        Ok(record)
     }
 
     fn write_durably(&self, line: &[u8]) -> Result<(), JournalError> {
@@ -223,9 +320,34 @@ pub fn append_to_file(path: &Path, entry: Entry) -> Result<Record, JournalError>
 /// for I/O. A line being appended at that very moment can show up as a torn tail, so audit
 /// a copy or a quiescent file.
 pub fn verify_file(path: &Path) -> Result<VerifyReport, JournalError> {
+    verify_file_with(path, &VerifyOptions::default())
+}
+
+/// [`verify_file`], also checking an anchor, HMACs under a key, and the head
+/// an agent remembers writing (see [`VerifyOptions`]).
+pub fn verify_file_with(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, JournalError> {
     let file = File::open(path).map_err(io_err(path, "open"))?;
-    let scan = scan(&file, path, |_, _, _| {})?;
-    Ok(VerifyReport { path: path.to_owned(), records: scan.records, ok: scan.problems.is_empty(), problems: scan.problems })
+    let mut check = Verifier::new(opts);
+    let scan = scan(&file, path, |line, _, record| {
+        if let Some(r) = record {
+            check.see(line, &r);
+        }
+    })?;
+    Ok(check.finish(path, scan))
+}
+
+/// The head of the journal file at `path` (seq 0 if it is empty), with the
+/// whole chain verified.
+pub fn head_of_file(path: &Path) -> Result<Head, JournalError> {
+    let file = File::open(path).map_err(io_err(path, "open"))?;
+    let mut head = Head { seq: 0, hash: ZERO_HASH.to_owned() };
+    let scan = scan(&file, path, |_, _, r| {
+        if let Some(r) = r {
+            head = Head { seq: r.seq, hash: r.hash };
+        }
+    })?;
+    scan.fatal(path)?;
+    Ok(head)
 }
 
 /// Reads the records with `seq > after_seq`, verifying the whole chain: any problem is an

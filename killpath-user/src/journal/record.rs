@@ -89,8 +89,13 @@ pub struct Record {
     pub prev_hash: String,
     #[serde(flatten)]
     pub entry: Entry,
-    /// Hex SHA-256 of this record's body; always the last field of the line.
+    /// Hex SHA-256 of this record's body; the last field of the line, or
+    /// just before `hmac`.
     pub hash: String,
+    /// Hex HMAC-SHA256 of `hash` (its 64 hex characters) under the agent's
+    /// `--journal-key`; absent when the agent runs without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<String>,
 }
 
 /// A record without its hash: the exact bytes that are hashed.
@@ -107,7 +112,7 @@ pub(super) struct Body {
 impl Body {
     pub(super) fn seal(self, hash: String) -> Record {
         let Body { seq, time_unix_us, time, prev_hash, entry } = self;
-        Record { seq, time_unix_us, time, prev_hash, entry, hash }
+        Record { seq, time_unix_us, time, prev_hash, entry, hash, hmac: None }
     }
 }
 
