@@ -70,6 +70,8 @@ pub enum Error {
     CallerUnknown { pid: i32 },
     #[error("target {name:?}: its cgroup path does not lead to its cgroup (id {cgroup_id}): {why}; refused")]
     CgroupMismatch { name: String, cgroup_id: u64, why: String },
+    #[error("drill {drill}: target {target:?} was changed by someone else during the drill ({what}); the drill leaves it alone")]
+    DrillConflict { drill: u64, target: String, what: String },
 }
 
 impl Error {
@@ -89,6 +91,7 @@ impl Error {
             Self::WrongLevel { .. } => "wrong-level",
             Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::CallerUnknown { .. } => "forbidden",
             Self::CgroupMismatch { .. } => "cgroup-mismatch",
+            Self::DrillConflict { .. } => "drill-conflict",
         }
     }
 

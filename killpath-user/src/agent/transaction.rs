@@ -61,6 +61,8 @@ impl State {
         if action != "stop" {
             self.check_links();
         }
+        // A drill acts only on a target still as it left it.
+        self.drill_guard(caller, target)?;
         let from_level = target.and_then(|t| self.registry.targets.get(t)).map(|t| t.level);
         let mut intent = Entry::new(caller.actor(), Phase::Intent, action);
         intent.target = target.map(str::to_owned);
@@ -93,6 +95,9 @@ impl State {
         }
         // The response waits for this fsync: nothing acknowledged is lost.
         let rec = self.journal.append(res)?;
+        // Even a failed command may have changed part of the target: what
+        // the drill left is what it is now.
+        self.drill_mark(caller, target);
         outcome.map(|mut d| {
             if let Value::Object(m) = &mut d.result {
                 m.insert("journal_seq".into(), json!(rec.seq));

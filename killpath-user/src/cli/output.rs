@@ -303,6 +303,9 @@ impl Output {
             println!("  INTERRUPTED: the target was put back");
         }
         match r.restored.as_array() {
+            _ if !r.conflict.is_null() => {
+                println!("  CONFLICT: someone else changed the target during the drill ({}); left as they set it, nothing restored", s(&r.conflict["summary"]))
+            }
             Some(a) if !a.is_empty() => println!("  target put back: {}", a.iter().map(s).collect::<Vec<_>>().join(", ")),
             _ => println!("  target left as the drill found it"),
         }

@@ -227,26 +227,32 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: O
     let mut left_out = Vec::new();
     let mut canary_check = None;
 
+    // Set when the agent refuses a drill command because someone else
+    // changed the target during the drill: the drill stops there.
+    let mut halted: Option<String> = None;
     if sc.throttle.enabled && !interrupted() {
         steps.push(throttle_step(s, sc, target, &cgroup, settle)?);
-        restore_between(s, sc, target, start_level)?;
+        restore_between(s, sc, target, start_level, &mut halted)?;
     } else if !sc.throttle.enabled {
         left_out.push(LeftOut { what: "throttle".into(), why: "disabled in the scenario".into() });
     }
-    if sc.degrade.enabled && !interrupted() {
+    if sc.degrade.enabled && !interrupted() && halted.is_none() {
         steps.push(degrade_step(s, sc, target, &cgroup, settle, &mut left_out)?);
-        restore_between(s, sc, target, start_level)?;
+        restore_between(s, sc, target, start_level, &mut halted)?;
     } else if !sc.degrade.enabled {
         left_out.push(LeftOut { what: "degrade".into(), why: "disabled in the scenario".into() });
     }
-    if sc.isolate.enabled && !interrupted() {
+    if sc.isolate.enabled && !interrupted() && halted.is_none() {
         steps.push(isolate_step(s, sc, target, &mut left_out)?);
-        restore_between(s, sc, target, start_level)?;
+        restore_between(s, sc, target, start_level, &mut halted)?;
     } else if !sc.isolate.enabled {
         left_out.push(LeftOut { what: "isolate".into(), why: "disabled in the scenario".into() });
     }
     let stop_enabled = sc.stop.enabled.unwrap_or(canary.is_some());
-    if stop_enabled && !interrupted() {
+    if let Some(why) = &halted {
+        left_out.push(LeftOut { what: "remaining steps".into(), why: why.clone() });
+    }
+    if stop_enabled && !interrupted() && halted.is_none() {
         let (step, check) = stop_step(s, sc, target, canary)?;
         steps.push(step);
         canary_check = check;
@@ -275,25 +281,36 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: O
         canary_check,
         interrupted: was_interrupted,
         restored: Value::Null,
+        conflict: Value::Null,
     };
     report.duration_ms = started.elapsed().as_millis() as u64;
     let end = s.call(&Command::DrillEnd { report: json!(report), restore: true }, REQUEST_TIMEOUT).map_err(client_err)?;
     report.restored = end["restored"].clone();
+    report.conflict = end["conflict"].clone();
+    if !report.conflict.is_null() {
+        report.passed = false;
+        let summary = report.conflict["summary"].as_str().unwrap_or("changed by someone else").to_owned();
+        report.failed_checks.push(format!("target changed by someone else during the drill; left as they set it, nothing restored: {summary}"));
+    }
     Ok(report)
 }
 
-fn restore_between(s: &mut Session, sc: &Scenario, target: &str, start_level: u32) -> Result<()> {
-    if !sc.options.restore_between {
+/// Puts the target back to the drill's start level between steps. A
+/// refusal because someone else changed the target (`drill-conflict`)
+/// halts the drill instead of failing it: the target is theirs now.
+fn restore_between(s: &mut Session, sc: &Scenario, target: &str, start_level: u32, halted: &mut Option<String>) -> Result<()> {
+    if !sc.options.restore_between || halted.is_some() {
         return Ok(());
     }
     let cur = status_row(s, target)?;
     if cur["level"] != crate::target::level_name(start_level) {
         let to = crate::target::level_name(start_level).to_owned();
-        s.call(
-            &Command::Restore { name: target.to_owned(), to: Some(to), grant: Vec::new(), reason: Some("drill: restore between steps".into()) },
-            REQUEST_TIMEOUT,
-        )
-        .map_err(client_err)?;
+        let cmd = Command::Restore { name: target.to_owned(), to: Some(to), grant: Vec::new(), reason: Some("drill: restore between steps".into()) };
+        match s.call(&cmd, REQUEST_TIMEOUT) {
+            Ok(_) => {}
+            Err(crate::client::ClientError::Agent(body)) if body.code == "drill-conflict" => *halted = Some(body.message),
+            Err(e) => return Err(client_err(e)),
+        }
     }
     Ok(())
 }

@@ -48,6 +48,9 @@ pub struct Report {
     pub failed_checks: Vec<String>,
     /// What the agent put back at the end.
     pub restored: Value,
+    /// Set when someone else changed the target during the drill: what
+    /// differs and who changed it; the drill then restored nothing.
+    pub conflict: Value,
 }
 
 pub(super) fn check(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> Check {
