@@ -65,6 +65,8 @@ impl Journal {
             self.file = lock_path(&self.path, true)?.ok_or_else(|| io_err(&self.path, "open")(io::ErrorKind::NotFound.into()))?;
         }
         let (mut found, mut at_expected) = (None, None);
+        // The held descriptor's offset is at its end (O_APPEND): read from the start.
+        std::io::Seek::rewind(&mut &*self.file).map_err(io_err(&self.path, "seek"))?;
         let scan = scan(&self.file, &self.path, |_, _, r| {
             if let Some(r) = r {
                 if r.seq == expected.seq {

@@ -217,3 +217,186 @@ fn rfc3339_utc_microseconds() {
     assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
     assert_eq!(rfc3339(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
 }
+
+/// Re-chains `lines` as an attacker would: each body hashed again with
+/// SHA-256, each prev_hash pointing at the new hash before it (no HMAC).
+fn rechain(lines: &[String]) -> Vec<String> {
+    let mut prev = ZERO_HASH.to_owned();
+    lines
+        .iter()
+        .map(|l| {
+            let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+            v.remove("hash");
+            v.remove("hmac");
+            v.insert("prev_hash".into(), prev.clone().into());
+            let rec: Record = serde_json::from_value(serde_json::Value::Object({
+                let mut m = v.clone();
+                m.insert("hash".into(), "".into());
+                m
+            }))
+            .unwrap();
+            let body = Body { seq: rec.seq, time_unix_us: rec.time_unix_us, time: rec.time, prev_hash: rec.prev_hash, entry: rec.entry };
+            let mut line = serde_json::to_vec(&body).unwrap();
+            let hash = hex::encode(Sha256::digest(&line));
+            line.pop();
+            line.extend_from_slice(format!(",\"hash\":\"{hash}\"}}").as_bytes());
+            prev = hash;
+            String::from_utf8(line).unwrap()
+        })
+        .collect()
+}
+
+fn opts(anchor: Option<&str>, key: Option<&Key>) -> VerifyOptions {
+    VerifyOptions { anchor: anchor.map(|a| Anchor::parse(a).unwrap()), key: key.cloned(), written: None }
+}
+
+#[test]
+fn anchor_catches_a_rechained_rewrite() {
+    let (_dir, path) = four();
+    let head = head_of_file(&path).unwrap();
+    assert_eq!(head.seq, 4);
+    let anchor = head.anchor();
+    assert!(verify_file_with(&path, &opts(Some(&anchor), None)).unwrap().ok);
+    let mut l = lines(&path);
+    l[1] = l[1].replace("workload-2", "workload-X");
+    write_lines(&path, &rechain(&l));
+    let plain = verify_file(&path).unwrap();
+    assert!(plain.ok, "a re-chained journal verifies on its own: {plain:?}");
+    assert_eq!(plain.hmac, "no HMAC");
+    let r = verify_file_with(&path, &opts(Some(&anchor), None)).unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.problems[0].kind, "anchor-mismatch");
+    assert!(r.problems[0].message.contains(&head.hash) && r.problems[0].message.contains(&r.head.hash), "{}", r.problems[0].message);
+    // Records removed past the anchor.
+    write_lines(&path, &l[..2]);
+    let r = verify_file_with(&path, &opts(Some(&anchor), None)).unwrap();
+    assert_eq!(r.problems.last().map(|p| p.kind.as_str()), Some("anchor-missing"));
+}
+
+#[test]
+fn anchor_syntax_errors_are_clear() {
+    for bad in ["", "12", "x:ab", "0:aa", &format!("3:{}", "g".repeat(64)), "3:abcd"] {
+        let e = Anchor::parse(bad).unwrap_err();
+        assert!(e.contains("bad anchor") && e.contains("SEQ:HASH"), "{e}");
+    }
+    assert_eq!(Anchor::parse(&format!("7:{}", "AB".repeat(32))).unwrap(), Anchor { seq: 7, hash: "ab".repeat(32) });
+}
+
+#[test]
+fn hmac_signs_records_and_a_forger_without_the_key_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyfile, other) = (dir.path().join("key"), dir.path().join("other"));
+    fs::write(&keyfile, [7u8; 32]).unwrap();
+    fs::write(&other, [8u8; 32]).unwrap();
+    let key = Key::read(&keyfile).unwrap();
+    let path = dir.path().join("j.jsonl");
+    // Two records without a key (an older journal), then two with one.
+    let (mut j, _) = Journal::open(&path).unwrap();
+    j.append(entry(Phase::Event, "1")).unwrap();
+    j.append(entry(Phase::Event, "2")).unwrap();
+    drop(j);
+    let (mut j, rec) = Journal::open_with(&path, Some(key.clone())).unwrap();
+    assert!(rec.hmac_problems.is_empty());
+    let r = j.append(entry(Phase::Event, "3")).unwrap();
+    assert!(r.hmac.is_some());
+    j.append(entry(Phase::Event, "4")).unwrap();
+    drop(j);
+    let all = read_records(&path, 0).unwrap();
+    assert_eq!(lines(&path)[3], serde_json::to_string(&all[3]).unwrap());
+    let ok = verify_file_with(&path, &opts(None, Some(&key))).unwrap();
+    assert!(ok.ok, "{ok:?}");
+    assert!(ok.hmac.contains("checked on 2 of 4"), "{}", ok.hmac);
+    assert!(verify_file(&path).unwrap().hmac.contains("not checked"));
+    let wrong = verify_file_with(&path, &opts(None, Some(&Key::read(&other).unwrap()))).unwrap();
+    assert_eq!(wrong.problems.iter().filter(|p| p.kind == "hmac-mismatch").count(), 2);
+    // Rewritten and re-chained (HMACs dropped): the chain verifies, the key does not.
+    let mut l = lines(&path);
+    l[0] = l[0].replace("workload-1", "workload-X");
+    write_lines(&path, &rechain(&l));
+    assert!(verify_file(&path).unwrap().ok);
+    let r = verify_file_with(&path, &opts(None, Some(&key))).unwrap();
+    assert!(!r.ok && r.problems.iter().any(|p| p.kind == "hmac-absent"), "{r:?}");
+    // Re-chained keeping the old HMAC strings: they do not match the new hashes.
+    let forged: Vec<String> = rechain(&l)
+        .iter()
+        .zip(lines(&path).iter().zip(all.iter()))
+        .map(|(n, (_, orig))| match &orig.hmac {
+            Some(m) => format!("{},\"hmac\":\"{m}\"}}", n.strip_suffix('}').unwrap()),
+            None => n.clone(),
+        })
+        .collect();
+    write_lines(&path, &forged);
+    let r = verify_file_with(&path, &opts(None, Some(&key))).unwrap();
+    assert_eq!(r.problems.iter().filter(|p| p.kind == "hmac-mismatch").count(), 2, "{r:?}");
+    assert!(Key::read(&dir.path().join("missing")).is_err());
+    fs::write(&other, b"short").unwrap();
+    assert!(Key::read(&other).unwrap_err().to_string().contains("too short"));
+}
+
+#[test]
+fn agent_key_must_be_private_and_outside_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let inside = state.join("key");
+    fs::write(&inside, [1u8; 32]).unwrap();
+    fs::set_permissions(&inside, fs::Permissions::from_mode(0o600)).unwrap();
+    let outside = dir.path().join("key");
+    fs::write(&outside, [1u8; 32]).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o640)).unwrap();
+    if !nix::unistd::getuid().is_root() {
+        return; // ownership by root is checked first
+    }
+    let e = Key::load_for_agent(&inside, &state).unwrap_err().to_string();
+    assert!(e.contains("inside the state dir"), "{e}");
+    let e = Key::load_for_agent(&outside, &state).unwrap_err().to_string();
+    assert!(e.contains("0640") && e.contains("group or others"), "{e}");
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+    Key::load_for_agent(&outside, &state).unwrap();
+}
+
+#[test]
+fn rewrite_under_an_open_journal_is_caught_at_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.jsonl");
+    let (mut j, _) = Journal::open(&path).unwrap();
+    for i in 1..=3 {
+        j.append(entry(Phase::Event, &i.to_string())).unwrap();
+    }
+    let before = j.head();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    j.set_observer(Box::new(move |r, h| s.lock().unwrap().push((r.entry.action.clone(), h.clone()))));
+    // In place, re-chained: the file verifies on its own.
+    let mut l = lines(&path);
+    l[0] = l[0].replace("workload-1", "workload-X");
+    write_lines(&path, &rechain(&l));
+    assert!(verify_file(&path).unwrap().ok);
+    let rec = j.append(entry(Phase::Event, "4")).unwrap();
+    assert_eq!(rec.seq, 5);
+    let all = read_records(&path, 0).unwrap();
+    let note = &all[3];
+    assert_eq!(note.entry.action, "journal-rewritten");
+    assert!(note.entry.high_priority);
+    assert_eq!(note.entry.params["expected_head"]["hash"], before.hash.as_str());
+    assert_ne!(note.entry.params["hash_at_expected_seq"], before.hash.as_str());
+    assert!(note.entry.outcome.as_deref().unwrap_or_default().contains(&before.hash));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), ["journal-rewritten", "4"]);
+    assert_eq!(seen[1].1, j.head());
+    // Replaced by another file: the agent's records are copied aside first.
+    let held = fs::read(&path).unwrap();
+    let tmp = dir.path().join("new");
+    write_lines(&tmp, &rechain(&lines(&path)[..2]));
+    fs::rename(&tmp, &path).unwrap();
+    j.append(entry(Phase::Event, "5")).unwrap();
+    let copy = fs::read_dir(dir.path()).unwrap().flatten().find(|e| e.file_name().to_string_lossy().contains(".agent-copy-")).unwrap();
+    assert_eq!(fs::read(copy.path()).unwrap(), held, "nothing acknowledged is lost");
+    let all = read_records(&path, 0).unwrap();
+    assert_eq!(all[2].entry.action, "journal-rewritten");
+    assert_eq!(all[2].entry.params["replaced"], true);
+    assert!(verify_file(&path).unwrap().ok);
+    // Nothing changed: no note.
+    j.append(entry(Phase::Event, "6")).unwrap();
+    assert_eq!(read_records(&path, 0).unwrap().iter().filter(|r| r.entry.action == "journal-rewritten").count(), 1);
+}
