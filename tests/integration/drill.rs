@@ -293,3 +293,116 @@ fn canary_checkpoints_resume_and_catch_corruption() {
     let out = Command::new(crate::harness::BIN).args(["canary", "--dir", &d, "--workers", "1"]).output().expect("canary");
     assert!(!out.status.success(), "a canary must not resume from a torn checkpoint: {}", show(&out));
 }
+
+/// Starts `killpath --json drill ARGS` in the background (stdout piped).
+fn drill_bg(agent: &Agent, args: &[&str]) -> std::process::Child {
+    let mut a = vec!["--json", "drill"];
+    a.extend_from_slice(args);
+    agent.cmd(&a).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn drill")
+}
+
+/// Waits until the drill's own throttle step is in effect (its result
+/// record, actor drill, is in the journal): the operator acts after that.
+fn wait_for_drill_throttle(agent: &Agent) -> u64 {
+    let mut id = 0;
+    let seen = wait_until(Duration::from_secs(30), || {
+        let recs = agent.journal();
+        match recs.iter().find(|r| r["action"] == "throttle" && r["phase"] == "result" && r["actor"]["drill"].is_u64()) {
+            Some(r) => {
+                id = r["actor"]["drill"].as_u64().unwrap_or(0);
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(seen.is_some(), "the drill never throttled the target:\n{}", agent.log_text());
+    id
+}
+
+/// The `drill-conflict` record of drill `id`: high priority, naming the
+/// operator's command (their actor, not the drill) that raised the target.
+fn assert_conflict_journaled(agent: &Agent, id: u64, action: &str, now: &str) {
+    let recs = agent.journal();
+    let c = recs.iter().find(|r| r["action"] == "drill-conflict" && r["actor"]["drill"] == id).unwrap_or_else(|| panic!("no drill-conflict record: {recs:#?}"));
+    assert_eq!(c["high_priority"], true, "{c}");
+    assert_eq!(c["params"]["conflict"]["differs"]["level"]["now"], now, "{c}");
+    let by = c["params"]["conflict"]["changed_by"].as_array().expect("changed_by");
+    assert!(by.iter().any(|b| b["action"] == action && b["actor"]["uid"] == 0 && b["actor"]["drill"].is_null()), "the record names the operator's {action}: {c}");
+    // The drill itself put nothing back after the operator's change.
+    let op = by.iter().find(|b| b["action"] == action).and_then(|b| b["seq"].as_u64()).expect("seq");
+    assert!(
+        !recs.iter().any(|r| r["seq"].as_u64() > Some(op) && r["action"] == "restore" && r["actor"]["drill"] == id),
+        "the drill restored the target after the operator raised it: {recs:#?}"
+    );
+}
+
+/// Whether a process inside `cg` can open a TCP connection to a listener
+/// outside it (the listener, not the client, is the judge).
+fn connects_from(cg: &Path) -> bool {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let script = format!("import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=3); s.sendall(b'x')");
+    let _ = crate::support::cgroup::in_cgroup_within(10, cg, &["python3", "-c", &script]);
+    let accepted = wait_until(Duration::from_secs(1), || listener.accept().is_ok());
+    accepted.is_some()
+}
+
+/// An operator isolates the target while a drill is throttling it: the
+/// drill stops there, ends normally, restores nothing, and says so; the
+/// target stays isolated (a process inside it still cannot reach a
+/// listener outside) and the conflict is journaled naming the operator.
+#[test]
+fn drill_leaves_an_operator_isolate_in_place() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _w = run_bg(&agent, "job", &["sleep", "300"], 1);
+    let cg = agent.target_cgroup("job").path().to_owned();
+    assert!(connects_from(&cg), "control: before any isolation a process in the target reaches the listener");
+    let sc = scenario(dir.path(), "[options]\nsettle_ms = 1500\n[degrade]\nenabled = false\n[isolate]\nenabled = false\n");
+    let child = drill_bg(&agent, &["job", "--scenario", &sc]);
+    let id = wait_for_drill_throttle(&agent);
+    agent.json(&["isolate", "job", "--reason", "operator during a drill"]);
+    let out = child.wait_with_output().expect("drill");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("drill: no JSON report ({e}): {}\n{}", show(&out), agent.log_text()));
+    assert!(!out.status.success(), "a drill whose target was taken over does not pass: {report:#}");
+    assert_eq!(report["drill"], id);
+    assert!(report["conflict"]["summary"].as_str().is_some_and(|s| s.contains("isolate")), "the report names the conflict: {report:#}");
+    assert!(report["restored"].as_array().is_none_or(Vec::is_empty), "{report:#}");
+    assert!(failed(&report).iter().any(|f| f.contains("changed by someone else")), "{report:#}");
+    assert_eq!(level(&agent, "job"), "isolate", "the operator's isolate must survive the drill's end");
+    assert!(!connects_from(&cg), "after the drill the target can reach the outside again: its isolation was lifted");
+    assert_conflict_journaled(&agent, id, "isolate", "isolate");
+    let end = agent.journal().into_iter().find(|r| r["action"] == "drill-end" && r["actor"]["drill"] == id).expect("drill-end");
+    assert!(end["params"]["conflict"].is_object() && end["high_priority"] == true, "{end}");
+}
+
+/// An operator stops the target during a drill, then the drill's client
+/// dies (SIGKILL: its connection drops): the agent abandons the drill
+/// without putting the target back; it stays stopped (a process moved into
+/// it is killed by the guard) and the conflict is journaled.
+#[test]
+fn drill_abandoned_leaves_an_operator_stop_in_place() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _w = run_bg(&agent, "job", &["sleep", "300"], 1);
+    let cg = agent.target_cgroup("job");
+    let sc = scenario(dir.path(), "[options]\nsettle_ms = 5000\n[degrade]\nenabled = false\n[isolate]\nenabled = false\n");
+    let mut child = drill_bg(&agent, &["job", "--scenario", &sc]);
+    let id = wait_for_drill_throttle(&agent);
+    agent.json(&["stop", "job", "--reason", "operator during a drill"]);
+    child.kill().expect("kill the drill client");
+    let _ = child.wait();
+    let abandoned = wait_until(Duration::from_secs(10), || agent.journal().iter().any(|r| r["action"] == "drill-abandoned" && r["actor"]["drill"] == id));
+    assert!(abandoned.is_some(), "the agent never abandoned the drill:\n{}", agent.log_text());
+    assert_eq!(level(&agent, "job"), "stopped", "the operator's stop must survive the drill's end");
+    // Behaviour, from outside: a task moved in is killed, and none lives there.
+    let p = crate::support::process::spawn_outside(&["sleep", "1000"]);
+    crate::support::cgroup::move_into(&cg, p.pid());
+    let died = wait_until(Duration::from_secs(3), || !crate::harness::alive(p.pid()));
+    assert!(died.is_some(), "a task moved into the target survives: the stop was undone by the drill");
+    assert!(crate::support::process::living(&crate::support::process::pids(&cg)).is_empty(), "live pids in the stopped target");
+    assert_conflict_journaled(&agent, id, "stop", "stopped");
+    let ab = agent.journal().into_iter().find(|r| r["action"] == "drill-abandoned" && r["actor"]["drill"] == id).expect("drill-abandoned");
+    assert!(ab["params"]["conflict"].is_object() && ab["params"]["restored"].as_array().is_some_and(Vec::is_empty), "{ab}");
+}
