@@ -107,15 +107,15 @@ pub struct State {
 impl State {
     /// Opens (or recovers) everything under the configured state dir.
     pub fn open(config: AgentConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.state_dir).map_err(Error::io(format!("creating {}", config.state_dir.display())))?;
-        let cgroup_mount = cgroup::cgroup2_mount()?;
-        Cgroup::new(&config.cgroup_parent).create()?;
         // The key is checked before anything is written: a key that others
         // can read, or that sits in the state dir, protects nothing.
         let key = match &config.journal_key {
             Some(path) => Some(crate::journal::Key::load_for_agent(path, &config.state_dir).map_err(|e| Error::InvalidRequest(e.to_string()))?),
             None => None,
         };
+        std::fs::create_dir_all(&config.state_dir).map_err(Error::io(format!("creating {}", config.state_dir.display())))?;
+        let cgroup_mount = cgroup::cgroup2_mount()?;
+        Cgroup::new(&config.cgroup_parent).create()?;
         let (mut journal, recovery) = Journal::open_with(&config.state_dir.join(JOURNAL_FILE), key)?;
         let mut enforcer = Enforcer::open(&config.pin_dir)?;
         if let Err(e) = enforcer.protect_self(&config.state_dir) {

@@ -357,7 +357,19 @@ impl Output {
         if self.json {
             println!("{ev}");
         } else if ev["type"] == "alert" {
-            println!("ALERT {} {}", s(&ev["target"]), s(&ev["message"]));
+            println!("ALERT {} {} (journal head {}:{})", s(&ev["target"]), s(&ev["message"]), s(&ev["head"]["seq"]), s(&ev["head"]["hash"]));
+        } else if ev["type"] == "journal" {
+            println!(
+                "journal seq {} {} {} {} head {}:{}",
+                s(&ev["seq"]),
+                s(&ev["phase"]),
+                s(&ev["action"]),
+                s(&ev["target"]),
+                s(&ev["head"]["seq"]),
+                s(&ev["head"]["hash"])
+            );
+        } else if ev["type"] == "lagged" {
+            println!("lagged: {} event(s) missed", s(&ev["missed"]));
         } else {
             println!(
                 "denied {} {} pid={} comm={}{}",

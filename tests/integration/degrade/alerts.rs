@@ -1,5 +1,6 @@
 //! Every degrade step raises one alert, the same in the journal, on the
-//! event stream and in the operator's hook.
+//! event stream and in the operator's hook (which also carry the journal
+//! head: the alert's own record).
 use std::{thread, time::Duration};
 
 use serde_json::{json, Value};
@@ -60,7 +61,11 @@ fn degrade_alert_journal_events_and_hook() {
         assert_eq!(j.len(), 1, "one journaled alert per step: {j:?}");
         assert_eq!(j[0]["phase"], "event", "{}", j[0]);
         assert_eq!(j[0]["high_priority"], true, "{}", j[0]);
-        assert_eq!(&j[0]["params"], a, "the journal and the hook got the same alert");
+        // The hook's alert also carries the journal head: the alert record itself.
+        assert_eq!((&a["head"]["seq"], &a["head"]["hash"]), (&j[0]["seq"], &j[0]["hash"]), "{a}");
+        let mut bare = a.clone();
+        bare.as_object_mut().unwrap().remove("head");
+        assert_eq!(j[0]["params"], bare, "the journal and the hook got the same alert");
         assert!(j[0]["seq"].as_u64() > r["journal_seq"].as_u64(), "the alert follows the degrade result: {} vs {r}", j[0]);
 
         // The event stream: the same alert.

@@ -8,6 +8,7 @@
 //! One file per feature; the helpers below (offline runs of the CLI,
 //! `journal --verify --file`, the hash chain and intent/result pairs
 //! recomputed here) are shared by them.
+mod anchor;
 mod crash;
 mod follow;
 mod records;
