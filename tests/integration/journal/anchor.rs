@@ -92,7 +92,8 @@ fn journal_anchor_catches_a_rechained_rewrite() {
     let out = kp_via_agent(&agent, &["journal", "--head"]);
     let shown = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let (seq, hash) = shown.split_once(':').unwrap_or_else(|| panic!("journal --head: {}", text(&out)));
-    assert!(records.iter().any(|r| r["seq"].to_string() == seq && r["hash"] == hash) || seq.parse::<u64>().unwrap() > records.len() as u64, "{shown}");
+    let seq: u64 = seq.parse().unwrap_or_else(|e| panic!("journal --head seq ({e}): {shown}"));
+    assert!(records.iter().any(|r| r["seq"] == seq && r["hash"] == hash) || seq > records.len() as u64, "{shown}");
 
     // Before the rewrite: the anchor matches, offline and online.
     assert!(verify_offline(&path, &["--anchor", &anchor]).0);
