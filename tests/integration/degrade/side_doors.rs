@@ -24,6 +24,7 @@ use super::{
 use crate::{
     harness::{alive, wait_until, Agent},
     support::{
+        net::free_tcp_port,
         process::{py, run_bg, show},
         status::{lsm_attached, need_lsm, strs},
     },
@@ -92,6 +93,27 @@ for p in sys.argv[1:]:
     threading.Thread(target=send, args=(int(p),), daemon=True).start()
 while True:
     time.sleep(1)
+"#;
+
+/// Python: a TCP server on 127.0.0.1:PORT that, for every connection it
+/// accepts, sends 16 KiB chunks (1 ms apart) until the peer goes away.
+const SERVER_PY: &str = r#"
+import socket, sys, threading, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1])))
+l.listen(8)
+def serve(c):
+    b = b"y" * 16384
+    while True:
+        try:
+            c.sendall(b)
+        except OSError:
+            return
+        time.sleep(0.001)
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
 /// A counter fed by a receiver thread in this test process (outside every
@@ -178,6 +200,34 @@ fn tcp_receiver() -> (u16, Counter) {
         }
     });
     (port, c)
+}
+
+/// A TCP client outside every target: connects to 127.0.0.1:PORT (retrying
+/// for up to 10 s while the server starts) and counts the bytes it reads.
+fn tcp_client(port: u16) -> Counter {
+    let c = Counter::new();
+    let c2 = c.clone();
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                Err(_) => return,
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        while !c2.done.load(Ordering::SeqCst) {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => c2.add(n as u64),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    c
 }
 
 /// RAW_CREATE_PY inside `cg`, parsed.
@@ -271,6 +321,34 @@ fn degrade_net_connect_cuts_connections_made_before_revoke() {
     eprintln!("after restore, the held connection moved data again after {} ms", t1.elapsed().as_millis());
     assert!(resumed.is_some(), "the held connection never resumed after restore");
     drop(sender);
+}
+
+/// The per-packet check holds outbound traffic only: connections the
+/// target ACCEPTED are not connects. With `net.connect` revoked (no
+/// allow-list) a server inside keeps sending to a client outside that
+/// connected before the revoke, and accepts and serves a new one after it
+/// (its SYN-ACK and data pass); its own outbound connect is refused.
+#[test]
+fn degrade_net_connect_keeps_serving_accepted_connections() {
+    let Some(agent) = Agent::start() else { return };
+    let port = free_tcp_port();
+    let server = run_bg(&agent, "server", &[py(), "-c", SERVER_PY, &port.to_string()], 1);
+    let early = tcp_client(port);
+    early.assert_moving("client connected before the revoke");
+    let r = agent.json(&["degrade", "server", "--revoke", "net.connect"]);
+    assert_eq!(strs(&r["revoked"]), ["net.connect"], "{r}");
+    thread::sleep(Duration::from_secs(1));
+    let e0 = early.get();
+    thread::sleep(Duration::from_secs(2));
+    let e1 = early.get();
+    eprintln!("accepted before the revoke: +{} bytes in 2 s after it", e1 - e0);
+    assert!(e1 - e0 > 1 << 16, "a connection the target accepted must keep flowing (+{} bytes in 2 s)", e1 - e0);
+    let late = tcp_client(port);
+    late.assert_moving("client connected after the revoke");
+    let cg = agent.target_cgroup("server").path().to_owned();
+    assert_eq!(connect_errno(&cg, "127.0.0.1", tcp_sink()), EPERM, "the server's own outbound connect is refused");
+    assert_eq!(denials(&agent, "server", "net.connect"), 1, "served packets are not denials: {}", row(&agent, "server")["denials"]);
+    drop(server);
 }
 
 /// `net.raw` where the cgroup sock_create hook is (also without BPF LSM):
