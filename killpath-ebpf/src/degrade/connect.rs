@@ -10,7 +10,11 @@
 //! could not hold otherwise. The cgroup sock_create hook runs in
 //! inet_create/inet6_create only (AF_INET/AF_INET6); packet sockets
 //! (packet_create) are refused by the BPF LSM socket_create hook alone.
-use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key, programs::{LsmContext, SockAddrContext}};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    maps::lpm_trie::Key,
+    programs::{LsmContext, SockAddrContext},
+};
 use killpath_common::{cap, ConnectAllow, CONNECT_ALLOW_FIXED_BITS};
 
 use super::{deny, label, revoked, revoked_any, Detail};

@@ -118,17 +118,7 @@ pub fn record(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin) {
                 Origin::Task => ((bpf_get_current_pid_tgid() >> 32) as u32, bpf_get_current_comm().unwrap_or([0; 16])),
                 Origin::Packet => (0, [0; 16]),
             };
-            let ev = DenialEvent {
-                name,
-                cgroup_id,
-                time_ns: now,
-                pid,
-                cap: bit,
-                comm,
-                family: detail.family,
-                port: detail.port,
-                addr: detail.addr,
-            };
+            let ev = DenialEvent { name, cgroup_id, time_ns: now, pid, cap: bit, comm, family: detail.family, port: detail.port, addr: detail.addr };
             slot.write(ev);
             slot.submit(0);
         }

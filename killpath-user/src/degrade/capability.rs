@@ -214,7 +214,12 @@ impl Capability {
             _ => None,
         };
         if let Some((cut, open)) = partial {
-            return CapabilityStatus { name: self.name().to_owned(), enforceable: true, detail: format!("{cut}; OPEN without BPF LSM: {open}"), open: Some(open.to_owned()) };
+            return CapabilityStatus {
+                name: self.name().to_owned(),
+                enforceable: true,
+                detail: format!("{cut}; OPEN without BPF LSM: {open}"),
+                open: Some(open.to_owned()),
+            };
         }
         let (enforceable, detail) = match (self.needs(), lsm_error, btf_gap) {
             (Needs::CgroupHooks, _, _) => (true, self.enforced_by().to_owned()),
