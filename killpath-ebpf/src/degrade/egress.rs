@@ -45,13 +45,17 @@ use crate::{
 };
 
 /// What to do with the packet.
+///
+/// A plain drop, for TCP too (not SKB_DROP_CN): the sender's call fails
+/// with EPERM (UDP and raw sends), and TCP treats it like a lost packet,
+/// retransmitting with exponential backoff, so the connection is held and
+/// resumes when the capability is given back. With the congestion flag a
+/// local drop makes TCP retry every 500 ms (TCP_RESOURCE_PROBE_INTERVAL)
+/// and, with nothing in flight, abort the connection after tcp_retries2
+/// (15) window probes, about 7.5 s (seen on Linux 6.1).
 pub enum Verdict {
     Pass,
-    /// Drop; the sender's call fails (EPERM for UDP and raw sends).
     Drop,
-    /// Drop and signal congestion (TCP: the stack backs off instead of
-    /// retrying at once; retransmissions are dropped the same way).
-    DropCn,
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -89,18 +93,13 @@ pub fn skb(cfg: &GuardConfig, ctx: &SkBuffContext) -> Verdict {
     if (d.dport_be != 0 && allowed(id, d.dport_be, d.addr)) || allowed(id, 0, d.addr) {
         return Verdict::Pass;
     }
-    let tcp = d.proto == IPPROTO_TCP;
-    if tcp && d.sport_be != 0 && listener(ctx, &d) {
+    if d.proto == IPPROTO_TCP && d.sport_be != 0 && listener(ctx, &d) {
         return Verdict::Pass;
     }
     let family = if d.v6 { AF_INET6 as u32 } else { AF_INET as u32 };
     let detail = Detail { family, port: u16::from_be(d.dport_be) as u32, addr: d.addr, label: label(b"egress packet"), ..Detail::default() };
     record(id, bit, detail, Origin::Packet);
-    if tcp {
-        Verdict::DropCn
-    } else {
-        Verdict::Drop
-    }
+    Verdict::Drop
 }
 
 /// Parses the network header (and the ports) of the packet; None where

@@ -41,10 +41,8 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
     // Level 2: one config check while no target is degraded. Before the
     // policer, so a dropped packet is not charged.
     if cfg.degraded_targets != 0 {
-        match degrade::egress::skb(&cfg, ctx) {
-            degrade::egress::Verdict::Pass => {}
-            degrade::egress::Verdict::Drop => return Ok(SKB_DROP),
-            degrade::egress::Verdict::DropCn => return Ok(SKB_DROP_CN),
+        if let degrade::egress::Verdict::Drop = degrade::egress::skb(&cfg, ctx) {
+            return Ok(SKB_DROP);
         }
     }
     // Level 1.
