@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use super::{
     clients::{connect_errno, tcp_sink, udp_errno},
-    denials, in_cgroup, row, EPERM,
+    denials,
+    events::Events,
+    in_cgroup, row, EPERM,
 };
 use crate::{
     harness::{alive, wait_until, Agent},
@@ -254,7 +256,9 @@ fn degrade_net_connect_raw_socket_attack() {
     let r = raw_create(&cg, port);
     assert_eq!((r["inet"].as_i64(), r["send"].as_i64()), (Some(0), None), "before the revoke, raw sockets work: {r}");
 
+    let events = Events::start(&agent);
     let allow = format!("127.0.0.1:{other}");
+    let t0 = Instant::now();
     let r = agent.json(&["degrade", "rawsend", "--revoke", "net.connect", "--allow-connect", &allow]);
     assert_eq!(strs(&r["revoked"]), ["net.connect"], "{r}");
     assert!(rx.wait_quiet(Duration::from_millis(1500), Duration::from_secs(6)), "raw datagrams kept arriving after the revoke");
@@ -274,7 +278,21 @@ fn degrade_net_connect_raw_socket_attack() {
     assert_eq!(rx.get(), c0, "nothing reached the receiver");
     let d = denials(&agent, "rawsend", "net.connect");
     assert!(d >= 3, "refused packets and sockets are counted as net.connect denials: {}", row(&agent, "rawsend")["denials"]);
-    eprintln!("net.connect denials after ~4 s of raw sending: {d}");
+    // Sampled, not flooded: at most 20 events a second per target and
+    // capability, each naming the destination of the dropped packet.
+    events.settle(Duration::from_millis(500));
+    let secs = t0.elapsed().as_secs() + 1;
+    let sampled = events.of("rawsend", "denial");
+    eprintln!("net.connect denials after {secs} s of raw sending: {d} counted, {} sampled as events", sampled.len());
+    let dest = format!("127.0.0.1:{port}");
+    assert!(
+        sampled.iter().any(|e| e["capability"] == "net.connect" && e["what"] == "egress packet" && e["destination"] == dest.as_str()),
+        "a dropped packet is sampled with its destination: {:?}",
+        sampled.first()
+    );
+    assert!(sampled.len() as u64 <= 20 * (secs + 1), "{} events in {secs} s: the sampling is rate-limited", sampled.len());
+    assert!(d > sampled.len() as u64, "every dropped packet is counted, only some sampled");
+    drop(events);
 
     // Given back: the same old socket's datagrams arrive again.
     agent.json(&["restore", "rawsend", "--to", "normal"]);
