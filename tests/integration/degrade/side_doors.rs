@@ -404,10 +404,17 @@ fn degrade_net_raw_refuses_raw_ip_sockets() {
     assert_eq!((r["inet"].as_i64(), r["packet"].as_i64()), (Some(0), Some(0)), "before the revoke: {r}");
     assert!(wait_until(Duration::from_secs(5), || rx.get() >= 1).is_some(), "the raw datagram sent before the revoke arrived");
 
+    let events = Events::start(&agent);
     agent.json(&["degrade", "noraw", "--revoke", "net.raw"]);
     let before = rx.get();
     let r = raw_create(&cg, port);
     eprintln!("net.raw revoked (BPF LSM: {lsm}): {r}");
+    // The denial says which capability refused what.
+    let want = if lsm { "raw IP socket" } else { "raw socket AF_INET" };
+    events.wait(Duration::from_secs(10), "a sampled net.raw denial of the raw socket", |evs| {
+        evs.iter().any(|e| e["target"] == "noraw" && e["type"] == "denial" && e["capability"] == "net.raw" && e["what"] == want)
+    });
+    drop(events);
     assert_eq!(r["inet"].as_i64(), Some(EPERM), "raw IPv4 socket: {r}");
     let mut refused = 1;
     if r["inet6"].as_i64() != Some(EAFNOSUPPORT) {
