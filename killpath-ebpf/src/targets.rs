@@ -79,6 +79,13 @@ pub fn of_skb(mask: u32, skb: *mut __sk_buff) -> Option<TargetState> {
     find(mask, |d| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, d) })
 }
 
+/// The target owning the socket of `skb` with its cgroup id, if any.
+#[inline(always)]
+pub fn of_skb_with_id(mask: u32, skb: *mut __sk_buff) -> Option<(u64, TargetState)> {
+    // SAFETY: skb is the program's context pointer.
+    find_with_id(mask, |d| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, d) })
+}
+
 /// Adds one to a global per-CPU counter.
 #[inline(always)]
 pub fn count(index: u32) {

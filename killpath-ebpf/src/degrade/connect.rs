@@ -4,10 +4,20 @@
 //! hook, in `isolate/sock.rs` and `isolate/lsm.rs`), which call the
 //! functions here once the target is not isolated. The cgroup sock_addr /
 //! sock hooks make them hold where BPF LSM is off.
-use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key, programs::{LsmContext, SockAddrContext}};
+//!
+//! Raw IP sockets are refused when `net.connect` OR `net.raw` is revoked:
+//! a raw socket reaches any address without a connect, so the allow-list
+//! could not hold otherwise. The cgroup sock_create hook runs in
+//! inet_create/inet6_create only (AF_INET/AF_INET6); packet sockets
+//! (packet_create) are refused by the BPF LSM socket_create hook alone.
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    maps::lpm_trie::Key,
+    programs::{LsmContext, SockAddrContext},
+};
 use killpath_common::{cap, ConnectAllow, CONNECT_ALLOW_FIXED_BITS};
 
-use super::{deny, revoked, Detail};
+use super::{deny, label, revoked, revoked_any, Detail};
 use crate::{
     abi::{AF_INET, AF_INET6, AF_PACKET, AF_UNIX, SOCK_RAW},
     maps::CONNECT_ALLOW,
@@ -37,41 +47,58 @@ pub fn addr_allowed(ctx: &SockAddrContext, v6: bool, id: u64, revoked: u32) -> b
     if allowed(id, port_be, addr) || allowed(id, 0, addr) {
         return true;
     }
-    let detail = Detail { family: if v6 { AF_INET6 as u32 } else { AF_INET as u32 }, port: u16::from_be(port_be) as u32, addr, name_ptr: 0 };
+    let detail = Detail { family: if v6 { AF_INET6 as u32 } else { AF_INET as u32 }, port: u16::from_be(port_be) as u32, addr, ..Detail::default() };
     deny(id, cap::NET_CONNECT.trailing_zeros(), detail);
     false
 }
 
 /// Longest-prefix match of (target, port, address) in the allow-list.
+/// `port_be` 0 matches only entries without a port (any port).
 #[inline(always)]
-fn allowed(id: u64, port_be: u16, addr: [u8; 16]) -> bool {
+pub(super) fn allowed(id: u64, port_be: u16, addr: [u8; 16]) -> bool {
     let key = Key::new(CONNECT_ALLOW_FIXED_BITS + 128, ConnectAllow { cgroup_id: id.to_ne_bytes(), port_be, _pad: 0, addr });
     CONNECT_ALLOW.get(&key).is_some()
 }
 
-/// `net.raw` at cgroup sock_create, for a SOCK_RAW socket of target `id`
-/// (with capabilities `revoked`): whether it may be created. A refusal is
-/// counted and sampled.
+/// The capability a raw or packet socket is refused under: `net.raw` when
+/// it is revoked (the narrower one), else `net.connect`.
 #[inline(always)]
-pub fn raw_socket_allowed(id: u64, revoked: u32) -> bool {
+fn raw_cap(revoked: u32) -> u32 {
     if revoked & cap::NET_RAW != 0 {
-        deny(id, cap::NET_RAW.trailing_zeros(), Detail::default());
-        return false;
+        cap::NET_RAW
+    } else {
+        cap::NET_CONNECT
     }
-    true
 }
 
-/// `net.raw` and `net.unix` at LSM socket_create(family, type, ...): 0 or
-/// -EPERM. `net.raw` refuses packet and raw IP sockets, `net.unix` unix
-/// sockets.
+/// `net.raw` and `net.connect` at cgroup sock_create (inet_create /
+/// inet6_create), for a SOCK_RAW socket of `family` (AF_INET or AF_INET6)
+/// of target `id` (with capabilities `revoked`): whether it may be
+/// created. A refusal is counted and sampled under the capability that
+/// refused it, with the socket's family.
+#[inline(always)]
+pub fn raw_socket_allowed(id: u64, revoked: u32, family: u32) -> bool {
+    if revoked & (cap::NET_RAW | cap::NET_CONNECT) == 0 {
+        return true;
+    }
+    let what = if family == AF_INET6 as u32 { label(b"raw socket AF_INET6") } else { label(b"raw socket AF_INET") };
+    deny(id, raw_cap(revoked).trailing_zeros(), Detail { label: what, ..Detail::default() });
+    false
+}
+
+/// `net.raw`, `net.connect` and `net.unix` at LSM socket_create(family,
+/// type, ...): 0 or -EPERM. `net.raw` and `net.connect` refuse packet and
+/// raw IP sockets (packet sockets have no cgroup hook: this is the only
+/// place they are refused), `net.unix` unix sockets.
 #[inline(always)]
 pub fn lsm_socket_create(family: i32, ty: i32) -> i32 {
     // Raw IP and packet sockets only: netlink sockets are SOCK_RAW too, and
     // `ip`, `ss` and getaddrinfo(AI_ADDRCONFIG) need them.
     let raw = family == AF_PACKET || ((family == AF_INET || family == AF_INET6) && (ty & 0xf) == SOCK_RAW as i32);
     if raw {
-        if let Some(id) = revoked(cap::NET_RAW) {
-            return deny(id, cap::NET_RAW.trailing_zeros(), Detail::default());
+        if let Some((id, revoked)) = revoked_any(cap::NET_RAW | cap::NET_CONNECT) {
+            let what = if family == AF_PACKET { label(b"packet socket AF_PACKET") } else { label(b"raw IP socket") };
+            return deny(id, raw_cap(revoked).trailing_zeros(), Detail { label: what, ..Detail::default() });
         }
     }
     if family == AF_UNIX {

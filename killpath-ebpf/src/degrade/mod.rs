@@ -12,7 +12,10 @@
 //!   `--allow-connect` list), net.raw and net.unix. They are enforced on
 //!   the socket hooks isolate owns (cgroup sock_addr / sock, so they hold
 //!   where BPF LSM is off, and the LSM socket hooks): those programs live
-//!   in `isolate/` and call into `connect.rs`.
+//!   in `isolate/` and call into `connect.rs`;
+//! - `egress.rs`: net.connect per packet at cgroup skb egress (also a
+//!   program isolate owns), so sockets connected before the revocation
+//!   and raw sockets opened before it are held to the allow-list too.
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use killpath_common::{DenialEvent, DenialKey, RateWindow, DENIAL_EVENTS_PER_SEC};
 
@@ -24,6 +27,7 @@ use crate::{
 
 mod caps;
 pub mod connect;
+pub mod egress;
 mod fswrite;
 mod signal;
 
@@ -35,12 +39,46 @@ pub struct Detail {
     pub addr: [u8; 16],
     /// Kernel pointer to a NUL-terminated name (0: none).
     pub name_ptr: u64,
+    /// What was refused, when no kernel pointer names it (all zero: none).
+    pub label: [u8; 32],
+}
+
+/// A NUL-padded [`Detail::label`] from a constant string (at most 31 bytes).
+pub const fn label(s: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < s.len() && i < 31 {
+        out[i] = s[i];
+        i += 1;
+    }
+    out
+}
+
+/// Who a denial is charged to in its sampled event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A syscall of the current task: pid and comm come from it.
+    Task,
+    /// A packet at cgroup skb egress: it may be sent from softirq (TCP
+    /// acks, retransmission timers) where the current task is unrelated,
+    /// and cgroup_skb programs may not call bpf_get_current_pid_tgid /
+    /// bpf_get_current_comm anyway; the event carries pid 0 and no comm.
+    Packet,
 }
 
 /// Counts a denial of capability bit `bit` for target `cgroup_id`, samples
 /// it (rate-limited), and returns -EPERM.
 #[inline(always)]
 pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
+    record(cgroup_id, bit, detail, Origin::Task);
+    -EPERM
+}
+
+/// Counts a denial and samples it (at most DENIAL_EVENTS_PER_SEC per
+/// target and capability, so a flood of refused packets or calls costs
+/// one counter increment each and never floods the ring buffer).
+#[inline(always)]
+pub fn record(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin) {
     let key = DenialKey { cgroup_id, cap: bit, _pad: 0 };
     match DENIALS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, this CPU's slot only.
@@ -71,38 +109,38 @@ pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
     };
     if sample {
         if let Some(mut slot) = DENIAL_EVENTS.reserve::<DenialEvent>(0) {
-            let mut name = [0u8; 32];
+            let mut name = detail.label;
             if detail.name_ptr != 0 {
                 // SAFETY: bounded kernel string read into a stack buffer.
                 let _ = unsafe { bpf_probe_read_kernel_str_bytes(detail.name_ptr as *const u8, &mut name) };
             }
-            let ev = DenialEvent {
-                name,
-                cgroup_id,
-                time_ns: now,
-                pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-                cap: bit,
-                comm: bpf_get_current_comm().unwrap_or([0; 16]),
-                family: detail.family,
-                port: detail.port,
-                addr: detail.addr,
+            let (pid, comm) = match origin {
+                Origin::Task => ((bpf_get_current_pid_tgid() >> 32) as u32, bpf_get_current_comm().unwrap_or([0; 16])),
+                Origin::Packet => (0, [0; 16]),
             };
+            let ev = DenialEvent { name, cgroup_id, time_ns: now, pid, cap: bit, comm, family: detail.family, port: detail.port, addr: detail.addr };
             slot.write(ev);
             slot.submit(0);
         }
     }
-    -EPERM
 }
 
 /// The current task's target if it has capability `mask` revoked.
 #[inline(always)]
 pub fn revoked(mask: u32) -> Option<u64> {
+    revoked_any(mask).map(|(id, _)| id)
+}
+
+/// The current task's target and its revoked capabilities, if it has any
+/// of the capabilities in `mask` revoked.
+#[inline(always)]
+pub fn revoked_any(mask: u32) -> Option<(u64, u32)> {
     let cfg = targets::config()?;
     if cfg.degraded_targets == 0 {
         return None;
     }
     let (id, st) = targets::of_current_with_id(cfg.depth_mask)?;
-    (st.revoked & mask != 0).then_some(id)
+    (st.revoked & mask != 0).then_some((id, st.revoked))
 }
 
 /// Reads a `T` at `base + off` in kernel memory (None if unreadable).

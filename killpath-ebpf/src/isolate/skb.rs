@@ -1,11 +1,12 @@
 //! cgroup_skb programs on the target's cgroup: isolation on ingress and
-//! egress, and on egress also throttle's byte/packet policer.
+//! egress, and on egress also degrade's per-packet `net.connect` check
+//! (`degrade/egress.rs`) and throttle's byte/packet policer.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use killpath_common::{counter, GuardConfig};
 
 use super::isolated;
 use crate::{
-    targets,
+    degrade, targets,
     throttle::{self, Verdict},
 };
 
@@ -22,8 +23,10 @@ pub fn kp_isolate_skb(ctx: SkBuffContext) -> i32 {
     try_skb(&ctx).unwrap_or(SKB_PASS)
 }
 
-/// Egress: isolation as on ingress, then the level-1 byte/packet policer.
-/// One program serves both levels (isolate, throttle/egress.rs).
+/// Egress: isolation as on ingress, then degrade's `net.connect`
+/// allow-list per packet, then the level-1 byte/packet policer. One
+/// program serves the three levels (isolate, degrade/egress.rs,
+/// throttle/egress.rs).
 #[cgroup_skb(egress)]
 pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
     try_egress(&ctx).unwrap_or(SKB_PASS)
@@ -34,6 +37,13 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
     // Level 3.
     if isolated_skb(&cfg, ctx) {
         return Ok(SKB_DROP);
+    }
+    // Level 2: one config check while no target is degraded. Before the
+    // policer, so a dropped packet is not charged.
+    if cfg.degraded_targets != 0 {
+        if let degrade::egress::Verdict::Drop = degrade::egress::skb(&cfg, ctx) {
+            return Ok(SKB_DROP);
+        }
     }
     // Level 1.
     if cfg.egress_throttled == 0 {

@@ -7,7 +7,7 @@
 //! `net.connect` refuses what the target's `--allow-connect` list does not
 //! match (`degrade/connect.rs`). A connect that passes then gets throttle's
 //! pacing rate (`throttle/egress.rs`). For a raw socket: isolate, then
-//! degrade's `net.raw`.
+//! degrade's `net.raw` / `net.connect`.
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
@@ -78,7 +78,7 @@ fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
 }
 
 /// Raw sockets (ping, hand-made packets): refused by isolation, and by
-/// degrade's `net.raw`.
+/// degrade's `net.raw` and `net.connect`.
 #[cgroup_sock(sock_create)]
 pub fn kp_isolate_sock_create(ctx: SockContext) -> i32 {
     try_sock_create(&ctx).unwrap_or(ALLOW)
@@ -101,6 +101,9 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
         targets::count(counter::ISOLATE_SOCK_DENIALS);
         return Ok(REFUSE);
     }
-    // Level 2, `net.raw`.
-    Ok(if degrade::connect::raw_socket_allowed(id, st.revoked) { ALLOW } else { REFUSE })
+    // Level 2, `net.raw` and `net.connect` (this hook runs for AF_INET
+    // and AF_INET6 only: inet_create / inet6_create).
+    // SAFETY: ctx.sock is the kernel-provided bpf_sock context.
+    let family = unsafe { (*ctx.sock).family };
+    Ok(if degrade::connect::raw_socket_allowed(id, st.revoked, family) { ALLOW } else { REFUSE })
 }

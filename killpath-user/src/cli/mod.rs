@@ -116,7 +116,10 @@ pub enum Cmd {
     /// Level 2, degrade: revoke capabilities while NAME keeps running (see `capabilities`).
     Degrade {
         name: String,
-        /// Capabilities to revoke, comma-separated (net.connect, exec, fork, ...).
+        /// Capabilities to revoke, comma-separated (net.connect, exec, fork, ...). net.connect refuses
+        /// connects, UDP sends and raw sockets, and drops every packet of the target's sockets (also
+        /// connections made before) to destinations outside --allow-connect; net.raw refuses raw IP and
+        /// packet sockets (packet sockets need BPF LSM: `capabilities` says what is open here).
         #[arg(long, value_delimiter = ',', required = true)]
         revoke: Vec<String>,
         /// With net.connect revoked, still allow this destination: CIDR[:PORT], e.g. 10.1.0.0/16:5432 or [::1]/128:443. Repeatable.
@@ -195,7 +198,8 @@ pub enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// List the capabilities `degrade` can revoke and whether this kernel enforces each.
+    /// List the capabilities `degrade` can revoke, whether this kernel enforces each, and what stays
+    /// OPEN here ("yes, partly").
     Capabilities,
     /// Stream alerts and sampled denials as they happen.
     Events,

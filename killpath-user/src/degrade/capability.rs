@@ -30,7 +30,9 @@ pub enum Capability {
 /// What a capability needs from the kernel to be enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
-    /// cgroup sock_addr/sock hooks: enforceable without BPF LSM.
+    /// cgroup sock_addr/sock/skb hooks: enforceable without BPF LSM, with
+    /// what only BPF LSM cuts reported open
+    /// ([`Capability::open_without_lsm`]).
     CgroupHooks,
     /// BPF LSM hooks.
     Lsm,
@@ -45,6 +47,10 @@ pub struct CapabilityStatus {
     pub name: String,
     pub enforceable: bool,
     pub detail: String,
+    /// What stays OPEN on this kernel although the capability is
+    /// enforceable (absent: nothing known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<String>,
 }
 
 /// Why capabilities cannot be enforced on this kernel (None: they can).
@@ -122,9 +128,11 @@ impl Capability {
     /// What refuses it in the kernel.
     pub fn enforced_by(self) -> &'static str {
         match self {
-            Capability::NetConnect => "cgroup connect4/6 + sendmsg4/6 (allow-list: LPM trie)",
+            Capability::NetConnect => {
+                "cgroup connect4/6 + sendmsg4/6 (allow-list: LPM trie) + cgroup skb egress (every packet, sockets connected before the revoke too) + cgroup sock_create (raw IP sockets) + BPF LSM socket_create (packet sockets)"
+            }
             Capability::NetListen => "BPF LSM socket_listen",
-            Capability::NetRaw => "cgroup sock_create (raw IP) + BPF LSM socket_create (packet sockets)",
+            Capability::NetRaw => "cgroup sock_create (raw IP sockets) + BPF LSM socket_create (packet sockets)",
             Capability::NetUnix => "BPF LSM socket_create + socket_connect (AF_UNIX)",
             Capability::FsWrite => {
                 "BPF LSM file_open (for write) + path_mknod/mkdir/unlink/rmdir/rename/link/symlink/truncate/chmod/chown; allow-list by directory inode"
@@ -140,13 +148,27 @@ impl Capability {
         }
     }
 
+    /// For a capability enforced by cgroup hooks: what they cut alone
+    /// (without BPF LSM) and what stays open there.
+    pub fn without_lsm(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Capability::NetConnect => Some((
+                "cgroup connect4/6 + sendmsg4/6 (allow-list: LPM trie) + cgroup skb egress (every packet, sockets connected before the revoke too) + cgroup sock_create (raw IP sockets)",
+                "packet sockets (AF_PACKET, root only) are not refused: only BPF LSM socket_create refuses them",
+            )),
+            Capability::NetRaw => {
+                Some(("cgroup sock_create (raw IP sockets, AF_INET/AF_INET6)", "packet sockets (AF_PACKET) are not refused: only BPF LSM socket_create refuses them"))
+            }
+            _ => None,
+        }
+    }
+
     /// What the kernel must offer to enforce it.
     pub fn needs(self) -> Needs {
         match self {
-            Capability::NetConnect => Needs::CgroupHooks,
+            Capability::NetConnect | Capability::NetRaw => Needs::CgroupHooks,
             Capability::FsWrite | Capability::Signal => Needs::LsmAndBtf,
             Capability::NetListen
-            | Capability::NetRaw
             | Capability::NetUnix
             | Capability::Exec
             | Capability::Fork
@@ -187,13 +209,25 @@ impl Capability {
             _ => None,
         };
         let lsm_error = gaps.lsm.as_deref();
+        let partial = match (self.needs(), lsm_error, self.without_lsm()) {
+            (Needs::CgroupHooks, Some(_), Some((cut, open))) => Some((cut, open)),
+            _ => None,
+        };
+        if let Some((cut, open)) = partial {
+            return CapabilityStatus {
+                name: self.name().to_owned(),
+                enforceable: true,
+                detail: format!("{cut}; OPEN without BPF LSM: {open}"),
+                open: Some(open.to_owned()),
+            };
+        }
         let (enforceable, detail) = match (self.needs(), lsm_error, btf_gap) {
             (Needs::CgroupHooks, _, _) => (true, self.enforced_by().to_owned()),
             (Needs::LsmAndBtf, None, Some(gap)) => (false, format!("not enforceable on this kernel: {gap}")),
             (_, None, _) => (true, self.enforced_by().to_owned()),
             (_, Some(_), _) => (false, "not enforceable on this kernel: needs BPF LSM (see `killpath probe`)".to_owned()),
         };
-        CapabilityStatus { name: self.name().to_owned(), enforceable, detail }
+        CapabilityStatus { name: self.name().to_owned(), enforceable, detail, open: None }
     }
 }
 
@@ -240,7 +274,12 @@ mod tests {
     fn enforceability_follows_the_kernel() {
         let no_lsm = KernelGaps { lsm: Some("off".into()), ..Default::default() };
         let on: Vec<&str> = Capability::ALL.iter().filter(|c| c.status(&no_lsm).enforceable).map(|c| c.name()).collect();
-        assert_eq!(on, ["net.connect"]);
+        assert_eq!(on, ["net.connect", "net.raw"]);
+        for c in [Capability::NetConnect, Capability::NetRaw] {
+            let st = c.status(&no_lsm);
+            assert!(st.detail.contains("OPEN without BPF LSM") && st.open.as_deref().is_some_and(|o| o.contains("AF_PACKET")), "{st:?}");
+            assert_eq!(c.status(&KernelGaps::default()).open, None, "with BPF LSM nothing is open");
+        }
         let no_btf = KernelGaps { fs: Some("no offsets".into()), ..Default::default() };
         assert!(!Capability::FsWrite.status(&no_btf).enforceable);
         assert!(Capability::Exec.status(&no_btf).enforceable);

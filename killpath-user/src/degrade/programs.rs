@@ -1,9 +1,11 @@
 //! Degrade's host-wide BPF LSM hooks (one program per hook, listed in
 //! `killpath_common::programs::DEGRADE_LSM`). They run for every task on
 //! the host and return at once for tasks outside degraded targets (the
-//! `degraded_targets` switch in `KP_GUARD_CONFIG`). net.connect does not
-//! need them: it is refused by the per-target cgroup hooks that
-//! `isolate::programs` attaches.
+//! `degraded_targets` switch in `KP_GUARD_CONFIG`). net.connect and the
+//! raw-IP part of net.raw do not need them: they are refused by the
+//! per-target cgroup hooks that `isolate::programs` attaches (sock_addr,
+//! sock_create, skb egress); packet sockets are refused by isolate's LSM
+//! socket_create hook.
 use std::path::Path;
 
 use aya::{Btf, Ebpf};

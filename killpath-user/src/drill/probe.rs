@@ -102,8 +102,10 @@ fn probe(cap: &str, connect: Option<SocketAddr>, outside_pid: Option<i32>, scrat
             None => return json!({"cap": cap, "result": "not-checked", "detail": "no listener given"}),
         },
         Capability::NetListen => TcpListener::bind("127.0.0.1:0").map(drop).map_err(io_err),
-        Capability::NetRaw => raw_socket(libc::AF_PACKET, libc::SOCK_RAW),
-        Capability::NetUnix => raw_socket(libc::AF_UNIX, libc::SOCK_STREAM),
+        // A raw IP socket: refused on every kernel that enforces net.raw
+        // (packet sockets only where BPF LSM runs).
+        Capability::NetRaw => raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        Capability::NetUnix => raw_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0),
         Capability::FsWrite => std::fs::write(scratch.join("drill-fs-write"), b"x").map_err(io_err),
         // Probed last, by exec'ing this binary (see `run`).
         Capability::Exec => return json!({"cap": cap, "result": "not-checked", "detail": "exec is probed by exec'ing the probe itself"}),
@@ -128,9 +130,9 @@ fn probe(cap: &str, connect: Option<SocketAddr>, outside_pid: Option<i32>, scrat
     verdict(cap, r)
 }
 
-fn raw_socket(family: i32, ty: i32) -> std::result::Result<(), i32> {
+fn raw_socket(family: i32, ty: i32, protocol: i32) -> std::result::Result<(), i32> {
     // SAFETY: plain socket(2); the fd is closed right away.
-    let fd = unsafe { libc::socket(family, ty, 0) };
+    let fd = unsafe { libc::socket(family, ty, protocol) };
     if fd < 0 {
         return Err(errno());
     }

@@ -34,8 +34,9 @@ fn degrade_capabilities_and_refusals_change_nothing() {
         let name = c["name"].as_str().unwrap();
         let enforceable = c["enforceable"].as_bool().unwrap_or_else(|| panic!("{c}"));
         if !lsm || !BTF_CAPS.contains(&name) {
-            // Without BPF LSM only the cgroup hooks of net.connect remain.
-            let want = name == "net.connect" || lsm;
+            // Without BPF LSM only the cgroup hooks of net.connect and
+            // net.raw (raw IP sockets) remain.
+            let want = name == "net.connect" || name == "net.raw" || lsm;
             assert_eq!(enforceable, want, "{name}: enforceable must be {want} here (BPF LSM: {lsm}): {c}");
         }
         let detail = c["detail"].as_str().unwrap_or("");

@@ -9,8 +9,10 @@
 //! the test starts outside it; errnos are read from python, which reports
 //! exactly what the syscall returned.
 //!
-//! On a kernel without BPF LSM (the host) only `net.connect` is enforceable
-//! (cgroup sock_addr hooks). Tests whose names start with `lsm_` need BPF LSM
+//! On a kernel without BPF LSM (the host) only `net.connect` (cgroup
+//! sock_addr, sock_create and skb egress hooks) and `net.raw` (raw IP
+//! sockets at cgroup sock_create; packet sockets reported open) are
+//! enforceable. Tests whose names start with `lsm_` need BPF LSM
 //! and run in the VM (`cargo xtask test --vm-only`): there a long-lived
 //! python helper inside the target performs each operation on request (read
 //! from a FIFO), since with `exec` or `fork` revoked no new helper could be
@@ -30,6 +32,7 @@ mod lsm;
 mod nested;
 mod net_connect;
 mod restart;
+mod side_doors;
 
 use std::{path::Path, process::Output};
 
