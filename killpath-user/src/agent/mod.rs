@@ -111,7 +111,7 @@ impl State {
         }
         let registry = Registry::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        let pacer = throttle::Pacer::start(enforcer.throttle_events.take());
+        let pacer = throttle::Pacer::start(enforcer.throttle_events.take(), enforcer.pacer_maps.take(), cgroup_mount.clone());
         let mut state = Self {
             config,
             registry,

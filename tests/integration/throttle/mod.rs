@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+mod attacks;
+
 use crate::{
     harness::{alive, wait_until, Agent},
     support::{
