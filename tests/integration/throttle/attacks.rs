@@ -63,8 +63,11 @@ fn throttle_pace_holds_against_a_sigcont_loop() {
     let free = rate(Duration::from_secs(1));
     assert!(free > 20_000.0, "the unthrottled write loop is too slow to show a ceiling: {free:.0}/s");
 
-    let ceiling = 1_000.0;
-    throttle(&agent, &["fighter", "--syscall-class", "fs-write=1000/s"]);
+    // 100/s: with SIGSTOP alone, the stop/continue ping-pong itself let the
+    // loop run at ~1,000 writes/s on the 2-core test machine, so a 1,000/s
+    // ceiling would not show the hole.
+    let ceiling = 100.0;
+    throttle(&agent, &["fighter", "--syscall-class", "fs-write=100/s"]);
     std::thread::sleep(Duration::from_millis(1000));
     let before = bucket(&throttle_row(&agent, "fighter"), "fs-write").clone();
     let w0 = syscw(pid);
@@ -72,7 +75,7 @@ fn throttle_pace_holds_against_a_sigcont_loop() {
     let after_row = throttle_row(&agent, "fighter");
     let w1 = syscw(pid);
     let after = bucket(&after_row, "fs-write");
-    eprintln!("fs-write=1000/s with a SIGCONT loop beside it: {measured:.0} writes/s from /proc (unthrottled {free:.0}/s)");
+    eprintln!("fs-write=100/s with a SIGCONT loop beside it: {measured:.0} writes/s from /proc (unthrottled {free:.0}/s)");
     assert!(alive(pid), "the paced loop died (pace never fails a call)");
     assert!(measured <= 1.5 * ceiling, "SIGCONT undid the pacing: {measured:.0} writes/s under a {ceiling}/s ceiling");
     assert!(measured >= 0.5 * ceiling, "the loop was held far below its ceiling: {measured:.0}/s");
@@ -87,7 +90,7 @@ fn throttle_pace_holds_against_a_sigcont_loop() {
     assert_eq!(n(after, "denied"), 0, "pace mode must not count anything denied: {after_row}");
     assert!(n(after, "paced") > n(&before, "paced"), "nothing paced: {after_row}");
     assert!(n(after, "paced") <= n(after, "passed"), "paced is a part of passed: {after_row}");
-    assert!(charged + 50 >= written && charged <= written + written / 5 + 200, "status charged {charged} writes, /proc counted {written}: {after_row}");
+    assert!(charged + 50 >= written && charged <= written + written / 5 + 50, "status charged {charged} writes, /proc counted {written}: {after_row}");
     assert!(after_row["freezes"].as_u64().unwrap_or(0) > 0, "the pacer never froze the target: {after_row}");
 
     // Lifting the ceiling thaws the target at once: full speed again.
