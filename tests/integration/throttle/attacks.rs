@@ -153,3 +153,49 @@ fn throttle_io_uring_is_charged_per_operation() {
         drop(w);
     }
 }
+
+/// UDP datagrams to 127.0.0.1:argv[1] in a tight loop (class net).
+const SEND_LOOP: &str = "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\naddr = ('127.0.0.1', int(sys.argv[1]))\n\
+                         while True:\n    s.sendto(b'x', addr)\n";
+
+/// Writes 0 to argv[1] (its own target's cgroup.freeze) in a tight loop:
+/// root without BPF LSM may. write(2) is not in the net class, so this
+/// process is never paused by SIGSTOP; only the freeze stops it.
+const THAW_LOOP: &str = "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nwhile True:\n    try:\n        os.write(fd, b'0')\n    except OSError:\n        pass\n";
+
+/// A root workload (no BPF LSM) writes 0 to its own cgroup.freeze in a
+/// tight loop beside a paced UDP sender, and a third process sends that
+/// sender SIGCONT in a tight loop (so a thaw alone would set it going). Once frozen it cannot write any
+/// more (it is frozen too); it can only win the race with the pacer's own
+/// write. The pacer sees `cgroup.freeze` at 0 while it holds the target,
+/// freezes it again, counts it and journals it; the receiver outside sees
+/// the ceiling held within 1.5×.
+#[test]
+fn throttle_pace_refreezes_a_target_that_thaws_itself() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count_file = dir.path().join("received");
+    let mut recv = Server::start(dir.path(), "udp-recv", &[py(), "-c", RECEIVER, &count_file.display().to_string()]);
+    let port = recv.port().to_string();
+    let received = || std::fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let freeze = agent.target_cgroup("thawer").path().join("cgroup.freeze").display().to_string();
+    let script = format!("{py} -c \"$0\" {port} & S=$!; {py} -c \"$2\" $S & {py} -c \"$1\" {freeze}", py = py());
+    let _w = run_bg(&agent, "thawer", &["sh", "-c", &script, SEND_LOOP, THAW_LOOP, CONT_LOOP], 4);
+    wait_until(Duration::from_secs(10), || received() > 0).unwrap_or_else(|| panic!("no datagram: {}", recv.describe()));
+    let ceiling = 100.0;
+    throttle(&agent, &["thawer", "--syscall-class", "net=100/s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = received();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let measured = (received() - a) as f64 / t.elapsed().as_secs_f64();
+    let row = throttle_row(&agent, "thawer");
+    eprintln!("net=100/s with the target writing 0 to its own cgroup.freeze and sending SIGCONT in loops: receiver {measured:.1} datagrams/s; thaws undone {}", row["thaws_undone"]);
+    assert!(measured <= 1.5 * ceiling, "thawing itself undid the pacing: {measured:.1} datagrams/s under {ceiling}/s: {row}");
+    let undone = row["thaws_undone"].as_u64().unwrap_or(0);
+    if undone > 0 {
+        // Journaled (high priority) and alerted.
+        let rec = agent.journal().into_iter().find(|r| r["action"] == "throttle-thaw-undone");
+        assert!(rec.is_some_and(|r| r["high_priority"] == true), "thaw undone {undone} times but not journaled");
+    }
+}
