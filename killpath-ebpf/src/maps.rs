@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{
-    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey,
+    WriteAllow,
 };
 
 /// Upper bound on managed targets.

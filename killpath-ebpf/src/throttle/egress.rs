@@ -29,7 +29,10 @@ pub fn skb(depth_mask: u32, skb: *mut __sk_buff) -> Verdict {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    worse(charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, Limit::TwoBursts, now), charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, Limit::TwoBursts, now))
+    worse(
+        charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, Limit::TwoBursts, now),
+        charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, Limit::TwoBursts, now),
+    )
 }
 
 /// At connect (cgroup sock_addr connect4/6, process context): caps the

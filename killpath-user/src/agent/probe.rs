@@ -83,7 +83,11 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
                 format!(
                     "syscalls: raw_tracepoint sys_exit, paced with SIGSTOP + cgroup.freeze{}; io_uring: {}",
                     if f.cgroup_freeze { "" } else { " (NO cgroup.freeze: SIGSTOP only, which the target's own SIGCONT undoes)" },
-                    if cov["per_operation"] == true { "each operation charged at io_uring_submit_req, SQPOLL rings included" } else { "per io_uring_enter only, SQPOLL rings NOT counted" },
+                    if cov["per_operation"] == true {
+                        "each operation charged at io_uring_submit_req, SQPOLL rings included"
+                    } else {
+                        "per io_uring_enter only, SQPOLL rings NOT counted"
+                    },
                 )
             } else {
                 "UNAVAILABLE: raw_tracepoint refused (egress and --tasks ceilings still work)".into()

@@ -207,7 +207,9 @@ impl State {
                 PacerReport::ThawUndone { cgroup_id, times } => (
                     cgroup_id,
                     "throttle-thaw-undone",
-                    format!("a paced target was thawed behind the pacer (cgroup.freeze written 0, {times} time(s) so far); frozen again until its debt is paid"),
+                    format!(
+                        "a paced target was thawed behind the pacer (cgroup.freeze written 0, {times} time(s) so far); frozen again until its debt is paid"
+                    ),
                     json!({"cgroup_id": cgroup_id, "times": times}),
                 ),
                 PacerReport::FreezeFailed { cgroup_id, error } => (

@@ -107,9 +107,9 @@ impl Output {
                 }
                 if th["frozen_for_debt"] == Value::Bool(true) || th["freezes"].as_u64().is_some_and(|n| n > 0) {
                     println!(
-                        "{:<22}pacing: {} frozen for its debt now; {} freezes, {} process(es) stopped now, thawed behind the pacer {} time(s)",
+                        "{:<22}pacing: {} for its debt now; {} freezes, {} process(es) stopped now, thawed behind the pacer {} time(s)",
                         "",
-                        if th["frozen_for_debt"] == Value::Bool(true) { "" } else { "not" },
+                        if th["frozen_for_debt"] == Value::Bool(true) { "frozen" } else { "not frozen" },
                         s(&th["freezes"]),
                         s(&th["tasks_paused_now"]),
                         s(&th["thaws_undone"])

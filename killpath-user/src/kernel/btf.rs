@@ -126,6 +126,25 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | minor
 }
 
+/// Byte offset of `opcode` in `struct io_kiocb` (the io_uring request the
+/// `io_uring_submit_req` tracepoint passes), for charging io_uring
+/// operations per operation. Its own BTF read so that the throttle does
+/// not share a failure with the LSM offsets; the error says why io_uring is
+/// then counted per io_uring_enter only.
+pub fn iouring_opcode_offset() -> Result<u32, String> {
+    let btf = Btf::from_file(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
+    // Every tracepoint built into the kernel has a `btf_trace_<name>`
+    // typedef; io_uring_submit_req(struct io_kiocb *) is Linux 6.0+ (5.x
+    // had io_uring_submit_sqe with the opcode as an argument).
+    if btf.resolve_types_by_name("btf_trace_io_uring_submit_req").map_or(true, |t| t.is_empty()) {
+        return Err("this kernel has no io_uring_submit_req tracepoint (Linux 6.0+, with io_uring built in)".into());
+    }
+    match offset(&btf, "io_kiocb", "opcode")? {
+        0 => Err("struct io_kiocb has its opcode at offset 0, which this build does not expect".into()),
+        o => Ok(o),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,24 +164,5 @@ mod tests {
             assert!(r.offsets.kernfs_node_parent > 0 && r.offsets.sb_s_magic > 0 && r.offsets.task_tgid > 0);
             assert!(r.offsets.file_f_path > 0 && r.offsets.dentry_d_parent > 0);
         }
-    }
-}
-
-/// Byte offset of `opcode` in `struct io_kiocb` (the io_uring request the
-/// `io_uring_submit_req` tracepoint passes), for charging io_uring
-/// operations per operation. Its own BTF read so that the throttle does
-/// not share a failure with the LSM offsets; the error says why io_uring is
-/// then counted per io_uring_enter only.
-pub fn iouring_opcode_offset() -> Result<u32, String> {
-    let btf = Btf::from_file(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
-    // Every tracepoint built into the kernel has a `btf_trace_<name>`
-    // typedef; io_uring_submit_req(struct io_kiocb *) is Linux 6.0+ (5.x
-    // had io_uring_submit_sqe with the opcode as an argument).
-    if btf.resolve_types_by_name("btf_trace_io_uring_submit_req").map_or(true, |t| t.is_empty()) {
-        return Err("this kernel has no io_uring_submit_req tracepoint (Linux 6.0+, with io_uring built in)".into());
-    }
-    match offset(&btf, "io_kiocb", "opcode")? {
-        0 => Err("struct io_kiocb has its opcode at offset 0, which this build does not expect".into()),
-        o => Ok(o),
     }
 }
