@@ -352,6 +352,20 @@ mod tests {
     }
 
     #[test]
+    fn iouring_opcodes_have_one_class_each() {
+        let t = iouring_class_table();
+        let mut seen = std::collections::BTreeSet::new();
+        for (op, c) in &t {
+            assert!(*op < class::MAX_IOURING_OP, "opcode {op} past the table");
+            assert!(seen.insert(*op), "opcode {op} in two classes");
+            assert!(*c == class::NET + 1 || *c == class::FS_WRITE + 1);
+        }
+        // IORING_OP_SEND (26) and SENDMSG (9) are net, WRITE (23) fs-write.
+        assert!(t.contains(&(26, class::NET + 1)) && t.contains(&(9, class::NET + 1)) && t.contains(&(23, class::FS_WRITE + 1)));
+        assert_eq!(iouring_coverage(Err("old kernel"))["per_operation"], false);
+    }
+
+    #[test]
     fn merge_changes_only_what_is_named() {
         let mut a = Ceilings::default();
         a.syscalls.insert("all".into(), 1000);
