@@ -199,3 +199,48 @@ fn throttle_pace_refreezes_a_target_that_thaws_itself() {
         assert!(rec.is_some_and(|r| r["high_priority"] == true), "thaw undone {undone} times but not journaled");
     }
 }
+
+/// Tries to open argv[1] (its own cgroup.freeze) for writing and write 0,
+/// in a loop; writes the errno of the first failure (or "wrote") to argv[2].
+const THAW_TRY: &str = "import os, sys\nfirst = None\nwhile True:\n    try:\n        fd = os.open(sys.argv[1], os.O_WRONLY)\n        os.write(fd, b'0')\n        os.close(fd)\n        r = 'wrote'\n\
+                        \x20   except OSError as e:\n        r = str(e.errno)\n    if first is None:\n        first = r\n        open(sys.argv[2], 'w').write(r)\n";
+
+/// `run --user nobody`: the target's cgroup stays root's, so the workload
+/// cannot write its own cgroup.freeze (EACCES) and its pacing holds with a
+/// thaw loop beside it; the pacer never had to re-freeze it.
+#[test]
+fn throttle_user_workload_cannot_thaw_itself() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod tempdir");
+    let count_file = dir.path().join("received");
+    let mut recv = Server::start(dir.path(), "udp-recv", &[py(), "-c", RECEIVER, &count_file.display().to_string()]);
+    let port = recv.port().to_string();
+    let received = || std::fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let freeze = agent.target_cgroup("nobody").path().join("cgroup.freeze").display().to_string();
+    let result = dir.path().join("thaw").display().to_string();
+    let script = format!("{py} -c \"$1\" {freeze} {result} & exec {py} -c \"$0\" {port}", py = py());
+    let child = agent
+        .cmd(&["run", "nobody", "--user", "nobody", "--", "sh", "-c", &script, SEND_LOOP, THAW_TRY])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn run --user");
+    let _w = crate::support::process::Reaped(child);
+    wait_until(Duration::from_secs(20), || received() > 0).unwrap_or_else(|| panic!("no datagram: {}", recv.describe()));
+    wait_until(Duration::from_secs(10), || std::fs::metadata(&result).is_ok_and(|m| m.len() > 0)).expect("the thaw attempt reported");
+    let errno = std::fs::read_to_string(&result).unwrap_or_default();
+    assert_eq!(errno.trim(), "13", "a --user workload opened its own cgroup.freeze for writing (EACCES expected)");
+    throttle(&agent, &["nobody", "--syscall-class", "net=100/s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = received();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let measured = (received() - a) as f64 / t.elapsed().as_secs_f64();
+    let row = throttle_row(&agent, "nobody");
+    eprintln!("--user nobody, net=100/s, thaw attempts beside: receiver {measured:.1} datagrams/s; thaw attempt errno {}", errno.trim());
+    assert!(measured <= 150.0, "{measured:.1} datagrams/s under 100/s: {row}");
+    assert!(row["freezes"].as_u64().unwrap_or(0) > 0, "{row}");
+    assert_eq!(row["thaws_undone"], 0, "{row}");
+}
