@@ -1,7 +1,9 @@
 //! Level 1, io_uring operations: one charge per submitted operation, at
-//! raw_tracepoint/io_uring_submit_req (Linux 6.0; before, the tracepoint
-//! was io_uring_submit_sqe with another signature, and attaching fails, so
-//! the agent reports io_uring as counted per io_uring_enter only).
+//! raw_tracepoint/io_uring_submit_req (Linux 6.3+) or, on 5.19–6.2, the
+//! same tracepoint's older name io_uring_submit_sqe: both take the
+//! `struct io_kiocb *` first, and the agent picks the one this kernel's
+//! BTF shows with that argument. Older kernels passed the opcode and no
+//! request; the agent then reports io_uring as counted per io_uring_enter.
 //!
 //! One io_uring_enter can carry hundreds of operations, and a SQPOLL ring
 //! makes no syscall at all: sys_exit sees neither. This tracepoint fires in
@@ -24,6 +26,7 @@ use crate::{
     targets,
 };
 
+// The section name only: the agent attaches it by the name BTF found.
 #[raw_tracepoint(tracepoint = "io_uring_submit_req")]
 pub fn kp_throttle_io_uring(ctx: RawTracePointContext) -> i32 {
     try_submit(&ctx).unwrap_or(0)
@@ -38,7 +41,8 @@ fn try_submit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if off == 0 || off > 4096 {
         return Ok(0);
     }
-    // io_uring_submit_req(struct io_kiocb *req).
+    // io_uring_submit_req(struct io_kiocb *req), and
+    // io_uring_submit_sqe(struct io_kiocb *req, bool force_nonblock).
     let req: *const u8 = ctx.arg(0);
     // SAFETY: bounded kernel read of one byte of the request.
     let op = unsafe { bpf_probe_read_kernel(req.add(off as usize)) }?;

@@ -156,9 +156,9 @@ impl Enforcer {
         // to valid bpf_map" (aya relocated the fd into its instructions).
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
-        let iouring_offset = btf::iouring_opcode_offset();
-        let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring_offset.as_ref().ok().copied())?;
-        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone(), iouring_offset.map(|_| ()))?;
+        let iouring = btf::iouring_submit();
+        let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
+        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone(), iouring.map(|i| i.tracepoint))?;
         // The pacer's own handles on the buckets and the targets' levels
         // (it runs on its own thread, outside the agent's state lock).
         let pacer_maps = throttle::pacer::PacerMaps::open(&gen)

@@ -70,10 +70,9 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
         ),
     });
     // Level 1 first in the list: syscall ceilings and what they see of
-    // io_uring here (per operation where the io_uring_submit_req
-    // tracepoint and the io_kiocb offset exist).
-    let iouring = btf::iouring_opcode_offset().map(|_| ());
-    let cov = crate::throttle::iouring_coverage(iouring.as_ref().map(|_| ()).map_err(String::as_str));
+    // io_uring here (per operation where an io_uring submission
+    // tracepoint taking the request and the io_kiocb offset exist).
+    let iouring = btf::iouring_submit();
     levels.insert(
         0,
         LevelSupport {
@@ -83,10 +82,9 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
                 format!(
                     "syscalls: raw_tracepoint sys_exit, paced with SIGSTOP + cgroup.freeze{}; io_uring: {}",
                     if f.cgroup_freeze { "" } else { " (NO cgroup.freeze: SIGSTOP only, which the target's own SIGCONT undoes)" },
-                    if cov["per_operation"] == true {
-                        "each operation charged at io_uring_submit_req, SQPOLL rings included"
-                    } else {
-                        "per io_uring_enter only, SQPOLL rings NOT counted"
+                    match &iouring {
+                        Ok(i) => format!("each operation charged at {}, SQPOLL rings included", i.tracepoint),
+                        Err(e) => format!("per io_uring_enter only, SQPOLL rings NOT counted ({e})"),
                     },
                 )
             } else {

@@ -201,7 +201,20 @@ impl State {
     /// Journals (high priority) and alerts what the pacer reported: a
     /// target thawed behind it (and frozen again), or a freeze that failed.
     fn pacer_reports(&mut self) {
-        let reports: Vec<PacerReport> = self.pacer.reports.try_iter().collect();
+        // Coalesced per target and kind: one record per sample (0.5 s)
+        // however often the pacer had to re-freeze, with the running count.
+        let mut reports: Vec<PacerReport> = Vec::new();
+        for r in self.pacer.reports.try_iter() {
+            let same = |o: &PacerReport| match (o, &r) {
+                (PacerReport::ThawUndone { cgroup_id: a, .. }, PacerReport::ThawUndone { cgroup_id: b, .. }) => a == b,
+                (PacerReport::FreezeFailed { cgroup_id: a, .. }, PacerReport::FreezeFailed { cgroup_id: b, .. }) => a == b,
+                _ => false,
+            };
+            match reports.iter_mut().find(|o| same(o)) {
+                Some(o) => *o = r,
+                None => reports.push(r),
+            }
+        }
         for r in reports {
             let (id, action, message, details) = match r {
                 PacerReport::ThawUndone { cgroup_id, times } => (

@@ -256,6 +256,13 @@ impl Cgroup {
         Ok(text.trim() == "1")
     }
 
+    /// cgroup.events, opened for reading: kernfs wakes a poll(2) on it with
+    /// POLLPRI whenever `populated` or `frozen` changes (a thaw, too); read
+    /// it again after each wake-up to re-arm.
+    pub fn events_file(&self) -> Result<fs::File> {
+        self.open("cgroup.events", false).map_err(Error::cgroup(self.file("cgroup.events")))
+    }
+
     /// cgroup.kill (Linux 5.14): SIGKILL to every task of the subtree in the
     /// write itself; the kernel also kills tasks forked while it runs
     /// (CGRP_KILL is checked in cgroup_post_fork), so no fork escapes.

@@ -6,7 +6,8 @@
 //! agent dead.
 //!
 //! With it, and under the same rule, the io_uring hook
-//! (`raw_tracepoint/io_uring_submit_req`, Linux 6.0): one charge per
+//! (`raw_tracepoint/io_uring_submit_req`, or `io_uring_submit_sqe` on
+//! 5.19–6.2, whichever BTF shows taking the request): one charge per
 //! submitted io_uring operation, SQPOLL rings included. Where this kernel
 //! lacks the tracepoint or the BTF offset it needs, syscall ceilings still
 //! work and `probe`/`status` say io_uring is counted per io_uring_enter.
@@ -53,11 +54,17 @@ fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, name: &'sta
 impl SyscallHook {
     /// Loads (and pins) the programs now; attaching waits for the first
     /// syscall ceiling, which is then a map update plus link creations.
-    /// `iouring`: the BTF check of the io_uring tracepoint (see
-    /// `kernel::btf::iouring_opcode_offset`).
-    pub fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, links: LinkKeeper, iouring: std::result::Result<(), String>) -> Result<Self> {
+    /// `iouring`: the io_uring submission tracepoint this kernel has, or
+    /// why none fits (see `kernel::btf::iouring_submit`).
+    pub fn load(
+        ebpf: &mut Ebpf,
+        gen: &Path,
+        loaded: &mut Vec<&'static str>,
+        links: LinkKeeper,
+        iouring: std::result::Result<&'static str, String>,
+    ) -> Result<Self> {
         let sys_exit = load(ebpf, gen, loaded, programs::THROTTLE_SYS_EXIT, "sys_exit")?;
-        let io_uring = iouring.and_then(|()| load(ebpf, gen, loaded, programs::THROTTLE_IO_URING, "io_uring_submit_req").map_err(|e| e.to_string()));
+        let io_uring = iouring.and_then(|tp| load(ebpf, gen, loaded, programs::THROTTLE_IO_URING, tp).map_err(|e| e.to_string()));
         if let Err(e) = &io_uring {
             warn!("io_uring operations are counted per io_uring_enter only: {e}");
         }
@@ -112,9 +119,9 @@ impl SyscallHook {
         self.sys_exit.link_pin.exists()
     }
 
-    /// Whether io_uring operations are charged one by one on this kernel,
-    /// and if not, why.
-    pub fn iouring(&self) -> std::result::Result<(), &str> {
-        self.io_uring.as_ref().map(|_| ()).map_err(String::as_str)
+    /// The tracepoint io_uring operations are charged at on this kernel,
+    /// or why they are not charged one by one.
+    pub fn iouring(&self) -> std::result::Result<&'static str, &str> {
+        self.io_uring.as_ref().map(|h| h.tracepoint).map_err(String::as_str)
     }
 }

@@ -67,14 +67,15 @@ pub fn iouring_class_table() -> Vec<(u32, u32)> {
 }
 
 /// What a syscall ceiling sees of io_uring on this kernel, for `probe`,
-/// `throttle` and `status`: `Ok` when each operation is charged (the
-/// tracepoint hook loaded), else why it is counted per io_uring_enter only.
-pub fn iouring_coverage(hook: std::result::Result<(), &str>) -> serde_json::Value {
+/// `throttle` and `status`: the tracepoint each operation is charged at,
+/// else why it is counted per io_uring_enter only.
+pub fn iouring_coverage(hook: std::result::Result<&str, &str>) -> serde_json::Value {
     match hook {
-        Ok(()) => serde_json::json!({
+        Ok(tp) => serde_json::json!({
             "per_operation": true,
-            "how": "each submitted io_uring operation is charged to its class (and to all) at the io_uring_submit_req tracepoint, \
-                    in the submitter's context or the ring's SQPOLL thread's, to the ring owner's target",
+            "tracepoint": tp,
+            "how": format!("each submitted io_uring operation is charged to its class (and to all) at the {tp} tracepoint, \
+                    in the submitter's context or the ring's SQPOLL thread's, to the ring owner's target"),
             "sqpoll": "a SQPOLL ring is counted and paced: its operations are charged when the SQ thread submits them, and the \
                        freeze that pays the debt stops that thread too. Operations are counted when submitted, not when they \
                        complete (one punted to io-wq, or a multishot receive, is one charge); a ring shared with a process outside \

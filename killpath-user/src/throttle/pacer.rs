@@ -23,12 +23,15 @@
 //! another reason: the target's level in `KP_TARGETS` is read from the
 //! kernel right before every thaw, and a target at `stopped` is left
 //! alone; a cgroup already frozen when the pacer came is not its to thaw.
-//! While it holds a target it re-reads `cgroup.freeze` every few
-//! milliseconds: if something wrote 0 (root, where no BPF LSM refuses the
-//! write), it freezes again and reports it, for the agent to journal.
+//! While it holds a target it watches `cgroup.events` (kernfs wakes a
+//! poll on it with POLLPRI when `frozen` changes, so a thaw wakes the
+//! pacer at once) and re-reads `cgroup.freeze` at least every 5 ms: if
+//! something wrote 0 (root, where no BPF LSM refuses the write), it freezes
+//! again and reports it, for the agent to journal.
 use std::{
     collections::HashMap,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    io::{Read, Seek},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -133,7 +136,17 @@ impl Pacer {
         let (report_tx, reports) = mpsc::channel();
         let resumed = Arc::new(AtomicU64::new(0));
         let view = Arc::new(Mutex::new(HashMap::new()));
-        let mut ctx = Loop { rb, rx, maps, mount: cgroup_mount, resumed: resumed.clone(), view: view.clone(), reports: report_tx, holds: HashMap::new() };
+        let mut ctx = Loop {
+            rb,
+            rx,
+            maps,
+            mount: cgroup_mount,
+            resumed: resumed.clone(),
+            view: view.clone(),
+            reports: report_tx,
+            holds: HashMap::new(),
+            freeze_failed: Default::default(),
+        };
         let spawned = std::thread::Builder::new().name("kp-pacer".into()).spawn(move || ctx.run());
         if let Err(e) = spawned {
             warn!("cannot start the pacer thread: paced tasks will not be resumed: {e}");
@@ -157,6 +170,8 @@ struct Hold {
     owned: bool,
     /// Processes the kernel stopped, resumed through their pidfds.
     stopped: HashMap<u32, OwnedFd>,
+    /// The cgroup's cgroup.events, polled for a thaw behind the pacer.
+    events: Option<std::fs::File>,
 }
 
 struct Loop {
@@ -168,6 +183,8 @@ struct Loop {
     view: Arc<Mutex<HashMap<u64, PacerView>>>,
     reports: mpsc::Sender<PacerReport>,
     holds: HashMap<u64, Hold>,
+    /// Targets whose failed freeze was reported already.
+    freeze_failed: std::collections::HashSet<u64>,
 }
 
 fn monotonic_ns() -> u64 {
@@ -279,14 +296,18 @@ impl Loop {
             Ok(owned) => owned,
             Err(error) => {
                 warn!(cgroup_id = id, "cannot freeze a paced target, it is held by SIGSTOP alone: {error}");
-                let _ = self.reports.send(PacerReport::FreezeFailed { cgroup_id: id, error });
+                // Reported (journaled) once per target, not at every pause.
+                if self.freeze_failed.insert(id) {
+                    let _ = self.reports.send(PacerReport::FreezeFailed { cgroup_id: id, error });
+                }
                 false
             }
         };
         if owned {
             self.view(id, |v| v.freezes += 1);
         }
-        Hold { cg: opened.ok(), until_ns: 0, owned, stopped: HashMap::new() }
+        let events = opened.as_ref().ok().filter(|_| owned).and_then(|cg| cg.events_file().ok());
+        Hold { cg: opened.ok(), until_ns: 0, owned, stopped: HashMap::new(), events }
     }
 
     /// Lets go of every target whose debt is paid (or whose ceiling was
@@ -337,7 +358,13 @@ impl Loop {
     /// Re-freezes a held target that something thawed behind the pacer.
     fn check_frozen(&mut self) {
         let mut undone = Vec::new();
-        for (id, h) in &self.holds {
+        for (id, h) in self.holds.iter_mut() {
+            if let Some(f) = h.events.as_mut() {
+                // Re-arm the POLLPRI notification: kernfs counts a wake-up
+                // as seen once the file is read again from the start.
+                let mut buf = String::new();
+                let _ = f.rewind().and_then(|()| f.read_to_string(&mut buf));
+            }
             let Some(cg) = h.cg.as_ref().filter(|_| h.owned) else { continue };
             if cg.freeze_requested().is_ok_and(|f| !f) {
                 match cg.freeze(true) {
@@ -379,14 +406,19 @@ impl Loop {
     fn sleep(&self) {
         let next = self.holds.values().map(|h| h.until_ns).min().map_or(1_000_000_000, |t| t.saturating_sub(monotonic_ns()).min(HOLD_CHECK_NS));
         let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_nanos(next));
-        match self.rb.as_ref() {
-            Some(rb) => {
-                // SAFETY: the ring buffer owns the fd and outlives this borrow.
-                let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(rb.as_raw_fd()) };
-                let mut fds = [nix::poll::PollFd::new(bfd, nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::ppoll(&mut fds, Some(ts), None);
-            }
-            None => std::thread::sleep(Duration::from_nanos(next)),
+        let mut fds: Vec<nix::poll::PollFd> = Vec::new();
+        if let Some(rb) = self.rb.as_ref() {
+            // SAFETY: the ring buffer owns the fd and outlives this borrow.
+            let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(rb.as_raw_fd()) };
+            fds.push(nix::poll::PollFd::new(bfd, nix::poll::PollFlags::POLLIN));
+        }
+        for f in self.holds.values().filter_map(|h| h.events.as_ref()) {
+            fds.push(nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLPRI));
+        }
+        if fds.is_empty() {
+            std::thread::sleep(Duration::from_nanos(next));
+        } else {
+            let _ = nix::poll::ppoll(&mut fds, Some(ts), None);
         }
     }
 }
