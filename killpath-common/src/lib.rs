@@ -110,7 +110,7 @@ pub mod programs {
     /// Level 1: raw_tracepoint/sys_exit syscall pacing. Attached only
     /// while some target has a syscall ceiling.
     pub const THROTTLE_SYS_EXIT: &str = "kp_throttle_sys_exit";
-    /// Level 1: raw_tracepoint/io_uring_submit_req (Linux 6.0): charges
+    /// Level 1: raw_tracepoint/io_uring_submit_req (io_uring_submit_sqe on 5.19–6.2): charges
     /// every io_uring operation at submission, SQPOLL rings included.
     /// Attached with the sys_exit hook.
     pub const THROTTLE_IO_URING: &str = "kp_throttle_io_uring";

@@ -16,8 +16,8 @@
 //!   so the agent, on the event, also freezes the target's cgroup for the
 //!   debt (cgroup v2 freezer: SIGCONT does not thaw it). Every call is
 //!   charged, however deep the debt: pace never refuses.
-//! - io_uring (`uring.rs`): raw_tracepoint/io_uring_submit_req (Linux
-//!   6.0) charges each submitted operation to its class, in the context
+//! - io_uring (`uring.rs`): raw_tracepoint/io_uring_submit_req (or
+//!   io_uring_submit_sqe, 5.19–6.2) charges each submitted operation to its class, in the context
 //!   of the submitter or of the ring's SQPOLL thread (a thread of the
 //!   owner's process, in the owner's cgroup), and pauses like sys_exit.
 //! - Deny mode for the `net` class (`syscalls.rs`): the cgroup sock_addr

@@ -162,7 +162,7 @@ pub enum Cmd {
     /// ceilings live (the ones not named stay); `restore NAME --to normal`
     /// lifts them. Rates: N, N/s, Nk/s, NM/s, NMB/s, NKiB/s. Syscall
     /// ceilings also charge each io_uring operation (SQPOLL rings included)
-    /// where the kernel has the io_uring_submit_req tracepoint (Linux 6.0);
+    /// where the kernel has an io_uring submission tracepoint (5.19+);
     /// the output and `status` say whether it does.
     Throttle {
         name: String,
