@@ -147,6 +147,12 @@ impl State {
                 self.enforcer.maps.set_throttle(id, &buckets)?;
                 changes.push(json!({"target": name, "change": "throttle buckets re-installed"}));
             }
+            // SIGCONT first: it discards a SIGSTOP still pending in a task
+            // the previous pacer froze, which would stop it at the thaw.
+            let n = resume_stopped(&cgroup);
+            if n > 0 {
+                changes.push(json!({"target": name, "change": format!("{n} paused task(s) resumed")}));
+            }
             // A target the previous agent's pacer froze for its debt (and
             // never thawed: it died) is thawed here, and only below stopped
             // (registry and kernel map agree, or the higher wins): a stop's
@@ -159,10 +165,6 @@ impl State {
                         changes.push(json!({"target": name, "change": "thawed: the previous agent's pacer had frozen it for its debt"}));
                     }
                 }
-            }
-            let n = resume_stopped(&cgroup);
-            if n > 0 {
-                changes.push(json!({"target": name, "change": format!("{n} paused task(s) resumed")}));
             }
         }
         self.enforcer.sync_syscall_hook()?;

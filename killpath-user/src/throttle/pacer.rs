@@ -423,15 +423,27 @@ impl Loop {
     }
 }
 
-/// Sends SIGCONT to every stopped task of a cgroup tree: tasks paused
-/// while the agent was down, or whose pause event was lost.
+/// Sends SIGCONT to every stopped process of a cgroup tree, and to every
+/// one with a SIGSTOP still pending: tasks paused while the agent was down,
+/// or whose pause event was lost. A process the pacer froze before its
+/// SIGSTOP was delivered sleeps in the freezer ('S') with the signal
+/// pending, and would stop as soon as it is thawed; SIGCONT discards a
+/// pending SIGSTOP when it is sent (prepare_signal), frozen or not, so
+/// call this before thawing.
 pub fn resume_stopped(cgroup: &std::path::Path) -> usize {
+    const SIGSTOP_BIT: u64 = 1 << (libc::SIGSTOP - 1);
     let mut n = 0;
     for pid in Cgroup::new(cgroup).procs_recursive() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Field 3, after the parenthesised comm (which may contain spaces).
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        if state == Some("T") && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT).is_ok() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let pending = status
+            .lines()
+            .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+            .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .any(|m| m & SIGSTOP_BIT != 0);
+        if (state == Some("T") || pending) && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT).is_ok() {
             n += 1;
         }
     }
