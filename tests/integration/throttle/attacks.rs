@@ -133,6 +133,11 @@ fn throttle_io_uring_is_charged_per_operation() {
         std::thread::sleep(window);
         (received() - a) as f64 / t.elapsed().as_secs_f64()
     };
+    // `probe` says what a syscall ceiling sees of io_uring on this kernel.
+    let p = agent.json(&["probe"]);
+    let lvl = p["levels"].as_array().and_then(|l| l.iter().find(|l| l["level"] == "throttle")).unwrap_or_else(|| panic!("no throttle level in probe: {p}"));
+    eprintln!("probe: throttle: {}", lvl["detail"]);
+    assert!(lvl["detail"].as_str().is_some_and(|d| d.contains("each operation charged at io_uring_submit_")), "{lvl}");
     let ceiling = 100.0;
     for mode in ["enter", "sqpoll"] {
         let name = format!("uring-{mode}");
