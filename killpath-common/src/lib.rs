@@ -58,6 +58,14 @@ pub mod maps {
     /// `RingBuf` of [`super::ThrottleEvent`]: tasks paused by a pace
     /// ceiling, for the agent to resume on time.
     pub const THROTTLE_EVENTS: &str = "KP_THROTTLE_EVENTS";
+    /// `Array<u32>` indexed by io_uring opcode: 1 + the operation's
+    /// [`super::throttle`] class, 0 for none (charged to `all` only).
+    /// Filled by the agent.
+    pub const IOURING_CLASS: &str = "KP_IOURING_CLASS";
+    /// `Array<u32>` with one entry: byte offset of `opcode` in the
+    /// kernel's `struct io_kiocb`, from BTF; 0 while unknown (the opcode is
+    /// never the struct's first member), and then nothing is charged.
+    pub const IOURING_OPCODE_OFFSET: &str = "KP_IOURING_OPCODE_OFFSET";
     /// `HashMap<u32 task id, Member>`: the target each task belongs to,
     /// wherever it now sits (membership follows the task).
     pub const MEMBERS: &str = "KP_MEMBERS";
@@ -102,6 +110,10 @@ pub mod programs {
     /// Level 1: raw_tracepoint/sys_exit syscall pacing. Attached only
     /// while some target has a syscall ceiling.
     pub const THROTTLE_SYS_EXIT: &str = "kp_throttle_sys_exit";
+    /// Level 1: raw_tracepoint/io_uring_submit_req (io_uring_submit_sqe on 5.19–6.2): charges
+    /// every io_uring operation at submission, SQPOLL rings included.
+    /// Attached with the sys_exit hook.
+    pub const THROTTLE_IO_URING: &str = "kp_throttle_io_uring";
     pub const ISOLATE_CONNECT4: &str = "kp_isolate_connect4";
     pub const ISOLATE_CONNECT6: &str = "kp_isolate_connect6";
     pub const ISOLATE_SENDMSG4: &str = "kp_isolate_sendmsg4";
@@ -500,6 +512,8 @@ pub mod throttle {
     pub const MODE_DENY: u32 = 1;
     /// Size of the syscall-class table (x86_64 syscall numbers).
     pub const MAX_SYSCALL_NR: u32 = 512;
+    /// Size of the io_uring opcode-class table (opcodes are a u8).
+    pub const MAX_IOURING_OP: u32 = 256;
 }
 
 /// Key of a level-1 token bucket.

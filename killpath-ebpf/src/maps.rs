@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{
-    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey, WriteAllow,
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey,
+    WriteAllow,
 };
 
 /// Upper bound on managed targets.
@@ -61,6 +62,12 @@ pub static SYSCALL_CLASS: Array<u32> = Array::with_max_entries(killpath_common::
 
 #[map(name = "KP_THROTTLE_EVENTS")]
 pub static THROTTLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map(name = "KP_IOURING_CLASS")]
+pub static IOURING_CLASS: Array<u32> = Array::with_max_entries(killpath_common::throttle::MAX_IOURING_OP, 0);
+
+#[map(name = "KP_IOURING_OPCODE_OFFSET")]
+pub static IOURING_OPCODE_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Upper bound on marked tasks (threads included). Preallocated: tracing
 /// programs on older kernels (6.1) may only use preallocated hash maps.

@@ -9,12 +9,29 @@ use crate::maps::{THROTTLE, THROTTLE_COUNTS};
 pub enum Verdict {
     /// No bucket, or within budget.
     Pass,
-    /// Charged, over the burst by less than one more burst (egress: pass
-    /// with a congestion notification). Carries when the bucket is full
-    /// again (CLOCK_MONOTONIC ns).
+    /// Charged and over the burst: pace (syscalls, io_uring operations),
+    /// or pass with a congestion notification (egress). Carries when the
+    /// bucket is full again (CLOCK_MONOTONIC ns).
     Over(u64),
     /// Not charged: refuse (deny mode) or drop (egress, far over).
     Refuse,
+}
+
+/// How far over its burst a bucket may go before an operation is refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Never refuse: every operation is charged (pace mode). The operation
+    /// has already happened (syscall exit, io_uring submission), so the
+    /// only honest answer is to charge it and pause the target for the
+    /// debt, however large: a refusal here would neither stop the call
+    /// nor pay for it.
+    Pace,
+    /// Refuse (uncharged) past one more burst: the cgroup egress policer,
+    /// whose TCP senders back off on congestion notifications first.
+    TwoBursts,
+    /// Refuse (uncharged) as soon as the burst is spent: deny mode, and
+    /// the TC policer.
+    Burst,
 }
 
 #[inline(always)]
@@ -30,11 +47,15 @@ fn count(key: &ThrottleKey, f: impl FnOnce(&mut ThrottleCounts)) {
 }
 
 /// Charges `units` to the bucket (`id`, `class`) if it exists and is in
-/// `mode`, at time `now` (bpf_ktime_get_ns, read once by the caller).
-/// `hard_limit`: refuse (without charging) once over the burst, instead of
-/// only past one more burst.
+/// `mode`, at time `now` (bpf_ktime_get_ns, read once by the caller);
+/// `limit` says when it refuses instead.
+///
+/// Counts: `passed` gets every unit that went through (charged), `paced`
+/// every operation that went through over the burst (a pause, or a
+/// congestion notification), `denied` every operation refused; so
+/// `paced <= passed`, and in pace mode `denied` stays 0.
 #[inline(always)]
-pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool, now: u64) -> Verdict {
+pub fn charge(id: u64, class: u32, units: u64, mode: u32, limit: Limit, now: u64) -> Verdict {
     let key = ThrottleKey { cgroup_id: id, class, _pad: 0 };
     let Some(b) = THROTTLE.get_ptr_mut(key) else { return Verdict::Pass };
     // SAFETY: map value pointer, valid for this program run.
@@ -67,7 +88,12 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, hard_limit: bool, now:
         count(&key, |c| c.passed += units);
         return Verdict::Pass;
     }
-    if hard_limit || new > now + 2 * tau {
+    let refuse = match limit {
+        Limit::Pace => false,
+        Limit::TwoBursts => new > now + 2 * tau,
+        Limit::Burst => true,
+    };
+    if refuse {
         // Refund: XADD of the two's complement.
         // SAFETY: see above.
         unsafe { xadd(tat, inc.wrapping_neg()) };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use killpath_common::{throttle, ThrottleKey};
 
-use super::bucket::{charge, owner, Verdict};
+use super::bucket::{charge, owner, Limit, Verdict};
 use crate::{maps::THROTTLE, targets};
 
 const SOL_SOCKET: i32 = 1;
@@ -29,7 +29,10 @@ pub fn skb(depth_mask: u32, skb: *mut __sk_buff) -> Verdict {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    worse(charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, false, now), charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, false, now))
+    worse(
+        charge(id, throttle::EGRESS_BYTES, len, throttle::MODE_PACE, Limit::TwoBursts, now),
+        charge(id, throttle::EGRESS_PACKETS, packets, throttle::MODE_PACE, Limit::TwoBursts, now),
+    )
 }
 
 /// At connect (cgroup sock_addr connect4/6, process context): caps the
@@ -73,8 +76,8 @@ pub fn tc(id: u64, len: u64, segs: u64) -> Verdict {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     worse(
-        charge(id, throttle::EGRESS_BYTES_TC, len, throttle::MODE_PACE, true, now),
-        charge(id, throttle::EGRESS_PACKETS_TC, packets, throttle::MODE_PACE, true, now),
+        charge(id, throttle::EGRESS_BYTES_TC, len, throttle::MODE_PACE, Limit::Burst, now),
+        charge(id, throttle::EGRESS_PACKETS_TC, packets, throttle::MODE_PACE, Limit::Burst, now),
     )
 }
 

@@ -12,7 +12,14 @@
 //!   user space, before its next instruction); the agent sends SIGCONT
 //!   when the bucket has room again. A BPF program cannot sleep, so
 //!   resuming needs the agent: while it is down a paused task stays paused
-//!   (fail-safe).
+//!   (fail-safe). SIGSTOP alone could be undone by a sibling's SIGCONT,
+//!   so the agent, on the event, also freezes the target's cgroup for the
+//!   debt (cgroup v2 freezer: SIGCONT does not thaw it). Every call is
+//!   charged, however deep the debt: pace never refuses.
+//! - io_uring (`uring.rs`): raw_tracepoint/io_uring_submit_req (or
+//!   io_uring_submit_sqe, 5.19–6.2) charges each submitted operation to its class, in the context
+//!   of the submitter or of the ring's SQPOLL thread (a thread of the
+//!   owner's process, in the owner's cgroup), and pauses like sys_exit.
 //! - Deny mode for the `net` class (`syscalls.rs`): the cgroup sock_addr
 //!   hooks (connect, datagram send with an address) fail the call with
 //!   EAGAIN through bpf_set_retval (Linux 5.18). A raw tracepoint cannot
@@ -32,5 +39,6 @@
 mod bucket;
 pub mod egress;
 pub mod syscalls;
+pub mod uring;
 
 pub use bucket::Verdict;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use killpath_common::{throttle, ThrottleEvent, MAX_CGROUP_DEPTH};
 
-use super::bucket::{charge, owner, Verdict};
+use super::bucket::{charge, owner, Limit, Verdict};
 use crate::{
     abi::EAGAIN,
     maps::{SYSCALL_CLASS, TARGETS, THROTTLE_EVENTS},
@@ -55,19 +55,31 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if specific == throttle::FORK && ret == 0 {
         return Ok(0);
     }
+    charge_op(cfg.throttle_depth_mask, specific);
+    Ok(0)
+}
+
+/// Charges one operation of class `specific` (or only `all`) done by the
+/// current task to its innermost throttled target, in pace mode: the
+/// operation has happened, so it is always charged (never refunded), and
+/// when it crosses a bucket the process is stopped and the agent told to
+/// freeze the target until the debt is paid. Shared by sys_exit and the
+/// io_uring submission tracepoint (`uring.rs`).
+#[inline(always)]
+pub(super) fn charge_op(mask: u32, specific: u32) {
     // SAFETY: helper without pointer arguments.
-    let id = owner(cfg.throttle_depth_mask, throttle::ALL, specific, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) });
+    let id = owner(mask, throttle::ALL, specific, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) });
     if id == 0 {
-        return Ok(0);
+        return;
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut resume = 0u64;
-    if let Verdict::Over(at) = charge(id, throttle::ALL, 1, throttle::MODE_PACE, false, now) {
+    if let Verdict::Over(at) = charge(id, throttle::ALL, 1, throttle::MODE_PACE, Limit::Pace, now) {
         resume = at;
     }
     if specific != throttle::ALL {
-        if let Verdict::Over(at) = charge(id, specific, 1, throttle::MODE_PACE, false, now) {
+        if let Verdict::Over(at) = charge(id, specific, 1, throttle::MODE_PACE, Limit::Pace, now) {
             if at > resume {
                 resume = at;
             }
@@ -76,13 +88,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if resume != 0 {
         pause(id, resume, specific);
     }
-    Ok(0)
 }
 
 /// Whether the current task is in some target at a depth where throttled
 /// targets sit (one lookup in the targets map per such depth).
 #[inline(always)]
-fn in_a_target(mask: u32) -> bool {
+pub(super) fn in_a_target(mask: u32) -> bool {
     let mut found = false;
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
@@ -99,15 +110,21 @@ fn in_a_target(mask: u32) -> bool {
     found
 }
 
-/// Stops the current process and tells the agent when to resume it.
+/// Stops the current process and tells the agent when the debt is paid.
+/// SIGSTOP is the immediate effect (no round trip to the agent); it can be
+/// undone by a SIGCONT from a sibling, so the agent then freezes the whole
+/// target's cgroup (cgroup v2 freezer, which SIGCONT does not thaw) until
+/// `resume_at_ns`. The event is sent even when the signal could not be
+/// (an io_uring SQPOLL thread that is exiting, say): the freeze is what
+/// holds.
 #[inline(always)]
 fn pause(cgroup_id: u64, resume_at_ns: u64, class: u32) {
-    // SAFETY: signals the current process only. Called at syscall exit:
-    // SIGSTOP takes effect on the return to user space, the syscall
-    // itself has completed normally (pace never fails an operation).
-    if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
-        return;
-    }
+    // SAFETY: signals the current process only. Called at syscall exit
+    // (SIGSTOP takes effect on the return to user space, the syscall
+    // itself has completed normally: pace never fails an operation) or at
+    // an io_uring submission (the submitting task, or the ring's SQPOLL
+    // thread, whose process is the ring's owner).
+    let _ = unsafe { bpf_send_signal(SIGSTOP) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let ev = ThrottleEvent { cgroup_id, resume_at_ns, tgid, class };
     let _ = THROTTLE_EVENTS.output::<ThrottleEvent>(&ev, 0);
@@ -120,7 +137,7 @@ pub fn net_refused(depth_mask: u32) -> bool {
     // SAFETY: helper without pointer arguments.
     let id = owner(depth_mask, throttle::NET, throttle::NET, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) });
     // SAFETY: helper without arguments.
-    if id != 0 && charge(id, throttle::NET, 1, throttle::MODE_DENY, true, unsafe { bpf_ktime_get_ns() }) == Verdict::Refuse {
+    if id != 0 && charge(id, throttle::NET, 1, throttle::MODE_DENY, Limit::Burst, unsafe { bpf_ktime_get_ns() }) == Verdict::Refuse {
         // SAFETY: helper for cgroup programs (Linux 5.18): the call fails
         // with EAGAIN instead of the default EPERM.
         unsafe { bpf_set_retval(-EAGAIN) };

@@ -75,6 +75,10 @@ pub struct Enforcer {
     /// Maps filled at load (struct offsets, syscall classes), kept open
     /// like the others.
     _filled: (Array<MapData, KernelOffsets>, Array<MapData, u32>),
+    /// The io_uring opcode classes and opcode offset, kept open likewise.
+    _filled_iouring: (Array<MapData, u32>, Array<MapData, u32>),
+    /// Handles for the pacer thread (it takes them).
+    pub pacer_maps: Option<throttle::pacer::PacerMaps>,
     // Keeps the object alive for the lifetime of the agent; the pins keep
     // the programs alive after it.
     _ebpf: Ebpf,
@@ -152,7 +156,14 @@ impl Enforcer {
         // to valid bpf_map" (aya relocated the fd into its instructions).
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
-        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone())?;
+        let iouring = btf::iouring_submit();
+        let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
+        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone(), iouring.map(|i| i.tracepoint))?;
+        // The pacer's own handles on the buckets and the targets' levels
+        // (it runs on its own thread, outside the agent's state lock).
+        let pacer_maps = throttle::pacer::PacerMaps::open(&gen)
+            .map_err(|e| warn!("the pacer cannot read the buckets: paused targets are thawed on their first event's time: {e}"))
+            .ok();
         // Membership: exit first, so no mark is ever set without the hook
         // that drops it when its task dies.
         if btf.members_error.is_none() {
@@ -206,6 +217,8 @@ impl Enforcer {
             members_error: btf.members_error,
             escape_events,
             _filled: (offsets, syscall_classes),
+            _filled_iouring: iouring_filled,
+            pacer_maps,
             _ebpf: ebpf,
             links,
             protect,
@@ -233,6 +246,12 @@ impl Enforcer {
     /// Whether the sys_exit throttle is attached.
     pub fn syscall_hook_attached(&self) -> bool {
         self.syscall_hook.attached()
+    }
+
+    /// What syscall ceilings see of io_uring on this kernel (see
+    /// [`throttle::iouring_coverage`]).
+    pub fn iouring_coverage(&self) -> serde_json::Value {
+        throttle::iouring_coverage(self.syscall_hook.iouring())
     }
 
     /// Removes older generations' pins. Call once this generation's

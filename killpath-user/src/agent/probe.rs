@@ -69,6 +69,29 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
             if guard { "on (raw_tracepoint sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
         ),
     });
+    // Level 1 first in the list: syscall ceilings and what they see of
+    // io_uring here (per operation where an io_uring submission
+    // tracepoint taking the request and the io_kiocb offset exist).
+    let iouring = btf::iouring_submit();
+    levels.insert(
+        0,
+        LevelSupport {
+            level: "throttle".into(),
+            enforceable: guard,
+            detail: if guard {
+                format!(
+                    "syscalls: raw_tracepoint sys_exit, paced with SIGSTOP + cgroup.freeze{}; io_uring: {}",
+                    if f.cgroup_freeze { "" } else { " (NO cgroup.freeze: SIGSTOP only, which the target's own SIGCONT undoes)" },
+                    match &iouring {
+                        Ok(i) => format!("each operation charged at {}, SQPOLL rings included", i.tracepoint),
+                        Err(e) => format!("per io_uring_enter only, SQPOLL rings NOT counted ({e})"),
+                    },
+                )
+            } else {
+                "UNAVAILABLE: raw_tracepoint refused (egress and --tasks ceilings still work)".into()
+            },
+        },
+    );
     let btf = btf::resolve();
     let lsm = (!f.lsm_available).then(|| "unavailable on this kernel".to_owned());
     let protections = crate::protect::statuses(lsm.as_deref(), btf.protect_error.as_deref());

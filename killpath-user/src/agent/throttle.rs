@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use super::{now_us, Done, State};
-pub use crate::throttle::pacer::{resume_stopped, Pacer};
+pub use crate::throttle::pacer::{resume_stopped, Pacer, PacerReport};
 use crate::{
     error::{Error, Result},
     target::level_name,
@@ -103,6 +103,7 @@ impl State {
                 "tasks": tasks,
                 "netdevs": tc,
                 "syscall_hook_attached": hook,
+                "io_uring": ceilings.has_syscalls().then(|| self.enforcer.iouring_coverage()),
                 "map_update_us": map_update_us,
                 "time_to_effect_us": time_to_effect_us,
             }),
@@ -146,9 +147,24 @@ impl State {
                 self.enforcer.maps.set_throttle(id, &buckets)?;
                 changes.push(json!({"target": name, "change": "throttle buckets re-installed"}));
             }
+            // SIGCONT first: it discards a SIGSTOP still pending in a task
+            // the previous pacer froze, which would stop it at the thaw.
             let n = resume_stopped(&cgroup);
             if n > 0 {
                 changes.push(json!({"target": name, "change": format!("{n} paused task(s) resumed")}));
+            }
+            // A target the previous agent's pacer froze for its debt (and
+            // never thawed: it died) is thawed here, and only below stopped
+            // (registry and kernel map agree, or the higher wins): a stop's
+            // freeze is never undone here. A still unpaid debt pauses it
+            // again at its next operation.
+            let lvl = self.registry.get(&name).map(|t| t.level).unwrap_or(level::NORMAL).max(self.enforcer.maps.get(id).map_or(level::NORMAL, |s| s.level));
+            if lvl < level::STOPPED && c.paces() {
+                if let Ok((cg, _)) = self.target_cgroup(&name) {
+                    if cg.has_freeze() && cg.freeze_requested().unwrap_or(false) && cg.freeze(false).is_ok() {
+                        changes.push(json!({"target": name, "change": "thawed: the previous agent's pacer had frozen it for its debt"}));
+                    }
+                }
             }
         }
         self.enforcer.sync_syscall_hook()?;
@@ -159,6 +175,7 @@ impl State {
     /// pids cgroup, moves in any task that joined the target's cgroup2
     /// directory from outside (forks join by themselves).
     pub fn sample_throttle(&mut self) {
+        self.pacer_reports();
         for t in self.registry.targets.values().filter(|t| t.throttle.tasks.is_some()) {
             if let Some(p @ tasks::PidsCgroup::V1(_)) = tasks::existing(&t.name, &t.cgroup) {
                 if let Err(e) = tasks::sync_members(&p, &t.cgroup) {
@@ -180,6 +197,46 @@ impl State {
         let keep = (RATE_WINDOW.as_millis() / RATE_SAMPLE.as_millis()) as usize + 2;
         while self.throttle_history.len() > keep {
             self.throttle_history.pop_front();
+        }
+    }
+
+    /// Journals (high priority) and alerts what the pacer reported: a
+    /// target thawed behind it (and frozen again), or a freeze that failed.
+    fn pacer_reports(&mut self) {
+        // Coalesced per target and kind: one record per sample (0.5 s)
+        // however often the pacer had to re-freeze, with the running count.
+        let mut reports: Vec<PacerReport> = Vec::new();
+        for r in self.pacer.reports.try_iter() {
+            let same = |o: &PacerReport| match (o, &r) {
+                (PacerReport::ThawUndone { cgroup_id: a, .. }, PacerReport::ThawUndone { cgroup_id: b, .. }) => a == b,
+                (PacerReport::FreezeFailed { cgroup_id: a, .. }, PacerReport::FreezeFailed { cgroup_id: b, .. }) => a == b,
+                _ => false,
+            };
+            match reports.iter_mut().find(|o| same(o)) {
+                Some(o) => *o = r,
+                None => reports.push(r),
+            }
+        }
+        for r in reports {
+            let (id, action, message, details) = match r {
+                PacerReport::ThawUndone { cgroup_id, times } => (
+                    cgroup_id,
+                    "throttle-thaw-undone",
+                    format!(
+                        "a paced target was thawed behind the pacer (cgroup.freeze written 0, {times} time(s) so far); frozen again until its debt is paid"
+                    ),
+                    json!({"cgroup_id": cgroup_id, "times": times}),
+                ),
+                PacerReport::FreezeFailed { cgroup_id, error } => (
+                    cgroup_id,
+                    "throttle-freeze-failed",
+                    format!("cannot freeze a paced target ({error}): it is held by SIGSTOP alone, which its own tasks can undo with SIGCONT"),
+                    json!({"cgroup_id": cgroup_id, "error": error}),
+                ),
+            };
+            let target = self.registry.targets.values().find(|t| t.cgroup_id == id).map(|t| t.name.clone());
+            warn!(target = ?target, "{message}");
+            self.tamper_alert(target.as_deref(), action, &message, details);
         }
     }
 
@@ -232,16 +289,22 @@ impl State {
                 "mechanism": pids.map(|p| p.describe()),
             })
         });
-        let paused = self.pacer.paused.lock().map(|m| m.get(&t.cgroup_id).copied().unwrap_or(0)).unwrap_or(0);
+        let view = self.pacer.view.lock().map(|m| m.get(&t.cgroup_id).cloned().unwrap_or_default()).unwrap_or_default();
         json!({
             "ceilings": c,
             "buckets": buckets,
             "tasks": tasks,
-            "tasks_paused_now": paused,
+            "tasks_paused_now": view.tasks_paused,
+            "frozen_for_debt": view.frozen,
+            "freezes": view.freezes,
+            "thaws_undone": view.thaws_undone,
             "syscall_hook_attached": self.enforcer.syscall_hook_attached(),
+            "io_uring": c.has_syscalls().then(|| self.enforcer.iouring_coverage()),
             "needs_agent": c.paces().then_some(
-                "pace: the kernel pauses a task at its ceiling (SIGSTOP) and the agent resumes it (SIGCONT); \
-                 while the agent is down a paused task stays paused until it is back. Counting, deny mode, egress and --tasks hold without the agent."
+                "pace: the kernel stops a process at its ceiling (SIGSTOP) and the agent freezes the target's cgroup until the debt is paid \
+                 (SIGCONT from inside cannot undo a freeze), then thaws it and resumes the process (SIGCONT); \
+                 while the agent is down a paused task stays paused until it is back, but only SIGSTOP holds it (a sibling's SIGCONT undoes that). \
+                 Counting, deny mode, egress and --tasks hold without the agent."
             ),
         })
     }

@@ -167,14 +167,19 @@ pub enum Cmd {
     },
     /// Level 1, throttle: cap NAME's rate of action. Run again to change
     /// ceilings live (the ones not named stay); `restore NAME --to normal`
-    /// lifts them. Rates: N, N/s, Nk/s, NM/s, NMB/s, NKiB/s.
+    /// lifts them. Rates: N, N/s, Nk/s, NM/s, NMB/s, NKiB/s. Syscall
+    /// ceilings also charge each io_uring operation (SQPOLL rings included)
+    /// where the kernel has an io_uring submission tracepoint (5.19+);
+    /// the output and `status` say whether it does.
     Throttle {
         name: String,
         /// Ceiling on all syscalls per second.
         #[arg(long, value_parser = parse_rate)]
         syscalls: Option<u64>,
         /// Ceiling on one class of syscalls: CLASS=N/s with CLASS one of
-        /// net (connect, sendto, sendmsg, sendmmsg), exec, fork, fs-write, all. Repeatable.
+        /// net (connect, sendto, sendmsg, sendmmsg; io_uring CONNECT, SEND,
+        /// SENDMSG and their _ZC forms), exec, fork, fs-write (io_uring
+        /// writes, renames, unlinks... too), all. Repeatable.
         #[arg(long, value_parser = parse_class_rate)]
         syscall_class: Vec<(String, u64)>,
         /// Ceiling on bytes sent per second (cgroup egress; TC on --netdev devices).
@@ -186,8 +191,11 @@ pub enum Cmd {
         /// At most N live tasks; further fork/clone fails with EAGAIN.
         #[arg(long)]
         tasks: Option<u64>,
-        /// pace: over-budget syscalls wait (every call still succeeds);
-        /// deny: over-budget calls fail with EAGAIN (net class only).
+        /// pace: every call is charged and succeeds; a call over budget
+        /// stops its process and the whole target is frozen (cgroup
+        /// freezer, which the workload's SIGCONT cannot undo) until the
+        /// debt is paid. deny: over-budget calls fail with EAGAIN (net
+        /// class only).
         #[arg(long, default_value = "pace")]
         mode: String,
         /// Also police the egress ceilings at TC on this host-side device

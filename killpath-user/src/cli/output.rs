@@ -105,6 +105,20 @@ impl Output {
                         s(&tk["mechanism"])
                     );
                 }
+                if th["frozen_for_debt"] == Value::Bool(true) || th["freezes"].as_u64().is_some_and(|n| n > 0) {
+                    println!(
+                        "{:<22}pacing: {} for its debt now; {} freezes, {} process(es) stopped now, thawed behind the pacer {} time(s)",
+                        "",
+                        if th["frozen_for_debt"] == Value::Bool(true) { "frozen" } else { "not frozen" },
+                        s(&th["freezes"]),
+                        s(&th["tasks_paused_now"]),
+                        s(&th["thaws_undone"])
+                    );
+                }
+                if !th["io_uring"].is_null() {
+                    println!("{:<22}io_uring: {}", "", s(&th["io_uring"]["how"]));
+                    println!("{:<22}SQPOLL: {}", "", s(&th["io_uring"]["sqpoll"]));
+                }
                 if !th["needs_agent"].is_null() {
                     println!("{:<22}needs the agent: {}", "", s(&th["needs_agent"]));
                 }
@@ -242,6 +256,9 @@ impl Output {
         println!("throttled {} ({} -> {}) in {} µs: {}", s(&r["target"]), s(&r["from"]), s(&r["level"]), s(&r["time_to_effect_us"]), ceilings(&r["ceilings"]));
         if let Some(t) = r["tasks"].as_object() {
             println!("  tasks limited by {}", s(&t["mechanism"]));
+        }
+        if !r["io_uring"].is_null() {
+            println!("  io_uring: {}", s(&r["io_uring"]["how"]));
         }
         println!("  alert raised (journal, `killpath events`, alert hook)");
     }

@@ -126,6 +126,47 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | minor
 }
 
+/// The io_uring submission tracepoint to charge io_uring operations at,
+/// and the offset of `opcode` in the `struct io_kiocb` it passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoUringSubmit {
+    /// `io_uring_submit_req` (Linux 6.3+, `(struct io_kiocb *req)`) or
+    /// `io_uring_submit_sqe` (Linux 5.19–6.2, `(struct io_kiocb *req, bool
+    /// force_nonblock)`; 5.x before had the opcode as an argument, no
+    /// request pointer, and is not used).
+    pub tracepoint: &'static str,
+    pub opcode_offset: u32,
+}
+
+/// Whether the raw tracepoint `name` exists and its first argument is a
+/// `struct sname *`: every tracepoint built into the kernel has a
+/// `btf_trace_<name>` typedef, a pointer to `void (void *__data, ARGS)`.
+fn first_arg_is(btf: &Btf, name: &str, sname: &str) -> bool {
+    let Ok(types) = btf.resolve_types_by_name(&format!("btf_trace_{name}")) else { return false };
+    let Some(Type::Typedef(td)) = types.first() else { return false };
+    let Ok(Type::Ptr(p)) = btf.resolve_chained_type(td) else { return false };
+    let Ok(Type::FuncProto(fp)) = btf.resolve_chained_type(&p) else { return false };
+    let Some(arg) = fp.parameters.get(1) else { return false };
+    let Ok(Type::Ptr(ap)) = btf.resolve_chained_type(arg) else { return false };
+    let Ok(Type::Struct(st)) = btf.resolve_chained_type(&ap) else { return false };
+    btf.resolve_name(&st).is_ok_and(|n| n == sname)
+}
+
+/// Finds the io_uring submission tracepoint and the `io_kiocb.opcode`
+/// offset from this kernel's BTF. Its own BTF read so that the throttle
+/// does not share a failure with the LSM offsets; the error says why
+/// io_uring is then counted per io_uring_enter only.
+pub fn iouring_submit() -> Result<IoUringSubmit, String> {
+    let btf = Btf::from_file(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
+    let tracepoint = ["io_uring_submit_req", "io_uring_submit_sqe"].into_iter().find(|n| first_arg_is(&btf, n, "io_kiocb")).ok_or(
+        "this kernel has no io_uring submission tracepoint taking the request (io_uring_submit_req, or io_uring_submit_sqe of Linux 5.19+; io_uring built in)",
+    )?;
+    match offset(&btf, "io_kiocb", "opcode")? {
+        0 => Err("struct io_kiocb has its opcode at offset 0, which this build does not expect".into()),
+        opcode_offset => Ok(IoUringSubmit { tracepoint, opcode_offset }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

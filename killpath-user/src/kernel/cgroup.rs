@@ -77,6 +77,15 @@ impl Cgroup {
         Ok((Self { path, dir: Some(Arc::new(fd)) }, mismatch))
     }
 
+    /// The cgroup whose id is `id`, opened by handle on `mount` (see
+    /// [`Cgroup::by_id`]), when only its id is known (the pacer, from a
+    /// kernel event); `path` names it in messages.
+    pub fn from_id(mount: &Path, id: u64) -> Result<Self> {
+        let path = mount.join(format!("<cgroup id {id}>"));
+        let fd = cgroup_id::open_by_id(mount, id).map_err(Error::cgroup(&path))?;
+        Ok(Self { path, dir: Some(Arc::new(fd)) })
+    }
+
     /// Whether this cgroup is held by an fd of its directory.
     pub fn by_fd(&self) -> bool {
         self.dir.is_some()
@@ -237,6 +246,21 @@ impl Cgroup {
     /// next return to user space; new tasks are born frozen.
     pub fn freeze(&self, frozen: bool) -> Result<()> {
         self.write("cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
+    /// What `cgroup.freeze` asks for (the knob, not whether every task has
+    /// stopped yet: `frozen` in cgroup.events lags it while tasks reach
+    /// their next return to user space).
+    pub fn freeze_requested(&self) -> Result<bool> {
+        let text = self.read_file("cgroup.freeze").map_err(Error::cgroup(self.file("cgroup.freeze")))?;
+        Ok(text.trim() == "1")
+    }
+
+    /// cgroup.events, opened for reading: kernfs wakes a poll(2) on it with
+    /// POLLPRI whenever `populated` or `frozen` changes (a thaw, too); read
+    /// it again after each wake-up to re-arm.
+    pub fn events_file(&self) -> Result<fs::File> {
+        self.open("cgroup.events", false).map_err(Error::cgroup(self.file("cgroup.events")))
     }
 
     /// cgroup.kill (Linux 5.14): SIGKILL to every task of the subtree in the

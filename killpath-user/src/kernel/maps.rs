@@ -33,6 +33,8 @@ pub const PINNED: &[&str] = &[
     maps::THROTTLE_COUNTS,
     maps::SYSCALL_CLASS,
     maps::THROTTLE_EVENTS,
+    maps::IOURING_CLASS,
+    maps::IOURING_OPCODE_OFFSET,
     maps::MEMBERS,
     maps::ESCAPES,
     maps::ESCAPE_EVENTS,

@@ -4,6 +4,13 @@
 //! +250 ns per syscall, see bench/RESULTS.md), so with nothing throttled no
 //! per-syscall hook runs. Its link is pinned: a ceiling holds with the
 //! agent dead.
+//!
+//! With it, and under the same rule, the io_uring hook
+//! (`raw_tracepoint/io_uring_submit_req`, or `io_uring_submit_sqe` on
+//! 5.19–6.2, whichever BTF shows taking the request): one charge per
+//! submitted io_uring operation, SQPOLL rings included. Where this kernel
+//! lacks the tracepoint or the BTF offset it needs, syscall ceilings still
+//! work and `probe`/`status` say io_uring is counted per io_uring_enter.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -14,57 +21,107 @@ use aya::{
     Ebpf,
 };
 use killpath_common::programs;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     error::{Error, Result},
     kernel::{links::LinkKeeper, maps::Maps, object::load_pinned, pins::link_pin},
 };
 
-/// The loaded (not necessarily attached) sys_exit throttle.
-pub struct SyscallHook {
-    /// Pin of the loaded program.
+/// One loaded raw tracepoint program and where its link is pinned.
+struct Hook {
+    name: &'static str,
+    tracepoint: &'static str,
     prog_pin: PathBuf,
-    /// Where its link is pinned while attached.
     link_pin: PathBuf,
+}
+
+/// The loaded (not necessarily attached) sys_exit and io_uring throttles.
+pub struct SyscallHook {
+    sys_exit: Hook,
+    /// The io_uring hook, or why this kernel cannot count io_uring
+    /// operations one by one.
+    io_uring: std::result::Result<Hook, String>,
     /// The agent's fds of the links (shared with the enforcer).
     links: LinkKeeper,
 }
 
+fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, name: &'static str, tracepoint: &'static str) -> Result<Hook> {
+    let prog_pin = load_pinned::<RawTracePoint>(ebpf, gen, name, loaded, |p| p.load().map_err(Error::program(format!("loading {name}"))))?;
+    Ok(Hook { name, tracepoint, prog_pin, link_pin: link_pin(gen, name) })
+}
+
 impl SyscallHook {
-    /// Loads (and pins) the program now; attaching waits for the first
-    /// syscall ceiling, which is then a map update plus one link creation.
-    pub fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, links: LinkKeeper) -> Result<Self> {
-        let prog_pin = load_pinned::<RawTracePoint>(ebpf, gen, programs::THROTTLE_SYS_EXIT, loaded, |p| {
-            p.load().map_err(Error::program(format!("loading {}", programs::THROTTLE_SYS_EXIT)))
-        })?;
-        Ok(Self { prog_pin, link_pin: link_pin(gen, programs::THROTTLE_SYS_EXIT), links })
+    /// Loads (and pins) the programs now; attaching waits for the first
+    /// syscall ceiling, which is then a map update plus link creations.
+    /// `iouring`: the io_uring submission tracepoint this kernel has, or
+    /// why none fits (see `kernel::btf::iouring_submit`).
+    pub fn load(
+        ebpf: &mut Ebpf,
+        gen: &Path,
+        loaded: &mut Vec<&'static str>,
+        links: LinkKeeper,
+        iouring: std::result::Result<&'static str, String>,
+    ) -> Result<Self> {
+        let sys_exit = load(ebpf, gen, loaded, programs::THROTTLE_SYS_EXIT, "sys_exit")?;
+        let io_uring = iouring.and_then(|tp| load(ebpf, gen, loaded, programs::THROTTLE_IO_URING, tp).map_err(|e| e.to_string()));
+        if let Err(e) = &io_uring {
+            warn!("io_uring operations are counted per io_uring_enter only: {e}");
+        }
+        Ok(Self { sys_exit, io_uring, links })
     }
 
-    /// Attaches the hook while some target has a syscall ceiling and
-    /// detaches it when none has. Returns whether attached.
-    pub fn sync(&self, maps: &Maps) -> Result<bool> {
-        let pin = &self.link_pin;
+    fn attach(&self, h: &Hook) -> Result<()> {
+        let mut p = RawTracePoint::from_pin(&h.prog_pin).map_err(Error::program(format!("opening {}", h.prog_pin.display())))?;
+        let id = p.attach(h.tracepoint).map_err(Error::program(format!("attaching {} to raw_tracepoint/{}", h.name, h.tracepoint)))?;
+        let link: FdLink = p.take_link(id).map_err(Error::program(h.name))?.into();
+        link.pin(&h.link_pin).map_err(Error::pin(&h.link_pin))?;
+        self.links.hold(&h.link_pin)?;
+        info!(prog = h.name, "{} throttle attached", h.tracepoint);
+        Ok(())
+    }
+
+    fn detach(&self, h: &Hook) -> Result<()> {
+        // The pin and the agent's fd are the link's references: dropping
+        // both detaches the program.
+        self.links.release(&h.link_pin);
+        fs::remove_file(&h.link_pin).map_err(Error::io(format!("removing {}", h.link_pin.display())))?;
+        info!(prog = h.name, "{} throttle detached: no syscall ceiling left", h.tracepoint);
+        Ok(())
+    }
+
+    /// Attaches the hooks while some target has a syscall ceiling and
+    /// detaches them when none has. Returns whether sys_exit is attached.
+    /// An io_uring hook that fails to attach is reported, not fatal: the
+    /// syscall ceilings hold without it.
+    pub fn sync(&mut self, maps: &Maps) -> Result<bool> {
         let want = maps.any_syscall_throttle();
-        if want && !pin.exists() {
-            let mut p = RawTracePoint::from_pin(&self.prog_pin).map_err(Error::program(format!("opening {}", self.prog_pin.display())))?;
-            let id = p.attach("sys_exit").map_err(Error::program(format!("attaching {} to raw_tracepoint/sys_exit", programs::THROTTLE_SYS_EXIT)))?;
-            let link: FdLink = p.take_link(id).map_err(Error::program(programs::THROTTLE_SYS_EXIT))?.into();
-            link.pin(pin).map_err(Error::pin(pin))?;
-            self.links.hold(pin)?;
-            info!("sys_exit throttle attached");
-        } else if !want && pin.exists() {
-            // The pin and the agent's fd are the link's references:
-            // dropping both detaches the program.
-            self.links.release(pin);
-            fs::remove_file(pin).map_err(Error::io(format!("removing {}", pin.display())))?;
-            info!("sys_exit throttle detached: no syscall ceiling left");
+        if want && !self.sys_exit.link_pin.exists() {
+            self.attach(&self.sys_exit)?;
+        } else if !want && self.sys_exit.link_pin.exists() {
+            self.detach(&self.sys_exit)?;
+        }
+        if let Ok(h) = &self.io_uring {
+            if want && !h.link_pin.exists() {
+                if let Err(e) = self.attach(h) {
+                    warn!("io_uring operations are counted per io_uring_enter only: {e}");
+                    self.io_uring = Err(e.to_string());
+                }
+            } else if !want && h.link_pin.exists() {
+                self.detach(h)?;
+            }
         }
         Ok(want)
     }
 
-    /// Whether the hook is attached.
+    /// Whether the sys_exit hook is attached.
     pub fn attached(&self) -> bool {
-        self.link_pin.exists()
+        self.sys_exit.link_pin.exists()
+    }
+
+    /// The tracepoint io_uring operations are charged at on this kernel,
+    /// or why they are not charged one by one.
+    pub fn iouring(&self) -> std::result::Result<&'static str, &str> {
+        self.io_uring.as_ref().map(|h| h.tracepoint).map_err(String::as_str)
     }
 }

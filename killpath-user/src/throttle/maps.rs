@@ -27,6 +27,19 @@ pub fn fill_syscall_classes(ebpf: &mut Ebpf) -> Result<Array<MapData, u32>> {
     Ok(classes)
 }
 
+/// Fills `KP_IOURING_CLASS` and `KP_IOURING_OPCODE_OFFSET` (the offset of
+/// `io_kiocb.opcode` from BTF, 0 when unknown: then nothing is charged per
+/// operation). Returns the handles, kept while programs load (as above).
+pub fn fill_iouring(ebpf: &mut Ebpf, opcode_offset: Option<u32>) -> Result<(Array<MapData, u32>, Array<MapData, u32>)> {
+    let mut classes: Array<MapData, u32> = typed(ebpf, maps::IOURING_CLASS)?;
+    for (op, c) in super::iouring_class_table() {
+        classes.set(op, c, 0).map_err(Error::map(format!("updating {}", maps::IOURING_CLASS)))?;
+    }
+    let mut offset: Array<MapData, u32> = typed(ebpf, maps::IOURING_OPCODE_OFFSET)?;
+    offset.set(0, opcode_offset.unwrap_or(0), 0).map_err(Error::map(format!("updating {}", maps::IOURING_OPCODE_OFFSET)))?;
+    Ok((classes, offset))
+}
+
 impl Maps {
     fn throttle_maps(&mut self) -> Result<&mut ThrottleMaps> {
         self.throttle.as_mut().ok_or_else(|| Error::Kernel("throttle maps not open".into()))

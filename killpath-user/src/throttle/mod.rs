@@ -52,6 +52,45 @@ const SYSCALL_TABLE: &[(u32, &[u32])] = &[
     (class::FS_WRITE, &[1, 18, 20, 296, 328, 76, 77, 285, 82, 264, 316, 87, 263, 83, 258, 84, 85, 86, 265, 88, 266, 326]),
 ];
 
+/// io_uring opcodes (include/uapi/linux/io_uring.h) of each class, chosen
+/// to match the syscalls of the same class: net is what reaches another
+/// host (SENDMSG 9, CONNECT 16, SEND 26, SEND_ZC 47, SENDMSG_ZC 48);
+/// fs-write is what changes file contents or the namespace (WRITEV 2,
+/// WRITE_FIXED 5, FALLOCATE 17, WRITE 23, RENAMEAT 35, UNLINKAT 36,
+/// MKDIRAT 37, SYMLINKAT 38, LINKAT 39, FTRUNCATE 55, WRITEV_FIXED 61).
+/// Every operation, these and all others, is charged to `all` too.
+const IOURING_TABLE: &[(u32, &[u32])] = &[(class::NET, &[9, 16, 26, 47, 48]), (class::FS_WRITE, &[2, 5, 17, 23, 35, 36, 37, 38, 39, 55, 61])];
+
+/// The `KP_IOURING_CLASS` table: entry `opcode` is 1 + class.
+pub fn iouring_class_table() -> Vec<(u32, u32)> {
+    IOURING_TABLE.iter().flat_map(|(c, ops)| ops.iter().map(move |op| (*op, c + 1))).collect()
+}
+
+/// What a syscall ceiling sees of io_uring on this kernel, for `probe`,
+/// `throttle` and `status`: the tracepoint each operation is charged at,
+/// else why it is counted per io_uring_enter only.
+pub fn iouring_coverage(hook: std::result::Result<&str, &str>) -> serde_json::Value {
+    match hook {
+        Ok(tp) => serde_json::json!({
+            "per_operation": true,
+            "tracepoint": tp,
+            "how": format!("each submitted io_uring operation is charged to its class (and to all) at the {tp} tracepoint, \
+                    in the submitter's context or the ring's SQPOLL thread's, to the ring owner's target"),
+            "sqpoll": "a SQPOLL ring is counted and paced: its operations are charged when the SQ thread submits them, and the \
+                       freeze that pays the debt stops that thread too. Operations are counted when submitted, not when they \
+                       complete (one punted to io-wq, or a multishot receive, is one charge); a ring shared with a process outside \
+                       the target (fd passing, IORING_SETUP_ATTACH_WQ) is charged to the target of the task that submits",
+        }),
+        Err(why) => serde_json::json!({
+            "per_operation": false,
+            "how": format!("io_uring operations are not counted one by one here ({why}): an io_uring_enter is one syscall \
+                            however many operations it carries, and a SQPOLL ring submits without any syscall, so it is not held \
+                            by a syscall ceiling at all (only by --egress-* ceilings for its traffic)"),
+            "sqpoll": "not seen",
+        }),
+    }
+}
+
 /// The `KP_SYSCALL_CLASS` table: entry `nr` is 1 + class, 0 for none.
 pub fn syscall_class_table() -> Result<Vec<(u32, u32)>> {
     #[cfg(target_arch = "x86_64")]
@@ -311,6 +350,20 @@ mod tests {
         // 1 MB/s egress: the burst covers at least one 64 KiB skb.
         let e = bucket(1_000_000, MAX_SKB_BYTES, Mode::Pace);
         assert!(e.tau_ns >= 65_536 * e.cost_ps / 1000);
+    }
+
+    #[test]
+    fn iouring_opcodes_have_one_class_each() {
+        let t = iouring_class_table();
+        let mut seen = std::collections::BTreeSet::new();
+        for (op, c) in &t {
+            assert!(*op < class::MAX_IOURING_OP, "opcode {op} past the table");
+            assert!(seen.insert(*op), "opcode {op} in two classes");
+            assert!(*c == class::NET + 1 || *c == class::FS_WRITE + 1);
+        }
+        // IORING_OP_SEND (26) and SENDMSG (9) are net, WRITE (23) fs-write.
+        assert!(t.contains(&(26, class::NET + 1)) && t.contains(&(9, class::NET + 1)) && t.contains(&(23, class::FS_WRITE + 1)));
+        assert_eq!(iouring_coverage(Err("old kernel"))["per_operation"], false);
     }
 
     #[test]

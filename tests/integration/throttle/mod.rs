@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+mod attacks;
+
 use crate::{
     harness::{alive, wait_until, Agent},
     support::{
@@ -307,8 +309,11 @@ fn throttle_holds_with_the_agent_dead() {
     std::thread::sleep(Duration::from_secs(1));
     let b = syscr(pid);
     assert!(b - a <= 10, "with the agent dead the paced loop should stay paused, made {} syscalls", b - a);
+    // Stopped (SIGSTOP), or frozen by the pacer before it died (the
+    // cgroup's freezer; the SIGSTOP then still pending).
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(state.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('T')), "not stopped: {state}");
+    let frozen = std::fs::read_to_string(agent.target_cgroup("held").path().join("cgroup.events")).unwrap_or_default().contains("frozen 1");
+    assert!(frozen || state.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('T')), "neither stopped nor frozen: {state}");
     agent.spawn();
     // The new agent resumed the task at start; let its own start-up work
     // (program loads, recovery) settle before measuring.
