@@ -76,6 +76,10 @@ def sub():
     os.makedirs(target + '/sub', exist_ok=True)
     write(target + '/sub/cgroup.procs', me)
 attempt('procs_own_subtree', sub)
+# Its own target's freeze (it would thaw the throttle's pacing freeze)
+# is refused; the sub-cgroup it made is its own.
+attempt('freeze_own_target', lambda: write(target + '/cgroup.freeze', '1'))
+attempt('freeze_own_subtree', lambda: write(target + '/sub/cgroup.freeze', '0'))
 write(out + '.tmp', json.dumps(r))
 os.rename(out + '.tmp', out)
 time.sleep(600)
@@ -153,7 +157,7 @@ fn lsm_self_protection() {
 
     let mut wrong = Vec::new();
     for (attack, errno) in r.as_object().unwrap() {
-        let want = if attack == "procs_own_subtree" { 0 } else { 1 };
+        let want = if attack.ends_with("_own_subtree") { 0 } else { 1 };
         if errno != want {
             wrong.push(format!("{attack}: errno {errno}, expected {want}"));
         }
@@ -186,6 +190,8 @@ fn lsm_self_protection() {
     }
     assert!(!tmpfs_on_target, "a mount covers the target's cgroup directory");
     assert!(wrong.is_empty(), "attacks with the wrong outcome:\n{}", wrong.join("\n"));
+    // From outside: the target's own freeze was not written.
+    assert_eq!(std::fs::read_to_string(target.path().join("cgroup.freeze")).unwrap_or_default().trim(), "0", "the attacker froze its own target");
 
     // Counted per target, and streamed like denials.
     let names = ["protect.cgroup-write", "protect.bpf", "protect.signal", "protect.ptrace", "protect.files", "protect.mount"];

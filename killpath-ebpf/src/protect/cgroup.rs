@@ -21,7 +21,7 @@
 //! Which cgroup a cgroupfs inode belongs to: a kernfs inode's i_private is
 //! its kernfs_node; walking kernfs_node.parent reaches the cgroup
 //! directories, whose kernfs node id is the cgroup id. Offsets from BTF.
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use killpath_common::{protect, KernelOffsets, MAX_CGROUP_DEPTH};
 
 use super::{current_target, offsets, refuse};
@@ -106,6 +106,63 @@ pub fn kp_protect_file_permission(ctx: LsmContext) -> i32 {
     }
     let file: u64 = ctx.arg(0);
     let Some(o) = offsets() else { return 0 };
-    let inode = read::<u64>(file + u64::from(o.file_f_path), o.path_dentry).and_then(|d| read::<u64>(d, o.dentry_d_inode)).unwrap_or(0);
-    check(inode)
+    let dentry = read::<u64>(file + u64::from(o.file_f_path), o.path_dentry).unwrap_or(0);
+    let inode = read::<u64>(dentry, o.dentry_d_inode).unwrap_or(0);
+    let v = check(inode);
+    if v != 0 {
+        return v;
+    }
+    own_control(o, dentry, inode)
+}
+
+/// A write to a control file of the task's own target cgroup (the top of
+/// its subtree, the cgroup the agent acts on) that would undo a level:
+/// `cgroup.freeze` (a root task writing 0 thaws the throttle's pacing
+/// freeze; cgroup v2 freezing is hierarchical, so the cgroups below the
+/// top cannot thaw it) and every controller file (`pids.max`: `throttle
+/// --tasks` on cgroup2 hosts; `memory.max`, `cpu.max`, ...). The files
+/// the workload needs to manage its own subtree stay writable:
+/// `cgroup.procs`, `cgroup.threads`, `cgroup.subtree_control`,
+/// `cgroup.max.*`, `cgroup.kill` (killing itself undoes nothing), and
+/// everything in the sub-cgroups it makes. Checked at file_permission,
+/// which every write(2), pwrite, writev, splice and io_uring write of a
+/// cgroupfs file passes (rw_verify_area): opening for write stays
+/// allowed, the write fails with EPERM. The name is the dentry's
+/// (`d_name`), read only for cgroupfs files whose kernfs parent is the
+/// target's own cgroup.
+#[inline(always)]
+fn own_control(o: &KernelOffsets, dentry: u64, inode: u64) -> i32 {
+    if o.names_valid == 0 || inode == 0 || inode_magic(o, inode) != CGROUP2_SUPER_MAGIC {
+        return 0;
+    }
+    let Some((id, _)) = current_target() else { return 0 };
+    let parent = read::<u64>(inode, o.inode_i_private).and_then(|kn| read::<u64>(kn, o.kernfs_node_parent)).unwrap_or(0);
+    if parent == 0 || read::<u64>(parent, o.kernfs_node_id) != Some(id) {
+        return 0;
+    }
+    let name_ptr = read::<u64>(dentry + u64::from(o.dentry_d_name), o.qstr_name).unwrap_or(0);
+    let mut name = [0u8; 16];
+    // SAFETY: bounded read of a NUL-terminated kernel string into a stack buffer.
+    if name_ptr == 0 || unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut name) }.is_err() {
+        return 0;
+    }
+    if is_undoing(&name) {
+        return refuse(id, protect::CGROUP_WRITE);
+    }
+    0
+}
+
+/// `cgroup.freeze`, or a controller file (any name not starting with `cgroup.`).
+#[inline(always)]
+fn is_undoing(name: &[u8; 16]) -> bool {
+    const FREEZE: &[u8; 14] = b"cgroup.freeze\0";
+    let mut i = 0;
+    let mut freeze = true;
+    while i < FREEZE.len() {
+        if name[i] != FREEZE[i] {
+            freeze = false;
+        }
+        i += 1;
+    }
+    freeze || name[..7] != *b"cgroup."
 }
