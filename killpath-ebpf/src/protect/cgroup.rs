@@ -94,6 +94,9 @@ pub fn kp_protect_inode_permission(ctx: LsmContext) -> i32 {
 }
 
 /// security_file_permission(file, mask). Hot (every read and write).
+/// The one program on this hook also serves isolation: reads and writes on
+/// a /dev/net/tun fd of an isolated target (`isolate/tun.rs`), checked only
+/// while some target is isolated.
 #[lsm(hook = "file_permission")]
 pub fn kp_protect_file_permission(ctx: LsmContext) -> i32 {
     let prev: i32 = ctx.arg(2);
@@ -101,11 +104,18 @@ pub fn kp_protect_file_permission(ctx: LsmContext) -> i32 {
         return prev;
     }
     let mask: i32 = ctx.arg(1);
-    if mask & MAY_WRITE == 0 {
+    let isolating = crate::targets::config().is_some_and(|c| c.isolated_targets != 0);
+    if mask & MAY_WRITE == 0 && !isolating {
         return 0;
     }
     let file: u64 = ctx.arg(0);
     let Some(o) = offsets() else { return 0 };
     let inode = read::<u64>(file + u64::from(o.file_f_path), o.path_dentry).and_then(|d| read::<u64>(d, o.dentry_d_inode)).unwrap_or(0);
-    check(inode)
+    if mask & MAY_WRITE != 0 {
+        let v = check(inode);
+        if v != 0 {
+            return v;
+        }
+    }
+    crate::isolate::tun::file_verdict(o, inode)
 }
