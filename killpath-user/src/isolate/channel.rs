@@ -158,10 +158,9 @@ impl Channel {
             ((Some(cg), Some(hooks)), None) => (true, format!("{cg}; BPF LSM {hooks}")),
             ((Some(cg), _), _) => (true, cg.to_owned()),
             ((None, Some(hooks)), None) => (true, format!("BPF LSM {hooks}")),
-            ((None, hooks), _) => (
-                false,
-                format!("needs BPF LSM ({}), unavailable on this kernel (see `killpath probe`)", hooks.unwrap_or("its socket hooks")),
-            ),
+            ((None, hooks), _) => {
+                (false, format!("needs BPF LSM ({}), unavailable on this kernel (see `killpath probe`)", hooks.unwrap_or("its socket hooks")))
+            }
         };
         ChannelStatus { channel: self.name().to_owned(), enforced, by }
     }

@@ -91,7 +91,8 @@ impl IsolatePrograms {
         }
         let sock_pin = load_pinned::<CgroupSock>(ebpf, pin_dir, programs::ISOLATE_SOCK_CREATE, loaded, |p| p.load().map_err(Error::program("sock_create")))?;
         let sock = CgroupSock::from_pin(&sock_pin, CgroupSockAttachType::SockCreate).map_err(Error::program("sock_create"))?;
-        let dev_pin = load_pinned::<CgroupDevice>(ebpf, pin_dir, programs::ISOLATE_DEVICE, loaded, |p| p.load().map_err(Error::program(programs::ISOLATE_DEVICE)))?;
+        let dev_pin =
+            load_pinned::<CgroupDevice>(ebpf, pin_dir, programs::ISOLATE_DEVICE, loaded, |p| p.load().map_err(Error::program(programs::ISOLATE_DEVICE)))?;
         let dev = CgroupDevice::from_pin(&dev_pin).map_err(Error::program("opening pinned cgroup_device"))?;
         let sockopt_pin = load_pinned::<CgroupSockopt>(ebpf, pin_dir, programs::ISOLATE_SETSOCKOPT, loaded, |p| {
             p.load().map_err(Error::program(programs::ISOLATE_SETSOCKOPT))

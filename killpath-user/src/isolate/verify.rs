@@ -229,12 +229,17 @@ fn held_result(mut h: Held) -> [ChannelResult; 2] {
     let line = |ch: &str| inner.iter().find(|v| v["channel"] == ch);
     let probe = line(Channel::EstablishedTcp.name());
     let detail = probe.and_then(|v| v["error"].as_str()).unwrap_or(if got { "data reached the outside" } else { "no data reached the outside" });
-    let tcp =
-        ChannelResult::new(Channel::EstablishedTcp.name(), got, if got { "data crossed the boundary".to_owned() } else { format!("no data crossed ({detail})") });
+    let tcp = ChannelResult::new(
+        Channel::EstablishedTcp.name(),
+        got,
+        if got { "data crossed the boundary".to_owned() } else { format!("no data crossed ({detail})") },
+    );
     let tun_ch = Channel::TunFd.name();
     let write = line(tun_ch).map(|v| v["error"].as_str().unwrap_or("write returned").to_owned()).unwrap_or_else(|| "no write reported".into());
     let tun = match (rx_before, rx_after) {
-        (Some(b), Some(a)) if a > b => ChannelResult::new(tun_ch, true, format!("a packet written on a tun fd opened before the cut reached the host (rx_packets {b} -> {a})")),
+        (Some(b), Some(a)) if a > b => {
+            ChannelResult::new(tun_ch, true, format!("a packet written on a tun fd opened before the cut reached the host (rx_packets {b} -> {a})"))
+        }
         (Some(b), Some(a)) => ChannelResult::new(tun_ch, false, format!("no packet reached the host (rx_packets {b} -> {a}; write: {write})")),
         (Some(b), None) => ChannelResult::new(tun_ch, true, format!("the device vanished (rx_packets was {b}): cannot claim a cut ({write})")),
         (None, _) => {

@@ -95,7 +95,15 @@ fn netlink() -> Result<std::io::Result<()>, Unsupported> {
     Ok((|| {
         let tv = libc::timeval { tv_sec: 0, tv_usec: 500_000 };
         // SAFETY: setsockopt with a timeval that outlives the call.
-        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
         // nlmsghdr (len, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, pid) + rtgenmsg.
         let mut req = [0u8; 20];
         req[0..4].copy_from_slice(&20u32.to_ne_bytes());
@@ -179,11 +187,34 @@ fn ifreq(name: &str, flags: i16) -> IfReq {
     r
 }
 
-/// Opens /dev/net/tun and creates TUN device `name` on it.
+/// Opens /dev/net/tun and creates TUN device `name` on it. Where the node
+/// is missing (the tun module not loaded yet), does what a workload would:
+/// makes its own 10:200 node, whose open loads the module
+/// (request_module("char-major-10-200")).
 fn tun_create(name: &str) -> Result<std::io::Result<std::fs::File>, Unsupported> {
-    let f = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+    let open = |p: &std::path::Path| std::fs::OpenOptions::new().read(true).write(true).open(p);
+    let f = match open(std::path::Path::new("/dev/net/tun")) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unsupported(format!("no /dev/net/tun on this host ({e})"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let node = std::env::temp_dir().join(format!("killpath-tun-{}", std::process::id()));
+            let c = match std::ffi::CString::new(node.as_os_str().as_encoded_bytes()) {
+                Ok(c) => c,
+                Err(_) => return Err(Unsupported("no /dev/net/tun, and no path for a private node".into())),
+            };
+            // SAFETY: mknod(2) with a NUL-terminated path alive for the call.
+            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(10, 200)) } < 0 {
+                return Ok(Err(std::io::Error::last_os_error()));
+            }
+            let r = open(&node);
+            let _ = std::fs::remove_file(&node);
+            match r {
+                Ok(f) => f,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENXIO)) => {
+                    return Err(Unsupported(format!("no TUN driver in this kernel ({e})")));
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
         Err(e) => return Ok(Err(e)),
     };
     let mut req = ifreq(name, IFF_TUN | IFF_NO_PI);

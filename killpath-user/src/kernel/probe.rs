@@ -134,7 +134,8 @@ pub fn features(cgroup_parent: Option<&Path>) -> KernelFeatures {
             ));
             program_types.push(support(
                 "cgroup_sockopt",
-                prog!(ebpf, programs::ISOLATE_SETSOCKOPT, CgroupSockopt).and_then(|p| load_ok("cgroup_sockopt/setsockopt (isolation's SOL_XDP guard)", p.load())),
+                prog!(ebpf, programs::ISOLATE_SETSOCKOPT, CgroupSockopt)
+                    .and_then(|p| load_ok("cgroup_sockopt/setsockopt (isolation's SOL_XDP guard)", p.load())),
             ));
             program_types.push(support("sched_cls", prog!(ebpf, programs::PROBE_TC, SchedClassifier).and_then(|p| load_ok("sched_cls (tc/tcx)", p.load()))));
             program_types.push(support(
