@@ -120,7 +120,7 @@ impl Channel {
             Channel::Netlink => (None, Some("socket_create (AF_NETLINK refused), sendmsg/recvmsg on sockets opened before")),
             Channel::Vsock => (None, Some("socket_create (AF_VSOCK refused), sendmsg/recvmsg on sockets opened before")),
             Channel::Xdp => (
-                Some("cgroup setsockopt refuses SOL_XDP: no UMEM or ring, so no XSK is set up after the isolation (one set up before stays open without BPF LSM)"),
+                Some("cgroup setsockopt refuses SOL_XDP: no UMEM or ring, so no XSK is set up after the isolation"),
                 Some("socket_create (AF_XDP refused), sendmsg/recvmsg on XSKs set up before"),
             ),
             Channel::Tun => (
@@ -128,7 +128,19 @@ impl Channel {
                 Some("tun_dev_create/open/attach/attach_queue"),
             ),
             // The cgroup device hook fires at open and mknod only.
-            Channel::TunFd => (None, Some("file_permission + tun_dev_create/open/attach (reads, writes and new devices on a /dev/net/tun fd opened before the isolation)")),
+            Channel::TunFd => {
+                (None, Some("file_permission + tun_dev_create/open/attach (reads, writes and new devices on a /dev/net/tun fd opened before the isolation)"))
+            }
+        }
+    }
+
+    /// What a cgroup mechanism leaves open where BPF LSM is missing.
+    fn open_without_lsm(self) -> Option<&'static str> {
+        match self {
+            // The rings of an XSK set up before the cut live in shared
+            // memory; its TX kick is a sendto that only socket_sendmsg sees.
+            Channel::Xdp => Some("an XSK set up before the isolation keeps working"),
+            _ => None,
         }
     }
 
@@ -156,7 +168,10 @@ impl Channel {
     pub fn status(self, lsm_error: Option<&str>) -> ChannelStatus {
         let (enforced, by) = match (self.mechanism(), lsm_error) {
             ((Some(cg), Some(hooks)), None) => (true, format!("{cg}; BPF LSM {hooks}")),
-            ((Some(cg), _), _) => (true, cg.to_owned()),
+            ((Some(cg), _), _) => match self.open_without_lsm() {
+                Some(gap) => (true, format!("{cg}; OPEN without BPF LSM: {gap}")),
+                None => (true, cg.to_owned()),
+            },
             ((None, Some(hooks)), None) => (true, format!("BPF LSM {hooks}")),
             ((None, hooks), _) => {
                 (false, format!("needs BPF LSM ({}), unavailable on this kernel (see `killpath probe`)", hooks.unwrap_or("its socket hooks")))
