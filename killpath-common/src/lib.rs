@@ -204,7 +204,9 @@ pub mod counter {
     pub const ISOLATE_SKB_DROPS: u32 = 0;
     /// connect/sendmsg refused on a cgroup sock_addr hook.
     pub const ISOLATE_ADDR_DENIALS: u32 = 1;
-    /// raw socket creation refused on the cgroup sock hook.
+    /// raw socket creation refused on the cgroup sock hook (and, from
+    /// isolation's cgroup device and setsockopt hooks, TUN/vhost opens and
+    /// SOL_XDP options refused).
     pub const ISOLATE_SOCK_DENIALS: u32 = 2;
     /// Socket operations refused by a BPF LSM hook.
     pub const ISOLATE_LSM_DENIALS: u32 = 3;

@@ -220,4 +220,17 @@ mod tests {
         assert!(catalog(None, true).iter().all(|c| c.enforced), "with BPF LSM every channel is cut, adopted or not");
         assert_eq!(catalog(Some("no lsm"), true).last().map(|c| c.channel.as_str()), Some(PRE_ADOPT_SOCKETS));
     }
+
+    #[test]
+    fn gaps_are_named_only_where_they_exist() {
+        // With BPF LSM no row mentions an opening.
+        for c in catalog(None, false) {
+            assert!(!c.by.contains("OPEN") && !c.by.contains("needs"), "{c:?}");
+        }
+        // Without it, xdp is cut for new XSKs but says what stays open.
+        let xdp = Channel::Xdp.status(Some("no lsm"));
+        assert!(xdp.enforced && xdp.by.contains("OPEN without BPF LSM"), "{xdp:?}");
+        let tun = Channel::Tun.status(Some("no lsm"));
+        assert!(tun.enforced && tun.by.contains("cgroup device") && !tun.by.contains("BPF LSM"), "{tun:?}");
+    }
 }
