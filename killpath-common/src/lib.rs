@@ -126,6 +126,20 @@ pub mod programs {
     pub const ISOLATE_LSM_SOCKET_CONNECT: &str = "kp_isolate_lsm_socket_connect";
     pub const ISOLATE_LSM_SOCKET_SENDMSG: &str = "kp_isolate_lsm_socket_sendmsg";
     pub const ISOLATE_LSM_SOCKET_RECVMSG: &str = "kp_isolate_lsm_socket_recvmsg";
+    /// Level 3, per-target cgroup device hook: no /dev/net/tun,
+    /// /dev/vhost-net or /dev/vhost-vsock open or mknod while isolated.
+    pub const ISOLATE_DEVICE: &str = "kp_isolate_device";
+    /// Level 3, per-target cgroup setsockopt hook: no SOL_XDP option (no
+    /// UMEM, no rings: no AF_XDP socket set up) while isolated.
+    pub const ISOLATE_SETSOCKOPT: &str = "kp_isolate_setsockopt";
+    /// Level 3, host-wide BPF LSM hooks on TUN/TAP: no device created,
+    /// opened or attached by an isolated target.
+    pub const ISOLATE_LSM_TUN: &[(&str, &str)] = &[
+        ("kp_isolate_lsm_tun_dev_create", "tun_dev_create"),
+        ("kp_isolate_lsm_tun_dev_open", "tun_dev_open"),
+        ("kp_isolate_lsm_tun_dev_attach", "tun_dev_attach"),
+        ("kp_isolate_lsm_tun_dev_attach_queue", "tun_dev_attach_queue"),
+    ];
     /// Level 2, host-wide BPF LSM hooks (one per capability hook).
     pub const DEGRADE_LSM: &[(&str, &str)] = &[
         ("kp_degrade_socket_listen", "socket_listen"),
@@ -202,7 +216,9 @@ pub mod counter {
     pub const ISOLATE_SKB_DROPS: u32 = 0;
     /// connect/sendmsg refused on a cgroup sock_addr hook.
     pub const ISOLATE_ADDR_DENIALS: u32 = 1;
-    /// raw socket creation refused on the cgroup sock hook.
+    /// raw socket creation refused on the cgroup sock hook (and, from
+    /// isolation's cgroup device and setsockopt hooks, TUN/vhost opens and
+    /// SOL_XDP options refused).
     pub const ISOLATE_SOCK_DENIALS: u32 = 2;
     /// Socket operations refused by a BPF LSM hook.
     pub const ISOLATE_LSM_DENIALS: u32 = 3;
@@ -392,6 +408,9 @@ pub struct KernelOffsets {
     pub vfsmount_mnt_sb: u32,
     /// 1 when the self-protection offsets above (and fs/signal's) are filled in.
     pub protect_valid: u32,
+    /// inode.i_rdev: isolation's file_permission check of a TUN fd
+    /// (resolved with the self-protection offsets, valid with them).
+    pub inode_i_rdev: u32,
 }
 
 /// A task's membership: the target it entered (by `run`, `adopt`, a move

@@ -20,7 +20,7 @@ use crate::{
 /// socket operation of the host: returns after one array lookup while no
 /// target is isolated.
 #[inline(always)]
-fn lsm_verdict() -> i32 {
+pub(super) fn lsm_verdict() -> i32 {
     let Some(cfg) = targets::config() else { return 0 };
     if cfg.isolated_targets != 0 && isolated(targets::of_current(cfg.depth_mask)) {
         targets::count(counter::ISOLATE_LSM_DENIALS);

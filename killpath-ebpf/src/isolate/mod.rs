@@ -15,6 +15,14 @@
 //! isolation (`lsm.rs`). TC on the host side of a target's veth covers
 //! `isolate --netdev` (`tc.rs`).
 //!
+//! Devices and families that leave the target without an inet socket:
+//! the cgroup device hook refuses opening /dev/net/tun, /dev/vhost-net and
+//! /dev/vhost-vsock (`device.rs`), the cgroup setsockopt hook refuses
+//! SOL_XDP options so no AF_XDP socket is set up (`sockopt.rs`); with BPF
+//! LSM the tun_dev_* hooks and file_permission cut TUN/TAP devices and fds
+//! opened before the isolation (`tun.rs`), and socket_create refuses
+//! netlink, vsock and XDP sockets (`lsm.rs`).
+//!
 //! Each program reads the target's level from the map, so isolating is one
 //! map update.
 //!
@@ -23,14 +31,63 @@
 //! (`throttle/egress.rs`) and `net` deny mode (`throttle/syscalls.rs`),
 //! and degrade's network capabilities (`degrade/connect.rs`). Each such
 //! program says so where it is defined.
-use killpath_common::{level, TargetState};
+use aya_ebpf::helpers::bpf_get_current_task;
+use killpath_common::{level, TargetState, MAX_CGROUP_DEPTH};
 
+use crate::{
+    degrade::read,
+    maps::{OFFSETS, TARGETS},
+    targets,
+};
+
+mod device;
 mod lsm;
 mod skb;
 mod sock;
+mod sockopt;
 mod tc;
+pub mod tun;
 
 #[inline(always)]
 fn isolated(state: Option<TargetState>) -> bool {
     state.is_some_and(|s| s.level >= level::ISOLATE)
+}
+
+/// Whether the current task is inside an isolated target, found from its
+/// task_struct (task->cgroups->dfl_cgrp, its ancestors' kernfs ids;
+/// offsets from BTF) rather than with bpf_get_current_ancestor_cgroup_id,
+/// which cgroup device and sockopt programs only get from Linux 6.4 on.
+/// False (allow) when the offsets are unknown: `probe` reports that.
+#[inline(always)]
+fn current_task_isolated() -> bool {
+    let Some(cfg) = targets::config() else { return false };
+    if cfg.isolated_targets == 0 {
+        return false;
+    }
+    let Some(o) = OFFSETS.get(0) else { return false };
+    if o.signal_valid == 0 {
+        return false;
+    }
+    // SAFETY: helper without arguments; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return false };
+    let cgrp_level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
+    let mut depth = 0u32;
+    while depth < MAX_CGROUP_DEPTH {
+        if cfg.depth_mask & (1u32 << depth) != 0 && depth as i32 <= cgrp_level {
+            let id = read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
+                .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
+                .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
+                .unwrap_or(0);
+            // SAFETY: value copied out at once.
+            if let Some(st) = unsafe { TARGETS.get(id) } {
+                if st.depth == depth && st.level >= level::ISOLATE {
+                    return true;
+                }
+            }
+        }
+        depth += 1;
+    }
+    false
 }

@@ -94,6 +94,9 @@ pub fn kp_protect_inode_permission(ctx: LsmContext) -> i32 {
 }
 
 /// security_file_permission(file, mask). Hot (every read and write).
+/// The one program on this hook also serves isolation: reads and writes on
+/// a /dev/net/tun fd of an isolated target (`isolate/tun.rs`), checked only
+/// while some target is isolated.
 #[lsm(hook = "file_permission")]
 pub fn kp_protect_file_permission(ctx: LsmContext) -> i32 {
     let prev: i32 = ctx.arg(2);
@@ -101,18 +104,25 @@ pub fn kp_protect_file_permission(ctx: LsmContext) -> i32 {
         return prev;
     }
     let mask: i32 = ctx.arg(1);
-    if mask & MAY_WRITE == 0 {
+    let isolating = crate::targets::config().is_some_and(|c| c.isolated_targets != 0);
+    if mask & MAY_WRITE == 0 && !isolating {
         return 0;
     }
     let file: u64 = ctx.arg(0);
     let Some(o) = offsets() else { return 0 };
     let dentry = read::<u64>(file + u64::from(o.file_f_path), o.path_dentry).unwrap_or(0);
     let inode = read::<u64>(dentry, o.dentry_d_inode).unwrap_or(0);
-    let v = check(inode);
-    if v != 0 {
-        return v;
+    if mask & MAY_WRITE != 0 {
+        let v = check(inode);
+        if v != 0 {
+            return v;
+        }
+        let v = own_control(o, dentry, inode);
+        if v != 0 {
+            return v;
+        }
     }
-    own_control(o, dentry, inode)
+    crate::isolate::tun::file_verdict(o, inode)
 }
 
 /// A write to a control file of the task's own target cgroup (the top of
@@ -132,7 +142,9 @@ pub fn kp_protect_file_permission(ctx: LsmContext) -> i32 {
 /// target's own cgroup.
 #[inline(always)]
 fn own_control(o: &KernelOffsets, dentry: u64, inode: u64) -> i32 {
-    if o.names_valid == 0 || inode == 0 || inode_magic(o, inode) != CGROUP2_SUPER_MAGIC {
+    // As in `check`: one array lookup when no target exists, before any
+    // kernel pointer is followed.
+    if o.names_valid == 0 || inode == 0 || crate::targets::config().is_none_or(|c| c.depth_mask == 0) || inode_magic(o, inode) != CGROUP2_SUPER_MAGIC {
         return 0;
     }
     let Some((id, _)) = current_target() else { return 0 };

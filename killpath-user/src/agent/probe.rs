@@ -47,16 +47,24 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
     let channels = isolate::catalog(if f.lsm_available { None } else { Some("BPF LSM unavailable on this kernel") }, false);
     let open: Vec<&str> = channels.iter().filter(|c| !c.enforced).map(|c| c.channel.as_str()).collect();
     let cut: Vec<&str> = channels.iter().filter(|c| c.enforced).map(|c| c.channel.as_str()).collect();
-    let isolate_ok = f.available("cgroup_skb") && f.available("cgroup_sock_addr") && f.available("cgroup_sock");
+    // Cut with a gap where BPF LSM is missing (their `by` says which).
+    let partly: Vec<&str> = channels.iter().filter(|c| c.enforced && c.by.contains("OPEN without BPF LSM")).map(|c| c.channel.as_str()).collect();
+    let isolate_ok = f.available("cgroup_skb")
+        && f.available("cgroup_sock_addr")
+        && f.available("cgroup_sock")
+        && f.available("cgroup_device")
+        && f.available("cgroup_sockopt");
     let mut levels = vec![LevelSupport {
         level: "isolate".into(),
         enforceable: isolate_ok,
         detail: if !isolate_ok {
-            "UNAVAILABLE: cgroup skb/sock_addr/sock programs refused".into()
+            "UNAVAILABLE: cgroup skb/sock_addr/sock/device/sockopt programs refused".into()
         } else if open.is_empty() {
             format!("cut: {}", cut.join(", "))
-        } else {
+        } else if partly.is_empty() {
             format!("cut: {}; OPEN (needs BPF LSM): {}", cut.join(", "), open.join(", "))
+        } else {
+            format!("cut: {}; OPEN (needs BPF LSM): {}; partly OPEN (set up before the isolation): {}", cut.join(", "), open.join(", "), partly.join(", "))
         },
     }];
     levels.push(LevelSupport {

@@ -10,11 +10,15 @@
 //! every link by fd ([`LinkKeeper`]): unlinking a pin does not detach it.
 use std::{
     fs,
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
-    programs::{links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType},
+    programs::{
+        links::CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
+        CgroupSockopt, CgroupSockoptAttachType,
+    },
     Btf, Ebpf,
 };
 use killpath_common::programs;
@@ -25,7 +29,7 @@ use crate::{
     kernel::{
         cgroup::cgroup2_mount,
         cgroup_id,
-        links::LinkKeeper,
+        links::{cgroup_link_create, pin_fd, LinkKeeper},
         object::{self, fd_link, load_pinned},
         pins::target_dir,
     },
@@ -45,6 +49,10 @@ const LSM_PROGS: &[(&str, &str)] = &[
     (programs::ISOLATE_LSM_SOCKET_RECVMSG, "socket_recvmsg"),
 ];
 
+/// include/uapi/linux/bpf.h, enum bpf_attach_type.
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
 /// The level-3 programs, opened from their pins.
 pub struct IsolatePrograms {
     skb: CgroupSkb,
@@ -52,6 +60,10 @@ pub struct IsolatePrograms {
     skb_egress: CgroupSkb,
     addr: Vec<(&'static str, CgroupSockAddr)>,
     sock: CgroupSock,
+    /// Device and setsockopt hooks, attached through raw BPF_LINK_CREATE
+    /// (aya 0.14 gives these types no pinnable link): (pin name, program
+    /// fd holder, attach type).
+    raw: Vec<(&'static str, RawCgroupProg, u32)>,
     /// The TC program for `--netdev`.
     pub tc: super::netdev::TcProgram,
     pin_dir: PathBuf,
@@ -79,8 +91,19 @@ impl IsolatePrograms {
         }
         let sock_pin = load_pinned::<CgroupSock>(ebpf, pin_dir, programs::ISOLATE_SOCK_CREATE, loaded, |p| p.load().map_err(Error::program("sock_create")))?;
         let sock = CgroupSock::from_pin(&sock_pin, CgroupSockAttachType::SockCreate).map_err(Error::program("sock_create"))?;
+        let dev_pin =
+            load_pinned::<CgroupDevice>(ebpf, pin_dir, programs::ISOLATE_DEVICE, loaded, |p| p.load().map_err(Error::program(programs::ISOLATE_DEVICE)))?;
+        let dev = CgroupDevice::from_pin(&dev_pin).map_err(Error::program("opening pinned cgroup_device"))?;
+        let sockopt_pin = load_pinned::<CgroupSockopt>(ebpf, pin_dir, programs::ISOLATE_SETSOCKOPT, loaded, |p| {
+            p.load().map_err(Error::program(programs::ISOLATE_SETSOCKOPT))
+        })?;
+        let sockopt = CgroupSockopt::from_pin(&sockopt_pin, CgroupSockoptAttachType::Set).map_err(Error::program("opening pinned cgroup_sockopt"))?;
+        let raw = vec![
+            (programs::ISOLATE_DEVICE, RawCgroupProg::Device(dev), BPF_CGROUP_DEVICE),
+            (programs::ISOLATE_SETSOCKOPT, RawCgroupProg::Sockopt(sockopt), BPF_CGROUP_SETSOCKOPT),
+        ];
         let tc = super::netdev::TcProgram::open(ebpf, pin_dir, loaded)?;
-        Ok(Self { skb, skb_egress, addr, sock, tc, pin_dir: pin_dir.to_owned(), links })
+        Ok(Self { skb, skb_egress, addr, sock, raw, tc, pin_dir: pin_dir.to_owned(), links })
     }
 
     /// Attaches the cgroup hooks to a target's cgroup (idempotent: links
@@ -121,6 +144,14 @@ impl IsolatePrograms {
             let link = fd_link(self.sock.take_link(id).map_err(Error::program("sock_create link"))?)?;
             link.pin(&pin).map_err(Error::pin(&pin))?;
         }
+        for (name, prog, attach_type) in &self.raw {
+            let pin = dir.join(*name);
+            if !pin.exists() {
+                let fd = prog.fd()?;
+                let link = cgroup_link_create(fd, cg.as_fd(), *attach_type).map_err(Error::io(format!("attaching {name} (BPF_LINK_CREATE)")))?;
+                pin_fd(&link, &pin)?;
+            }
+        }
         for n in Self::link_names() {
             self.links.hold(&dir.join(n))?;
         }
@@ -129,7 +160,9 @@ impl IsolatePrograms {
 
     /// The names of a target's link pins.
     fn link_names() -> impl Iterator<Item = &'static str> {
-        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE].into_iter().chain(ADDR_PROGS.iter().map(|(n, _)| *n))
+        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE, programs::ISOLATE_DEVICE, programs::ISOLATE_SETSOCKOPT]
+            .into_iter()
+            .chain(ADDR_PROGS.iter().map(|(n, _)| *n))
     }
 
     /// Detaches a target's cgroup hooks: removes the pins and drops the
@@ -154,11 +187,27 @@ impl IsolatePrograms {
 /// caller has checked that a BPF LSM hook really runs here
 /// (`kernel::probe::lsm_runs`).
 pub fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, gen: &Path, loaded: &mut Vec<&'static str>) -> Result<()> {
-    for (name, hook) in LSM_PROGS {
+    for (name, hook) in LSM_PROGS.iter().chain(programs::ISOLATE_LSM_TUN) {
         if object::attach_lsm(ebpf, btf, gen, name, hook)? {
             loaded.push(name);
             info!(hook, "isolation LSM hook attached and pinned");
         }
     }
     Ok(())
+}
+
+/// A cgroup program attached with a raw BPF_LINK_CREATE.
+enum RawCgroupProg {
+    Device(CgroupDevice),
+    Sockopt(CgroupSockopt),
+}
+
+impl RawCgroupProg {
+    fn fd(&self) -> Result<BorrowedFd<'_>> {
+        let fd = match self {
+            RawCgroupProg::Device(p) => p.fd(),
+            RawCgroupProg::Sockopt(p) => p.fd(),
+        };
+        Ok(fd.map_err(Error::program("cgroup program fd"))?.as_fd())
+    }
 }

@@ -158,24 +158,34 @@ fn read_results(child: &mut Child, deadline: Duration) -> Vec<Value> {
     lines
 }
 
-/// A TCP connection opened from inside the target before isolation.
+/// A TCP connection opened from inside the target before isolation, and
+/// the TUN device the same probe created and brought up before it.
 pub struct Held {
     child: Child,
     stdin: Option<ChildStdin>,
     stream: TcpStream,
+    /// The TUN device's name.
+    tun: String,
+}
+
+/// rx_packets of network device `name` (in the agent's network namespace,
+/// which the probe shares): what a write on a tun fd injects.
+fn rx_packets(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/rx_packets")).ok()?.trim().parse().ok()
 }
 
 /// Opens the "established connection" probe (before isolating).
 pub fn hold(cgroup: &Path, l: &Listeners) -> Result<Held> {
     let addr = l.addr4()?;
-    let mut child = spawn_probe(cgroup, &["--hold".into(), addr.to_string()])?;
+    let tun = format!("kpvh{}", std::process::id() % 1_000_000);
+    let mut child = spawn_probe(cgroup, &["--hold".into(), addr.to_string(), "--hold-tun".into(), tun.clone()])?;
     let stdin = child.stdin.take();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match l.tcp4.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false).map_err(Error::io("verify: held stream"))?;
-                return Ok(Held { child, stdin, stream });
+                return Ok(Held { child, stdin, stream, tun });
             }
             Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
             Err(e) => {
@@ -187,9 +197,13 @@ pub fn hold(cgroup: &Path, l: &Listeners) -> Result<Held> {
     }
 }
 
-fn held_result(mut h: Held) -> ChannelResult {
+/// The verdicts of the channels opened before the cut: established-tcp
+/// (did data cross the held connection) and tun-fd (did the packet the
+/// probe wrote into its TUN device show up in the device's rx_packets).
+fn held_result(mut h: Held) -> [ChannelResult; 2] {
+    let rx_before = rx_packets(&h.tun);
     // Tell the probe to use its connection; we answer if anything arrives.
-    if let Some(mut stdin) = h.stdin.take() {
+    if let Some(stdin) = h.stdin.as_mut() {
         let _ = stdin.write_all(b"go\n");
     }
     let _ = h.stream.set_read_timeout(Some(Duration::from_millis(1500)));
@@ -198,10 +212,42 @@ fn held_result(mut h: Held) -> ChannelResult {
     if got {
         let _ = h.stream.write_all(b"ack\n");
     }
+    // The probe writes its tun packet right after the connection's verdict
+    // and keeps the device until its stdin closes: wait for the counter.
+    let rx_after = rx_before.and_then(|before| {
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        loop {
+            match rx_packets(&h.tun) {
+                Some(n) if n > before => return Some(n),
+                _ if Instant::now() >= deadline => return rx_packets(&h.tun),
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    drop(h.stdin.take());
     let inner = read_results(&mut h.child, Duration::from_secs(5));
-    let probe = inner.iter().find(|v| v["channel"] == Channel::EstablishedTcp.name());
+    let line = |ch: &str| inner.iter().find(|v| v["channel"] == ch);
+    let probe = line(Channel::EstablishedTcp.name());
     let detail = probe.and_then(|v| v["error"].as_str()).unwrap_or(if got { "data reached the outside" } else { "no data reached the outside" });
-    ChannelResult::new(Channel::EstablishedTcp.name(), got, if got { "data crossed the boundary".to_owned() } else { format!("no data crossed ({detail})") })
+    let tcp = ChannelResult::new(
+        Channel::EstablishedTcp.name(),
+        got,
+        if got { "data crossed the boundary".to_owned() } else { format!("no data crossed ({detail})") },
+    );
+    let tun_ch = Channel::TunFd.name();
+    let write = line(tun_ch).map(|v| v["error"].as_str().unwrap_or("write returned").to_owned()).unwrap_or_else(|| "no write reported".into());
+    let tun = match (rx_before, rx_after) {
+        (Some(b), Some(a)) if a > b => {
+            ChannelResult::new(tun_ch, true, format!("a packet written on a tun fd opened before the cut reached the host (rx_packets {b} -> {a})"))
+        }
+        (Some(b), Some(a)) => ChannelResult::new(tun_ch, false, format!("no packet reached the host (rx_packets {b} -> {a}; write: {write})")),
+        (Some(b), None) => ChannelResult::new(tun_ch, true, format!("the device vanished (rx_packets was {b}): cannot claim a cut ({write})")),
+        (None, _) => {
+            let why = line("hold-tun").and_then(|v| v["error"].as_str()).unwrap_or("the probe could not create a TUN device before the cut");
+            ChannelResult { channel: tun_ch.into(), result: "skipped".into(), detail: format!("needs a TUN device opened before the cut: {why}") }
+        }
+    };
+    [tcp, tun]
 }
 
 /// Probes every channel from inside `cgroup`. `held` is an established
@@ -222,8 +268,12 @@ pub fn run(cgroup: &Path, l: &Listeners, held: Option<Held>, catalog: &[ChannelS
             Channel::Icmp => args.push("--icmp".into()),
             Channel::Unix => args.extend(["--unix".into(), l.unix_path.display().to_string()]),
             Channel::Packet => args.push("--packet".into()),
+            Channel::Netlink => args.push("--netlink".into()),
+            Channel::Vsock => args.push("--vsock".into()),
+            Channel::Xdp => args.push("--xdp".into()),
+            Channel::Tun => args.push("--tun".into()),
             // Opened before the cut by `hold`; loopback is what every probe talks to.
-            Channel::EstablishedTcp | Channel::Loopback => {}
+            Channel::EstablishedTcp | Channel::TunFd | Channel::Loopback => {}
         }
     }
     let mut child = spawn_probe(cgroup, &args)?;
@@ -235,6 +285,9 @@ pub fn run(cgroup: &Path, l: &Listeners, held: Option<Held>, catalog: &[ChannelS
         match channel.check() {
             Check::Probe => out.push(match find(ch) {
                 Some(v) if v["ok"] == true => ChannelResult::new(ch, true, "went through from inside the target"),
+                Some(v) if v["skipped"] == true => {
+                    ChannelResult { channel: ch.into(), result: "skipped".into(), detail: v["error"].as_str().unwrap_or("not available here").to_owned() }
+                }
                 Some(v) => ChannelResult::new(ch, false, v["error"].as_str().unwrap_or("failed")),
                 None if channel == Channel::Tcp6 && l.tcp6.is_none() => {
                     ChannelResult { channel: ch.into(), result: "skipped".into(), detail: "no IPv6 loopback on this host".into() }
@@ -256,14 +309,21 @@ pub fn run(cgroup: &Path, l: &Listeners, held: Option<Held>, catalog: &[ChannelS
             Check::Held | Check::Covered => {}
         }
     }
-    out.push(match held {
-        Some(h) => held_result(h),
-        None => ChannelResult {
-            channel: Channel::EstablishedTcp.name().into(),
-            result: "skipped".into(),
-            detail: "needs a connection opened from inside before the cut: none could be (target already isolated, or net.connect revoked); `isolate --verify` on an open target tests it".into(),
-        },
-    });
+    match held {
+        Some(h) => out.extend(held_result(h)),
+        None => {
+            out.push(ChannelResult {
+                channel: Channel::EstablishedTcp.name().into(),
+                result: "skipped".into(),
+                detail: "needs a connection opened from inside before the cut: none could be (target already isolated, or net.connect revoked); `isolate --verify` on an open target tests it".into(),
+            });
+            out.push(ChannelResult {
+                channel: Channel::TunFd.name().into(),
+                result: "skipped".into(),
+                detail: "needs a TUN fd opened from inside before the cut: `isolate --verify` on an open target tests it".into(),
+            });
+        }
+    }
     // Annotate OPEN channels the kernel cannot cut here.
     for r in &mut out {
         if let Some(c) = catalog.iter().find(|c| c.channel == r.channel && !c.enforced) {

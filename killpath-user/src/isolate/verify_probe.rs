@@ -14,7 +14,10 @@ use std::{
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn};
 use serde_json::json;
 
-use super::channel::Channel;
+use super::{
+    channel::Channel,
+    verify_probe_families::{link_up, netlink, tun, tun_create, tun_packet, vsock, xdp, Unsupported},
+};
 
 const TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -39,10 +42,28 @@ pub struct ProbeArgs {
     pub icmp: bool,
     #[arg(long)]
     pub packet: bool,
+    #[arg(long)]
+    pub netlink: bool,
+    #[arg(long)]
+    pub vsock: bool,
+    #[arg(long)]
+    pub xdp: bool,
+    #[arg(long)]
+    pub tun: bool,
     /// Open a TCP connection, report it, wait for a line on stdin, then
     /// try to use it (the "established connection" channel).
     #[arg(long)]
     pub hold: Option<SocketAddr>,
+    /// With --hold: before connecting, create TUN device NAME and bring
+    /// it up; after the go line, write one packet into it (the tun-fd
+    /// channel), then keep it until stdin closes.
+    #[arg(long, requires = "hold")]
+    pub hold_tun: Option<String>,
+}
+
+fn report_skip(channel: &str, why: &str) {
+    println!("{}", json!({"channel": channel, "ok": false, "skipped": true, "error": why}));
+    let _ = std::io::stdout().flush();
 }
 
 fn report(channel: &str, r: std::io::Result<()>) {
@@ -86,7 +107,7 @@ fn dns(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-fn checksum(data: &[u8]) -> u16 {
+pub(super) fn checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for c in data.chunks(2) {
         sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
@@ -137,14 +158,37 @@ fn packet() -> std::io::Result<()> {
     Ok(())
 }
 
-fn hold(addr: SocketAddr) {
+fn hold(addr: SocketAddr, tun_name: Option<&str>) {
+    // The TUN device first, before the cut: the agent finds it up and
+    // configured when the connection below arrives.
+    let tun = tun_name.and_then(|name| match tun_create(name) {
+        Err(Unsupported(why)) => {
+            report_skip("hold-tun", &why);
+            None
+        }
+        Ok(Err(e)) => {
+            report("hold-tun", Err(e));
+            None
+        }
+        Ok(Ok(f)) => match link_up(name) {
+            Ok(()) => {
+                report("hold-tun", Ok(()));
+                Some(f)
+            }
+            Err(e) => {
+                report("hold-tun", Err(e));
+                None
+            }
+        },
+    });
     let mut s = match TcpStream::connect_timeout(&addr, TIMEOUT) {
         Ok(s) => s,
         Err(e) => return report("hold", Err(e)),
     };
     report("hold", Ok(()));
     let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
+    let mut stdin = std::io::stdin().lock();
+    let _ = stdin.read_line(&mut line);
     let _ = s.set_write_timeout(Some(TIMEOUT));
     let _ = s.set_read_timeout(Some(TIMEOUT));
     let r = s.write_all(b"kp-established\n").and_then(|()| {
@@ -155,6 +199,12 @@ fn hold(addr: SocketAddr) {
         }
     });
     report(Channel::EstablishedTcp.name(), r);
+    if let Some(mut f) = tun {
+        // One packet injected through the fd opened before the cut; the
+        // agent judges by the device's rx_packets, then closes stdin.
+        report(Channel::TunFd.name(), f.write_all(&tun_packet()));
+        let _ = stdin.read_line(&mut line);
+    }
 }
 
 /// Runs the probe and prints its results.
@@ -167,7 +217,7 @@ pub fn run(a: &ProbeArgs) {
         }
     }
     if let Some(addr) = a.hold {
-        return hold(addr);
+        return hold(addr, a.hold_tun.as_deref());
     }
     for ch in Channel::ALL {
         let r = match ch {
@@ -178,11 +228,26 @@ pub fn run(a: &ProbeArgs) {
             Channel::Icmp => a.icmp.then(icmp),
             Channel::Unix => a.unix.as_ref().map(unix),
             Channel::Packet => a.packet.then(packet),
+            Channel::Netlink => a.netlink.then(netlink).map(unsupported_as_skip(ch)).and_then(|r| r),
+            Channel::Vsock => a.vsock.then(vsock).map(unsupported_as_skip(ch)).and_then(|r| r),
+            Channel::Xdp => a.xdp.then(xdp).map(unsupported_as_skip(ch)).and_then(|r| r),
+            Channel::Tun => a.tun.then(tun).map(unsupported_as_skip(ch)).and_then(|r| r),
             // `--hold` above; loopback is where every probe goes.
-            Channel::EstablishedTcp | Channel::Loopback => None,
+            Channel::EstablishedTcp | Channel::TunFd | Channel::Loopback => None,
         };
         if let Some(r) = r {
             report(ch.name(), r);
+        }
+    }
+}
+
+/// Reports an unsupported probe as skipped (and nothing else for it).
+fn unsupported_as_skip(ch: Channel) -> impl Fn(Result<std::io::Result<()>, Unsupported>) -> Option<std::io::Result<()>> {
+    move |r| match r {
+        Ok(r) => Some(r),
+        Err(Unsupported(why)) => {
+            report_skip(ch.name(), &why);
+            None
         }
     }
 }

@@ -110,6 +110,7 @@ pub fn resolve() -> Resolved {
         o.sb_s_magic = offset(&btf, "super_block", "s_magic")?;
         o.task_tgid = offset(&btf, "task_struct", "tgid")?;
         o.vfsmount_mnt_sb = offset(&btf, "vfsmount", "mnt_sb")?;
+        o.inode_i_rdev = offset(&btf, "inode", "i_rdev")?;
         Ok(())
     })();
     o.protect_valid = u32::from(protect.is_ok());

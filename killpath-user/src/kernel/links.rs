@@ -17,7 +17,7 @@ use std::{
     ffi::CString,
     fs,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -69,6 +69,38 @@ fn obj_pin(fd: &OwnedFd, path: &Path) -> Result<()> {
         return Err(Error::io(format!("BPF_OBJ_PIN {}", path.display()))(std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// BPF_LINK_CREATE (include/uapi/linux/bpf.h).
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// The `link_create` part of `union bpf_attr` (a prefix: the rest is zero).
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// BPF_LINK_CREATE of program `prog` on cgroup `cgroup` for `attach_type`
+/// (flags 0: cgroup bpf_links always run alongside the other programs on
+/// the cgroup, as BPF_F_ALLOW_MULTI). For the program types aya 0.14
+/// attaches without a pinnable link (cgroup device, cgroup sockopt).
+pub fn cgroup_link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> std::io::Result<OwnedFd> {
+    let attr = LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_fd: cgroup.as_raw_fd() as u32, attach_type, flags: 0 };
+    // SAFETY: attr is a valid prefix of union bpf_attr and outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreateAttr, std::mem::size_of::<LinkCreateAttr>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the link (or any bpf object) behind `fd` at `path`.
+pub fn pin_fd(fd: &OwnedFd, path: &Path) -> Result<()> {
+    obj_pin(fd, path)
 }
 
 /// A pin the agent found missing and put back (or could not).

@@ -5,7 +5,7 @@ use std::{fs, path::Path};
 
 use aya::{
     maps::Array,
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, Lsm, RawTracePoint, SchedClassifier, TracePoint},
+    programs::{CgroupDevice, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm, RawTracePoint, SchedClassifier, TracePoint},
     Btf, Ebpf,
 };
 use killpath_common::{maps, programs, ProbeState};
@@ -125,6 +125,18 @@ pub fn features(cgroup_parent: Option<&Path>) -> KernelFeatures {
             ));
             program_types
                 .push(support("cgroup_sock", prog!(ebpf, programs::PROBE_SOCK, CgroupSock).and_then(|p| load_ok("cgroup_sock/sock_create", p.load()))));
+            // Isolation's own device and setsockopt programs (TUN/vhost
+            // opens, AF_XDP set-up): loading them checks the helpers they
+            // call are allowed for their types on this kernel.
+            program_types.push(support(
+                "cgroup_device",
+                prog!(ebpf, programs::ISOLATE_DEVICE, CgroupDevice).and_then(|p| load_ok("cgroup_device (isolation's /dev/net/tun guard)", p.load())),
+            ));
+            program_types.push(support(
+                "cgroup_sockopt",
+                prog!(ebpf, programs::ISOLATE_SETSOCKOPT, CgroupSockopt)
+                    .and_then(|p| load_ok("cgroup_sockopt/setsockopt (isolation's SOL_XDP guard)", p.load())),
+            ));
             program_types.push(support("sched_cls", prog!(ebpf, programs::PROBE_TC, SchedClassifier).and_then(|p| load_ok("sched_cls (tc/tcx)", p.load()))));
             program_types.push(support(
                 "raw_tracepoint",

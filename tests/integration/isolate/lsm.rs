@@ -208,8 +208,8 @@ fn lsm_status_reports_no_open_channels() {
     };
     check(&agent, "isolated");
     let progs = our_isolate_progs(&agent);
-    assert!(progs.len() >= 10, "6 cgroup + 4 LSM programs at least: {progs:?}");
-    assert_eq!(progs.iter().filter(|(_, n)| n.starts_with("kp_isolate_lsm")).count(), 4, "{progs:?}");
+    assert!(progs.len() >= 16, "8 cgroup + 8 LSM programs at least: {progs:?}");
+    assert_eq!(progs.iter().filter(|(_, n)| n.starts_with("kp_isolate_lsm")).count(), 8, "{progs:?}");
     check_packet(&agent, "quiet", false, "isolated");
     // Restored: still nothing listed (nothing is isolated), and it works.
     agent.json(&["restore", "quiet", "--to", "normal"]);

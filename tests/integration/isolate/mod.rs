@@ -6,8 +6,8 @@
 //! real servers the test starts outside it; assertions are on the clients'
 //! exit codes AND on what the servers observed.
 //!
-//! On a kernel without BPF LSM (the host) the unix and packet channels stay
-//! OPEN by design, and every report must say so. Tests whose names start with
+//! On a kernel without BPF LSM (the host) the unix, packet, netlink, vsock
+//! and tun-fd channels stay OPEN by design, and every report must say so. Tests whose names start with
 //! `lsm_` need BPF LSM and run in the VM (`cargo xtask test --vm-only`).
 //!
 //! One file per feature; `clients` (real clients inside a target against
@@ -23,6 +23,7 @@ mod lsm;
 mod nested;
 mod netdev;
 mod refusals;
+mod tun;
 mod restart;
 mod time_to_effect;
 mod verify;
@@ -45,10 +46,11 @@ use crate::{
 };
 
 /// Every channel `verify` reports, in its order.
-const VERIFY_CHANNELS: &[&str] = &["tcp4", "tcp6", "udp", "dns", "icmp", "unix", "packet", "established-tcp"];
+const VERIFY_CHANNELS: &[&str] = &["tcp4", "tcp6", "udp", "dns", "icmp", "unix", "packet", "netlink", "vsock", "xdp", "tun", "established-tcp", "tun-fd"];
 
 /// Every channel of the isolation catalog.
-const CATALOG: &[&str] = &["tcp4", "tcp6", "udp", "dns", "icmp", "established-tcp", "loopback", "unix", "packet"];
+const CATALOG: &[&str] =
+    &["tcp4", "tcp6", "udp", "dns", "icmp", "established-tcp", "loopback", "unix", "packet", "netlink", "vsock", "xdp", "tun", "tun-fd"];
 
 /// How long a client may run inside or outside a target before it is
 /// SIGKILLed.
@@ -76,12 +78,14 @@ fn marker(what: &str) -> String {
     format!("kp-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
-/// The channels this kernel cannot cut: unix and packet without BPF LSM.
+/// The channels this kernel cannot cut without BPF LSM: unix, packet,
+/// netlink and vsock sockets (no cgroup hook sees them), and a tun fd
+/// opened before the isolation (the cgroup device hook fires at open only).
 fn expected_open(agent: &Agent) -> Vec<&'static str> {
     if lsm_attached(agent) {
         vec![]
     } else {
-        vec!["unix", "packet"]
+        vec!["unix", "packet", "netlink", "vsock", "tun-fd"]
     }
 }
 
