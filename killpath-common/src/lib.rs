@@ -216,16 +216,19 @@ pub mod counter {
     pub const ISOLATE_SKB_DROPS: u32 = 0;
     /// connect/sendmsg refused on a cgroup sock_addr hook.
     pub const ISOLATE_ADDR_DENIALS: u32 = 1;
-    /// raw socket creation refused on the cgroup sock hook (and, from
-    /// isolation's cgroup device and setsockopt hooks, TUN/vhost opens and
-    /// SOL_XDP options refused).
+    /// raw socket creation refused on the cgroup sock hook.
     pub const ISOLATE_SOCK_DENIALS: u32 = 2;
     /// Socket operations refused by a BPF LSM hook.
     pub const ISOLATE_LSM_DENIALS: u32 = 3;
     /// Packets dropped at TC on a target's network device.
     pub const ISOLATE_TC_DROPS: u32 = 4;
+    /// /dev/net/tun, /dev/vhost-net, /dev/vhost-vsock opens or mknods
+    /// refused on the cgroup device hook.
+    pub const ISOLATE_DEVICE_DENIALS: u32 = 5;
+    /// SOL_XDP options (AF_XDP setup) refused on the cgroup setsockopt hook.
+    pub const ISOLATE_SOCKOPT_DENIALS: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
 }
 
 /// Deepest cgroup nesting level (root = 0) at which a target may sit. The

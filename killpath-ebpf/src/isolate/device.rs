@@ -46,6 +46,6 @@ fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {
     if !super::current_task_isolated() {
         return Ok(ALLOW);
     }
-    targets::count(counter::ISOLATE_SOCK_DENIALS);
+    targets::count(counter::ISOLATE_DEVICE_DENIALS);
     Ok(REFUSE)
 }

@@ -34,7 +34,7 @@ fn try_setsockopt(ctx: &SockoptContext) -> Result<i32, i32> {
     // SAFETY: s is the kernel-provided bpf_sockopt context.
     let (level, optlen) = unsafe { ((*s).level, (*s).optlen) };
     if level == SOL_XDP && super::current_task_isolated() {
-        targets::count(counter::ISOLATE_SOCK_DENIALS);
+        targets::count(counter::ISOLATE_SOCKOPT_DENIALS);
         return Ok(REFUSE);
     }
     if optlen > PAGE_SIZE {

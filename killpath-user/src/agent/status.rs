@@ -84,6 +84,8 @@ impl State {
                 "tc_packets_dropped": m.counter(counter::ISOLATE_TC_DROPS),
                 "connects_refused": m.counter(counter::ISOLATE_ADDR_DENIALS),
                 "raw_sockets_refused": m.counter(counter::ISOLATE_SOCK_DENIALS),
+                "devices_refused": m.counter(counter::ISOLATE_DEVICE_DENIALS),
+                "xdp_setups_refused": m.counter(counter::ISOLATE_SOCKOPT_DENIALS),
                 "lsm_denials": m.counter(counter::ISOLATE_LSM_DENIALS),
                 "lsm": self.enforcer.lsm_error.clone().map_or("attached".to_owned(), |e| format!("unavailable: {e}")),
             },

@@ -136,11 +136,13 @@ impl Output {
         let i = &r["isolation"];
         if !i.is_null() {
             println!(
-                "isolation: {} packets dropped ({} at TC), {} connects/sends refused, {} raw sockets refused, {} LSM denials; BPF LSM hooks {}",
+                "isolation: {} packets dropped ({} at TC), {} connects/sends refused, {} raw sockets refused, {} TUN/vhost opens refused, {} AF_XDP setups refused, {} LSM denials; BPF LSM hooks {}",
                 s(&i["packets_dropped"]),
                 s(&i["tc_packets_dropped"]),
                 s(&i["connects_refused"]),
                 s(&i["raw_sockets_refused"]),
+                s(&i["devices_refused"]),
+                s(&i["xdp_setups_refused"]),
                 s(&i["lsm_denials"]),
                 s(&i["lsm"])
             );

@@ -189,19 +189,24 @@ fn tcp_receiver() -> (u16, Counter) {
     let c = Counter::new();
     let c2 = c.clone();
     thread::spawn(move || {
-        let Ok((mut s, _)) = l.accept() else { return };
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        while !c2.done.load(Ordering::SeqCst) {
-            match s.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => c2.add(n as u64),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => return,
-            }
-        }
+        let Ok((s, _)) = l.accept() else { return };
+        count_reads(s, &c2);
     });
     (port, c)
+}
+
+/// Reads `s` until EOF, an error or `c.done`, adding every byte to `c`.
+fn count_reads(mut s: std::net::TcpStream, c: &Counter) {
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    while !c.done.load(Ordering::SeqCst) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => c.add(n as u64),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// A TCP client outside every target: connects to 127.0.0.1:PORT (retrying
@@ -211,23 +216,14 @@ fn tcp_client(port: u16) -> Counter {
     let c2 = c.clone();
     thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut s = loop {
+        let s = loop {
             match std::net::TcpStream::connect(("127.0.0.1", port)) {
                 Ok(s) => break s,
                 Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
                 Err(_) => return,
             }
         };
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        while !c2.done.load(Ordering::SeqCst) {
-            match s.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => c2.add(n as u64),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => return,
-            }
-        }
+        count_reads(s, &c2);
     });
     c
 }

@@ -203,6 +203,8 @@ fn isolate_tun_refuses_new_devices_and_reports_the_preopened_fd() {
     assert!(!ok && err.contains("[Errno 1] Operation not permitted"), "an isolated root workload must get no new TUN device: {err}");
     let _by = run_bg(&agent, "bystander", &["sleep", "1000"], 1);
     assert!(new_tun(&agent, "bystander", "bystander").0, "only the isolated target is refused");
+    let st = agent.json(&["status"]);
+    assert!(st["isolation"]["devices_refused"].as_u64().unwrap_or(0) >= 1, "the device refusals are counted: {}", st["isolation"]);
 
     // The fd opened before the isolation, judged by the host listener.
     let _ = received(listener, Duration::from_millis(300));
@@ -259,6 +261,10 @@ fn isolate_verify_lists_netlink_vsock_xdp_per_kernel() {
     let out = in_target(&agent, "fams", &[py(), "-c", code]);
     eprintln!("xdp client: {}", show(&out));
     assert!(!out.status.success() && text(&out.stderr).contains("[Errno 1] Operation not permitted"), "AF_XDP set-up refused: {}", show(&out));
+    if !lsm {
+        let st = agent.json(&["status"]);
+        assert!(st["isolation"]["xdp_setups_refused"].as_u64().unwrap_or(0) >= 1, "the SOL_XDP refusals are counted: {}", st["isolation"]);
+    }
     agent.json(&["restore", "fams", "--to", "normal"]);
     let out = in_target(&agent, "fams", &[py(), "-c", code]);
     assert!(out.status.success(), "after restore an XSK gets its UMEM: {}", show(&out));
