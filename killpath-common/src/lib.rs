@@ -4,6 +4,8 @@
 //! the eBPF programs (no_std, bpfel) and by the agent through aya maps.
 #![no_std]
 
+pub mod raise;
+
 /// Enforcement level of a target. Levels are cumulative and ordered.
 pub mod level {
     /// Running normally, nothing enforced.
@@ -88,6 +90,9 @@ pub mod maps {
     /// `HashMap<ProtectedInode, u32>`: killpath's pin and state
     /// directories, below which no task inside a target may write.
     pub const PROTECTED_DIRS: &str = "KP_PROTECTED_DIRS";
+    /// `HashMap<u64 cgroup id, Raise>`: levels the kernel raised on its
+    /// own (see [`super::raise`]), until the agent adopts them.
+    pub const RAISES: &str = "KP_RAISES";
 }
 
 /// Program names as they appear in the eBPF object.
@@ -245,8 +250,8 @@ pub struct TargetState {
     pub depth: u32,
     /// Revoked capabilities, a set of [`cap`] bits (level 2, degrade).
     pub revoked: u32,
-    /// Padding, keeps the layout explicit.
-    pub _pad: u32,
+    /// What runs in audit mode (counted like a refusal, not refused).
+    pub audit: u32,
 }
 
 /// Capabilities that `degrade` can revoke, one bit each.
@@ -504,7 +509,22 @@ pub struct GuardConfig {
     pub egress_throttled: u32,
     /// Bit d set: some throttled target sits at cgroup depth d.
     pub throttle_depth_mask: u32,
-    pub _pad: u32,
+    /// Number of targets with something in audit mode.
+    pub audited_targets: u32,
+    /// How many of `isolated_targets`, `stopped_targets` and
+    /// `degraded_targets` are armed rather than in force: a target the
+    /// kernel may raise on its own (a critical tripwire, a lease; see
+    /// [`raise`]) is counted in advance, so the hooks already look it up
+    /// when the kernel raises it and only the agent ever writes this map.
+    /// Kept so that every writer (the agent, the no-agent stop) preserves them.
+    pub armed_isolate: u32,
+    pub armed_stop: u32,
+    pub armed_degrade: u32,
+    /// Number of targets with an armed tripwire rule counted in the kernel.
+    /// Zero: the tripwire counting in every hook returns at once.
+    pub tripwire_targets: u32,
+    /// Number of targets with a dead-man lease. Zero: no hook reads a deadline.
+    pub leased_targets: u32,
 }
 
 /// Level 1, throttle: bucket classes and modes.
@@ -633,5 +653,6 @@ mod pod {
     unsafe impl aya::Pod for super::Member {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EscapeEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProtectedInode {}
 }

@@ -33,6 +33,7 @@ mod maps;
 mod members;
 mod probe;
 mod protect;
+mod raise;
 mod stop;
 mod targets;
 mod throttle;

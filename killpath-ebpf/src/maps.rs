@@ -93,3 +93,6 @@ pub static PROTECTED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 #[map(name = "KP_PROTECTED_DIRS")]
 pub static PROTECTED_DIRS: HashMap<ProtectedInode, u32> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "KP_RAISES")]
+pub static RAISES: HashMap<u64, killpath_common::raise::Raise> = HashMap::with_max_entries(MAX_TARGETS, 0);

@@ -114,7 +114,7 @@ impl Target {
     /// The kernel map entry for this target at `level`, keeping its
     /// revoked capabilities.
     pub fn state(&self, level: u32) -> killpath_common::TargetState {
-        killpath_common::TargetState { level, depth: self.depth, revoked: self.revoked, _pad: 0 }
+        killpath_common::TargetState { level, depth: self.depth, revoked: self.revoked, audit: 0 }
     }
 }
 

@@ -13,13 +13,22 @@ pub struct Caller {
     /// A pidfd of the peer (owned by its connection), to tell a live
     /// caller from a recycled pid; None for the agent's own actions.
     pub pidfd: Option<std::os::fd::RawFd>,
+    /// Set for actions the agent takes on its own (a kernel raise, a
+    /// timeout): journaled as that source rather than as a peer.
+    pub source: Option<&'static str>,
 }
 
 impl Caller {
+    /// The agent acting on its own, journaled as `source`.
+    pub(super) fn agent(source: &'static str) -> Self {
+        Self { uid: 0, gid: 0, pid: std::process::id() as i32, drill: None, pidfd: None, source: Some(source) }
+    }
+
     pub(super) fn actor(self) -> Actor {
-        match self.drill {
-            Some(d) => super::drill::actor(d, self.uid, self.pid),
-            None => Actor::Caller { uid: self.uid, pid: self.pid },
+        match (self.source, self.drill) {
+            (Some(source), _) => Actor::Source { source: source.to_owned() },
+            (None, Some(d)) => super::drill::actor(d, self.uid, self.pid),
+            (None, None) => Actor::Caller { uid: self.uid, pid: self.pid },
         }
     }
 }

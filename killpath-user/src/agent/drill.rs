@@ -164,7 +164,7 @@ impl State {
         let Some(snap) = self.drills.get(&id).cloned() else {
             return;
         };
-        let caller = Caller { uid: 0, gid: 0, pid: 0, drill: Some(id), pidfd: None };
+        let caller = Caller { uid: 0, gid: 0, pid: 0, drill: Some(id), pidfd: None, source: None };
         let restored = self.restore_snapshot(caller, &snap).unwrap_or_else(|e| vec![format!("restore failed: {e}")]);
         let conflict = self.drills.remove(&id).and_then(|d| d.conflict);
         warn!(drill = id, target = %snap.target, "drill abandoned ({why}); restored: {restored:?}");

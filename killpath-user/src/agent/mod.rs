@@ -14,6 +14,7 @@ mod escape;
 mod isolate;
 mod lifecycle;
 mod probe;
+mod raise;
 mod recovery;
 mod restore;
 mod ring;
@@ -144,6 +145,8 @@ impl State {
             m.set_agent(std::process::id());
         }
         state.mark_all_targets();
+        // Raises the kernel made while no agent ran (a tripwire, a lease).
+        state.adopt_kernel_raises();
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
         Ok(state)
@@ -171,6 +174,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(degrade::denial_sampler(state.clone()));
         tokio::spawn(throttle::rate_sampler(state.clone()));
         tokio::spawn(tamper::link_watch(state.clone()));
+        tokio::spawn(raise::raise_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

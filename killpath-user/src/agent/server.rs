@@ -186,7 +186,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
     // Held for the connection's life: each request checks the caller is
     // still this very process (see `confinement`).
     let pidfd = super::confinement::peer_pidfd(&stream, pid);
-    let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid, drill: None, pidfd: pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) };
+    let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid, drill: None, pidfd: pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), source: None };
     let group = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config.group;
     let codec = RequestCodec(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE));
     let mut framed = Framed::new(stream, codec);

@@ -42,6 +42,7 @@ pub const PINNED: &[&str] = &[
     maps::MEMBER_AGENT,
     maps::PROTECTED_PIDS,
     maps::PROTECTED_DIRS,
+    maps::RAISES,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's
@@ -57,6 +58,13 @@ pub struct Maps {
     pub(crate) throttle: Option<ThrottleMaps>,
     /// Membership marks (`kernel::members`); None when the pins predate them.
     pub members: Option<MemberMaps>,
+    /// Levels the kernel raised on its own (`kernel::raises`); None when
+    /// the pins predate them.
+    pub(crate) raises: Option<HashMap<MapData, u64, killpath_common::raise::Raise>>,
+    /// Targets the kernel may raise on its own, per feature that arms them
+    /// (`kernel::raises`); counted into the global switches.
+    /// None in the CLI's no-agent stop, which keeps what the agent armed.
+    pub(crate) armed: Option<std::collections::BTreeMap<&'static str, super::raises::Armed>>,
 }
 
 /// The level-1 maps (methods in `throttle::maps`).
@@ -98,6 +106,8 @@ impl Maps {
                 lost: Some(typed(ebpf, maps::MEMBER_LOST)?),
                 agent: Some(typed(ebpf, maps::MEMBER_AGENT)?),
             }),
+            raises: Some(typed(ebpf, maps::RAISES)?),
+            armed: Some(Default::default()),
         })
     }
 
@@ -120,6 +130,8 @@ impl Maps {
                 lost: open_pin(gen, maps::MEMBER_LOST, Map::PerCpuArray).ok().and_then(|m| PerCpuArray::try_from(m).ok()),
                 agent: None,
             }),
+            raises: open_pin(gen, maps::RAISES, Map::HashMap).ok().and_then(|m| HashMap::try_from(m).ok()),
+            armed: None,
         })
     }
 
@@ -151,6 +163,13 @@ impl Maps {
             return Err(Error::InvalidRequest(format!("cgroup depth {} exceeds {MAX_CGROUP_DEPTH}", state.depth)));
         }
         self.targets.insert(cgroup_id, state, 0).map_err(Error::map(format!("updating {}", maps::TARGETS)))?;
+        // The kernel may have raised this target on its own (a tripwire, a
+        // lease) between the agent's read and this write: it records the
+        // raise in KP_RAISES before it writes KP_TARGETS, so reading the
+        // record now sees every raise the write above may have overwritten.
+        if let Some(merged) = self.raise_of(cgroup_id).and_then(|r| super::raises::merge(state, &r)) {
+            self.targets.insert(cgroup_id, merged, 0).map_err(Error::map(format!("updating {}", maps::TARGETS)))?;
+        }
         self.sync_config()
     }
 
@@ -197,6 +216,18 @@ impl Maps {
                 }
             }
         }
+        // Armed counts: the agent's own, or (the CLI's no-agent stop)
+        // whatever the agent left.
+        let armed = match &self.armed {
+            Some(by_feature) => by_feature.values().fold(super::raises::Armed::default(), |a, b| a.plus(*b)),
+            None => self.config().map(super::raises::Armed::of).unwrap_or_default(),
+        };
+        cfg.armed_isolate = armed.isolate;
+        cfg.armed_stop = armed.stop;
+        cfg.armed_degrade = armed.degrade;
+        cfg.isolated_targets += armed.isolate;
+        cfg.stopped_targets += armed.stop;
+        cfg.degraded_targets += armed.degrade;
         for (_, st) in targets {
             cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
             if st.level >= level::STOPPED {
@@ -207,6 +238,9 @@ impl Maps {
             }
             if st.revoked != 0 {
                 cfg.degraded_targets += 1;
+            }
+            if st.audit != 0 {
+                cfg.audited_targets += 1;
             }
         }
         self.config.set(0, cfg, 0).map_err(Error::map(format!("updating {}", maps::GUARD_CONFIG)))

@@ -25,3 +25,4 @@ pub mod object;
 pub mod pins;
 pub mod probe;
 pub mod proctree;
+pub mod raises;
