@@ -25,11 +25,21 @@ enum Helper {
     },
     /// Call getppid() N times; print the nanoseconds per call.
     Syscalls { n: u64 },
+    /// Send to ADDR as fast as possible, forever: `tcp` (writes of 64 KiB
+    /// on one connection) or `udp` (datagrams of UDP_PAYLOAD bytes). A
+    /// refused send is retried, as a workload fighting a cut would.
+    Blast { proto: String, addr: String },
 }
+
+/// Payload of each datagram `blast udp` sends, and its size as the
+/// kernel's cgroup skb egress hook counts it (IPv4 and UDP headers).
+pub(super) const UDP_PAYLOAD: usize = 1400;
+pub(super) const UDP_WIRE: usize = UDP_PAYLOAD + 28;
 
 pub fn helper(args: &HelperArgs) -> Result<ExitCode> {
     match &args.op {
         Helper::Reap { command } => reap(command),
+        Helper::Blast { proto, addr } => blast(proto, addr),
         Helper::Syscalls { n } => {
             let cpu0 = thread_cpu_ns()?;
             let t0 = Instant::now();
@@ -103,5 +113,30 @@ fn reap(command: &[String]) -> Result<ExitCode> {
             // ECHILD: every descendant is gone.
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+fn blast(proto: &str, addr: &str) -> Result<ExitCode> {
+    match proto {
+        "udp" => {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("binding the sender")?;
+            let buf = [0x5au8; UDP_PAYLOAD];
+            loop {
+                // Refused (EPERM once isolated): try again, forever.
+                let _ = sock.send_to(&buf, addr);
+            }
+        }
+        "tcp" => {
+            let mut conn = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("connecting to {addr}"))?;
+            let buf = vec![0x5au8; 1 << 16];
+            loop {
+                if conn.write_all(&buf).is_err() {
+                    // The connection is dead (reset): nothing left to send on.
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
+        other => bail!("blast: unknown protocol {other:?} (tcp or udp)"),
     }
 }

@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`throttle`], [`overhead`]); [`section`] and [`report`] hold the results
+//! [`throttle`], [`overhead`], [`exposure`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -34,6 +34,7 @@ use crate::{proc, setup};
 use common::read_trimmed;
 
 mod common;
+mod exposure;
 mod fork_bomb;
 mod helper;
 mod isolate;
@@ -113,6 +114,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             sections.push(run_section(&mut sb, &params, "stop_single", stop_single::stop_single));
             sections.push(run_section(&mut sb, &params, "throttle", throttle::throttle));
             sections.push(run_section(&mut sb, &params, "overhead", overhead::overhead));
+            sections.push(run_section(&mut sb, &params, "exposure", exposure::exposure));
         }
         Err(e) => {
             let mut s = Section::new("agent", "Agent start");

@@ -151,6 +151,30 @@ impl Sandbox {
         }
     }
 
+    /// The agent's socket.
+    pub(super) fn socket(&self) -> &Path {
+        self.inner.socket()
+    }
+
+    /// Runs the `killpath` CLI against the sandbox's agent; fails with its
+    /// stderr unless it succeeds.
+    pub(super) fn kp(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(&self.kp)
+            .arg("--socket")
+            .arg(self.inner.socket())
+            .args(args)
+            .output()
+            .with_context(|| format!("running killpath {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "killpath {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// One request over the socket: the client wall time and the result.
     pub(super) fn call(&mut self, cmd: &str, args: Value) -> Result<(Duration, Value)> {
         Ok(self.inner.call(cmd, args)?)
