@@ -16,9 +16,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The agent acting on its own (a pending action applied or dropped on
+    /// timeout): journaled as `{"source": "agent"}`. pid -1 is never a
+    /// peer's (SO_PEERCRED pids are positive, or 0 when unknown).
+    pub(super) const AGENT: Caller = Caller { uid: 0, gid: 0, pid: -1, drill: None, pidfd: None };
+
     pub(super) fn actor(self) -> Actor {
         match self.drill {
             Some(d) => super::drill::actor(d, self.uid, self.pid),
+            None if self.pid == Self::AGENT.pid => Actor::Source { source: "agent".into() },
             None => Actor::Caller { uid: self.uid, pid: self.pid },
         }
     }

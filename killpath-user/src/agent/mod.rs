@@ -13,6 +13,7 @@ mod escalate;
 mod escape;
 mod isolate;
 mod lifecycle;
+mod pending;
 mod probe;
 mod recovery;
 mod restore;
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     /// HMAC key for journal records (`--journal-key`): root-only, outside the state dir.
     #[serde(default)]
     pub journal_key: Option<PathBuf>,
+    /// Group an approver of pending actions must hold, unless a proposal names its own.
+    #[serde(default)]
+    pub approver_group: Option<u32>,
 }
 
 impl AgentConfig {
@@ -102,6 +106,8 @@ pub struct State {
     pub drills: std::collections::HashMap<u64, drill::Snapshot>,
     /// The journal's head as last published (events subscribers read it).
     pub journal_head: anchor::SharedHead,
+    /// Actions waiting for approval (`pending.json`).
+    pub pending: pending::Store,
 }
 
 impl State {
@@ -122,6 +128,7 @@ impl State {
             tracing::warn!("self-protection does not cover the agent and its files: {e}");
         }
         let registry = Registry::load(&config.state_dir)?;
+        let pending = pending::Store::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let journal_head = std::sync::Arc::new(std::sync::Mutex::new(journal.head()));
         journal.set_observer(anchor::observer(events.clone(), journal_head.clone(), config.alert_hook.clone()));
@@ -138,6 +145,7 @@ impl State {
             throttle_history: Default::default(),
             drills: Default::default(),
             journal_head,
+            pending,
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {
@@ -171,6 +179,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(degrade::denial_sampler(state.clone()));
         tokio::spawn(throttle::rate_sampler(state.clone()));
         tokio::spawn(tamper::link_watch(state.clone()));
+        tokio::spawn(pending::watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

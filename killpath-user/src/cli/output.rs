@@ -1,6 +1,8 @@
 //! Human-readable rendering of agent results (`--json` prints them raw).
 use serde_json::Value;
 
+mod pending;
+
 pub struct Output {
     pub json: bool,
 }
