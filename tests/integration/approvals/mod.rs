@@ -149,6 +149,35 @@ fn approve_applies_the_proposed_level() {
     assert!(again.contains("not pending") && again.contains("approved"), "{again}");
 }
 
+/// The same asker (one connection: same pid, so the same origin) proposing
+/// the same level twice gets the one pending action back; another level
+/// is another action.
+#[test]
+fn repeated_proposal_is_one_pending_action() {
+    use std::io::{BufRead, Write};
+    let Some(agent) = Agent::start() else { return };
+    let _w = run_bg(&agent, "t", &["sleep", "1000"], 1);
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut ask = |n: u32, level: &str| -> Value {
+        writeln!(s, r#"{{"id":{n},"cmd":"propose","args":{{"name":"t","level":"{level}","evidence":{{"n":{n}}}}}}}"#).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        v["result"].clone()
+    };
+    let a = ask(1, "isolate");
+    let b = ask(2, "isolate");
+    let c = ask(3, "stop");
+    assert_eq!(a["id"], b["id"], "{a} {b}");
+    assert_eq!(b["already_pending"], true, "{b}");
+    assert_ne!(a["id"], c["id"]);
+    assert_eq!(agent.json(&["pending"])["pending"].as_array().unwrap().len(), 2);
+    assert_eq!(agent.journal().iter().filter(|r| r["action"] == "propose" && r["phase"] == "intent").count(), 2);
+}
+
 /// deny: dropped, the target untouched (still connects), the reason
 /// journaled; an empty reason is refused and the action stays.
 #[test]

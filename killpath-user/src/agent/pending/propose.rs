@@ -40,6 +40,13 @@ impl State {
                 )));
             }
         }
+        // The same asker proposing the same level again (a rule that keeps
+        // firing) gets the action already pending, not a second one.
+        if let Some(q) = self.pending.pending.values().find(|q| q.target == t.name && q.cgroup_id == t.cgroup_id && q.level == p.level && q.origin == p.origin)
+        {
+            return Ok(json!({"id": q.id, "target": q.target, "level": level_name(q.level), "already_pending": true,
+                "on_timeout": q.on_timeout, "timeout_ms": q.timeout_ms, "approver_group": q.approver_group}));
+        }
         let reason = p.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
         let id = self.pending.next_id.max(1);
         let pending = Pending {
