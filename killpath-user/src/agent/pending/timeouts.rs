@@ -24,6 +24,10 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Checks pending actions every [`TICK`] until the agent exits.
 pub async fn watch(state: Arc<Mutex<State>>) {
+    {
+        let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(pending = s.pending.pending.len(), next_id = s.pending.next_id, "pending actions loaded");
+    }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
