@@ -78,6 +78,9 @@ impl Output {
                     .collect();
                 println!("{:<20} DEGRADED: revoked {}; denials {}", "", names.join(", "), if denials.is_empty() { "none".into() } else { denials.join(", ") });
             }
+            if let Some(ids) = t["pending"]["ids"].as_array().filter(|a| !a.is_empty()) {
+                println!("{:<20} PENDING approval: {} (see `killpath pending`)", "", ids.iter().map(s).collect::<Vec<_>>().join(", "));
+            }
             if let Some(p) = t["protections_refused"].as_object().filter(|p| !p.is_empty()) {
                 let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}: {}", s(v))).collect();
                 println!("{:<20} SELF-PROTECTION refused: {}", "", list.join(", "));

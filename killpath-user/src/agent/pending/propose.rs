@@ -91,7 +91,10 @@ impl State {
             "pending action {id}: {} {} awaits approval{}; on timeout ({} ms): {}; {how}",
             level_name(p.level),
             t.name,
-            meanwhile.as_ref().map(|m| format!(" (meanwhile {}: {})", level_name(p.meanwhile.unwrap_or(0)), m["outcome"])).unwrap_or_default(),
+            meanwhile
+                .as_ref()
+                .map(|m| format!(" (meanwhile {}: {})", level_name(p.meanwhile.unwrap_or(0)), m["outcome"].as_str().unwrap_or_default()))
+                .unwrap_or_default(),
             pending.timeout_ms,
             pending.on_timeout.name(),
         );

@@ -112,3 +112,57 @@ impl Store {
         Err(Error::NotPending { id, why })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pending(id: u64) -> Pending {
+        Pending {
+            id,
+            target: "web".into(),
+            cgroup_id: 7,
+            level: 3,
+            origin: json!({"rule": "r"}),
+            evidence: json!({"bytes": 1}),
+            reason: None,
+            timeout_ms: 1000,
+            on_timeout: OnTimeout::Hold,
+            approver_group: None,
+            meanwhile: Some(1),
+            meanwhile_outcome: None,
+            created_unix_us: 5_000_000,
+            timeout_alerts: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn saved_and_loaded_ids_never_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::load(d.path()).unwrap();
+        let a = s.take_id();
+        s.pending.insert(a, pending(a));
+        let b = s.take_id();
+        s.pending.insert(b, pending(b));
+        s.resolve(a, "approved", json!({"uid": 0}));
+        s.save(d.path()).unwrap();
+        let mut t = Store::load(d.path()).unwrap();
+        assert_eq!(t.pending.keys().copied().collect::<Vec<_>>(), vec![b]);
+        assert_eq!(t.pending[&b].deadline_us(), 6_000_000);
+        assert!(t.take_id() > b);
+        let e = t.get(a).unwrap_err().to_string();
+        assert!(e.contains("already decided: approved"), "{e}");
+        assert!(t.get(99).unwrap_err().to_string().contains("no such pending action"));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(PENDING_FILE), b"{torn").unwrap();
+        let e = Store::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("pending.json") && e.contains("not a pending-actions file"), "{e}");
+    }
+}
