@@ -70,6 +70,10 @@ pub enum Error {
     CallerUnknown { pid: i32 },
     #[error("target {name:?}: its cgroup path does not lead to its cgroup (id {cgroup_id}): {why}; refused")]
     CgroupMismatch { name: String, cgroup_id: u64, why: String },
+    #[error("pending action {id} is not pending: {why}")]
+    NotPending { id: u64, why: String },
+    #[error("not an approver of pending action {id}: {why}; it stays pending")]
+    NotApprover { id: u64, why: String },
     #[error("drill {drill}: target {target:?} was changed by someone else during the drill ({what}); the drill leaves it alone")]
     DrillConflict { drill: u64, target: String, what: String },
 }
@@ -89,7 +93,8 @@ impl Error {
             Self::Journal(_) => "journal",
             Self::Io { .. } => "io",
             Self::WrongLevel { .. } => "wrong-level",
-            Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::CallerUnknown { .. } => "forbidden",
+            Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::CallerUnknown { .. } | Self::NotApprover { .. } => "forbidden",
+            Self::NotPending { .. } => "bad-request",
             Self::CgroupMismatch { .. } => "cgroup-mismatch",
             Self::DrillConflict { .. } => "drill-conflict",
         }

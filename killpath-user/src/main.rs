@@ -52,7 +52,7 @@ fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
-        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key } => {
+        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key, approver_group } => {
             let cgroup_parent = match cgroup_parent {
                 Some(p) => p.clone(),
                 None => AgentConfig::default_cgroup_parent()?,
@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 alert_hook: alert_hook.clone(),
                 escalation,
                 journal_key: journal_key.clone(),
+                approver_group: *approver_group,
             };
             agent::run(config)?;
             Ok(ExitCode::SUCCESS)
@@ -191,6 +192,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Release { name } => {
             let r = call(&cli, &Command::Release { name: name.clone() })?;
             out.released(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Propose { name, level, reason, timeout, on_timeout, meanwhile, approver_group, evidence } => {
+            let cmd = Command::Propose {
+                name: name.clone(),
+                level: level.clone(),
+                reason: reason.clone(),
+                timeout: Some(timeout.clone()),
+                on_timeout: Some(on_timeout.clone()),
+                meanwhile: meanwhile.clone(),
+                approver_group: *approver_group,
+                evidence: evidence.clone().unwrap_or_default(),
+            };
+            out.proposed(&call(&cli, &cmd)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pending => {
+            out.pending(&call(&cli, &Command::Pending {})?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Approve { id, reason } => {
+            out.approved(&call(&cli, &Command::Approve { id: *id, reason: reason.clone() })?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deny { id, reason } => {
+            out.denied(&call(&cli, &Command::Deny { id: *id, reason: Some(reason.clone()) })?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Journal { follow, verify, file, offline, anchor, key, head } => {

@@ -14,6 +14,8 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub const FALLBACK_JOURNAL_FILE: &str = "fallback-journal.jsonl";
 /// The target registry.
 pub const TARGETS_FILE: &str = "targets.json";
+/// Actions waiting for approval (`agent::pending`).
+pub const PENDING_FILE: &str = "pending.json";
 
 /// The part of `agent.json` the fallback needs.
 #[derive(Debug, Deserialize)]

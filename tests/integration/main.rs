@@ -5,6 +5,7 @@
 mod harness;
 mod support;
 
+mod approvals;
 mod degrade;
 mod drill;
 mod fallback;

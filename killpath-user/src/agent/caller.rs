@@ -21,8 +21,13 @@ pub struct Caller {
 impl Caller {
     /// The agent acting on its own, journaled as `source`.
     pub(super) fn agent(source: &'static str) -> Self {
-        Self { uid: 0, gid: 0, pid: std::process::id() as i32, drill: None, pidfd: None, source: Some(source) }
+        Self { source: Some(source), ..Self::AGENT }
     }
+
+    /// The agent acting on its own (a pending action applied or dropped on
+    /// timeout): journaled as `{"source": "agent"}`. pid -1 is never a
+    /// peer's (SO_PEERCRED pids are positive, or 0 when unknown).
+    pub(super) const AGENT: Caller = Caller { uid: 0, gid: 0, pid: -1, drill: None, pidfd: None, source: Some("agent") };
 
     pub(super) fn actor(self) -> Actor {
         match (self.source, self.drill) {

@@ -47,7 +47,7 @@ pub(super) fn peer_pidfd(sock: &impl AsRawFd, pid: i32) -> Option<OwnedFd> {
 
 /// Whether the process behind `pidfd` is still alive (signal 0 checks
 /// without sending). A pidfd never follows a recycled pid.
-fn pidfd_alive(pidfd: RawFd) -> bool {
+pub(super) fn pidfd_alive(pidfd: RawFd) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 sends nothing.
     unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
 }

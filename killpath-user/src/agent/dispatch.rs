@@ -119,6 +119,13 @@ impl State {
                 self.registry.get(&name)?;
                 self.execute(caller, "verify", Some(&name), Value::Null, |s| s.verify(&name))
             }
+            Command::Propose { name, level, reason, timeout, on_timeout, meanwhile, approver_group, evidence } => {
+                let args = super::pending::ProposeArgs { name, level, reason, timeout, on_timeout, meanwhile, approver_group, evidence };
+                self.propose_cmd(caller, args)
+            }
+            Command::Pending {} => Ok(self.pending_list()),
+            Command::Approve { id, reason } => self.approve(caller, id, reason.as_deref(), received),
+            Command::Deny { id, reason } => self.deny(caller, id, reason.as_deref().unwrap_or_default()),
             Command::Release { name } => {
                 self.registry.get(&name)?;
                 self.execute(caller, "release", Some(&name), Value::Null, |s| s.release(&name))

@@ -13,6 +13,7 @@ mod escalate;
 mod escape;
 mod isolate;
 mod lifecycle;
+mod pending;
 mod probe;
 mod raise;
 mod recovery;
@@ -62,6 +63,9 @@ pub struct AgentConfig {
     /// HMAC key for journal records (`--journal-key`): root-only, outside the state dir.
     #[serde(default)]
     pub journal_key: Option<PathBuf>,
+    /// Group an approver of pending actions must hold, unless a proposal names its own.
+    #[serde(default)]
+    pub approver_group: Option<u32>,
 }
 
 impl AgentConfig {
@@ -103,6 +107,8 @@ pub struct State {
     pub drills: std::collections::HashMap<u64, drill::Snapshot>,
     /// The journal's head as last published (events subscribers read it).
     pub journal_head: anchor::SharedHead,
+    /// Actions waiting for approval (`pending.json`).
+    pub pending: pending::Store,
 }
 
 impl State {
@@ -123,6 +129,7 @@ impl State {
             tracing::warn!("self-protection does not cover the agent and its files: {e}");
         }
         let registry = Registry::load(&config.state_dir)?;
+        let pending = pending::Store::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let journal_head = std::sync::Arc::new(std::sync::Mutex::new(journal.head()));
         journal.set_observer(anchor::observer(events.clone(), journal_head.clone(), config.alert_hook.clone()));
@@ -139,6 +146,7 @@ impl State {
             throttle_history: Default::default(),
             drills: Default::default(),
             journal_head,
+            pending,
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {
@@ -175,6 +183,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(throttle::rate_sampler(state.clone()));
         tokio::spawn(tamper::link_watch(state.clone()));
         tokio::spawn(raise::raise_watch(state.clone()));
+        tokio::spawn(pending::watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

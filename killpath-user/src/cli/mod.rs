@@ -53,6 +53,10 @@ pub enum Cmd {
         /// HMAC-SHA256 of its hash. Must be owned by root, mode 0600 or stricter, outside the state dir.
         #[arg(long, value_name = "FILE")]
         journal_key: Option<PathBuf>,
+        /// Group (name or gid) an approver of pending actions must hold, as primary or
+        /// supplementary group (root too), unless a proposal names its own.
+        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+        approver_group: Option<u32>,
     },
     /// Report what this kernel can enforce (loads a tiny program of each type).
     Probe,
@@ -229,6 +233,50 @@ pub enum Cmd {
     Verify { name: String },
     /// Stop managing NAME: lift enforcement, remove its cgroup if killpath made it and it is empty.
     Release { name: String },
+    /// Ask for LEVEL on NAME, to be applied when a human approves it
+    /// (`approve ID`); prints the pending action's id.
+    Propose {
+        name: String,
+        /// Level to apply on approval: throttle, degrade, isolate or stop.
+        #[arg(long)]
+        level: String,
+        /// Why (journaled and in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long to wait for a decision: 500ms, 30s, 5m, 1h.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+        /// What happens when nobody decides in time: hold (stay pending, alert
+        /// again each period), apply, or drop.
+        #[arg(long, default_value = "hold")]
+        on_timeout: String,
+        /// A lower level (throttle or degrade) applied now with the escalation
+        /// defaults, while the decision waits.
+        #[arg(long)]
+        meanwhile: Option<String>,
+        /// Group (name or gid) the approver must hold; default: the agent's --approver-group.
+        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+        approver_group: Option<u32>,
+        /// What the asker saw, as JSON (shown by `pending`, journaled).
+        #[arg(long, value_parser = parse_json)]
+        evidence: Option<serde_json::Value>,
+    },
+    /// List actions waiting for approval: id, target, level, origin, evidence, age, timeout policy.
+    Pending,
+    /// Apply pending action ID (journaled with your uid, gid and pid).
+    Approve {
+        id: u64,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Drop pending action ID; the target stays as it is.
+    Deny {
+        id: u64,
+        /// Why (required; journaled).
+        #[arg(long, required = true)]
+        reason: String,
+    },
     /// Show the action journal.
     Journal {
         /// Keep printing new records as they are written.
@@ -309,4 +357,20 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 fn parse_class_rate(s: &str) -> Result<(String, u64), String> {
     crate::throttle::parse_class_rate(s).map_err(|e| e.to_string())
+}
+
+/// A group name or a numeric gid.
+fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {s:?}")),
+        Err(e) => Err(format!("looking up group {s:?}: {e}")),
+    }
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
 }

@@ -1,6 +1,8 @@
 //! Human-readable rendering of agent results (`--json` prints them raw).
 use serde_json::Value;
 
+mod pending;
+
 pub struct Output {
     pub json: bool,
 }
@@ -75,6 +77,9 @@ impl Output {
                     .map(|(k, v)| format!("{k}: {} ({} last minute)", s(&v["total"]), s(&v["last_minute"])))
                     .collect();
                 println!("{:<20} DEGRADED: revoked {}; denials {}", "", names.join(", "), if denials.is_empty() { "none".into() } else { denials.join(", ") });
+            }
+            if let Some(ids) = t["pending"]["ids"].as_array().filter(|a| !a.is_empty()) {
+                println!("{:<20} PENDING approval: {} (see `killpath pending`)", "", ids.iter().map(s).collect::<Vec<_>>().join(", "));
             }
             if let Some(p) = t["protections_refused"].as_object().filter(|p| !p.is_empty()) {
                 let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}: {}", s(v))).collect();

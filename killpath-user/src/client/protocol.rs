@@ -162,6 +162,43 @@ pub enum Command {
     Verify { name: String },
     /// Forget a target and lift its enforcement.
     Release { name: String },
+    /// Ask for a level that a human must approve (see `agent::pending`).
+    #[serde(rename_all = "snake_case")]
+    Propose {
+        name: String,
+        /// throttle, degrade, isolate or stop.
+        level: String,
+        #[serde(default)]
+        reason: Option<String>,
+        /// How long to wait: 500ms, 30s, 5m (default), 1h.
+        #[serde(default)]
+        timeout: Option<String>,
+        /// hold (default), apply or drop.
+        #[serde(default)]
+        on_timeout: Option<String>,
+        /// A lower level (throttle or degrade) applied at once meanwhile.
+        #[serde(default)]
+        meanwhile: Option<String>,
+        /// gid an approver must hold.
+        #[serde(default)]
+        approver_group: Option<u32>,
+        #[serde(default)]
+        evidence: Value,
+    },
+    /// Actions waiting for approval.
+    Pending {},
+    /// Apply pending action `id`.
+    Approve {
+        id: u64,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Drop pending action `id` (`reason` required).
+    Deny {
+        id: u64,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Journal records with seq greater than `after`.
     Journal {
         #[serde(default)]
@@ -196,6 +233,9 @@ impl Command {
                 | Self::Escalate { .. }
                 | Self::DrillBegin { .. }
                 | Self::DrillEnd { .. }
+                | Self::Propose { .. }
+                | Self::Approve { .. }
+                | Self::Deny { .. }
         )
     }
 
@@ -221,6 +261,10 @@ impl Command {
             Self::Verify { .. } => "verify",
             Self::Journal { .. } => "journal",
             Self::JournalVerify { .. } => "journal-verify",
+            Self::Propose { .. } => "propose",
+            Self::Pending {} => "pending",
+            Self::Approve { .. } => "approve",
+            Self::Deny { .. } => "deny",
         }
     }
 }
@@ -246,6 +290,10 @@ pub const COMMANDS: &[&str] = &[
     "events",
     "journal",
     "journal-verify",
+    "propose",
+    "pending",
+    "approve",
+    "deny",
 ];
 
 /// A request that could not be decoded: the id (if one could be read) and
