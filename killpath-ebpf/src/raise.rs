@@ -36,7 +36,7 @@ pub struct Request {
 #[expect(dead_code, reason = "callers (tripwires, leases) land next")]
 pub fn raise(id: u64, req: Request) -> bool {
     let Some(p) = TARGETS.get_ptr_mut(id) else { return false };
-    // SAFETY: map value pointer, valid for this program run.
+    // SAFETY: map value pointer, read at once.
     let (cur_level, cur_revoked) = unsafe { ((*p).level, (*p).revoked) };
     if cur_level >= req.level && req.revoke & !cur_revoked == 0 {
         return false;
@@ -45,9 +45,11 @@ pub fn raise(id: u64, req: Request) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: value copied out at once.
     let prev = unsafe { RAISES.get(id) }.copied();
-    let keep_prev = prev.is_some_and(|r| r.level > req.level);
-    if !keep_prev {
-        let rec = Raise {
+    // The record keeps the highest level asked for and every revocation
+    // (a degrade raise after an isolate raise still adds its revoke).
+    let rec = match prev {
+        Some(r) if r.level >= req.level => Raise { revoke: r.revoke | req.revoke, ..r },
+        _ => Raise {
             time_ns: now,
             trigger_ns: req.trigger_ns,
             value: req.value,
@@ -55,18 +57,27 @@ pub fn raise(id: u64, req: Request) -> bool {
             revoke: req.revoke | prev.map_or(0, |r| r.revoke),
             cause: req.cause,
             detail: req.detail,
-        };
-        // One record per target and room for every target: the insert
-        // fails only if the map is gone. Raising anyway fails closed.
-        let _ = RAISES.insert(id, rec, 0);
-    }
-    // SAFETY: as above; a u32 store is atomic on every BPF JIT.
+        },
+    };
+    // One record per target and room for every target: the insert
+    // fails only if the map is gone. Raising anyway fails closed.
+    let _ = RAISES.insert(id, rec, 0);
+    // Look the target up again: KP_TARGETS is a preallocated hash map, and
+    // an agent update since the first lookup replaced the element (the old
+    // one goes back to the free list), so a write through the first
+    // pointer could land in a recycled element. The agent reads KP_RAISES
+    // after each of its writes, so a write of its after this lookup still
+    // sees the record above and merges it.
+    let Some(p) = TARGETS.get_ptr_mut(id) else { return true };
+    // SAFETY: fresh map value pointer; u32 stores are atomic on every BPF
+    // JIT. Two CPUs revoking different capabilities at once may lose one
+    // bit here; the record above keeps both and the agent merges it.
     unsafe {
-        if req.level > cur_level {
+        if req.level > (*p).level {
             (*p).level = req.level;
         }
         if req.revoke != 0 {
-            (*p).revoked = cur_revoked | req.revoke;
+            (*p).revoked |= req.revoke;
         }
     }
     true

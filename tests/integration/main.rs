@@ -15,6 +15,7 @@ mod membership;
 mod privileges;
 mod probe;
 mod protect;
+mod raise;
 mod socket;
 mod stop;
 mod tamper;

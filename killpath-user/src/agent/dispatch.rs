@@ -128,6 +128,8 @@ impl State {
             Command::Deny { id, reason } => self.deny(caller, id, reason.as_deref().unwrap_or_default()),
             Command::Release { name } => {
                 self.registry.get(&name)?;
+                // A raise the kernel made on this target is journaled first.
+                self.adopt_kernel_raises();
                 self.execute(caller, "release", Some(&name), Value::Null, |s| s.release(&name))
             }
         }

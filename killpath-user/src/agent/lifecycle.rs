@@ -147,6 +147,9 @@ impl State {
         self.unthrottle(name)?;
         let t = self.registry.get(name)?.clone();
         self.enforcer.maps.remove(t.cgroup_id)?;
+        // Adopted (journaled) by dispatch before the release: a record left
+        // now would be merged into a later target on the same cgroup.
+        self.enforcer.maps.drop_raise(t.cgroup_id);
         self.enforcer.isolate.detach_target(t.cgroup_id)?;
         // Nothing of the target stays in the kernel maps.
         self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;

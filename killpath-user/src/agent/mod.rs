@@ -155,6 +155,10 @@ impl State {
         state.mark_all_targets();
         // Raises the kernel made while no agent ran (a tripwire, a lease).
         state.adopt_kernel_raises();
+        // Every feature has re-armed its targets by now (in `recover`).
+        if let Err(e) = state.enforcer.maps.forget_previous_armed() {
+            tracing::warn!("dropping the previous agent's armed counts: {e}");
+        }
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
         Ok(state)

@@ -65,6 +65,13 @@ impl State {
                 self.enforcer.isolate.attach_target(t.cgroup_id, &t.cgroup)?;
                 changes.push(json!({"target": name, "change": "isolation hooks attached"}));
             }
+            // A level the kernel raised on its own while no agent ran is
+            // adopted right after recovery (journaled with its cause, from
+            // the level the agent had): not taken over silently here.
+            if self.enforcer.maps.raise_of(t.cgroup_id).is_some() {
+                changes.push(json!({"target": name, "change": "raised by the kernel; adopted next"}));
+                continue;
+            }
             let kernel = self.enforcer.maps.get(t.cgroup_id);
             let level = kernel.map_or(t.level, |k| k.level.max(t.level));
             // Revoked capabilities: the union, never fewer than either side.

@@ -107,8 +107,9 @@ impl Maps {
                 agent: Some(typed(ebpf, maps::MEMBER_AGENT)?),
             }),
             raises: Some(typed(ebpf, maps::RAISES)?),
-            armed: Some(Default::default()),
+            armed: None,
         })
+        .map(Self::seed_armed)
     }
 
     /// Opens the maps pinned in one generation directory (see
@@ -162,9 +163,12 @@ impl Maps {
         if state.depth >= MAX_CGROUP_DEPTH {
             return Err(Error::InvalidRequest(format!("cgroup depth {} exceeds {MAX_CGROUP_DEPTH}", state.depth)));
         }
+        // A raise the agent has not adopted yet is never written over, not
+        // even for a moment.
+        let state = self.raise_of(cgroup_id).and_then(|r| super::raises::merge(state, &r)).unwrap_or(state);
         self.targets.insert(cgroup_id, state, 0).map_err(Error::map(format!("updating {}", maps::TARGETS)))?;
         // The kernel may have raised this target on its own (a tripwire, a
-        // lease) between the agent's read and this write: it records the
+        // lease) between the read above and this write: it records the
         // raise in KP_RAISES before it writes KP_TARGETS, so reading the
         // record now sees every raise the write above may have overwritten.
         if let Some(merged) = self.raise_of(cgroup_id).and_then(|r| super::raises::merge(state, &r)) {

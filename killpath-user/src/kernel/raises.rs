@@ -5,6 +5,9 @@ use killpath_common::{raise::Raise, GuardConfig, TargetState};
 use super::maps::Maps;
 use crate::error::{Error, Result};
 
+/// Key of the armed counts a previous agent left (see [`Maps::seed_armed`]).
+const PREVIOUS: &str = "previous agent";
+
 /// Targets a feature (tripwires, leases) may have the kernel raise to
 /// isolate, stop or degrade: counted in advance into the global switches,
 /// so the hooks already look those targets up.
@@ -26,13 +29,19 @@ impl Armed {
     }
 
     /// Counts one target that may be raised to `level` with `revoke`.
+    /// Cumulative like the levels: a target that may be stopped may also
+    /// be isolated (its sockets' packets must be dropped), and any
+    /// revocation needs the degrade hooks.
     pub fn add(&mut self, level: u32, revoke: u32) {
         use killpath_common::level as l;
-        match level {
-            l::STOPPED => self.stop += 1,
-            l::ISOLATE => self.isolate += 1,
-            _ if revoke != 0 => self.degrade += 1,
-            _ => {}
+        if level >= l::STOPPED {
+            self.stop += 1;
+        }
+        if level >= l::ISOLATE {
+            self.isolate += 1;
+        }
+        if revoke != 0 {
+            self.degrade += 1;
         }
     }
 }
@@ -63,6 +72,30 @@ impl Maps {
         match m.get(&cgroup_id, 0) {
             Ok(cur) if cur == *adopted => m.remove(&cgroup_id).map_err(Error::map(format!("updating {}", killpath_common::maps::RAISES))),
             _ => Ok(()),
+        }
+    }
+
+    /// A freshly opened agent keeps what the previous agent armed (the
+    /// kernel may raise those targets while the new agent starts) until
+    /// [`Maps::forget_previous_armed`], once every feature has re-armed.
+    pub(super) fn seed_armed(mut self) -> Self {
+        let previous = self.config().map(Armed::of).unwrap_or_default();
+        self.armed = Some(std::collections::BTreeMap::from([(PREVIOUS, previous)]));
+        self
+    }
+
+    /// Drops the previous agent's armed counts (every feature has re-armed).
+    pub fn forget_previous_armed(&mut self) -> Result<()> {
+        if let Some(by_feature) = self.armed.as_mut() {
+            by_feature.remove(PREVIOUS);
+        }
+        self.sync_config()
+    }
+
+    /// Drops a target's raise record whatever it holds (the target is released).
+    pub fn drop_raise(&mut self, cgroup_id: u64) {
+        if let Some(m) = self.raises.as_mut() {
+            let _ = m.remove(&cgroup_id);
         }
     }
 

@@ -32,8 +32,10 @@ fn holds_group(caller: Caller, group: u32) -> std::result::Result<bool, String> 
     if caller.pid <= 0 {
         return Err("the caller's pid is unknown".into());
     }
+    // Without a pidfd a recycled pid cannot be told apart: fail closed.
+    let Some(pidfd) = caller.pidfd else { return Err(format!("no pidfd for the caller (pid {}): its groups cannot be read safely", caller.pid)) };
     let status = std::fs::read_to_string(format!("/proc/{}/status", caller.pid)).map_err(|e| format!("reading /proc/{}/status: {e}", caller.pid))?;
-    if caller.pidfd.is_some_and(|fd| !crate::agent::confinement::pidfd_alive(fd)) {
+    if !crate::agent::confinement::pidfd_alive(pidfd) {
         return Err(format!("the caller (pid {}) is gone", caller.pid));
     }
     let groups = status.lines().find_map(|l| l.strip_prefix("Groups:")).unwrap_or_default();
@@ -44,12 +46,20 @@ impl State {
     /// Refuses (journaled, high priority, alerted) a caller who may not
     /// decide on `p`.
     fn check_approver(&mut self, caller: Caller, p: &Pending, cmd: &str) -> Result<()> {
-        let Some(group) = p.approver_group else { return Ok(()) };
-        let why = match holds_group(caller, group) {
-            Ok(true) => return Ok(()),
-            Ok(false) => format!("uid {} (gid {}) is not in approver group {group}", caller.uid, caller.gid),
-            Err(e) => format!("cannot tell whether the caller is in approver group {group}: {e}"),
-        };
+        // The agent's approver group always applies; a proposal's (or a
+        // rule's) group is required on top of it, never instead of it.
+        let mut groups: Vec<u32> = [self.config.approver_group, p.approver_group].into_iter().flatten().collect();
+        groups.dedup();
+        let mut refusal = None;
+        for group in groups {
+            match holds_group(caller, group) {
+                Ok(true) => continue,
+                Ok(false) => refusal = Some((group, format!("uid {} (gid {}) is not in approver group {group}", caller.uid, caller.gid))),
+                Err(e) => refusal = Some((group, format!("cannot tell whether the caller is in approver group {group}: {e}"))),
+            }
+            break;
+        }
+        let Some((group, why)) = refusal else { return Ok(()) };
         let alert = json!({"id": p.id, "cmd": cmd, "approver": approver(caller), "approver_group": group,
             "message": format!("{cmd} of pending action {} refused: {why}; it stays pending", p.id)});
         self.pending_alert(caller.actor(), "approval-refused", &p.target.clone(), alert);

@@ -79,7 +79,9 @@ impl State {
         if u64::from(p.timeout_alerts) >= periods {
             return;
         }
-        let n = p.timeout_alerts + 1;
+        // One alert for however many periods passed (an agent down for an
+        // hour sends one catch-up alert, not one per missed period).
+        let n = u32::try_from(periods).unwrap_or(u32::MAX);
         if let Some(q) = self.pending.pending.get_mut(&p.id) {
             q.timeout_alerts = n;
         }
