@@ -5,6 +5,7 @@
 mod harness;
 mod support;
 
+mod audit;
 mod degrade;
 mod drill;
 mod fallback;

@@ -1,6 +1,8 @@
 //! Human-readable rendering of agent results (`--json` prints them raw).
 use serde_json::Value;
 
+mod audit;
+
 pub struct Output {
     pub json: bool,
 }
@@ -76,6 +78,7 @@ impl Output {
                     .collect();
                 println!("{:<20} DEGRADED: revoked {}; denials {}", "", names.join(", "), if denials.is_empty() { "none".into() } else { denials.join(", ") });
             }
+            self.audit_row(t);
             if let Some(p) = t["protections_refused"].as_object().filter(|p| !p.is_empty()) {
                 let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}: {}", s(v))).collect();
                 println!("{:<20} SELF-PROTECTION refused: {}", "", list.join(", "));
@@ -311,6 +314,7 @@ impl Output {
             for c in &st.checks {
                 println!("      [{}] {}: {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.detail);
             }
+            self.audit_step(st);
         }
         if !r.left_out.is_empty() {
             println!("  left out:");
@@ -393,7 +397,8 @@ impl Output {
             println!("lagged: {} event(s) missed", s(&ev["missed"]));
         } else {
             println!(
-                "denied {} {} pid={} comm={}{}",
+                "{} {} {} pid={} comm={}{}",
+                if ev["audit"] == Value::Bool(true) { "AUDIT would deny" } else { "denied" },
                 s(&ev["target"]),
                 s(&ev["capability"]),
                 s(&ev["pid"]),
