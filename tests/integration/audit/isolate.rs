@@ -39,6 +39,7 @@ fn audit_isolate_counts_would_be_refusals_and_cuts_nothing() {
     assert_eq!(would(&agent, "web", "isolate.connects_and_sends"), (N_TCP + N_UDP) as u64, "{}", row(&agent, "web"));
     // Every packet of the target's sockets, both ways (at least the datagrams and one SYN per connection).
     let packets = would(&agent, "web", "isolate.packets");
+    eprintln!("isolate audit: {N_TCP} connections + {N_UDP} datagrams -> {packets} packets counted (both ways)");
     assert!(packets >= (N_TCP + N_UDP) as u64, "packets counted: {packets}");
     // Real isolation counters did not move: audit counts never mix with them.
     let global_after = agent.json(&["status"])["isolation"].clone();

@@ -31,6 +31,7 @@ mod degrade;
 mod drill;
 mod isolate;
 mod lsm;
+mod restart;
 
 /// TCP and UDP receivers on 127.0.0.1, outside every target: connections
 /// accepted, bytes read, datagrams and bytes received.
