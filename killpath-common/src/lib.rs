@@ -4,6 +4,7 @@
 //! the eBPF programs (no_std, bpfel) and by the agent through aya maps.
 #![no_std]
 
+pub mod audit;
 pub mod raise;
 
 /// Enforcement level of a target. Levels are cumulative and ordered.
@@ -250,7 +251,8 @@ pub struct TargetState {
     pub depth: u32,
     /// Revoked capabilities, a set of [`cap`] bits (level 2, degrade).
     pub revoked: u32,
-    /// What runs in audit mode (counted like a refusal, not refused).
+    /// What runs in audit mode (counted like a refusal, not refused):
+    /// [`audit`] bits.
     pub audit: u32,
 }
 
@@ -348,6 +350,10 @@ pub struct DenialEvent {
     /// What was refused, when it has a name: the file (last path
     /// component) for fs.write, the program for exec. NUL-padded.
     pub name: [u8; 32],
+    /// [`audit::EVENT_AUDIT`]: a would-be denial in audit mode (the
+    /// operation was allowed); [`audit::EVENT_REAL`] otherwise.
+    pub audit: u32,
+    pub _pad: u32,
 }
 
 /// Key of the connect allow-list LPM trie: the target, then the port

@@ -23,7 +23,7 @@ fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
 
 /// Targets can nest (a target adopted inside another one): the effective
 /// state is the strictest of all enclosing targets — highest level, union
-/// of revoked capabilities — reported under the innermost target's id.
+/// of revoked (and of audited) capabilities — reported under the innermost target's id.
 #[inline(always)]
 fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, TargetState)> {
     // Plain initialised locals rather than an Option accumulator: the
@@ -41,9 +41,11 @@ fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, Target
                 if state.depth == depth {
                     let level = if state.level > best.level { state.level } else { best.level };
                     let revoked = state.revoked | best.revoked;
+                    let audit = state.audit | best.audit;
                     best = *state;
                     best.level = level;
                     best.revoked = revoked;
+                    best.audit = audit;
                     best_id = id;
                     any = true;
                 }
@@ -70,13 +72,6 @@ pub fn of_current(mask: u32) -> Option<TargetState> {
 pub fn of_current_with_id(mask: u32) -> Option<(u64, TargetState)> {
     // SAFETY: helper without pointer arguments.
     find_with_id(mask, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) })
-}
-
-/// The target owning the socket of `skb`, if any.
-#[inline(always)]
-pub fn of_skb(mask: u32, skb: *mut __sk_buff) -> Option<TargetState> {
-    // SAFETY: skb is the program's context pointer.
-    find(mask, |d| unsafe { bpf_skb_ancestor_cgroup_id(skb as *mut _, d) })
 }
 
 /// The target owning the socket of `skb` with its cgroup id, if any.

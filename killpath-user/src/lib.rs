@@ -10,6 +10,7 @@
 //! intent fsynced, action, result fsynced) → the level's module updates a
 //! pinned map → the already-attached kernel hook reads it on its next event.
 pub mod agent;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod degrade;

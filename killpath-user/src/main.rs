@@ -108,20 +108,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.stopped(&r);
             Ok(if r["survivors"].as_u64() == Some(0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Isolate { name, reason, verify, netdev } => {
-            let r = call(&cli, &Command::Isolate { name: name.clone(), reason: reason.clone(), verify: *verify, netdev: netdev.clone() })?;
+        Cmd::Isolate { name, reason, verify, netdev, audit } => {
+            let r = call(&cli, &Command::Isolate { name: name.clone(), reason: reason.clone(), verify: *verify, netdev: netdev.clone(), audit: *audit })?;
+            if *audit {
+                out.audit_started(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
             out.isolated(&r);
             Ok(verdict(&r))
         }
-        Cmd::Degrade { name, revoke, allow_connect, allow_write, reason } => {
+        Cmd::Degrade { name, revoke, allow_connect, allow_write, reason, audit } => {
             let cmd = Command::Degrade {
                 name: name.clone(),
                 revoke: revoke.clone(),
                 allow_connect: allow_connect.clone(),
                 allow_write: allow_write.clone(),
                 reason: reason.clone(),
+                audit: *audit,
             };
             let r = call(&cli, &cmd)?;
+            if *audit {
+                out.audit_started(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
             out.degraded(&r);
             Ok(ExitCode::SUCCESS)
         }
@@ -131,13 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.escalated(&r);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Drill { name, canary, scenario, report, history } => {
+        Cmd::Drill { name, canary, scenario, report, history, audit } => {
             if *history {
                 let r = call(&cli, &Command::Journal { after: 0 })?;
                 out.drill_history(&r);
                 return Ok(ExitCode::SUCCESS);
             }
-            let opts = killpath::drill::Options { socket: cli.socket.clone(), target: name.clone(), canary: *canary, scenario: scenario.clone() };
+            let opts =
+                killpath::drill::Options { socket: cli.socket.clone(), target: name.clone(), canary: *canary, scenario: scenario.clone(), audit: *audit };
             let rep = killpath::drill::run(&opts)?;
             if let Some(f) = report {
                 std::fs::write(f, serde_json::to_vec_pretty(&rep)?).map_err(|e| anyhow::anyhow!("writing {}: {e}", f.display()))?;
@@ -175,8 +185,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client::subscribe(&cli.socket, &Command::Events {}, |ev| out.event(ev))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Restore { name, to, grant, reason } => {
-            let r = call(&cli, &Command::Restore { name: name.clone(), to: to.clone(), grant: grant.clone(), reason: reason.clone() })?;
+        Cmd::Restore { name, to, grant, reason, audit_off } => {
+            let r = call(&cli, &Command::Restore { name: name.clone(), to: to.clone(), grant: grant.clone(), reason: reason.clone(), audit_off: *audit_off })?;
+            if *audit_off {
+                out.audit_ended(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
             out.restored(&r);
             Ok(ExitCode::SUCCESS)
         }

@@ -69,6 +69,10 @@ pub struct Target {
     /// Revoked capabilities (`killpath_common::cap` bits).
     #[serde(default)]
     pub revoked: u32,
+    /// What runs in audit mode (`killpath_common::audit` bits: audited
+    /// capabilities, and isolation): counted like refusals, not refused.
+    #[serde(default)]
+    pub audit: u32,
     /// `--allow-connect` entries, as given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_connect: Vec<String>,
@@ -112,9 +116,9 @@ impl Target {
     }
 
     /// The kernel map entry for this target at `level`, keeping its
-    /// revoked capabilities.
+    /// revoked capabilities and what it audits.
     pub fn state(&self, level: u32) -> killpath_common::TargetState {
-        killpath_common::TargetState { level, depth: self.depth, revoked: self.revoked, audit: 0 }
+        killpath_common::TargetState { level, depth: self.depth, revoked: self.revoked, audit: self.audit }
     }
 }
 
@@ -184,6 +188,7 @@ mod tests {
             last_stop: None,
             netdevs: Vec::new(),
             revoked: 0,
+            audit: 0,
             allow_connect: Vec::new(),
             allow_write: Vec::new(),
             adopted: false,

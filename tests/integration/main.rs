@@ -6,6 +6,7 @@ mod harness;
 mod support;
 
 mod approvals;
+mod audit;
 mod degrade;
 mod drill;
 mod fallback;

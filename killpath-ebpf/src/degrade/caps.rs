@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use killpath_common::cap;
 
-use super::{deny, revoked, Detail};
+use super::{revoked, verdict, Detail};
 use crate::maps::OFFSETS;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -19,7 +19,7 @@ fn check(ctx: &LsmContext, prev_slot: usize, mask: u32) -> i32 {
         return prev;
     }
     match revoked(mask) {
-        Some(id) => deny(id, mask.trailing_zeros(), Detail::default()),
+        Some(s) => verdict(s, mask.trailing_zeros(), Detail::default()),
         None => 0,
     }
 }
@@ -42,7 +42,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
     if prev != 0 {
         return Ok(prev);
     }
-    let id = revoked(cap::EXEC).ok_or(0)?;
+    let s = revoked(cap::EXEC).ok_or(0)?;
     let bprm: u64 = ctx.arg(0);
     let name_ptr = OFFSETS
         .get(0)
@@ -50,7 +50,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
         // SAFETY: bounded kernel read of bprm->filename.
         .and_then(|o| unsafe { bpf_probe_read_kernel((bprm + u64::from(o.bprm_filename)) as *const u64) }.ok())
         .unwrap_or(0);
-    Ok(deny(id, cap::EXEC.trailing_zeros(), Detail { name_ptr, ..Detail::default() }))
+    Ok(verdict(s, cap::EXEC.trailing_zeros(), Detail { name_ptr, ..Detail::default() }))
 }
 
 /// fork: security_task_alloc(task, clone_flags). Threads are not
@@ -100,7 +100,7 @@ pub fn kp_degrade_sb_umount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "bpf")]
 pub fn kp_degrade_bpf(_ctx: LsmContext) -> i32 {
     match revoked(cap::BPF) {
-        Some(id) => deny(id, cap::BPF.trailing_zeros(), Detail::default()),
+        Some(s) => verdict(s, cap::BPF.trailing_zeros(), Detail::default()),
         None => 0,
     }
 }

@@ -11,7 +11,7 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::{cap, KernelOffsets, WriteAllow};
 
-use super::{deny, read, revoked, Detail};
+use super::{read, revoked, verdict, Detail};
 use crate::maps::{OFFSETS, WRITE_ALLOW};
 
 const FMODE_WRITE: u32 = 0x2;
@@ -34,16 +34,16 @@ fn check(ctx: &LsmContext, prev_slot: usize, dentries: [u64; 2], named: u64) -> 
     if prev != 0 {
         return prev;
     }
-    let Some(id) = revoked(cap::FS_WRITE) else { return 0 };
+    let Some(s) = revoked(cap::FS_WRITE) else { return 0 };
     let Some(o) = OFFSETS.get(0) else { return 0 };
     if o.fs_valid == 0 {
         return 0;
     }
     for d in dentries {
-        if d != 0 && !allowed(o, id, d) {
+        if d != 0 && !allowed(o, s.id, d) {
             // The event names the file: dentry->d_name.name.
             let name_ptr = if o.names_valid != 0 { read::<u64>(named + u64::from(o.dentry_d_name), o.qstr_name).unwrap_or(0) } else { 0 };
-            return deny(id, cap::FS_WRITE.trailing_zeros(), Detail { name_ptr, ..Detail::default() });
+            return verdict(s, cap::FS_WRITE.trailing_zeros(), Detail { name_ptr, ..Detail::default() });
         }
     }
     0

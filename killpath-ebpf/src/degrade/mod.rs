@@ -17,10 +17,11 @@
 //!   program isolate owns), so sockets connected before the revocation
 //!   and raw sockets opened before it are held to the allow-list too.
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
-use killpath_common::{DenialEvent, DenialKey, RateWindow, DENIAL_EVENTS_PER_SEC};
+use killpath_common::{audit as audit_bits, DenialEvent, DenialKey, RateWindow, DENIAL_EVENTS_PER_SEC};
 
 use crate::{
     abi::EPERM,
+    audit::{self, Subject},
     maps::{DENIALS, DENIAL_EVENTS, DENIAL_RATE},
     targets,
 };
@@ -74,12 +75,34 @@ pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
     -EPERM
 }
 
-/// Counts a denial and samples it (at most DENIAL_EVENTS_PER_SEC per
-/// target and capability, so a flood of refused packets or calls costs
-/// one counter increment each and never floods the ring buffer).
+/// A capability check refuses capability bit `bit` for target `s`: counts
+/// and samples it (rate-limited) and returns -EPERM, or, when the
+/// capability is only audited, counts and samples it as audit and
+/// returns 0 (allowed).
+#[inline(always)]
+pub fn verdict(s: Subject, bit: u32, detail: Detail) -> i32 {
+    if audit::refuse(&s, bit, detail, Origin::Task) {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+/// Counts a real denial and samples it.
 #[inline(always)]
 pub fn record(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin) {
-    let key = DenialKey { cgroup_id, cap: bit, _pad: 0 };
+    record_as(cgroup_id, bit, detail, origin, audit_bits::EVENT_REAL);
+}
+
+/// Counts a denial and samples it (at most DENIAL_EVENTS_PER_SEC per
+/// target and capability, so a flood of refused packets or calls costs
+/// one counter increment each and never floods the ring buffer). `flag`
+/// is `audit::EVENT_AUDIT` for a would-be denial in audit mode: its
+/// counter and rate window are keyed apart (`DenialKey::_pad` =
+/// `audit::KEY_AUDIT`), so audit counts and real denials never mix.
+#[inline(always)]
+pub fn record_as(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin, flag: u32) {
+    let key = DenialKey { cgroup_id, cap: bit, _pad: if flag == audit_bits::EVENT_AUDIT { audit_bits::KEY_AUDIT } else { 0 } };
     match DENIALS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, this CPU's slot only.
         Some(c) => unsafe { *c += 1 },
@@ -118,29 +141,36 @@ pub fn record(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin) {
                 Origin::Task => ((bpf_get_current_pid_tgid() >> 32) as u32, bpf_get_current_comm().unwrap_or([0; 16])),
                 Origin::Packet => (0, [0; 16]),
             };
-            let ev = DenialEvent { name, cgroup_id, time_ns: now, pid, cap: bit, comm, family: detail.family, port: detail.port, addr: detail.addr };
+            let ev = DenialEvent {
+                name,
+                cgroup_id,
+                time_ns: now,
+                pid,
+                cap: bit,
+                comm,
+                family: detail.family,
+                port: detail.port,
+                addr: detail.addr,
+                audit: flag,
+                _pad: 0,
+            };
             slot.write(ev);
             slot.submit(0);
         }
     }
 }
 
-/// The current task's target if it has capability `mask` revoked.
+/// The current task's target, if it has any of the capabilities in
+/// `mask` revoked or audited ([`verdict`] then tells which).
 #[inline(always)]
-pub fn revoked(mask: u32) -> Option<u64> {
-    revoked_any(mask).map(|(id, _)| id)
-}
-
-/// The current task's target and its revoked capabilities, if it has any
-/// of the capabilities in `mask` revoked.
-#[inline(always)]
-pub fn revoked_any(mask: u32) -> Option<(u64, u32)> {
+pub fn revoked(mask: u32) -> Option<Subject> {
     let cfg = targets::config()?;
-    if cfg.degraded_targets == 0 {
+    if cfg.degraded_targets == 0 && cfg.audited_targets == 0 {
         return None;
     }
     let (id, st) = targets::of_current_with_id(cfg.depth_mask)?;
-    (st.revoked & mask != 0).then_some((id, st.revoked))
+    let s = Subject::of(id, &st);
+    (s.checked() & mask != 0).then_some(s)
 }
 
 /// Reads a `T` at `base + off` in kernel memory (None if unreadable).

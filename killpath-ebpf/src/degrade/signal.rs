@@ -6,8 +6,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::{cap, KernelOffsets};
 
-use super::{deny, read, Detail};
-use crate::{maps::OFFSETS, targets};
+use super::{read, verdict, Detail};
+use crate::{audit::Subject, maps::OFFSETS, targets};
 
 /// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable).
 #[inline(always)]
@@ -40,11 +40,12 @@ fn try_task_kill(ctx: &LsmContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let cfg = targets::config().ok_or(0)?;
-    if cfg.degraded_targets == 0 {
+    if cfg.degraded_targets == 0 && cfg.audited_targets == 0 {
         return Ok(0);
     }
     let (id, st) = targets::of_current_with_id(cfg.depth_mask).ok_or(0)?;
-    if st.revoked & cap::SIGNAL == 0 {
+    let s = Subject::of(id, &st);
+    if s.checked() & cap::SIGNAL == 0 {
         return Ok(0);
     }
     let o = OFFSETS.get(0).ok_or(0)?;
@@ -55,5 +56,5 @@ fn try_task_kill(ctx: &LsmContext) -> Result<i32, i32> {
     if ancestor_id(o, p, st.depth) == id {
         return Ok(0);
     }
-    Ok(deny(id, cap::SIGNAL.trailing_zeros(), Detail::default()))
+    Ok(verdict(s, cap::SIGNAL.trailing_zeros(), Detail::default()))
 }

@@ -14,7 +14,12 @@
 use aya_ebpf::{macros::cgroup_device, programs::DeviceContext};
 use killpath_common::counter;
 
-use crate::targets;
+use super::Cut;
+use crate::{
+    audit,
+    degrade::{label, Detail, Origin},
+    targets,
+};
 
 /// include/uapi/linux/bpf.h: access_type's low 16 bits.
 const BPF_DEVCG_DEV_CHAR: u32 = 2;
@@ -43,9 +48,16 @@ fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {
     if minor != TUN_MINOR && minor != VHOST_NET_MINOR && minor != VHOST_VSOCK_MINOR {
         return Ok(ALLOW);
     }
-    if !super::current_task_isolated() {
-        return Ok(ALLOW);
+    match super::current_task_cut() {
+        Cut::Open => Ok(ALLOW),
+        Cut::Refuse => {
+            targets::count(counter::ISOLATE_DEVICE_DENIALS);
+            Ok(REFUSE)
+        }
+        Cut::Audit(id) => {
+            let what = if minor == TUN_MINOR { label(b"/dev/net/tun") } else { label(b"/dev/vhost-*") };
+            audit::record_isolation(id, counter::ISOLATE_DEVICE_DENIALS, Detail { label: what, ..Detail::default() }, Origin::Task);
+            Ok(ALLOW)
+        }
     }
-    targets::count(counter::ISOLATE_DEVICE_DENIALS);
-    Ok(REFUSE)
 }

@@ -10,22 +10,31 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::counter;
 
-use super::isolated;
+use killpath_common::level;
+
 use crate::{
     abi::{AF_INET, AF_INET6, EPERM},
-    degrade, targets,
+    audit,
+    degrade::{self, Detail, Origin},
+    targets,
 };
 
 /// LSM verdict for the current task: 0 allow, -EPERM refuse. Runs on every
 /// socket operation of the host: returns after one array lookup while no
-/// target is isolated.
+/// target is isolated or audited. A target that audits isolation has the
+/// would-be refusal counted and sampled, and is allowed.
 #[inline(always)]
 pub(super) fn lsm_verdict() -> i32 {
     let Some(cfg) = targets::config() else { return 0 };
-    if cfg.isolated_targets != 0 && isolated(targets::of_current(cfg.depth_mask)) {
+    if cfg.isolated_targets == 0 && cfg.audited_targets == 0 {
+        return 0;
+    }
+    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return 0 };
+    if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_LSM_DENIALS);
         return -EPERM;
     }
+    audit::isolation(id, &st, counter::ISOLATE_LSM_DENIALS, Detail { label: degrade::label(b"socket operation"), ..Detail::default() }, Origin::Task);
     0
 }
 

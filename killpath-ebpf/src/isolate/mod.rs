@@ -32,7 +32,7 @@
 //! and degrade's network capabilities (`degrade/connect.rs`). Each such
 //! program says so where it is defined.
 use aya_ebpf::helpers::bpf_get_current_task;
-use killpath_common::{level, TargetState, MAX_CGROUP_DEPTH};
+use killpath_common::{audit, level, MAX_CGROUP_DEPTH};
 
 use crate::{
     degrade::read,
@@ -48,31 +48,45 @@ mod sockopt;
 mod tc;
 pub mod tun;
 
-#[inline(always)]
-fn isolated(state: Option<TargetState>) -> bool {
-    state.is_some_and(|s| s.level >= level::ISOLATE)
+/// Isolation of the current task's target, for the hooks that find it
+/// from the task_struct.
+pub(crate) enum Cut {
+    /// Not isolated, nothing audited: allow.
+    Open,
+    /// Isolated: refuse.
+    Refuse,
+    /// Isolation audited (not in force) for the target with this id:
+    /// count the would-be refusal, allow.
+    Audit(u64),
 }
 
-/// Whether the current task is inside an isolated target, found from its
-/// task_struct (task->cgroups->dfl_cgrp, its ancestors' kernfs ids;
-/// offsets from BTF) rather than with bpf_get_current_ancestor_cgroup_id,
-/// which cgroup device and sockopt programs only get from Linux 6.4 on.
-/// False (allow) when the offsets are unknown: `probe` reports that.
+/// The isolation of the current task's target, found from its task_struct
+/// (task->cgroups->dfl_cgrp, its ancestors' kernfs ids; offsets from BTF)
+/// rather than with bpf_get_current_ancestor_cgroup_id, which cgroup
+/// device and sockopt programs only get from Linux 6.4 on. Open (allow)
+/// when the offsets are unknown: `probe` reports that. An enclosing
+/// isolated target wins over an audited one.
 #[inline(always)]
-fn current_task_isolated() -> bool {
-    let Some(cfg) = targets::config() else { return false };
-    if cfg.isolated_targets == 0 {
-        return false;
+fn current_task_cut() -> Cut {
+    let Some(cfg) = targets::config() else { return Cut::Open };
+    if cfg.isolated_targets == 0 && cfg.audited_targets == 0 {
+        return Cut::Open;
     }
-    let Some(o) = OFFSETS.get(0) else { return false };
+    let Some(o) = OFFSETS.get(0) else { return Cut::Open };
     if o.signal_valid == 0 {
-        return false;
+        return Cut::Open;
     }
     // SAFETY: helper without arguments; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return false };
+    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return Cut::Open };
     let cgrp_level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
+    // The innermost target and the union of the audit sets on the path.
+    // Plain scalars updated on every match (no per-path copies), so the
+    // verifier sees at most two states per depth: the loop stays within
+    // its complexity limit.
+    let mut audit_id = 0u64;
+    let mut audit_bits = 0u32;
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
         if cfg.depth_mask & (1u32 << depth) != 0 && depth as i32 <= cgrp_level {
@@ -82,12 +96,20 @@ fn current_task_isolated() -> bool {
                 .unwrap_or(0);
             // SAFETY: value copied out at once.
             if let Some(st) = unsafe { TARGETS.get(id) } {
-                if st.depth == depth && st.level >= level::ISOLATE {
-                    return true;
+                if st.depth == depth {
+                    if st.level >= level::ISOLATE {
+                        return Cut::Refuse;
+                    }
+                    audit_bits |= st.audit;
+                    audit_id = id;
                 }
             }
         }
         depth += 1;
     }
-    false
+    if audit_bits & audit::ISOLATE != 0 {
+        Cut::Audit(audit_id)
+    } else {
+        Cut::Open
+    }
 }

@@ -2,11 +2,12 @@
 //! egress, and on egress also degrade's per-packet `net.connect` check
 //! (`degrade/egress.rs`) and throttle's byte/packet policer.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use killpath_common::{counter, GuardConfig};
+use killpath_common::{counter, level, GuardConfig};
 
-use super::isolated;
 use crate::{
-    degrade, targets,
+    audit,
+    degrade::{self, Detail, Origin},
+    targets,
     throttle::{self, Verdict},
 };
 
@@ -62,11 +63,18 @@ fn try_skb(ctx: &SkBuffContext) -> Result<i32, i32> {
 }
 
 /// Whether the packet's socket belongs to an isolated target (counted).
+/// A packet of a target that audits isolation is counted and sampled as
+/// a would-be drop, and passes.
 #[inline(always)]
 fn isolated_skb(cfg: &GuardConfig, ctx: &SkBuffContext) -> bool {
-    if cfg.isolated_targets != 0 && isolated(targets::of_skb(cfg.depth_mask, ctx.skb.skb)) {
+    if cfg.isolated_targets == 0 && cfg.audited_targets == 0 {
+        return false;
+    }
+    let Some((id, st)) = targets::of_skb_with_id(cfg.depth_mask, ctx.skb.skb) else { return false };
+    if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_SKB_DROPS);
         return true;
     }
+    audit::isolation(id, &st, counter::ISOLATE_SKB_DROPS, Detail { label: degrade::label(b"packet"), ..Detail::default() }, Origin::Packet);
     false
 }

@@ -14,7 +14,12 @@ use aya_ebpf::{
 };
 use killpath_common::{counter, level};
 
-use crate::{abi::SOCK_RAW, degrade, targets, throttle};
+use crate::{
+    abi::SOCK_RAW,
+    audit::{self, Subject},
+    degrade::{self, Detail, Origin},
+    targets, throttle,
+};
 
 /// sock_addr and sock return codes: allow, or refuse (EPERM unless the
 /// program set another return value).
@@ -56,21 +61,25 @@ fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
 #[inline(always)]
 fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(cfg) = targets::config() else { return ALLOW };
-    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.syscall_throttled == 0 {
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.syscall_throttled == 0 && cfg.audited_targets == 0 {
         return ALLOW;
     }
     let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return ALLOW };
-    // Level 3.
+    // Level 3 (and isolation in audit mode: counted, allowed).
     if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_ADDR_DENIALS);
         return REFUSE;
+    }
+    if cfg.audited_targets != 0 {
+        let (addr, port_be) = degrade::connect::destination(ctx, v6);
+        audit::isolation(id, &st, counter::ISOLATE_ADDR_DENIALS, degrade::connect::dest_detail(v6, addr, port_be), Origin::Task);
     }
     // Level 1, `net` in deny mode.
     if cfg.syscall_throttled != 0 && throttle::syscalls::net_refused(cfg.throttle_depth_mask) {
         return REFUSE;
     }
     // Level 2, `net.connect`.
-    if degrade::connect::addr_allowed(ctx, v6, id, st.revoked) {
+    if degrade::connect::addr_allowed(ctx, v6, Subject::of(id, &st)) {
         ALLOW
     } else {
         REFUSE
@@ -92,18 +101,19 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let cfg = targets::config().ok_or(ALLOW)?;
-    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 {
+    if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.audited_targets == 0 {
         return Ok(ALLOW);
     }
     let (id, st) = targets::of_current_with_id(cfg.depth_mask).ok_or(ALLOW)?;
-    // Level 3.
+    // Level 3 (and isolation in audit mode: counted, allowed).
     if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_SOCK_DENIALS);
         return Ok(REFUSE);
     }
-    // Level 2, `net.raw` and `net.connect` (this hook runs for AF_INET
-    // and AF_INET6 only: inet_create / inet6_create).
     // SAFETY: ctx.sock is the kernel-provided bpf_sock context.
     let family = unsafe { (*ctx.sock).family };
-    Ok(if degrade::connect::raw_socket_allowed(id, st.revoked, family) { ALLOW } else { REFUSE })
+    audit::isolation(id, &st, counter::ISOLATE_SOCK_DENIALS, Detail { family, label: degrade::label(b"raw socket"), ..Detail::default() }, Origin::Task);
+    // Level 2, `net.raw` and `net.connect` (this hook runs for AF_INET
+    // and AF_INET6 only: inet_create / inet6_create).
+    Ok(if degrade::connect::raw_socket_allowed(Subject::of(id, &st), family) { ALLOW } else { REFUSE })
 }

@@ -11,7 +11,12 @@
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use killpath_common::counter;
 
-use crate::targets;
+use super::Cut;
+use crate::{
+    audit,
+    degrade::{label, Detail, Origin},
+    targets,
+};
 
 /// include/linux/socket.h.
 const SOL_XDP: i32 = 283;
@@ -33,9 +38,22 @@ fn try_setsockopt(ctx: &SockoptContext) -> Result<i32, i32> {
     let s = ctx.sockopt;
     // SAFETY: s is the kernel-provided bpf_sockopt context.
     let (level, optlen) = unsafe { ((*s).level, (*s).optlen) };
-    if level == SOL_XDP && super::current_task_isolated() {
-        targets::count(counter::ISOLATE_SOCKOPT_DENIALS);
-        return Ok(REFUSE);
+    if level == SOL_XDP {
+        match super::current_task_cut() {
+            Cut::Open => {}
+            Cut::Refuse => {
+                targets::count(counter::ISOLATE_SOCKOPT_DENIALS);
+                return Ok(REFUSE);
+            }
+            Cut::Audit(id) => {
+                audit::record_isolation(
+                    id,
+                    counter::ISOLATE_SOCKOPT_DENIALS,
+                    Detail { label: label(b"SOL_XDP setsockopt"), ..Detail::default() },
+                    Origin::Task,
+                );
+            }
+        }
     }
     if optlen > PAGE_SIZE {
         // SAFETY: optlen is writable in setsockopt programs.

@@ -8,6 +8,8 @@ use aya_ebpf::{
 use killpath_common::{counter, level};
 
 use crate::{
+    audit,
+    degrade::{label, Detail, Origin},
     maps::{NETDEVS, TARGETS},
     targets,
     throttle::{self, Verdict},
@@ -27,7 +29,7 @@ pub fn kp_isolate_tc(ctx: TcContext) -> i32 {
 
 fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
     let cfg = targets::config().ok_or(TC_ACT_UNSPEC)?;
-    if cfg.isolated_targets == 0 && cfg.egress_throttled == 0 {
+    if cfg.isolated_targets == 0 && cfg.egress_throttled == 0 && cfg.audited_targets == 0 {
         return Ok(TC_ACT_UNSPEC);
     }
     // SAFETY: reading the device index from the skb context.
@@ -38,12 +40,13 @@ fn try_tc(ctx: &TcContext) -> Result<i32, i32> {
     if cfg.egress_throttled != 0 && iif == ifindex && throttle::egress::tc(cgid, len as u64, segs as u64) == Verdict::Refuse {
         return Ok(TC_ACT_SHOT);
     }
-    // Level 3.
+    // Level 3 (and isolation in audit mode: counted, passed).
     // SAFETY: as above.
-    let isolated = unsafe { TARGETS.get(cgid) }.is_some_and(|s| s.level >= level::ISOLATE);
-    if isolated {
+    let Some(st) = (unsafe { TARGETS.get(cgid) }).copied() else { return Ok(TC_ACT_UNSPEC) };
+    if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_TC_DROPS);
         return Ok(TC_ACT_SHOT);
     }
+    audit::isolation(cgid, &st, counter::ISOLATE_TC_DROPS, Detail { label: label(b"frame at TC"), ..Detail::default() }, Origin::Packet);
     Ok(TC_ACT_UNSPEC)
 }

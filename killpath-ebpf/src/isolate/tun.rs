@@ -57,12 +57,13 @@ fn verdict(prev: i32) -> i32 {
 
 /// The verdict for a read or write on the file whose inode is `inode`:
 /// -EPERM when it is /dev/net/tun (a char device 10:200, whatever its
-/// path) and the current task's target is isolated. Called on every read
-/// and write of the host: returns after one array lookup while no target
-/// is isolated.
+/// path) and the current task's target is isolated (counted as audit,
+/// and 0, when isolation is only audited). Called on every read and write
+/// of the host: returns after one array lookup while no target is
+/// isolated or audited.
 #[inline(always)]
 pub fn file_verdict(o: &KernelOffsets, inode: u64) -> i32 {
-    if targets::config().is_none_or(|c| c.isolated_targets == 0) {
+    if targets::config().is_none_or(|c| c.isolated_targets == 0 && c.audited_targets == 0) {
         return 0;
     }
     if inode == 0 || o.inode_i_rdev == 0 {

@@ -22,9 +22,9 @@ use crate::{
 
 /// A validated degrade request: nothing is applied until all of it checks out.
 pub struct Plan {
-    mask: u32,
-    allow: Vec<(String, u32, ConnectAllow)>,
-    write: Vec<(String, killpath_common::WriteAllow)>,
+    pub(super) mask: u32,
+    pub(super) allow: Vec<(String, u32, ConnectAllow)>,
+    pub(super) write: Vec<(String, killpath_common::WriteAllow)>,
 }
 
 /// How often denial counters are sampled for "last minute" figures.
@@ -69,7 +69,7 @@ impl State {
             }
             mask |= bit;
         }
-        if !allow_write.is_empty() && mask & killpath_common::cap::FS_WRITE == 0 && t.revoked & killpath_common::cap::FS_WRITE == 0 {
+        if !allow_write.is_empty() && mask & killpath_common::cap::FS_WRITE == 0 && (t.revoked | t.audit) & killpath_common::cap::FS_WRITE == 0 {
             return Err(Error::InvalidRequest("--allow-write only makes sense with fs.write revoked".into()));
         }
         let write = allow_write
@@ -88,7 +88,7 @@ impl State {
                 Ok((real.display().to_string(), key))
             })
             .collect::<Result<Vec<_>>>()?;
-        if !allow_connect.is_empty() && mask & killpath_common::cap::NET_CONNECT == 0 && t.revoked & killpath_common::cap::NET_CONNECT == 0 {
+        if !allow_connect.is_empty() && mask & killpath_common::cap::NET_CONNECT == 0 && (t.revoked | t.audit) & killpath_common::cap::NET_CONNECT == 0 {
             return Err(Error::InvalidRequest("--allow-connect only makes sense with net.connect revoked".into()));
         }
         let allow = allow_connect.iter().map(|a| degrade::parse_allow_connect(a, t.cgroup_id).map(|(l, k)| (a.clone(), l, k))).collect::<Result<Vec<_>>>()?;
@@ -147,11 +147,11 @@ impl State {
             return Err(Error::InvalidRequest(format!("{name} has none of {} revoked", degrade::names(mask).join(", "))));
         }
         t.revoked &= !mask;
-        if t.revoked & killpath_common::cap::NET_CONNECT == 0 {
+        if (t.revoked | t.audit) & killpath_common::cap::NET_CONNECT == 0 {
             self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
             t.allow_connect.clear();
         }
-        if t.revoked & killpath_common::cap::FS_WRITE == 0 {
+        if (t.revoked | t.audit) & killpath_common::cap::FS_WRITE == 0 {
             self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
             t.allow_write.clear();
         }
@@ -223,7 +223,8 @@ impl State {
             "type": "denial",
             "target": target,
             "cgroup_id": ev.cgroup_id,
-            "capability": degrade::name_of_index(ev.cap),
+            "capability": crate::audit::index_name(ev.cap),
+            "audit": ev.audit == killpath_common::audit::EVENT_AUDIT,
             "pid": ev.pid,
             "comm": comm,
             "destination": destination,

@@ -48,18 +48,27 @@ impl State {
                 let params = json!({"reason": reason});
                 self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, received))
             }
-            Command::Isolate { name, reason, verify, netdev } => {
+            Command::Isolate { name, reason, verify, netdev, audit } => {
                 self.registry.get(&name)?;
                 // Every device must exist before anything changes.
                 for d in &netdev {
                     crate::isolate::netdev::ifindex(d)?;
                 }
-                let params = json!({"reason": reason, "verify": verify, "netdev": netdev});
+                let params = json!({"reason": reason, "verify": verify, "netdev": netdev, "audit": audit});
+                if audit {
+                    return self.audit_isolate(caller, &name, verify, &netdev, params, received);
+                }
                 self.execute(caller, "isolate", Some(&name), params, |s| s.isolate(&name, verify, &netdev, received))
             }
-            Command::Restore { name, to, grant, reason } => {
+            Command::Restore { name, to, grant, reason, audit_off } => {
                 self.registry.get(&name)?;
-                let params = json!({"to": to, "grant": grant, "reason": reason});
+                let params = json!({"to": to, "grant": grant, "reason": reason, "audit_off": audit_off});
+                if audit_off {
+                    if to.is_some() || !grant.is_empty() {
+                        return Err(Error::InvalidRequest("restore --audit-off ends audit mode only: not with --to or --grant".into()));
+                    }
+                    return self.audit_off(caller, &name, params, received);
+                }
                 match (to, grant.is_empty()) {
                     (Some(to), true) => {
                         let to_level = parse_level(&to)?;
@@ -80,10 +89,13 @@ impl State {
                     _ => Err(Error::InvalidRequest("restore takes --to LEVEL or --grant CAP, not both".into())),
                 }
             }
-            Command::Degrade { name, revoke, allow_connect, allow_write, reason } => {
+            Command::Degrade { name, revoke, allow_connect, allow_write, reason, audit } => {
                 self.registry.get(&name)?;
                 let plan = self.plan_degrade(&name, &revoke, &allow_connect, &allow_write)?;
-                let params = json!({"revoke": revoke, "allow_connect": allow_connect, "allow_write": allow_write, "reason": reason});
+                let params = json!({"revoke": revoke, "allow_connect": allow_connect, "allow_write": allow_write, "reason": reason, "audit": audit});
+                if audit {
+                    return self.audit_degrade(caller, &name, plan, params, received);
+                }
                 let r = self.execute(caller, "degrade", Some(&name), params, |s| s.degrade(&name, plan, received))?;
                 self.alert(caller, &name, "degrade", &r, reason.as_deref());
                 Ok(r)

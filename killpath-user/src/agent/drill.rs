@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub target: String,
     pub level: u32,
     pub revoked: u32,
+    /// Audit set when the drill began (`drill --audit` ends what it adds).
+    #[serde(default)]
+    pub audit: u32,
     #[serde(default)]
     pub throttle: Ceilings,
     /// Allow-lists when the drill began.
@@ -124,6 +127,7 @@ impl State {
             target: target.to_owned(),
             level: t.level,
             revoked: t.revoked,
+            audit: t.audit,
             throttle: t.throttle.clone(),
             allow_connect: t.allow_connect.clone(),
             allow_write: t.allow_write.clone(),
@@ -224,8 +228,12 @@ impl State {
         }
         if snap.level >= level::DEGRADE && t.revoked & !snap.revoked != 0 {
             let extra = t.revoked & !snap.revoked;
-            self.execute(caller, "restore", Some(name), params, |s| s.grant(name, extra, Instant::now()))?;
+            self.execute(caller, "restore", Some(name), params.clone(), |s| s.grant(name, extra, Instant::now()))?;
             done.push(format!("granted back {}", crate::degrade::names(extra).join(", ")));
+        }
+        if snap.audit == 0 && self.registry.get(name)?.audit != 0 {
+            self.execute(caller, "audit-off", Some(name), params, |s| s.apply_audit_off(name, Instant::now()))?;
+            done.push("audit ended".into());
         }
         if !done.is_empty() {
             info!(target = name, drill = snap.drill, "target restored after drill: {done:?}");

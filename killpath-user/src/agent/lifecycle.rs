@@ -32,6 +32,7 @@ impl State {
             last_stop: None,
             netdevs: Vec::new(),
             revoked: 0,
+            audit: 0,
             allow_connect: Vec::new(),
             allow_write: Vec::new(),
             adopted,
@@ -155,6 +156,7 @@ impl State {
         self.enforcer.maps.clear_allow_connect(t.cgroup_id)?;
         self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
         self.enforcer.maps.clear_denials(t.cgroup_id);
+        self.enforcer.maps.clear_audit_counts(t.cgroup_id);
         if let Some(m) = self.enforcer.maps.members.as_mut() {
             m.unmark_target(t.cgroup_id);
         }

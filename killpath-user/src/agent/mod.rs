@@ -2,6 +2,7 @@
 //! and serves the socket. Everything that changes state goes through
 //! [`State::execute`], which journals intent before and result after.
 mod anchor;
+mod audit;
 mod caller;
 mod confinement;
 pub mod defaults;

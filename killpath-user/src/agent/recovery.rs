@@ -80,6 +80,12 @@ impl State {
                 changes.push(json!({"target": name, "change": "revoked capabilities taken from the kernel"}));
                 t.revoked = revoked;
             }
+            // Audit: likewise the union.
+            let audit = kernel.map_or(t.audit, |k| k.audit | t.audit);
+            if audit != t.audit {
+                changes.push(json!({"target": name, "change": "audit set taken from the kernel"}));
+                t.audit = audit;
+            }
             if kernel != Some(t.state(level)) {
                 self.enforcer.maps.set(t.cgroup_id, t.state(level))?;
             }

@@ -48,7 +48,10 @@ impl State {
                     .collect();
                 let protections: serde_json::Map<String, Value> =
                     self.enforcer.maps.protection_refusals(t.cgroup_id).into_iter().map(|(n, v)| (n.to_owned(), json!(v))).collect();
+                let (audit, would_have_refused) = self.audit_status(t);
                 json!({
+                    "audit": audit,
+                    "would_have_refused": would_have_refused,
                     "protections_refused": protections,
                     "history": t.history,
                     "throttle": self.throttle_status(t),

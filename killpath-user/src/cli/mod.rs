@@ -116,6 +116,10 @@ pub enum Cmd {
         /// container in its own network namespace). Repeatable.
         #[arg(long)]
         netdev: Vec<String>,
+        /// Audit mode (dry run): cut nothing, count and sample every operation isolation would refuse
+        /// (`status`: would_have_refused; `events`: audit=true). Ended by `restore NAME --audit-off`.
+        #[arg(long)]
+        audit: bool,
     },
     /// Level 2, degrade: revoke capabilities while NAME keeps running (see `capabilities`).
     Degrade {
@@ -135,6 +139,10 @@ pub enum Cmd {
         /// Why (journaled and in the alert).
         #[arg(long)]
         reason: Option<String>,
+        /// Audit mode (dry run): revoke nothing, count and sample every operation these capabilities
+        /// would refuse; the level does not change. Ended by `restore NAME --audit-off`.
+        #[arg(long)]
+        audit: bool,
     },
     /// Move NAME up one level with the configured defaults (agent --config);
     /// jumping over a level needs --skip-reason, which is journaled.
@@ -168,6 +176,10 @@ pub enum Cmd {
         /// List past drills and their outcome (from the journal).
         #[arg(long, conflicts_with_all = ["name", "canary", "scenario"])]
         history: bool,
+        /// Run degrade and isolate in audit mode: nothing is enforced; the report says what each
+        /// level would have refused (no throttle, no stop).
+        #[arg(long)]
+        audit: bool,
     },
     /// Level 1, throttle: cap NAME's rate of action. Run again to change
     /// ceilings live (the ones not named stay); `restore NAME --to normal`
@@ -228,6 +240,9 @@ pub enum Cmd {
         /// Why (journaled).
         #[arg(long)]
         reason: Option<String>,
+        /// End audit mode (of degrade --audit and isolate --audit); the level does not change.
+        #[arg(long, conflicts_with_all = ["to", "grant"])]
+        audit_off: bool,
     },
     /// Probe every channel from inside NAME and report each as cut or OPEN; exits non-zero if any is OPEN.
     Verify { name: String },

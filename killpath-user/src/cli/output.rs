@@ -2,6 +2,7 @@
 use serde_json::Value;
 
 mod pending;
+mod audit;
 
 pub struct Output {
     pub json: bool,
@@ -81,6 +82,7 @@ impl Output {
             if let Some(ids) = t["pending"]["ids"].as_array().filter(|a| !a.is_empty()) {
                 println!("{:<20} PENDING approval: {} (see `killpath pending`)", "", ids.iter().map(s).collect::<Vec<_>>().join(", "));
             }
+            self.audit_row(t);
             if let Some(p) = t["protections_refused"].as_object().filter(|p| !p.is_empty()) {
                 let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}: {}", s(v))).collect();
                 println!("{:<20} SELF-PROTECTION refused: {}", "", list.join(", "));
@@ -316,6 +318,7 @@ impl Output {
             for c in &st.checks {
                 println!("      [{}] {}: {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.detail);
             }
+            self.audit_step(st);
         }
         if !r.left_out.is_empty() {
             println!("  left out:");
@@ -398,7 +401,8 @@ impl Output {
             println!("lagged: {} event(s) missed", s(&ev["missed"]));
         } else {
             println!(
-                "denied {} {} pid={} comm={}{}",
+                "{} {} {} pid={} comm={}{}",
+                if ev["audit"] == Value::Bool(true) { "AUDIT would deny" } else { "denied" },
                 s(&ev["target"]),
                 s(&ev["capability"]),
                 s(&ev["pid"]),

@@ -77,6 +77,9 @@ pub enum Command {
         /// Host-side network devices (a container's veth) to cut at TC too.
         #[serde(default)]
         netdev: Vec<String>,
+        /// Audit mode: count what isolation would refuse, cut nothing.
+        #[serde(default)]
+        audit: bool,
     },
     /// Level 2: revoke capabilities while the target keeps running.
     #[serde(rename_all = "snake_case")]
@@ -89,6 +92,9 @@ pub enum Command {
         allow_write: Vec<String>,
         #[serde(default)]
         reason: Option<String>,
+        /// Audit mode: count what the revocation would refuse, refuse nothing.
+        #[serde(default)]
+        audit: bool,
     },
     /// Level 1: cap the target's rate of action. Running it again changes
     /// the named ceilings live and keeps the others. Rates are per second.
@@ -152,6 +158,9 @@ pub enum Command {
         grant: Vec<String>,
         #[serde(default)]
         reason: Option<String>,
+        /// End audit mode (alone: not with `to` or `grant`).
+        #[serde(default)]
+        audit_off: bool,
     },
     /// The capability catalog and what this kernel enforces of it.
     Capabilities {},

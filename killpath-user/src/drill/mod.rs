@@ -15,6 +15,7 @@
 //!
 //! - [`scenario`]: scenario files; [`probe`]: the degrade probe run inside
 //!   the target; [`canary`]: the built-in checkpointing workload.
+mod audit;
 pub mod canary;
 pub mod probe;
 mod report;
@@ -56,6 +57,8 @@ pub struct Options {
     pub target: Option<String>,
     pub canary: bool,
     pub scenario: Option<PathBuf>,
+    /// Degrade and isolate in audit mode (nothing enforced); no throttle, no stop.
+    pub audit: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -230,25 +233,29 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: O
     // Set when the agent refuses a drill command because someone else
     // changed the target during the drill: the drill stops there.
     let mut halted: Option<String> = None;
-    if sc.throttle.enabled && !interrupted() {
+    if opts.audit {
+        audit::steps(s, sc, target, &cgroup, settle, &mut steps, &mut left_out)?;
+    }
+    if !opts.audit && sc.throttle.enabled && !interrupted() {
         steps.push(throttle_step(s, sc, target, &cgroup, settle)?);
         restore_between(s, sc, target, start_level, &mut halted)?;
-    } else if !sc.throttle.enabled {
+    } else if !opts.audit && !sc.throttle.enabled {
         left_out.push(LeftOut { what: "throttle".into(), why: "disabled in the scenario".into() });
     }
-    if sc.degrade.enabled && !interrupted() && halted.is_none() {
+    if !opts.audit && sc.degrade.enabled && !interrupted() && halted.is_none() {
         steps.push(degrade_step(s, sc, target, &cgroup, settle, &mut left_out)?);
         restore_between(s, sc, target, start_level, &mut halted)?;
-    } else if !sc.degrade.enabled {
+    } else if !opts.audit && !sc.degrade.enabled {
         left_out.push(LeftOut { what: "degrade".into(), why: "disabled in the scenario".into() });
     }
-    if sc.isolate.enabled && !interrupted() && halted.is_none() {
+    if !opts.audit && sc.isolate.enabled && !interrupted() && halted.is_none() {
         steps.push(isolate_step(s, sc, target, &mut left_out)?);
         restore_between(s, sc, target, start_level, &mut halted)?;
-    } else if !sc.isolate.enabled {
+    } else if !opts.audit && !sc.isolate.enabled {
         left_out.push(LeftOut { what: "isolate".into(), why: "disabled in the scenario".into() });
     }
-    let stop_enabled = sc.stop.enabled.unwrap_or(canary.is_some());
+    // An audit drill enforces nothing: no stop.
+    let stop_enabled = !opts.audit && sc.stop.enabled.unwrap_or(canary.is_some());
     if let Some(why) = &halted {
         left_out.push(LeftOut { what: "remaining steps".into(), why: why.clone() });
     }
@@ -256,7 +263,7 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: O
         let (step, check) = stop_step(s, sc, target, canary)?;
         steps.push(step);
         canary_check = check;
-    } else if !stop_enabled {
+    } else if !stop_enabled && !opts.audit {
         let why = if sc.stop.enabled.is_none() {
             "a drill does not kill a named target unless the scenario sets [stop] enabled = true"
         } else {
@@ -305,7 +312,13 @@ fn restore_between(s: &mut Session, sc: &Scenario, target: &str, start_level: u3
     let cur = status_row(s, target)?;
     if cur["level"] != crate::target::level_name(start_level) {
         let to = crate::target::level_name(start_level).to_owned();
-        let cmd = Command::Restore { name: target.to_owned(), to: Some(to), grant: Vec::new(), reason: Some("drill: restore between steps".into()) };
+        let cmd = Command::Restore {
+            name: target.to_owned(),
+            to: Some(to),
+            grant: Vec::new(),
+            reason: Some("drill: restore between steps".into()),
+            audit_off: false,
+        };
         match s.call(&cmd, REQUEST_TIMEOUT) {
             Ok(_) => {}
             Err(crate::client::ClientError::Agent(body)) if body.code == "drill-conflict" => *halted = Some(body.message),

@@ -113,8 +113,14 @@ pub(super) fn degrade_step(s: &mut Session, sc: &Scenario, target: &str, cgroup:
         }
     };
     let denials_before = status_row(s, target)?["denials"].clone();
-    let cmd =
-        Command::Degrade { name: target.to_owned(), revoke: revoke.clone(), allow_connect: Vec::new(), allow_write: Vec::new(), reason: Some("drill".into()) };
+    let cmd = Command::Degrade {
+        name: target.to_owned(),
+        revoke: revoke.clone(),
+        allow_connect: Vec::new(),
+        allow_write: Vec::new(),
+        reason: Some("drill".into()),
+        audit: false,
+    };
     let mut checks = Vec::new();
     let r = match s.call(&cmd, REQUEST_TIMEOUT) {
         Ok(r) => r,
@@ -176,7 +182,7 @@ pub(super) fn run_probes(cgroup: &Path, caps: &[String]) -> Result<Vec<Value>> {
 }
 
 pub(super) fn isolate_step(s: &mut Session, sc: &Scenario, target: &str, left_out: &mut Vec<LeftOut>) -> Result<Step> {
-    let cmd = Command::Isolate { name: target.to_owned(), reason: Some("drill".into()), verify: true, netdev: Vec::new() };
+    let cmd = Command::Isolate { name: target.to_owned(), reason: Some("drill".into()), verify: true, netdev: Vec::new(), audit: false };
     let mut checks = Vec::new();
     let r = match s.call(&cmd, REQUEST_TIMEOUT) {
         Ok(r) => r,
@@ -240,7 +246,13 @@ pub(super) fn stop_step(s: &mut Session, sc: &Scenario, target: &str, canary: Op
         // Recovery: back to normal, the canary restarted from its
         // checkpoint, then its own data check.
         s.call(
-            &Command::Restore { name: target.to_owned(), to: Some("normal".into()), grant: Vec::new(), reason: Some("drill: restart the canary".into()) },
+            &Command::Restore {
+                name: target.to_owned(),
+                to: Some("normal".into()),
+                grant: Vec::new(),
+                reason: Some("drill: restart the canary".into()),
+                audit_off: false,
+            },
             REQUEST_TIMEOUT,
         )
         .map_err(client_err)?;
