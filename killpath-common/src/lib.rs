@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod raise;
+pub mod tripwire;
 
 /// Enforcement level of a target. Levels are cumulative and ordered.
 pub mod level {

@@ -19,3 +19,4 @@ mod stop;
 mod tamper;
 mod targets;
 mod throttle;
+mod tripwire;

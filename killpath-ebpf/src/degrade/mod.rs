@@ -79,6 +79,7 @@ pub fn deny(cgroup_id: u64, bit: u32, detail: Detail) -> i32 {
 /// one counter increment each and never floods the ring buffer).
 #[inline(always)]
 pub fn record(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin) {
+    crate::tripwire::denial(cgroup_id, bit);
     let key = DenialKey { cgroup_id, cap: bit, _pad: 0 };
     match DENIALS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, this CPU's slot only.

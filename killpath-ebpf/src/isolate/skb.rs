@@ -8,6 +8,7 @@ use super::isolated;
 use crate::{
     degrade, targets,
     throttle::{self, Verdict},
+    tripwire,
 };
 
 /// cgroup_skb return codes.
@@ -34,6 +35,9 @@ pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
 
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let cfg = targets::config().ok_or(SKB_PASS)?;
+    // Tripwires first: a critical rule raises the level on the crossing
+    // packet, which the isolation check below then drops.
+    tripwire::skb(&cfg, ctx.skb.skb);
     // Level 3.
     if isolated_skb(&cfg, ctx) {
         return Ok(SKB_DROP);

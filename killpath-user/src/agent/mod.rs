@@ -24,6 +24,7 @@ mod stop;
 mod tamper;
 mod throttle;
 mod transaction;
+mod tripwire;
 
 use std::{
     path::{Path, PathBuf},
@@ -103,6 +104,8 @@ pub struct State {
     pub drills: std::collections::HashMap<u64, drill::Snapshot>,
     /// The journal's head as last published (events subscribers read it).
     pub journal_head: anchor::SharedHead,
+    /// Tripwire rules, their firings, and the agent-evaluated ones' history.
+    pub tripwires: tripwire::Tripwires,
 }
 
 impl State {
@@ -139,12 +142,16 @@ impl State {
             throttle_history: Default::default(),
             drills: Default::default(),
             journal_head,
+            tripwires: Default::default(),
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {
             m.set_agent(std::process::id());
         }
         state.mark_all_targets();
+        // Tripwire rules re-armed (a bad rule in --config stops the start),
+        // before raises are adopted so they name their rule.
+        state.load_tripwires()?;
         // Raises the kernel made while no agent ran (a tripwire, a lease).
         state.adopt_kernel_raises();
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
@@ -164,6 +171,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let mut state = state;
         let ring = state.enforcer.denial_events.take();
         let escapes = state.enforcer.escape_events.take();
+        let crossings = state.enforcer.tripwire_events.take();
         let state = std::sync::Arc::new(std::sync::Mutex::new(state));
         if let Some(rb) = ring {
             tokio::spawn(server::denial_reader(rb, state.clone()));
@@ -175,6 +183,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(throttle::rate_sampler(state.clone()));
         tokio::spawn(tamper::link_watch(state.clone()));
         tokio::spawn(raise::raise_watch(state.clone()));
+        if let Some(rb) = crossings {
+            tokio::spawn(tripwire::crossing_reader(rb, state.clone()));
+        }
+        tokio::spawn(tripwire::eval_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

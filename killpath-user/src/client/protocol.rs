@@ -173,6 +173,18 @@ pub enum Command {
         #[serde(default)]
         anchor: Option<String>,
     },
+    /// Arm a tripwire rule.
+    TripwireAdd(crate::tripwire::RuleSpec),
+    /// Every rule, where it is evaluated, its windows now and firings.
+    TripwireList {},
+    /// Disarm and forget a rule.
+    TripwireRemove { name: String },
+    /// Let a fired rule fire again (for one target, or every target).
+    TripwireRearm {
+        name: String,
+        #[serde(default)]
+        target: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -196,6 +208,9 @@ impl Command {
                 | Self::Escalate { .. }
                 | Self::DrillBegin { .. }
                 | Self::DrillEnd { .. }
+                | Self::TripwireAdd(..)
+                | Self::TripwireRemove { .. }
+                | Self::TripwireRearm { .. }
         )
     }
 
@@ -221,6 +236,10 @@ impl Command {
             Self::Verify { .. } => "verify",
             Self::Journal { .. } => "journal",
             Self::JournalVerify { .. } => "journal-verify",
+            Self::TripwireAdd(..) => "tripwire-add",
+            Self::TripwireList {} => "tripwire-list",
+            Self::TripwireRemove { .. } => "tripwire-remove",
+            Self::TripwireRearm { .. } => "tripwire-rearm",
         }
     }
 }
@@ -246,6 +265,10 @@ pub const COMMANDS: &[&str] = &[
     "events",
     "journal",
     "journal-verify",
+    "tripwire-add",
+    "tripwire-list",
+    "tripwire-remove",
+    "tripwire-rearm",
 ];
 
 /// A request that could not be decoded: the id (if one could be read) and
