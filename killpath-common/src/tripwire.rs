@@ -24,7 +24,7 @@ pub mod programs {
 }
 
 /// Rule slots in the kernel.
-pub const MAX_RULES: u32 = 16;
+pub const MAX_RULES: u32 = 32;
 
 /// Metrics the kernel counts ([`Rule::metric`]).
 pub mod metric {
@@ -36,6 +36,8 @@ pub mod metric {
     pub const DENIALS: u32 = 5;
     pub const FORKS: u32 = 6;
     pub const EXECS: u32 = 7;
+    /// `arg`: syscall class (`throttle::NET`..`ALL`) + 1, 0 for all.
+    pub const SYSCALLS: u32 = 8;
 }
 
 /// [`Rule::flags`] bits.

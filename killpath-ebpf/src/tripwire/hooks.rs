@@ -1,6 +1,9 @@
 //! The one call each hook makes: finds the target, charges its metrics.
 //! Every function returns at once while no target has a rule.
-use aya_ebpf::{bindings::__sk_buff, programs::SockAddrContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    programs::{RawTracePointContext, SockAddrContext},
+};
 use killpath_common::{tripwire::metric, GuardConfig};
 
 use super::{armed, charge, charge_dest, Dest};
@@ -46,6 +49,23 @@ pub fn fork(id: u64) {
     if armed(&cfg) {
         charge(id, metric::FORKS, 0, 1);
     }
+}
+
+/// The sys_exit raw tracepoint (`throttle/syscalls.rs`), attached while a
+/// `syscalls` rule or a syscall ceiling exists: one syscall of the current
+/// task, in its class (`arg` = class + 1; a rule with arg 0 counts all).
+#[inline(always)]
+pub fn syscall(cfg: &GuardConfig, ctx: &RawTracePointContext) {
+    if !armed(cfg) {
+        return;
+    }
+    let Some((id, _)) = targets::of_current_with_id(cfg.depth_mask) else { return };
+    let Some((specific, ret)) = crate::throttle::syscalls::class_of(ctx) else { return };
+    // The child's return from fork passes here too: counted once, in the parent.
+    if specific == killpath_common::throttle::FORK && ret == 0 {
+        return;
+    }
+    charge(id, metric::SYSCALLS, specific + 1, 1);
 }
 
 /// degrade's denial record (`degrade/mod.rs`): capability index `cap`.

@@ -30,7 +30,7 @@ use crate::{maps::MAX_TARGETS, raise, throttle::bucket::xadd};
 mod exec;
 mod hooks;
 
-pub use hooks::{addr, denial, fork, skb};
+pub use hooks::{addr, denial, fork, skb, syscall};
 
 #[map(name = "KP_TRIPWIRE_RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);

@@ -72,6 +72,8 @@ pub struct Maps {
     /// Targets with a tripwire rule counted in the kernel (`agent/tripwire`);
     /// None in the CLI's no-agent stop, which keeps what the agent set.
     pub(crate) tripwire_targets: Option<u32>,
+    /// Some `syscalls` tripwire exists: the sys_exit hook stays attached.
+    pub(crate) tripwire_syscalls: bool,
 }
 
 /// The level-1 maps (methods in `throttle::maps`).
@@ -116,6 +118,7 @@ impl Maps {
             raises: Some(typed(ebpf, maps::RAISES)?),
             armed: Some(Default::default()),
             tripwire_targets: Some(0),
+            tripwire_syscalls: false,
         })
     }
 
@@ -141,6 +144,7 @@ impl Maps {
             raises: open_pin(gen, maps::RAISES, Map::HashMap).ok().and_then(|m| HashMap::try_from(m).ok()),
             armed: None,
             tripwire_targets: None,
+            tripwire_syscalls: false,
         })
     }
 

@@ -88,7 +88,7 @@ pub enum Metric {
 }
 
 /// Metric names `--metric` accepts.
-pub const METRICS: &str = "egress-bytes, egress-packets, connects, destinations, denials, denials:CAP, forks, execs, tasks";
+pub const METRICS: &str = "syscalls, syscalls:net|exec|fork|fs-write, egress-bytes, egress-packets, connects, destinations, denials, denials:CAP, forks, execs, tasks";
 
 pub fn parse_metric(s: &str) -> Result<Metric> {
     use kt::metric as m;
@@ -106,8 +106,17 @@ pub fn parse_metric(s: &str) -> Result<Metric> {
             let c = crate::degrade::Capability::parse(&s["denials:".len()..])?;
             Ok(Metric::Kernel { id: m::DENIALS, arg: c.index() + 1 })
         }
-        _ if s == "syscalls" || s.starts_with("syscalls:") => {
-            Err(Error::InvalidRequest(format!("metric {s:?} is not counted by this build (the sys_exit hook is not wired to tripwires yet); known: {METRICS}")))
+        "syscalls" => k(m::SYSCALLS),
+        _ if s.starts_with("syscalls:") => {
+            use killpath_common::throttle as c;
+            let class = match &s["syscalls:".len()..] {
+                "net" => c::NET,
+                "exec" => c::EXEC,
+                "fork" => c::FORK,
+                "fs-write" => c::FS_WRITE,
+                other => return Err(Error::InvalidRequest(format!("unknown syscall class {other:?} in {s:?}: expected net, exec, fork or fs-write"))),
+            };
+            Ok(Metric::Kernel { id: m::SYSCALLS, arg: class + 1 })
         }
         _ => Err(Error::InvalidRequest(format!("unknown metric {s:?}; known: {METRICS}"))),
     }

@@ -30,6 +30,8 @@ fn tripwire_metrics_fire_once_above_and_never_below() {
         ("egress-packets", "m", "100", 100),
         ("tasks", "m", "5", 5),
         ("denials:net.connect", "d", "20", 20),
+        ("syscalls", "m", "1000", 1000),
+        ("syscalls:exec", "m", "50", 50),
     ];
     for (metric, target, above, _) in cases {
         let name = format!("lo-{}", metric.replace(':', "-"));
