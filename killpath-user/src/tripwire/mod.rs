@@ -88,7 +88,8 @@ pub enum Metric {
 }
 
 /// Metric names `--metric` accepts.
-pub const METRICS: &str = "syscalls, syscalls:net|exec|fork|fs-write, egress-bytes, egress-packets, connects, destinations, denials, denials:CAP, forks, execs, tasks";
+pub const METRICS: &str =
+    "syscalls, syscalls:net|exec|fork|fs-write, egress-bytes, egress-packets, connects, destinations, denials, denials:CAP, forks, execs, tasks";
 
 pub fn parse_metric(s: &str) -> Result<Metric> {
     use kt::metric as m;

@@ -60,3 +60,47 @@ fn tripwire_critical_egress_fires_with_the_agent_dead() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The same critical rule evaluated by the agent (`--eval agent`, polled
+/// every 10 ms), on `*`: added before the target exists, it covers it.
+/// The agent isolates; the receiver stops, later than in the kernel.
+#[test]
+fn tripwire_agent_evaluated_rule_on_every_target() {
+    let Some(agent) = Agent::start() else { return };
+    add(
+        &agent,
+        &[
+            "exfil-agent",
+            "--target",
+            "*",
+            "--metric",
+            "egress-bytes",
+            "--above",
+            "1MB",
+            "--window",
+            "1s",
+            "--action",
+            "isolate",
+            "--critical",
+            "--eval",
+            "agent",
+        ],
+    );
+    let rx = Receiver::tcp();
+    let (mut child, gate) = gated(&agent, "late", &py(&agent, "late", &tcp_sender(rx.port)));
+    go(&gate);
+    let f = wait_fired(&agent, "exfil-agent", "late", Duration::from_secs(10)).unwrap_or_else(|| panic!("never fired; receiver got {}", rx.get()));
+    assert_eq!(f["outcome"], "applied by agent", "{f}");
+    assert!(f["evaluated"].as_str().unwrap().starts_with("agent"));
+    assert!(rx.flat_over(Duration::from_secs(2)), "receiver still getting bytes");
+    assert_eq!(levels(&agent, "late").1, "isolate");
+    let got = rx.get();
+    assert!(got > MB / 2, "agent-evaluated: got {got}");
+    eprintln!(
+        "agent-evaluated: received {got} bytes (threshold {MB}): {} after the threshold; crossing seen -> isolated {} µs",
+        got - MB,
+        f["exposure_window_us"]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -150,7 +150,11 @@ impl State {
                 armed.add(l, if l == killpath_common::level::DEGRADE { revoke } else { 0 });
             }
         }
-        let syscalls = self.tripwires.rules.values().any(|s| matches!(s.rule.metric(), crate::tripwire::Metric::Kernel { id: killpath_common::tripwire::metric::SYSCALLS, .. }));
+        let syscalls = self
+            .tripwires
+            .rules
+            .values()
+            .any(|s| matches!(s.rule.metric(), crate::tripwire::Metric::Kernel { id: killpath_common::tripwire::metric::SYSCALLS, .. }));
         if self.enforcer.maps.tripwire_syscalls != syscalls {
             // Every syscall on the host pays for this hook while it is attached.
             self.enforcer.maps.tripwire_syscalls = syscalls;
