@@ -91,13 +91,13 @@ pub fn charge_dest(id: u64, m: u32, arg: u32, amount: u64, dest: Option<Dest>) {
 #[inline(always)]
 fn rule(id: u64, slot: u32, r: &Rule, amount: u64, now: u64, dest: Option<Dest>) {
     let key = WindowKey { target: id, slot, _pad: 0 };
-    let w = match WINDOWS.get_ptr_mut(&key) {
+    let w = match WINDOWS.get_ptr_mut(key) {
         Some(w) => w,
         None => {
             // First event of this target for this rule. Another CPU may
             // insert at the same time: NOEXIST keeps the first.
-            let _ = WINDOWS.insert(&key, &Window { start_ns: now, ..Window::default() }, NOEXIST);
-            match WINDOWS.get_ptr_mut(&key) {
+            let _ = WINDOWS.insert(key, Window { start_ns: now, ..Window::default() }, NOEXIST);
+            match WINDOWS.get_ptr_mut(key) {
                 Some(w) => w,
                 None => return,
             }
@@ -126,7 +126,7 @@ fn rule(id: u64, slot: u32, r: &Rule, amount: u64, now: u64, dest: Option<Dest>)
             let dk = DestKey { target: id, window_start_ns: start, addr: d.addr, slot, port: d.port };
             // A destination counts once per window: only the insert that
             // creates the key counts.
-            if DESTS.insert(&dk, &1, NOEXIST).is_ok() {
+            if DESTS.insert(dk, 1, NOEXIST).is_ok() {
                 1
             } else {
                 0

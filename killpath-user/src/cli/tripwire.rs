@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::{client::protocol::Command, tripwire::RuleSpec};
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process, never moved around")]
 pub enum TripwireCmd {
     /// Arm a rule: when METRIC of a target goes above N within WINDOW, act.
     /// Critical degrade/isolate/stop rules on a kernel-counted metric act in
