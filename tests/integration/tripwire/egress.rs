@@ -24,7 +24,10 @@ fn tripwire_critical_egress_tcp_and_udp_isolate_in_kernel() {
         // From outside: the receiver stops getting bytes.
         assert!(rx.flat_over(Duration::from_secs(2)), "{name}: receiver still getting bytes after the crossing");
         let got = rx.get();
-        assert!(got > MB / 2 && got <= MB + 64 * 1024, "{name}: receiver got {got} bytes for a 1 MB threshold");
+        // UDP datagrams the receiver's socket buffer overflowed are lost
+        // outside killpath: only TCP bounds the count from below.
+        assert!(got <= MB + 64 * 1024, "{name}: receiver got {got} bytes for a 1 MB threshold");
+        assert!(name == "udp" || got > MB / 2, "{name}: receiver got only {got} bytes");
         let (lvl, klvl) = levels(&agent, name);
         assert_eq!((lvl.as_str(), klvl.as_str()), ("isolate", "isolate"));
         assert_eq!(fired_records(&agent, &rule).len(), 1);

@@ -170,3 +170,26 @@ fn tripwire_bad_rules_refused_and_bad_config_stops_the_agent() {
     assert_eq!(l["rules"][0]["from_config"], true);
     assert!(l["rules"][0]["evaluated"].as_str().unwrap().starts_with("in kernel"), "{l}");
 }
+
+/// A critical degrade rule on connects acts in the kernel: the crossing
+/// connect (the 21st) is already refused. Judged by the receiver outside,
+/// which gets one byte per connect that got through.
+#[test]
+fn tripwire_critical_connects_degrade_refuses_the_crossing_connect() {
+    let Some(agent) = Agent::start() else { return };
+    let rx = Receiver::tcp();
+    let (mut c, gate) = gated(&agent, "c", &py(&agent, "c", &connect_loop(rx.port)));
+    let r = add(&agent, &["burst", "--target", "c", "--metric", "connects", "--above", "20", "--window", "10s", "--action", "degrade", "--critical"]);
+    assert!(r["evaluated"].as_str().unwrap().contains("raises the level"), "{r}");
+    go(&gate);
+    let f = wait_fired(&agent, "burst", "c", Duration::from_secs(10)).expect("fired");
+    assert_eq!(f["outcome"], "raised in kernel", "{f}");
+    assert_eq!(f["value"], 21);
+    assert!(rx.flat_over(Duration::from_secs(1)));
+    assert_eq!(rx.get(), 20, "connects that got through (the 21st crosses and is refused)");
+    let st = agent.json(&["status", "c"]);
+    assert!(st["targets"][0]["revoked"].as_array().unwrap().iter().any(|c| c == "net.connect"), "{st}");
+    eprintln!("critical degrade on connects: 20 of 20 allowed connects through, crossing refused, window {} µs", f["exposure_window_us"]);
+    let _ = c.kill();
+    let _ = c.wait();
+}

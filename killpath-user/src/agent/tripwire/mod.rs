@@ -175,11 +175,14 @@ impl State {
             return Err(Error::InvalidRequest(format!("tripwire {:?} already exists (remove it first)", spec.name)));
         }
         let slot = self.free_slot()?;
+        // A fresh generation: crossings still queued from a rule removed
+        // from this slot are not taken for this one's.
+        let generation = self.tripwires.rules.values().map(|s| s.generation).max().unwrap_or(0).max((super::now_us() / 1_000_000) as u32) + 1;
         let name = spec.name.clone();
         let params = json!({"rule": spec, "slot": slot, "evaluated": rule.evaluated(), "mode": rule.mode.name()});
         self.execute(caller, "tripwire-add", None, params, |s| {
             s.enforcer.tripwire.clear_windows(slot, None);
-            s.tripwires.rules.insert(name.clone(), Stored { rule: rule.clone(), slot, generation: 1, from_config: false, fired: BTreeMap::new() });
+            s.tripwires.rules.insert(name.clone(), Stored { rule: rule.clone(), slot, generation, from_config: false, fired: BTreeMap::new() });
             s.save_tripwires()?;
             s.write_slot(&name)?;
             s.sync_tripwire_arming()?;
