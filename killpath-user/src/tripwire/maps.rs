@@ -36,6 +36,14 @@ impl TripwireMaps {
         self.windows.get(&WindowKey { target, slot, _pad: 0 }, 0).ok()
     }
 
+    /// Forgets the windows of targets not in `ids` (released).
+    pub fn retain_targets(&mut self, ids: &[u64]) {
+        let keys: Vec<WindowKey> = self.windows.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(&k.target)).collect();
+        for k in keys {
+            let _ = self.windows.remove(&k);
+        }
+    }
+
     /// Forgets a slot's windows (every target, or one): re-armed.
     pub fn clear_windows(&mut self, slot: u32, target: Option<u64>) {
         let keys: Vec<WindowKey> = self.windows.keys().filter_map(|k| k.ok()).filter(|k| k.slot == slot && target.is_none_or(|t| t == k.target)).collect();

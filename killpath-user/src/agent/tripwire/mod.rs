@@ -49,6 +49,8 @@ pub struct Tripwires {
     history: HashMap<(u32, u64), VecDeque<(std::time::Instant, u64)>>,
     /// What was last armed (targets counted, raise levels), to re-arm on change.
     armed: Option<(u32, Armed)>,
+    /// The registry's targets when windows were last pruned.
+    targets_seen: Option<Vec<u64>>,
 }
 
 impl State {
@@ -137,6 +139,15 @@ impl State {
     /// nothing changed; called after every rule change and every poll
     /// (a `*` rule covers targets adopted later).
     pub(super) fn sync_tripwire_arming(&mut self) -> Result<()> {
+        // Windows of released targets would fill the map: pruned whenever
+        // the set of targets changes.
+        let mut ids: Vec<u64> = self.registry.targets.values().map(|t| t.cgroup_id).collect();
+        ids.sort_unstable();
+        if self.tripwires.targets_seen.as_ref() != Some(&ids) {
+            self.enforcer.tripwire.retain_targets(&ids);
+            self.tripwires.history.retain(|(_, id), _| ids.contains(id));
+            self.tripwires.targets_seen = Some(ids);
+        }
         let mut counted = 0u32;
         let mut armed = Armed::default();
         let revoke = self.degrade_revoke_bits();
