@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod raise;
+pub mod tripwire;
 
 /// Enforcement level of a target. Levels are cumulative and ordered.
 pub mod level {

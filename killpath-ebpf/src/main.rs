@@ -38,6 +38,7 @@ mod raise;
 mod stop;
 mod targets;
 mod throttle;
+mod tripwire;
 
 // Only for the BPF target: on the host (clippy, `cargo check --workspace`)
 // std is linked through killpath-common's `user` feature and brings its own.

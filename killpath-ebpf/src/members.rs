@@ -216,6 +216,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
     // out for tasks of no target.
     let cur = bpf_get_current_pid_tgid();
     let m = of(cur as u32, (cur >> 32) as u32)?;
+    crate::tripwire::fork(m.target);
     let o = OFFSETS.get(0)?;
     if o.members_valid == 0 {
         return None;

@@ -26,5 +26,6 @@ pub mod state_dir;
 pub mod stop;
 pub mod target;
 pub mod throttle;
+pub mod tripwire;
 
 pub use error::{Error, Result};

@@ -134,6 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.degraded(&r);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Tripwire { cmd } => {
+            let r = call(&cli, &cmd.request())?;
+            killpath::cli::tripwire::print(cmd, &r, cli.json);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Escalate { name, to, skip_reason, reason } => {
             let cmd = Command::Escalate { name: name.clone(), to: to.clone(), skip_reason: skip_reason.clone(), reason: reason.clone() };
             let r = call(&cli, &cmd)?;

@@ -22,3 +22,4 @@ mod stop;
 mod tamper;
 mod targets;
 mod throttle;
+mod tripwire;

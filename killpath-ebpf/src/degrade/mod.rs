@@ -102,6 +102,11 @@ pub fn record(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin) {
 /// `audit::KEY_AUDIT`), so audit counts and real denials never mix.
 #[inline(always)]
 pub fn record_as(cgroup_id: u64, bit: u32, detail: Detail, origin: Origin, flag: u32) {
+    // Tripwires count real denials only (a would-be denial in audit mode
+    // is not one).
+    if flag != audit_bits::EVENT_AUDIT {
+        crate::tripwire::denial(cgroup_id, bit);
+    }
     let key = DenialKey { cgroup_id, cap: bit, _pad: if flag == audit_bits::EVENT_AUDIT { audit_bits::KEY_AUDIT } else { 0 } };
     match DENIALS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, this CPU's slot only.

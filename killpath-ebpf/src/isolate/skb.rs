@@ -9,6 +9,7 @@ use crate::{
     degrade::{self, Detail, Origin},
     targets,
     throttle::{self, Verdict},
+    tripwire,
 };
 
 /// cgroup_skb return codes.
@@ -35,6 +36,9 @@ pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
 
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let cfg = targets::config().ok_or(SKB_PASS)?;
+    // Tripwires first: a critical rule raises the level on the crossing
+    // packet, which the isolation check below then drops.
+    tripwire::skb(&cfg, ctx.skb.skb);
     // Level 3.
     if isolated_skb(&cfg, ctx) {
         return Ok(SKB_DROP);

@@ -18,7 +18,7 @@ use crate::{
     abi::SOCK_RAW,
     audit::{self, Subject},
     degrade::{self, Detail, Origin},
-    targets, throttle,
+    targets, throttle, tripwire,
 };
 
 /// sock_addr and sock return codes: allow, or refuse (EPERM unless the
@@ -38,19 +38,19 @@ pub fn kp_isolate_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn kp_isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
-    addr_verdict(&ctx, false)
+    addr_verdict(&ctx, false, false)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn kp_isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
-    addr_verdict(&ctx, true)
+    addr_verdict(&ctx, true, false)
 }
 
 /// connect: the address verdict, then, for an allowed connect, the
 /// socket's pacing rate (level 1).
 #[inline(always)]
 fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
-    let v = addr_verdict(ctx, v6);
+    let v = addr_verdict(ctx, v6, true);
     if v == ALLOW {
         throttle::egress::pace_socket(ctx.sock_addr);
     }
@@ -59,8 +59,11 @@ fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
 
 /// sock_addr verdict for the current task.
 #[inline(always)]
-fn addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
+fn addr_verdict(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
     let Some(cfg) = targets::config() else { return ALLOW };
+    // Tripwires first (connects, destinations): a critical rule raises the
+    // level on the crossing call, which the checks below then refuse.
+    tripwire::addr(&cfg, ctx, v6, is_connect);
     if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.syscall_throttled == 0 && cfg.audited_targets == 0 {
         return ALLOW;
     }

@@ -118,7 +118,7 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, limit: Limit, now: u64
 /// # Safety
 /// `p` must point to an aligned u64 that lives for the call.
 #[inline(always)]
-unsafe fn xadd(p: *mut u64, v: u64) {
+pub(crate) unsafe fn xadd(p: *mut u64, v: u64) {
     #[cfg(target_arch = "bpf")]
     // SAFETY: per the function's contract.
     unsafe {

@@ -36,7 +36,7 @@
 //! The sock_addr, cgroup_skb and TC programs are shared with isolate (one
 //! program per hook): they live in `isolate/` and call into this level.
 
-mod bucket;
+pub(crate) mod bucket;
 pub mod egress;
 pub mod syscalls;
 pub mod uring;

@@ -34,6 +34,12 @@ const PT_REGS_ORIG_AX: usize = 15 * 8;
 /// user space, before the task's next instruction.
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     let cfg = targets::config().ok_or(0i64)?;
+    // Attached while a target has a syscall ceiling or a `syscalls`
+    // tripwire exists (see the agent's throttle/hook.rs).
+    if cfg.syscall_throttled == 0 && !crate::tripwire::armed(&cfg) {
+        return Ok(0);
+    }
+    crate::tripwire::syscall(&cfg, ctx);
     if cfg.syscall_throttled == 0 {
         return Ok(0);
     }
@@ -43,13 +49,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if !in_a_target(cfg.throttle_depth_mask) {
         return Ok(0);
     }
-    // sys_exit(struct pt_regs *regs, long ret).
-    let regs: *const u8 = ctx.arg(0);
-    let ret: i64 = ctx.arg(1);
-    // SAFETY: bounded kernel read of one register slot.
-    let nr = unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX) as *const u64) }?;
-    let class = if nr < throttle::MAX_SYSCALL_NR as u64 { SYSCALL_CLASS.get(nr as u32).copied().unwrap_or(0) } else { 0 };
-    let specific = if class == 0 { throttle::ALL } else { class - 1 };
+    let (specific, ret) = class_of(ctx).ok_or(0i64)?;
     // The child's return from fork/clone passes here too (ret 0): the
     // fork was charged once already, in the parent.
     if specific == throttle::FORK && ret == 0 {
@@ -57,6 +57,18 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     }
     charge_op(cfg.throttle_depth_mask, specific);
     Ok(0)
+}
+
+/// The class of the syscall exiting (`throttle::ALL` for one in no
+/// class) and its return value. sys_exit(struct pt_regs *regs, long ret).
+#[inline(always)]
+pub(crate) fn class_of(ctx: &RawTracePointContext) -> Option<(u32, i64)> {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    // SAFETY: bounded kernel read of one register slot.
+    let nr = unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX) as *const u64) }.ok()?;
+    let class = if nr < throttle::MAX_SYSCALL_NR as u64 { SYSCALL_CLASS.get(nr as u32).copied().unwrap_or(0) } else { 0 };
+    Some((if class == 0 { throttle::ALL } else { class - 1 }, ret))
 }
 
 /// Charges one operation of class `specific` (or only `all`) done by the

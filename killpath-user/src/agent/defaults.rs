@@ -87,6 +87,9 @@ pub struct Escalation {
     pub throttle: ThrottleDefaults,
     #[serde(default)]
     pub degrade: DegradeDefaults,
+    /// `[[tripwires]]`: rules armed at start (see `crate::tripwire::RuleSpec`).
+    #[serde(default)]
+    pub tripwires: Vec<crate::tripwire::RuleSpec>,
 }
 
 impl Escalation {
@@ -98,6 +101,9 @@ impl Escalation {
         e.throttle.ceilings().validate().map_err(|err| Error::InvalidRequest(format!("{}: [throttle]: {err}", path.display())))?;
         for c in e.degrade.revoke.iter().flatten() {
             crate::degrade::bit(c).map_err(|err| Error::InvalidRequest(format!("{}: [degrade]: {err}", path.display())))?;
+        }
+        for r in &e.tripwires {
+            crate::tripwire::Rule::check(r).map_err(|err| Error::InvalidRequest(format!("{}: [[tripwires]]: {err}", path.display())))?;
         }
         Ok(e)
     }

@@ -125,6 +125,10 @@ impl State {
             }
             Command::DrillBegin { target } => self.drill_begin(caller, &target),
             Command::DrillEnd { report, restore } => self.drill_end(caller, &report, restore),
+            Command::TripwireAdd(spec) => self.tripwire_add(caller, spec),
+            Command::TripwireList {} => Ok(self.tripwire_list()),
+            Command::TripwireRemove { name } => self.tripwire_remove(caller, &name),
+            Command::TripwireRearm { name, target } => self.tripwire_rearm(caller, &name, target.as_deref()),
             Command::Capabilities {} => Ok(json!({"capabilities": self.capabilities()})),
             Command::Events {} => Err(Error::InvalidRequest("events is a subscription: the server handles it".into())),
             Command::Verify { name } => {

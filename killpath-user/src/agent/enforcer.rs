@@ -72,6 +72,9 @@ pub struct Enforcer {
     pub members_error: Option<String>,
     /// Escape attempts (membership); the agent takes it to read events.
     pub escape_events: Option<RingBuf<MapData>>,
+    /// Tripwire rules and windows, and their crossings (the agent takes the ring).
+    pub tripwire: crate::tripwire::maps::TripwireMaps,
+    pub tripwire_events: Option<RingBuf<MapData>>,
     /// Maps filled at load (struct offsets, syscall classes), kept open
     /// like the others.
     _filled: (Array<MapData, KernelOffsets>, Array<MapData, u32>),
@@ -177,6 +180,12 @@ impl Enforcer {
         let escape_events = Some(typed(&mut ebpf, maps::ESCAPE_EVENTS)?);
         let throttle_events = Some(typed(&mut ebpf, maps::THROTTLE_EVENTS)?);
         let denial_events = Some(typed(&mut ebpf, maps::DENIAL_EVENTS)?);
+        let tripwire = crate::tripwire::maps::TripwireMaps::from_object(&mut ebpf)?;
+        let tripwire_events = Some(typed(&mut ebpf, killpath_common::tripwire::maps::EVENTS)?);
+        // Tripwires' `execs`: one config read per exec on the host while no rule exists.
+        if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::tripwire::programs::EXEC, "sched_process_exec")? {
+            attached_now.push(killpath_common::tripwire::programs::EXEC);
+        }
         // Take over target states from an older build's maps (the higher
         // level wins), so the new programs enforce what the old ones did.
         for old in &old_generations {
@@ -216,6 +225,8 @@ impl Enforcer {
             signal_error: btf.signal_error,
             members_error: btf.members_error,
             escape_events,
+            tripwire,
+            tripwire_events,
             _filled: (offsets, syscall_classes),
             _filled_iouring: iouring_filled,
             pacer_maps,

@@ -26,6 +26,7 @@ mod stop;
 mod tamper;
 mod throttle;
 mod transaction;
+mod tripwire;
 
 use std::{
     path::{Path, PathBuf},
@@ -110,6 +111,8 @@ pub struct State {
     pub journal_head: anchor::SharedHead,
     /// Actions waiting for approval (`pending.json`).
     pub pending: pending::Store,
+    /// Tripwire rules, their firings, and the agent-evaluated ones' history.
+    pub tripwires: tripwire::Tripwires,
 }
 
 impl State {
@@ -148,15 +151,19 @@ impl State {
             drills: Default::default(),
             journal_head,
             pending,
+            tripwires: Default::default(),
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {
             m.set_agent(std::process::id());
         }
         state.mark_all_targets();
+        // Tripwire rules re-armed (a bad rule in --config stops the start),
+        // before raises are adopted so they name their rule.
+        state.load_tripwires()?;
         // Raises the kernel made while no agent ran (a tripwire, a lease).
         state.adopt_kernel_raises();
-        // Every feature has re-armed its targets by now (in `recover`).
+        // Every feature has re-armed its targets by now (tripwires just above).
         if let Err(e) = state.enforcer.maps.forget_previous_armed() {
             tracing::warn!("dropping the previous agent's armed counts: {e}");
         }
@@ -177,6 +184,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let mut state = state;
         let ring = state.enforcer.denial_events.take();
         let escapes = state.enforcer.escape_events.take();
+        let crossings = state.enforcer.tripwire_events.take();
         let state = std::sync::Arc::new(std::sync::Mutex::new(state));
         if let Some(rb) = ring {
             tokio::spawn(server::denial_reader(rb, state.clone()));
@@ -189,6 +197,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(tamper::link_watch(state.clone()));
         tokio::spawn(raise::raise_watch(state.clone()));
         tokio::spawn(pending::watch(state.clone()));
+        if let Some(rb) = crossings {
+            tokio::spawn(tripwire::crossing_reader(rb, state.clone()));
+        }
+        tokio::spawn(tripwire::eval_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

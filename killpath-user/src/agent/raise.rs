@@ -204,12 +204,8 @@ impl State {
         }
     }
 
-    // Placeholders until tripwires and leases land: each feature replaces
-    // its own with the rule or lease the raise came from.
-    fn tripwire_raise_context(&self, _name: &str, r: &Raise) -> (String, Value) {
-        ("tripwire".into(), json!({"rule_slot": r.detail}))
-    }
-
+    // Placeholder until leases land; tripwires name their rule in
+    // `agent/tripwire`.
     fn lease_raise_context(&self, _name: &str, r: &Raise) -> (String, Value) {
         ("lease expired".into(), json!({"lease": r.detail}))
     }

@@ -76,6 +76,7 @@ impl State {
                     "members": self.enforcer.maps.members.as_ref().map(|_| members.get(&t.cgroup_id).map_or(0, |s| s.len())),
                     "privileges": self.privileges(t),
                     "pending": self.pending_summary(&t.name),
+                    "tripwires_fired": self.tripwire_status(&t.name),
                 })
             })
             .collect();

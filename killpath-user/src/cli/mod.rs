@@ -1,6 +1,7 @@
 //! The command line: clap definitions (doc comments are the help text)
 //! and [`output`], the human rendering of results (`--json` prints them raw).
 pub mod output;
+pub mod tripwire;
 
 use std::path::PathBuf;
 
@@ -157,6 +158,11 @@ pub enum Cmd {
         /// Why (journaled and in the alert).
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Rules over kernel-observed metrics that raise a target's level.
+    Tripwire {
+        #[command(subcommand)]
+        cmd: tripwire::TripwireCmd,
     },
     /// Run the whole kill path on NAME (or a fresh canary), verify each
     /// level from outside, time it, put the target back, and report.

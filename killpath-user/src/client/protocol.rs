@@ -219,6 +219,18 @@ pub enum Command {
         #[serde(default)]
         anchor: Option<String>,
     },
+    /// Arm a tripwire rule.
+    TripwireAdd(crate::tripwire::RuleSpec),
+    /// Every rule, where it is evaluated, its windows now and firings.
+    TripwireList {},
+    /// Disarm and forget a rule.
+    TripwireRemove { name: String },
+    /// Let a fired rule fire again (for one target, or every target).
+    TripwireRearm {
+        name: String,
+        #[serde(default)]
+        target: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -245,6 +257,9 @@ impl Command {
                 | Self::Propose { .. }
                 | Self::Approve { .. }
                 | Self::Deny { .. }
+                | Self::TripwireAdd(..)
+                | Self::TripwireRemove { .. }
+                | Self::TripwireRearm { .. }
         )
     }
 
@@ -274,6 +289,10 @@ impl Command {
             Self::Pending {} => "pending",
             Self::Approve { .. } => "approve",
             Self::Deny { .. } => "deny",
+            Self::TripwireAdd(..) => "tripwire-add",
+            Self::TripwireList {} => "tripwire-list",
+            Self::TripwireRemove { .. } => "tripwire-remove",
+            Self::TripwireRearm { .. } => "tripwire-rearm",
         }
     }
 }
@@ -303,6 +322,10 @@ pub const COMMANDS: &[&str] = &[
     "pending",
     "approve",
     "deny",
+    "tripwire-add",
+    "tripwire-list",
+    "tripwire-remove",
+    "tripwire-rearm",
 ];
 
 /// A request that could not be decoded: the id (if one could be read) and

@@ -43,6 +43,10 @@ pub const PINNED: &[&str] = &[
     maps::PROTECTED_PIDS,
     maps::PROTECTED_DIRS,
     maps::RAISES,
+    killpath_common::tripwire::maps::RULES,
+    killpath_common::tripwire::maps::WINDOWS,
+    killpath_common::tripwire::maps::DESTS,
+    killpath_common::tripwire::maps::EVENTS,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's
@@ -65,6 +69,11 @@ pub struct Maps {
     /// (`kernel::raises`); counted into the global switches.
     /// None in the CLI's no-agent stop, which keeps what the agent armed.
     pub(crate) armed: Option<std::collections::BTreeMap<&'static str, super::raises::Armed>>,
+    /// Targets with a tripwire rule counted in the kernel (`agent/tripwire`);
+    /// None in the CLI's no-agent stop, which keeps what the agent set.
+    pub(crate) tripwire_targets: Option<u32>,
+    /// Some `syscalls` tripwire exists: the sys_exit hook stays attached.
+    pub(crate) tripwire_syscalls: bool,
 }
 
 /// The level-1 maps (methods in `throttle::maps`).
@@ -108,6 +117,8 @@ impl Maps {
             }),
             raises: Some(typed(ebpf, maps::RAISES)?),
             armed: None,
+            tripwire_targets: Some(0),
+            tripwire_syscalls: false,
         })
         .map(Self::seed_armed)
     }
@@ -133,6 +144,8 @@ impl Maps {
             }),
             raises: open_pin(gen, maps::RAISES, Map::HashMap).ok().and_then(|m| HashMap::try_from(m).ok()),
             armed: None,
+            tripwire_targets: None,
+            tripwire_syscalls: false,
         })
     }
 
@@ -232,6 +245,7 @@ impl Maps {
         cfg.isolated_targets += armed.isolate;
         cfg.stopped_targets += armed.stop;
         cfg.degraded_targets += armed.degrade;
+        cfg.tripwire_targets = self.tripwire_targets.unwrap_or_else(|| self.config().map_or(0, |c| c.tripwire_targets));
         for (_, st) in targets {
             cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
             if st.level >= level::STOPPED {

@@ -95,7 +95,8 @@ impl SyscallHook {
     /// An io_uring hook that fails to attach is reported, not fatal: the
     /// syscall ceilings hold without it.
     pub fn sync(&mut self, maps: &Maps) -> Result<bool> {
-        let want = maps.any_syscall_throttle();
+        // A `syscalls` tripwire needs the same hook (it counts there).
+        let want = maps.any_syscall_throttle() || maps.tripwire_syscalls;
         if want && !self.sys_exit.link_pin.exists() {
             self.attach(&self.sys_exit)?;
         } else if !want && self.sys_exit.link_pin.exists() {

@@ -1,0 +1,24 @@
+//! The `execs` metric: raw_tracepoint/sched_process_exec, attached by the
+//! agent at start (the tracepoint exists on every kernel killpath runs on;
+//! it fires in the task after a successful exec, once per exec). While no
+//! target has a rule it costs one config read per exec on the host.
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use killpath_common::tripwire::metric;
+
+use crate::targets;
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn kp_tripwire_exec(_ctx: RawTracePointContext) -> i32 {
+    try_exec().unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_exec() -> Option<i32> {
+    let cfg = targets::config()?;
+    if !super::armed(&cfg) {
+        return Some(0);
+    }
+    let (id, _) = targets::of_current_with_id(cfg.depth_mask)?;
+    super::charge(id, metric::EXECS, 0, 1);
+    Some(0)
+}
