@@ -4,6 +4,7 @@
 //! the eBPF programs (no_std, bpfel) and by the agent through aya maps.
 #![no_std]
 
+pub mod deadman;
 pub mod raise;
 
 /// Enforcement level of a target. Levels are cumulative and ordered.

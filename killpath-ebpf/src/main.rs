@@ -26,6 +26,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 mod abi;
+mod deadman;
 mod degrade;
 mod dentry;
 mod isolate;

@@ -17,7 +17,6 @@ use crate::maps::{RAISES, TARGETS};
 
 /// What to raise a target to, and why.
 #[derive(Clone, Copy)]
-#[expect(dead_code, reason = "callers (tripwires, leases) land next")]
 pub struct Request {
     pub level: u32,
     pub revoke: u32,
@@ -33,7 +32,6 @@ pub struct Request {
 /// to raise the same target: both write the same or a higher level, and
 /// the record with the higher level wins, so the outcome is the same.
 #[inline(always)]
-#[expect(dead_code, reason = "callers (tripwires, leases) land next")]
 pub fn raise(id: u64, req: Request) -> bool {
     let Some(p) = TARGETS.get_ptr_mut(id) else { return false };
     // SAFETY: map value pointer, valid for this program run.

@@ -119,6 +119,10 @@ impl State {
                 self.registry.get(&name)?;
                 self.execute(caller, "verify", Some(&name), Value::Null, |s| s.verify(&name))
             }
+            Command::Lease { name, ttl, on_expiry, renew, cancel } => {
+                let req = super::deadman::Request { ttl: ttl.as_deref(), on_expiry: on_expiry.as_deref(), renew, cancel };
+                self.lease(caller, &name, req)
+            }
             Command::Release { name } => {
                 self.registry.get(&name)?;
                 self.execute(caller, "release", Some(&name), Value::Null, |s| s.release(&name))

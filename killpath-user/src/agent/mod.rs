@@ -4,6 +4,7 @@
 mod anchor;
 mod caller;
 mod confinement;
+mod deadman;
 pub mod defaults;
 mod degrade;
 mod dispatch;
@@ -147,6 +148,10 @@ impl State {
         state.mark_all_targets();
         // Raises the kernel made while no agent ran (a tripwire, a lease).
         state.adopt_kernel_raises();
+        // Dead-man leases: read back from the kernel (the source of truth).
+        if let Err(e) = state.sync_leases() {
+            tracing::warn!("dead-man leases: {e}");
+        }
         let cfg = serde_json::to_vec_pretty(&state.config).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         std::fs::write(state.config.state_dir.join(AGENT_FILE), cfg).map_err(Error::io("writing agent.json"))?;
         Ok(state)
@@ -175,6 +180,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(throttle::rate_sampler(state.clone()));
         tokio::spawn(tamper::link_watch(state.clone()));
         tokio::spawn(raise::raise_watch(state.clone()));
+        tokio::spawn(deadman::lease_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

@@ -131,14 +131,9 @@ impl State {
         }
     }
 
-    // Placeholders until tripwires and leases land: each feature replaces
-    // its own with the rule or lease the raise came from.
+    // Placeholder until tripwires land (leases: agent/deadman.rs).
     fn tripwire_raise_context(&self, _name: &str, r: &Raise) -> (String, Value) {
         ("tripwire".into(), json!({"rule_slot": r.detail}))
-    }
-
-    fn lease_raise_context(&self, _name: &str, r: &Raise) -> (String, Value) {
-        ("lease expired".into(), json!({"lease": r.detail}))
     }
 }
 

@@ -72,6 +72,7 @@ impl State {
                     "escape_attempts": self.enforcer.maps.members.as_ref().map(|m| m.escapes(t.cgroup_id)),
                     "members": self.enforcer.maps.members.as_ref().map(|_| members.get(&t.cgroup_id).map_or(0, |s| s.len())),
                     "privileges": self.privileges(t),
+                    "lease": self.lease_status(t.cgroup_id),
                 })
             })
             .collect();

@@ -405,6 +405,17 @@ impl Output {
         let _ = std::io::stdout().flush();
     }
 
+    pub fn lease(&self, name: &str, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        match r.get("lease") {
+            _ if r["cancelled"] == true => println!("lease on {name} cancelled after {} renewals", s(&r["renewals"])),
+            Some(l) => println!("lease on {name}: {} in {} ms unless renewed (ttl {} ms, {} renewals)", s(&l["on_expiry"]), s(&l["time_left_ms"]), s(&l["ttl_ms"]), s(&l["renewals"])),
+            None => println!("{r}"),
+        }
+    }
+
     pub fn released(&self, r: &Value) {
         if self.raw(r) {
             return;

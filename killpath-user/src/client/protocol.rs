@@ -162,6 +162,19 @@ pub enum Command {
     Verify { name: String },
     /// Forget a target and lift its enforcement.
     Release { name: String },
+    /// Dead-man lease: arm (`ttl` + `on_expiry`), `renew` or `cancel`.
+    #[serde(rename_all = "snake_case")]
+    Lease {
+        name: String,
+        #[serde(default)]
+        ttl: Option<String>,
+        #[serde(default)]
+        on_expiry: Option<String>,
+        #[serde(default)]
+        renew: bool,
+        #[serde(default)]
+        cancel: bool,
+    },
     /// Journal records with seq greater than `after`.
     Journal {
         #[serde(default)]
@@ -188,6 +201,7 @@ impl Command {
                 | Self::Adopt { .. }
                 | Self::Stop { .. }
                 | Self::Release { .. }
+                | Self::Lease { .. }
                 | Self::Isolate { .. }
                 | Self::Restore { .. }
                 | Self::Verify { .. }
@@ -209,6 +223,7 @@ impl Command {
             Self::Status { .. } => "status",
             Self::Stop { .. } => "stop",
             Self::Release { .. } => "release",
+            Self::Lease { .. } => "lease",
             Self::Isolate { .. } => "isolate",
             Self::Degrade { .. } => "degrade",
             Self::Throttle { .. } => "throttle",
@@ -234,6 +249,7 @@ pub const COMMANDS: &[&str] = &[
     "status",
     "stop",
     "release",
+    "lease",
     "isolate",
     "degrade",
     "throttle",
