@@ -95,6 +95,20 @@ pub async fn lease_watch(state: Arc<Mutex<State>>) {
     }
 }
 
+/// What `probe` says of the dead-man lease on this kernel.
+pub fn probe(f: &crate::kernel::probe::KernelFeatures) -> super::probe::LevelSupport {
+    let perf = f.available("perf_event");
+    let link = aya::features().bpf_perf_link();
+    let detail = match (perf, link) {
+        (true, true) => {
+            "expiry enforced by the kernel (perf_event cpu-clock tick every 1 ms, pinned bpf_link), with or without the agent, idle targets included".into()
+        }
+        (false, _) => "UNAVAILABLE: perf_event programs refused; `lease` is refused with this error, never armed unenforced".into(),
+        (true, false) => "UNAVAILABLE: no perf_event bpf_link (Linux < 5.15): the tick could not outlive the agent; `lease` is refused".into(),
+    };
+    super::probe::LevelSupport { level: "dead-man lease".into(), enforceable: perf && link, detail }
+}
+
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }

@@ -67,7 +67,7 @@ fn lease_expiry_isolates_and_stops_with_agent_alive() {
     sleep_until(deadline + 500_000_000);
     // Isolate: the receiver outside got nothing after the deadline (+50 ms).
     let last = rx.last_ns();
-    assert!(last <= deadline + BOUND_NS, "datagram received {:.1} ms after the deadline", ms(last.saturating_sub(deadline)));
+    assert!(last <= deadline + BOUND_NS, "a datagram sent {:.1} ms after the deadline got out", ms(last.saturating_sub(deadline)));
     let c = rx.count();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rx.count(), c, "datagrams still arrive after the lease expired");
@@ -113,7 +113,7 @@ fn lease_expiry_with_agent_killed() {
     assert!(ktime_ns() < deadline, "the agent died after the deadline: the test proves nothing");
     sleep_until(deadline.max(deadline2) + 500_000_000);
     let last = rx.last_ns();
-    assert!(last <= deadline + BOUND_NS, "agent dead: datagram received {:.1} ms after the deadline", ms(last.saturating_sub(deadline)));
+    assert!(last <= deadline + BOUND_NS, "agent dead: a datagram sent {:.1} ms after the deadline got out", ms(last.saturating_sub(deadline)));
     let last2 = rx2.last_ns();
     assert!(last2 <= deadline2 + BOUND_NS, "agent dead: stop lease let a datagram out {:.1} ms after", ms(last2.saturating_sub(deadline2)));
     // The stopped sender dies at its next context switch (the guard).

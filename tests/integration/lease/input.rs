@@ -33,6 +33,18 @@ fn lease_bad_input_refused() {
 }
 
 #[test]
+fn lease_probe_reports_the_kernel_tick() {
+    let Some(agent) = Agent::start() else { return };
+    let r = agent.json(&["probe"]);
+    let row = r["levels"].as_array().into_iter().flatten().find(|l| l["level"] == "dead-man lease").cloned().unwrap_or_default();
+    let perf = r["program_types"].as_array().into_iter().flatten().find(|p| p["program_type"] == "perf_event").cloned().unwrap_or_default();
+    // Both the host (6.x) and the VM (6.1) have perf_event bpf_links (5.15+).
+    assert_eq!(perf["available"], true, "{perf}");
+    assert_eq!(row["enforceable"], true, "{row}");
+    assert!(row["detail"].as_str().unwrap_or("").contains("without the agent"), "{row}");
+}
+
+#[test]
 fn lease_renew_refused_from_inside_the_target() {
     let Some(agent) = Agent::start() else { return };
     let out = agent.dir.path().join("inside.out");

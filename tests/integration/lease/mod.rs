@@ -27,7 +27,9 @@ pub(crate) fn ktime_ns() -> u64 {
 }
 
 /// A UDP receiver on 127.0.0.1, outside every target: counts datagrams and
-/// keeps the kernel time of the last one.
+/// keeps the latest send time among them (the sender writes its
+/// CLOCK_MONOTONIC into each, so a datagram read late is not mistaken for
+/// one sent late).
 pub(crate) struct Receiver {
     pub port: u16,
     count: Arc<AtomicU64>,
@@ -46,8 +48,10 @@ impl Receiver {
             let mut buf = [0u8; 2048];
             while !d.load(Ordering::SeqCst) {
                 if let Ok(n) = s.recv(&mut buf) {
-                    if buf[..n].starts_with(b"kp-lease") {
-                        l.store(ktime_ns(), Ordering::SeqCst);
+                    // The sender's CLOCK_MONOTONIC at the send (the
+                    // deadline's clock): what got out, and when it left.
+                    if let Some(sent) = std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.strip_prefix("kp-lease ")).and_then(|t| t.parse::<u64>().ok()) {
+                        l.fetch_max(sent, Ordering::SeqCst);
                         c.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -60,7 +64,7 @@ impl Receiver {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Kernel time of the last datagram received.
+    /// Send time (CLOCK_MONOTONIC) of the latest datagram received.
     pub(crate) fn last_ns(&self) -> u64 {
         self.last_ns.load(Ordering::SeqCst)
     }
@@ -83,7 +87,7 @@ impl Drop for Receiver {
 /// (errors ignored, so a refused send does not end it).
 pub(crate) fn sender(agent: &Agent, name: &str, port: u16) -> Child {
     let script = format!(
-        "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nwhile True:\n    try: s.sendto(b'kp-lease',('127.0.0.1',{port}))\n    except OSError: pass\n    time.sleep(0.001)\n"
+        "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nwhile True:\n    try: s.sendto(b'kp-lease %d' % time.monotonic_ns(),('127.0.0.1',{port}))\n    except OSError: pass\n    time.sleep(0.001)\n"
     );
     agent.run_bg(name, &["python3", "-c", &script], 1)
 }
