@@ -59,8 +59,9 @@ fn after_us(t: u64, deadline: u64) -> f64 {
 pub(super) fn lease(sb: &mut Sandbox, _p: &Params, s: &mut Section) -> Result<()> {
     s.title = "Dead-man lease: expiry to effect, agent SIGKILLed before the deadline".into();
     s.description = format!(
-        "{REPS} repetitions, active and idle alternating. A lease of {TTL_MS} ms is armed over the socket, then \
-         the agent is SIGKILLed at once (before the deadline); the kernel's tick (perf_event cpu-clock, 1 ms, \
+        "{REPS} repetitions, active and idle alternating. A lease of {TTL_MS} ms is armed over the socket and \
+         renewed once 2.0–2.9 ms later (so the deadline falls at a different point of the tick's period in \
+         each run), then the agent is SIGKILLed at once (before the deadline); the kernel's tick (perf_event cpu-clock, 1 ms, \
          pinned) enforces it alone. **active**: a UDP sender inside the target sends as fast as it can to a \
          receiver outside; lease to isolate; each datagram carries its send time \
          (CLOCK_MONOTONIC, the deadline's clock); sample = send time of the latest datagram the receiver \
@@ -96,10 +97,15 @@ pub(super) fn lease(sb: &mut Sandbox, _p: &Params, s: &mut Section) -> Result<()
                     r.wait_flowing()?;
                 }
                 let level = if active { "isolate" } else { "stop" };
-                let (_, armed) = sb.call(
+                sb.call(
                     "lease",
                     json!({"name": name, "ttl": format!("{TTL_MS}ms"), "on_expiry": level}),
                 )?;
+                // The tick is attached with the first lease, so its phase
+                // follows the arm; one renewal at a varying offset puts the
+                // deadline anywhere within the tick's 1 ms period.
+                thread::sleep(Duration::from_micros(2_000 + 97 * rep as u64));
+                let (_, armed) = sb.call("lease", json!({"name": name, "renew": true}))?;
                 let deadline = armed["lease"]["deadline_ktime_ns"]
                     .as_u64()
                     .ok_or_else(|| anyhow!("no deadline in {armed}"))?;
