@@ -192,7 +192,7 @@ impl State {
         }
         let renewed =
             Lease { deadline_ns: now + l.ttl_ns, renewed_ns: now, renewals: l.renewals + 1, renew_uid: caller.uid, renew_pid: caller.pid as u32, ..l };
-        let journaled = renewed.renewals == 1 || renewed.renewals % RENEW_JOURNAL_EVERY == 0;
+        let journaled = renewed.renewals == 1 || renewed.renewals.is_multiple_of(RENEW_JOURNAL_EVERY);
         let apply = move |s: &mut Self| -> Result<Done> {
             s.enforcer.leases.set(slot, renewed)?;
             // The tick may have expired the lease between the read above and

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use super::{ktime_ns, lease, lease_raises, pids, sender, Receiver};
-use crate::harness::{alive, wait_until, Agent};
+use crate::{
+    harness::{alive, wait_until, Agent},
+    support::process::run_bg,
+};
 
 /// Latest a datagram may reach the receiver after the deadline.
 const BOUND_NS: u64 = 50_000_000;
@@ -57,7 +60,7 @@ fn lease_expiry_isolates_and_stops_with_agent_alive() {
     let Some(agent) = Agent::start() else { return };
     let rx = Receiver::start();
     let _w = sender(&agent, "iso", rx.port);
-    let _idle = agent.run_bg("idle", &["sh", "-c", "sleep 1000 & sleep 1000"], 2);
+    let _idle = run_bg(&agent, "idle", &["sh", "-c", "sleep 1000 & sleep 1000"], 2);
     rx.assert_flowing("before the lease");
     let idle_pids = pids(&agent, "idle");
     agent.json(&["lease", "iso", "--ttl", "1s", "--on-expiry", "isolate"]);

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use super::lease;
-use crate::harness::{wait_until, Agent};
+use crate::{
+    harness::{wait_until, Agent},
+    support::process::run_bg,
+};
 
 fn refused(agent: &Agent, args: &[&str], needle: &str) {
     let out = agent.kp(args);
@@ -15,7 +18,7 @@ fn refused(agent: &Agent, args: &[&str], needle: &str) {
 #[test]
 fn lease_bad_input_refused() {
     let Some(agent) = Agent::start() else { return };
-    let _w = agent.run_bg("t", &["sleep", "1000"], 1);
+    let _w = run_bg(&agent, "t", &["sleep", "1000"], 1);
     refused(&agent, &["lease", "t", "--ttl", "0s", "--on-expiry", "isolate"], "more than 0");
     refused(&agent, &["lease", "t", "--ttl", "10x", "--on-expiry", "isolate"], "unit");
     refused(&agent, &["lease", "nope", "--ttl", "1s", "--on-expiry", "isolate"], "unknown target");
@@ -56,7 +59,7 @@ fn lease_renew_refused_from_inside_the_target() {
         bin = crate::harness::BIN,
         o = out.display()
     );
-    let _w = agent.run_bg("self", &["sh", "-c", &script], 1);
+    let _w = run_bg(&agent, "self", &["sh", "-c", &script], 1);
     agent.json(&["lease", "self", "--ttl", "20s", "--on-expiry", "isolate"]);
     std::fs::write(&go, "").expect("go file");
     let text = || std::fs::read_to_string(&out).unwrap_or_default();

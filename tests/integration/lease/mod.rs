@@ -7,7 +7,6 @@ mod input;
 
 use std::{
     net::UdpSocket,
-    process::Child,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -18,7 +17,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::Agent;
+use crate::{
+    harness::Agent,
+    support::process::{run_bg, Reaped},
+};
 
 /// CLOCK_MONOTONIC in ns (bpf_ktime_get_ns's clock).
 pub(crate) fn ktime_ns() -> u64 {
@@ -85,11 +87,11 @@ impl Drop for Receiver {
 
 /// Runs target `name`: a UDP sender to `port`, one datagram per ms
 /// (errors ignored, so a refused send does not end it).
-pub(crate) fn sender(agent: &Agent, name: &str, port: u16) -> Child {
+pub(crate) fn sender(agent: &Agent, name: &str, port: u16) -> Reaped {
     let script = format!(
         "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nwhile True:\n    try: s.sendto(b'kp-lease %d' % time.monotonic_ns(),('127.0.0.1',{port}))\n    except OSError: pass\n    time.sleep(0.001)\n"
     );
-    agent.run_bg(name, &["python3", "-c", &script], 1)
+    run_bg(agent, name, &["python3", "-c", &script], 1)
 }
 
 /// The lease of `name` in `status`.
