@@ -27,6 +27,7 @@
 
 mod abi;
 mod audit;
+mod deadman;
 mod degrade;
 mod dentry;
 mod isolate;

@@ -208,6 +208,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_probe::run(args);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Lease { name, ttl, on_expiry, renew, cancel } => {
+            let r = call(&cli, &Command::Lease { name: name.clone(), ttl: ttl.clone(), on_expiry: on_expiry.clone(), renew: *renew, cancel: *cancel })?;
+            out.lease(name, &r);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Release { name } => {
             let r = call(&cli, &Command::Release { name: name.clone() })?;
             out.released(&r);

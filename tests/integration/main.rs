@@ -12,6 +12,7 @@ mod drill;
 mod fallback;
 mod isolate;
 mod journal;
+mod lease;
 mod membership;
 mod privileges;
 mod probe;

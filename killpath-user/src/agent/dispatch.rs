@@ -142,6 +142,10 @@ impl State {
             Command::Pending {} => Ok(self.pending_list()),
             Command::Approve { id, reason } => self.approve(caller, id, reason.as_deref(), received),
             Command::Deny { id, reason } => self.deny(caller, id, reason.as_deref().unwrap_or_default()),
+            Command::Lease { name, ttl, on_expiry, renew, cancel } => {
+                let req = super::deadman::Request { ttl: ttl.as_deref(), on_expiry: on_expiry.as_deref(), renew, cancel };
+                self.lease(caller, &name, req)
+            }
             Command::Release { name } => {
                 self.registry.get(&name)?;
                 // A raise the kernel made on this target is journaled first.

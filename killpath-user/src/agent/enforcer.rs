@@ -58,6 +58,8 @@ pub struct Enforcer {
     pub isolate: IsolatePrograms,
     /// Level-1 sys_exit hook, attached only while a syscall ceiling exists.
     pub syscall_hook: throttle::hook::SyscallHook,
+    /// Dead-man leases: their map and the tick that enforces them.
+    pub leases: crate::kernel::deadman::Leases,
     /// Why BPF LSM hooks are not attached (None: attached and running).
     pub lsm_error: Option<String>,
     /// Sampled denials (level 2); the agent takes it to read events.
@@ -162,6 +164,11 @@ impl Enforcer {
         let iouring = btf::iouring_submit();
         let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
         let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone(), iouring.map(|i| i.tracepoint))?;
+        let leases = crate::kernel::deadman::Leases::load(&mut ebpf, &gen, &old_generations, &mut attached_now, links.clone())?;
+        // A previous agent's live leases stay counted in the global switches
+        // from the first write on (the agent re-counts them once its
+        // registry is loaded): a gap would let the tick skip a deadline.
+        maps.set_armed("lease", leases.armed())?;
         // The pacer's own handles on the buckets and the targets' levels
         // (it runs on its own thread, outside the agent's state lock).
         let pacer_maps = throttle::pacer::PacerMaps::open(&gen)
@@ -218,6 +225,7 @@ impl Enforcer {
             attached_now,
             isolate,
             syscall_hook,
+            leases,
             lsm_error,
             denial_events,
             throttle_events,

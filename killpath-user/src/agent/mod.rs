@@ -5,6 +5,7 @@ mod anchor;
 mod audit;
 mod caller;
 mod confinement;
+mod deadman;
 pub mod defaults;
 mod degrade;
 mod dispatch;
@@ -163,7 +164,11 @@ impl State {
         state.load_tripwires()?;
         // Raises the kernel made while no agent ran (a tripwire, a lease).
         state.adopt_kernel_raises();
-        // Every feature has re-armed its targets by now (tripwires just above).
+        // Dead-man leases: read back from the kernel (the source of truth).
+        if let Err(e) = state.sync_leases() {
+            tracing::warn!("dead-man leases: {e}");
+        }
+        // Every feature has re-armed its targets by now (tripwires and leases just above).
         if let Err(e) = state.enforcer.maps.forget_previous_armed() {
             tracing::warn!("dropping the previous agent's armed counts: {e}");
         }
@@ -201,6 +206,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             tokio::spawn(tripwire::crossing_reader(rb, state.clone()));
         }
         tokio::spawn(tripwire::eval_watch(state.clone()));
+        tokio::spawn(deadman::lease_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}

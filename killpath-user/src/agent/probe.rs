@@ -100,6 +100,7 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
             },
         },
     );
+    levels.push(super::deadman::probe(&f));
     let btf = btf::resolve();
     let lsm = (!f.lsm_available).then(|| "unavailable on this kernel".to_owned());
     let protections = crate::protect::statuses(lsm.as_deref(), btf.protect_error.as_deref());

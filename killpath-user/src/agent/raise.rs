@@ -203,12 +203,6 @@ impl State {
             c => (format!("unknown cause {c}"), Value::Null),
         }
     }
-
-    // Placeholder until leases land; tripwires name their rule in
-    // `agent/tripwire`.
-    fn lease_raise_context(&self, _name: &str, r: &Raise) -> (String, Value) {
-        ("lease expired".into(), json!({"lease": r.detail}))
-    }
 }
 
 /// CLOCK_MONOTONIC now, in ns: the clock bpf_ktime_get_ns reads.

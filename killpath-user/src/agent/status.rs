@@ -77,6 +77,7 @@ impl State {
                     "privileges": self.privileges(t),
                     "pending": self.pending_summary(&t.name),
                     "tripwires_fired": self.tripwire_status(&t.name),
+                    "lease": self.lease_status(t.cgroup_id),
                 })
             })
             .collect();

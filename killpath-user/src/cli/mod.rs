@@ -298,6 +298,23 @@ pub enum Cmd {
         #[arg(long, required = true)]
         reason: String,
     },
+    /// Dead-man lease on NAME: unless renewed before its deadline, the kernel itself
+    /// isolates or stops NAME, even with the agent dead. Arm: --ttl 30s --on-expiry isolate|stop.
+    Lease {
+        name: String,
+        /// Arm (or replace) the lease with this ttl (500ms, 30s, 2m, 1h).
+        #[arg(long, conflicts_with_all = ["renew", "cancel"], requires = "on_expiry")]
+        ttl: Option<String>,
+        /// What the target goes to when the lease expires: isolate or stop.
+        #[arg(long, requires = "ttl")]
+        on_expiry: Option<String>,
+        /// Move the deadline to now + ttl (a controller calls this before each deadline).
+        #[arg(long, conflicts_with = "cancel")]
+        renew: bool,
+        /// Remove the lease: nothing happens at its deadline.
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Show the action journal.
     Journal {
         /// Keep printing new records as they are written.

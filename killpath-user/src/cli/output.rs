@@ -130,6 +130,18 @@ impl Output {
                     println!("{:<22}needs the agent: {}", "", s(&th["needs_agent"]));
                 }
             }
+            let l = &t["lease"];
+            if !l.is_null() {
+                let when = if l["expired"] == true { "EXPIRED".to_owned() } else { format!("{} ms left", s(&l["time_left_ms"])) };
+                println!(
+                    "{:<20} LEASE: {} at deadline (ktime {} ns), {when}; ttl {} ms, {} renewals",
+                    "",
+                    s(&l["on_expiry"]),
+                    s(&l["deadline_ktime_ns"]),
+                    s(&l["ttl_ms"]),
+                    s(&l["renewals"])
+                );
+            }
             if let Some(n) = t["escape_attempts"].as_u64().filter(|n| *n > 0) {
                 println!("{:<20} ESCAPE ATTEMPTS: {n} (tasks that left the target's cgroup; see the journal)", "");
             }
@@ -412,6 +424,23 @@ impl Output {
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+    }
+
+    pub fn lease(&self, name: &str, r: &Value) {
+        if self.raw(r) {
+            return;
+        }
+        match r.get("lease") {
+            _ if r["cancelled"] == true => println!("lease on {name} cancelled after {} renewals", s(&r["renewals"])),
+            Some(l) => println!(
+                "lease on {name}: {} in {} ms unless renewed (ttl {} ms, {} renewals)",
+                s(&l["on_expiry"]),
+                s(&l["time_left_ms"]),
+                s(&l["ttl_ms"]),
+                s(&l["renewals"])
+            ),
+            None => println!("{r}"),
+        }
     }
 
     pub fn released(&self, r: &Value) {

@@ -208,6 +208,19 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Dead-man lease: arm (`ttl` + `on_expiry`), `renew` or `cancel`.
+    #[serde(rename_all = "snake_case")]
+    Lease {
+        name: String,
+        #[serde(default)]
+        ttl: Option<String>,
+        #[serde(default)]
+        on_expiry: Option<String>,
+        #[serde(default)]
+        renew: bool,
+        #[serde(default)]
+        cancel: bool,
+    },
     /// Journal records with seq greater than `after`.
     Journal {
         #[serde(default)]
@@ -246,6 +259,7 @@ impl Command {
                 | Self::Adopt { .. }
                 | Self::Stop { .. }
                 | Self::Release { .. }
+                | Self::Lease { .. }
                 | Self::Isolate { .. }
                 | Self::Restore { .. }
                 | Self::Verify { .. }
@@ -273,6 +287,7 @@ impl Command {
             Self::Status { .. } => "status",
             Self::Stop { .. } => "stop",
             Self::Release { .. } => "release",
+            Self::Lease { .. } => "lease",
             Self::Isolate { .. } => "isolate",
             Self::Degrade { .. } => "degrade",
             Self::Throttle { .. } => "throttle",
@@ -306,6 +321,7 @@ pub const COMMANDS: &[&str] = &[
     "status",
     "stop",
     "release",
+    "lease",
     "isolate",
     "degrade",
     "throttle",

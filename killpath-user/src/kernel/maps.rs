@@ -47,6 +47,7 @@ pub const PINNED: &[&str] = &[
     killpath_common::tripwire::maps::WINDOWS,
     killpath_common::tripwire::maps::DESTS,
     killpath_common::tripwire::maps::EVENTS,
+    killpath_common::deadman::MAP,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's
@@ -246,6 +247,12 @@ impl Maps {
         cfg.stopped_targets += armed.stop;
         cfg.degraded_targets += armed.degrade;
         cfg.tripwire_targets = self.tripwire_targets.unwrap_or_else(|| self.config().map_or(0, |c| c.tripwire_targets));
+        // Dead-man leases: the targets the agent's lease feature arms
+        // (agent/deadman.rs); the no-agent stop keeps what the agent set.
+        cfg.leased_targets = match &self.armed {
+            Some(by_feature) => by_feature.get("lease").map_or(0, |a| a.isolate + a.stop + a.degrade),
+            None => self.config().map_or(0, |c| c.leased_targets),
+        };
         for (_, st) in targets {
             cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
             if st.level >= level::STOPPED {

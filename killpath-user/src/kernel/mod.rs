@@ -16,6 +16,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod cgroup_id;
+pub mod deadman;
 pub mod durable;
 pub mod links;
 pub mod maps;

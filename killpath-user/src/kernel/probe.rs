@@ -143,6 +143,10 @@ pub fn features(cgroup_parent: Option<&Path>) -> KernelFeatures {
                 prog!(ebpf, programs::GUARD_SYS_ENTER, RawTracePoint).and_then(|p| load_ok("raw_tracepoint (stop guard)", p.load())),
             ));
             program_types.push(support("tracepoint", prog!(ebpf, programs::PROBE_TRACEPOINT, TracePoint).and_then(|p| load_ok("tracepoint", p.load()))));
+            // The dead-man lease's tick itself (agent/deadman.rs).
+            let tick =
+                prog!(ebpf, killpath_common::deadman::PROGRAM, aya::programs::PerfEvent).and_then(|p| load_ok("perf_event (dead-man lease tick)", p.load()));
+            program_types.push(support("perf_event", tick));
         }
     }
     KernelFeatures {

@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`throttle`], [`overhead`], [`exposure`]); [`section`] and [`report`] hold the results
+//! [`throttle`], [`overhead`], [`exposure`], [`lease`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -38,6 +38,7 @@ mod exposure;
 mod fork_bomb;
 mod helper;
 mod isolate;
+mod lease;
 mod overhead;
 mod report;
 mod sandbox;
@@ -57,6 +58,10 @@ pub struct Args {
     /// (instead of 5).
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
+    /// throttle, overhead, lease); repeatable. Default: all.
+    #[arg(long)]
+    only: Vec<String>,
 }
 
 /// Repetitions of each benchmark.
@@ -104,17 +109,21 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let mut sections = Vec::new();
     match sb.start_agent() {
         Ok(()) => {
-            sections.push(run_section(
-                &mut sb,
-                &params,
-                "hard_stop_fork_bomb",
-                fork_bomb::hard_stop_fork_bomb,
-            ));
-            sections.push(run_section(&mut sb, &params, "isolate", isolate::isolate));
-            sections.push(run_section(&mut sb, &params, "stop_single", stop_single::stop_single));
-            sections.push(run_section(&mut sb, &params, "throttle", throttle::throttle));
-            sections.push(run_section(&mut sb, &params, "overhead", overhead::overhead));
-            sections.push(run_section(&mut sb, &params, "exposure", exposure::exposure));
+            type Bench = fn(&mut Sandbox, &Params, &mut Section) -> Result<()>;
+            let all: [(&'static str, Bench); 7] = [
+                ("hard_stop_fork_bomb", fork_bomb::hard_stop_fork_bomb),
+                ("isolate", isolate::isolate),
+                ("stop_single", stop_single::stop_single),
+                ("throttle", throttle::throttle),
+                ("overhead", overhead::overhead),
+                ("lease", lease::lease),
+                ("exposure", exposure::exposure),
+            ];
+            for (id, f) in all {
+                if args.only.is_empty() || args.only.iter().any(|o| o == id) {
+                    sections.push(run_section(&mut sb, &params, id, f));
+                }
+            }
         }
         Err(e) => {
             let mut s = Section::new("agent", "Agent start");

@@ -175,6 +175,11 @@ impl Sandbox {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// SIGKILLs the agent (a crash: its pins stay, enforcement goes on).
+    pub(super) fn kill_agent(&mut self) {
+        self.inner.kill_agent();
+    }
+
     /// One request over the socket: the client wall time and the result.
     pub(super) fn call(&mut self, cmd: &str, args: Value) -> Result<(Duration, Value)> {
         Ok(self.inner.call(cmd, args)?)
