@@ -59,16 +59,7 @@ impl State {
                 r
             }
             level::DEGRADE => {
-                let revoke: Vec<String> = match &esc.degrade.revoke {
-                    Some(r) => r.clone(),
-                    None => {
-                        let caps = self.capabilities();
-                        crate::agent::defaults::default_revoke()
-                            .filter(|c| caps.iter().any(|k| k.name == c.name() && k.enforceable))
-                            .map(|c| c.name().to_owned())
-                            .collect()
-                    }
-                };
+                let revoke = self.default_revoke_names();
                 let plan = self.plan_degrade(name, &revoke, &esc.degrade.allow_connect, &esc.degrade.allow_write)?;
                 params["defaults"] = json!({"revoke": revoke, "allow_connect": esc.degrade.allow_connect, "allow_write": esc.degrade.allow_write});
                 let r = self.execute(caller, "escalate", Some(name), params, |s| s.degrade(name, plan, received))?;
@@ -91,5 +82,21 @@ impl State {
         result["skipped"] = json!(skipped);
         result["escalated_from"] = json!(level_name(from));
         Ok(result)
+    }
+
+    /// Capabilities a degrade with the configured defaults revokes: the
+    /// `[degrade] revoke` list, or every capability revoked by default
+    /// that this kernel can enforce.
+    pub(super) fn default_revoke_names(&self) -> Vec<String> {
+        match &self.config.escalation.degrade.revoke {
+            Some(r) => r.clone(),
+            None => {
+                let caps = self.capabilities();
+                crate::agent::defaults::default_revoke()
+                    .filter(|c| caps.iter().any(|k| k.name == c.name() && k.enforceable))
+                    .map(|c| c.name().to_owned())
+                    .collect()
+            }
+        }
     }
 }

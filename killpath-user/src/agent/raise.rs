@@ -41,7 +41,7 @@ pub async fn raise_watch(state: Arc<Mutex<State>>) {
     loop {
         tick.tick().await;
         n = n.wrapping_add(1);
-        let levels = n % LEVELS_EVERY == 0;
+        let levels = n.is_multiple_of(LEVELS_EVERY);
         let pending = state.lock().unwrap_or_else(PoisonError::into_inner).enforcer.maps.raises();
         if pending.is_empty() && !levels {
             continue;

@@ -99,7 +99,7 @@ fn open_pin(gen: &Path, name: &str, wrap: fn(MapData) -> Map) -> Result<Map> {
 impl Maps {
     /// Takes every map's handle out of a freshly loaded object.
     pub fn from_object(ebpf: &mut Ebpf) -> Result<Self> {
-        Ok(Self {
+        let maps = Self {
             targets: typed(ebpf, maps::TARGETS)?,
             config: typed(ebpf, maps::GUARD_CONFIG)?,
             kills: typed(ebpf, maps::GUARD_KILLS)?,
@@ -120,8 +120,8 @@ impl Maps {
             armed: None,
             tripwire_targets: Some(0),
             tripwire_syscalls: false,
-        })
-        .map(Self::seed_armed)
+        };
+        Ok(maps.seed_armed())
     }
 
     /// Opens the maps pinned in one generation directory (see

@@ -296,6 +296,18 @@ impl Rule {
     }
 }
 
+/// `--approver-group`: a gid, or a group name resolved on this host.
+fn approver_gid(spec: &RuleSpec) -> Result<Option<u32>> {
+    let Some(g) = spec.approver_group.as_deref() else { return Ok(None) };
+    if let Ok(gid) = g.parse::<u32>() {
+        return Ok(Some(gid));
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+        _ => Err(Error::InvalidRequest(format!("tripwire {}: unknown --approver-group {g:?}: not a gid nor a group on this host", spec.name))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,17 +353,5 @@ mod tests {
         assert!(!Rule::check(&spec("tasks", "20", "1s", "throttle", false)).unwrap().in_kernel);
         let d = Rule::check(&spec("denials:net.connect", "5", "1s", "isolate", true)).unwrap();
         assert!(matches!(d.metric(), Metric::Kernel { id: kt::metric::DENIALS, arg } if arg > 0));
-    }
-}
-
-/// `--approver-group`: a gid, or a group name resolved on this host.
-fn approver_gid(spec: &RuleSpec) -> Result<Option<u32>> {
-    let Some(g) = spec.approver_group.as_deref() else { return Ok(None) };
-    if let Ok(gid) = g.parse::<u32>() {
-        return Ok(Some(gid));
-    }
-    match nix::unistd::Group::from_name(g) {
-        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
-        _ => Err(Error::InvalidRequest(format!("tripwire {}: unknown --approver-group {g:?}: not a gid nor a group on this host", spec.name))),
     }
 }

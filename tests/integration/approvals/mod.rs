@@ -16,7 +16,7 @@ use crate::{
     support::{
         cgroup::in_cgroup_within,
         net::Server,
-        process::{py, run_bg, show, text},
+        process::{py, run_bg, show, syscall_rate, syscr, text},
         status::target_row,
     },
 };
@@ -80,21 +80,6 @@ pub(super) fn fails(agent: &Agent, args: &[&str]) -> String {
 /// Journal records with this action and this pending id.
 pub(super) fn records(agent: &Agent, action: &str, id: u64) -> Vec<Value> {
     agent.journal().into_iter().filter(|r| r["action"] == action && r["params"]["id"] == id).collect()
-}
-
-fn syscr(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("syscr: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no syscr for pid {pid}"))
-}
-
-fn syscall_rate(pid: i32, window: Duration) -> f64 {
-    let (a, t) = (syscr(pid), std::time::Instant::now());
-    std::thread::sleep(window);
-    (syscr(pid) - a) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// propose isolate: listed, nothing enforced (the workload still

@@ -53,7 +53,12 @@ pub(crate) fn spawn_outside(cmd: &[&str]) -> Outside {
 /// A client run from the test's own cgroup (outside every target),
 /// SIGKILLed after `limit_s` seconds.
 pub(crate) fn outside_within(limit_s: u32, cmd: &[&str]) -> Output {
-    Command::new("timeout").args(["-s", "KILL", &limit_s.to_string()]).args(cmd).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    Command::new("timeout")
+        .args(["-s", "KILL", &limit_s.to_string()])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 /// A `killpath run` child (the command exec'd in place): SIGKILLed and
@@ -148,4 +153,23 @@ pub(crate) fn assert_all_dead(agent: &Agent, what: &str, pids: &[i32]) {
     if wait_until(Duration::from_secs(2), || living(pids).is_empty()).is_none() {
         panic!("{what}: still alive: {:?} (of {pids:?})\nagent log:\n{}", living(pids), agent.log_text());
     }
+}
+
+/// The syscalls `pid` has made that read (`syscr` of /proc/PID/io).
+pub fn syscr(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscr for pid {pid}"))
+}
+
+/// Syscalls per second of `pid` over `window`, measured from outside.
+pub fn syscall_rate(pid: i32, window: Duration) -> f64 {
+    let a = syscr(pid);
+    let t = std::time::Instant::now();
+    std::thread::sleep(window);
+    let b = syscr(pid);
+    (b - a) as f64 / t.elapsed().as_secs_f64()
 }

@@ -86,7 +86,11 @@ fn throttle_pace_holds_against_a_sigcont_loop() {
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
     let charged = n(after, "passed") - n(&before, "passed");
     let written = w1 - w0;
-    eprintln!("status: passed +{charged}, paced +{}, denied {}; /proc: +{written} writes; row {after_row}", n(after, "paced") - n(&before, "paced"), n(after, "denied"));
+    eprintln!(
+        "status: passed +{charged}, paced +{}, denied {}; /proc: +{written} writes; row {after_row}",
+        n(after, "paced") - n(&before, "paced"),
+        n(after, "denied")
+    );
     assert_eq!(n(after, "denied"), 0, "pace mode must not count anything denied: {after_row}");
     assert!(n(after, "paced") > n(&before, "paced"), "nothing paced: {after_row}");
     assert!(n(after, "paced") <= n(after, "passed"), "paced is a part of passed: {after_row}");
@@ -182,7 +186,8 @@ const SEND_LOOP: &str = "import socket, sys\ns = socket.socket(socket.AF_INET, s
 /// Writes 0 to argv[1] (its own target's cgroup.freeze) in a tight loop:
 /// root without BPF LSM may. write(2) is not in the net class, so this
 /// process is never paused by SIGSTOP; only the freeze stops it.
-const THAW_LOOP: &str = "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nwhile True:\n    try:\n        os.write(fd, b'0')\n    except OSError:\n        pass\n";
+const THAW_LOOP: &str =
+    "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nwhile True:\n    try:\n        os.write(fd, b'0')\n    except OSError:\n        pass\n";
 
 /// A root workload (no BPF LSM) writes 0 to its own cgroup.freeze in a
 /// tight loop beside a paced UDP sender, and a third process sends that

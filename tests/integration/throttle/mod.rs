@@ -21,7 +21,7 @@ use crate::{
     harness::{alive, wait_until, Agent},
     support::{
         net::{free_tcp_port, Server},
-        process::{py, run_bg, show, text},
+        process::{py, run_bg, show, syscall_rate, syscr, text},
         status::target_row,
         veth::Veth,
     },
@@ -31,24 +31,6 @@ use crate::{
 /// Every syscall it makes in the loop is a read, which the kernel counts
 /// in /proc/PID/io `syscr` — readable from outside the target.
 const READ_LOOP: &str = "import os\nfd = os.open('/dev/zero', os.O_RDONLY)\nwhile True:\n    os.read(fd, 0)\n";
-
-fn syscr(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("syscr: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no syscr for pid {pid}"))
-}
-
-/// Syscalls per second of `pid` over `window`, measured from outside.
-fn syscall_rate(pid: i32, window: Duration) -> f64 {
-    let a = syscr(pid);
-    let t = Instant::now();
-    std::thread::sleep(window);
-    let b = syscr(pid);
-    (b - a) as f64 / t.elapsed().as_secs_f64()
-}
 
 /// Waits (up to 30 s) until the workload wrote `n` numbers to `path`
 /// (it may be seen created but still empty); the text and the numbers.
@@ -127,9 +109,7 @@ fn throttle_syscalls_pace_at_the_ceiling() {
     }
     let effect = samples
         .iter()
-        .position(|(t, n)| {
-            samples.iter().rev().find(|(u, _)| u.duration_since(*t) <= Duration::from_millis(500)).is_some_and(|(_, m)| m - n <= 50 + 10 + 10)
-        })
+        .position(|(t, n)| samples.iter().rev().find(|(u, _)| u.duration_since(*t) <= Duration::from_millis(500)).is_some_and(|(_, m)| m - n <= 50 + 10 + 10))
         .map(|i| samples[i].0.duration_since(t0))
         .expect("the new ceiling never took effect");
     eprintln!(
@@ -147,7 +127,8 @@ fn throttle_syscalls_pace_at_the_ceiling() {
     assert!(throttle_row(&agent, "loop").is_null());
     let st = agent.json(&["status", "loop"]);
     assert_eq!(st["targets"][0]["level"], "normal", "{st}");
-    let pins = std::fs::read_dir(&agent.pin_dir).expect("pin dir").flatten().map(|g| g.path().join("links/kp_throttle_sys_exit")).filter(|p| p.exists()).count();
+    let pins =
+        std::fs::read_dir(&agent.pin_dir).expect("pin dir").flatten().map(|g| g.path().join("links/kp_throttle_sys_exit")).filter(|p| p.exists()).count();
     assert_eq!(pins, 0, "sys_exit throttle still attached with nothing throttled");
 }
 
@@ -237,7 +218,8 @@ fn throttle_egress_tcp_settles_at_the_ceiling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = dir.path().join("go");
     let g = gate.display().to_string();
-    let script = format!("for n in 1 2; do while [ ! -e {g}$n ]; do sleep 0.05; done; iperf3 -c 127.0.0.1 -p $(cat {g}$n) -t 8 >/dev/null 2>&1; done; sleep 100");
+    let script =
+        format!("for n in 1 2; do while [ ! -e {g}$n ]; do sleep 0.05; done; iperf3 -c 127.0.0.1 -p $(cat {g}$n) -t 8 >/dev/null 2>&1; done; sleep 100");
     let _w = run_bg(&agent, "bulk", &["sh", "-c", &script], 1);
     for (n, ceiling) in [(1, 1_000_000u64), (2, 10_000_000)] {
         throttle(&agent, &["bulk", "--egress-bytes", &ceiling.to_string()]);

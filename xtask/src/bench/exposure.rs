@@ -110,8 +110,9 @@ pub(super) fn exposure(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
          polling**: the same rule with `--eval agent`: the agent reads the kernel's counters on its polling \
          interval and isolates. **detector**: the peers' pattern: the rule in `--mode audit` only reports; a \
          detector subscribed to `events` calls `isolate` over the socket when it sees the firing. Judged at \
-         the receiver: **bytes past the threshold** = payload received − the payload of {THRESHOLD} egress \
-         bytes (0 or less: nothing got out after the crossing), and the **window seen outside** = last byte \
+         the receiver: **bytes past the threshold** = payload that got out − the payload of {THRESHOLD} egress \
+         bytes (0 or less: nothing got out after the crossing; UDP datagrams are numbered, so those the \
+         receiver's full buffer dropped still count as out), and the **window seen outside** = last byte \
          received − the moment the received payload reached the threshold (0 when it never did). The \
          window killpath reports (crossing → effect in force, kernel clock) is shown too."
     );
@@ -185,7 +186,10 @@ fn one(sb: &mut Sandbox, name: &str, eval: Eval, proto: Proto) -> Result<Outcome
     let records = sb.call("journal", json!({}))?.1;
     let reported_us = reported_window_us(&records, name, detected);
     let thr = proto.threshold_payload();
-    let excess = log.total as i64 - thr as i64;
+    // UDP: what got out is every datagram up to the highest number seen
+    // (those the receiver's buffer dropped left the target too).
+    let got_out = log.max_seq.map_or(log.total, |s| (s + 1) * UDP_PAYLOAD as u64);
+    let excess = got_out as i64 - thr as i64;
     let outside_us = match log.at_or_above(thr) {
         Some(t) => log.last_ns.saturating_sub(t) as f64 / 1000.0,
         None => 0.0,
@@ -220,19 +224,19 @@ fn reported_window_us(journal: &Value, target: &str, detected_mono_ns: Option<u6
     let recs: Vec<&Value> = journal["records"].as_array()?.iter().filter(|r| r["target"] == json!(target)).collect();
     if let Some(done) = detected_mono_ns {
         let crossing = recs.iter().filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with("tripwire"))).find_map(|r| find_num(&r["params"], "cross"))?;
-        return Some(done.saturating_sub(crossing) as f64 / 1000.0);
+        return Some((done as f64 - crossing) / 1000.0);
     }
     recs.iter().find_map(|r| {
         let ns = find_num(&r["params"], "exposure_window_ns");
         let us = find_num(&r["params"], "exposure_window_us");
-        ns.map(|n| n as f64 / 1000.0).or(us.map(|u| u as f64))
+        ns.map(|n| n / 1000.0).or(us)
     })
 }
 
 /// The first number under a key containing `key`, searched depth-first.
-fn find_num(v: &Value, key: &str) -> Option<u64> {
+fn find_num(v: &Value, key: &str) -> Option<f64> {
     match v {
-        Value::Object(m) => m.iter().find_map(|(k, x)| if k.contains(key) { x.as_u64() } else { None }).or_else(|| m.values().find_map(|x| find_num(x, key))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| if k.contains(key) { x.as_f64() } else { None }).or_else(|| m.values().find_map(|x| find_num(x, key))),
         Value::Array(a) => a.iter().find_map(|x| find_num(x, key)),
         _ => None,
     }
@@ -247,10 +251,13 @@ fn mono_ns() -> u64 {
 }
 
 /// What the receiver saw: every read as (time, cumulative payload bytes).
+/// For UDP, also the highest sequence number seen: datagrams the
+/// receiver's full socket buffer dropped still got out of the target.
 struct RxLog {
     points: Vec<(u64, u64)>,
     total: u64,
     last_ns: u64,
+    max_seq: Option<u64>,
 }
 
 impl RxLog {
@@ -275,7 +282,7 @@ impl Receiver {
         let last_ns = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (t, l, st) = (total.clone(), last_ns.clone(), stop.clone());
-        let mut log = RxLog { points: Vec::new(), total: 0, last_ns: 0 };
+        let mut log = RxLog { points: Vec::new(), total: 0, last_ns: 0, max_seq: None };
         let note = move |n: usize, log: &mut RxLog| {
             let now = mono_ns();
             log.total += n as u64;
@@ -323,6 +330,14 @@ impl Receiver {
                     while !st.load(Ordering::Relaxed) {
                         if let Ok(n) = sock.recv(&mut buf) {
                             note(n, &mut log);
+                            if let Some(seq) = buf.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) {
+                                log.max_seq = log.max_seq.max(Some(seq));
+                                // The timeline counts what got out (by number), not what the buffer kept.
+                                let out = log.max_seq.map_or(0, |m| (m + 1) * UDP_PAYLOAD as u64);
+                                if let Some(last) = log.points.last_mut() {
+                                    last.1 = out;
+                                }
+                            }
                         }
                     }
                     log
@@ -335,7 +350,7 @@ impl Receiver {
 
     fn stop(self) -> RxLog {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or(RxLog { points: Vec::new(), total: 0, last_ns: 0 })
+        self.thread.join().unwrap_or(RxLog { points: Vec::new(), total: 0, last_ns: 0, max_seq: None })
     }
 }
 

@@ -120,10 +120,16 @@ fn blast(proto: &str, addr: &str) -> Result<ExitCode> {
     match proto {
         "udp" => {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("binding the sender")?;
-            let buf = [0x5au8; UDP_PAYLOAD];
+            let mut buf = [0x5au8; UDP_PAYLOAD];
+            // Each datagram carries its number: the receiver can tell
+            // how many got out even when its buffer drops some.
+            let mut seq = 0u64;
             loop {
+                buf[..8].copy_from_slice(&seq.to_le_bytes());
                 // Refused (EPERM once isolated): try again, forever.
-                let _ = sock.send_to(&buf, addr);
+                if sock.send_to(&buf, addr).is_ok() {
+                    seq += 1;
+                }
             }
         }
         "tcp" => {

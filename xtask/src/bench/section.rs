@@ -42,8 +42,10 @@ pub(super) fn fmt_us(v: f64) -> String {
         format!("{:.0} ms", v / 1000.0)
     } else if v >= 1000.0 {
         format!("{:.2} ms", v / 1000.0)
-    } else {
+    } else if v >= 10.0 || v == 0.0 {
         format!("{v:.0} µs")
+    } else {
+        format!("{v:.2} µs")
     }
 }
 

@@ -110,16 +110,7 @@ impl State {
 
     /// Capabilities a degrade action revokes (the configured defaults).
     fn degrade_revoke_bits(&self) -> u32 {
-        let names: Vec<String> = match &self.config.escalation.degrade.revoke {
-            Some(r) => r.clone(),
-            None => {
-                let caps = self.capabilities();
-                crate::agent::defaults::default_revoke()
-                    .filter(|c| caps.iter().any(|k| k.name == c.name() && k.enforceable))
-                    .map(|c| c.name().to_owned())
-                    .collect()
-            }
-        };
+        let names = self.default_revoke_names();
         names.iter().filter_map(|n| crate::degrade::bit(n).ok()).fold(0, |a, b| a | b)
     }
 
