@@ -16,7 +16,7 @@ use crate::{
     support::{
         cgroup::in_cgroup_within,
         net::Server,
-        process::{py, run_bg, show, syscall_rate, syscr, text},
+        process::{py, run_bg, show, syscall_rate, text},
         status::target_row,
     },
 };
