@@ -230,7 +230,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
                         // anything (nor begin a drill, nor `run`): resolved
                         // now, per request, from the kernel's view of the
                         // caller's cgroup.
-                        if mutates {
+                        if req.cmd.confined() {
                             let refusal = match s.caller_target(caller) {
                                 Ok(None) => None,
                                 Ok(Some(target)) => Some((Error::InsideTarget { pid: caller.pid, target: target.clone() }, Some(target))),

@@ -277,6 +277,14 @@ impl Command {
         )
     }
 
+    /// Whether a caller inside a target is refused this command: every
+    /// change, and the reads that would tell a workload how close it is to
+    /// being cut (pending approvals and their evidence, tripwire rules and
+    /// their thresholds), so it cannot pace itself just under them.
+    pub fn confined(&self) -> bool {
+        self.mutates() || matches!(self, Self::Pending {} | Self::TripwireList {})
+    }
+
     /// The command's wire name.
     pub fn name(&self) -> &'static str {
         match self {

@@ -240,7 +240,8 @@ fn pending_survives_agent_kill9() {
 }
 
 /// Bad requests get clear errors and change nothing; the agent keeps
-/// serving. A task inside the target may not propose, approve or deny.
+/// serving. A task inside the target may not propose, approve or deny, nor
+/// list pending actions or tripwire rules.
 #[test]
 fn approvals_bad_input_and_confinement() {
     let Some(agent) = Agent::start() else { return };
@@ -267,11 +268,19 @@ fn approvals_bad_input_and_confinement() {
     assert_eq!(agent.json(&["pending"])["pending"], Value::Array(vec![]));
     assert_eq!(level(&agent, "t"), "normal");
 
-    // From inside the target: every decision is refused.
+    // From inside the target: every decision is refused, and so is
+    // reading what waits for approval (and the tripwire rules): a workload
+    // must not learn how close it is to being cut.
     let id = propose(&agent, &["t", "--level", "isolate"]);
     let cg = agent.target_cgroup("t");
     let env = [("KILLPATH_SOCKET", agent.socket.to_str().unwrap())];
-    for args in [vec!["propose", "t", "--level", "stop"], vec!["approve", &id.to_string()], vec!["deny", &id.to_string(), "--reason", "mine"]] {
+    for args in [
+        vec!["propose", "t", "--level", "stop"],
+        vec!["approve", &id.to_string()],
+        vec!["deny", &id.to_string(), "--reason", "mine"],
+        vec!["pending"],
+        vec!["tripwire", "list"],
+    ] {
         let mut cmd = vec!["env"];
         let kv = format!("{}={}", env[0].0, env[0].1);
         cmd.push(&kv);

@@ -59,7 +59,9 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// throttle, overhead, lease); repeatable. Default: all.
+    /// throttle, overhead, lease, exposure); repeatable. Default: all. The
+    /// results then go to bench/RESULTS-only.md and results-only.json, so
+    /// the full run's files stay as they are.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -148,8 +150,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     };
     let dir = env.root.join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let json_path = dir.join("results.json");
-    let md_path = dir.join("RESULTS.md");
+    let partial = !args.only.is_empty();
+    let json_path = dir.join(if partial { "results-only.json" } else { "results.json" });
+    let md_path = dir.join(if partial { "RESULTS-only.md" } else { "RESULTS.md" });
     let text = serde_json::to_string_pretty(&results.to_json()).context("encoding the results")?;
     fs::write(&json_path, text + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
