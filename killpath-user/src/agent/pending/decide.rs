@@ -104,7 +104,7 @@ impl State {
             caller.actor(),
             "approved",
             &p.target,
-            json!({"id": id, "level": level_name(p.level), "approver": approver(caller), "reason": reason, "message": message}),
+            json!({"id": id, "level": level_name(p.level), "approver": who, "reason": reason, "message": message}),
         );
         Ok(r)
     }
@@ -133,7 +133,7 @@ impl State {
             caller.actor(),
             "denied",
             &p.target,
-            json!({"id": id, "level": level_name(p.level), "approver": approver(caller), "reason": reason, "message": message}),
+            json!({"id": id, "level": level_name(p.level), "approver": who, "reason": reason, "message": message}),
         );
         Ok(r)
     }
