@@ -15,6 +15,10 @@ pub mod maps {
     pub const DESTS: &str = "KP_TRIPWIRE_DESTS";
     /// `RingBuf` of [`super::Crossing`].
     pub const EVENTS: &str = "KP_TRIPWIRE_EVENTS";
+    /// `Array<SlotList>`, [`super::METRICS`] entries: for each metric, the
+    /// slots holding an active rule on it, so a hook visits only its
+    /// metric's rules (and none while its metric has no rule).
+    pub const ACTIVE: &str = "KP_TRIPWIRE_ACTIVE";
 }
 
 /// Program names.
@@ -23,8 +27,21 @@ pub mod programs {
     pub const EXEC: &str = "kp_tripwire_exec";
 }
 
-/// Rule slots in the kernel.
+/// Rule slots in the kernel (one bit each in a `maps::ACTIVE` mask).
 pub const MAX_RULES: u32 = 32;
+
+/// Entries of `maps::ACTIVE`: metric numbers are below this.
+pub const METRICS: u32 = 9;
+const _: () = assert!(metric::SYSCALLS < METRICS, "every metric needs an entry in maps::ACTIVE");
+
+/// The slots of one metric's active rules (`maps::ACTIVE`), in slot order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotList {
+    /// How many of `slots` are used.
+    pub len: u32,
+    pub slots: [u8; MAX_RULES as usize],
+}
 
 /// Metrics the kernel counts ([`Rule::metric`]).
 pub mod metric {
@@ -130,6 +147,8 @@ pub struct Crossing {
 mod pod {
     // SAFETY: plain #[repr(C)] integers, no implicit padding, any bit pattern valid.
     unsafe impl aya::Pod for super::Rule {}
+    // SAFETY: repr(C), plain integers, no padding (4 + 32 bytes).
+    unsafe impl aya::Pod for super::SlotList {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WindowKey {}
     // SAFETY: as above.

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use killpath_common::{
     raise::cause,
-    tripwire::{flag, metric, Crossing, DestKey, Rule, Window, WindowKey, MAX_RULES},
+    tripwire::{flag, metric, Crossing, DestKey, Rule, SlotList, Window, WindowKey, MAX_RULES, METRICS},
     GuardConfig,
 };
 
@@ -34,6 +34,11 @@ pub use hooks::{addr, denial, fork, skb, syscall};
 
 #[map(name = "KP_TRIPWIRE_RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
+
+// Per metric, the slots with an active rule on it (written by the agent
+// after the slots themselves, so a listed slot always holds its rule).
+#[map(name = "KP_TRIPWIRE_ACTIVE")]
+static ACTIVE: Array<SlotList> = Array::with_max_entries(METRICS, 0);
 
 #[map(name = "KP_TRIPWIRE_WINDOWS")]
 static WINDOWS: HashMap<WindowKey, Window> = HashMap::with_max_entries(MAX_TARGETS * 4, 0);
@@ -73,17 +78,33 @@ pub fn charge_dest(id: u64, m: u32, arg: u32, amount: u64, dest: Option<Dest>) {
     if id == 0 || amount == 0 {
         return;
     }
+    // Only this metric's rules: one array read and no clock read while it
+    // has none (e.g. the skb hook's packets charge while only a bytes rule
+    // exists), and `len` slot lookups, not all 32, while it has some. The
+    // loop keeps a constant bound with an early break (the verifier walks
+    // each exit once, instead of a branch per slot). Each slot is checked
+    // again: a list torn by a concurrent agent update, or naming a slot
+    // since rewritten, is harmless.
+    let Some(list) = ACTIVE.get(m) else { return };
+    let len = list.len;
+    if len == 0 {
+        return;
+    }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut slot = 0u32;
-    while slot < MAX_RULES {
+    let mut i = 0usize;
+    while i < MAX_RULES as usize {
+        if i as u32 >= len {
+            break;
+        }
+        let slot = list.slots[i] as u32;
         if let Some(r) = RULES.get(slot) {
             let r = *r;
             if r.flags & flag::ACTIVE != 0 && r.metric == m && (r.target == 0 || r.target == id) && (r.arg == 0 || r.arg == arg) {
                 rule(id, slot, &r, amount, now, dest);
             }
         }
-        slot += 1;
+        i += 1;
     }
 }
 

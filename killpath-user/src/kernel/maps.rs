@@ -47,6 +47,7 @@ pub const PINNED: &[&str] = &[
     killpath_common::tripwire::maps::WINDOWS,
     killpath_common::tripwire::maps::DESTS,
     killpath_common::tripwire::maps::EVENTS,
+    killpath_common::tripwire::maps::ACTIVE,
     killpath_common::deadman::MAP,
 ];
 

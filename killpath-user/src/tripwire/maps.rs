@@ -3,7 +3,7 @@ use aya::{
     maps::{Array, HashMap, MapData},
     Ebpf,
 };
-use killpath_common::tripwire::{maps as names, Rule, Window, WindowKey, MAX_RULES};
+use killpath_common::tripwire::{flag, maps as names, Rule, SlotList, Window, WindowKey, MAX_RULES, METRICS};
 
 use crate::{
     error::{Error, Result},
@@ -12,12 +12,13 @@ use crate::{
 
 pub struct TripwireMaps {
     rules: Array<MapData, Rule>,
+    active: Array<MapData, SlotList>,
     windows: HashMap<MapData, WindowKey, Window>,
 }
 
 impl TripwireMaps {
     pub fn from_object(ebpf: &mut Ebpf) -> Result<Self> {
-        Ok(Self { rules: typed(ebpf, names::RULES)?, windows: typed(ebpf, names::WINDOWS)? })
+        Ok(Self { rules: typed(ebpf, names::RULES)?, active: typed(ebpf, names::ACTIVE)?, windows: typed(ebpf, names::WINDOWS)? })
     }
 
     /// Writes (or, with `None`, clears) a slot.
@@ -25,7 +26,28 @@ impl TripwireMaps {
         if slot >= MAX_RULES {
             return Err(Error::InvalidRequest(format!("tripwire slot {slot} out of range")));
         }
-        self.rules.set(slot, rule.unwrap_or_default(), 0).map_err(Error::map(format!("updating {}", names::RULES)))
+        self.rules.set(slot, rule.unwrap_or_default(), 0).map_err(Error::map(format!("updating {}", names::RULES)))?;
+        self.sync_active()
+    }
+
+    /// Rewrites every metric's list of active slots from the slots
+    /// themselves. Called after a slot is written, so a new rule is listed
+    /// only once its slot is readable, and a removed rule leaves its list
+    /// (the hooks re-check each slot, so the order only matters for adds).
+    fn sync_active(&mut self) -> Result<()> {
+        let mut lists = [SlotList::default(); METRICS as usize];
+        for slot in 0..MAX_RULES {
+            let Some(r) = self.rule(slot).filter(|r| r.flags & flag::ACTIVE != 0) else { continue };
+            if let Some(l) = lists.get_mut(r.metric as usize) {
+                // slot < MAX_RULES = 32 fits a u8; len < 32 indexes slots.
+                l.slots[l.len as usize] = slot as u8;
+                l.len += 1;
+            }
+        }
+        for (metric, list) in (0u32..).zip(lists) {
+            self.active.set(metric, list, 0).map_err(Error::map(format!("updating {}", names::ACTIVE)))?;
+        }
+        Ok(())
     }
 
     pub fn rule(&self, slot: u32) -> Option<Rule> {
