@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`throttle`], [`overhead`], [`exposure`], [`lease`]); [`section`] and [`report`] hold the results
+//! [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -37,6 +37,7 @@ mod common;
 mod exposure;
 mod fork_bomb;
 mod helper;
+mod iperf;
 mod isolate;
 mod lease;
 mod overhead;
@@ -45,6 +46,7 @@ mod sandbox;
 mod section;
 mod stop_single;
 mod throttle;
+mod tripwire_cost;
 
 pub use helper::{helper, HelperArgs};
 use report::{killpath_survivors, Results, RunInfo};
@@ -59,7 +61,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// throttle, overhead, lease, exposure); repeatable. Default: all. The
+    /// throttle, overhead, lease, exposure, tripwire_cost); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -112,7 +114,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     match sb.start_agent() {
         Ok(()) => {
             type Bench = fn(&mut Sandbox, &Params, &mut Section) -> Result<()>;
-            let all: [(&'static str, Bench); 7] = [
+            let all: [(&'static str, Bench); 8] = [
                 ("hard_stop_fork_bomb", fork_bomb::hard_stop_fork_bomb),
                 ("isolate", isolate::isolate),
                 ("stop_single", stop_single::stop_single),
@@ -120,6 +122,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("overhead", overhead::overhead),
                 ("lease", lease::lease),
                 ("exposure", exposure::exposure),
+                ("tripwire_cost", tripwire_cost::tripwire_cost),
             ];
             for (id, f) in all {
                 if args.only.is_empty() || args.only.iter().any(|o| o == id) {

@@ -1,18 +1,14 @@
 //! Benchmark: the loaded agent's overhead on processes outside any target
 //! (a getppid() loop, loopback iperf3), with no agent, the agent, and the
 //! agent with another target throttled.
-use std::{
-    net::TcpListener,
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
-    common::{check_interrupted, count_f64, listening, rotate},
+    common::{check_interrupted, count_f64, rotate},
+    iperf::iperf,
     sandbox::Sandbox,
     section::{Section, Unit},
     Params,
@@ -102,7 +98,7 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                     wall_ns,
                 );
             }
-            let (bps, per_cpu) = iperf()?;
+            let (bps, per_cpu) = iperf(IPERF_SECS, None)?;
             s.push(
                 &format!("iperf_{tag}"),
                 &format!("iperf3 loopback TCP, {label}"),
@@ -217,61 +213,4 @@ fn sys_enter_links() -> Option<usize> {
             .filter(|l| l["type"] == "raw_tracepoint" && (l["tp_name"] == "sys_enter" || l["tp_name"] == "sys_exit"))
             .count(),
     )
-}
-
-/// One iperf3 run over loopback: received bits per second, and bits per
-/// CPU-second of sender and receiver together.
-fn iperf() -> Result<(f64, f64)> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port()
-        .to_string();
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-p", &port])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 -s")?;
-    let result = (|| -> Result<(f64, f64)> {
-        let start = Instant::now();
-        while !listening(&port) {
-            if let Some(status) = server.try_wait()? {
-                bail!("iperf3 -s exited ({status}) before listening");
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("iperf3 -s did not listen on port {port} within 10 s");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let secs = IPERF_SECS.to_string();
-        let out = Command::new("iperf3")
-            .args(["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"])
-            .stdin(Stdio::null())
-            .output()
-            .context("running iperf3 -c")?;
-        let report: Value =
-            serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
-        if let Some(e) = report["error"].as_str() {
-            bail!("iperf3: {e}");
-        }
-        if !out.status.success() {
-            bail!("iperf3 -c failed ({})", out.status);
-        }
-        let end = &report["end"];
-        let bps = end["sum_received"]["bits_per_second"]
-            .as_f64()
-            .ok_or_else(|| anyhow!("iperf3's report has no end.sum_received.bits_per_second"))?;
-        let cpu = &end["cpu_utilization_percent"];
-        let busy = match (cpu["host_total"].as_f64(), cpu["remote_total"].as_f64()) {
-            (Some(a), Some(b)) if a + b > 0.0 => (a + b) / 100.0,
-            _ => {
-                bail!("iperf3's report has no end.cpu_utilization_percent host_total/remote_total")
-            }
-        };
-        Ok((bps, bps / busy))
-    })();
-    proc::terminate(&mut server, Duration::from_secs(5));
-    result
 }
