@@ -186,21 +186,38 @@ fn effect(sb: &mut Sandbox, p: &Params, s: &mut Section, name: &str) -> Result<(
     Ok(())
 }
 
-/// Bytes per second the iperf3 server received, seconds 2.. of its report.
-fn received_rate(report: &str) -> Result<f64> {
+/// What one iperf3 run under a ceiling showed.
+struct Received {
+    /// Bytes per second the server received, seconds 2.. of its report.
+    rate: f64,
+    /// Each interval's rate, as a fraction of the ceiling (all seconds).
+    per_second: Vec<f64>,
+    /// The sender's TCP retransmissions (policer drops), when its report
+    /// could be read.
+    retransmits: Option<u64>,
+}
+
+/// Bytes per second the iperf3 server received, seconds 2.. of its
+/// report, and each interval's rate.
+fn received_rate(report: &str) -> Result<(f64, Vec<f64>)> {
     let v: Value = serde_json::from_str(report).with_context(|| format!("iperf3 -J output: {report}"))?;
     let (mut bytes, mut secs) = (0.0, 0.0);
+    let mut per_second = Vec::new();
     for i in v["intervals"].as_array().into_iter().flatten() {
         let sum = &i["sum"];
+        let (b, t) = (sum["bytes"].as_f64().unwrap_or(0.0), sum["seconds"].as_f64().unwrap_or(0.0));
+        if t > 0.0 {
+            per_second.push(b / t);
+        }
         if sum["start"].as_f64().unwrap_or(0.0) >= 2.0 {
-            bytes += sum["bytes"].as_f64().unwrap_or(0.0);
-            secs += sum["seconds"].as_f64().unwrap_or(0.0);
+            bytes += b;
+            secs += t;
         }
     }
     if secs < 1.0 {
         bail!("iperf3 report without intervals: {report}");
     }
-    Ok(bytes / secs)
+    Ok((bytes / secs, per_second))
 }
 
 fn egress_accuracy(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
@@ -212,10 +229,19 @@ fn egress_accuracy(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> 
             for c in EGRESS_CEILINGS {
                 check_interrupted()?;
                 sb.call("throttle", json!({"name": name, "egress_bytes": c, "reason": "bench"}))?;
-                let rate = iperf_in(&cg, c)?;
+                let r = iperf_in(&cg)?;
+                let rate = r.rate;
                 s.push(&format!("egress_{c}"), &format!("TCP bytes/s received under a {c} B/s ceiling"), Unit::PerSecond, rate);
                 s.push(&format!("ceiling_{c}"), &format!("ceiling {c} B/s"), Unit::PerSecond, c as f64);
-                println!("bench:   throttle egress rep {rep}: ceiling {c} B/s, received {rate:.0} B/s");
+                // Each second and the sender's retransmissions, to tell a
+                // policer drop (retransmission timeouts) from a slow sender.
+                let seconds: Vec<String> = r.per_second.iter().map(|b| format!("{:.2}", b / c as f64)).collect();
+                let retransmits = r.retransmits.map_or("?".to_owned(), |n| n.to_string());
+                println!(
+                    "bench:   throttle egress rep {rep}: ceiling {c} B/s, received {rate:.0} B/s ({:.2}x; each second {}; sender retransmits {retransmits})",
+                    rate / c as f64,
+                    seconds.join(" ")
+                );
             }
         }
         Ok(())
@@ -226,7 +252,7 @@ fn egress_accuracy(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> 
     Ok(())
 }
 
-fn iperf_in(cg: &Path, _ceiling: u64) -> Result<f64> {
+fn iperf_in(cg: &Path) -> Result<Received> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
     let server = Command::new("iperf3")
         .args(["-s", "-1", "-J", "-p", &port])
@@ -242,8 +268,14 @@ fn iperf_in(cg: &Path, _ceiling: u64) -> Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut client = spawn_in_cgroup(cg, &["iperf3", "-c", "127.0.0.1", "-p", &port, "-t", &IPERF_SECS.to_string(), "--logfile", "/dev/null"])?;
+    let log = std::env::temp_dir().join(format!("killpath-bench-iperf-{port}.json"));
+    let log_arg = log.to_string_lossy().into_owned();
+    let mut client = spawn_in_cgroup(cg, &["iperf3", "-c", "127.0.0.1", "-p", &port, "-t", &IPERF_SECS.to_string(), "-J", "--logfile", &log_arg])?;
     let _ = client.wait();
     let out = server.wait_with_output().context("waiting for iperf3 -s")?;
-    received_rate(&String::from_utf8_lossy(&out.stdout))
+    let (rate, per_second) = received_rate(&String::from_utf8_lossy(&out.stdout))?;
+    let retransmits =
+        std::fs::read_to_string(&log).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["end"]["sum_sent"]["retransmits"].as_u64());
+    let _ = std::fs::remove_file(&log);
+    Ok(Received { rate, per_second, retransmits })
 }
