@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod deadman;
+pub mod pace;
 pub mod raise;
 pub mod tripwire;
 
@@ -613,7 +614,8 @@ pub struct ThrottleCounts {
 pub struct ThrottleEvent {
     /// The throttled target's cgroup id.
     pub cgroup_id: u64,
-    /// CLOCK_MONOTONIC ns at which the bucket has room again.
+    /// CLOCK_MONOTONIC ns at which the bucket has room again (half a burst:
+    /// [`pace::resume_at`]).
     pub resume_at_ns: u64,
     pub tgid: u32,
     pub class: u32,

@@ -1,6 +1,6 @@
 //! The GCRA bucket both throttle paths charge (syscalls and egress), and
 //! the choice of which enclosing target's bucket is charged.
-use killpath_common::{Bucket, ThrottleCounts, ThrottleKey, MAX_CGROUP_DEPTH};
+use killpath_common::{pace::resume_at, Bucket, ThrottleCounts, ThrottleKey, MAX_CGROUP_DEPTH};
 
 use crate::maps::{THROTTLE, THROTTLE_COUNTS};
 
@@ -11,7 +11,7 @@ pub enum Verdict {
     Pass,
     /// Charged and over the burst: pace (syscalls, io_uring operations),
     /// or pass with a congestion notification (egress). Carries when the
-    /// bucket is full again (CLOCK_MONOTONIC ns).
+    /// paused task may run again (CLOCK_MONOTONIC ns, `pace::resume_at`).
     Over(u64),
     /// Not charged: refuse (deny mode) or drop (egress, far over).
     Refuse,
@@ -104,10 +104,11 @@ pub fn charge(id: u64, class: u32, units: u64, mode: u32, limit: Limit, now: u64
         c.passed += units;
         c.paced += 1;
     });
-    // Resume when the bucket is full again (tat reached): the task then
-    // has a whole burst, so a paced task pauses once per burst rather than
-    // once per syscall, and the average rate is still exactly the ceiling.
-    Verdict::Over(new)
+    // Resume when half a burst is back (see pace::resume_at): the task
+    // then pauses once per half burst rather than once per syscall, and
+    // the bucket is still accruing when the pacer, the thaw and the
+    // scheduler let it run late, so that lateness is not budget lost.
+    Verdict::Over(resume_at(new, tau))
 }
 
 /// Atomic add without fetch. On bpfel core's AtomicU64 has no

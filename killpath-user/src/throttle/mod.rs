@@ -353,6 +353,18 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_target_resumes_with_half_a_burst_of_room() {
+        use killpath_common::pace::resume_at;
+        // 100/s: a burst of 10 calls (100 ms); resumed 50 ms before the
+        // bucket is full, so up to 50 ms of lateness costs no budget.
+        let b = bucket(100, 1, Mode::Pace);
+        let tat = 5_000_000_000;
+        assert_eq!(resume_at(tat, b.tau_ns), tat - 50_000_000);
+        // Never before the clock's origin.
+        assert_eq!(resume_at(10, b.tau_ns), 0);
+    }
+
+    #[test]
     fn iouring_opcodes_have_one_class_each() {
         let t = iouring_class_table();
         let mut seen = std::collections::BTreeSet::new();

@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 mod attacks;
+mod starvation;
 
 use crate::{
     harness::{alive, wait_until, Agent},
@@ -30,7 +31,7 @@ use crate::{
 /// A tight loop of one cheap syscall: read(2) of 0 bytes from /dev/zero.
 /// Every syscall it makes in the loop is a read, which the kernel counts
 /// in /proc/PID/io `syscr` — readable from outside the target.
-const READ_LOOP: &str = "import os\nfd = os.open('/dev/zero', os.O_RDONLY)\nwhile True:\n    os.read(fd, 0)\n";
+pub(super) const READ_LOOP: &str = "import os\nfd = os.open('/dev/zero', os.O_RDONLY)\nwhile True:\n    os.read(fd, 0)\n";
 
 /// Waits (up to 30 s) until the workload wrote `n` numbers to `path`
 /// (it may be seen created but still empty); the text and the numbers.
