@@ -138,6 +138,7 @@ impl State {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let journal_head = std::sync::Arc::new(std::sync::Mutex::new(journal.head()));
         journal.set_observer(anchor::observer(events.clone(), journal_head.clone(), config.alert_hook.clone()));
+        transaction::reserve_journal(&mut journal);
         let pacer = throttle::Pacer::start(enforcer.throttle_events.take(), enforcer.pacer_maps.take(), cgroup_mount.clone());
         let mut state = Self {
             config,

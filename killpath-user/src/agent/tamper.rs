@@ -25,7 +25,9 @@ pub async fn link_watch(state: Arc<Mutex<State>>) {
     let mut tick = tokio::time::interval(LINK_CHECK);
     loop {
         tick.tick().await;
-        state.lock().unwrap_or_else(PoisonError::into_inner).check_links();
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.check_links();
+        s.journal_top_up();
     }
 }
 
