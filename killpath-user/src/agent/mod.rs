@@ -182,6 +182,8 @@ impl State {
 /// Runs the agent until SIGINT/SIGTERM. Enforcement outlives the agent:
 /// exiting (or being killed) detaches nothing.
 pub fn run(config: AgentConfig) -> Result<()> {
+    // Before any thread starts (nice is per thread, inherited).
+    crate::kernel::priority::raise();
     let state = State::open(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io("starting the async runtime"))?;
     rt.block_on(async move {

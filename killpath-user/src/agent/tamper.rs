@@ -34,7 +34,20 @@ pub async fn link_watch(state: Arc<Mutex<State>>) {
 impl State {
     /// Re-pins every link pin that disappeared, and alerts for each.
     pub fn check_links(&mut self) {
-        for r in self.enforcer.links.check() {
+        let found = self.enforcer.links.check();
+        self.repinned_alerts(found);
+    }
+
+    /// [`State::check_links`] of the host-wide links and `target`'s own
+    /// (before an action on it: not a walk of every target's pins).
+    pub(super) fn check_links_for(&mut self, target: Option<&str>) {
+        let id = target.and_then(|t| self.registry.targets.get(t)).map(|t| t.cgroup_id);
+        let found = self.enforcer.links.check_target(id);
+        self.repinned_alerts(found);
+    }
+
+    fn repinned_alerts(&mut self, found: Vec<crate::kernel::links::Repinned>) {
+        for r in found {
             let target = r.cgroup_id.and_then(|id| self.registry.targets.values().find(|t| t.cgroup_id == id)).map(|t| t.name.clone());
             let message = match &r.error {
                 None => format!("link pin removed: re-pinned {}", r.pin.display()),

@@ -80,7 +80,7 @@ impl State {
         // Not before a stop: nothing may delay it (the periodic check
         // follows within 0.5 s), and it attaches nothing.
         if action != "stop" {
-            self.check_links();
+            self.check_links_for(target);
         }
         // A drill acts only on a target still as it left it.
         self.drill_guard(caller, target)?;

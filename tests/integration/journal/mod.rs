@@ -12,6 +12,7 @@ mod anchor;
 mod crash;
 mod follow;
 mod records;
+mod reserve;
 mod verify;
 
 use std::{

@@ -41,7 +41,9 @@ pub(super) fn scale(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()>
         "Targets are added, each a cgroup (`create`) running one `sleep 1000`, up to {sizes:?}. At each \
          size, on target `{PROBE}`, {reps} repetitions of: `isolate`, `throttle --syscalls` (1,000/s and \
          2,000/s alternating), `degrade --revoke net.connect`, each followed by `restore --to normal`; \
-         the agent's `time_to_effect_us` (receipt, intent journaled and fsynced, to the map update). \
+         the agent's `time_to_effect_us` (receipt, intent journaled and fsynced, to the map update), the \
+         client wall time (it also holds the result's fsync and the registry saves), and, where the agent \
+         reports it, `journal_intent_us` (the durable intent alone). \
          `stop`: a fresh extra target with one `sleep`, stopped (agent `time_to_empty_us`) and released, \
          {reps} times. `status` of all targets: client wall, {STATUS_REPS} times. Agent RSS (VmRSS) and \
          BPF map memory (the `memlock` of every map the agent holds, from /proc/PID/fdinfo, each map \
@@ -109,9 +111,15 @@ fn levels(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<
             ("degrade", json!({"name": PROBE, "revoke": ["net.connect"], "reason": "bench"})),
         ];
         for (cmd, args) in steps {
-            let (_, r) = sb.call(cmd, args)?;
+            let (wall, r) = sb.call(cmd, args)?;
             let label = format!("{cmd}, {size} target(s): time_to_effect_us (agent)");
             s.push(&format!("{cmd}_{size}"), &label, Unit::Micros, num(&r, "time_to_effect_us")?);
+            let label = format!("{cmd}, {size} target(s): client wall");
+            s.push(&format!("{cmd}_wall_{size}"), &label, Unit::Micros, micros(wall));
+            if let Some(us) = r["journal_intent_us"].as_f64() {
+                let label = format!("{cmd}, {size} target(s): journal_intent_us (agent: the durable intent)");
+                s.push(&format!("{cmd}_intent_{size}"), &label, Unit::Micros, us);
+            }
             sb.call("restore", normal.clone())?;
         }
     }
