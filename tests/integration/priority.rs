@@ -23,7 +23,8 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
     // The hook records its own nice value (field 19 of its stat).
     let hook = format!("cat >/dev/null; cut -d' ' -f19 /proc/$$/stat > '{}'", hook_file.display());
     let Some(agent) = Agent::start_with(&["--alert-hook", &hook]) else { return };
-    let tasks: Vec<String> = fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let tasks: Vec<String> =
+        fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(tasks.len() > 1, "{tasks:?}");
     for t in &tasks {
         assert_eq!(nice(&format!("/proc/{}/task/{t}/stat", agent.pid())), -10, "agent thread {t}");

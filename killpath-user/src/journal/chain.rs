@@ -329,7 +329,14 @@ pub(super) fn scan(file: &File, path: &Path, mut each: impl FnMut(u64, &[u8], Op
 /// The rest of the file from the logical end (`first` is the line holding
 /// the first NUL): NULs, a torn tail among them, or data that no write of
 /// the agent can have left there.
-fn padding(reader: &mut impl BufRead, path: &Path, line: u64, first: Vec<u8>, mut out: Scan, mut each: impl FnMut(u64, &[u8], Option<Record>)) -> Result<Scan, JournalError> {
+fn padding(
+    reader: &mut impl BufRead,
+    path: &Path,
+    line: u64,
+    first: Vec<u8>,
+    mut out: Scan,
+    mut each: impl FnMut(u64, &[u8], Option<Record>),
+) -> Result<Scan, JournalError> {
     // Bytes up to the last non-NUL byte, NULs between them kept (bounded by
     // what was written there); the trailing NULs are only counted.
     let mut data = Vec::new();

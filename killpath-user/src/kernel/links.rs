@@ -185,6 +185,21 @@ impl LinkKeeper {
         })
     }
 
+    /// The held pins missing now, found without putting anything back:
+    /// the walk (thousands of pins with many targets) can run without the
+    /// agent's state lock; [`LinkKeeper::check_pins`] then repairs under it.
+    pub fn missing(&self) -> Vec<PathBuf> {
+        let pins: Vec<PathBuf> = self.lock().keys().cloned().collect();
+        pins.into_iter().filter(|p| fs::symlink_metadata(p).is_err()).collect()
+    }
+
+    /// [`LinkKeeper::check`] of `pins` only (those [`LinkKeeper::missing`]
+    /// found): each is looked at again, a pin released meanwhile is left.
+    pub fn check_pins(&self, pins: &[PathBuf]) -> Vec<Repinned> {
+        let wanted: std::collections::BTreeSet<&PathBuf> = pins.iter().collect();
+        self.check_matching(|p| wanted.contains(&p.to_path_buf()))
+    }
+
     /// Checks the held pins that `select` picks. The pins are stat'ed
     /// without holding the set (thousands with many targets): attaching
     /// and detaching do not wait for the walk.
@@ -224,4 +239,17 @@ fn target_of(pin: &Path) -> Option<&str> {
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_of_names_a_per_target_pin_only() {
+        let gen = Path::new("/sys/fs/bpf/kp/gen-1");
+        assert_eq!(target_of(&gen.join("targets/4242/kp_isolate_connect4")), Some("4242"));
+        assert_eq!(target_of(&gen.join("links/kp_guard_fork")), None);
+        assert_eq!(target_of(&gen.join("targets")), None);
+    }
 }

@@ -17,7 +17,6 @@ mod verify;
 
 use std::{
     collections::HashMap,
-    fs,
     path::Path,
     process::{Command, Output, Stdio},
 };
