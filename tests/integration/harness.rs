@@ -183,12 +183,19 @@ impl Agent {
 
     /// Every journal record, parsed.
     pub fn journal(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.journal_path())
-            .unwrap_or_default()
+        journal_text(&self.journal_path())
             .lines()
             .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
             .collect()
     }
+}
+
+/// A journal file's lines, up to its logical end: the agent keeps written
+/// zeros ahead of its last line, and the journal ends at the first NUL.
+pub fn journal_text(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 impl Drop for Agent {

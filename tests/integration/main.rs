@@ -14,6 +14,7 @@ mod isolate;
 mod journal;
 mod lease;
 mod membership;
+mod priority;
 mod privileges;
 mod probe;
 mod protect;

@@ -255,7 +255,9 @@ impl State {
 }
 
 pub(super) fn run_hook(hook: &str, alert: &Value) {
-    let child = Command::new("sh").arg("-c").arg(hook).stdin(Stdio::piped()).stdout(Stdio::null()).spawn();
+    let mut cmd = Command::new("sh");
+    crate::kernel::priority::default_for_child(&mut cmd);
+    let child = cmd.arg("-c").arg(hook).stdin(Stdio::piped()).stdout(Stdio::null()).spawn();
     match child {
         Ok(mut c) => {
             if let Some(mut stdin) = c.stdin.take() {

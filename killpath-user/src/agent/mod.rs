@@ -138,6 +138,7 @@ impl State {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let journal_head = std::sync::Arc::new(std::sync::Mutex::new(journal.head()));
         journal.set_observer(anchor::observer(events.clone(), journal_head.clone(), config.alert_hook.clone()));
+        transaction::reserve_journal(&mut journal);
         let pacer = throttle::Pacer::start(enforcer.throttle_events.take(), enforcer.pacer_maps.take(), cgroup_mount.clone());
         let mut state = Self {
             config,
@@ -181,6 +182,8 @@ impl State {
 /// Runs the agent until SIGINT/SIGTERM. Enforcement outlives the agent:
 /// exiting (or being killed) detaches nothing.
 pub fn run(config: AgentConfig) -> Result<()> {
+    // Before any thread starts (nice is per thread, inherited).
+    crate::kernel::priority::raise();
     let state = State::open(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io("starting the async runtime"))?;
     rt.block_on(async move {

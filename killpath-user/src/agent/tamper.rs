@@ -20,19 +20,38 @@ use crate::{
 /// How often the link pins are checked.
 pub const LINK_CHECK: Duration = Duration::from_millis(500);
 
-/// Checks the link pins every [`LINK_CHECK`].
+/// Checks the link pins every [`LINK_CHECK`]. The walk of every pin (nine
+/// per target) runs without the state lock, so commands do not wait for it
+/// with many targets; only what it found missing is looked at again and
+/// put back under the lock (a target being released meanwhile is not).
 pub async fn link_watch(state: Arc<Mutex<State>>) {
+    let links = state.lock().unwrap_or_else(PoisonError::into_inner).enforcer.links.clone();
     let mut tick = tokio::time::interval(LINK_CHECK);
     loop {
         tick.tick().await;
-        state.lock().unwrap_or_else(PoisonError::into_inner).check_links();
+        let missing = links.missing();
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !missing.is_empty() {
+            let found = s.enforcer.links.check_pins(&missing);
+            s.repinned_alerts(found);
+        }
+        s.journal_top_up();
     }
 }
 
 impl State {
-    /// Re-pins every link pin that disappeared, and alerts for each.
-    pub fn check_links(&mut self) {
-        for r in self.enforcer.links.check() {
+    /// Re-pins the host-wide link pins and `target`'s own that disappeared,
+    /// and alerts for each (before an action on it: not a walk of every
+    /// target's pins, which [`link_watch`] makes).
+    pub(super) fn check_links_for(&mut self, target: Option<&str>) {
+        let id = target.and_then(|t| self.registry.targets.get(t)).map(|t| t.cgroup_id);
+        let found = self.enforcer.links.check_target(id);
+        self.repinned_alerts(found);
+    }
+
+    /// Alerts for each pin found missing (re-pinned or not).
+    pub(super) fn repinned_alerts(&mut self, found: Vec<crate::kernel::links::Repinned>) {
+        for r in found {
             let target = r.cgroup_id.and_then(|id| self.registry.targets.values().find(|t| t.cgroup_id == id)).map(|t| t.name.clone());
             let message = match &r.error {
                 None => format!("link pin removed: re-pinned {}", r.pin.display()),

@@ -129,6 +129,7 @@ impl Listeners {
 fn spawn_probe(cgroup: &Path, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().map_err(Error::io("finding own executable"))?;
     let mut cmd = Command::new(exe);
+    crate::kernel::priority::default_for_child(&mut cmd);
     cmd.arg("verify-probe").arg("--join").arg(cgroup).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
     cmd.spawn().map_err(Error::io("starting verify-probe inside the target"))
 }

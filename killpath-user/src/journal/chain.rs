@@ -271,8 +271,10 @@ pub(super) fn check_line(link: &mut Link, line: u64, raw: &[u8], problems: &mut 
 pub(super) struct Scan {
     pub(super) records: u64,
     pub(super) problems: Vec<Problem>,
-    /// Bytes up to and including the last complete line.
+    /// Bytes up to and including the last complete line: the logical end.
     pub(super) good_len: u64,
+    /// Non-NUL bytes after the logical end that one interrupted write can
+    /// leave (a torn final line); the file is cut back to `good_len`.
     pub(super) torn_bytes: u64,
 }
 
@@ -287,8 +289,15 @@ impl Scan {
     }
 }
 
-/// Verifies every line of `file`, calling `each(line_no, raw_line, parsed)` per line
-/// (a torn tail is passed with `None`).
+/// Verifies every line of `file` from its current offset, calling
+/// `each(line_no, raw_line, parsed)` per line (a torn tail is passed with
+/// `None`).
+///
+/// The journal ends at the first line holding a NUL byte: the agent keeps
+/// written zeros ahead of its tail (see [`Journal::reserve`]), and JSON
+/// never contains a NUL. What follows must be NULs, or what one
+/// interrupted write can leave — at most one line, ending at its only
+/// newline if it has one (a torn tail); more is a problem.
 pub(super) fn scan(file: &File, path: &Path, mut each: impl FnMut(u64, &[u8], Option<Record>)) -> Result<Scan, JournalError> {
     let mut reader = BufReader::new(file);
     let mut out = Scan { records: 0, problems: Vec::new(), good_len: 0, torn_bytes: 0 };
@@ -300,6 +309,9 @@ pub(super) fn scan(file: &File, path: &Path, mut each: impl FnMut(u64, &[u8], Op
             return Ok(out);
         }
         line += 1;
+        if buf.contains(&0) {
+            return padding(&mut reader, path, line, buf, out, each);
+        }
         if let Some(raw) = buf.strip_suffix(b"\n") {
             let record = check_line(&mut link, line, raw, &mut out.problems);
             out.records += 1;
@@ -312,4 +324,65 @@ pub(super) fn scan(file: &File, path: &Path, mut each: impl FnMut(u64, &[u8], Op
             each(line, &buf, None);
         }
     }
+}
+
+/// The rest of the file from the logical end (`first` is the line holding
+/// the first NUL): NULs, a torn tail among them, or data that no write of
+/// the agent can have left there.
+fn padding(
+    reader: &mut impl BufRead,
+    path: &Path,
+    line: u64,
+    first: Vec<u8>,
+    mut out: Scan,
+    mut each: impl FnMut(u64, &[u8], Option<Record>),
+) -> Result<Scan, JournalError> {
+    // Bytes up to the last non-NUL byte, NULs between them kept (bounded by
+    // what was written there); the trailing NULs are only counted.
+    let mut data = Vec::new();
+    let mut zeros = 0usize;
+    let mut take = |chunk: &[u8], data: &mut Vec<u8>| {
+        for run in chunk.split_inclusive(|&b| b != 0) {
+            match run.last() {
+                Some(&0) => zeros += run.len(),
+                Some(_) => {
+                    data.resize(data.len() + zeros, 0);
+                    zeros = 0;
+                    data.extend_from_slice(run);
+                }
+                None => {}
+            }
+        }
+    };
+    take(&first, &mut data);
+    loop {
+        let chunk = reader.fill_buf().map_err(io_err(path, "read"))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        take(chunk, &mut data);
+        reader.consume(n);
+    }
+    if data.is_empty() {
+        return Ok(out);
+    }
+    let text: Vec<u8> = data.iter().copied().filter(|&b| b != 0).collect();
+    let newlines = text.iter().filter(|&&b| b == b'\n').count();
+    if newlines == 0 || (newlines == 1 && text.last() == Some(&b'\n')) {
+        out.torn_bytes = text.len() as u64;
+        let what = format!(
+            "final line is incomplete ({} bytes before the zeros kept ahead of the tail): its write was interrupted and never acknowledged",
+            text.len()
+        );
+        out.problems.push(Problem::new(line, None, "torn-tail", &what));
+        each(line, &text, None);
+    } else {
+        let what = format!(
+            "{} bytes ({newlines} lines) after the end of the journal (the zeros kept ahead of its tail): more than one interrupted write leaves",
+            text.len()
+        );
+        out.problems.push(Problem::new(line, None, "after-end", &what));
+    }
+    Ok(out)
 }

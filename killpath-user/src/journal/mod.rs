@@ -5,8 +5,14 @@
 //! replaced by `,"hash":"<hex>"}` and a trailing newline. Every body carries the previous
 //! record's hash, so editing a byte, removing, inserting or reordering lines is detected by
 //! [`verify_file`] from the file alone. [`Journal::append`] writes a line with a single
-//! `write(2)` and `fdatasync`s before returning, so callers write the intent before acting
-//! and acknowledge only after the result record is durable.
+//! `pwrite(2)` at the end of the last line and `fdatasync`s before returning, so callers
+//! write the intent before acting and acknowledge only after the result record is durable.
+//!
+//! The agent keeps written zeros ahead of the last line ([`Journal::reserve`]): a record
+//! then lands in blocks the file already has, and `fdatasync` flushes the data alone, no
+//! size or extent change (fallocate would not do: ext4 commits the conversion of an
+//! unwritten extent too). The journal ends at the first NUL byte; every reader stops there,
+//! and a torn write among the zeros is a torn tail like one at the end of the file.
 //!
 //! With a key (`agent --journal-key`), `,"hmac":"<hex>"` follows the hash:
 //! HMAC-SHA256 of the hash's 64 hex characters. The head (last seq and hash)
@@ -38,7 +44,7 @@ pub use record::{Actor, Entry, Phase, Record};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -97,7 +103,9 @@ pub struct Recovery {
 /// `create` is false and the file does not exist.
 fn lock_path(path: &Path, create: bool) -> Result<Option<Flock<File>>, JournalError> {
     for _ in 0..8 {
-        let opened = OpenOptions::new().read(true).append(true).create(create).mode(0o600).open(path);
+        // Not O_APPEND: lines are written at the logical end, ahead of which
+        // the file may hold zeros (see `Journal::reserve`).
+        let opened = OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(path);
         let file = match opened {
             Ok(file) => file,
             Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -131,8 +139,12 @@ pub struct Journal {
     path: PathBuf,
     next_seq: u64,
     last_hash: String,
-    /// File length after the last durable append.
+    /// Logical length: the end of the last durable line.
     len: u64,
+    /// Physical length: `len` plus the zeros kept ahead of it.
+    end: u64,
+    /// How many zeros to keep ahead of the tail (0: none, the file ends at its last line).
+    reserve: u64,
     /// The last complete line (with its newline), as this journal wrote or
     /// read it: the file must still end with it at the next append.
     last_line: Vec<u8>,
@@ -201,8 +213,20 @@ impl Journal {
         for p in &hmac_problems {
             warn!(path = %path.display(), "journal HMAC: {}", p.message);
         }
-        let journal =
-            Journal { file, path: path.to_owned(), next_seq: last_seq + 1, last_hash, len: scan.good_len, last_line, poisoned: false, key, observer: None };
+        let end = file.metadata().map_err(io_err(path, "stat"))?.len();
+        let journal = Journal {
+            file,
+            path: path.to_owned(),
+            next_seq: last_seq + 1,
+            last_hash,
+            len: scan.good_len,
+            end,
+            reserve: 0,
+            last_line,
+            poisoned: false,
+            key,
+            observer: None,
+        };
         Ok((journal, Recovery { truncated_bytes: scan.torn_bytes, dangling_intents, hmac_problems }))
     }
 
@@ -285,9 +309,9 @@ impl Journal {
         Ok(record)
     }
 
-    fn write_durably(&self, line: &[u8]) -> Result<(), JournalError> {
+    fn write_durably(&mut self, line: &[u8]) -> Result<(), JournalError> {
         let written = loop {
-            match (&*self.file).write(line) {
+            match self.file.write_at(line, self.len) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other.map_err(io_err(&self.path, "write"))?,
             }
@@ -296,7 +320,54 @@ impl Journal {
             let short = format!("short write: {written} of {} bytes", line.len());
             return Err(io_err(&self.path, "write")(io::Error::other(short)));
         }
+        // Inside the reserve this flushes the data blocks alone; past it,
+        // the new size too.
+        self.end = self.end.max(self.len + line.len() as u64);
         self.file.sync_data().map_err(io_err(&self.path, "fdatasync"))
+    }
+
+    /// Keeps at least `bytes / 2` (and tops up to `bytes`) of written zeros
+    /// ahead of the last line, now and at every [`Journal::top_up`]. An
+    /// append that does not fit just extends the file (slower: the size is
+    /// flushed too). The zeros are written and `fdatasync`ed before any
+    /// record goes over them.
+    pub fn reserve(&mut self, bytes: u64) -> Result<(), JournalError> {
+        self.reserve = bytes;
+        self.top_up().map(|_| ())
+    }
+
+    /// Writes zeros ahead of the tail when fewer than half the reserve are
+    /// left; returns whether it did. Meant for an idle moment (the agent's
+    /// periodic checks): a command never waits for it, unless the reserve
+    /// was used up in between.
+    pub fn top_up(&mut self) -> Result<bool, JournalError> {
+        if self.poisoned || self.reserve == 0 || self.end.saturating_sub(self.len) >= self.reserve / 2 {
+            return Ok(false);
+        }
+        const CHUNK: usize = 64 * 1024;
+        let zeros = vec![0u8; CHUNK];
+        let target = self.len + self.reserve;
+        let mut at = self.end;
+        let written = loop {
+            if at >= target {
+                break self.file.sync_data().map_err(io_err(&self.path, "fdatasync"));
+            }
+            let n = usize::try_from(target - at).map_or(CHUNK, |left| left.min(CHUNK));
+            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
+                break Err(io_err(&self.path, "write zeros")(e));
+            }
+            at += n as u64;
+        };
+        if let Err(e) = written {
+            // Zeros written but not synced are still zeros (a record's
+            // fdatasync over them flushes them with it): only the length
+            // must be known, or the next append would see a changed file.
+            self.end = self.file.metadata().map_or(at.max(self.end), |m| m.len());
+            return Err(e);
+        }
+        debug!(path = %self.path.display(), from = self.end, to = target, "journal: zeros written ahead of the tail");
+        self.end = target;
+        Ok(true)
     }
 
     /// The journal file.

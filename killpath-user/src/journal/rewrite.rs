@@ -31,15 +31,21 @@ impl Journal {
         if replaced {
             return Ok(Some(Tamper { replaced, what: "the file at the path is not the one the agent opened (replaced or removed)".into() }));
         }
-        if held.len() != self.len {
-            let what = format!("the file is {} bytes long where the agent left {} bytes", held.len(), self.len);
+        if held.len() != self.end {
+            let what = format!("the file is {} bytes long where the agent left {} bytes", held.len(), self.end);
             return Ok(Some(Tamper { replaced, what }));
         }
-        let mut tail = vec![0; self.last_line.len()];
-        let at = self.len - tail.len() as u64;
+        // The last line, and the first byte after it: a zero if the agent
+        // keeps zeros ahead of the tail (a line added there is caught).
+        let ahead = u64::from(self.end > self.len);
+        let mut tail = vec![0; self.last_line.len() + ahead as usize];
+        let at = self.len - self.last_line.len() as u64;
         self.file.read_exact_at(&mut tail, at).map_err(io_err(&self.path, "read"))?;
-        if tail != self.last_line {
+        if tail[..self.last_line.len()] != self.last_line[..] {
             return Ok(Some(Tamper { replaced, what: "the file no longer ends with the record the agent last wrote".into() }));
+        }
+        if tail[self.last_line.len()..].iter().any(|&b| b != 0) {
+            return Ok(Some(Tamper { replaced, what: "data was written after the record the agent last wrote".into() }));
         }
         Ok(None)
     }
@@ -65,7 +71,7 @@ impl Journal {
             self.file = lock_path(&self.path, true)?.ok_or_else(|| io_err(&self.path, "open")(io::ErrorKind::NotFound.into()))?;
         }
         let (mut found, mut at_expected) = (None, None);
-        // The held descriptor's offset is at its end (O_APPEND): read from the start.
+        // The held descriptor's offset is where the last read left it: read from the start.
         std::io::Seek::rewind(&mut &*self.file).map_err(io_err(&self.path, "seek"))?;
         let scan = scan(&self.file, &self.path, |_, _, r| {
             if let Some(r) = r {
@@ -83,6 +89,7 @@ impl Journal {
         let start = content.strip_suffix(b"\n").and_then(|c| c.iter().rposition(|&b| b == b'\n')).map_or(0, |i| i + 1);
         self.last_line = content[start..].to_vec();
         self.len = scan.good_len;
+        self.end = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
         let found = found.unwrap_or_else(|| Head { seq: 0, hash: ZERO_HASH.to_owned() });
         (self.next_seq, self.last_hash) = (found.seq + 1, found.hash.clone());
         let at = match &at_expected {

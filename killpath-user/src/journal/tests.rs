@@ -400,3 +400,117 @@ fn rewrite_under_an_open_journal_is_caught_at_the_next_append() {
     j.append(entry(Phase::Event, "6")).unwrap();
     assert_eq!(read_records(&path, 0).unwrap().iter().filter(|r| r.entry.action == "journal-rewritten").count(), 1);
 }
+
+/// The file's bytes from the logical end on.
+fn after_end(path: &Path) -> Vec<u8> {
+    let bytes = fs::read(path).unwrap();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes[end..].to_vec()
+}
+
+/// A journal keeping `reserve` bytes of zeros ahead of 4 events.
+fn four_reserved(reserve: u64) -> (tempfile::TempDir, PathBuf, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let (mut journal, _) = Journal::open(&path).unwrap();
+    journal.reserve(reserve).unwrap();
+    for i in 1..=4 {
+        journal.append(entry(Phase::Event, &i.to_string())).unwrap();
+    }
+    (dir, path, journal)
+}
+
+#[test]
+fn reserved_zeros_are_ahead_of_the_tail_and_readers_stop_there() {
+    let (_dir, path, journal) = four_reserved(64 * 1024);
+    let logical = journal.len;
+    assert_eq!(fs::metadata(&path).unwrap().len(), 64 * 1024, "zeros written ahead, the records inside them");
+    let tail = after_end(&path);
+    assert_eq!(tail.len() as u64, 64 * 1024 - logical);
+    assert!(tail.iter().all(|&b| b == 0));
+    let report = verify_file(&path).unwrap();
+    assert!(report.ok && report.records == 4 && report.head.seq == 4, "{report:?}");
+    assert_eq!(read_records(&path, 0).unwrap().len(), 4);
+    assert_eq!(head_of_file(&path).unwrap(), journal.head());
+    // Reopened after a crash with the zeros still ahead: nothing to repair,
+    // the next record goes at the logical end, over the zeros.
+    drop(journal);
+    let (mut journal, recovery) = Journal::open(&path).unwrap();
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 64 * 1024, "the zeros are kept");
+    assert_eq!(journal.append(entry(Phase::Event, "5")).unwrap().seq, 5);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 64 * 1024);
+    let report = verify_file(&path).unwrap();
+    assert!(report.ok && report.records == 5, "{report:?}");
+}
+
+#[test]
+fn torn_write_among_the_zeros_is_a_torn_tail() {
+    let torn = b"{\"seq\":5,\"time_unix";
+    // The start of the line written, or only its end (its first sector lost).
+    let mut suffix = vec![0u8; 10];
+    suffix.extend_from_slice(b"\"workload-5\"}\n");
+    for (bytes, non_nul) in [(&torn[..], torn.len()), (&suffix[..], suffix.len() - 10)] {
+        let (_dir, path, journal) = four_reserved(8192);
+        journal.file.write_all_at(bytes, journal.len).unwrap();
+        drop(journal);
+        assert_eq!(kinds(&path), [kind(5, "torn-tail")]);
+        assert_eq!(verify_file(&path).unwrap().records, 4);
+        assert_eq!(read_records(&path, 0).unwrap().len(), 4);
+        let (mut journal, recovery) = Journal::open(&path).unwrap();
+        assert_eq!(recovery.truncated_bytes, non_nul as u64);
+        assert!(after_end(&path).is_empty(), "the torn bytes are gone");
+        journal.reserve(8192).unwrap();
+        assert_eq!(journal.append(entry(Phase::Event, "5")).unwrap().seq, 5);
+        assert!(verify_file(&path).unwrap().ok);
+        assert!(after_end(&path).iter().all(|&b| b == 0));
+    }
+}
+
+#[test]
+fn lines_after_the_zeros_are_not_a_torn_tail() {
+    let (_dir, path, journal) = four_reserved(8192);
+    let at = fs::metadata(&path).unwrap().len();
+    journal.file.write_all_at(b"{\"a\":1}\n{\"b\":2}\n", at).unwrap();
+    drop(journal);
+    assert_eq!(kinds(&path), [kind(5, "after-end")]);
+    assert!(matches!(Journal::open(&path), Err(JournalError::Corrupt { .. })), "never repaired");
+}
+
+#[test]
+fn top_up_keeps_zeros_ahead_and_a_full_reserve_still_appends() {
+    let (_dir, path, mut journal) = four_reserved(4096);
+    assert!(!journal.top_up().unwrap(), "more than half left");
+    while journal.end - journal.len >= 2048 {
+        journal.append(entry(Phase::Event, "x")).unwrap();
+    }
+    assert!(journal.top_up().unwrap());
+    assert_eq!(journal.end, journal.len + 4096);
+    assert_eq!(fs::metadata(&path).unwrap().len(), journal.end);
+    // Past the zeros without a top-up: the file grows, nothing is lost.
+    while journal.end > journal.len {
+        journal.append(entry(Phase::Event, "y")).unwrap();
+    }
+    let n = journal.last_seq();
+    journal.append(entry(Phase::Event, "z")).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), journal.len);
+    let report = verify_file(&path).unwrap();
+    assert!(report.ok && report.records == n + 1, "{report:?}");
+}
+
+#[test]
+fn a_line_written_into_the_zeros_under_the_agent_is_caught() {
+    let (_dir, path, mut journal) = four_reserved(8192);
+    let forged = read_records(&path, 3).unwrap().remove(0);
+    let line = format!("{}\n", serde_json::to_string(&forged).unwrap());
+    journal.file.write_all_at(line.as_bytes(), journal.len).unwrap();
+    let rec = journal.append(entry(Phase::Event, "5")).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    let text = String::from_utf8_lossy(&bytes[..bytes.iter().position(|&b| b == 0).unwrap()]).into_owned();
+    let all: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let note = all.iter().find(|r| r["action"] == "journal-rewritten").expect("a journal-rewritten record");
+    assert!(note["params"]["what"].as_str().unwrap().contains("after the record the agent last wrote"), "{note}");
+    assert_eq!((all.len(), all.last().unwrap()["seq"].as_u64()), (7, Some(rec.seq)));
+    // The duplicate stays where it was put, and verification names it.
+    assert_eq!(kinds(&path), [kind(5, "seq-gap"), kind(5, "chain-break")]);
+}

@@ -171,31 +171,85 @@ impl LinkKeeper {
     /// Puts back every pin that disappeared, from the fd held. A removed
     /// target directory is recreated. Returns what was found missing.
     pub fn check(&self) -> Vec<Repinned> {
+        self.check_matching(|_| true)
+    }
+
+    /// [`LinkKeeper::check`] of the host-wide links and those of the target
+    /// whose cgroup id is `cgroup_id` only: what an action on that target
+    /// looks at, without a walk of every target's pins.
+    pub fn check_target(&self, cgroup_id: Option<u64>) -> Vec<Repinned> {
+        let id = cgroup_id.map(|id| id.to_string());
+        self.check_matching(|pin| match target_of(pin) {
+            None => true,
+            Some(dir) => id.as_deref().is_some_and(|id| dir == id),
+        })
+    }
+
+    /// The held pins missing now, found without putting anything back:
+    /// the walk (thousands of pins with many targets) can run without the
+    /// agent's state lock; [`LinkKeeper::check_pins`] then repairs under it.
+    pub fn missing(&self) -> Vec<PathBuf> {
+        let pins: Vec<PathBuf> = self.lock().keys().cloned().collect();
+        pins.into_iter().filter(|p| fs::symlink_metadata(p).is_err()).collect()
+    }
+
+    /// [`LinkKeeper::check`] of `pins` only (those [`LinkKeeper::missing`]
+    /// found): each is looked at again, a pin released meanwhile is left.
+    pub fn check_pins(&self, pins: &[PathBuf]) -> Vec<Repinned> {
+        let wanted: std::collections::BTreeSet<&PathBuf> = pins.iter().collect();
+        self.check_matching(|p| wanted.contains(&p.to_path_buf()))
+    }
+
+    /// Checks the held pins that `select` picks. The pins are stat'ed
+    /// without holding the set (thousands with many targets): attaching
+    /// and detaching do not wait for the walk.
+    fn check_matching(&self, select: impl Fn(&Path) -> bool) -> Vec<Repinned> {
+        let pins: Vec<PathBuf> = self.lock().keys().filter(|p| select(p)).cloned().collect();
+        // Only a missing pin is put back. Known gap: a path that exists
+        // is not checked to be our link (a foreign pin or file put in
+        // its place is left alone; the link stays held by our fd).
+        let missing: Vec<PathBuf> = pins.into_iter().filter(|p| fs::symlink_metadata(p).is_err()).collect();
+        if missing.is_empty() {
+            return Vec::new();
+        }
         let held = self.lock();
         let mut out = Vec::new();
-        for (pin, fd) in held.iter() {
-            // Only a missing pin is put back. Known gap: a path that exists
-            // is not checked to be our link (a foreign pin or file put in
-            // its place is left alone; the link stays held by our fd).
-            if fs::symlink_metadata(pin).is_ok() {
-                continue;
-            }
+        for pin in &missing {
+            // Released meanwhile (the target went away): nothing to put back.
+            let Some(fd) = held.get(pin) else { continue };
             let error = pin
                 .parent()
                 .map_or(Ok(()), |d| fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display()))))
                 .and_then(|()| obj_pin(fd, pin))
                 .err()
                 .map(|e| e.to_string());
-            let cgroup_id = pin
-                .parent()
-                .filter(|d| d.parent().and_then(Path::file_name).is_some_and(|n| n == "targets"))
-                .and_then(|d| d.file_name()?.to_str()?.parse().ok());
+            let cgroup_id = target_of(pin).and_then(|d| d.parse().ok());
             out.push(Repinned { pin: pin.clone(), cgroup_id, error });
         }
         out
     }
 }
 
+/// The target directory name (its cgroup id) of a per-target pin
+/// (`<gen>/targets/<id>/<link>`); `None` for a host-wide one.
+fn target_of(pin: &Path) -> Option<&str> {
+    let dir = pin.parent()?;
+    dir.parent().and_then(Path::file_name).is_some_and(|n| n == "targets").then(|| dir.file_name()?.to_str()).flatten()
+}
+
 fn files(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_of_names_a_per_target_pin_only() {
+        let gen = Path::new("/sys/fs/bpf/kp/gen-1");
+        assert_eq!(target_of(&gen.join("targets/4242/kp_isolate_connect4")), Some("4242"));
+        assert_eq!(target_of(&gen.join("links/kp_guard_fork")), None);
+        assert_eq!(target_of(&gen.join("targets")), None);
+    }
 }

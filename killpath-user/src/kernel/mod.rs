@@ -24,6 +24,7 @@ pub mod members;
 pub mod mounts;
 pub mod object;
 pub mod pins;
+pub mod priority;
 pub mod probe;
 pub mod proctree;
 pub mod raises;

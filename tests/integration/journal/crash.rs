@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{assert_verifies, check_chain, check_pairs, kp_via_agent, lines, text, verify_file};
 use crate::{
-    harness::{alive, Agent},
+    harness::{alive, journal_text, Agent},
     support::process::sleeping_target,
 };
 
@@ -17,7 +17,7 @@ fn torn_tail_is_truncated_on_restart() {
     let (_run, pid) = sleeping_target(&agent, "t");
     agent.kill9();
     let journal = agent.journal_path();
-    let good = fs::read(&journal).unwrap();
+    let good = journal_text(&journal);
     let n = lines(&journal).len();
     let torn = br#"{"seq":999,"time_unix_us":17000,"time":"20"#;
     fs::OpenOptions::new().append(true).open(&journal).unwrap().write_all(torn).unwrap();
@@ -31,7 +31,7 @@ fn torn_tail_is_truncated_on_restart() {
 
     agent.spawn();
     let after = fs::read(&journal).unwrap();
-    assert!(after.starts_with(&good), "records before the torn tail were changed");
+    assert!(journal_text(&journal).starts_with(&good), "records before the torn tail were changed");
     assert!(!String::from_utf8_lossy(&after).contains("\"seq\":999"), "torn tail still there");
     let raw = lines(&journal);
     let records = check_chain(&raw);

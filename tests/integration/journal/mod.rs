@@ -12,11 +12,11 @@ mod anchor;
 mod crash;
 mod follow;
 mod records;
+mod reserve;
 mod verify;
 
 use std::{
     collections::HashMap,
-    fs,
     path::Path,
     process::{Command, Output, Stdio},
 };
@@ -24,12 +24,13 @@ use std::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Agent, BIN};
+use crate::harness::{journal_text, Agent, BIN};
 
 const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    assert!(path.exists(), "{} does not exist", path.display());
+    journal_text(path).lines().map(str::to_owned).collect()
 }
 
 fn text(out: &Output) -> String {

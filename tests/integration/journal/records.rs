@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{check_chain, check_pairs, kp_via_agent, lines, text, ZERO_HASH};
 use crate::{
-    harness::{alive, wait_until, Agent},
+    harness::{alive, journal_text, wait_until, Agent},
     support::process::sleeping_target,
 };
 
@@ -123,7 +123,7 @@ fn result_is_in_the_file_before_the_response() {
         let (_run, _pid) = sleeping_target(&agent, &name);
         let out = agent.kp(&["--json", "stop", &name]);
         // Read the file the instant the CLI returns.
-        let raw = fs::read_to_string(agent.journal_path()).unwrap();
+        let raw = journal_text(&agent.journal_path());
         assert!(out.status.success(), "{}", text(&out));
         let resp: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(raw.ends_with('\n'), "the last record is complete");
@@ -136,7 +136,7 @@ fn result_is_in_the_file_before_the_response() {
         assert_eq!(result["outcome"], "ok");
         assert_eq!(records.last().unwrap()["seq"], result["seq"], "the stop result is the last record");
         let out = agent.kp(&["--json", "release", &name]);
-        let raw = fs::read_to_string(agent.journal_path()).unwrap();
+        let raw = journal_text(&agent.journal_path());
         let resp: Value = serde_json::from_slice(&out.stdout).unwrap();
         let last: Value = serde_json::from_str(raw.lines().last().unwrap()).unwrap();
         assert_eq!((last["action"].as_str(), last["phase"].as_str()), (Some("release"), Some("result")), "{last}");

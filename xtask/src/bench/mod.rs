@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`]); [`section`] and [`report`] hold the results
+//! [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`scale`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -43,6 +43,7 @@ mod lease;
 mod overhead;
 mod report;
 mod sandbox;
+mod scale;
 mod section;
 mod stop_single;
 mod throttle;
@@ -61,7 +62,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// throttle, overhead, lease, exposure, tripwire_cost); repeatable. Default: all. The
+    /// throttle, overhead, lease, exposure, tripwire_cost, scale); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -114,7 +115,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     match sb.start_agent() {
         Ok(()) => {
             type Bench = fn(&mut Sandbox, &Params, &mut Section) -> Result<()>;
-            let all: [(&'static str, Bench); 8] = [
+            let all: &[(&'static str, Bench)] = &[
                 ("hard_stop_fork_bomb", fork_bomb::hard_stop_fork_bomb),
                 ("isolate", isolate::isolate),
                 ("stop_single", stop_single::stop_single),
@@ -123,8 +124,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("lease", lease::lease),
                 ("exposure", exposure::exposure),
                 ("tripwire_cost", tripwire_cost::tripwire_cost),
+                ("scale", scale::scale),
             ];
-            for (id, f) in all {
+            for &(id, f) in all {
                 if args.only.is_empty() || args.only.iter().any(|o| o == id) {
                     sections.push(run_section(&mut sb, &params, id, f));
                 }

@@ -151,6 +151,11 @@ impl Sandbox {
         }
     }
 
+    /// The running agent's pid.
+    pub(super) fn agent_pid(&self) -> Option<u32> {
+        self.inner.agent_pid()
+    }
+
     /// The agent's socket.
     pub(super) fn socket(&self) -> &Path {
         self.inner.socket()

@@ -1,0 +1,37 @@
+//! The agent runs at a raised priority (nice -10, every thread), so a
+//! command's wake-ups do not wait behind busy tasks; what it starts (the
+//! alert hook) runs at the default priority.
+use std::{fs, time::Duration};
+
+use crate::{
+    harness::{wait_until, Agent},
+    support::process::run_bg,
+};
+
+/// Field 19 of /proc/PID/stat (or a task's): its nice value.
+fn nice(stat_path: &str) -> i64 {
+    let stat = fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("{stat_path}: {e}"));
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let after = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+    after.split(' ').nth(16).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("no nice in {stat}"))
+}
+
+#[test]
+fn agent_threads_run_raised_and_its_hook_does_not() {
+    let hook_dir = tempfile::tempdir().expect("tempdir");
+    let hook_file = hook_dir.path().join("nice");
+    // The hook records its own nice value (field 19 of its stat).
+    let hook = format!("cat >/dev/null; cut -d' ' -f19 /proc/$$/stat > '{}'", hook_file.display());
+    let Some(agent) = Agent::start_with(&["--alert-hook", &hook]) else { return };
+    let tasks: Vec<String> =
+        fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(tasks.len() > 1, "{tasks:?}");
+    for t in &tasks {
+        assert_eq!(nice(&format!("/proc/{}/task/{t}/stat", agent.pid())), -10, "agent thread {t}");
+    }
+    let _t = run_bg(&agent, "w", &["sleep", "1000"], 1);
+    agent.json(&["degrade", "w", "--revoke", "net.connect"]);
+    let seen = wait_until(Duration::from_secs(10), || fs::read_to_string(&hook_file).is_ok_and(|s| !s.trim().is_empty()));
+    assert!(seen.is_some(), "the alert hook never ran; agent log:\n{}", agent.log_text());
+    assert_eq!(fs::read_to_string(&hook_file).unwrap().trim(), "0", "the hook runs at the default priority");
+}
