@@ -70,9 +70,12 @@ fn stop_halt_freeze_blocked_by_d_state_task() {
     let script = format!("for i in $(seq {n}); do sleep 1000 & done; stat {}/x & wait", mnt.display());
     let _run = run_bg(&agent, "stuck", &["sh", "-c", &script], n + 2);
     let cg = agent.target_cgroup("stuck");
-    let stuck = wait_until(Duration::from_secs(10), || pids(&cg).iter().any(|p| state(*p) == Some('D')))
-        .and_then(|()| pids(&cg).into_iter().find(|p| state(*p) == Some('D')))
-        .expect("no task of the target blocked in the FUSE lookup");
+    // The `stat` itself, asleep in the kernel (not a task passing through
+    // D for a moment while it forks or execs).
+    let blocked = |p: &i32| state(*p) == Some('D') && std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "stat");
+    let stuck = wait_until(Duration::from_secs(10), || pids(&cg).iter().any(blocked))
+        .and_then(|()| pids(&cg).into_iter().find(blocked))
+        .expect("the target's `stat` never blocked in the FUSE lookup");
     // From outside: with that task, the cgroup cannot freeze (otherwise
     // this test proves nothing).
     let freeze = cg.path().join("cgroup.freeze");
