@@ -20,6 +20,9 @@ impl State {
 
     pub(super) fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
+        // Receipt to here: the intent journaled and fdatasynced (the disk's
+        // share of the halt).
+        let intent_durable_us = received.elapsed().as_micros() as u64;
         let kills_before = self.enforcer.maps.guard_kills();
         // The real cgroup, by id: a mount over the path cannot hide the
         // target's tasks from the stop. Whether the path still leads there
@@ -68,6 +71,7 @@ impl State {
                 "halt": report.halt,
                 "freeze_timed_out": report.freeze_timed_out,
                 "guard_armed_us": guard_armed_us,
+                "intent_durable_us": intent_durable_us,
                 "guard_kills": guard_kills,
                 "used_cgroup_kill": report.used_cgroup_kill,
                 "used_freeze": report.used_freeze,

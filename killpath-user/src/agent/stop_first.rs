@@ -3,8 +3,8 @@
 //! Every command runs under the one state mutex (commands apply in journal
 //! order), so a flood of `status` or `journal` requests could keep a stop
 //! waiting for the lock: a std mutex is not fair, and each reader holds it
-//! for the length of its answer. Two rules:
-//! - a stop announces itself before it takes the lock ([`turn`]); any other
+//! for the length of its answer. Three rules:
+//! - a stop announces itself before it takes the lock ([`lock`]); any other
 //!   command waits while a stop is announced, and one that took the lock
 //!   anyway (it was already past the gate) gives it back at once: a stop
 //!   waits at most for the one command already running;
@@ -15,7 +15,7 @@
 //!   readers flooding the agent, or anything else on the host, do not
 //!   stretch the wait; the holder goes back to the agent's own nice value
 //!   when it lets go;
-//! - `journal` reads the file without the lock ([`journal`]): records are
+//! - `journal` reads the file without the lock ([`Unlocked`]): records are
 //!   appended with one write(2), and only those up to the head the agent
 //!   published after their fdatasync are returned, so a reader never sees
 //!   a record that is not durable, nor half of one.

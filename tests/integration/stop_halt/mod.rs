@@ -141,17 +141,19 @@ fn check_canary(file: &Path, r: &Value, answered: u64) {
 fn stop_halt_small_racing_fork_bomb() {
     let Some(agent) = Agent::start() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("canary");
-    // The loop starts once the canary has stamped, so the target is still
-    // small when the stop comes.
-    let script = format!("{} while [ ! -s {f} ]; do :; done; {BOMB_ONE} wait", canary(&file), f = file.display());
-    let _run = run_bg(&agent, "smallbomb", &["sh", "-c", &script], 8);
+    let (file, go) = (dir.path().join("canary"), dir.path().join("go"));
+    // The loop starts when the test says go, right before the stop, so
+    // the target is still small (and forking) when the stop comes.
+    let script = format!("{} while [ ! -e {} ]; do sleep 0.005; done; {BOMB_ONE} wait", canary(&file), go.display());
+    let _run = run_bg(&agent, "smallbomb", &["sh", "-c", &script], 2);
     let cg = agent.target_cgroup("smallbomb");
     wait_until(Duration::from_secs(10), || stamp(&file).is_some()).expect("the canary never stamped");
     let before = pids(&cg);
+    std::fs::write(&go, "").expect("go");
     let (r, answered) = timed_stop(&agent, "smallbomb");
     eprintln!("small bomb stop: {r}");
     let n = r["tasks_at_start"].as_u64().unwrap_or(0) as usize;
+    assert!(n > before.len(), "the bomb did not fork before the stop ({n} tasks): nothing raced: {r}");
     assert!(n <= killpath::stop::SMALL_TARGET, "the bomb outgrew a small target before the stop ({n} tasks): the test did not take the small path: {r}");
     assert_eq!(r["halt"], "kill-written", "a small target is halted by its kill: {r}");
     assert_eq!(r["freeze_timed_out"], false, "a small target is not frozen before its kill: {r}");
