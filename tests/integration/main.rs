@@ -21,6 +21,7 @@ mod protect;
 mod raise;
 mod socket;
 mod stop;
+mod stop_halt;
 mod tamper;
 mod targets;
 mod throttle;

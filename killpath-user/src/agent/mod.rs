@@ -24,6 +24,7 @@ mod ring;
 pub mod server;
 mod status;
 mod stop;
+mod stop_first;
 mod tamper;
 mod throttle;
 mod transaction;

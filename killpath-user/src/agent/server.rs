@@ -132,12 +132,18 @@ pub fn bind(state: &State) -> Result<UnixListener> {
 /// Accepts connections forever.
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
     info!("serving");
+    // Read once: a new connection never waits for the state lock.
+    let fixed = {
+        let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::new((s.config.group, super::stop_first::Unlocked::of(&s)))
+    };
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let state = state.clone();
+                let fixed = fixed.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, state).await {
+                    if let Err(e) = connection(stream, state, fixed).await {
                         debug!("connection ended: {e}");
                     }
                 });
@@ -166,9 +172,13 @@ fn authorized(caller: Caller, group: Option<u32>) -> bool {
         .is_some_and(|l| l.split_whitespace().any(|x| x.parse() == Ok(g)))
 }
 
-async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+/// What every connection needs that never changes: the agent's group, and
+/// what commands served without the state lock read.
+type Fixed = Arc<(Option<u32>, super::stop_first::Unlocked)>;
+
+async fn connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Fixed) -> std::io::Result<()> {
     let mut drill = None;
-    let r = serve_connection(stream, state.clone(), &mut drill).await;
+    let r = serve_connection(stream, state.clone(), fixed, &mut drill).await;
     // A drill whose connection closed without drill-end (its client was
     // interrupted or died): the agent puts its target back.
     if let Some(id) = drill {
@@ -180,14 +190,14 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Re
     r
 }
 
-async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &mut Option<u64>) -> std::io::Result<()> {
+async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Fixed, drill: &mut Option<u64>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().unwrap_or(0);
     // Held for the connection's life: each request checks the caller is
     // still this very process (see `confinement`).
     let pidfd = super::confinement::peer_pidfd(&stream, pid);
     let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid, drill: None, pidfd: pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), source: None };
-    let group = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config.group;
+    let group = fixed.0;
     let codec = RequestCodec(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE));
     let mut framed = Framed::new(stream, codec);
     while let Some(frame) = framed.next().await {
@@ -203,6 +213,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
                 Ok(req) if req.cmd == Command::Events {} => return subscribe(framed, req.id, state).await,
                 Ok(req) => {
                     let state = state.clone();
+                    let fixed = fixed.clone();
                     let id = req.id.clone();
                     let (begins, ends) = (matches!(req.cmd, Command::DrillBegin { .. }), matches!(req.cmd, Command::DrillEnd { .. }));
                     if begins && drill.is_some() {
@@ -219,9 +230,13 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, drill: &
                     // Blocking work (fsync, waiting for a cgroup to empty)
                     // runs off the async threads.
                     let r = tokio::task::spawn_blocking(move || {
+                        if let Some(r) = fixed.1.serve(&req.cmd) {
+                            return r;
+                        }
                         // A panicked handler must not take the agent down with
-                        // it: keep serving from the state as it was left.
-                        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        // it: keep serving from the state as it was left. A
+                        // stop goes ahead of everything else (`stop_first`).
+                        let mut s = super::stop_first::lock(&state, &req.cmd);
                         if !allowed {
                             s.journal_refusal(caller, &req.cmd)?;
                             return Err(Error::Forbidden { uid: caller.uid });

@@ -1,11 +1,16 @@
-//! Level 4 at the agent: arm the kernel guard, then the hard stop.
+//! Level 4 at the agent: the hard stop, arming the kernel guard once the
+//! target is halted (see `stop`: what the guard is for comes later, tasks
+//! moved into the stopped target). Armed first, it would SIGKILL a fork
+//! bomb's tasks one by one at their next syscall or switch while the
+//! freeze spreads, which delays `frozen 1`, and its map update would sit
+//! before the halt.
 use std::time::Instant;
 
 use killpath_common::level;
 use serde_json::json;
 
 use super::{now_us, Done, State};
-use crate::{error::Result, stop, target::Target};
+use crate::{error::Result, kernel::cgroup::Cgroup, stop, target::Target};
 
 impl State {
     /// Cgroup ids of `t` and of every target nested inside it.
@@ -15,19 +20,39 @@ impl State {
 
     pub(super) fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
-        // Arm the kernel guard first: from here on any task of the target
-        // that makes a syscall, forks or is switched out gets SIGKILL.
-        self.enforcer.maps.set(t.cgroup_id, t.state(level::STOPPED))?;
-        let guard_armed_us = received.elapsed().as_micros() as u64;
+        // Receipt to here: the intent journaled and fdatasynced (the disk's
+        // share of the halt).
+        let intent_durable_us = received.elapsed().as_micros() as u64;
         let kills_before = self.enforcer.maps.guard_kills();
         // The real cgroup, by id: a mount over the path cannot hide the
-        // target's tasks from the stop (a mismatch is alerted and reported).
-        let (cg, path_mismatch) = self.target_cgroup(name)?;
+        // target's tasks from the stop. Whether the path still leads there
+        // is checked after the kill (a mismatch is then alerted and
+        // reported): nothing that is not the kill goes before it.
+        let cg = Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id)?;
         // Membership follows the task: the target's marked tasks, and those
-        // of targets nested in it, die wherever they sit.
+        // of targets nested in it, die wherever they sit. The marks are
+        // held apart from the maps for the stop, so that the guard can be
+        // armed (a write to the maps) from inside it.
         let ids = self.nested_ids(&t);
-        let marked = self.enforcer.maps.members.as_ref().map(|m| (m, ids.as_slice()));
-        let report = stop::hard_stop_marked(&cg, marked, received, stop::EMPTY_TIMEOUT)?;
+        let members = self.enforcer.maps.members.take();
+        let marked = members.as_ref().map(|m| (m, ids.as_slice()));
+        let mut guard_armed_us = 0;
+        let maps = &mut self.enforcer.maps;
+        // From the arming on, any task of the target that makes a syscall,
+        // forks or is switched out gets SIGKILL.
+        let mut arm = || {
+            maps.set(t.cgroup_id, t.state(level::STOPPED))?;
+            guard_armed_us = received.elapsed().as_micros() as u64;
+            Ok(())
+        };
+        let report = stop::hard_stop_guarded(&cg, marked, &mut arm, received, stop::EMPTY_TIMEOUT);
+        self.enforcer.maps.members = members;
+        // A stop that failed before its halt still leaves the guard armed.
+        if report.is_err() && guard_armed_us == 0 {
+            self.enforcer.maps.set(t.cgroup_id, t.state(level::STOPPED))?;
+        }
+        let report = report?;
+        let (_, path_mismatch) = self.target_cgroup(name)?;
         let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
         let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
         let tt = self.registry.get_mut(name)?;
@@ -43,7 +68,10 @@ impl State {
                 "tasks_at_start": report.tasks_at_start,
                 "time_to_halt_us": report.time_to_halt_us,
                 "time_to_empty_us": report.time_to_empty_us,
+                "halt": report.halt,
+                "freeze_timed_out": report.freeze_timed_out,
                 "guard_armed_us": guard_armed_us,
+                "intent_durable_us": intent_durable_us,
                 "guard_kills": guard_kills,
                 "used_cgroup_kill": report.used_cgroup_kill,
                 "used_freeze": report.used_freeze,

@@ -186,11 +186,12 @@ impl Output {
             println!("agent unavailable ({}): stopped directly; guard {}; journaled to {}", s(&r["agent_error"]), s(&r["guard"]), s(&r["journal"]));
         }
         println!(
-            "stopped {}: {} survivors of {} tasks; halted in {} µs, empty in {} µs ({}{})",
+            "stopped {}: {} survivors of {} tasks; halted in {} µs ({}), empty in {} µs ({}{})",
             s(&r["target"]),
             s(&r["survivors"]),
             s(&r["tasks_at_start"]),
             s(&r["time_to_halt_us"]),
+            s(&r["halt"]),
             s(&r["time_to_empty_us"]),
             if r["used_freeze"] == Value::Bool(true) { "cgroup.freeze + " } else { "" },
             if r["used_cgroup_kill"] == Value::Bool(true) { "cgroup.kill" } else { "per-pid SIGKILL" },

@@ -120,6 +120,8 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "tasks_at_start": r.tasks_at_start,
         "time_to_halt_us": r.time_to_halt_us,
         "time_to_empty_us": r.time_to_empty_us,
+        "halt": r.halt,
+        "freeze_timed_out": r.freeze_timed_out,
         "used_cgroup_kill": r.used_cgroup_kill,
         "used_freeze": r.used_freeze,
         "escape_attempts": escape_attempts,

@@ -8,7 +8,7 @@
 //! directory's fd, so a mount over the path cannot feed it fake files.
 use std::{
     fs,
-    io::{self, Read, Seek, Write},
+    io::{self, Read, Write},
     os::{
         fd::{AsFd, OwnedFd},
         unix::fs::MetadataExt,
@@ -75,6 +75,16 @@ impl Cgroup {
         let fd = cgroup_id::open_by_id(&mount, id).map_err(Error::cgroup(&path))?;
         let mismatch = cgroup_id::path_mismatch(&path, id);
         Ok((Self { path, dir: Some(Arc::new(fd)) }, mismatch))
+    }
+
+    /// The cgroup whose id is `id`, opened by handle on `mount` (the
+    /// caller's known cgroup2 mount: no read of the mount table), named
+    /// `path` in messages; whether `path` still leads there is not checked
+    /// (see [`Cgroup::by_id`] for that).
+    pub fn by_id_on(mount: &Path, path: impl Into<PathBuf>, id: u64) -> Result<Self> {
+        let path = path.into();
+        let fd = cgroup_id::open_by_id(mount, id).map_err(Error::cgroup(&path))?;
+        Ok(Self { path, dir: Some(Arc::new(fd)) })
     }
 
     /// The cgroup whose id is `id`, opened by handle on `mount` (see
@@ -270,31 +280,56 @@ impl Cgroup {
         self.write("cgroup.kill", "1")
     }
 
-    /// Waits until cgroup.events says `populated 0`, sleeping in poll(2) on
-    /// the file (kernfs wakes pollers with POLLPRI on every change) rather
-    /// than spinning. Returns false on timeout.
+    /// Waits until cgroup.events says `populated 0` (see [`Cgroup::wait_event`]).
+    /// Returns false on timeout.
     pub fn wait_empty(&self, timeout: Duration) -> Result<bool> {
+        self.wait_event("populated", 0, timeout)
+    }
+
+    /// Waits until cgroup.events says `key want`, sleeping in poll(2) on the
+    /// file with no interval: kernfs wakes pollers with POLLPRI on every
+    /// change, and a read records the event count the next poll compares
+    /// against, so a change between our read and poll() wakes it at once.
+    /// The kernel rate-limits these notifications to one per
+    /// CGROUP_FILE_NOTIFY_MIN_INTV (10 ms, since Linux 5.3): a change within
+    /// 10 ms of the previous one is announced late (the file itself is
+    /// always current). Returns false on timeout.
+    pub fn wait_event(&self, key: &str, want: u64, timeout: Duration) -> Result<bool> {
         let path = self.file("cgroup.events");
-        let mut f = self.open("cgroup.events", false).map_err(Error::cgroup(&path))?;
+        let f = self.open("cgroup.events", false).map_err(Error::cgroup(&path))?;
         let deadline = Instant::now() + timeout;
-        let mut buf = String::new();
         loop {
-            buf.clear();
-            f.rewind().map_err(Error::cgroup(&path))?;
-            f.read_to_string(&mut buf).map_err(Error::cgroup(&path))?;
-            if events_field(&buf, "populated") == Some(0) {
+            if events_field(&read_events(&f).map_err(Error::cgroup(&path))?, key) == Some(want) {
                 return Ok(true);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(false);
             }
-            // Bounded wait: a notification between our read and poll() is
-            // not lost because we re-read after at most 5 ms anyway.
-            let ms = left.as_millis().clamp(1, 5) as u16;
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
             let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLPRI)];
             let _ = poll(&mut fds, PollTimeout::from(ms));
         }
+    }
+
+    /// The pids of this subtree when it holds at most `limit` processes
+    /// (None: more). Stops reading at `limit + 1`, so asking about a fork
+    /// bomb costs one page of cgroup.procs, not its whole list.
+    pub fn procs_upto(&self, limit: usize) -> Option<Vec<i32>> {
+        let mut out = Vec::new();
+        for cg in self.subtree() {
+            let Ok(f) = cg.open("cgroup.procs", false) else { continue };
+            for line in io::BufRead::lines(io::BufReader::new(f)) {
+                let Ok(line) = line else { break };
+                if let Ok(pid) = line.trim().parse() {
+                    out.push(pid);
+                }
+                if out.len() > limit {
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// Removes this cgroup and every nested one (children first). Fails if
@@ -307,7 +342,16 @@ impl Cgroup {
     }
 }
 
-fn events_field(text: &str, key: &str) -> Option<u64> {
+/// The whole of cgroup.events, read from offset 0 (pread: one call, and
+/// the read re-arms poll(2) on the file).
+pub fn read_events(f: &fs::File) -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    let n = std::os::unix::fs::FileExt::read_at(f, &mut buf, 0)?;
+    Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned())
+}
+
+/// One `key value` field of cgroup.events text.
+pub fn events_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()

@@ -80,6 +80,9 @@ pub(super) fn push_stop_times(s: &mut Section, wall: Duration, r: &Value) -> Res
     s.push("kp_wall", "killpath stop: client wall time", Unit::Micros, micros(wall));
     s.push("kp_halt", "killpath stop: time_to_halt_us (agent)", Unit::Micros, num(r, "time_to_halt_us")?);
     s.push("kp_empty", "killpath stop: time_to_empty_us (agent)", Unit::Micros, num(r, "time_to_empty_us")?);
+    if let Ok(v) = num(r, "intent_durable_us") {
+        s.push("kp_intent", "killpath stop: receipt to intent durable (agent; part of halt and empty)", Unit::Micros, v);
+    }
     Ok(())
 }
 

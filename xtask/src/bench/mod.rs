@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`scale`]); [`section`] and [`report`] hold the results
+//! [`stop_flood`], [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`scale`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -45,6 +45,7 @@ mod report;
 mod sandbox;
 mod scale;
 mod section;
+mod stop_flood;
 mod stop_single;
 mod throttle;
 mod tripwire_cost;
@@ -62,7 +63,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// throttle, overhead, lease, exposure, tripwire_cost, scale); repeatable. Default: all. The
+    /// stop_flood, throttle, overhead, lease, exposure, tripwire_cost, scale); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -119,6 +120,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("hard_stop_fork_bomb", fork_bomb::hard_stop_fork_bomb),
                 ("isolate", isolate::isolate),
                 ("stop_single", stop_single::stop_single),
+                ("stop_flood", stop_flood::stop_flood),
                 ("throttle", throttle::throttle),
                 ("overhead", overhead::overhead),
                 ("lease", lease::lease),

@@ -1,0 +1,162 @@
+//! Tests: how a stop halts a target, judged from outside. A racing fork
+//! bomb leaves no process anywhere in the target (from /proc), whichever
+//! order the stop took (small: `cgroup.kill` alone; large: freeze, wait for
+//! `frozen 1`, kill); the halt the agent reports is true (a canary in the
+//! target stamps the monotonic clock in a loop: none of its stamps is
+//! later than the reported halt allows); a freeze that cannot complete
+//! does not hang the stop; and read-only commands flooding the agent
+//! neither delay a stop forever nor see a record that is not durable.
+mod freeze_blocked;
+mod read_flood;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    harness::{wait_until, Agent},
+    support::{
+        process::{pids, py, run_bg},
+        status::{assert_stopped, stop},
+    },
+};
+
+/// Four loops forking `sleep` as fast as they can.
+const BOMB: &str = "for i in 1 2 3 4; do (while :; do sleep 1000 & done) & done";
+/// One such loop: grows slowly enough to be stopped while small.
+const BOMB_ONE: &str = "(while :; do sleep 1000 & done) &";
+
+/// CLOCK_MONOTONIC now, in µs (the clock Rust's Instant and Python's
+/// time.monotonic read).
+fn mono_us() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
+    t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+}
+
+/// Processes anywhere on the host whose cgroup (from /proc/PID/cgroup) is
+/// `rel` or below it, zombies left out (they run nothing).
+fn living_in(rel: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let inside = at.lines().filter_map(|l| l.strip_prefix("0::")).any(|c| c == rel || c.starts_with(&format!("{rel}/")));
+            inside && crate::harness::alive(*pid)
+        })
+        .collect()
+}
+
+/// The target's cgroup path relative to the cgroup2 mount, as /proc shows it.
+fn rel_of(agent: &Agent, name: &str) -> String {
+    crate::support::cgroup::cgroup_rel(agent.target_cgroup(name).path())
+}
+
+/// The canary's last stamp (µs of CLOCK_MONOTONIC), if it wrote one.
+fn stamp(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok()
+}
+
+/// A shell line starting the canary in the background: python stamping
+/// CLOCK_MONOTONIC (µs, fixed width) into `file` as fast as it can.
+fn canary(file: &Path) -> String {
+    let code =
+        format!("import os,time\nf=os.open('{}',os.O_WRONLY|os.O_CREAT)\nwhile True: os.pwrite(f,b'%020d'%(time.monotonic_ns()//1000),0)", file.display());
+    format!("{} -c \"{code}\" &", py())
+}
+
+/// Stops `name`, timing the call from outside: (report, monotonic µs when
+/// the answer was in).
+fn timed_stop(agent: &Agent, name: &str) -> (Value, u64) {
+    let r = stop(agent, name);
+    (r, mono_us())
+}
+
+/// Everything a stop of a racing bomb must show, from outside.
+fn assert_bomb_gone(agent: &Agent, name: &str, r: &Value, before: &[i32]) {
+    let cg = agent.target_cgroup(name);
+    assert_stopped(agent, name, &cg, r, before);
+    let rel = rel_of(agent, name);
+    let left = living_in(&rel);
+    assert!(left.is_empty(), "processes still alive in {rel} (from /proc): {left:?}: {r}");
+    // Nothing comes back: no fork in flight escaped the kill.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(500) {
+        assert!(pids(&cg).is_empty() && cg.populated().ok() == Some(false), "tasks reappeared after the stop: {:?}", pids(&cg));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bomb stopped large (hundreds of tasks): the freeze path. The halt is
+/// `frozen` when cgroup.events said `frozen 1`; the canary's stamps prove
+/// nothing of the target ran user code after the reported halt.
+#[test]
+fn stop_halt_large_fork_bomb_frozen_and_true() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("canary");
+    let script = format!("{} {BOMB}; wait", canary(&file));
+    let _run = run_bg(&agent, "bigbomb", &["sh", "-c", &script], 300);
+    // The canary runs: its stamp moves (otherwise the check below proves nothing).
+    let first = wait_until(Duration::from_secs(10), || stamp(&file).is_some()).and_then(|()| stamp(&file)).expect("the canary never stamped");
+    wait_until(Duration::from_secs(10), || stamp(&file).is_some_and(|s| s > first)).expect("the canary's stamp does not move");
+    let cg = agent.target_cgroup("bigbomb");
+    let before = pids(&cg);
+    let (r, answered) = timed_stop(&agent, "bigbomb");
+    eprintln!("large bomb stop: {r}");
+    let n = r["tasks_at_start"].as_u64().unwrap_or(0);
+    assert!(n as usize > killpath::stop::SMALL_TARGET, "a large target: {r}");
+    assert_eq!(r["used_freeze"], true, "{r}");
+    match r["halt"].as_str() {
+        Some("frozen") => assert_eq!(r["freeze_timed_out"], false, "{r}"),
+        // A loaded machine may take longer than the bounded wait to freeze
+        // the bomb: then the kill write ended the halt, and says so.
+        Some("kill-written") => assert_eq!(r["freeze_timed_out"], true, "{r}"),
+        other => panic!("unexpected halt {other:?}: {r}"),
+    }
+    assert_bomb_gone(&agent, "bigbomb", &r, &before);
+    check_canary(&file, &r, answered);
+}
+
+/// The canary's last stamp is no later than the reported halt can be: the
+/// agent received the command at most `answered - time_to_empty` (it
+/// answered after empty), so halt ≤ answered - (empty - halt).
+fn check_canary(file: &Path, r: &Value, answered: u64) {
+    let last = stamp(file).expect("canary stamp");
+    let (halt, empty) = (r["time_to_halt_us"].as_u64().expect("halt"), r["time_to_empty_us"].as_u64().expect("empty"));
+    let bound = answered - (empty - halt);
+    assert!(
+        last <= bound,
+        "the canary ran user code {} µs after the latest moment the reported halt allows (halt {halt} µs, empty {empty} µs): {r}",
+        last - bound
+    );
+}
+
+/// A bomb stopped while still small (it has just started, forking at full
+/// speed): `cgroup.kill` alone, halt at the write, and no survivor.
+#[test]
+fn stop_halt_small_racing_fork_bomb() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (file, go) = (dir.path().join("canary"), dir.path().join("go"));
+    // The loop starts when the test says go, right before the stop, so
+    // the target is still small (and forking) when the stop comes.
+    let script = format!("{} while [ ! -e {} ]; do sleep 0.005; done; {BOMB_ONE} wait", canary(&file), go.display());
+    let _run = run_bg(&agent, "smallbomb", &["sh", "-c", &script], 2);
+    let cg = agent.target_cgroup("smallbomb");
+    wait_until(Duration::from_secs(10), || stamp(&file).is_some()).expect("the canary never stamped");
+    let before = pids(&cg);
+    std::fs::write(&go, "").expect("go");
+    let (r, answered) = timed_stop(&agent, "smallbomb");
+    eprintln!("small bomb stop: {r}");
+    let n = r["tasks_at_start"].as_u64().unwrap_or(0) as usize;
+    assert!(n > before.len(), "the bomb did not fork before the stop ({n} tasks): nothing raced: {r}");
+    assert!(n <= killpath::stop::SMALL_TARGET, "the bomb outgrew a small target before the stop ({n} tasks): the test did not take the small path: {r}");
+    assert_eq!(r["halt"], "kill-written", "a small target is halted by its kill: {r}");
+    assert_eq!(r["freeze_timed_out"], false, "a small target is not frozen before its kill: {r}");
+    assert_bomb_gone(&agent, "smallbomb", &r, &before);
+    check_canary(&file, &r, answered);
+}
