@@ -103,6 +103,14 @@ fn class_hooks_net_ceiling_attaches_no_sys_exit() {
     let free = rate(received, Duration::from_secs(1));
     assert!(free > 2_000.0, "the unthrottled sender is too slow to show a ceiling: {free:.0}/s");
     assert!(!sys_exit_linked(&agent), "sys_exit linked with no ceiling at all");
+    // `probe` names the hook of every class here and its cost to the host.
+    let p = agent.json(&["probe"]);
+    let rows = p["syscall_class_hooks"].as_array().unwrap_or_else(|| panic!("no syscall_class_hooks in probe: {p}"));
+    assert_eq!(rows.len(), 5, "{p}");
+    let all = rows.iter().find(|r| r["class"] == "all").expect("all");
+    assert_eq!(all["hook"], "raw_tracepoint sys_exit", "{all}");
+    assert!(all["host_cost"].as_str().is_some_and(|c| c.contains("every syscall")), "{all}");
+    assert!(p["program_types"].as_array().is_some_and(|t| t.iter().any(|t| t["program_type"] == "tracing")), "{p}");
 
     let ceiling = 200.0;
     let r = throttle(&agent, &["sender", "--syscall-class", "net=200/s"]);

@@ -261,7 +261,7 @@ impl Enforcer {
 
     /// Attaches or detaches the sys_exit throttle to match the ceilings.
     pub fn sync_syscall_hook(&mut self) -> Result<bool> {
-        self.syscall_hook.sync(&self.maps)
+        self.syscall_hook.sync(&self.maps, &mut self._ebpf)
     }
 
     /// Whether the sys_exit throttle is attached.

@@ -24,7 +24,7 @@ use crate::{
         links::LinkKeeper,
         maps::Maps,
         object::{load_pinned, typed},
-        pins::link_pin,
+        pins::{link_pin, prog_pin},
     },
 };
 
@@ -103,8 +103,10 @@ pub struct ClassHooks {
     fexits: std::result::Result<Vec<Prog>, String>,
     /// The net socket tracepoints (only loaded where fexit is refused), or why not.
     net_events: std::result::Result<Vec<Prog>, String>,
-    /// KP_CLASS_HOOKS, kept open while programs load.
-    _map: Array<MapData, u32>,
+    /// Whether every fexit program is loaded (the first one is at start).
+    all_loaded: bool,
+    /// KP_CLASS_HOOKS (kept open while programs load).
+    map: Array<MapData, u32>,
     links: LinkKeeper,
 }
 
@@ -154,17 +156,25 @@ pub fn classes_of(c: &super::Ceilings) -> Vec<u32> {
     c.syscalls.keys().filter_map(|n| super::class_of(n).ok()).collect()
 }
 
-/// Loads the fs-write and net fexit programs: all of them or none.
-fn load_fexits(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>) -> std::result::Result<Vec<Prog>, String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+/// The fs-write and net fexit programs (not loaded yet).
+fn fexit_progs(gen: &Path) -> Vec<Prog> {
     let all = class_hooks::FS_WRITE_FEXITS.iter().map(|p| (class::FS_WRITE, p)).chain(class_hooks::NET_FEXITS.iter().map(|p| (class::NET, p)));
-    let mut out = Vec::new();
-    for (c, (name, function)) in all {
-        let prog_pin = load_pinned::<FExit>(ebpf, gen, name, loaded, |p| p.load(function, &btf).map_err(Error::program(format!("loading fexit/{function}"))))
+    all.map(|(c, (name, function))| Prog { class: c, name, target: function, prog_pin: prog_pin(gen, name), link_pin: link_pin(gen, name) }).collect()
+}
+
+/// Loads (and pins) the fexit programs in `progs` not loaded yet: one at
+/// agent start, to learn whether this kernel runs them, the others when
+/// the first ceiling that needs them comes (26 programs take seconds to
+/// verify under emulation, and most hosts never need them).
+fn load_fexits(ebpf: &mut Ebpf, progs: &[Prog], only_first: bool, loaded: &mut Vec<&'static str>) -> std::result::Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+    let gen = progs.first().and_then(|p| p.prog_pin.parent()?.parent()).ok_or("no fexit program")?;
+    for x in progs.iter().take(if only_first { 1 } else { progs.len() }) {
+        let (function, name) = (x.target, x.name);
+        load_pinned::<FExit>(ebpf, gen, name, loaded, |p| p.load(function, &btf).map_err(Error::program(format!("loading fexit/{function}"))))
             .map_err(|e| crate::error::chain(&e))?;
-        out.push(Prog { class: c, name, target: function, prog_pin, link_pin: link_pin(gen, name) });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Loads the net socket tracepoint programs where the tracepoints exist.
@@ -186,8 +196,9 @@ impl ClassHooks {
     /// classes' own hooks (attached on demand). `fork`: whether the
     /// membership sched_process_fork hook is attached here.
     pub fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, links: LinkKeeper, fork: bool) -> Result<Self> {
-        let mut map: Array<MapData, u32> = typed(ebpf, class_hooks::MAP)?;
-        let fexits = load_fexits(ebpf, gen, loaded);
+        let map: Array<MapData, u32> = typed(ebpf, class_hooks::MAP)?;
+        let progs = fexit_progs(gen);
+        let fexits = load_fexits(ebpf, &progs, true, loaded).map(|()| progs);
         let net_events = match &fexits {
             Ok(_) => Err("not needed: net is charged at fexit".to_owned()),
             Err(e) => {
@@ -195,14 +206,21 @@ impl ClassHooks {
                 load_net_events(ebpf, gen, loaded)
             }
         };
-        let p = plan(fork, fexits.is_ok(), net_events.is_ok());
+        let mut s = Self { fork, fexits, net_events, all_loaded: false, map, links };
+        s.write_map()?;
+        Ok(s)
+    }
+
+    /// Writes KP_CLASS_HOOKS from the plan.
+    fn write_map(&mut self) -> Result<()> {
+        let p = self.plan();
         let own = p.iter().filter(|(c, h)| *c != class::ALL && *h != ClassHook::SysExit).fold(0u32, |m, (c, _)| m | (1 << c));
         let sees = p.iter().filter(|(_, h)| *h == ClassHook::SockEvents).fold(0u32, |m, (c, _)| m | (1 << c));
         for (slot, v) in [(class_hooks::OWN_HOOK, own), (class_hooks::SEES_IO_URING, sees)] {
-            map.set(slot, v, 0).map_err(Error::map(format!("updating {}", class_hooks::MAP)))?;
+            self.map.set(slot, v, 0).map_err(Error::map(format!("updating {}", class_hooks::MAP)))?;
         }
         info!(own_hook = own, "syscall classes charged by their own hooks");
-        Ok(Self { fork, fexits, net_events, _map: map, links })
+        Ok(())
     }
 
     /// This kernel's class-to-hook plan.
@@ -217,8 +235,22 @@ impl ClassHooks {
     }
 
     /// Attaches each class's own programs while some target has a ceiling
-    /// on that class, and detaches them when none has.
-    pub fn sync(&mut self, used: u32) -> Result<()> {
+    /// on that class, and detaches them when none has. The first ceiling
+    /// that needs the fexit programs loads them (`ebpf`); if that fails,
+    /// their classes go back to sys_exit (or net to its socket hooks' plan
+    /// without them) and the caller attaches sys_exit.
+    pub fn sync(&mut self, ebpf: &mut Ebpf, used: u32) -> Result<()> {
+        let fexit_classes = (1 << class::FS_WRITE) | (1 << class::NET);
+        if !self.all_loaded && used & fexit_classes != 0 {
+            if let Ok(progs) = &self.fexits {
+                if let Err(e) = load_fexits(ebpf, progs, false, &mut Vec::new()) {
+                    warn!("fexit programs failed to load: fs-write and net ceilings are charged at sys_exit: {e}");
+                    self.fexits = Err(e);
+                    self.write_map()?;
+                }
+            }
+            self.all_loaded = true;
+        }
         let progs = self.fexits.iter().chain(self.net_events.iter()).flatten();
         for x in progs {
             let want = used & (1 << x.class) != 0;

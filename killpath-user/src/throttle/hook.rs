@@ -104,9 +104,9 @@ impl SyscallHook {
     /// ceiling does. Returns whether sys_exit is attached. An io_uring
     /// hook that fails to attach is reported, not fatal: the syscall
     /// ceilings hold without it.
-    pub fn sync(&mut self, maps: &Maps) -> Result<bool> {
+    pub fn sync(&mut self, maps: &Maps, ebpf: &mut Ebpf) -> Result<bool> {
         let used = maps.syscall_classes_in_use();
-        self.classes.sync(used)?;
+        self.classes.sync(ebpf, used)?;
         // A `syscalls` tripwire needs sys_exit (it counts there).
         let sys_exit = self.classes.needs_sys_exit(used) || maps.tripwire_syscalls;
         if sys_exit && !self.sys_exit.link_pin.exists() {
