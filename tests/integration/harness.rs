@@ -184,7 +184,11 @@ impl Agent {
 
     /// Every journal record, parsed.
     pub fn journal(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.journal_path()).unwrap_or_default().lines().map(|l| serde_json::from_str(l).expect("journal line is JSON")).collect()
+        std::fs::read_to_string(self.journal_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+            .collect()
     }
 }
 
@@ -213,7 +217,10 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<()> 
 
 /// Whether a pid is alive (and not a zombie).
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z'))).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Path helper for tests that need files.

@@ -55,8 +55,12 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
          guard on `sched_process_fork` and `sched_switch` runs for every task on the host). **throttled**: \
          the same, and another target (holding no task) under a `--syscalls 1000/s` ceiling, so the \
          `sys_exit` throttle is attached and runs on every syscall of the host, exiting after its lookup \
-         for processes outside throttled targets. **none**: the agent stopped and its pins removed, which \
-         detaches its programs. {} repetitions, the order of the three states rotating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
+         for processes outside throttled targets. **net** / **fork** / **fswrite**: the same target under a \
+         1000/s ceiling on that class alone (`--syscall-class CLASS=1000`), charged at the class's own hook \
+         where this kernel has one (the `syscall_class_hooks` of `probe`: net at fexit or the socket tracepoints, \
+         fork at `sched_process_fork`, fs-write at fexit, else `sys_exit`); the ratio to none is the tax that \
+         class's ceiling puts on the host's bystanders. **none**: the agent stopped and its pins removed, which \
+         detaches its programs. {} repetitions, the order of the six states rotating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
          child process calling getppid() {SYSCALLS_N} times: wall ns per call, and the thread's CPU ns per call (`CLOCK_THREAD_CPUTIME_ID`: the \
          eBPF programs run in the caller's context and are charged to it, while time spent preempted by \
          other work on a busy machine is not). (b) Loopback TCP throughput, `iperf3 -c 127.0.0.1 -t \
@@ -77,9 +81,11 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
             let (tag, label) = match state {
                 OverheadState::None => ("none", "no agent"),
                 OverheadState::Agent => ("agent", "agent loaded"),
-                OverheadState::Throttled(c) => {
-                    CLASSES.iter().find(|(k, _, _)| *k == c).map(|(_, t, l)| (*t, *l)).unwrap_or(("throttled", "agent loaded, another target throttled"))
-                }
+                OverheadState::Throttled(c) => CLASSES
+                    .iter()
+                    .find(|(k, _, _)| *k == c)
+                    .map(|(_, t, l)| (*t, *l))
+                    .unwrap_or(("throttled", "agent loaded, another target throttled")),
             };
             sb.set_agent(state != OverheadState::None)?;
             if state != OverheadState::None {
@@ -95,23 +101,51 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                         sb.call("throttle", json!({"name": OVERHEAD_TARGET, "syscalls": 1000, "reason": "bench"}))?;
                     }
                     OverheadState::Throttled(c) => {
-                        sb.call("throttle", json!({"name": OVERHEAD_TARGET, "syscall_class": {c: 1000}, "reason": "bench"}))?;
+                        sb.call(
+                            "throttle",
+                            json!({"name": OVERHEAD_TARGET, "syscall_class": {c: 1000}, "reason": "bench"}),
+                        )?;
                     }
                     _ => {}
                 }
             }
             if let Some(n) = sys_enter_links() {
-                s.push(&format!("links_{tag}"), &format!("sys_enter/sys_exit links host-wide, {label}"), Unit::Count, count_f64(n));
+                s.push(
+                    &format!("links_{tag}"),
+                    &format!("sys_enter/sys_exit links host-wide, {label}"),
+                    Unit::Count,
+                    count_f64(n),
+                );
             }
             let (mut wall_ns, mut cpu_ns) = (0.0, 0.0);
             for _ in 0..SYSCALL_SAMPLES {
                 (wall_ns, cpu_ns) = syscall_sample(sb)?;
-                s.push(&format!("getppid_cpu_{tag}"), &format!("getppid(): CPU ns per call, {label}"), Unit::NsPerCall, cpu_ns);
-                s.push(&format!("getppid_{tag}"), &format!("getppid(): wall ns per call, {label}"), Unit::NsPerCall, wall_ns);
+                s.push(
+                    &format!("getppid_cpu_{tag}"),
+                    &format!("getppid(): CPU ns per call, {label}"),
+                    Unit::NsPerCall,
+                    cpu_ns,
+                );
+                s.push(
+                    &format!("getppid_{tag}"),
+                    &format!("getppid(): wall ns per call, {label}"),
+                    Unit::NsPerCall,
+                    wall_ns,
+                );
             }
             let (bps, per_cpu) = iperf()?;
-            s.push(&format!("iperf_{tag}"), &format!("iperf3 loopback TCP, {label}"), Unit::BitsPerSecond, bps);
-            s.push(&format!("iperf_cpu_{tag}"), &format!("iperf3 loopback TCP per CPU-second, {label}"), Unit::BitsPerCpuSecond, per_cpu);
+            s.push(
+                &format!("iperf_{tag}"),
+                &format!("iperf3 loopback TCP, {label}"),
+                Unit::BitsPerSecond,
+                bps,
+            );
+            s.push(
+                &format!("iperf_cpu_{tag}"),
+                &format!("iperf3 loopback TCP per CPU-second, {label}"),
+                Unit::BitsPerCpuSecond,
+                per_cpu,
+            );
             println!(
                 "bench:   overhead {label}: getppid {cpu_ns:.1} CPU ns/call ({wall_ns:.1} wall), iperf3 {:.2} Gbit/s ({:.2} Gbit/CPU-s)",
                 bps / 1e9,
@@ -130,9 +164,30 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
         );
     }
     sb.set_agent(true)?;
-    s.ratio("getppid_cpu_agent_over_none", "getppid() CPU ns per call, agent / none (p50)", "getppid_cpu_agent", "getppid_cpu_none", 0.5, Some("≤ 1.05"));
-    s.ratio("getppid_agent_over_none", "getppid() wall ns per call, agent / none (p50)", "getppid_agent", "getppid_none", 0.5, Some("≤ 1.05"));
-    s.ratio("iperf_agent_over_none", "iperf3 loopback throughput, agent / none (p50)", "iperf_agent", "iperf_none", 0.5, Some("≥ 0.95"));
+    s.ratio(
+        "getppid_cpu_agent_over_none",
+        "getppid() CPU ns per call, agent / none (p50)",
+        "getppid_cpu_agent",
+        "getppid_cpu_none",
+        0.5,
+        Some("≤ 1.05"),
+    );
+    s.ratio(
+        "getppid_agent_over_none",
+        "getppid() wall ns per call, agent / none (p50)",
+        "getppid_agent",
+        "getppid_none",
+        0.5,
+        Some("≤ 1.05"),
+    );
+    s.ratio(
+        "iperf_agent_over_none",
+        "iperf3 loopback throughput, agent / none (p50)",
+        "iperf_agent",
+        "iperf_none",
+        0.5,
+        Some("≥ 0.95"),
+    );
     s.ratio(
         "getppid_cpu_throttled_over_none",
         "getppid() CPU ns per call, another target throttled / none (p50)",
@@ -142,9 +197,21 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
         Some("≤ 1.05"),
     );
     for (id, label, num) in [
-        ("getppid_cpu_net_over_none", "getppid() CPU ns per call, another target under a net ceiling / none (p50)", "getppid_cpu_net"),
-        ("getppid_cpu_fork_over_none", "getppid() CPU ns per call, another target under a fork ceiling / none (p50)", "getppid_cpu_fork"),
-        ("getppid_cpu_fswrite_over_none", "getppid() CPU ns per call, another target under an fs-write ceiling / none (p50)", "getppid_cpu_fswrite"),
+        (
+            "getppid_cpu_net_over_none",
+            "getppid() CPU ns per call, another target under a net ceiling / none (p50)",
+            "getppid_cpu_net",
+        ),
+        (
+            "getppid_cpu_fork_over_none",
+            "getppid() CPU ns per call, another target under a fork ceiling / none (p50)",
+            "getppid_cpu_fork",
+        ),
+        (
+            "getppid_cpu_fswrite_over_none",
+            "getppid() CPU ns per call, another target under an fs-write ceiling / none (p50)",
+            "getppid_cpu_fswrite",
+        ),
     ] {
         s.ratio(id, label, num, "getppid_cpu_none", 0.5, Some("≤ 1.05"));
     }
@@ -183,7 +250,11 @@ fn syscall_sample(sb: &Sandbox) -> Result<(f64, f64)> {
         .output()
         .context("running the getppid loop")?;
     if !out.status.success() {
-        bail!("the getppid loop failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "the getppid loop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut words = text.split_whitespace().map(str::parse::<f64>);
@@ -197,13 +268,23 @@ fn syscall_sample(sb: &Sandbox) -> Result<(f64, f64)> {
 fn sys_enter_links() -> Option<usize> {
     let out = proc::output_ok(Command::new("bpftool").args(["-j", "link", "show"]))?;
     let links: Value = serde_json::from_str(&out).ok()?;
-    Some(links.as_array()?.iter().filter(|l| l["type"] == "raw_tracepoint" && (l["tp_name"] == "sys_enter" || l["tp_name"] == "sys_exit")).count())
+    Some(
+        links
+            .as_array()?
+            .iter()
+            .filter(|l| l["type"] == "raw_tracepoint" && (l["tp_name"] == "sys_enter" || l["tp_name"] == "sys_exit"))
+            .count(),
+    )
 }
 
 /// One iperf3 run over loopback: received bits per second, and bits per
 /// CPU-second of sender and receiver together.
 fn iperf() -> Result<(f64, f64)> {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port")?.port().to_string();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port()
+        .to_string();
     let mut server = Command::new("iperf3")
         .args(["-s", "-1", "-p", &port])
         .stdin(Stdio::null())
@@ -223,9 +304,13 @@ fn iperf() -> Result<(f64, f64)> {
             thread::sleep(Duration::from_millis(20));
         }
         let secs = IPERF_SECS.to_string();
-        let out =
-            Command::new("iperf3").args(["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"]).stdin(Stdio::null()).output().context("running iperf3 -c")?;
-        let report: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
+        let out = Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running iperf3 -c")?;
+        let report: Value =
+            serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
         if let Some(e) = report["error"].as_str() {
             bail!("iperf3: {e}");
         }
@@ -233,7 +318,9 @@ fn iperf() -> Result<(f64, f64)> {
             bail!("iperf3 -c failed ({})", out.status);
         }
         let end = &report["end"];
-        let bps = end["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| anyhow!("iperf3's report has no end.sum_received.bits_per_second"))?;
+        let bps = end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("iperf3's report has no end.sum_received.bits_per_second"))?;
         let cpu = &end["cpu_utilization_percent"];
         let busy = match (cpu["host_total"].as_f64(), cpu["remote_total"].as_f64()) {
             (Some(a), Some(b)) if a + b > 0.0 => (a + b) / 100.0,
