@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod audit;
+pub mod class_hooks;
 pub mod deadman;
 pub mod pace;
 pub mod raise;

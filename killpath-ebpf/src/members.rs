@@ -207,6 +207,8 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
 /// cgroup (CLONE_INTO_CGROUP included) is already set.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn kp_member_fork(ctx: RawTracePointContext) -> i32 {
+    // Level 1: the `fork` class is charged here, not at sys_exit.
+    crate::throttle::classes::on_fork();
     try_fork(&ctx).unwrap_or(0)
 }
 

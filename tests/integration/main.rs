@@ -7,6 +7,7 @@ mod support;
 
 mod approvals;
 mod audit;
+mod class_hooks;
 mod degrade;
 mod drill;
 mod fallback;

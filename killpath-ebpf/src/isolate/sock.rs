@@ -77,8 +77,8 @@ fn addr_verdict(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
         let (addr, port_be) = degrade::connect::destination(ctx, v6);
         audit::isolation(id, &st, counter::ISOLATE_ADDR_DENIALS, degrade::connect::dest_detail(v6, addr, port_be), Origin::Task);
     }
-    // Level 1, `net` in deny mode.
-    if cfg.syscall_throttled != 0 && throttle::syscalls::net_refused(cfg.throttle_depth_mask) {
+    // Level 1, `net`: deny mode refuses, pace mode charges (classes.rs).
+    if cfg.syscall_throttled != 0 && throttle::classes::net_verdict(cfg.throttle_depth_mask, ctx, is_connect) {
         return REFUSE;
     }
     // Level 2, `net.connect`.

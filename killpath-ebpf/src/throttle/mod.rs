@@ -6,8 +6,11 @@
 //! budget without a lock (tracing programs may not take bpf_spin_lock).
 //!
 //! - Syscalls (`syscalls.rs`): raw_tracepoint/sys_exit. It is attached only
-//!   while some target has a syscall ceiling, so with nothing throttled no
-//!   per-syscall hook runs at all. In pace mode an over-budget syscall
+//!   while some target has a ceiling on `all` or on a class without a hook
+//!   of its own here, so with nothing throttled no per-syscall hook runs
+//!   at all. Classes with their own hook (`classes.rs`: fork, exec; net and
+//!   fs-write at fexit in `syscall_exits.rs`, or net at the socket
+//!   tracepoints in `net_events.rs`) are charged there. In pace mode an over-budget syscall
 //!   completes, and the task is sent SIGSTOP (delivered on its return to
 //!   user space, before its next instruction); the agent sends SIGCONT
 //!   when the bucket has room again. A BPF program cannot sleep, so
@@ -37,7 +40,10 @@
 //! program per hook): they live in `isolate/` and call into this level.
 
 pub(crate) mod bucket;
+pub mod classes;
 pub mod egress;
+pub mod net_events;
+pub mod syscall_exits;
 pub mod syscalls;
 pub mod uring;
 

@@ -1,6 +1,8 @@
-//! Level 1, syscall ceilings: pace mode at raw_tracepoint/sys_exit, and
-//! deny mode for the `net` class on the cgroup sock_addr hooks (those
-//! programs are shared with isolate: see `isolate/sock.rs`).
+//! Level 1, syscall ceilings: pace mode at raw_tracepoint/sys_exit for
+//! `all` and for the classes without a hook of their own on this kernel
+//! (`classes.rs`), and deny mode for the `net` class on the cgroup
+//! sock_addr hooks (those programs are shared with isolate: see
+//! `isolate/sock.rs`).
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal, bpf_set_retval},
     macros::raw_tracepoint,
@@ -55,6 +57,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     if specific == throttle::FORK && ret == 0 {
         return Ok(0);
     }
+    // A class charged by its own hook (fork, exec, net, fs-write where
+    // fexit loads) is charged here to `all` only.
+    let specific = if super::classes::hooked(specific) { throttle::ALL } else { specific };
     charge_op(cfg.throttle_depth_mask, specific);
     Ok(0)
 }
@@ -130,7 +135,7 @@ pub(super) fn in_a_target(mask: u32) -> bool {
 /// (an io_uring SQPOLL thread that is exiting, say): the freeze is what
 /// holds.
 #[inline(always)]
-fn pause(cgroup_id: u64, resume_at_ns: u64, class: u32) {
+pub(super) fn pause(cgroup_id: u64, resume_at_ns: u64, class: u32) {
     // SAFETY: signals the current process only. Called at syscall exit
     // (SIGSTOP takes effect on the return to user space, the syscall
     // itself has completed normally: pace never fails an operation) or at

@@ -47,7 +47,14 @@ fn try_submit(ctx: &RawTracePointContext) -> Result<i32, i64> {
     // SAFETY: bounded kernel read of one byte of the request.
     let op = unsafe { bpf_probe_read_kernel(req.add(off as usize)) }?;
     let class = IOURING_CLASS.get(op as u32).copied().unwrap_or(0);
-    let specific = if class == 0 { throttle::ALL } else { class - 1 };
+    let mut specific = if class == 0 { throttle::ALL } else { class - 1 };
+    // Where net is charged at the socket tracepoints (`net_events.rs`),
+    // a send or connect operation is charged there when it runs, in the
+    // submitter's, SQPOLL or io-wq context: charging it here too would
+    // count it twice.
+    if specific == throttle::NET && super::classes::sees_io_uring(throttle::NET) {
+        specific = throttle::ALL;
+    }
     charge_op(cfg.throttle_depth_mask, specific);
     Ok(0)
 }

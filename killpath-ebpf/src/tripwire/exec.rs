@@ -9,6 +9,8 @@ use crate::targets;
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn kp_tripwire_exec(_ctx: RawTracePointContext) -> i32 {
+    // Level 1: the `exec` class is charged here, not at sys_exit.
+    crate::throttle::classes::on_exec();
     try_exec().unwrap_or(0)
 }
 

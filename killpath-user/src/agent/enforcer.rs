@@ -163,7 +163,9 @@ impl Enforcer {
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
         let iouring = btf::iouring_submit();
         let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
-        let syscall_hook = throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone(), iouring.map(|i| i.tracepoint))?;
+        // The fork class is charged at the membership fork hook where it runs.
+        let syscall_hook =
+            throttle::hook::SyscallHook::load(&mut ebpf, &gen, &mut attached_now, links.clone(), iouring.map(|i| i.tracepoint), btf.members_error.is_none())?;
         let leases = crate::kernel::deadman::Leases::load(&mut ebpf, &gen, &old_generations, &mut attached_now, links.clone())?;
         // A previous agent's live leases stay counted in the global switches
         // from the first write on (the agent re-counts them once its
@@ -259,12 +261,18 @@ impl Enforcer {
 
     /// Attaches or detaches the sys_exit throttle to match the ceilings.
     pub fn sync_syscall_hook(&mut self) -> Result<bool> {
-        self.syscall_hook.sync(&self.maps)
+        self.syscall_hook.sync(&self.maps, &mut self._ebpf)
     }
 
     /// Whether the sys_exit throttle is attached.
     pub fn syscall_hook_attached(&self) -> bool {
         self.syscall_hook.attached()
+    }
+
+    /// Which hook charges each of `classes` (all when None) here, and
+    /// what it costs the host (see [`throttle::class_hooks`]).
+    pub fn class_hooks(&self, classes: Option<&[u32]>) -> serde_json::Value {
+        throttle::class_hooks::describe(&self.syscall_hook.class_plan(), classes)
     }
 
     /// What syscall ceilings see of io_uring on this kernel (see

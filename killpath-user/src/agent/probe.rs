@@ -30,6 +30,10 @@ pub struct ProbeReport {
     /// each protection, on or off here.
     #[serde(default)]
     pub protections: Vec<ProtectionStatus>,
+    /// Level 1: the hook that charges each syscall class here and what it
+    /// costs the tasks outside every target.
+    #[serde(default)]
+    pub syscall_class_hooks: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,6 +85,9 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
     // io_uring here (per operation where an io_uring submission
     // tracepoint taking the request and the io_kiocb offset exist).
     let iouring = btf::iouring_submit();
+    let class_plan =
+        crate::throttle::class_hooks::plan(btf::resolve().members_error.is_none(), f.available("tracing"), crate::throttle::class_hooks::net_events_exist());
+    let class_words: Vec<String> = class_plan.iter().map(|(c, h)| format!("{} at {}", crate::throttle::class_name(*c), h.name())).collect();
     levels.insert(
         0,
         LevelSupport {
@@ -88,7 +95,8 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
             enforceable: guard,
             detail: if guard {
                 format!(
-                    "syscalls: raw_tracepoint sys_exit, paced with SIGSTOP + cgroup.freeze{}; io_uring: {}",
+                    "syscalls: {} (only sys_exit costs every task on the host), paced with SIGSTOP + cgroup.freeze{}; io_uring: {}",
+                    class_words.join(", "),
                     if f.cgroup_freeze { "" } else { " (NO cgroup.freeze: SIGSTOP only, which the target's own SIGCONT undoes)" },
                     match &iouring {
                         Ok(i) => format!("each operation charged at {}, SQPOLL rings included", i.tracepoint),
@@ -109,5 +117,6 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
         fs: btf.fs_error,
         signal: btf.signal_error,
     });
-    ProbeReport { kernel: f, levels, capabilities, protections }
+    let syscall_class_hooks = crate::throttle::class_hooks::describe(&class_plan, None);
+    ProbeReport { kernel: f, levels, capabilities, protections, syscall_class_hooks }
 }

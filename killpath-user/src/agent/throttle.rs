@@ -104,6 +104,7 @@ impl State {
                 "netdevs": tc,
                 "syscall_hook_attached": hook,
                 "io_uring": ceilings.has_syscalls().then(|| self.enforcer.iouring_coverage()),
+                "class_hooks": ceilings.has_syscalls().then(|| self.enforcer.class_hooks(Some(&crate::throttle::class_hooks::classes_of(&ceilings)))),
                 "map_update_us": map_update_us,
                 "time_to_effect_us": time_to_effect_us,
             }),
@@ -300,6 +301,7 @@ impl State {
             "thaws_undone": view.thaws_undone,
             "syscall_hook_attached": self.enforcer.syscall_hook_attached(),
             "io_uring": c.has_syscalls().then(|| self.enforcer.iouring_coverage()),
+            "class_hooks": c.has_syscalls().then(|| self.enforcer.class_hooks(Some(&crate::throttle::class_hooks::classes_of(c)))),
             "needs_agent": c.paces().then_some(
                 "pace: the kernel stops a process at its ceiling (SIGSTOP) and the agent freezes the target's cgroup until the debt is paid \
                  (SIGCONT from inside cannot undo a freeze), then thaws it and resumes the process (SIGCONT); \

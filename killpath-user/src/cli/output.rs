@@ -1,8 +1,8 @@
 //! Human-readable rendering of agent results (`--json` prints them raw).
 use serde_json::Value;
 
-mod pending;
 mod audit;
+mod pending;
 
 pub struct Output {
     pub json: bool,
@@ -121,6 +121,9 @@ impl Output {
                         s(&th["tasks_paused_now"]),
                         s(&th["thaws_undone"])
                     );
+                }
+                for h in th["class_hooks"].as_array().into_iter().flatten() {
+                    println!("{:<22}{} charged at {}; host cost: {}", "", s(&h["class"]), s(&h["hook"]), s(&h["host_cost"]));
                 }
                 if !th["io_uring"].is_null() {
                     println!("{:<22}io_uring: {}", "", s(&th["io_uring"]["how"]));
@@ -278,6 +281,9 @@ impl Output {
         println!("throttled {} ({} -> {}) in {} µs: {}", s(&r["target"]), s(&r["from"]), s(&r["level"]), s(&r["time_to_effect_us"]), ceilings(&r["ceilings"]));
         if let Some(t) = r["tasks"].as_object() {
             println!("  tasks limited by {}", s(&t["mechanism"]));
+        }
+        for h in r["class_hooks"].as_array().into_iter().flatten() {
+            println!("  {} charged at {}; host cost: {}", s(&h["class"]), s(&h["hook"]), s(&h["host_cost"]));
         }
         if !r["io_uring"].is_null() {
             println!("  io_uring: {}", s(&r["io_uring"]["how"]));

@@ -49,6 +49,7 @@ pub const PINNED: &[&str] = &[
     killpath_common::tripwire::maps::EVENTS,
     killpath_common::tripwire::maps::ACTIVE,
     killpath_common::deadman::MAP,
+    killpath_common::class_hooks::MAP,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's

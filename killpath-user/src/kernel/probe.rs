@@ -143,6 +143,13 @@ pub fn features(cgroup_parent: Option<&Path>) -> KernelFeatures {
                 prog!(ebpf, programs::GUARD_SYS_ENTER, RawTracePoint).and_then(|p| load_ok("raw_tracepoint (stop guard)", p.load())),
             ));
             program_types.push(support("tracepoint", prog!(ebpf, programs::PROBE_TRACEPOINT, TracePoint).and_then(|p| load_ok("tracepoint", p.load()))));
+            // BPF trampolines (fentry/fexit): the fs-write class's own hook.
+            let (fsw, fsw_fn) = killpath_common::class_hooks::FS_WRITE_FEXITS[0];
+            let tracing = match btf_obj.as_ref() {
+                None => Err("no kernel BTF: fexit programs need it".to_owned()),
+                Some(btf) => prog!(ebpf, fsw, aya::programs::FExit).and_then(|p| load_ok(&format!("fexit/{fsw_fn}"), p.load(fsw_fn, btf))),
+            };
+            program_types.push(support("tracing", tracing));
             // The dead-man lease's tick itself (agent/deadman.rs).
             let tick =
                 prog!(ebpf, killpath_common::deadman::PROGRAM, aya::programs::PerfEvent).and_then(|p| load_ok("perf_event (dead-man lease tick)", p.load()));

@@ -1,9 +1,11 @@
 //! The per-syscall throttle hook (`raw_tracepoint/sys_exit`), attached only
-//! while some target has a syscall ceiling: every task on the host takes
-//! the kernel's syscall-tracing slow path while it is attached (measured
-//! +250 ns per syscall, see bench/RESULTS.md), so with nothing throttled no
-//! per-syscall hook runs. Its link is pinned: a ceiling holds with the
-//! agent dead.
+//! while some target has a ceiling on `all` or on a class without a hook
+//! of its own on this kernel (`class_hooks.rs`: net, exec and fork always
+//! have one, fs-write where fexit loads), or a `syscalls` tripwire exists:
+//! every task on the host takes the kernel's syscall-tracing slow path
+//! while it is attached (measured +250 ns per syscall, see
+//! bench/RESULTS.md). Its link is pinned: a ceiling holds with the agent
+//! dead.
 //!
 //! With it, and under the same rule, the io_uring hook
 //! (`raw_tracepoint/io_uring_submit_req`, or `io_uring_submit_sqe` on
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 use crate::{
     error::{Error, Result},
     kernel::{links::LinkKeeper, maps::Maps, object::load_pinned, pins::link_pin},
+    throttle::class_hooks::{ClassHook, ClassHooks},
 };
 
 /// One loaded raw tracepoint program and where its link is pinned.
@@ -44,6 +47,8 @@ pub struct SyscallHook {
     io_uring: std::result::Result<Hook, String>,
     /// The agent's fds of the links (shared with the enforcer).
     links: LinkKeeper,
+    /// Which hook charges each class here, and the fs-write fexits.
+    classes: ClassHooks,
 }
 
 fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, name: &'static str, tracepoint: &'static str) -> Result<Hook> {
@@ -62,13 +67,15 @@ impl SyscallHook {
         loaded: &mut Vec<&'static str>,
         links: LinkKeeper,
         iouring: std::result::Result<&'static str, String>,
+        fork_hook: bool,
     ) -> Result<Self> {
+        let classes = ClassHooks::load(ebpf, gen, loaded, links.clone(), fork_hook)?;
         let sys_exit = load(ebpf, gen, loaded, programs::THROTTLE_SYS_EXIT, "sys_exit")?;
         let io_uring = iouring.and_then(|tp| load(ebpf, gen, loaded, programs::THROTTLE_IO_URING, tp).map_err(|e| e.to_string()));
         if let Err(e) = &io_uring {
             warn!("io_uring operations are counted per io_uring_enter only: {e}");
         }
-        Ok(Self { sys_exit, io_uring, links })
+        Ok(Self { sys_exit, io_uring, links, classes })
     }
 
     fn attach(&self, h: &Hook) -> Result<()> {
@@ -86,22 +93,28 @@ impl SyscallHook {
         // both detaches the program.
         self.links.release(&h.link_pin);
         fs::remove_file(&h.link_pin).map_err(Error::io(format!("removing {}", h.link_pin.display())))?;
-        info!(prog = h.name, "{} throttle detached: no syscall ceiling left", h.tracepoint);
+        info!(prog = h.name, "{} throttle detached: no ceiling left that needs it", h.tracepoint);
         Ok(())
     }
 
-    /// Attaches the hooks while some target has a syscall ceiling and
-    /// detaches them when none has. Returns whether sys_exit is attached.
-    /// An io_uring hook that fails to attach is reported, not fatal: the
-    /// syscall ceilings hold without it.
-    pub fn sync(&mut self, maps: &Maps) -> Result<bool> {
-        // A `syscalls` tripwire needs the same hook (it counts there).
-        let want = maps.any_syscall_throttle() || maps.tripwire_syscalls;
-        if want && !self.sys_exit.link_pin.exists() {
+    /// Attaches the hooks the ceilings need and detaches the others:
+    /// sys_exit while a ceiling is on `all` or on a class without its own
+    /// hook here (or a `syscalls` tripwire exists), the fs-write fexits
+    /// while an fs-write ceiling exists, io_uring while any syscall
+    /// ceiling does. Returns whether sys_exit is attached. An io_uring
+    /// hook that fails to attach is reported, not fatal: the syscall
+    /// ceilings hold without it.
+    pub fn sync(&mut self, maps: &Maps, ebpf: &mut Ebpf) -> Result<bool> {
+        let used = maps.syscall_classes_in_use();
+        self.classes.sync(ebpf, used)?;
+        // A `syscalls` tripwire needs sys_exit (it counts there).
+        let sys_exit = self.classes.needs_sys_exit(used) || maps.tripwire_syscalls;
+        if sys_exit && !self.sys_exit.link_pin.exists() {
             self.attach(&self.sys_exit)?;
-        } else if !want && self.sys_exit.link_pin.exists() {
+        } else if !sys_exit && self.sys_exit.link_pin.exists() {
             self.detach(&self.sys_exit)?;
         }
+        let want = maps.any_syscall_throttle() || maps.tripwire_syscalls;
         if let Ok(h) = &self.io_uring {
             if want && !h.link_pin.exists() {
                 if let Err(e) = self.attach(h) {
@@ -112,7 +125,12 @@ impl SyscallHook {
                 self.detach(h)?;
             }
         }
-        Ok(want)
+        Ok(sys_exit)
+    }
+
+    /// Which hook charges each syscall class on this kernel.
+    pub fn class_plan(&self) -> Vec<(u32, ClassHook)> {
+        self.classes.plan()
     }
 
     /// Whether the sys_exit hook is attached.

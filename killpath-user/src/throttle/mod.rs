@@ -11,6 +11,7 @@
 //! - [`maps`]: the buckets and counts in the kernel; [`hook`]: the sys_exit
 //!   hook, attached only while a syscall ceiling exists; [`pacer`]: resumes
 //!   paced tasks; [`tasks`]: `--tasks` through the pids controller.
+pub mod class_hooks;
 pub mod hook;
 pub mod maps;
 pub mod pacer;

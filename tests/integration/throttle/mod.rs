@@ -143,11 +143,24 @@ fn throttle_net_class_pace_and_deny() {
     let port = free_tcp_port();
     let server_py = format!(
         "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(1024)\n\
-         n=0\nwhile True:\n    c,_=s.accept(); c.close(); n+=1\n    open('{}', 'w').write(str(n))\n",
+         import os\nn=0\nwhile True:\n    c,_=s.accept(); c.close(); n+=1\n    open('{0}.tmp', 'w').write(str(n)); os.replace('{0}.tmp', '{0}')\n",
         dir.path().join("accepted").display()
     );
     let _server = Server::start(dir.path(), "accept", &[py(), "-c", &server_py]);
-    let accepted = || std::fs::read_to_string(dir.path().join("accepted")).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let accepted_now = || std::fs::read_to_string(dir.path().join("accepted")).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    // The server's count once it has caught up with the connections the
+    // kernel completed (its accept loop lags behind a client's flood).
+    let accepted = || {
+        let mut last = accepted_now();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let n = accepted_now();
+            if n == last {
+                return n;
+            }
+            last = n;
+        }
+    };
     wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).expect("server up");
     let client = format!(
         "import socket, errno, time, sys\nok = eagain = other = 0\nend = time.time() + float(sys.argv[1])\n\

@@ -1,6 +1,8 @@
 //! Benchmark: the loaded agent's overhead on processes outside any target
 //! (a getppid() loop, loopback iperf3), with no agent, the agent, and the
-//! agent with another target throttled.
+//! agent with another target throttled: on `all` (the sys_exit hook), and
+//! on each syscall class alone (`net`, `fork`, `fs-write`), which the
+//! agent charges at the class's own hook where this kernel has one.
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
@@ -26,8 +28,18 @@ const IPERF_SECS: u32 = 3;
 enum OverheadState {
     None,
     Agent,
-    Throttled,
+    /// Another target under a ceiling on this syscall class.
+    Throttled(&'static str),
 }
+
+/// The throttled states: (class, tag, label). `all` keeps the tag
+/// "throttled" of earlier runs.
+const CLASSES: &[(&str, &str, &str)] = &[
+    ("all", "throttled", "agent loaded, another target throttled (--syscalls)"),
+    ("net", "net", "agent loaded, another target under --syscall-class net"),
+    ("fork", "fork", "agent loaded, another target under --syscall-class fork"),
+    ("fs-write", "fswrite", "agent loaded, another target under --syscall-class fs-write"),
+];
 
 /// The other target the "throttled" state throttles (holding no task).
 const OVERHEAD_TARGET: &str = "ovh";
@@ -39,8 +51,12 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
          guard on `sched_process_fork` and `sched_switch` runs for every task on the host). **throttled**: \
          the same, and another target (holding no task) under a `--syscalls 1000/s` ceiling, so the \
          `sys_exit` throttle is attached and runs on every syscall of the host, exiting after its lookup \
-         for processes outside throttled targets. **none**: the agent stopped and its pins removed, which \
-         detaches its programs. {} repetitions, the order of the three states rotating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
+         for processes outside throttled targets. **net** / **fork** / **fswrite**: the same target under a \
+         1000/s ceiling on that class alone (`--syscall-class CLASS=1000`), charged at the class's own hook \
+         where this kernel has one (the `syscall_class_hooks` of `probe`: net at fexit or the socket tracepoints, \
+         fork at `sched_process_fork`, fs-write at fexit, else `sys_exit`); the ratio to none is the tax that \
+         class's ceiling puts on the host's bystanders. **none**: the agent stopped and its pins removed, which \
+         detaches its programs. {} repetitions, the order of the six states rotating. (a) {SYSCALL_SAMPLES} times per visit of a state, a \
          child process calling getppid() {SYSCALLS_N} times: wall ns per call, and the thread's CPU ns per call (`CLOCK_THREAD_CPUTIME_ID`: the \
          eBPF programs run in the caller's context and are charged to it, while time spent preempted by \
          other work on a busy machine is not). (b) Loopback TCP throughput, `iperf3 -c 127.0.0.1 -t \
@@ -54,12 +70,18 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
     // Warm-up: page cache, CPU frequency.
     syscall_sample(sb)?;
     for rep in 0..p.overhead_reps {
-        for state in rotate(&[OverheadState::None, OverheadState::Agent, OverheadState::Throttled], rep) {
+        let mut states = vec![OverheadState::None, OverheadState::Agent];
+        states.extend(CLASSES.iter().map(|(c, _, _)| OverheadState::Throttled(c)));
+        for state in rotate(&states, rep) {
             check_interrupted()?;
             let (tag, label) = match state {
                 OverheadState::None => ("none", "no agent"),
                 OverheadState::Agent => ("agent", "agent loaded"),
-                OverheadState::Throttled => ("throttled", "agent loaded, another target throttled"),
+                OverheadState::Throttled(c) => CLASSES
+                    .iter()
+                    .find(|(k, _, _)| *k == c)
+                    .map(|(_, t, l)| (*t, *l))
+                    .unwrap_or(("throttled", "agent loaded, another target throttled")),
             };
             sb.set_agent(state != OverheadState::None)?;
             if state != OverheadState::None {
@@ -68,10 +90,19 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                 if sb.call("status", json!({"name": OVERHEAD_TARGET})).is_err() {
                     sb.call("create", json!({"name": OVERHEAD_TARGET}))?;
                 }
-                if state == OverheadState::Throttled {
-                    sb.call("throttle", json!({"name": OVERHEAD_TARGET, "syscalls": 1000, "reason": "bench"}))?;
-                } else {
-                    let _ = sb.call("restore", json!({"name": OVERHEAD_TARGET, "to": "normal"}));
+                // Ceilings merge: lift the last state's before setting this one.
+                let _ = sb.call("restore", json!({"name": OVERHEAD_TARGET, "to": "normal"}));
+                match state {
+                    OverheadState::Throttled("all") => {
+                        sb.call("throttle", json!({"name": OVERHEAD_TARGET, "syscalls": 1000, "reason": "bench"}))?;
+                    }
+                    OverheadState::Throttled(c) => {
+                        sb.call(
+                            "throttle",
+                            json!({"name": OVERHEAD_TARGET, "syscall_class": {c: 1000}, "reason": "bench"}),
+                        )?;
+                    }
+                    _ => {}
                 }
             }
             if let Some(n) = sys_enter_links() {
@@ -160,6 +191,33 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
         "getppid_cpu_none",
         0.5,
         Some("≤ 1.05"),
+    );
+    for (id, label, num) in [
+        (
+            "getppid_cpu_net_over_none",
+            "getppid() CPU ns per call, another target under a net ceiling / none (p50)",
+            "getppid_cpu_net",
+        ),
+        (
+            "getppid_cpu_fork_over_none",
+            "getppid() CPU ns per call, another target under a fork ceiling / none (p50)",
+            "getppid_cpu_fork",
+        ),
+        (
+            "getppid_cpu_fswrite_over_none",
+            "getppid() CPU ns per call, another target under an fs-write ceiling / none (p50)",
+            "getppid_cpu_fswrite",
+        ),
+    ] {
+        s.ratio(id, label, num, "getppid_cpu_none", 0.5, Some("≤ 1.05"));
+    }
+    s.ratio(
+        "iperf_net_over_none",
+        "iperf3 loopback throughput, another target under a net ceiling / none (p50)",
+        "iperf_net",
+        "iperf_none",
+        0.5,
+        Some("≥ 0.95"),
     );
     s.ratio(
         "iperf_throttled_over_none",
