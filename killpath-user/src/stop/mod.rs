@@ -119,6 +119,10 @@ fn marked_alive(m: &MemberMaps, targets: &[u64]) -> std::collections::BTreeSet<u
         .collect()
 }
 
+/// How long a small target's stop waits on its pidfds before the loop that
+/// kills again (a process killed dies in well under a millisecond).
+const PIDFD_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a stop waits for the cgroup to empty before reporting survivors.
 pub const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -151,7 +155,7 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
             report.halt = kill(cg, &mut report)?;
             report.time_to_halt_us = micros(received);
             hurry(&pids);
-            arm()?;
+            arm_after_halt(arm);
             (pids, Some(watch))
         }
         None => {
@@ -162,20 +166,23 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
                 // thaws what it froze unless the target is at `stopped`):
                 // the guard goes first, so the freeze stays ours. Its tasks
                 // are frozen already: the guard has nothing to kill yet.
+                // Nothing between here and the kill may end the stop: a
+                // failed step (e.g. a file of the cgroup made unreadable)
+                // only means the halt is ended by the kill write instead.
                 let held = cg.freeze_requested().unwrap_or(false);
                 if held {
-                    arm()?;
+                    arm_after_halt(arm);
                 }
-                cg.freeze(true)?;
-                report.used_freeze = true;
+                let froze = cg.freeze(true);
+                report.used_freeze = froze.is_ok();
                 // Read while the freeze spreads; the wait below is woken
                 // by the notification, so this costs it nothing.
                 let pids = cg.procs_recursive();
-                let frozen = cg.wait_event("frozen", 1, FREEZE_WAIT)?;
+                let frozen = froze.is_ok() && cg.wait_event("frozen", 1, FREEZE_WAIT).unwrap_or(false);
                 report.freeze_timed_out = !frozen;
                 let frozen_us = micros(received);
                 if !held {
-                    arm()?;
+                    arm_after_halt(arm);
                 }
                 // A thaw behind us since (the knob back at 0) voids the
                 // observation: the kill ends the halt then.
@@ -188,7 +195,7 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
                 let pids = cg.procs_recursive();
                 report.halt = kill(cg, &mut report)?;
                 report.time_to_halt_us = micros(received);
-                arm()?;
+                arm_after_halt(arm);
                 (pids, None)
             }
         }
@@ -203,13 +210,21 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
     // cgroup got their SIGKILL from cgroup.kill already.
     let mut outside = std::collections::BTreeSet::new();
     if let Some((m, ids)) = marked {
-        let marks: Vec<(u32, killpath_common::Member)> = m.of_targets(ids).into_iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).collect();
-        killed.extend(m.kill_marks(&marks));
-        outside = marks.iter().map(|(_, mk)| mk.tgid).collect();
+        let all: Vec<(u32, killpath_common::Member)> = m.of_targets(ids);
+        // A small target's marks are all signalled: a process listed at
+        // the size check may have been moved out of the cgroup before the
+        // kill write (cgroup.kill would miss it). Cheap at this size.
+        let to_kill: Vec<(u32, killpath_common::Member)> =
+            if watch.is_some() { all.clone() } else { all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).copied().collect() };
+        killed.extend(m.kill_marks(&to_kill));
+        outside = all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).map(|(_, mk)| mk.tgid).collect();
     }
     let deadline = Instant::now() + timeout;
     if let Some(w) = watch.as_mut() {
-        let all = w.wait_all(deadline);
+        // Bounded: a process that does not die at once (in D state, or an
+        // unrelated one that reused a listed pid) is left to the loop
+        // below, which kills and waits again.
+        let all = w.wait_all(deadline.min(Instant::now() + PIDFD_WAIT));
         tracing::debug!(all, at_us = micros(received), "hard stop: pidfds");
     }
     // Not in the cgroup at the start: forked inside since, or outside it
@@ -259,8 +274,10 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
     // path: a task moved in later is born frozen, and its freezing (a
     // wake-up and a switch) is what lets the guard kill even a sleeper.
     if !report.used_freeze && cg.has_freeze() {
-        cg.freeze(true)?;
-        report.used_freeze = true;
+        match cg.freeze(true) {
+            Ok(()) => report.used_freeze = true,
+            Err(e) => tracing::debug!(cgroup = %cg.path().display(), "hard stop: freeze after empty: {e}"),
+        }
     }
     let mut left: std::collections::BTreeSet<u32> = cg.procs_recursive().into_iter().map(|p| p as u32).collect();
     if let Some((m, ids)) = marked {
@@ -281,12 +298,26 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
 /// Returns what its return means for the halt.
 fn kill(cg: &Cgroup, report: &mut StopReport) -> Result<Halt> {
     if cg.has_kill() {
-        cg.kill()?;
-        report.used_cgroup_kill = true;
-        Ok(Halt::KillWritten)
-    } else {
-        kill_each(cg);
-        Ok(Halt::Signalled)
+        match cg.kill() {
+            Ok(()) => {
+                report.used_cgroup_kill = true;
+                return Ok(Halt::KillWritten);
+            }
+            // The write refused (e.g. a mount over the file): every pid
+            // of the cgroup is signalled instead, and the guard is armed.
+            Err(e) => warn!(cgroup = %cg.path().display(), "cgroup.kill failed, killing pid by pid: {e}"),
+        }
+    }
+    kill_each(cg);
+    Ok(Halt::Signalled)
+}
+
+/// Arms the guard once the target is halted. A failure does not stop the
+/// stop (the kill still goes out); the caller arms again when it sees the
+/// guard was not armed.
+fn arm_after_halt(arm: &mut dyn FnMut() -> Result<()>) {
+    if let Err(e) = arm() {
+        warn!("hard stop: arming the guard failed, the kill goes on: {e}");
     }
 }
 

@@ -207,14 +207,35 @@ impl ClassHooks {
             }
         };
         let mut s = Self { fork, fexits, net_events, all_loaded: false, map, links };
-        s.write_map()?;
+        // No class with a ceiling yet as far as this map knows: sys_exit
+        // (pinned by a previous agent, if one had a ceiling) keeps charging
+        // the on-demand classes until `sync` has attached their programs.
+        s.write_map(0)?;
         Ok(s)
     }
 
-    /// Writes KP_CLASS_HOOKS from the plan.
-    fn write_map(&mut self) -> Result<()> {
+    /// Whether class `c`'s on-demand programs (fexit, socket tracepoints)
+    /// are all attached now.
+    fn attached(&self, c: u32) -> bool {
+        let progs: Vec<&Prog> = self.fexits.iter().chain(self.net_events.iter()).flatten().filter(|x| x.class == c).collect();
+        !progs.is_empty() && progs.iter().all(|x| x.link_pin.exists())
+    }
+
+    /// Writes KP_CLASS_HOOKS from the plan. A class whose own hook is
+    /// attached on demand is marked as charged there only while it is in
+    /// `used` and its programs are attached: until then sys_exit charges
+    /// it (a moment of double charging while both run beats a ceiling
+    /// nothing enforces, e.g. when an agent dies between the two steps).
+    fn write_map(&mut self, used: u32) -> Result<()> {
         let p = self.plan();
-        let own = p.iter().filter(|(c, h)| *c != class::ALL && *h != ClassHook::SysExit).fold(0u32, |m, (c, _)| m | (1 << c));
+        let own = p
+            .iter()
+            .filter(|(c, h)| match h {
+                ClassHook::SysExit => false,
+                ClassHook::FExit | ClassHook::SockEvents => used & (1 << c) != 0 && self.attached(*c),
+                ClassHook::SchedFork | ClassHook::SchedExec => *c != class::ALL,
+            })
+            .fold(0u32, |m, (c, _)| m | (1 << c));
         let sees = p.iter().filter(|(_, h)| *h == ClassHook::SockEvents).fold(0u32, |m, (c, _)| m | (1 << c));
         for (slot, v) in [(class_hooks::OWN_HOOK, own), (class_hooks::SEES_IO_URING, sees)] {
             self.map.set(slot, v, 0).map_err(Error::map(format!("updating {}", class_hooks::MAP)))?;
@@ -246,11 +267,44 @@ impl ClassHooks {
                 if let Err(e) = load_fexits(ebpf, progs, false, &mut Vec::new()) {
                     warn!("fexit programs failed to load: fs-write and net ceilings are charged at sys_exit: {e}");
                     self.fexits = Err(e);
-                    self.write_map()?;
                 }
             }
             self.all_loaded = true;
         }
+        if let Err(e) = self.attach_wanted(used) {
+            if self.fexits.is_err() {
+                return Err(e);
+            }
+            // An fexit that loaded but does not attach: its classes go
+            // back to sys_exit, and what did attach is detached (it would
+            // charge the class a second time).
+            warn!("fexit programs failed to attach: fs-write and net ceilings are charged at sys_exit: {e}");
+            let attached: Vec<PathBuf> = self.fexits.iter().flatten().map(|x| x.link_pin.clone()).filter(|p| p.exists()).collect();
+            self.fexits = Err(e.to_string());
+            self.write_map(used)?;
+            for pin in attached {
+                self.links.release(&pin);
+                fs::remove_file(&pin).map_err(Error::io(format!("removing {}", pin.display())))?;
+            }
+            return Ok(());
+        }
+        // Marked as charged at their own hooks once attached; unmarked
+        // before their programs are detached below.
+        self.write_map(used)?;
+        let progs = self.fexits.iter().chain(self.net_events.iter()).flatten();
+        for x in progs {
+            let want = used & (1 << x.class) != 0;
+            if !want && x.link_pin.exists() {
+                self.links.release(&x.link_pin);
+                fs::remove_file(&x.link_pin).map_err(Error::io(format!("removing {}", x.link_pin.display())))?;
+                info!(prog = x.name, "{} ceiling hook detached", class_name(x.class));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the programs of the classes in `used` that are not attached.
+    fn attach_wanted(&mut self, used: u32) -> Result<()> {
         let progs = self.fexits.iter().chain(self.net_events.iter()).flatten();
         for x in progs {
             let want = used & (1 << x.class) != 0;
@@ -267,10 +321,6 @@ impl ClassHooks {
                 link.pin(&x.link_pin).map_err(Error::pin(&x.link_pin))?;
                 self.links.hold(&x.link_pin)?;
                 info!(prog = x.name, target = x.target, "{} ceiling hook attached", class_name(x.class));
-            } else if !want && x.link_pin.exists() {
-                self.links.release(&x.link_pin);
-                fs::remove_file(&x.link_pin).map_err(Error::io(format!("removing {}", x.link_pin.display())))?;
-                info!(prog = x.name, "{} ceiling hook detached", class_name(x.class));
             }
         }
         Ok(())

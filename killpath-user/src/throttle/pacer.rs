@@ -413,9 +413,14 @@ impl Loop {
         for (id, h) in self.holds.iter_mut() {
             if let Some(f) = h.events.as_mut() {
                 // Re-arm the POLLPRI notification: kernfs counts a wake-up
-                // as seen once the file is read again from the start.
+                // as seen once the file is read again from the start. A
+                // cgroup removed since (stopped and deleted) fails the read
+                // (ENODEV) and polls EPOLLERR|EPOLLPRI for ever (kernfs):
+                // its fd is dropped, or this SCHED_FIFO loop would spin.
                 let mut buf = String::new();
-                let _ = f.rewind().and_then(|()| f.read_to_string(&mut buf));
+                if f.rewind().and_then(|()| f.read_to_string(&mut buf)).is_err() {
+                    h.events = None;
+                }
             }
             let Some(cg) = h.cg.as_ref().filter(|_| h.owned) else { continue };
             if cg.freeze_requested().is_ok_and(|f| !f) {
