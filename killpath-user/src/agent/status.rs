@@ -27,7 +27,9 @@ impl State {
             .into_iter()
             .map(|t| {
                 // By id: a mount over the path cannot show fake task counts.
-                let cg = Cgroup::by_id(&t.cgroup, t.cgroup_id).map_or_else(|_| Cgroup::new(&t.cgroup), |(c, _)| c);
+                // On the agent's known cgroup2 mount: no read of the mount
+                // table per row (status must stay cheap with many targets).
+                let cg = Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id).unwrap_or_else(|_| Cgroup::new(&t.cgroup));
                 let kernel = self.enforcer.maps.get(t.cgroup_id);
                 let open: Vec<String> = if t.level >= level::ISOLATE {
                     crate::isolate::catalog(self.enforcer.lsm_error.as_deref(), t.adopted).into_iter().filter(|c| !c.enforced).map(|c| c.channel).collect()
