@@ -155,6 +155,8 @@ fn stop_halt_small_racing_fork_bomb() {
     wait_until(Duration::from_secs(10), || stamp(&file).is_some()).expect("the canary never stamped");
     let before = pids(&cg);
     std::fs::write(&go, "").expect("go");
+    // Stopped once it has begun to fork (it is still forking then).
+    wait_until(Duration::from_secs(5), || pids(&cg).len() > before.len()).expect("the bomb never forked");
     let (r, answered) = timed_stop(&agent, "smallbomb");
     eprintln!("small bomb stop: {r}");
     let n = r["tasks_at_start"].as_u64().unwrap_or(0) as usize;
