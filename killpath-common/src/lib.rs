@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod class_hooks;
+pub mod compat;
 pub mod deadman;
 pub mod pace;
 pub mod raise;
@@ -429,6 +430,11 @@ pub struct KernelOffsets {
     /// inode.i_rdev: isolation's file_permission check of a TUN fd
     /// (resolved with the self-protection offsets, valid with them).
     pub inode_i_rdev: u32,
+    /// task_struct.thread_info + thread_info.status: TS_COMPAT there marks a
+    /// 32-bit syscall (see [`compat`]).
+    pub task_ti_status: u32,
+    /// 1 when `task_ti_status` is filled in.
+    pub compat_valid: u32,
 }
 
 /// A task's membership: the target it entered (by `run`, `adopt`, a move

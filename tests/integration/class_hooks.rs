@@ -27,7 +27,7 @@ use crate::{
 /// Counts UDP datagrams on 127.0.0.1 (outside every target) into a file:
 /// at most every 10 ms while they come, and after 50 ms without one (so
 /// the file is exact once the sender is quiet).
-const RECEIVER: &str = "import os, socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+pub(crate) const RECEIVER: &str = "import os, socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)\ns.bind(('127.0.0.1', 0))\ns.settimeout(0.05)\n\
                         print('port', s.getsockname()[1], flush=True)\nn = 0\nlast = 0.0\nwhile True:\n    try:\n        s.recv(64)\n        n += 1\n\
                         \x20   except socket.timeout:\n        last = 0.0\n    now = time.time()\n    if now - last > 0.01:\n\
@@ -46,7 +46,7 @@ const SEND_LOOP: &str = "import socket, sys\ns = socket.socket(socket.AF_INET, s
 
 /// Bytes queued on the UDP socket bound to 127.0.0.1:`port` (rx_queue in
 /// /proc/net/udp): datagrams sent but not yet read by the receiver.
-fn udp_backlog(port: u16) -> u64 {
+pub(crate) fn udp_backlog(port: u16) -> u64 {
     let local = format!("0100007F:{port:04X}");
     std::fs::read_to_string("/proc/net/udp")
         .unwrap_or_default()
@@ -58,27 +58,27 @@ fn udp_backlog(port: u16) -> u64 {
         .sum()
 }
 
-fn number_in(file: &Path) -> u64 {
+pub(crate) fn number_in(file: &Path) -> u64 {
     std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn size_of(file: &Path) -> u64 {
+pub(crate) fn size_of(file: &Path) -> u64 {
     std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Events per second of `count` over `window`.
-fn rate(count: impl Fn() -> u64, window: Duration) -> f64 {
+pub(crate) fn rate(count: impl Fn() -> u64, window: Duration) -> f64 {
     let a = count();
     let t = Instant::now();
     std::thread::sleep(window);
     (count() - a) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn within(measured: f64, ceiling: f64, tol: f64) -> bool {
+pub(crate) fn within(measured: f64, ceiling: f64, tol: f64) -> bool {
     (measured - ceiling).abs() <= tol * ceiling
 }
 
-fn throttle(agent: &Agent, args: &[&str]) -> Value {
+pub(crate) fn throttle(agent: &Agent, args: &[&str]) -> Value {
     let mut a = vec!["throttle"];
     a.extend_from_slice(args);
     agent.json(&a)
@@ -91,7 +91,7 @@ fn generation(agent: &Agent) -> PathBuf {
 
 /// Whether the kernel holds a link of this agent's sys_exit throttle
 /// program (by program id, so other agents on the host do not count).
-fn sys_exit_linked(agent: &Agent) -> bool {
+pub(crate) fn sys_exit_linked(agent: &Agent) -> bool {
     let prog = generation(agent).join("progs").join("kp_throttle_sys_exit");
     let out = Command::new("bpftool").args(["-j", "prog", "show", "pinned"]).arg(&prog).output().expect("bpftool");
     assert!(out.status.success(), "bpftool prog show {}: {}", prog.display(), String::from_utf8_lossy(&out.stderr));
@@ -102,7 +102,7 @@ fn sys_exit_linked(agent: &Agent) -> bool {
     links.as_array().expect("link list").iter().any(|l| l["prog_id"].as_u64() == Some(id))
 }
 
-fn hook_of<'a>(answer: &'a Value, class: &str) -> &'a Value {
+pub(crate) fn hook_of<'a>(answer: &'a Value, class: &str) -> &'a Value {
     answer["class_hooks"].as_array().and_then(|a| a.iter().find(|h| h["class"] == class)).unwrap_or_else(|| panic!("no {class} hook in {answer}"))
 }
 
@@ -235,7 +235,8 @@ fn class_hooks_fork_and_exec_ceilings_pace_without_sys_exit() {
 /// VM only (the host refuses tracing programs; the VM kernel has BPF
 /// trampolines): an fs-write ceiling is charged at fexit of the write
 /// syscalls, sys_exit stays detached, and the bytes a write loop appends
-/// grow at the ceiling. Named `lsm_` because that is the VM tier.
+/// grow at the ceiling; then the same with 32-bit syscalls (int 0x80),
+/// fs-write and net. Named `lsm_` because that is the VM tier.
 #[test]
 fn lsm_vm_fs_write_ceiling_at_fexit() {
     let Some(agent) = Agent::start() else { return };
@@ -261,4 +262,10 @@ fn lsm_vm_fs_write_ceiling_at_fexit() {
     eprintln!("fs-write=100/s at fexit: {measured:.1} writes/s counted from the file size (unthrottled {free:.0}/s)");
     assert!(within(measured, 100.0, 0.15), "fs-write=100/s: measured {measured:.1}/s");
     assert!(alive(w.pid()), "the paced writer died");
+    // 32-bit syscalls (int 0x80) at the fexit programs on the __ia32_*
+    // entries, both classes, still without sys_exit.
+    let fs = crate::int80::fs_write_ceiling_holds(&agent, dir.path());
+    let net = crate::int80::net_ceiling_holds(&agent, dir.path());
+    assert!(fs.starts_with("fexit") && net.starts_with("fexit"), "int 0x80: fs-write at [{fs}], net at [{net}]: fexit expected");
+    assert!(!sys_exit_linked(&agent), "fexit ceilings attached sys_exit");
 }

@@ -11,6 +11,7 @@ mod class_hooks;
 mod degrade;
 mod drill;
 mod fallback;
+mod int80;
 mod isolate;
 mod journal;
 mod lease;

@@ -41,6 +41,7 @@
 
 pub(crate) mod bucket;
 pub mod classes;
+pub mod compat;
 pub mod egress;
 pub mod net_events;
 pub mod syscall_exits;

@@ -72,7 +72,9 @@ pub(crate) fn class_of(ctx: &RawTracePointContext) -> Option<(u32, i64)> {
     let ret: i64 = ctx.arg(1);
     // SAFETY: bounded kernel read of one register slot.
     let nr = unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_ORIG_AX) as *const u64) }.ok()?;
-    let class = if nr < throttle::MAX_SYSCALL_NR as u64 { SYSCALL_CLASS.get(nr as u32).copied().unwrap_or(0) } else { 0 };
+    // A 32-bit syscall (int 0x80) has an i386 number: its own table.
+    let class =
+        super::compat::class_entry(nr, regs, || if nr < throttle::MAX_SYSCALL_NR as u64 { SYSCALL_CLASS.get(nr as u32).copied().unwrap_or(0) } else { 0 });
     Some((if class == 0 { throttle::ALL } else { class - 1 }, ret))
 }
 

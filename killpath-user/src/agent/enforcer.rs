@@ -77,9 +77,9 @@ pub struct Enforcer {
     /// Tripwire rules and windows, and their crossings (the agent takes the ring).
     pub tripwire: crate::tripwire::maps::TripwireMaps,
     pub tripwire_events: Option<RingBuf<MapData>>,
-    /// Maps filled at load (struct offsets, syscall classes), kept open
+    /// Maps filled at load (struct offsets, x86_64 and i386 syscall classes), kept open
     /// like the others.
-    _filled: (Array<MapData, KernelOffsets>, Array<MapData, u32>),
+    _filled: (Array<MapData, KernelOffsets>, [Array<MapData, u32>; 2]),
     /// The io_uring opcode classes and opcode offset, kept open likewise.
     _filled_iouring: (Array<MapData, u32>, Array<MapData, u32>),
     /// Handles for the pacer thread (it takes them).

@@ -113,6 +113,13 @@ pub fn resolve() -> Resolved {
         o.inode_i_rdev = offset(&btf, "inode", "i_rdev")?;
         Ok(())
     })();
+    // 32-bit syscalls at sys_exit (see killpath_common::compat): TS_COMPAT
+    // in thread_info.status (thread_info is task_struct's first member
+    // with THREAD_INFO_IN_TASK, x86_64 since 4.9; its offset is read anyway).
+    if let (Ok(ti), Ok(status)) = (offset(&btf, "task_struct", "thread_info"), offset(&btf, "thread_info", "status")) {
+        o.task_ti_status = ti + status;
+        o.compat_valid = 1;
+    }
     o.protect_valid = u32::from(protect.is_ok());
     o.names_valid = u32::from(names.is_ok());
     o.fs_valid = u32::from(fs.is_ok());

@@ -13,7 +13,7 @@ use aya::{
     programs::{links::FdLink, FExit, RawTracePoint},
     Btf, Ebpf,
 };
-use killpath_common::{class_hooks, throttle as class};
+use killpath_common::{class_hooks, compat, throttle as class};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -50,7 +50,9 @@ impl ClassHook {
             Self::SockEvents => "raw_tracepoint sock_send_length + inet_sock_set_state (TCP connect) + cgroup sock_addr connect4/6 (UDP connect)",
             Self::SchedFork => "raw_tracepoint sched_process_fork",
             Self::SchedExec => "raw_tracepoint sched_process_exec",
-            Self::FExit => "fexit on each of the class's syscall functions (__x64_sys_*)",
+            Self::FExit => {
+                "fexit on each of the class's syscall functions (__x64_sys_*, and the 32-bit __ia32_* entries where the kernel runs 32-bit syscalls)"
+            }
             Self::SysExit => "raw_tracepoint sys_exit",
         }
     }
@@ -156,15 +158,39 @@ pub fn classes_of(c: &super::Ceilings) -> Vec<u32> {
     c.syscalls.keys().filter_map(|n| super::class_of(n).ok()).collect()
 }
 
-/// The fs-write and net fexit programs (not loaded yet).
-fn fexit_progs(gen: &Path) -> Vec<Prog> {
-    let all = class_hooks::FS_WRITE_FEXITS.iter().map(|p| (class::FS_WRITE, p)).chain(class_hooks::NET_FEXITS.iter().map(|p| (class::NET, p)));
-    all.map(|(c, (name, function))| Prog { class: c, name, target: function, prog_pin: prog_pin(gen, name), link_pin: link_pin(gen, name) }).collect()
+/// The fs-write and net fexit programs (not loaded yet): on the x86_64
+/// syscall functions, and on the 32-bit ones where this kernel runs 32-bit
+/// syscalls (`ia32`, from [`ia32_fexits`]).
+fn fexit_progs(gen: &Path, ia32: &[(u32, &'static str, &'static str)]) -> Vec<Prog> {
+    let x64 = class_hooks::FS_WRITE_FEXITS.iter().map(|p| (class::FS_WRITE, p)).chain(class_hooks::NET_FEXITS.iter().map(|p| (class::NET, p)));
+    let all = x64.map(|(c, (name, function))| (c, *name, *function)).chain(ia32.iter().copied());
+    all.map(|(c, name, target)| Prog { class: c, name, target, prog_pin: prog_pin(gen, name), link_pin: link_pin(gen, name) }).collect()
+}
+
+/// The fexit programs on the 32-bit syscall entries (`int 0x80`), each with
+/// the function this kernel names it by: none where the kernel has no IA32
+/// emulation; an error (the classes then stay at sys_exit, which classes
+/// 32-bit syscalls by their own numbers) where one entry is missing.
+pub fn ia32_fexits() -> std::result::Result<Vec<(u32, &'static str, &'static str)>, String> {
+    let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| format!("no kernel BTF: {e}"))?;
+    let has = |f: &str| btf.resolve_types_by_name(f).is_ok();
+    if !has(compat::PRESENCE) {
+        return Ok(Vec::new());
+    }
+    let all = compat::FS_WRITE_FEXITS.iter().map(|p| (class::FS_WRITE, p)).chain(compat::NET_FEXITS.iter().map(|p| (class::NET, p)));
+    all.map(|(c, (name, candidates))| {
+        candidates
+            .iter()
+            .find(|f| has(f))
+            .map(|f| (c, *name, *f))
+            .ok_or_else(|| format!("32-bit syscalls run here but none of {} is in the kernel's BTF", candidates.join(", ")))
+    })
+    .collect()
 }
 
 /// Loads (and pins) the fexit programs in `progs` not loaded yet: one at
 /// agent start, to learn whether this kernel runs them, the others when
-/// the first ceiling that needs them comes (26 programs take seconds to
+/// the first ceiling that needs them comes (55 programs with the 32-bit entries take seconds to
 /// verify under emulation, and most hosts never need them).
 fn load_fexits(ebpf: &mut Ebpf, progs: &[Prog], only_first: bool, loaded: &mut Vec<&'static str>) -> std::result::Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
@@ -197,8 +223,10 @@ impl ClassHooks {
     /// membership sched_process_fork hook is attached here.
     pub fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, links: LinkKeeper, fork: bool) -> Result<Self> {
         let map: Array<MapData, u32> = typed(ebpf, class_hooks::MAP)?;
-        let progs = fexit_progs(gen);
-        let fexits = load_fexits(ebpf, &progs, true, loaded).map(|()| progs);
+        let fexits = ia32_fexits().and_then(|ia32| {
+            let progs = fexit_progs(gen, &ia32);
+            load_fexits(ebpf, &progs, true, loaded).map(|()| progs)
+        });
         let net_events = match &fexits {
             Ok(_) => Err("not needed: net is charged at fexit".to_owned()),
             Err(e) => {

@@ -4,7 +4,7 @@ use aya::{
     maps::{Array, MapData},
     Ebpf,
 };
-use killpath_common::{maps, throttle as tclass, Bucket, ThrottleCounts, ThrottleKey};
+use killpath_common::{compat, maps, throttle as tclass, Bucket, ThrottleCounts, ThrottleKey};
 
 use crate::{
     error::{Error, Result},
@@ -14,17 +14,23 @@ use crate::{
     },
 };
 
-/// Fills `KP_SYSCALL_CLASS` (x86_64 syscall number → class) in a freshly
-/// loaded object. Returns the map's handle: the caller keeps it for as long
-/// as it loads programs, whose instructions refer to the map by its fd.
-pub fn fill_syscall_classes(ebpf: &mut Ebpf) -> Result<Array<MapData, u32>> {
+/// Fills `KP_SYSCALL_CLASS` (x86_64 syscall number → class) and
+/// `KP_SYSCALL_CLASS_IA32` (i386 number → class) in a freshly loaded
+/// object. Returns the maps' handles: the caller keeps them for as long as
+/// it loads programs, whose instructions refer to the maps by their fds.
+pub fn fill_syscall_classes(ebpf: &mut Ebpf) -> Result<[Array<MapData, u32>; 2]> {
     let mut classes: Array<MapData, u32> = typed(ebpf, maps::SYSCALL_CLASS)?;
     if let Ok(table) = super::syscall_class_table() {
         for (nr, c) in table {
             classes.set(nr, c, 0).map_err(Error::map(format!("updating {}", maps::SYSCALL_CLASS)))?;
         }
     }
-    Ok(classes)
+    let mut ia32: Array<MapData, u32> = typed(ebpf, compat::MAP)?;
+    #[cfg(target_arch = "x86_64")]
+    for (nr, c) in super::syscall_class_table_ia32() {
+        ia32.set(nr, c, 0).map_err(Error::map(format!("updating {}", compat::MAP)))?;
+    }
+    Ok([classes, ia32])
 }
 
 /// Fills `KP_IOURING_CLASS` and `KP_IOURING_OPCODE_OFFSET` (the offset of

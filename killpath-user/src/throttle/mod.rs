@@ -53,6 +53,24 @@ const SYSCALL_TABLE: &[(u32, &[u32])] = &[
     (class::FS_WRITE, &[1, 18, 20, 296, 328, 76, 77, 285, 82, 264, 316, 87, 263, 83, 258, 84, 85, 86, 265, 88, 266, 326]),
 ];
 
+/// The same classes by i386 syscall number (arch/x86/entry/syscalls/
+/// syscall_32.tbl), for 32-bit syscalls (`int 0x80`) on x86_64 (see
+/// `killpath_common::compat`): truncate64/ftruncate64 are fs-write too;
+/// socketcall (102) is classed by its call number in the hook.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_TABLE_IA32: &[(u32, &[u32])] = &[
+    (class::NET, &[362, 369, 370, 345]),
+    (class::EXEC, &[11, 358]),
+    (class::FORK, &[2, 190, 120, 435]),
+    (class::FS_WRITE, &[4, 181, 146, 334, 379, 92, 93, 193, 194, 324, 38, 302, 353, 10, 301, 39, 296, 40, 8, 9, 303, 83, 304, 377]),
+];
+
+/// The `KP_SYSCALL_CLASS_IA32` table: entry `nr` is 1 + class.
+#[cfg(target_arch = "x86_64")]
+pub fn syscall_class_table_ia32() -> Vec<(u32, u32)> {
+    SYSCALL_TABLE_IA32.iter().flat_map(|(c, nrs)| nrs.iter().map(move |nr| (*nr, c + 1))).collect()
+}
+
 /// io_uring opcodes (include/uapi/linux/io_uring.h) of each class, chosen
 /// to match the syscalls of the same class: net is what reaches another
 /// host (SENDMSG 9, CONNECT 16, SEND 26, SEND_ZC 47, SENDMSG_ZC 48);
