@@ -24,6 +24,7 @@ fn parse_level(s: &str) -> Result<u32> {
 impl State {
     /// Serves one decoded command. `received` is when its line arrived.
     pub fn handle(&mut self, cmd: Command, caller: Caller, received: Instant) -> Result<Value> {
+        super::transaction::serving(received);
         match cmd {
             Command::Ping {} => Ok(json!({"pong": true, "pid": std::process::id()})),
             Command::Probe {} => Ok(json!(super::probe::run(Some(&self.config.cgroup_parent)))),

@@ -264,6 +264,12 @@ impl Enforcer {
         self.syscall_hook.sync(&self.maps, &mut self._ebpf)
     }
 
+    /// Detaches the syscall hooks no ceiling has needed for a while
+    /// (`throttle::hook::LINGER`).
+    pub fn detach_idle_syscall_hooks(&mut self) -> Result<()> {
+        self.syscall_hook.detach_idle(&self.maps, &mut self._ebpf)
+    }
+
     /// Whether the sys_exit throttle is attached.
     pub fn syscall_hook_attached(&self) -> bool {
         self.syscall_hook.attached()

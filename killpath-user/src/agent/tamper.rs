@@ -36,6 +36,9 @@ pub async fn link_watch(state: Arc<Mutex<State>>) {
             s.repinned_alerts(found);
         }
         s.journal_top_up();
+        if let Err(e) = s.enforcer.detach_idle_syscall_hooks() {
+            warn!("detaching the syscall throttle hooks no ceiling needs: {e}");
+        }
     }
 }
 

@@ -65,6 +65,7 @@ impl State {
         let tc = self.bind_netdevs(name, t.cgroup_id, netdevs)?;
         self.enforcer.maps.set_throttle(t.cgroup_id, &buckets)?;
         let map_update_us = received.elapsed().as_micros() as u64;
+        let hooking = Instant::now();
         let hook = match self.enforcer.sync_syscall_hook() {
             Ok(h) => h,
             Err(e) => {
@@ -74,6 +75,10 @@ impl State {
                 return Err(e);
             }
         };
+        // Attaching sys_exit again soon after it was detached waits for an
+        // RCU grace period in the kernel (tracepoint 1->0->1 transition):
+        // reported apart, it is often most of the time to effect.
+        let hook_sync_us = hooking.elapsed().as_micros() as u64;
         let tasks = match ceilings.tasks {
             Some(n) => {
                 let pids = tasks::locate(name, &t.cgroup)?;
@@ -106,6 +111,7 @@ impl State {
                 "io_uring": ceilings.has_syscalls().then(|| self.enforcer.iouring_coverage()),
                 "class_hooks": ceilings.has_syscalls().then(|| self.enforcer.class_hooks(Some(&crate::throttle::class_hooks::classes_of(&ceilings)))),
                 "map_update_us": map_update_us,
+                "hook_sync_us": hook_sync_us,
                 "time_to_effect_us": time_to_effect_us,
             }),
             to_level: Some(to),

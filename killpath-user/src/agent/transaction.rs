@@ -12,6 +12,24 @@ use crate::{
 };
 use tracing::warn;
 
+use std::{cell::Cell, time::Instant};
+
+thread_local! {
+    /// The command this thread serves: when its line arrived and when the
+    /// handler got the state lock (see [`serving`]).
+    static SERVING: Cell<Option<(Instant, Instant)>> = const { Cell::new(None) };
+}
+
+/// Marks the start of a command's handling, under the state lock: the
+/// phases reported with its result (`phases`) are measured from here.
+pub(super) fn serving(received: Instant) {
+    SERVING.set(Some((received, Instant::now())));
+}
+
+fn us(d: std::time::Duration) -> u64 {
+    d.as_micros() as u64
+}
+
 /// Written zeros kept ahead of the journal's last line (see
 /// `Journal::reserve`): a record then costs one data-only `fdatasync`.
 /// Topped up by the periodic link check when half is used (~1,000 records).
@@ -79,6 +97,7 @@ impl State {
         // pin missing would otherwise attach the program a second time.
         // Not before a stop: nothing may delay it (the periodic check
         // follows within 0.5 s), and it attaches nothing.
+        let entered = Instant::now();
         if action != "stop" {
             self.check_links_for(target);
         }
@@ -93,8 +112,11 @@ impl State {
         let intent = self.journal.append(intent)?;
         // What the durable intent cost, shown with the result: the disk's
         // share of the time to effect.
-        let journal_intent_us = journaling.elapsed().as_micros() as u64;
+        let intent_durable = Instant::now();
+        let journal_intent_us = us(intent_durable - journaling);
+        let intent_timing = self.journal.last_timing();
         let outcome = f(self);
+        let acted = Instant::now();
         let mut res = Entry::new(caller.actor(), Phase::Result, action);
         res.target = target.map(str::to_owned);
         res.from_level = from_level;
@@ -119,7 +141,26 @@ impl State {
             Err(e) => res.outcome = Some(format!("error: {e}")),
         }
         // The response waits for this fsync: nothing acknowledged is lost.
+        let result_journaling = Instant::now();
         let rec = self.journal.append(res)?;
+        let result_timing = self.journal.last_timing();
+        // Where the time to effect went, phase by phase (see the
+        // `time_to_effect` bench series): receipt to the state lock, checks
+        // before the intent, the intent's write and fdatasync, the action up
+        // to its effect; then what the answer still waits for.
+        let phases = SERVING.take().filter(|(received, _)| *received <= entered).map(|(received, locked)| {
+            let effect = outcome.as_ref().ok().and_then(|d| d.time_to_effect_us);
+            json!({
+                "lock_wait_us": us(locked - received),
+                "pre_intent_us": us(journaling - locked),
+                "intent_write_us": intent_timing.write_us,
+                "intent_sync_us": intent_timing.sync_us,
+                "action_to_effect_us": effect.map(|e| e.saturating_sub(us(intent_durable - received))),
+                "after_effect_us": us(result_journaling - acted),
+                "result_write_us": result_timing.write_us,
+                "result_sync_us": result_timing.sync_us,
+            })
+        });
         // Even a failed command may have changed part of the target: what
         // the drill left is what it is now.
         self.drill_mark(caller, target);
@@ -127,6 +168,9 @@ impl State {
             if let Value::Object(m) = &mut d.result {
                 m.insert("journal_seq".into(), json!(rec.seq));
                 m.insert("journal_intent_us".into(), json!(journal_intent_us));
+                if let Some(p) = phases {
+                    m.insert("phases".into(), p);
+                }
             }
             d.result
         })

@@ -152,6 +152,16 @@ pub struct Journal {
     poisoned: bool,
     key: Option<Key>,
     observer: Option<Observer>,
+    /// What the last append's write and sync took (see [`AppendTiming`]).
+    timing: AppendTiming,
+}
+
+/// Where the last [`Journal::append`] spent its time, in microseconds:
+/// encoding and `pwrite`, and `fdatasync` (for a time-to-effect breakdown).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendTiming {
+    pub write_us: u64,
+    pub sync_us: u64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -226,6 +236,7 @@ impl Journal {
             poisoned: false,
             key,
             observer: None,
+            timing: AppendTiming::default(),
         };
         Ok((journal, Recovery { truncated_bytes: scan.torn_bytes, dangling_intents, hmac_problems }))
     }
@@ -233,6 +244,11 @@ impl Journal {
     /// Sets the function called after every durable append.
     pub fn set_observer(&mut self, observer: Observer) {
         self.observer = Some(observer);
+    }
+
+    /// Where the last append spent its time.
+    pub fn last_timing(&self) -> AppendTiming {
+        self.timing
     }
 
     /// The last record written: what an anchor holds.
@@ -276,6 +292,7 @@ impl Journal {
     }
 
     fn write_record(&mut self, entry: Entry) -> Result<Record, JournalError> {
+        let started = std::time::Instant::now();
         let time_unix_us = now_us();
         let body = Body { seq: self.next_seq, time_unix_us, time: rfc3339(time_unix_us), prev_hash: self.last_hash.clone(), entry };
         let encoded = serde_json::to_vec(&body).map_err(io::Error::from);
@@ -292,7 +309,7 @@ impl Journal {
             line.push(b'"');
         }
         line.extend_from_slice(b"}\n");
-        if let Err(e) = self.write_durably(&line) {
+        if let Err(e) = self.write_durably(&line, started) {
             self.poisoned = true;
             // Best effort: drop any partial line so a later reopen sees a clean tail.
             if let Err(undo) = self.file.set_len(self.len) {
@@ -309,7 +326,7 @@ impl Journal {
         Ok(record)
     }
 
-    fn write_durably(&mut self, line: &[u8]) -> Result<(), JournalError> {
+    fn write_durably(&mut self, line: &[u8], started: std::time::Instant) -> Result<(), JournalError> {
         let written = loop {
             match self.file.write_at(line, self.len) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -323,7 +340,10 @@ impl Journal {
         // Inside the reserve this flushes the data blocks alone; past it,
         // the new size too.
         self.end = self.end.max(self.len + line.len() as u64);
-        self.file.sync_data().map_err(io_err(&self.path, "fdatasync"))
+        let syncing = std::time::Instant::now();
+        let synced = self.file.sync_data().map_err(io_err(&self.path, "fdatasync"));
+        self.timing = AppendTiming { write_us: (syncing - started).as_micros() as u64, sync_us: syncing.elapsed().as_micros() as u64 };
+        synced
     }
 
     /// Keeps at least `bytes / 2` (and tops up to `bytes`) of written zeros
@@ -337,11 +357,13 @@ impl Journal {
     }
 
     /// Writes zeros ahead of the tail when fewer than half the reserve are
-    /// left; returns whether it did. Meant for an idle moment (the agent's
+    /// left; returns whether it did. A failed `fdatasync` of the zeros
+    /// poisons the journal like a failed append (a failed write of them,
+    /// e.g. a full disk, does not: nothing was handed to the disk). Meant for an idle moment (the agent's
     /// periodic checks): a command never waits for it, unless the reserve
     /// was used up in between.
     pub fn top_up(&mut self) -> Result<bool, JournalError> {
-        if self.poisoned || self.reserve == 0 || self.end.saturating_sub(self.len) >= self.reserve / 2 {
+        if !self.top_up_due() {
             return Ok(false);
         }
         const CHUNK: usize = 64 * 1024;
@@ -350,7 +372,16 @@ impl Journal {
         let mut at = self.end;
         let written = loop {
             if at >= target {
-                break self.file.sync_data().map_err(io_err(&self.path, "fdatasync"));
+                if let Err(e) = self.file.sync_data() {
+                    // The kernel reports a writeback error once, and may
+                    // have dropped the dirty pages: the zeros, or blocks
+                    // the next record lands in, may not be on disk, and a
+                    // later fdatasync can succeed without them. Nothing
+                    // more is acknowledged until a reopen re-verifies.
+                    self.poisoned = true;
+                    break Err(io_err(&self.path, "fdatasync zeros")(e));
+                }
+                break Ok(());
             }
             let n = usize::try_from(target - at).map_or(CHUNK, |left| left.min(CHUNK));
             if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
@@ -368,6 +399,12 @@ impl Journal {
         debug!(path = %self.path.display(), from = self.end, to = target, "journal: zeros written ahead of the tail");
         self.end = target;
         Ok(true)
+    }
+
+    /// Whether the next [`Journal::top_up`] writes zeros: fewer than half
+    /// the reserve left ahead of the tail (never when poisoned).
+    pub fn top_up_due(&self) -> bool {
+        !self.poisoned && self.reserve > 0 && self.end.saturating_sub(self.len) < self.reserve / 2
     }
 
     /// The journal file.

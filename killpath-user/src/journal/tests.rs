@@ -514,3 +514,35 @@ fn a_line_written_into_the_zeros_under_the_agent_is_caught() {
     // The duplicate stays where it was put, and verification names it.
     assert_eq!(kinds(&path), [kind(5, "seq-gap"), kind(5, "chain-break")]);
 }
+
+/// A failed `fdatasync` of the top-up's zeros poisons the journal: nothing
+/// later is acknowledged, even once syncing works again. The failure is the
+/// kernel's: the file is swapped for `/dev/null`, which takes the zeros'
+/// `pwrite` but refuses `fdatasync` (EINVAL: no fsync on a character
+/// device). No device-mapper on the host kernel for an EIO disk, and a
+/// loop device on a full tmpfs failed only non-zero writes (see the p99 report).
+#[test]
+fn a_failed_top_up_sync_poisons_the_journal() {
+    let (_dir, path, mut journal) = four_reserved(4096);
+    while !journal.top_up_due() {
+        journal.append(entry(Phase::Event, "x")).unwrap();
+    }
+    let acknowledged = journal.last_seq();
+    let null = OpenOptions::new().write(true).open("/dev/null").unwrap();
+    let null = Flock::lock(null, FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    let real = std::mem::replace(&mut journal.file, null);
+    let failed = journal.top_up();
+    assert!(matches!(failed, Err(JournalError::Io { op: "fdatasync zeros", .. })), "{failed:?}");
+    // The real file back: its fdatasync works, and still nothing is acknowledged.
+    journal.file = real;
+    journal.file.sync_data().unwrap();
+    let after = journal.append(entry(Phase::Event, "after"));
+    assert!(matches!(after, Err(JournalError::Poisoned { .. })), "appended after a failed top-up sync: {after:?}");
+    assert!(!journal.top_up_due() && !journal.top_up().unwrap(), "a poisoned journal writes no zeros");
+    drop(journal);
+    // Reopening re-verifies: every acknowledged record, nothing more.
+    let (mut journal, recovery) = Journal::open(&path).unwrap();
+    assert_eq!((journal.last_seq(), recovery.truncated_bytes), (acknowledged, 0));
+    assert_eq!(journal.append(entry(Phase::Event, "next")).unwrap().seq, acknowledged + 1);
+    assert!(verify_file(&path).unwrap().ok);
+}

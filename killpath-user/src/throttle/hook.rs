@@ -13,9 +13,17 @@
 //! submitted io_uring operation, SQPOLL rings included. Where this kernel
 //! lacks the tracepoint or the BTF offset it needs, syscall ceilings still
 //! work and `probe`/`status` say io_uring is counted per io_uring_enter.
+//!
+//! A hook no longer needed is detached [`LINGER`] later (the agent's
+//! periodic check), not at once: attaching a raw tracepoint again soon
+//! after its last probe left waits in the kernel for an RCU grace period
+//! (`tracepoint_add_func`, the 1->0->1 transition, `tp_rcu_cond_sync`,
+//! 5.15+), measured 0.8 ms p50 and up to 25 ms on a loaded host: a
+//! `throttle` right after a `restore` paid it in its time to effect.
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -49,7 +57,12 @@ pub struct SyscallHook {
     links: LinkKeeper,
     /// Which hook charges each class here, and the fs-write fexits.
     classes: ClassHooks,
+    /// Since when sys_exit / io_uring are attached but no longer needed.
+    idle_since: [Option<Instant>; 2],
 }
+
+/// How long a hook no longer needed stays attached (see the module doc).
+pub const LINGER: Duration = Duration::from_secs(1);
 
 fn load(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, name: &'static str, tracepoint: &'static str) -> Result<Hook> {
     let prog_pin = load_pinned::<RawTracePoint>(ebpf, gen, name, loaded, |p| p.load().map_err(Error::program(format!("loading {name}"))))?;
@@ -75,7 +88,7 @@ impl SyscallHook {
         if let Err(e) = &io_uring {
             warn!("io_uring operations are counted per io_uring_enter only: {e}");
         }
-        Ok(Self { sys_exit, io_uring, links, classes })
+        Ok(Self { sys_exit, io_uring, links, classes, idle_since: [None, None] })
     }
 
     fn attach(&self, h: &Hook) -> Result<()> {
@@ -97,7 +110,8 @@ impl SyscallHook {
         Ok(())
     }
 
-    /// Attaches the hooks the ceilings need and detaches the others:
+    /// Attaches the hooks the ceilings need and detaches the others
+    /// ([`LINGER`] later, see [`SyscallHook::detach_idle`]):
     /// sys_exit while a ceiling is on `all` or on a class without its own
     /// hook here (or a `syscalls` tripwire exists), the fs-write fexits
     /// while an fs-write ceiling exists, io_uring while any syscall
@@ -105,14 +119,35 @@ impl SyscallHook {
     /// hook that fails to attach is reported, not fatal: the syscall
     /// ceilings hold without it.
     pub fn sync(&mut self, maps: &Maps, ebpf: &mut Ebpf) -> Result<bool> {
+        self.sync_at(maps, ebpf, None)
+    }
+
+    /// Detaches the hooks unneeded for at least [`LINGER`] (called by the
+    /// agent's periodic check).
+    pub fn detach_idle(&mut self, maps: &Maps, ebpf: &mut Ebpf) -> Result<()> {
+        self.sync_at(maps, ebpf, Some(Instant::now())).map(|_| ())
+    }
+
+    /// [`SyscallHook::sync`]; an unneeded hook is only marked idle, and
+    /// detached when `now` is given and it has been idle [`LINGER`].
+    fn sync_at(&mut self, maps: &Maps, ebpf: &mut Ebpf, now: Option<Instant>) -> Result<bool> {
         let used = maps.syscall_classes_in_use();
         self.classes.sync(ebpf, used)?;
         // A `syscalls` tripwire needs sys_exit (it counts there).
         let sys_exit = self.classes.needs_sys_exit(used) || maps.tripwire_syscalls;
+        let expired = |since: &mut Option<Instant>, wanted: bool, attached: bool| {
+            if wanted || !attached {
+                *since = None;
+                return false;
+            }
+            let idle = *since.get_or_insert_with(Instant::now);
+            now.is_some_and(|n| n.saturating_duration_since(idle) >= LINGER)
+        };
         if sys_exit && !self.sys_exit.link_pin.exists() {
             self.attach(&self.sys_exit)?;
-        } else if !sys_exit && self.sys_exit.link_pin.exists() {
+        } else if expired(&mut self.idle_since[0], sys_exit, self.sys_exit.link_pin.exists()) {
             self.detach(&self.sys_exit)?;
+            self.idle_since[0] = None;
         }
         let want = maps.any_syscall_throttle() || maps.tripwire_syscalls;
         if let Ok(h) = &self.io_uring {
@@ -121,8 +156,9 @@ impl SyscallHook {
                     warn!("io_uring operations are counted per io_uring_enter only: {e}");
                     self.io_uring = Err(e.to_string());
                 }
-            } else if !want && h.link_pin.exists() {
+            } else if expired(&mut self.idle_since[1], want, h.link_pin.exists()) {
                 self.detach(h)?;
+                self.idle_since[1] = None;
             }
         }
         Ok(sys_exit)

@@ -48,6 +48,7 @@ mod section;
 mod stop_flood;
 mod stop_single;
 mod throttle;
+mod time_to_effect;
 mod tripwire_cost;
 
 pub use helper::{helper, HelperArgs};
@@ -63,7 +64,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// stop_flood, throttle, overhead, lease, exposure, tripwire_cost, scale); repeatable. Default: all. The
+    /// stop_flood, throttle, overhead, lease, exposure, tripwire_cost, scale, time_to_effect); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -127,6 +128,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("exposure", exposure::exposure),
                 ("tripwire_cost", tripwire_cost::tripwire_cost),
                 ("scale", scale::scale),
+                ("time_to_effect", time_to_effect::time_to_effect),
             ];
             for &(id, f) in all {
                 if args.only.is_empty() || args.only.iter().any(|o| o == id) {

@@ -104,6 +104,10 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                     }
                     _ => {}
                 }
+                // A throttle hook no longer needed is detached 1 s later
+                // (killpath's throttle::hook::LINGER): wait it out, so the
+                // last state's hook is not measured in this one.
+                std::thread::sleep(std::time::Duration::from_millis(1600));
             }
             if let Some(n) = sys_enter_links() {
                 s.push(
