@@ -67,12 +67,13 @@ pub(super) fn halt_large(cg: &Cgroup, order: StopOrder, report: &mut StopReport,
             r
         }
         _ => {
-            // Read while the freeze spreads; the wait below is woken by the
-            // notification, so this costs it nothing.
-            let pids = cg.procs_recursive();
             let frozen = writes.is_some() && cg.wait_event("frozen", 1, FREEZE_WAIT).unwrap_or(false);
             report.freeze_timed_out = !frozen;
             let frozen_us = frozen.then(|| micros(received));
+            // Read once halted, not while the freeze spreads: on a small
+            // host the read takes a CPU the bomb's tasks need to reach the
+            // freezer. Frozen, the list is exact (nobody forks).
+            let pids = cg.procs_recursive();
             if !held {
                 arm_after_halt(arm);
             }
