@@ -80,6 +80,7 @@ impl State {
                 "halt": report.halt,
                 "freeze_timed_out": report.freeze_timed_out,
                 "halt_waited_for_marked": report.halt_waited_for_marked,
+                "freeze_watched": report.freeze_watched,
                 "guard_armed_us": guard_armed_us,
                 "intent_durable_us": intent_durable_us,
                 "guard_kills": guard_kills,

@@ -58,6 +58,7 @@ pub(super) fn halt_large(cg: &Cgroup, order: StopOrder, report: &mut StopReport,
         drain(w);
         froze.is_ok()
     });
+    report.freeze_watched = writes.is_some();
     let (pids, frozen_us, kill_us) = match order {
         StopOrder::FreezeKillRace => {
             let r = race(cg, report, writes.is_some(), received)?;

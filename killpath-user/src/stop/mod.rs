@@ -89,6 +89,10 @@ pub struct StopReport {
     /// Marked processes SIGKILLed by pidfd (outside the cgroup, or racing it).
     #[serde(default)]
     pub marked_killed: usize,
+    /// The stop watched `cgroup.freeze` for writes behind its freeze
+    /// (false: the watch could not be set, so `frozen 1` ended no halt).
+    #[serde(default)]
+    pub freeze_watched: bool,
     /// A marked process ran outside the cgroup when the stop began: the
     /// halt is reported no earlier than its SIGKILL (it ran user code
     /// until then, whatever froze inside the cgroup).

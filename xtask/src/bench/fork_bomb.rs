@@ -253,10 +253,12 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
         ));
     }
     s.notes.push(format!(
-        "repetition {rep}: killpath halt ended by {} ({} tasks; freeze timed out: {})",
+        "repetition {rep}: killpath halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
         r["halt"].as_str().unwrap_or("?"),
         r["tasks_at_start"],
-        r["freeze_timed_out"]
+        r["freeze_timed_out"],
+        r["freeze_watched"],
+        r["intent_durable_us"]
     ));
     drop(bomb);
     sb.call("release", json!({"name": name}))?;
@@ -304,10 +306,12 @@ fn bomb_order(sb: &mut Sandbox, rep: usize, i: usize, s: &mut Section) -> Result
         count_f64(reported.max(left)),
     );
     s.notes.push(format!(
-        "repetition {rep}: order {o}: halt ended by {} ({} tasks; freeze timed out: {})",
+        "repetition {rep}: order {o}: halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
         r["halt"].as_str().unwrap_or("?"),
         r["tasks_at_start"],
-        r["freeze_timed_out"]
+        r["freeze_timed_out"],
+        r["freeze_watched"],
+        r["intent_durable_us"]
     ));
     drop(bomb);
     sb.call("release", json!({"name": name}))?;
