@@ -95,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = std::time::Instant::now();
             let timeout =
                 Duration::try_from_secs_f64(*agent_timeout).ok().filter(|t| !t.is_zero()).context("--agent-timeout must be a positive number of seconds")?;
-            let cmd = Command::Stop { name: name.clone(), reason: reason.clone() };
+            let cmd = Command::Stop { name: name.clone(), reason: reason.clone(), order: None };
             let r = match client::call(&cli.socket, &cmd, timeout) {
                 Ok(r) => r,
                 Err(e) if e.agent_unavailable() => {

@@ -44,10 +44,10 @@ impl State {
                 let params = json!({"cgroup": cgroup, "pid": pid});
                 self.execute(caller, "adopt", Some(&name), params, |s| s.adopt(&name, cgroup.as_deref(), pid))
             }
-            Command::Stop { name, reason } => {
+            Command::Stop { name, reason, order } => {
                 self.registry.get(&name)?;
-                let params = json!({"reason": reason});
-                self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, received))
+                let params = json!({"reason": reason, "order": order});
+                self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, order.unwrap_or_default(), received))
             }
             Command::Isolate { name, reason, verify, netdev, audit } => {
                 self.registry.get(&name)?;

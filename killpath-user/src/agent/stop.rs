@@ -18,7 +18,7 @@ impl State {
         self.registry.targets.values().filter(|o| o.cgroup.starts_with(&t.cgroup)).map(|o| o.cgroup_id).collect()
     }
 
-    pub(super) fn stop(&mut self, name: &str, received: Instant) -> Result<Done> {
+    pub(super) fn stop(&mut self, name: &str, order: stop::StopOrder, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         // Receipt to here: the intent journaled and fdatasynced (the disk's
         // share of the halt).
@@ -45,7 +45,7 @@ impl State {
             guard_armed_us = received.elapsed().as_micros() as u64;
             Ok(())
         };
-        let report = stop::hard_stop_guarded(&cg, marked, &mut arm, received, stop::EMPTY_TIMEOUT);
+        let report = stop::hard_stop_guarded(&cg, marked, order, &mut arm, received, stop::EMPTY_TIMEOUT);
         self.enforcer.maps.members = members;
         // A stop that failed, or whose arming failed (it goes on to the
         // kill regardless), still leaves the guard armed.
@@ -79,6 +79,8 @@ impl State {
                 "time_to_empty_us": report.time_to_empty_us,
                 "halt": report.halt,
                 "freeze_timed_out": report.freeze_timed_out,
+                "halt_waited_for_marked": report.halt_waited_for_marked,
+                "freeze_watched": report.freeze_watched,
                 "guard_armed_us": guard_armed_us,
                 "intent_durable_us": intent_durable_us,
                 "guard_kills": guard_kills,

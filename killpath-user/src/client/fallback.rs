@@ -122,6 +122,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "time_to_empty_us": r.time_to_empty_us,
         "halt": r.halt,
         "freeze_timed_out": r.freeze_timed_out,
+        "halt_waited_for_marked": r.halt_waited_for_marked,
         "used_cgroup_kill": r.used_cgroup_kill,
         "used_freeze": r.used_freeze,
         "escape_attempts": escape_attempts,

@@ -65,6 +65,9 @@ pub enum Command {
         name: String,
         #[serde(default)]
         reason: Option<String>,
+        /// The freeze/kill order (None: the agent's choice); for the bench.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<crate::stop::StopOrder>,
     },
     /// Level 3: cut the target off from everything outside it.
     Isolate {
@@ -501,10 +504,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let line = encode(7, &Command::Stop { name: "a".into(), reason: Some("r".into()) }).unwrap();
+        let line = encode(7, &Command::Stop { name: "a".into(), reason: Some("r".into()), order: None }).unwrap();
         let req = decode(line.as_bytes()).unwrap();
         assert_eq!(req.id, Value::from(7));
-        assert_eq!(req.cmd, Command::Stop { name: "a".into(), reason: Some("r".into()) });
+        assert_eq!(req.cmd, Command::Stop { name: "a".into(), reason: Some("r".into()), order: None });
     }
 
     #[test]

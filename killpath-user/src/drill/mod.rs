@@ -211,7 +211,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let result = drill(&mut s, &scenario, opts, &target, canary_run.as_mut());
     if let Some(c) = canary_run.take() {
         // The drill's own canary: stop it and forget its target.
-        let _ = s.call(&Command::Stop { name: c.name.clone(), reason: Some("drill finished".into()) }, REQUEST_TIMEOUT);
+        let _ = s.call(&Command::Stop { name: c.name.clone(), reason: Some("drill finished".into()), order: None }, REQUEST_TIMEOUT);
         let _ = s.call(&Command::Release { name: c.name.clone() }, REQUEST_TIMEOUT);
         drop(c);
     }

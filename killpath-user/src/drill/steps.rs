@@ -221,7 +221,7 @@ pub(super) fn isolate_step(s: &mut Session, sc: &Scenario, target: &str, left_ou
 
 pub(super) fn stop_step(s: &mut Session, sc: &Scenario, target: &str, canary: Option<&mut CanaryRun>) -> Result<(Step, Option<canary::CheckReport>)> {
     let committed_before = canary.as_ref().map(|c| c.committed());
-    let cmd = Command::Stop { name: target.to_owned(), reason: Some("drill".into()) };
+    let cmd = Command::Stop { name: target.to_owned(), reason: Some("drill".into()), order: None };
     let mut checks = Vec::new();
     let r = match s.call(&cmd, REQUEST_TIMEOUT) {
         Ok(r) => r,

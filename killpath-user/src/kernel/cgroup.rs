@@ -10,7 +10,7 @@ use std::{
     fs,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::{AsFd, AsRawFd, OwnedFd},
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
@@ -21,6 +21,7 @@ use std::{
 use nix::{
     fcntl::OFlag,
     poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 
 use super::cgroup_id;
@@ -264,6 +265,23 @@ impl Cgroup {
     pub fn freeze_requested(&self) -> Result<bool> {
         let text = self.read_file("cgroup.freeze").map_err(Error::cgroup(self.file("cgroup.freeze")))?;
         Ok(text.trim() == "1")
+    }
+
+    /// Every write to this cgroup's `name` file from now on, by anyone:
+    /// an inotify watch for IN_MODIFY, which `vfs_write` raises after each
+    /// successful write(2) on any file (kernfs included), so a thaw (`0`)
+    /// written behind a stop is seen even if a re-freeze follows at once
+    /// and the knob reads `1` again. Watched through the open file
+    /// (`/proc/self/fd/N` is followed to the inode), so a cgroup held by fd
+    /// is watched beneath its real directory. inotify merges an event with
+    /// an identical one still unread: drain after your own write.
+    pub fn watch_writes(&self, name: &str) -> Result<Inotify> {
+        let path = self.file(name);
+        let f = self.open(name, false).map_err(Error::cgroup(&path))?;
+        let io = |e: nix::errno::Errno| Error::Io { what: format!("watching {}", path.display()), source: e.into() };
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io)?;
+        ino.add_watch(format!("/proc/self/fd/{}", f.as_raw_fd()).as_str(), AddWatchFlags::IN_MODIFY).map_err(io)?;
+        Ok(ino)
     }
 
     /// cgroup.events, opened for reading: kernfs wakes a poll(2) on it with

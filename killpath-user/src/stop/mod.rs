@@ -21,7 +21,13 @@
 //!   at most [`FREEZE_WAIT`], because a task in an uninterruptible or
 //!   killable sleep (D state, e.g. a FUSE request nobody answers) never
 //!   freezes; then `cgroup.kill`, and halt is the kill write if `frozen 1`
-//!   was not seen (or the freeze was undone before the kill).
+//!   was not seen (or anyone wrote `cgroup.freeze` between our freeze and
+//!   the kill: a thaw, even one undone at once). Other orders
+//!   ([`StopOrder`]) exist to be measured against it (`halt`).
+//!
+//! A marked process outside the cgroup when the stop begins runs until its
+//! own SIGKILL, after the kill write: the halt is then reported no earlier
+//! than that SIGKILL (`halt_waited_for_marked`).
 //!
 //! The kernel guard is armed through `arm` once the target is halted.
 //!
@@ -36,7 +42,11 @@
 //! The no-agent path (`killpath stop` when the agent does not answer) is
 //! `client::fallback`: it reads the agent's registry, so it sits above the
 //! levels. Kernel side: the stop guard in `killpath-ebpf/src/stop.rs`.
+mod halt;
+mod order;
 mod pidfds;
+
+pub use order::StopOrder;
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +89,15 @@ pub struct StopReport {
     /// Marked processes SIGKILLed by pidfd (outside the cgroup, or racing it).
     #[serde(default)]
     pub marked_killed: usize,
+    /// The stop watched `cgroup.freeze` for writes behind its freeze
+    /// (false: the watch could not be set, so `frozen 1` ended no halt).
+    #[serde(default)]
+    pub freeze_watched: bool,
+    /// A marked process ran outside the cgroup when the stop began: the
+    /// halt is reported no earlier than its SIGKILL (it ran user code
+    /// until then, whatever froze inside the cgroup).
+    #[serde(default)]
+    pub halt_waited_for_marked: bool,
     /// Whether marks were consulted (false: the membership maps are
     /// missing, and only the cgroup was stopped).
     #[serde(default)]
@@ -105,6 +124,11 @@ pub const SMALL_TARGET: usize = 64;
 /// How long a stop waits for `frozen 1` before killing anyway. A fork bomb
 /// of ~1,300 tasks freezes in 5–10 ms on the bench machine (40 ms under load).
 pub const FREEZE_WAIT: Duration = Duration::from_millis(50);
+
+/// The order [`StopOrder::Auto`] takes for a large target: the fastest
+/// halt that leaves 0 survivors of a racing fork bomb in the bench
+/// (section hard_stop_fork_bomb, where every order runs side by side).
+const LARGE_ORDER: StopOrder = StopOrder::FreezeWaitKill;
 
 /// The marks a stop acts on: the maps, and the target's cgroup id with
 /// the ids of targets nested in it.
@@ -137,17 +161,24 @@ pub fn hard_stop(cg: &Cgroup, received: Instant, timeout: Duration) -> Result<St
 
 /// Hard-stops `cg` and every process marked as the target's (`marked`).
 pub fn hard_stop_marked(cg: &Cgroup, marked: Marked<'_>, received: Instant, timeout: Duration) -> Result<StopReport> {
-    hard_stop_guarded(cg, marked, &mut || Ok(()), received, timeout)
+    hard_stop_guarded(cg, marked, StopOrder::Auto, &mut || Ok(()), received, timeout)
 }
 
 /// Hard-stops `cg` and every process marked as the target's (`marked`);
 /// `arm` runs once, to arm the kernel guard for what comes later (a task
 /// moved into the stopped target): right after the kill write, or, for a
-/// large target, once it is frozen (before the freeze if someone else
-/// already holds one).
-pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() -> Result<()>, received: Instant, timeout: Duration) -> Result<StopReport> {
+/// large target, as its [`StopOrder`] says. `order` other than `Auto` is
+/// followed whatever the target's size (the bench compares them).
+pub fn hard_stop_guarded(
+    cg: &Cgroup,
+    marked: Marked<'_>,
+    order: StopOrder,
+    arm: &mut dyn FnMut() -> Result<()>,
+    received: Instant,
+    timeout: Duration,
+) -> Result<StopReport> {
     let mut report = StopReport { membership: marked.is_some(), ..Default::default() };
-    let small = cg.procs_upto(SMALL_TARGET).filter(|_| cg.has_kill());
+    let small = if order == StopOrder::Auto { cg.procs_upto(SMALL_TARGET).filter(|_| cg.has_kill()) } else { None };
     tracing::debug!(small = small.is_some(), at_us = micros(received), "hard stop: sized");
     let (procs, mut watch) = match small {
         Some(pids) => {
@@ -159,45 +190,8 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
             (pids, Some(watch))
         }
         None => {
-            // Freezing a subtree freezes its descendants too (cgroup v2
-            // freezer is hierarchical), so one write covers nested cgroups.
-            if cg.has_freeze() {
-                // A freeze someone else holds (the throttle pacer, which
-                // thaws what it froze unless the target is at `stopped`):
-                // the guard goes first, so the freeze stays ours. Its tasks
-                // are frozen already: the guard has nothing to kill yet.
-                // Nothing between here and the kill may end the stop: a
-                // failed step (e.g. a file of the cgroup made unreadable)
-                // only means the halt is ended by the kill write instead.
-                let held = cg.freeze_requested().unwrap_or(false);
-                if held {
-                    arm_after_halt(arm);
-                }
-                let froze = cg.freeze(true);
-                report.used_freeze = froze.is_ok();
-                // Read while the freeze spreads; the wait below is woken
-                // by the notification, so this costs it nothing.
-                let pids = cg.procs_recursive();
-                let frozen = froze.is_ok() && cg.wait_event("frozen", 1, FREEZE_WAIT).unwrap_or(false);
-                report.freeze_timed_out = !frozen;
-                let frozen_us = micros(received);
-                if !held {
-                    arm_after_halt(arm);
-                }
-                // A thaw behind us since (the knob back at 0) voids the
-                // observation: the kill ends the halt then.
-                let frozen = frozen && cg.freeze_requested().unwrap_or(false);
-                let by_kill = kill(cg, &mut report)?;
-                (report.halt, report.time_to_halt_us) = if frozen { (Halt::Frozen, frozen_us) } else { (by_kill, micros(received)) };
-                tracing::debug!(tasks = pids.len(), frozen, halt_us = report.time_to_halt_us, at_us = micros(received), "hard stop: frozen, killed");
-                (pids, None)
-            } else {
-                let pids = cg.procs_recursive();
-                report.halt = kill(cg, &mut report)?;
-                report.time_to_halt_us = micros(received);
-                arm_after_halt(arm);
-                (pids, None)
-            }
+            let order = if order == StopOrder::Auto { LARGE_ORDER } else { order };
+            (halt::halt_large(cg, order, &mut report, arm, received)?, None)
         }
     };
     let procs: std::collections::BTreeSet<u32> = procs.into_iter().map(|p| p as u32).collect();
@@ -208,7 +202,6 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
     // context switch now that the target is stopped. Read after the
     // kill, so the map walk does not delay it; the processes of the
     // cgroup got their SIGKILL from cgroup.kill already.
-    let mut outside = std::collections::BTreeSet::new();
     if let Some((m, ids)) = marked {
         let all: Vec<(u32, killpath_common::Member)> = m.of_targets(ids);
         // A small target's marks are all signalled: a process listed at
@@ -216,8 +209,18 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
         // kill write (cgroup.kill would miss it). Cheap at this size.
         let to_kill: Vec<(u32, killpath_common::Member)> =
             if watch.is_some() { all.clone() } else { all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).copied().collect() };
+        let outside: std::collections::BTreeSet<u32> = all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).map(|(_, mk)| mk.tgid).collect();
+        // Which of those not listed in the cgroup run outside it now (read
+        // before their kill: a dead process has no cgroup to tell): they
+        // ran user code until the kill below, so the halt is not reported
+        // before it. Forks since the listing are inside (killed already).
+        let rel = if outside.is_empty() { None } else { target_rel(cg) };
+        report.marked_outside = outside.iter().filter(|p| outside_of(**p, rel.as_deref())).count();
         killed.extend(m.kill_marks(&to_kill));
-        outside = all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).map(|(_, mk)| mk.tgid).collect();
+        if report.marked_outside > 0 {
+            report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
+            report.halt_waited_for_marked = true;
+        }
     }
     let deadline = Instant::now() + timeout;
     if let Some(w) = watch.as_mut() {
@@ -227,28 +230,14 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
         let all = w.wait_all(deadline.min(Instant::now() + PIDFD_WAIT));
         tracing::debug!(all, at_us = micros(received), "hard stop: pidfds");
     }
-    // Not in the cgroup at the start: forked inside since, or outside it
-    // (escaped). Only the latter count; a killed task keeps its cgroup in
-    // /proc until it is reaped.
-    if !outside.is_empty() {
-        let mount = crate::kernel::cgroup::cgroup2_mount().ok();
-        let rel = mount.as_deref().and_then(|m| cg.path().strip_prefix(m).ok()).map(|r| format!("/{}", r.display()));
-        report.marked_outside = outside
-            .iter()
-            .filter(|p| {
-                let at = crate::kernel::cgroup::cgroup_of(**p as i32).ok();
-                matches!((&at, &rel), (Some(a), Some(r)) if a != r && !a.starts_with(&format!("{r}/")))
-            })
-            .count();
-    }
-    let mut members_left = outside;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        // Poll briefly while marked processes are dying: their exit is not
-        // visible in cgroup.events.
-        let slice = if members_left.is_empty() { Duration::from_millis(500) } else { Duration::from_millis(10) };
-        let empty = cg.wait_empty(left.min(slice))?;
-        members_left = marked.map(|(m, ids)| marked_alive(m, ids)).unwrap_or_default();
+        // The cgroup first, woken by its notification: the marked tasks in
+        // it die with it, so the marks are walked only once it is empty
+        // (a walk, and a kill again, every few ms while a bomb of
+        // thousands dies slowed its dying).
+        let empty = cg.wait_empty(left.min(Duration::from_millis(500)))?;
+        let members_left = if empty { marked.map(|(m, ids)| marked_alive(m, ids)).unwrap_or_default() } else { Default::default() };
         if empty && members_left.is_empty() {
             break;
         }
@@ -258,7 +247,10 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
         if let Some((m, ids)) = marked {
             killed.extend(m.kill(ids));
         }
-        if !members_left.is_empty() && cg.populated().ok() == Some(false) {
+        if empty {
+            // Marked processes outside, dying: their exit is not visible
+            // in cgroup.events. A short pause between walks of the marks.
+            std::thread::sleep(Duration::from_millis(1));
             continue;
         }
         // Still populated after 500 ms: something raced in (e.g. moved in
@@ -289,6 +281,20 @@ pub fn hard_stop_guarded(cg: &Cgroup, marked: Marked<'_>, arm: &mut dyn FnMut() 
         warn!(survivors = report.survivors, cgroup = %cg.path().display(), "hard stop left survivors");
     }
     Ok(report)
+}
+
+/// The target's cgroup as /proc/PID/cgroup shows it (`/a/b`), if its
+/// path is on the cgroup2 mount.
+fn target_rel(cg: &Cgroup) -> Option<String> {
+    let mount = crate::kernel::cgroup::cgroup2_mount().ok()?;
+    cg.path().strip_prefix(&mount).ok().map(|r| format!("/{}", r.display()))
+}
+
+/// Whether process `pid` lives outside the target's subtree `rel` (false
+/// when it is gone, or the target's place is unknown).
+fn outside_of(pid: u32, rel: Option<&str>) -> bool {
+    let (Some(r), Ok(at)) = (rel, crate::kernel::cgroup::cgroup_of(pid as i32)) else { return false };
+    at != r && !at.starts_with(&format!("{r}/"))
 }
 
 /// SIGKILL to the whole subtree: `cgroup.kill` when the kernel has it,

@@ -7,6 +7,7 @@
 //! does not hang the stop; and read-only commands flooding the agent
 //! neither delay a stop forever nor see a record that is not durable.
 mod freeze_blocked;
+mod outside;
 mod read_flood;
 
 use std::{
@@ -108,6 +109,7 @@ fn stop_halt_large_fork_bomb_frozen_and_true() {
     let n = r["tasks_at_start"].as_u64().unwrap_or(0);
     assert!(n as usize > killpath::stop::SMALL_TARGET, "a large target: {r}");
     assert_eq!(r["used_freeze"], true, "{r}");
+    assert_eq!(r["freeze_watched"], true, "the knob is watched for a thaw behind the stop: {r}");
     match r["halt"].as_str() {
         Some("frozen") => assert_eq!(r["freeze_timed_out"], false, "{r}"),
         // A loaded machine may take longer than the bounded wait to freeze

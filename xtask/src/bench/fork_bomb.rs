@@ -47,10 +47,35 @@ const WALK_SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy)]
 enum BombVariant {
+    /// `stop` as the agent chooses (what the product does).
     Killpath,
+    /// `stop` with a forced order (index into [`ORDERS`]).
+    Order(usize),
     Freeze,
     Kill,
     Walk,
+}
+
+/// The stop orders put side by side (`"order"` of the `stop` request; see
+/// `killpath::stop::StopOrder`): the value sent, and what it does.
+const ORDERS: [(&str, &str); 3] = [
+    (
+        "freeze-wait-kill",
+        "cgroup.freeze, wait for frozen 1 (≤ 50 ms), arm the guard, cgroup.kill; halt = frozen 1",
+    ),
+    (
+        "kill-guard-first",
+        "arm the guard, cgroup.kill alone; halt = the kill write returned",
+    ),
+    (
+        "freeze-kill-race",
+        "cgroup.freeze then cgroup.kill at once, another thread waiting for frozen 1; halt = the first of frozen 1 / the kill write returned",
+    ),
+];
+
+/// A label or id made at run time, for the section's `&'static str` fields.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 pub(super) fn hard_stop_fork_bomb(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()> {
@@ -65,7 +90,11 @@ pub(super) fn hard_stop_fork_bomb(sb: &mut Sandbox, p: &Params, s: &mut Section)
          `frozen 1` at most 50 ms, arms its guard, then writes `cgroup.kill`), or, when the freeze did \
          not complete in time, the `cgroup.kill` write returning (every task has SIGKILL pending); the \
          notes say which ended each halt. `time_to_empty_us` is command receipt to `populated 0`. \
-         **Bare cgroup.freeze** (halt floor): write `cgroup.freeze`, wait for `frozen 1`. **Bare \
+         **killpath, order …**: the same stop with the freeze/kill order forced (the plain killpath \
+         variant is the product's own choice), one per order: {}. Beside each ratio, the durable \
+         intent's share (intent / floor) and the ratio without it ((time − intent) / floor): the \
+         intent is written and fdatasynced before any write to the cgroup (durability rule), so it is \
+         the disk's part of the ratio, not the order's. **Bare cgroup.freeze** (halt floor): write `cgroup.freeze`, wait for `frozen 1`. **Bare \
          cgroup.kill** (empty floor): write `cgroup.kill`, wait for `populated 0`; it also records when \
          its write returned (the other observable halt, applied to the floor). **Tree walk** (what \
          `pkill -9`-style tools do): one pass from the bomb's root, descendants collected from \
@@ -74,19 +103,22 @@ pub(super) fn hard_stop_fork_bomb(sb: &mut Sandbox, p: &Params, s: &mut Section)
          writes; the floors start at the write.",
         bomb_script(),
         p.bomb_reps,
+        ORDERS
+            .iter()
+            .map(|(o, what)| format!("`{o}` ({what})"))
+            .collect::<Vec<_>>()
+            .join("; "),
         WALK_SETTLE.as_millis()
     );
-    let variants = [
-        BombVariant::Killpath,
-        BombVariant::Freeze,
-        BombVariant::Kill,
-        BombVariant::Walk,
-    ];
+    let mut variants = vec![BombVariant::Killpath];
+    variants.extend((0..ORDERS.len()).map(BombVariant::Order));
+    variants.extend([BombVariant::Freeze, BombVariant::Kill, BombVariant::Walk]);
     for rep in 0..p.bomb_reps {
         for v in rotate(&variants, rep) {
             check_interrupted()?;
             match v {
                 BombVariant::Killpath => bomb_killpath(sb, rep, s)?,
+                BombVariant::Order(i) => bomb_order(sb, rep, i, s)?,
                 BombVariant::Freeze | BombVariant::Kill => bomb_bare(sb, rep, v, s)?,
                 BombVariant::Walk => bomb_walk(sb, rep, s)?,
             }
@@ -129,6 +161,53 @@ pub(super) fn hard_stop_fork_bomb(sb: &mut Sandbox, p: &Params, s: &mut Section)
         0.5,
         None,
     );
+    s.ratio(
+        "intent_over_freeze",
+        "killpath durable intent / bare cgroup.freeze halt (p50): the intent's share of the halt ratio",
+        "kp_intent",
+        "bare_freeze",
+        0.5,
+        None,
+    );
+    s.ratio(
+        "intent_over_kill",
+        "killpath durable intent / bare cgroup.kill empty (p50): the intent's share of the empty ratio",
+        "kp_intent",
+        "bare_kill",
+        0.5,
+        None,
+    );
+    for (o, _) in ORDERS {
+        for (what, floor, fname, goal) in [
+            ("halt", "bare_freeze", "bare cgroup.freeze halt", "≤ 1.2"),
+            ("empty", "bare_kill", "bare cgroup.kill empty", "≤ 1.1"),
+        ] {
+            s.ratio(
+                leak(format!("{what}_{o}_over_{floor}")),
+                leak(format!("order {o}: time_to_{what} / {fname} (p50)")),
+                &format!("kp_{what}_{o}"),
+                floor,
+                0.5,
+                Some(goal),
+            );
+            s.ratio(
+                leak(format!("intent_{o}_over_{floor}")),
+                leak(format!("order {o}: durable intent / {fname} (p50): the intent's share")),
+                &format!("kp_intent_{o}"),
+                floor,
+                0.5,
+                None,
+            );
+            s.ratio(
+                leak(format!("{what}_net_{o}_over_{floor}")),
+                leak(format!("order {o}: (time_to_{what} − intent) / {fname} (p50)")),
+                &format!("kp_{what}_net_{o}"),
+                floor,
+                0.5,
+                None,
+            );
+        }
+    }
     s.ratio(
         "walk_over_killpath_empty",
         "tree walk time / killpath time_to_empty (p50)",
@@ -174,10 +253,12 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
         ));
     }
     s.notes.push(format!(
-        "repetition {rep}: killpath halt ended by {} ({} tasks; freeze timed out: {})",
+        "repetition {rep}: killpath halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
         r["halt"].as_str().unwrap_or("?"),
         r["tasks_at_start"],
-        r["freeze_timed_out"]
+        r["freeze_timed_out"],
+        r["freeze_watched"],
+        r["intent_durable_us"]
     ));
     drop(bomb);
     sb.call("release", json!({"name": name}))?;
@@ -186,6 +267,61 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
         fmt_us(num(&r, "time_to_halt_us")?),
         fmt_us(num(&r, "time_to_empty_us")?),
         reported.max(left as u64)
+    );
+    Ok(())
+}
+
+/// A stop with the order forced to `ORDERS[i]`; its own series, and
+/// survivors counted from outside like the product's.
+fn bomb_order(sb: &mut Sandbox, rep: usize, i: usize, s: &mut Section) -> Result<()> {
+    let (o, _) = ORDERS[i];
+    let name = format!("order-{i}-{rep}");
+    sb.call("create", json!({"name": name}))?;
+    let cg = sb.parent().join(&name);
+    let bomb = Bomb::start(sb, &name, &cg, false)?;
+    let reached = bomb.wait_goal()?;
+    let (_, r) = sb.call("stop", json!({"name": name, "reason": "bench", "order": o}))?;
+    let left = count_procs(&cg).unwrap_or(0);
+    let reported = usize::try_from(r["survivors"].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
+    let (halt, empty) = (num(&r, "time_to_halt_us")?, num(&r, "time_to_empty_us")?);
+    let intent = num(&r, "intent_durable_us")?;
+    for (id, label, v) in [
+        ("halt", "time_to_halt_us (agent)", halt),
+        ("empty", "time_to_empty_us (agent)", empty),
+        ("intent", "receipt to intent durable (agent)", intent),
+        ("halt_net", "time_to_halt_us − intent", halt - intent),
+        ("empty_net", "time_to_empty_us − intent", empty - intent),
+    ] {
+        s.push(
+            &format!("kp_{id}_{o}"),
+            leak(format!("order {o}: {label}")),
+            Unit::Micros,
+            v,
+        );
+    }
+    s.push(
+        &format!("kp_survivors_{o}"),
+        leak(format!("order {o}: survivors (agent, or left in the cgroup)")),
+        Unit::Count,
+        count_f64(reported.max(left)),
+    );
+    s.notes.push(format!(
+        "repetition {rep}: order {o}: halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
+        r["halt"].as_str().unwrap_or("?"),
+        r["tasks_at_start"],
+        r["freeze_timed_out"],
+        r["freeze_watched"],
+        r["intent_durable_us"]
+    ));
+    drop(bomb);
+    sb.call("release", json!({"name": name}))?;
+    println!(
+        "bench:   order {o}: {reached} tasks, halt {} ({}), empty {}, intent {}, survivors {}",
+        fmt_us(halt),
+        r["halt"].as_str().unwrap_or("?"),
+        fmt_us(empty),
+        fmt_us(intent),
+        reported.max(left)
     );
     Ok(())
 }

@@ -21,7 +21,7 @@ pub(super) fn killpath_survivors(sections: &[Section]) -> u64 {
     let total = sections
         .iter()
         .flat_map(|s| s.series.iter())
-        .filter(|s| s.id == "kp_survivors")
+        .filter(|s| s.id == "kp_survivors" || s.id.starts_with("kp_survivors_"))
         .flat_map(|s| s.samples.iter())
         .map(|v| *v as u64)
         .sum();
