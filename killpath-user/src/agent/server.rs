@@ -287,6 +287,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
 /// Serves one request that is not answered by the connection itself: on
 /// the stop thread for a stop, in the blocking pool otherwise.
 fn run_request(state: &Mutex<State>, unlocked: &super::stop_first::Unlocked, cmd: Command, caller: Caller, allowed: bool, received: Instant) -> Result<Value> {
+    // A read-only command runs below the agent's priority (`stop_first`).
+    let _reader = (!cmd.mutates()).then(super::stop_first::Reader::enter);
     if let Some(r) = unlocked.serve(&cmd) {
         return r;
     }

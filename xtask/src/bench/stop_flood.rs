@@ -35,8 +35,11 @@ pub(super) fn stop_flood(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Resul
          else talks to the agent. **flood**: {CLIENTS} clients, each on its own connection, send requests \
          back to back for the whole repetition, half `status` (every target's row), half `journal` (the \
          last {JOURNAL_TAIL} records); the stop is sent once every client has had an answer. The agent \
-         serves `journal` from the file without its state lock, and a stop goes ahead of every command \
-         waiting for the lock. The machine has 2 cores: the flood also takes CPU from the stop."
+         serves `journal` from the file without its state lock; a stop runs on its own thread at nice \
+         -20 and goes ahead of every command waiting for the lock; other requests run 4 at once at \
+         nice 5 (64 in flight, then `busy`, which the flood counts as an answer). The phases \
+         (receipt to the stop thread, to the lock, to the durable intent; the stop thread's run delay) \
+         come from the stop's result. The machine has 2 cores: the flood also takes CPU from the stop."
     );
     let head = journal_head(sb)?;
     let after = head.saturating_sub(JOURNAL_TAIL);
