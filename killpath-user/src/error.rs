@@ -76,6 +76,8 @@ pub enum Error {
     NotApprover { id: u64, why: String },
     #[error("drill {drill}: target {target:?} was changed by someone else during the drill ({what}); the drill leaves it alone")]
     DrillConflict { drill: u64, target: String, what: String },
+    #[error("busy: {cap} requests are already in flight (the agent's cap); this one was not run, retry it (a stop is never refused for this)")]
+    Busy { cap: usize },
 }
 
 impl Error {
@@ -97,6 +99,7 @@ impl Error {
             Self::NotPending { .. } => "bad-request",
             Self::CgroupMismatch { .. } => "cgroup-mismatch",
             Self::DrillConflict { .. } => "drill-conflict",
+            Self::Busy { .. } => "busy",
         }
     }
 

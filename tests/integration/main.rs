@@ -23,6 +23,7 @@ mod protect;
 mod raise;
 mod socket;
 mod stop;
+mod stop_flood;
 mod stop_halt;
 mod tamper;
 mod targets;

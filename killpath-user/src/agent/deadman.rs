@@ -16,7 +16,7 @@
 //! last renewal (time, uid, pid) are in the map, in `status`, and in the
 //! cancel record or the expiry's kernel-raise record.
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -86,7 +86,7 @@ pub async fn lease_watch(state: Arc<Mutex<State>>) {
     let mut tick = tokio::time::interval(LEASE_CHECK);
     loop {
         tick.tick().await;
-        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = super::stop_first::background(&state);
         if s.enforcer.leases.ticking() {
             if let Err(e) = s.sync_leases() {
                 warn!("syncing dead-man leases: {e}");

@@ -35,7 +35,7 @@ pub async fn denial_sampler(state: std::sync::Arc<std::sync::Mutex<State>>) {
     let mut tick = tokio::time::interval(DENIAL_SAMPLE);
     loop {
         tick.tick().await;
-        state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sample_denials();
+        super::stop_first::background(&state).sample_denials();
     }
 }
 

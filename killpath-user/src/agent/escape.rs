@@ -29,7 +29,7 @@ pub async fn escape_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Ar
         async move {
             // Journaling fsyncs: off the async threads.
             let _ = tokio::task::spawn_blocking(move || {
-                let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut s = super::stop_first::background(&state);
                 for ev in events {
                     s.on_escape(&ev);
                 }

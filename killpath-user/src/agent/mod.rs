@@ -25,6 +25,7 @@ pub mod server;
 mod status;
 mod stop;
 mod stop_first;
+mod stop_thread;
 mod tamper;
 mod throttle;
 mod transaction;

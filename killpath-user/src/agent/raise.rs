@@ -49,7 +49,7 @@ pub async fn raise_watch(state: Arc<Mutex<State>>) {
         let state = state.clone();
         // Journaling fsyncs: off the async threads.
         let _ = tokio::task::spawn_blocking(move || {
-            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut s = super::stop_first::background(&state);
             s.adopt_kernel_raises();
             if levels {
                 s.levels_check();

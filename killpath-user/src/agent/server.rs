@@ -133,10 +133,14 @@ pub fn bind(state: &State) -> Result<UnixListener> {
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
     info!("serving");
     // Read once: a new connection never waits for the state lock.
-    let fixed = {
+    let (group, unlocked) = {
         let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::new((s.config.group, super::stop_first::Unlocked::of(&s)))
+        (s.config.group, super::stop_first::Unlocked::of(&s))
     };
+    // Stops run on their own thread (see `stop_thread`); without it, in
+    // the blocking pool like before (the agent still serves).
+    let stops = super::stop_thread::StopThread::start().map_err(|e| error!("{e}")).ok();
+    let fixed = Arc::new(Fixed { group, unlocked, stops, in_flight: super::stop_thread::InFlight::new() });
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -172,11 +176,19 @@ fn authorized(caller: Caller, group: Option<u32>) -> bool {
         .is_some_and(|l| l.split_whitespace().any(|x| x.parse() == Ok(g)))
 }
 
-/// What every connection needs that never changes: the agent's group, and
-/// what commands served without the state lock read.
-type Fixed = Arc<(Option<u32>, super::stop_first::Unlocked)>;
+/// What every connection shares: the agent's group, what commands served
+/// without the state lock read, the stop thread and the cap on requests in
+/// flight.
+struct Fixed {
+    group: Option<u32>,
+    unlocked: super::stop_first::Unlocked,
+    stops: Option<super::stop_thread::StopThread>,
+    in_flight: super::stop_thread::InFlight,
+}
 
-async fn connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Fixed) -> std::io::Result<()> {
+type Shared = Arc<Fixed>;
+
+async fn connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Shared) -> std::io::Result<()> {
     let mut drill = None;
     let r = serve_connection(stream, state.clone(), fixed, &mut drill).await;
     // A drill whose connection closed without drill-end (its client was
@@ -190,14 +202,14 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Fixed) 
     r
 }
 
-async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Fixed, drill: &mut Option<u64>) -> std::io::Result<()> {
+async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: Shared, drill: &mut Option<u64>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().unwrap_or(0);
     // Held for the connection's life: each request checks the caller is
     // still this very process (see `confinement`).
     let pidfd = super::confinement::peer_pidfd(&stream, pid);
     let mut caller = Caller { uid: cred.uid(), gid: cred.gid(), pid, drill: None, pidfd: pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), source: None };
-    let group = fixed.0;
+    let group = fixed.group;
     let codec = RequestCodec(AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE));
     let mut framed = Framed::new(stream, codec);
     while let Some(frame) = framed.next().await {
@@ -213,6 +225,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: F
                 Ok(req) if req.cmd == Command::Events {} => return subscribe(framed, req.id, state).await,
                 Ok(req) => {
                     let state = state.clone();
+                    let shared = fixed.clone();
                     let fixed = fixed.clone();
                     let id = req.id.clone();
                     let (begins, ends) = (matches!(req.cmd, Command::DrillBegin { .. }), matches!(req.cmd, Command::DrillEnd { .. }));
@@ -227,38 +240,25 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: F
                     caller.drill = *drill;
                     let mutates = req.cmd.mutates();
                     let allowed = !mutates || authorized(caller, group);
-                    // Blocking work (fsync, waiting for a cgroup to empty)
-                    // runs off the async threads.
-                    let r = tokio::task::spawn_blocking(move || {
-                        if let Some(r) = fixed.1.serve(&req.cmd) {
-                            return r;
-                        }
-                        // A panicked handler must not take the agent down with
-                        // it: keep serving from the state as it was left. A
-                        // stop goes ahead of everything else (`stop_first`).
-                        let mut s = super::stop_first::lock(&state, &req.cmd);
-                        if !allowed {
-                            s.journal_refusal(caller, &req.cmd)?;
-                            return Err(Error::Forbidden { uid: caller.uid });
-                        }
-                        // A task of a target may read but never change
-                        // anything (nor begin a drill, nor `run`): resolved
-                        // now, per request, from the kernel's view of the
-                        // caller's cgroup.
-                        if req.cmd.confined() {
-                            let refusal = match s.caller_target(caller) {
-                                Ok(None) => None,
-                                Ok(Some(target)) => Some((Error::InsideTarget { pid: caller.pid, target: target.clone() }, Some(target))),
-                                Err(e) => Some((e, None)),
-                            };
-                            if let Some((e, target)) = refusal {
-                                s.journal_confined_refusal(caller, &req.cmd, &e, target.as_deref())?;
-                                return Err(e);
+                    let is_stop = matches!(req.cmd, Command::Stop { .. });
+                    let run = move || run_request(&state, &fixed.unlocked, req.cmd, caller, allowed, received);
+                    // A stop never waits for a thread, nor behind the cap.
+                    let r = match shared.stops.as_ref().filter(|_| is_stop) {
+                        Some(stops) => Ok(stops.run(Box::new(run)).await),
+                        None => match shared.in_flight.enter().await {
+                            // Blocking work (fsync, waiting for a cgroup to
+                            // empty) runs off the async threads.
+                            Some(slot) => {
+                                tokio::task::spawn_blocking(move || {
+                                    let r = run();
+                                    drop(slot);
+                                    r
+                                })
+                                .await
                             }
-                        }
-                        s.handle(req.cmd, caller, received)
-                    })
-                    .await;
+                            None => Ok(Err(Error::Busy { cap: super::stop_thread::IN_FLIGHT })),
+                        },
+                    };
                     match r {
                         Ok(Ok(v)) => {
                             if begins {
@@ -282,4 +282,40 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: F
         framed.send(line).await.map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Serves one request that is not answered by the connection itself: on
+/// the stop thread for a stop, in the blocking pool otherwise.
+fn run_request(state: &Mutex<State>, unlocked: &super::stop_first::Unlocked, cmd: Command, caller: Caller, allowed: bool, received: Instant) -> Result<Value> {
+    // A read-only command runs below the agent's priority (`stop_first`).
+    let _reader = (!cmd.mutates()).then(super::stop_first::Reader::enter);
+    if let Some(r) = unlocked.serve(&cmd) {
+        return r;
+    }
+    // A panicked handler must not take the agent down with it: keep
+    // serving from the state as it was left. A stop goes ahead of
+    // everything else (`stop_first`).
+    let mut s = super::stop_first::lock(state, &cmd);
+    if !allowed {
+        s.journal_refusal(caller, &cmd)?;
+        return Err(Error::Forbidden { uid: caller.uid });
+    }
+    // A task of a target may read but never change anything (nor begin a
+    // drill, nor `run`): resolved now, per request, from the kernel's view
+    // of the caller's cgroup.
+    if cmd.confined() {
+        let refusal = match s.caller_target(caller) {
+            Ok(None) => None,
+            Ok(Some(target)) => Some((Error::InsideTarget { pid: caller.pid, target: target.clone() }, Some(target))),
+            Err(e) => Some((e, None)),
+        };
+        if let Some((e, target)) = refusal {
+            s.journal_confined_refusal(caller, &cmd, &e, target.as_deref())?;
+            return Err(e);
+        }
+    }
+    if matches!(cmd, Command::Stop { .. }) {
+        super::stop_first::checked();
+    }
+    s.handle(cmd, caller, received)
 }

@@ -23,6 +23,9 @@ impl State {
         // Receipt to here: the intent journaled and fdatasynced (the disk's
         // share of the halt).
         let intent_durable_us = received.elapsed().as_micros() as u64;
+        // Where the wait before it went: receipt to the stop thread, and to
+        // the state lock (see `stop_first`).
+        let (picked_up_us, lock_held_us, checked_us) = super::stop_first::stop_timings(received);
         let kills_before = self.enforcer.maps.guard_kills();
         // The real cgroup, by id: a mount over the path cannot hide the
         // target's tasks from the stop. Whether the path still leads there
@@ -64,6 +67,7 @@ impl State {
         };
         let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
         let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
+        let run_delay_us = super::stop_first::run_delay_us();
         let tt = self.registry.get_mut(name)?;
         tt.level = level::STOPPED;
         tt.since_unix_us = now_us();
@@ -83,6 +87,10 @@ impl State {
                 "freeze_watched": report.freeze_watched,
                 "guard_armed_us": guard_armed_us,
                 "intent_durable_us": intent_durable_us,
+                "picked_up_us": picked_up_us,
+                "lock_held_us": lock_held_us,
+                "checked_us": checked_us,
+                "run_delay_us": run_delay_us,
                 "guard_kills": guard_kills,
                 "used_cgroup_kill": report.used_cgroup_kill,
                 "used_freeze": report.used_freeze,

@@ -30,7 +30,7 @@ pub async fn link_watch(state: Arc<Mutex<State>>) {
     loop {
         tick.tick().await;
         let missing = links.missing();
-        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = super::stop_first::background(&state);
         if !missing.is_empty() {
             let found = s.enforcer.links.check_pins(&missing);
             s.repinned_alerts(found);

@@ -32,7 +32,7 @@ pub async fn rate_sampler(state: Arc<std::sync::Mutex<State>>) {
     let mut tick = tokio::time::interval(RATE_SAMPLE);
     loop {
         tick.tick().await;
-        state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sample_throttle();
+        super::stop_first::background(&state).sample_throttle();
     }
 }
 

@@ -34,7 +34,7 @@ pub async fn watch(state: Arc<Mutex<State>>) {
         tick.tick().await;
         let state = state.clone();
         // Journaling fsyncs: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || state.lock().unwrap_or_else(PoisonError::into_inner).pending_tick()).await;
+        let _ = tokio::task::spawn_blocking(move || crate::agent::stop_first::background(&state).pending_tick()).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! acts by the rule's mode and is journaled (`tripwire-fired`), alerted,
 //! and kept for `status` and `tripwire list`.
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -64,7 +64,7 @@ pub async fn crossing_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: 
         async move {
             // Journaling fsyncs: off the async threads.
             let _ = tokio::task::spawn_blocking(move || {
-                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut s = crate::agent::stop_first::background(&state);
                 for c in events {
                     let gen_ok = s.tripwires.rules.values().any(|r| r.slot == c.slot && r.generation == c.generation);
                     if !gen_ok {
@@ -96,7 +96,7 @@ pub async fn eval_watch(state: Arc<Mutex<State>>) {
     loop {
         tick.tick().await;
         let due = {
-            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut s = crate::agent::stop_first::background(&state);
             if let Err(e) = s.sync_tripwire_arming() {
                 warn!("tripwire arming: {e}");
             }
@@ -107,7 +107,7 @@ pub async fn eval_watch(state: Arc<Mutex<State>>) {
         }
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut s = crate::agent::stop_first::background(&state);
             for seen in due {
                 if let Err(e) = s.on_crossing(&seen) {
                     warn!(slot = seen.slot, "tripwire firing failed: {e}");
