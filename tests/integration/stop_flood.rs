@@ -3,7 +3,8 @@
 //! flood (its target ends with no process alive, seen from /proc), the
 //! requests over the cap are answered at once with `busy` (a clear error,
 //! never a hang: every request gets an answer within the client's read
-//! timeout), and the agent serves normally once the flood ends.
+//! timeout), a command that changes something is never `busy` either, and
+//! the agent serves normally once the flood ends.
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
@@ -64,6 +65,7 @@ fn flood_connection(socket: &std::path::Path, done: &AtomicBool, busy_seen: &Ato
 fn stop_flood_over_the_cap_stops_the_target_and_answers_busy() {
     let Some(agent) = Agent::start() else { return };
     let (_run, _pid) = sleeping_target(&agent, "capped");
+    let (_run2, _pid2) = sleeping_target(&agent, "operated");
     let cg = agent.target_cgroup("capped");
     let before = pids(&cg);
     let done = Arc::new(AtomicBool::new(false));
@@ -82,6 +84,10 @@ fn stop_flood_over_the_cap_stops_the_target_and_answers_busy() {
         assert_eq!(r["survivors"], 0, "stop under the flood left survivors: {r}");
         // Judged from outside: no process of the target is alive.
         assert_all_dead(&agent, "stop under a flood past the cap", &before);
+        // Nor is any other command that changes something: the cap is for
+        // reads, which a target may flood too (`json` fails on `busy`).
+        let t = agent.json(&["throttle", "operated", "--syscalls", "1000/s"]);
+        assert_eq!(t["level"], "throttle", "{t}");
     }
     done.store(true, Ordering::Relaxed);
     let (mut ok, mut busy, mut message) = (0, 0, None);

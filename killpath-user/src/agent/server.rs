@@ -243,8 +243,13 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
                     let is_stop = matches!(req.cmd, Command::Stop { .. });
                     let run = move || run_request(&state, &fixed.unlocked, req.cmd, caller, allowed, received);
                     // A stop never waits for a thread, nor behind the cap.
+                    // Nor does any other command that changes something:
+                    // the cap is for reads, which a task inside a target may
+                    // send too (confinement), and a target flooding `status`
+                    // must not make an operator's isolate or approve `busy`.
                     let r = match shared.stops.as_ref().filter(|_| is_stop) {
                         Some(stops) => Ok(stops.run(Box::new(run)).await),
+                        None if mutates => tokio::task::spawn_blocking(run).await,
                         None => match shared.in_flight.enter().await {
                             // Blocking work (fsync, waiting for a cgroup to
                             // empty) runs off the async threads.
