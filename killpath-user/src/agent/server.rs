@@ -233,6 +233,10 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: F
                         if let Some(r) = fixed.1.serve(&req.cmd) {
                             return r;
                         }
+                        // `status` holds the state lock for its snapshot only.
+                        if let Command::Status { name } = &req.cmd {
+                            return super::status::serve(&state, &req.cmd, name.as_deref());
+                        }
                         // A panicked handler must not take the agent down with
                         // it: keep serving from the state as it was left. A
                         // stop goes ahead of everything else (`stop_first`).
