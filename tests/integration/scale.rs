@@ -69,6 +69,9 @@ fn scale_every_target_keeps_its_level_across_sigkill() {
         assert_eq!(row["kernel_level"], level_of(i), "{name} at its level in the kernel: {row}");
         let procs = agent.target_cgroup(&name).procs_recursive().len();
         assert_eq!(row["tasks"].as_u64(), Some(procs as u64), "{name}: status counts what cgroup.procs holds");
+        if st["membership"]["tracking"].as_str().is_some_and(|t| t.starts_with("on")) {
+            assert_eq!(row["members"].as_u64(), Some(procs as u64), "{name}: every task is marked as the target's (the marks map read in batches)");
+        }
         let history = row["history"].as_array().map_or(0, Vec::len);
         assert_eq!(history, usize::from(i % 4 != 0) + 1, "{name}: its level changes were written with it (run, then the level): {row}");
     }
@@ -86,6 +89,12 @@ fn scale_every_target_keeps_its_level_across_sigkill() {
         let expect = level_of(i) == "normal";
         assert_eq!((ok, reached), (expect, expect), "{name} ({}): connect from inside (before: {before} accepted)", level_of(i));
     }
+    // A stop next to the others (it reads the marks of its target out of
+    // every target's): the process is gone, seen from outside.
+    let pids = agent.target_cgroup("s1").procs_recursive();
+    let r = agent.json(&["stop", "s1"]);
+    assert_eq!(r["survivors"], 0, "{r}");
+    assert!(pids.iter().all(|p| !crate::harness::alive(*p)), "s1's processes are dead: {pids:?}");
     for mut k in kids {
         let _ = k.kill();
         let _ = k.wait();
