@@ -112,7 +112,10 @@ impl State {
                     "tripwires_fired": self.tripwire_status(&t.name),
                     "lease": self.lease_status(id),
                 });
-                let Value::Object(row) = row else { unreachable!("json! of an object") };
+                let row = match row {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
                 ((*t).clone(), row)
             })
             .collect();
