@@ -127,6 +127,13 @@ impl Target {
 pub struct Registry {
     path: PathBuf,
     pub targets: BTreeMap<String, Target>,
+    /// Inside a journaled transaction, [`Registry::save`] only marks the
+    /// registry changed and the transaction writes it once, after the
+    /// action and its level history (see [`Registry::begin_deferred`]).
+    /// Open [`Registry::begin_deferred`] calls (a transaction may run
+    /// inside another: an escalation's steps).
+    defer: u32,
+    changed: bool,
 }
 
 impl Registry {
@@ -138,7 +145,7 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(Error::Io { what: format!("reading {}", path.display()), source: e }),
         };
-        Ok(Self { path, targets })
+        Ok(Self { path, targets, defer: 0, changed: false })
     }
 
     pub fn get(&self, name: &str) -> Result<&Target> {
@@ -149,10 +156,33 @@ impl Registry {
         self.targets.get_mut(name).ok_or_else(|| Error::UnknownTarget(name.to_owned()))
     }
 
-    /// Writes the registry durably: temp file, fsync, rename, fsync dir.
-    pub fn save(&self) -> Result<()> {
+    /// Writes the registry durably: temp file, fsync, rename, fsync dir
+    /// (or, inside [`Registry::begin_deferred`], marks it to be written at its end).
+    pub fn save(&mut self) -> Result<()> {
+        if self.defer > 0 {
+            self.changed = true;
+            return Ok(());
+        }
         let bytes = serde_json::to_vec_pretty(&self.targets).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         crate::kernel::durable::write(&self.path, &bytes)
+    }
+
+    /// From now on [`Registry::save`] only marks the registry changed,
+    /// until [`Registry::end_deferred`] writes it once: a transaction
+    /// whose action saves and then records the level history writes the
+    /// whole file once, not twice (with many targets the file is large).
+    pub fn begin_deferred(&mut self) {
+        self.defer += 1;
+    }
+
+    /// Ends [`Registry::begin_deferred`]: writes the registry if anything
+    /// saved meanwhile (before the transaction journals its result).
+    pub fn end_deferred(&mut self) -> Result<()> {
+        self.defer = self.defer.saturating_sub(1);
+        if self.defer == 0 && std::mem::take(&mut self.changed) {
+            self.save()?;
+        }
+        Ok(())
     }
 }
 
@@ -198,5 +228,43 @@ mod tests {
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();
         assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap(), &t);
+    }
+
+    #[test]
+    fn deferred_saves_are_written_once_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::load(dir.path()).unwrap();
+        r.begin_deferred();
+        r.begin_deferred();
+        r.targets.insert(
+            "a".into(),
+            Target {
+                name: "a".into(),
+                cgroup: "/c/a".into(),
+                cgroup_id: 7,
+                depth: 1,
+                created: true,
+                level: level::ISOLATE,
+                since_unix_us: 1,
+                last_stop: None,
+                netdevs: Vec::new(),
+                revoked: 0,
+                audit: 0,
+                allow_connect: Vec::new(),
+                allow_write: Vec::new(),
+                adopted: false,
+                throttle: Default::default(),
+                history: Vec::new(),
+            },
+        );
+        r.save().unwrap();
+        assert!(Registry::load(dir.path()).unwrap().targets.is_empty(), "nothing written while deferred");
+        r.end_deferred().unwrap();
+        assert!(Registry::load(dir.path()).unwrap().targets.is_empty(), "the inner end does not write");
+        r.end_deferred().unwrap();
+        assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::ISOLATE, "written at the outer end");
+        r.get_mut("a").unwrap().level = level::STOPPED;
+        r.save().unwrap();
+        assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::STOPPED, "not deferred: written at once");
     }
 }

@@ -21,6 +21,7 @@ mod privileges;
 mod probe;
 mod protect;
 mod raise;
+mod scale;
 mod socket;
 mod stop;
 mod stop_flood;

@@ -157,21 +157,20 @@ impl State {
         self.registry.save()?;
         Ok(Done { result, to_level: None, time_to_effect_us: Some(time_to_effect_us) })
     }
+}
 
-    /// Status of a target's audit: what is audited now, what the audit
-    /// set names but real enforcement has superseded, and the would-be
-    /// refusals counted (apart from real denials).
-    pub(super) fn audit_status(&self, t: &Target) -> (Value, Value) {
-        let superseded_isolate = t.audit & bits::ISOLATE != 0 && t.level >= level::ISOLATE;
-        let status = json!({
-            "active": audit::any(t.audit),
-            "isolate": t.audit & bits::ISOLATE != 0 && !superseded_isolate,
-            "capabilities": degrade::names(t.audit & bits::CAPS & !t.revoked),
-            "superseded_by_enforcement": {
-                "isolate": superseded_isolate,
-                "capabilities": degrade::names(t.audit & bits::CAPS & t.revoked),
-            },
-        });
-        (status, audit::counts_json(&self.enforcer.maps.would_have_refused(t.cgroup_id)))
-    }
+/// Status of a target's audit (the `audit` object of `status`): what is
+/// audited now, and what the audit set names but real enforcement has
+/// superseded (the would-be refusals are counted apart, `status`).
+pub(super) fn audit_flags(t: &Target) -> Value {
+    let superseded_isolate = t.audit & bits::ISOLATE != 0 && t.level >= level::ISOLATE;
+    json!({
+        "active": audit::any(t.audit),
+        "isolate": t.audit & bits::ISOLATE != 0 && !superseded_isolate,
+        "capabilities": degrade::names(t.audit & bits::CAPS & !t.revoked),
+        "superseded_by_enforcement": {
+            "isolate": superseded_isolate,
+            "capabilities": degrade::names(t.audit & bits::CAPS & t.revoked),
+        },
+    })
 }

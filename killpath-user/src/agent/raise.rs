@@ -176,12 +176,15 @@ impl State {
     /// kernel raised again) is adopted as a raise of unknown cause, so no
     /// later write of the registry's level lowers it unseen.
     pub(super) fn levels_check(&mut self) {
+        // One walk of the kernel's map: levels it wrote on its own are
+        // counted in the global switches from now on, and looked at below.
+        self.enforcer.maps.reload_mirror();
         let found: Vec<(u64, u32, u32)> = self
             .registry
             .targets
             .values()
             .filter_map(|t| {
-                self.enforcer.maps.get(t.cgroup_id).map(|k| (t.cgroup_id, k.level, k.revoked)).filter(|(_, l, rv)| *l > t.level || rv & !t.revoked != 0)
+                self.enforcer.maps.mirrored(t.cgroup_id).map(|k| (t.cgroup_id, k.level, k.revoked)).filter(|(_, l, rv)| *l > t.level || rv & !t.revoked != 0)
             })
             .filter(|(id, _, _)| self.enforcer.maps.raise_of(*id).is_none())
             .collect();

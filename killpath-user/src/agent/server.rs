@@ -297,6 +297,10 @@ fn run_request(state: &Mutex<State>, unlocked: &super::stop_first::Unlocked, cmd
     if let Some(r) = unlocked.serve(&cmd) {
         return r;
     }
+    // `status` holds the state lock for its snapshot only.
+    if let Command::Status { name } = &cmd {
+        return super::status::serve(state, &cmd, name.as_deref());
+    }
     // A panicked handler must not take the agent down with it: keep
     // serving from the state as it was left. A stop goes ahead of
     // everything else (`stop_first`).

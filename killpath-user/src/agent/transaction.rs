@@ -115,24 +115,35 @@ impl State {
         let intent_durable = Instant::now();
         let journal_intent_us = us(intent_durable - journaling);
         let intent_timing = self.journal.last_timing();
-        let outcome = f(self);
+        // The action's registry saves and the level history below are
+        // written as one save, before the result is journaled.
+        self.registry.begin_deferred();
+        let mut outcome = f(self);
         let acted = Instant::now();
         let mut res = Entry::new(caller.actor(), Phase::Result, action);
         res.target = target.map(str::to_owned);
         res.from_level = from_level;
         res.intent_seq = Some(intent.seq);
-        match &outcome {
-            Ok(done) => {
-                if let (Some(name), Some(to)) = (target, done.to_level) {
-                    if from_level != Some(to) {
-                        if let Some(t) = self.registry.targets.get_mut(name) {
-                            t.record_level(from_level.unwrap_or(0), to, action, caller.actor());
-                            // The level change is already saved by the
-                            // action; a failed save here only loses history.
-                            let _ = self.registry.save();
-                        }
+        if let Ok(done) = &outcome {
+            if let (Some(name), Some(to)) = (target, done.to_level) {
+                if from_level != Some(to) {
+                    if let Some(t) = self.registry.targets.get_mut(name) {
+                        t.record_level(from_level.unwrap_or(0), to, action, caller.actor());
+                        let _ = self.registry.save();
                     }
                 }
+            }
+        }
+        // What the action changed is durable before the result is journaled
+        // and answered; a failed write fails the command (as the action's
+        // own save did).
+        if let Err(e) = self.registry.end_deferred() {
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
+        match &outcome {
+            Ok(done) => {
                 res.to_level = done.to_level;
                 res.outcome = Some("ok".into());
                 res.time_to_effect_us = done.time_to_effect_us;

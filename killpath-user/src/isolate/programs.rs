@@ -178,8 +178,19 @@ impl IsolatePrograms {
 
     /// Whether a target's hooks are all attached (their link pins exist).
     pub fn attached(&self, cgroup_id: u64) -> bool {
-        let dir = target_dir(&self.pin_dir, cgroup_id);
+        Self::attached_at(&self.pin_dir, cgroup_id)
+    }
+
+    /// [`IsolatePrograms::attached`] for the pins under `pin_dir`, without
+    /// the programs at hand (`status` reads it outside the state lock).
+    pub fn attached_at(pin_dir: &Path, cgroup_id: u64) -> bool {
+        let dir = target_dir(pin_dir, cgroup_id);
         Self::link_names().all(|n| dir.join(n).exists())
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
 }
 

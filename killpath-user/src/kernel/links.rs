@@ -119,6 +119,10 @@ pub struct Repinned {
 #[derive(Clone, Debug, Default)]
 pub struct LinkKeeper {
     held: Arc<Mutex<BTreeMap<PathBuf, OwnedFd>>>,
+    /// The held pins by target (its cgroup id as the pin directory names
+    /// it; `None`: host-wide): an action on one target looks at its own
+    /// pins without a walk of every target's.
+    by_target: Arc<Mutex<BTreeMap<Option<String>, std::collections::BTreeSet<PathBuf>>>>,
 }
 
 impl LinkKeeper {
@@ -126,11 +130,16 @@ impl LinkKeeper {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<Option<String>, std::collections::BTreeSet<PathBuf>>> {
+        self.by_target.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Holds the link pinned at `pin` (no-op if already held).
     pub fn hold(&self, pin: &Path) -> Result<()> {
         let mut held = self.lock();
         if !held.contains_key(pin) {
             held.insert(pin.to_owned(), obj_get(pin)?);
+            self.index().entry(target_of(pin).map(str::to_owned)).or_default().insert(pin.to_owned());
         }
         Ok(())
     }
@@ -155,7 +164,13 @@ impl LinkKeeper {
     /// directory): the caller has removed or is removing the pins, and the
     /// links detach once both references are gone.
     pub fn release(&self, pin: &Path) {
-        self.lock().retain(|p, _| !p.starts_with(pin));
+        let mut held = self.lock();
+        held.retain(|p, _| !p.starts_with(pin));
+        let mut index = self.index();
+        for pins in index.values_mut() {
+            pins.retain(|p| !p.starts_with(pin));
+        }
+        index.retain(|_, pins| !pins.is_empty());
     }
 
     /// How many links are held.
@@ -178,11 +193,12 @@ impl LinkKeeper {
     /// whose cgroup id is `cgroup_id` only: what an action on that target
     /// looks at, without a walk of every target's pins.
     pub fn check_target(&self, cgroup_id: Option<u64>) -> Vec<Repinned> {
-        let id = cgroup_id.map(|id| id.to_string());
-        self.check_matching(|pin| match target_of(pin) {
-            None => true,
-            Some(dir) => id.as_deref().is_some_and(|id| dir == id),
-        })
+        let pins: Vec<PathBuf> = {
+            let index = self.index();
+            let own = cgroup_id.and_then(|id| index.get(&Some(id.to_string())));
+            index.get(&None).into_iter().chain(own).flatten().cloned().collect()
+        };
+        self.check_list(pins)
     }
 
     /// The held pins missing now, found without putting anything back:
@@ -205,6 +221,11 @@ impl LinkKeeper {
     /// and detaching do not wait for the walk.
     fn check_matching(&self, select: impl Fn(&Path) -> bool) -> Vec<Repinned> {
         let pins: Vec<PathBuf> = self.lock().keys().filter(|p| select(p)).cloned().collect();
+        self.check_list(pins)
+    }
+
+    /// Puts back those of `pins` that are missing (and still held).
+    fn check_list(&self, pins: Vec<PathBuf>) -> Vec<Repinned> {
         // Only a missing pin is put back. Known gap: a path that exists
         // is not checked to be our link (a foreign pin or file put in
         // its place is left alone; the link stays held by our fd).

@@ -56,6 +56,14 @@ pub const PINNED: &[&str] = &[
 /// fallback stop when the agent does not answer.
 pub struct Maps {
     targets: HashMap<MapData, u64, TargetState>,
+    /// What KP_TARGETS holds, as this process last wrote or read it: the
+    /// global switches are recomputed from it on every write (a walk of
+    /// the kernel map costs two syscalls per target, milliseconds with a
+    /// thousand targets, on every command's path). Levels the kernel
+    /// raises on its own are counted through the armed counts until the
+    /// agent adopts them (`Maps::set`), and [`Maps::reload_mirror`] reads
+    /// the kernel's again.
+    mirror: std::collections::HashMap<u64, TargetState>,
     config: Array<MapData, GuardConfig>,
     kills: PerCpuArray<MapData, u64>,
     counters: Option<PerCpuArray<MapData, u64>>,
@@ -122,15 +130,18 @@ impl Maps {
             armed: None,
             tripwire_targets: Some(0),
             tripwire_syscalls: false,
+            mirror: Default::default(),
         };
-        Ok(maps.seed_armed())
+        let mut maps = maps.seed_armed();
+        maps.reload_mirror();
+        Ok(maps)
     }
 
     /// Opens the maps pinned in one generation directory (see
     /// [`super::pins::generations`]) by a running or dead agent: only the
     /// ones a stop needs.
     pub fn open_pinned(gen: &Path) -> Result<Self> {
-        Ok(Self {
+        let mut maps = Self {
             targets: HashMap::try_from(open_pin(gen, maps::TARGETS, Map::HashMap)?).map_err(Error::map(maps::TARGETS))?,
             config: Array::try_from(open_pin(gen, maps::GUARD_CONFIG, Map::Array)?).map_err(Error::map(maps::GUARD_CONFIG))?,
             kills: PerCpuArray::try_from(open_pin(gen, maps::GUARD_KILLS, Map::PerCpuArray)?).map_err(Error::map(maps::GUARD_KILLS))?,
@@ -149,7 +160,16 @@ impl Maps {
             armed: None,
             tripwire_targets: None,
             tripwire_syscalls: false,
-        })
+            mirror: Default::default(),
+        };
+        maps.reload_mirror();
+        Ok(maps)
+    }
+
+    /// Reads KP_TARGETS into the mirror the global switches are counted
+    /// from (at open, and periodically: levels the kernel raised).
+    pub fn reload_mirror(&mut self) {
+        self.mirror = self.targets().into_iter().collect();
     }
 
     /// Sum over CPUs of counter `index` (see `killpath_common::counter`).
@@ -170,6 +190,12 @@ impl Maps {
         self.targets.iter().filter_map(|r| r.ok()).collect()
     }
 
+    /// A target's state as last read by [`Maps::reload_mirror`] or written
+    /// by this process.
+    pub fn mirrored(&self, cgroup_id: u64) -> Option<TargetState> {
+        self.mirror.get(&cgroup_id).copied()
+    }
+
     pub fn get(&self, cgroup_id: u64) -> Option<TargetState> {
         self.targets.get(&cgroup_id, 0).ok()
     }
@@ -187,15 +213,19 @@ impl Maps {
         // lease) between the read above and this write: it records the
         // raise in KP_RAISES before it writes KP_TARGETS, so reading the
         // record now sees every raise the write above may have overwritten.
+        let mut written = state;
         if let Some(merged) = self.raise_of(cgroup_id).and_then(|r| super::raises::merge(state, &r)) {
             self.targets.insert(cgroup_id, merged, 0).map_err(Error::map(format!("updating {}", maps::TARGETS)))?;
+            written = merged;
         }
+        self.mirror.insert(cgroup_id, written);
         self.sync_config()
     }
 
     /// Removes a target's state (no-op if absent).
     pub fn remove(&mut self, cgroup_id: u64) -> Result<()> {
         let _ = self.targets.remove(&cgroup_id);
+        self.mirror.remove(&cgroup_id);
         self.sync_config()
     }
 
@@ -209,13 +239,13 @@ impl Maps {
     /// fallback stop), the throttle switches are kept as they are.
     pub(crate) fn sync_config(&mut self) -> Result<()> {
         let mut cfg = GuardConfig::default();
-        let targets = self.targets();
+        let targets = &self.mirror;
         match &self.throttle {
             Some(t) => {
                 let mut syscall = std::collections::BTreeSet::new();
                 let mut egress = std::collections::BTreeSet::new();
                 for k in t.buckets.keys().filter_map(|k| k.ok()) {
-                    let Some((_, st)) = targets.iter().find(|(id, _)| *id == k.cgroup_id) else {
+                    let Some(st) = targets.get(&k.cgroup_id) else {
                         continue;
                     };
                     cfg.throttle_depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
@@ -255,7 +285,7 @@ impl Maps {
             Some(by_feature) => by_feature.get("lease").map_or(0, |a| a.isolate + a.stop + a.degrade),
             None => self.config().map_or(0, |c| c.leased_targets),
         };
-        for (_, st) in targets {
+        for st in targets.values() {
             cfg.depth_mask |= 1u32 << st.depth.min(MAX_CGROUP_DEPTH - 1);
             if st.level >= level::STOPPED {
                 cfg.stopped_targets += 1;
