@@ -23,7 +23,7 @@ const INT80: &str = include_str!("int80.py");
 /// An fs-write ceiling holds for a writer that writes through int 0x80.
 /// Returns the hook the class was charged at.
 pub(crate) fn fs_write_ceiling_holds(agent: &Agent, dir: &Path) -> String {
-    let file = dir.join("written");
+    let file = dir.join("written32");
     let w = run_bg(agent, "writer32", &[py(), "-c", INT80, "write", &file.display().to_string()], 1);
     let count = || size_of(&file);
     wait_until(Duration::from_secs(30), || count() > 1000).expect("the int 0x80 writer never wrote");
@@ -44,7 +44,7 @@ pub(crate) fn fs_write_ceiling_holds(agent: &Agent, dir: &Path) -> String {
 /// socketcall(SYS_SENDTO), the entry older 32-bit C libraries use for
 /// every socket call. Returns the hook the class was charged at.
 pub(crate) fn net_ceiling_holds(agent: &Agent, dir: &Path) -> String {
-    let count_file = dir.join("received");
+    let count_file = dir.join("received32");
     let mut recv = Server::start(dir, "udp-recv", &[py(), "-c", RECEIVER, &count_file.display().to_string()]);
     let port = recv.port();
     let received = || number_in(&count_file);
