@@ -55,7 +55,7 @@ fn socketcall_is_net(regs: *const u8) -> bool {
     // SAFETY: bounded kernel read of one register slot.
     let Ok(call) = (unsafe { bpf_probe_read_kernel(regs.wrapping_add(compat::PT_REGS_BX) as *const u64) }) else { return false };
     let call = call & 0xffff_ffff;
-    compat::SOCKETCALL_NET.iter().any(|c| *c == call)
+    compat::SOCKETCALL_NET.contains(&call)
 }
 
 /// The table entry (1 + class, 0 for none) of the syscall `nr` exiting
