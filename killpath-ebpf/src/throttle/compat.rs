@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use killpath_common::{compat, throttle};
 
+use super::syscall_exits::class_exits;
 use crate::{degrade::read, maps::OFFSETS};
 
 #[map(name = "KP_SYSCALL_CLASS_IA32")]
@@ -69,17 +70,7 @@ pub(crate) fn class_entry(nr: u64, regs: *const u8, x64: impl FnOnce() -> u32) -
     }
 }
 
-macro_rules! class_exits_ia32 {
-    ($class:expr => $($name:ident),* $(,)?) => {$(
-        #[fexit]
-        pub fn $name(_ctx: FExitContext) -> i32 {
-            super::classes::charge_class($class);
-            0
-        }
-    )*};
-}
-
-class_exits_ia32!(throttle::FS_WRITE =>
+class_exits!(throttle::FS_WRITE =>
     kp_fsw32_write,
     kp_fsw32_pwrite64,
     kp_fsw32_writev,
@@ -106,7 +97,7 @@ class_exits_ia32!(throttle::FS_WRITE =>
     kp_fsw32_copy_file_range,
 );
 
-class_exits_ia32!(throttle::NET => kp_net32_connect, kp_net32_sendto, kp_net32_sendmsg, kp_net32_sendmmsg);
+class_exits!(throttle::NET => kp_net32_connect, kp_net32_sendto, kp_net32_sendmsg, kp_net32_sendmmsg);
 
 /// `__ia32_compat_sys_socketcall(const struct pt_regs *regs)`: charged to
 /// `net` only for connect and the sends.

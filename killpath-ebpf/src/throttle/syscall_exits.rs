@@ -25,6 +25,7 @@ macro_rules! class_exits {
         }
     )*};
 }
+pub(super) use class_exits;
 
 class_exits!(throttle::FS_WRITE =>
     kp_fsw_write,
