@@ -163,8 +163,16 @@ impl Registry {
             self.changed = true;
             return Ok(());
         }
+        self.save_now()
+    }
+
+    /// Writes the registry durably now, deferred or not: a new target is in
+    /// the file before any task is moved into its cgroup.
+    pub fn save_now(&mut self) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.targets).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        crate::kernel::durable::write(&self.path, &bytes)
+        crate::kernel::durable::write(&self.path, &bytes)?;
+        self.changed = false;
+        Ok(())
     }
 
     /// From now on [`Registry::save`] only marks the registry changed,
@@ -176,11 +184,15 @@ impl Registry {
     }
 
     /// Ends [`Registry::begin_deferred`]: writes the registry if anything
-    /// saved meanwhile (before the transaction journals its result).
+    /// saved meanwhile (before the transaction journals its result). Every
+    /// end writes, nested or not: an inner transaction (an approval's
+    /// escalation) journals its own result, which must not be ahead of the
+    /// file. A failed write leaves the registry marked changed (the next end
+    /// or save writes it).
     pub fn end_deferred(&mut self) -> Result<()> {
         self.defer = self.defer.saturating_sub(1);
-        if self.defer == 0 && std::mem::take(&mut self.changed) {
-            self.save()?;
+        if self.changed {
+            self.save_now()?;
         }
         Ok(())
     }
@@ -260,9 +272,12 @@ mod tests {
         r.save().unwrap();
         assert!(Registry::load(dir.path()).unwrap().targets.is_empty(), "nothing written while deferred");
         r.end_deferred().unwrap();
-        assert!(Registry::load(dir.path()).unwrap().targets.is_empty(), "the inner end does not write");
+        assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::ISOLATE, "written at the inner end (its result is journaled next)");
+        r.get_mut("a").unwrap().level = level::DEGRADE;
+        r.save().unwrap();
+        assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::ISOLATE, "still deferred by the outer transaction");
         r.end_deferred().unwrap();
-        assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::ISOLATE, "written at the outer end");
+        assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::DEGRADE, "written at the outer end");
         r.get_mut("a").unwrap().level = level::STOPPED;
         r.save().unwrap();
         assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap().level, level::STOPPED, "not deferred: written at once");

@@ -26,9 +26,16 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
     let tasks: Vec<String> =
         fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(tasks.len() > 1, "{tasks:?}");
+    // Every thread at the agent's -10, but the stop thread, which waits
+    // for stops at -20 (see agent/stop_thread.rs): there must be one.
+    let mut stop_threads = 0;
     for t in &tasks {
-        assert_eq!(nice(&format!("/proc/{}/task/{t}/stat", agent.pid())), -10, "agent thread {t}");
+        let comm = fs::read_to_string(format!("/proc/{}/task/{t}/comm", agent.pid())).unwrap_or_default();
+        let want = if comm.trim() == "kp-stop" { -20 } else { -10 };
+        stop_threads += usize::from(want == -20);
+        assert_eq!(nice(&format!("/proc/{}/task/{t}/stat", agent.pid())), want, "agent thread {t} ({})", comm.trim());
     }
+    assert_eq!(stop_threads, 1, "no kp-stop thread among {tasks:?}");
     let _t = run_bg(&agent, "w", &["sleep", "1000"], 1);
     agent.json(&["degrade", "w", "--revoke", "net.connect"]);
     let seen = wait_until(Duration::from_secs(10), || fs::read_to_string(&hook_file).is_ok_and(|s| !s.trim().is_empty()));

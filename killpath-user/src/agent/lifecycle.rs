@@ -48,7 +48,10 @@ impl State {
             return Err(e);
         }
         self.registry.targets.insert(name.to_owned(), t.clone());
-        self.registry.save()?;
+        // In the file before `run`/`adopt --pid` move a task into the
+        // cgroup, even inside the transaction's deferred save: a crash
+        // between the two must not leave tasks in a cgroup no registry knows.
+        self.registry.save_now()?;
         // Tasks already inside (adopt --cgroup) become members; those that
         // enter later are marked by the kernel as they attach.
         self.mark_target(&t);

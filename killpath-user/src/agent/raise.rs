@@ -179,6 +179,13 @@ impl State {
         // One walk of the kernel's map: levels it wrote on its own are
         // counted in the global switches from now on, and looked at below.
         self.enforcer.maps.reload_mirror();
+        // And the switches recomputed from it: a target another process
+        // wrote (the CLI's fallback stop while this agent did not answer)
+        // counts from now on, whatever an earlier `set` computed from the
+        // stale copy.
+        if let Err(e) = self.enforcer.maps.sync_config() {
+            warn!("recomputing the global switches: {e}");
+        }
         let found: Vec<(u64, u32, u32)> = self
             .registry
             .targets

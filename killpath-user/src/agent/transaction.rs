@@ -118,7 +118,16 @@ impl State {
         // The action's registry saves and the level history below are
         // written as one save, before the result is journaled.
         self.registry.begin_deferred();
-        let mut outcome = f(self);
+        // A panicking action (the agent catches it and keeps serving) must
+        // not leave the registry deferred for good: every later save would
+        // only mark it changed.
+        let mut outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(o) => o,
+            Err(panic) => {
+                let _ = self.registry.end_deferred();
+                std::panic::resume_unwind(panic)
+            }
+        };
         let acted = Instant::now();
         let mut res = Entry::new(caller.actor(), Phase::Result, action);
         res.target = target.map(str::to_owned);
