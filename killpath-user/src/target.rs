@@ -204,6 +204,28 @@ mod tests {
 
     use super::*;
 
+    /// Target "a" at `cgroup` (id `id`, depth 1, created) at `lvl`.
+    fn sample(cgroup: &str, id: u64, lvl: u32) -> Target {
+        Target {
+            name: "a".into(),
+            cgroup: cgroup.into(),
+            cgroup_id: id,
+            depth: 1,
+            created: true,
+            level: lvl,
+            since_unix_us: 1,
+            last_stop: None,
+            netdevs: Vec::new(),
+            revoked: 0,
+            audit: 0,
+            allow_connect: Vec::new(),
+            allow_write: Vec::new(),
+            adopted: false,
+            throttle: Default::default(),
+            history: Vec::new(),
+        }
+    }
+
     #[test]
     fn names() {
         for ok in ["web", "job-1", "a.b_c", &"x".repeat(64)] {
@@ -219,24 +241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::load(dir.path()).unwrap();
         assert!(r.targets.is_empty());
-        let t = Target {
-            name: "a".into(),
-            cgroup: "/sys/fs/cgroup/a".into(),
-            cgroup_id: 42,
-            depth: 1,
-            created: true,
-            level: level::STOPPED,
-            since_unix_us: 1,
-            last_stop: None,
-            netdevs: Vec::new(),
-            revoked: 0,
-            audit: 0,
-            allow_connect: Vec::new(),
-            allow_write: Vec::new(),
-            adopted: false,
-            throttle: Default::default(),
-            history: Vec::new(),
-        };
+        let t = sample("/sys/fs/cgroup/a", 42, level::STOPPED);
         r.targets.insert("a".into(), t.clone());
         r.save().unwrap();
         assert_eq!(Registry::load(dir.path()).unwrap().get("a").unwrap(), &t);
@@ -248,27 +253,7 @@ mod tests {
         let mut r = Registry::load(dir.path()).unwrap();
         r.begin_deferred();
         r.begin_deferred();
-        r.targets.insert(
-            "a".into(),
-            Target {
-                name: "a".into(),
-                cgroup: "/c/a".into(),
-                cgroup_id: 7,
-                depth: 1,
-                created: true,
-                level: level::ISOLATE,
-                since_unix_us: 1,
-                last_stop: None,
-                netdevs: Vec::new(),
-                revoked: 0,
-                audit: 0,
-                allow_connect: Vec::new(),
-                allow_write: Vec::new(),
-                adopted: false,
-                throttle: Default::default(),
-                history: Vec::new(),
-            },
-        );
+        r.targets.insert("a".into(), sample("/c/a", 7, level::ISOLATE));
         r.save().unwrap();
         assert!(Registry::load(dir.path()).unwrap().targets.is_empty(), "nothing written while deferred");
         r.end_deferred().unwrap();
