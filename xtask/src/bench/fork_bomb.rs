@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use killpath_sandbox::cgroup::wait_event;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{
     common::{check_interrupted, count_f64, count_procs, micros, num, push_stop_times, rotate, write_file},
@@ -252,14 +252,7 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
             "repetition {rep}: {left} task(s) still in the target's cgroup after the stop answered"
         ));
     }
-    s.notes.push(format!(
-        "repetition {rep}: killpath halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
-        r["halt"].as_str().unwrap_or("?"),
-        r["tasks_at_start"],
-        r["freeze_timed_out"],
-        r["freeze_watched"],
-        r["intent_durable_us"]
-    ));
+    s.notes.push(halt_note(rep, "killpath", &r));
     drop(bomb);
     sb.call("release", json!({"name": name}))?;
     println!(
@@ -269,6 +262,18 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
         reported.max(left as u64)
     );
     Ok(())
+}
+
+/// The note on what ended one stop's halt (`who`: "killpath" or the order).
+fn halt_note(rep: usize, who: &str, r: &Value) -> String {
+    format!(
+        "repetition {rep}: {who} halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
+        r["halt"].as_str().unwrap_or("?"),
+        r["tasks_at_start"],
+        r["freeze_timed_out"],
+        r["freeze_watched"],
+        r["intent_durable_us"]
+    )
 }
 
 /// A stop with the order forced to `ORDERS[i]`; its own series, and
@@ -305,14 +310,7 @@ fn bomb_order(sb: &mut Sandbox, rep: usize, i: usize, s: &mut Section) -> Result
         Unit::Count,
         count_f64(reported.max(left)),
     );
-    s.notes.push(format!(
-        "repetition {rep}: order {o}: halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
-        r["halt"].as_str().unwrap_or("?"),
-        r["tasks_at_start"],
-        r["freeze_timed_out"],
-        r["freeze_watched"],
-        r["intent_durable_us"]
-    ));
+    s.notes.push(halt_note(rep, &format!("order {o}:"), &r));
     drop(bomb);
     sb.call("release", json!({"name": name}))?;
     println!(
