@@ -25,6 +25,14 @@ const USER_PACKAGE: &str = "killpath-user";
 const INTEGRATION_TARGET: &str = "integration";
 /// Tests with this prefix need BPF LSM and run only in the VM.
 const LSM_PREFIX: &str = "lsm_";
+/// Runs the VM tier inside the VM, one test at a time under a deadline.
+const VM_TESTS_SCRIPT: &str = include_str!("vm_tests.sh");
+/// How long one VM test may run before it is reported failed (with the
+/// kernel stacks of every killpath task) and the next one starts. The
+/// slowest VM test (it loads the fexit programs under software emulation)
+/// takes about 3-4 minutes; one hang used to cost the whole tier's 40
+/// minutes and every test after it (CI, 2026-12-02).
+const VM_TEST_DEADLINE: std::time::Duration = std::time::Duration::from_mins(12);
 
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("only").multiple(false))]
@@ -238,29 +246,21 @@ fn vm_tier(env: &Env, exe: &Path) -> Result<Tier> {
     let results = vm::fresh_results_dir(env, "test")?;
     let log = results.join("vm-test.log");
     let rc = results.join("vm-test.rc");
-    let script = results.join("vm-test.sh");
-    let pkg = package_dir(env);
+    let script = results.join("vm-tests.sh");
+    fs::write(&script, VM_TESTS_SCRIPT)
+        .with_context(|| format!("writing {}", script.display()))?;
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/bash\n\
-             # Runs inside the VM; written by `cargo xtask test`.\n\
-             set -u\n\
-             mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
-             cd {pkg}\n\
-             export CARGO_MANIFEST_DIR={pkg} KILLPATH_TEST_STRICT=1 KILLPATH_TEST_ENV=vm\n\
-             {exe} --test-threads=1 {LSM_PREFIX} 2>&1 | tee {log}\n\
-             echo \"${{PIPESTATUS[0]}}\" > {rc}\n",
-            pkg = q(&pkg),
-            exe = q(exe),
-            log = q(&log),
-            rc = q(&rc),
-        ),
-    )
-    .with_context(|| format!("writing {}", script.display()))?;
+    let command = format!(
+        "bash {script} {exe} {pkg} {log} {rc} {LSM_PREFIX} {deadline}",
+        script = q(&script),
+        exe = q(exe),
+        pkg = q(&package_dir(env)),
+        log = q(&log),
+        rc = q(&rc),
+        deadline = VM_TEST_DEADLINE.as_secs(),
+    );
     let console = results.join("vng-console.log");
-    let mut cmd = vm::vng_command(env, &format!("bash {}", q(&script)), &[&results]);
+    let mut cmd = vm::vng_command(env, &command, &[&results]);
     println!("test: {}", proc::describe(&cmd));
     println!(
         "test: booting the VM (console output: {})",
