@@ -15,9 +15,6 @@ use killpath::{
 };
 use serde_json::{json, Value};
 
-/// Client calls that do real work (stop, probe) may take a while.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Agent { .. }) {
@@ -46,7 +43,7 @@ fn state_dir(cli: &Cli) -> PathBuf {
 }
 
 fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
-    Ok(client::call(&cli.socket, cmd, CALL_TIMEOUT)?)
+    Ok(client::call(&cli.socket, cmd, Duration::from_secs_f64(cli.timeout))?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -132,6 +132,14 @@ impl Agent {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args).env("KILLPATH_SOCKET", &self.socket).env("KILLPATH_STATE_DIR", &self.state_dir).env_remove("KILLPATH_LOG");
+        // A `probe` loads a dozen test programs: over the default 60 s in
+        // the emulated VM while the machine's cores are busy (seen: 60 s
+        // passed while the agent was otherwise idle).
+        if test_env().as_deref() == Some("vm") {
+            c.env("KILLPATH_TIMEOUT", "300");
+        } else {
+            c.env_remove("KILLPATH_TIMEOUT");
+        }
         c
     }
 

@@ -24,8 +24,23 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the agent's answer (a probe loads test programs:
+    /// slow on an emulated or loaded machine). `stop` has its own
+    /// `--agent-timeout` before it stops the cgroup directly.
+    #[arg(long, global = true, env = "KILLPATH_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
+    pub timeout: f64,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// A positive, finite number of seconds (at most a day).
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: seconds must be above 0 and at most 86400"))
+    }
 }
 
 /// Default state dir.

@@ -110,6 +110,10 @@ pub struct ClassHooks {
     /// KP_CLASS_HOOKS (kept open while programs load).
     map: Array<MapData, u32>,
     links: LinkKeeper,
+    /// What KP_CLASS_HOOKS holds (own hook, sees io_uring), once written:
+    /// the agent's periodic check syncs every 0.5 s and rewrites nothing
+    /// (and logs nothing) while the plan is unchanged.
+    written: Option<(u32, u32)>,
 }
 
 /// The hook of each syscall class, given what runs here: `fork` whether
@@ -234,7 +238,7 @@ impl ClassHooks {
                 load_net_events(ebpf, gen, loaded)
             }
         };
-        let mut s = Self { fork, fexits, net_events, all_loaded: false, map, links };
+        let mut s = Self { fork, fexits, net_events, all_loaded: false, map, links, written: None };
         // No class with a ceiling yet as far as this map knows: sys_exit
         // (pinned by a previous agent, if one had a ceiling) keeps charging
         // the on-demand classes until `sync` has attached their programs.
@@ -265,9 +269,13 @@ impl ClassHooks {
             })
             .fold(0u32, |m, (c, _)| m | (1 << c));
         let sees = p.iter().filter(|(_, h)| *h == ClassHook::SockEvents).fold(0u32, |m, (c, _)| m | (1 << c));
+        if self.written == Some((own, sees)) {
+            return Ok(());
+        }
         for (slot, v) in [(class_hooks::OWN_HOOK, own), (class_hooks::SEES_IO_URING, sees)] {
             self.map.set(slot, v, 0).map_err(Error::map(format!("updating {}", class_hooks::MAP)))?;
         }
+        self.written = Some((own, sees));
         info!(own_hook = own, "syscall classes charged by their own hooks");
         Ok(())
     }

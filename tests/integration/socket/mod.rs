@@ -9,6 +9,7 @@
 //! below are shared by them.
 mod auth;
 mod bad_input;
+mod client_timeout;
 mod concurrency;
 mod framing;
 mod targets_refused;
