@@ -94,3 +94,32 @@ fn service_daemonset_validates_against_the_kubernetes_schema() {
     }
     assert!(!parses(&["agent", "--no-such-flag"]).status.success(), "the parse check is not vacuous");
 }
+
+/// The DaemonSet's liveness command, run against a real agent: it passes
+/// while the agent serves and fails once the agent is dead.
+#[test]
+fn service_daemonset_liveness_probe_tracks_the_agent() {
+    if !have("python3", "--version") {
+        return;
+    }
+    let docs = documents(&repo_file(MANIFEST));
+    let probe: Vec<String> = docs[1]["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"]
+        .as_array()
+        .expect("liveness command")
+        .iter()
+        .map(|s| s.as_str().expect("string").to_owned())
+        .collect();
+    let Some(mut agent) = crate::harness::Agent::start() else {
+        return;
+    };
+    // The manifest's command with the test agent's socket in place of the node's.
+    let socket = format!("--socket={}", agent.socket.display());
+    let args: Vec<&str> = probe[1..].iter().map(|a| if a.starts_with("--socket=") { socket.as_str() } else { a.as_str() }).collect();
+    assert!(args.iter().any(|a| *a == socket), "the liveness command names no --socket: {probe:?}");
+    let live = |agent: &crate::harness::Agent| run(agent.cmd(&args).env_remove("KILLPATH_SOCKET"));
+    let out = live(&agent);
+    assert!(out.status.success(), "liveness against a serving agent: {}", text(&out));
+    agent.kill9();
+    let out = live(&agent);
+    assert!(!out.status.success(), "liveness passed with the agent dead: {}", text(&out));
+}
