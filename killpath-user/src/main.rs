@@ -245,6 +245,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let check = JournalCheck { anchor: anchor.clone(), key: key.clone(), head: *head };
             journal_cmd(&cli, &out, *follow, *verify, file.clone(), *offline, &check)
         }
+        Cmd::Completions { shell } => {
+            killpath::cli::completions::print(*shell, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            for page in killpath::cli::completions::man_pages(dir)? {
+                println!("{}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Canary { dir, check, workers, service, worker, ticker } => {
             if *check {
                 let r = canary::check(dir)?;

@@ -22,6 +22,7 @@ mod probe;
 mod protect;
 mod raise;
 mod scale;
+mod service;
 mod socket;
 mod stop;
 mod stop_flood;

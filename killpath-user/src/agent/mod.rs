@@ -18,6 +18,7 @@ mod lifecycle;
 mod pending;
 mod probe;
 mod raise;
+mod readiness;
 mod recovery;
 mod restore;
 mod ring;
@@ -191,6 +192,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
     rt.block_on(async move {
         let listener = server::bind(&state)?;
         tracing::info!(socket = %state.config.socket.display(), state_dir = %state.config.state_dir.display(), "agent ready");
+        let socket = state.config.socket.clone();
         let mut state = state;
         let ring = state.enforcer.denial_events.take();
         let escapes = state.enforcer.escape_events.take();
@@ -213,11 +215,14 @@ pub fn run(config: AgentConfig) -> Result<()> {
         tokio::spawn(tripwire::eval_watch(state.clone()));
         tokio::spawn(deadman::lease_watch(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
+        // Programs attached (State::open), socket listening, readers running.
+        readiness::ready(&socket);
         tokio::select! {
             () = server::serve(listener, state.clone()) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        readiness::stopping();
         let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = crate::journal::Entry::new(crate::journal::Actor::Source { source: "agent".into() }, crate::journal::Phase::Event, "agent-exit");
         s.journal.append(e)?;

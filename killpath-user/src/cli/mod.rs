@@ -1,5 +1,6 @@
 //! The command line: clap definitions (doc comments are the help text)
 //! and [`output`], the human rendering of results (`--json` prints them raw).
+pub mod completions;
 pub mod output;
 pub mod tripwire;
 
@@ -377,6 +378,16 @@ pub enum Cmd {
         worker: Option<u32>,
         #[arg(long, hide = true)]
         ticker: bool,
+    },
+    /// Print a shell completion script for bash, zsh or fish (e.g. `killpath completions bash > /etc/bash_completion.d/killpath`).
+    Completions {
+        /// The shell the script is for.
+        shell: completions::Shell,
+    },
+    /// Write the manual pages (killpath.1 and one per command) into DIR.
+    Man {
+        /// Directory to write the pages to (created if missing), e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
     },
     /// Internal: the capability probe a drill runs inside a target.
     #[command(hide = true)]

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::proc;
 use kernel::{vm_kernel, vmlinuz};
-use packages::{apt_packages, virtme_ng, Apt};
+use packages::{apt_packages, pip_packages, virtme_ng, Apt};
 use toolchain::{bpf_linker, nightly, rust_src};
 
 /// What setup found or installed; every other command works from this.
@@ -128,6 +128,11 @@ pub fn run() -> Result<Env> {
         "virtme-ng",
         "install it by hand with `python3 -m pip install virtme-ng` and make sure `vng` is on PATH",
         || virtme_ng(&logs.join("pip.log")),
+    )?;
+    step(
+        "python packages",
+        "install them by hand with `python3 -m pip install kubernetes-validate`",
+        || pip_packages(&logs.join("pip-tests.log")),
     )?;
     let kernel_version = step(
         "vm kernel",

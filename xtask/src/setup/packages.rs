@@ -30,6 +30,13 @@ const APT_PACKAGES: &[&str] = &[
     "python3-pip",
     // `cargo xtask bench`: the nftables alternative to isolate.
     "nftables",
+    // tests/integration/service: `systemd-analyze verify` of the unit,
+    // the completion scripts' syntax (zsh -n, fish --no-execute), `man -l`
+    // of the pages, `setpriv` (util-linux) for the unit's capabilities.
+    "systemd",
+    "zsh",
+    "fish",
+    "man-db",
     // The guest runs the host's udevd to create /dev/virtio-ports/virtme.*;
     // without them vng falls back to the serial console, prints nothing
     // without -v and exits 255 whatever the command returned.
@@ -133,4 +140,42 @@ pub(super) fn virtme_ng(log: &Path) -> Result<Outcome<PathBuf>> {
         anyhow!("pip installed virtme-ng but no working `vng` was found on PATH or in Python's scripts directory")
     })?;
     Ok(Outcome::installed(vng.clone()).note(vng.display().to_string()))
+}
+
+/// Python packages the tests run (module name, pip package):
+/// tests/integration/service validates the DaemonSet with kubernetes-validate.
+const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate")];
+
+pub(super) fn pip_packages(log: &Path) -> Result<Outcome<()>> {
+    let missing: Vec<&str> = PIP_PACKAGES
+        .iter()
+        .filter(|(module, _)| {
+            output_ok(Command::new("python3").args(["-c", &format!("import {module}")])).is_none()
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(Outcome::present(()));
+    }
+    let pip = |extra: &[&str]| {
+        run_logged(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--disable-pip-version-check"])
+                .args(extra)
+                .args(&missing),
+            log,
+        )
+    };
+    if let Err(e) = pip(&[]) {
+        // Debian's own python3 refuses pip installs outside a venv (PEP 668).
+        if fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("externally-managed-environment")
+        {
+            pip(&["--break-system-packages"])?;
+        } else {
+            return Err(e);
+        }
+    }
+    Ok(Outcome::installed(()).note(missing.join(" ")))
 }
