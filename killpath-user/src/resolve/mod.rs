@@ -18,6 +18,9 @@ pub mod runtime;
 pub mod unit;
 mod walk;
 
+#[cfg(test)]
+mod tests;
+
 /// What `adopt --unit/--container/--pod` names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {

@@ -71,7 +71,8 @@ pub(super) fn find(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Re
     // Its cgroup is the container's only if everything in it is the init
     // and its descendants; otherwise adopting it would take strangers.
     let tree: std::collections::HashSet<i32> = proctree::descendants(pid).into_iter().collect();
-    let own = cg.path() != mount && cg.procs_recursive().iter().all(|p| tree.contains(p));
+    let procs = cg.procs_recursive();
+    let own = cg.path() != mount && procs.contains(&pid) && procs.iter().all(|p| tree.contains(p));
     let found = if own { Found::Cgroup(cg.path().to_owned()) } else { Found::Pid(pid) };
     Ok(Some(Resolved { kind: "container", id: spec.to_owned(), canonical, found, via }))
 }

@@ -57,15 +57,18 @@ impl Container {
         ns.retain(|n| n["type"] != "network");
         std::fs::write(&path, serde_json::to_vec(&spec).expect("config")).expect("write config.json");
         let id = container_id();
-        let out = Command::new("runc")
+        // Detached, the container inherits runc's stdio: a pipe here would
+        // never close while it runs, so its output goes to a file.
+        let log = bundle.path().join("runc.log");
+        let status = Command::new("runc")
             .args(["run", "-d", &id])
             .current_dir(bundle.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
+            .stderr(std::fs::File::create(&log).expect("runc log"))
+            .status()
             .expect("runc run");
-        assert!(out.status.success(), "runc run -d: {}", show(&out));
+        assert!(status.success(), "runc run -d: {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
         Container { id, bundle }
     }
 
