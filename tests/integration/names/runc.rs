@@ -5,7 +5,7 @@
 use std::{
     io::Read as _,
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,6 +29,8 @@ use crate::{
 struct Container {
     id: String,
     bundle: tempfile::TempDir,
+    /// Every hierarchy's cgroup runc made (cgroup2 and, on a hybrid host, v1).
+    paths: Vec<PathBuf>,
 }
 
 fn runc(args: &[&str]) -> std::process::Output {
@@ -38,8 +40,9 @@ fn runc(args: &[&str]) -> std::process::Output {
 impl Container {
     /// A bundle whose rootfs is busybox-static (its applets as symlinks),
     /// sharing the host's network namespace (so that the listener on the
-    /// host's loopback is "outside"), running `sh -c SCRIPT`.
-    fn start(script: &str) -> Container {
+    /// host's loopback is "outside"), running `sh -c SCRIPT`; in runc's
+    /// default cgroup (`/ID`) or in `cgroups_path`.
+    fn start(script: &str, cgroups_path: Option<&str>) -> Container {
         let bundle = tempfile::tempdir().expect("bundle dir");
         let bin = bundle.path().join("rootfs/bin");
         std::fs::create_dir_all(&bin).expect("rootfs/bin");
@@ -55,6 +58,9 @@ impl Container {
         spec["process"]["args"] = serde_json::json!(["sh", "-c", script]);
         let ns = spec["linux"]["namespaces"].as_array_mut().expect("namespaces");
         ns.retain(|n| n["type"] != "network");
+        if let Some(p) = cgroups_path {
+            spec["linux"]["cgroupsPath"] = p.into();
+        }
         std::fs::write(&path, serde_json::to_vec(&spec).expect("config")).expect("write config.json");
         let id = container_id();
         // Detached, the container inherits runc's stdio: a pipe here would
@@ -69,7 +75,9 @@ impl Container {
             .status()
             .expect("runc run");
         assert!(status.success(), "runc run -d: {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        Container { id, bundle }
+        let state: Value = serde_json::from_slice(&std::fs::read(format!("/run/runc/{id}/state.json")).expect("runc state.json")).expect("JSON");
+        let paths = state["cgroup_paths"].as_object().into_iter().flatten().filter_map(|(_, p)| p.as_str()).map(PathBuf::from).collect();
+        Container { id, bundle, paths }
     }
 
     /// `runc state ID`.
@@ -87,12 +95,17 @@ impl Container {
 }
 
 impl Drop for Container {
+    /// Kills and deletes the container, then removes what runc leaves:
+    /// its cgroups if still there, and the test's own parent directory of
+    /// a `cgroupsPath` in every hierarchy.
     fn drop(&mut self) {
-        let cg = Path::new("/run/runc").join(&self.id).exists().then(|| self.cgroup());
         let _ = runc(&["kill", &self.id, "KILL"]);
         let _ = runc(&["delete", "-f", &self.id]);
-        if let Some(cg) = cg {
-            remove_tree(&cg);
+        for p in &self.paths {
+            remove_tree(p);
+            if let Some(parent) = p.parent().filter(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kptest-names-"))) {
+                remove_tree(parent);
+            }
         }
         let _ = &self.bundle;
     }
@@ -142,7 +155,7 @@ fn adopt_container_runc_throttle_isolate_stop() {
         return;
     }
     let (port, total) = counter();
-    let ctr = Container::start(&format!("sleep 300 & sleep 300 & yes 0123456789abcdef | nc 127.0.0.1 {port}; sleep 300"));
+    let ctr = Container::start(&format!("sleep 300 & sleep 300 & yes 0123456789abcdef | nc 127.0.0.1 {port}; sleep 300"), None);
     wait_until(Duration::from_secs(20), || total.load(Ordering::Relaxed) > 100_000).expect("the container's stream reaches the listener");
     assert_eq!(ctr.state()["status"], "running");
 
@@ -177,4 +190,30 @@ fn adopt_container_runc_throttle_isolate_stop() {
     let row = list.as_array().and_then(|l| l.iter().find(|c| c["id"] == ctr.id.as_str()).cloned()).unwrap_or(Value::Null);
     assert_eq!(row["status"], "stopped", "runc list: {list}");
     assert_eq!(agent.json(&["journal", "--verify"])["ok"], true);
+}
+
+/// A container whose cgroup does not carry its id (a `cgroupsPath` of the
+/// caller's choosing) is found through runc's state: its init pid, checked
+/// by start time, whose cgroup holds only the container; stopped with 0
+/// survivors and runc sees it stopped.
+#[test]
+fn adopt_container_by_runc_state_when_no_cgroup_names_it() {
+    let Some(agent) = Agent::start() else { return };
+    if Command::new("runc").arg("--version").output().is_err() {
+        skip("runc is not installed (cargo xtask setup installs it)");
+        return;
+    }
+    let top = format!("/kptest-names-{}-state", std::process::id());
+    let ctr = Container::start("sleep 300 & sleep 300 & sleep 300", Some(&format!("{top}/box")));
+    let cg = killpath::kernel::cgroup::Cgroup::new(ctr.cgroup());
+    assert!(cg.path().ends_with(format!("{}/box", top.trim_start_matches('/'))), "{}", cg.path().display());
+    wait_until(Duration::from_secs(20), || cg.procs().len() >= 3).expect("the container's processes");
+    let r = agent.json(&["adopt", "boxed", "--container", &ctr.id]);
+    assert_eq!(r["target"]["cgroup"], cg.path().display().to_string(), "{r}");
+    let via = r["resolved"]["via"].as_str().unwrap_or_default();
+    assert!(via.contains("init pid") && via.contains(&format!("/run/runc/{}/state.json", ctr.id)), "{r}");
+    let before = crate::support::process::pids(&cg);
+    let report = stop(&agent, "boxed");
+    assert_stopped(&agent, "boxed", &cg, &report, &before);
+    assert_eq!(ctr.state()["status"], "stopped", "runc sees its container stopped");
 }
