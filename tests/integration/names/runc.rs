@@ -194,8 +194,10 @@ fn adopt_container_runc_throttle_isolate_stop() {
 
 /// A container whose cgroup does not carry its id (a `cgroupsPath` of the
 /// caller's choosing) is found through runc's state: its init pid, checked
-/// by start time, whose cgroup holds only the container; stopped with 0
-/// survivors and runc sees it stopped.
+/// by start time. Its cgroup is adopted when it holds only the container;
+/// when a stranger shares it, the init's tree moves into a new target and
+/// the stranger is untouched. Each is stopped with 0 survivors and runc
+/// sees it stopped.
 #[test]
 fn adopt_container_by_runc_state_when_no_cgroup_names_it() {
     let Some(agent) = Agent::start() else { return };
@@ -216,4 +218,23 @@ fn adopt_container_by_runc_state_when_no_cgroup_names_it() {
     let report = stop(&agent, "boxed");
     assert_stopped(&agent, "boxed", &cg, &report, &before);
     assert_eq!(ctr.state()["status"], "stopped", "runc sees its container stopped");
+
+    // A container whose cgroup also holds a stranger: adopting that cgroup
+    // would take the stranger, so the init's process tree moves instead.
+    let shared = Container::start("sleep 300 & sleep 300 & sleep 300", Some(&format!("{top}/shared")));
+    let cg = killpath::kernel::cgroup::Cgroup::new(shared.cgroup());
+    wait_until(Duration::from_secs(20), || cg.procs().len() >= 3).expect("the container's processes");
+    let mut tree = super::tree::Tree::new("stranger");
+    let stranger = tree.sleepers(&cg, 1)[0];
+    let r = agent.json(&["adopt", "shared", "--container", &shared.id]);
+    let init = shared.state()["pid"].as_i64().expect("init pid") as i32;
+    assert_eq!(r["resolved"]["found"]["pid"], init, "{r}");
+    assert!(r["target"]["cgroup"].as_str().is_some_and(|p| p.starts_with(&agent.cgroup_parent.display().to_string())), "a new cgroup: {r}");
+    let target = agent.target_cgroup("shared");
+    let before = crate::support::process::pids(&target);
+    assert!(before.len() >= 3 && before.contains(&init) && !before.contains(&stranger), "init and its children moved, not the stranger: {before:?}");
+    let report = stop(&agent, "shared");
+    assert_stopped(&agent, "shared", &target, &report, &before);
+    assert!(crate::harness::alive(stranger), "the stranger in the container's old cgroup must survive");
+    assert_eq!(shared.state()["status"], "stopped", "runc sees its container stopped");
 }
