@@ -127,9 +127,12 @@ fn adopt_pod_finds_both_kubelet_layouts() {
     let report = stop(&agent, "ctr-b");
     assert_stopped(&agent, "ctr-b", &ctr, &report, &in_ctr);
     assert_eq!(living(&in_sibling), in_sibling, "the pod's other container must survive");
-    // The pod itself by UID: its cgroup, not the container's.
-    let r = agent.json(&["adopt", "pod-b", "--pod", &uid]);
-    assert_eq!(r["target"]["cgroup"], pod.path().display().to_string(), "{r}");
+    // The pod itself by UID: its cgroup, not the container's; the human
+    // output says what the name resolved to.
+    let out = agent.kp(&["adopt", "pod-b", "--pod", &uid]);
+    let said = format!("pod {uid}: cgroup {}, found by cgroup layout", pod.path().display());
+    assert!(out.status.success() && text(&out.stdout).contains(&said), "expected {said:?}: {}", show(&out));
+    assert_eq!(target_row(&agent, "pod-b").expect("pod-b listed")["cgroup"], pod.path().display().to_string());
 
     let missing = uuid();
     let err = adopt_fails(&agent, &["x", "--pod", &missing]);
