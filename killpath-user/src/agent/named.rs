@@ -16,7 +16,7 @@ impl State {
             return Err(Error::InvalidRequest("adopt takes exactly one of --cgroup, --pid, --unit, --container, --pod".into()));
         }
         self.ensure_new(name)?;
-        let resolved = resolve::resolve(&self.cgroup_mount, sel)?;
+        let resolved = resolve::resolve(&self.cgroup_mount, Some(&self.config.cgroup_parent), sel)?;
         tracing::info!(target_name = name, kind = resolved.kind, id = %resolved.id, found = ?resolved.found, via = %resolved.via, "adopt: name resolved");
         let params = json!({ sel.kind(): sel.id(), "resolved": resolved });
         let mut out = match &resolved.found {

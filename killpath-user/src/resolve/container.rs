@@ -17,7 +17,11 @@
 //! give the container's init pid ([`super::runtime`]).
 use std::path::Path;
 
-use super::{runtime, walk, Found, Resolved};
+use super::{
+    runtime,
+    walk::{self, Scope},
+    Found, Resolved,
+};
 use crate::error::{Error, Result};
 
 /// The shortest id prefix matched (docker's short id).
@@ -76,14 +80,14 @@ pub fn matches(query: &str, candidate: &str) -> bool {
         && candidate.to_ascii_lowercase().starts_with(&query.to_ascii_lowercase())
 }
 
-pub(super) fn resolve(mount: &Path, spec: &str, state_roots: &[&str]) -> Result<Resolved> {
+pub(super) fn resolve(scope: Scope, spec: &str, state_roots: &[&str]) -> Result<Resolved> {
     check_id(spec)?;
-    let (found, seen) = walk::find(mount, |n| id_in(n).is_some_and(|id| matches(spec, id)));
+    let (found, seen) = walk::find(scope, |n| id_in(n).is_some_and(|id| matches(spec, id)));
     let layouts = "docker-ID.scope, cri-containerd-ID.scope, crio-ID(.scope), libpod-ID(.scope), runc-ID.scope, containerd-ID.scope, ID";
     let searched = || {
         format!(
             "searched {seen} cgroups under {} (depth {}) for {layouts}; and the runtimes' state in {}",
-            mount.display(),
+            scope.mount.display(),
             walk::MAX_DEPTH,
             runtime::describe(state_roots)
         )
@@ -92,7 +96,7 @@ pub(super) fn resolve(mount: &Path, spec: &str, state_roots: &[&str]) -> Result<
     if let Some(path) = super::one("container", spec, found, searched)? {
         return Ok(Resolved { kind: "container", id: spec.to_owned(), canonical: canonical(&path), found: Found::Cgroup(path), via: "cgroup layout".into() });
     }
-    match runtime::find(mount, spec, state_roots)? {
+    match runtime::find(scope.mount, spec, state_roots)? {
         Some(r) => Ok(r),
         None => Err(Error::NameNotFound { kind: "container", id: spec.to_owned(), searched: searched() }),
     }

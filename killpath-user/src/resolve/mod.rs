@@ -18,6 +18,8 @@ pub mod runtime;
 pub mod unit;
 mod walk;
 
+pub use walk::Scope;
+
 #[cfg(test)]
 mod tests;
 
@@ -82,12 +84,14 @@ pub struct Resolved {
     pub via: String,
 }
 
-/// Resolves `sel` on the cgroup2 tree mounted at `mount`.
-pub fn resolve(mount: &Path, sel: &Selector) -> Result<Resolved> {
+/// Resolves `sel` on the cgroup2 tree mounted at `mount`, leaving out
+/// `skip` (the agent's cgroup parent, where its own targets live).
+pub fn resolve(mount: &Path, skip: Option<&Path>, sel: &Selector) -> Result<Resolved> {
+    let scope = Scope { mount, skip };
     match sel {
-        Selector::Unit(spec) => unit::resolve(mount, spec),
-        Selector::Container(spec) => container::resolve(mount, spec, runtime::STATE_ROOTS),
-        Selector::Pod(spec) => pod::resolve(mount, spec),
+        Selector::Unit(spec) => unit::resolve(scope, spec),
+        Selector::Container(spec) => container::resolve(scope, spec, runtime::STATE_ROOTS),
+        Selector::Pod(spec) => pod::resolve(scope, spec),
     }
 }
 

@@ -5,9 +5,11 @@
 //! level); cgroupfs `kubepods/burstable/pod<UID>` (Guaranteed: `kubepods/pod<UID>`).
 //! The kubepods root may sit below another cgroup (`--cgroup-root`, a
 //! kubelet in a container): the walk finds it wherever it is.
-use std::path::Path;
 
-use super::{walk, Found, Resolved};
+use super::{
+    walk::{self, Scope},
+    Found, Resolved,
+};
 use crate::error::{Error, Result};
 
 /// A pod UID (a UUID), lowercase with dashes; `_` accepted for `-`.
@@ -36,11 +38,12 @@ pub fn uid_in(name: &str) -> Option<String> {
     canonical(raw).ok()
 }
 
-pub(super) fn resolve(mount: &Path, spec: &str) -> Result<Resolved> {
+pub(super) fn resolve(scope: Scope, spec: &str) -> Result<Resolved> {
     let uid = canonical(spec)?;
-    let (matches, seen) = walk::find(mount, |n| uid_in(n).is_some_and(|u| u == uid));
+    let (matches, seen) = walk::find(scope, |n| uid_in(n).is_some_and(|u| u == uid));
     let slice = uid.replace('-', "_");
-    let searched = || format!("searched {seen} cgroups under {} (depth {}) for kubepods[-QOS]-pod{slice}.slice and pod{uid}", mount.display(), walk::MAX_DEPTH);
+    let searched =
+        || format!("searched {seen} cgroups under {} (depth {}) for kubepods[-QOS]-pod{slice}.slice and pod{uid}", scope.mount.display(), walk::MAX_DEPTH);
     match super::one("pod", spec, matches, searched)? {
         Some(path) => Ok(Resolved { kind: "pod", id: spec.to_owned(), canonical: uid, found: Found::Cgroup(path), via: "cgroup layout".into() }),
         None => Err(Error::NameNotFound { kind: "pod", id: spec.to_owned(), searched: searched() }),

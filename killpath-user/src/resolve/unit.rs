@@ -5,9 +5,11 @@
 //! `a.slice/a-b.slice/foo.service` for `Slice=a-b.slice`. The walk finds it
 //! wherever its slice put it (without asking systemd: the agent also runs
 //! where systemd is not PID 1, and reads what the kernel has).
-use std::path::Path;
 
-use super::{walk, Found, Resolved};
+use super::{
+    walk::{self, Scope},
+    Found, Resolved,
+};
 use crate::error::{Error, Result};
 
 /// Unit types that own a cgroup.
@@ -38,10 +40,10 @@ pub fn canonical(spec: &str) -> Result<String> {
     }
 }
 
-pub(super) fn resolve(mount: &Path, spec: &str) -> Result<Resolved> {
+pub(super) fn resolve(scope: Scope, spec: &str) -> Result<Resolved> {
     let unit = canonical(spec)?;
-    let (matches, seen) = walk::find(mount, |n| n == unit);
-    let searched = || format!("searched {seen} cgroups under {} (depth {}) for a cgroup named {unit}", mount.display(), walk::MAX_DEPTH);
+    let (matches, seen) = walk::find(scope, |n| n == unit);
+    let searched = || format!("searched {seen} cgroups under {} (depth {}) for a cgroup named {unit}", scope.mount.display(), walk::MAX_DEPTH);
     match super::one("unit", spec, matches, searched)? {
         Some(path) => Ok(Resolved { kind: "unit", id: spec.to_owned(), canonical: unit, found: Found::Cgroup(path), via: "cgroup layout".into() }),
         None => Err(Error::NameNotFound { kind: "unit", id: spec.to_owned(), searched: searched() }),
