@@ -78,6 +78,10 @@ pub enum Error {
     DrillConflict { drill: u64, target: String, what: String },
     #[error("busy: {cap} requests are already in flight (the agent's cap); this one was not run, retry it (a stop is never refused for this)")]
     Busy { cap: usize },
+    #[error("no {kind} {id:?} found: {searched}")]
+    NameNotFound { kind: &'static str, id: String, searched: String },
+    #[error("{kind} {id:?} is ambiguous: it matches {} ({searched}); adopt the one meant with --cgroup", matches.join(", "))]
+    NameAmbiguous { kind: &'static str, id: String, matches: Vec<String>, searched: String },
 }
 
 impl Error {
@@ -100,6 +104,7 @@ impl Error {
             Self::CgroupMismatch { .. } => "cgroup-mismatch",
             Self::DrillConflict { .. } => "drill-conflict",
             Self::Busy { .. } => "busy",
+            Self::NameNotFound { .. } | Self::NameAmbiguous { .. } => "bad-request",
         }
     }
 

@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod level;
 pub mod privileges;
 pub mod protect;
+pub mod resolve;
 pub mod state_dir;
 pub mod stop;
 pub mod target;

@@ -78,8 +78,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { name, command, no_privileges, user } => run_in_target(&cli, name, command, *no_privileges, user.as_deref()),
-        Cmd::Adopt { name, cgroup, pid } => {
-            let r = call(&cli, &Command::Adopt { name: name.clone(), cgroup: cgroup.clone(), pid: *pid })?;
+        Cmd::Adopt { name, cgroup, pid, unit, container, pod } => {
+            let cmd =
+                Command::Adopt { name: name.clone(), cgroup: cgroup.clone(), pid: *pid, unit: unit.clone(), container: container.clone(), pod: pod.clone() };
+            let r = call(&cli, &cmd)?;
             out.adopted(&r);
             Ok(ExitCode::SUCCESS)
         }

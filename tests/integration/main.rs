@@ -16,6 +16,7 @@ mod isolate;
 mod journal;
 mod lease;
 mod membership;
+mod names;
 mod priority;
 mod privileges;
 mod probe;

@@ -39,8 +39,11 @@ impl State {
                 let params = json!({"move_caller": move_caller, "caller_pid": caller.pid});
                 self.execute(caller, "run", Some(&name), params, |s| s.create(&name, move_caller.then_some(caller.pid)))
             }
-            Command::Adopt { name, cgroup, pid } => {
+            Command::Adopt { name, cgroup, pid, unit, container, pod } => {
                 validate_name(&name)?;
+                if let Some(sel) = crate::resolve::Selector::from_request(unit, container, pod)? {
+                    return self.adopt_named(caller, &name, cgroup.is_some() || pid.is_some(), &sel);
+                }
                 let params = json!({"cgroup": cgroup, "pid": pid});
                 self.execute(caller, "adopt", Some(&name), params, |s| s.adopt(&name, cgroup.as_deref(), pid))
             }

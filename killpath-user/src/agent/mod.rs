@@ -15,6 +15,7 @@ mod escalate;
 mod escape;
 mod isolate;
 mod lifecycle;
+mod named;
 mod pending;
 mod probe;
 mod raise;

@@ -95,15 +95,27 @@ pub enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Manage an existing cgroup, or a process and all its descendants, as target NAME.
+    /// Manage an existing cgroup, or a process and all its descendants, as target NAME:
+    /// by cgroup path, pid, systemd unit, container id or pod UID.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["cgroup", "pid", "unit", "container", "pod"])))]
     Adopt {
         name: String,
         /// Existing cgroup2 directory (absolute, or relative to the cgroup2 mount).
-        #[arg(long, required_unless_present = "pid", conflicts_with = "pid")]
+        #[arg(long)]
         cgroup: Option<String>,
         /// Process whose whole tree moves into a new cgroup for NAME.
         #[arg(long)]
         pid: Option<i32>,
+        /// A systemd unit's cgroup (foo.service, foo.scope, foo.slice; a bare name means .service).
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
+        /// A container's cgroup (docker, containerd, CRI-O, podman, runc; either cgroup driver) by
+        /// its id or a prefix of at least 12 hex digits; else its init pid from runc's state.
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        /// A Kubernetes pod's cgroup (kubepods slices or cgroupfs layout) by its UID.
+        #[arg(long, value_name = "UID")]
+        pod: Option<String>,
     },
     /// Show targets: level, tasks, last stop.
     Status {

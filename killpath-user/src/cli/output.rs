@@ -2,6 +2,7 @@
 use serde_json::Value;
 
 mod audit;
+mod named;
 mod pending;
 
 pub struct Output {
@@ -178,6 +179,9 @@ impl Output {
         let t = &r["target"];
         let moved = r["moved_pids"].as_array().map(|a| format!(", moved {} processes", a.len())).unwrap_or_default();
         println!("adopted {} (cgroup {}{moved})", s(&t["name"]), s(&t["cgroup"]));
+        if let Some(line) = named::resolved(&r["resolved"]) {
+            println!("{line}");
+        }
         println!("escape {}: {}", s(&r["privileges"]["escape"]), s(&r["privileges"]["why"]));
     }
 

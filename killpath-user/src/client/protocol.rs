@@ -54,6 +54,13 @@ pub enum Command {
         cgroup: Option<String>,
         #[serde(default)]
         pid: Option<i32>,
+        /// A systemd unit, a container id or a pod UID (`resolve`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<String>,
     },
     /// Targets and their state.
     Status {

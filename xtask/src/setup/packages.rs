@@ -41,6 +41,8 @@ const APT_PACKAGES: &[&str] = &[
     // without them vng falls back to the serial console, prints nothing
     // without -v and exits 255 whatever the command returned.
     "udev",
+    // tests/integration/names: a real container adopted by its id.
+    "runc",
 ];
 
 /// apt state shared by the steps that use it: `apt-get update` runs at most once.

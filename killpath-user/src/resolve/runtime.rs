@@ -1,0 +1,78 @@
+//! A container found through its runtime's state instead of its cgroup
+//! name: runc (and docker, containerd and CRI-O, which run runc) keeps
+//! `ROOT/ID/state.json` with the init pid and its start time. Used when no
+//! cgroup carries the id (a `cgroupsPath` of the caller's choosing, or a
+//! container that shares its cgroup2 with other processes).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use super::{container, Found, Resolved};
+use crate::{
+    error::{Error, Result},
+    kernel::{
+        cgroup::{self, Cgroup},
+        proctree,
+    },
+};
+
+/// runc's state roots: runc and CRI-O (`/run/runc`), docker
+/// (`/run/docker/runtime-runc/moby`), containerd's shim (one directory per
+/// namespace below `/run/containerd/runc`: `*` means each).
+pub const STATE_ROOTS: &[&str] = &["/run/runc", "/run/docker/runtime-runc/moby", "/run/containerd/runc/*"];
+
+pub(super) fn describe(roots: &[&str]) -> String {
+    roots.iter().map(|r| format!("{r}/ID/state.json")).collect::<Vec<_>>().join(", ")
+}
+
+/// Every state directory below the roots (a `*` root expanded one level).
+fn state_dirs(roots: &[&str]) -> Vec<PathBuf> {
+    let mut bases = Vec::new();
+    for r in roots {
+        match r.strip_suffix("/*") {
+            Some(parent) => bases.extend(fs::read_dir(parent).into_iter().flatten().flatten().map(|e| e.path())),
+            None => bases.push(PathBuf::from(r)),
+        }
+    }
+    bases.iter().flat_map(|b| fs::read_dir(b).into_iter().flatten().flatten().map(|e| e.path())).filter(|p| p.join("state.json").is_file()).collect()
+}
+
+/// Start time (clock ticks since boot, field 22 of /proc/PID/stat).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
+pub(super) fn find(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Resolved>> {
+    let dirs: Vec<PathBuf> =
+        state_dirs(roots).into_iter().filter(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| container::matches(spec, n))).collect();
+    let Some(dir) = super::one("container", spec, dirs, || format!("runtime state in {}", describe(roots)))? else {
+        return Ok(None);
+    };
+    let file = dir.join("state.json");
+    let text = fs::read_to_string(&file).map_err(|e| Error::Io { what: format!("reading {}", file.display()), source: e })?;
+    let state: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::InvalidRequest(format!("container {spec:?}: {} is not runc state: {e}", file.display())))?;
+    let pid = state["init_process_pid"].as_i64().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
+    let started = state["init_process_start"].as_u64().or_else(|| state["init_process_start"].as_str().and_then(|s| s.parse().ok()));
+    let (Some(pid), Some(started)) = (pid, started) else {
+        return Err(Error::InvalidRequest(format!("container {spec:?}: {} has no init pid and start time", file.display())));
+    };
+    // The pid alone could be another process by now: the container's init
+    // is the process with that pid AND that start time.
+    if start_time(pid) != Some(started) {
+        return Err(Error::InvalidRequest(format!("container {spec:?} is not running: its init pid {pid} ({}) is gone or reused", file.display())));
+    }
+    let rel = cgroup::cgroup_of(pid)?;
+    let cg = Cgroup::new(mount.join(rel.trim_start_matches('/')));
+    let canonical = dir.file_name().and_then(|n| n.to_str()).unwrap_or(spec).to_owned();
+    let via = format!("init pid {pid} from {}", file.display());
+    // Its cgroup is the container's only if everything in it is the init
+    // and its descendants; otherwise adopting it would take strangers.
+    let tree: std::collections::HashSet<i32> = proctree::descendants(pid).into_iter().collect();
+    let procs = cg.procs_recursive();
+    let own = cg.path() != mount && procs.contains(&pid) && procs.iter().all(|p| tree.contains(p));
+    let found = if own { Found::Cgroup(cg.path().to_owned()) } else { Found::Pid(pid) };
+    Ok(Some(Resolved { kind: "container", id: spec.to_owned(), canonical, found, via }))
+}

@@ -1,0 +1,105 @@
+//! The walk, the one-match rule and the runtime state, on directory trees
+//! made in a tempdir (the walk reads names only, so plain directories lay
+//! out a cgroup tree) and on this test process (a real pid and start time).
+use std::{fs, path::Path};
+
+use super::{container, pod, runtime, unit, Found};
+
+fn at(mount: &Path) -> super::Scope<'_> {
+    super::Scope { mount, skip: None }
+}
+
+fn dirs(root: &Path, rels: &[&str]) {
+    for r in rels {
+        fs::create_dir_all(root.join(r)).unwrap();
+    }
+}
+
+const ID: &str = "4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+
+#[test]
+fn a_unit_is_found_wherever_its_slice_put_it() {
+    let t = tempfile::tempdir().unwrap();
+    dirs(t.path(), &["a.slice/a-b.slice/job.service/worker", "system.slice/other.service"]);
+    let r = unit::resolve(at(t.path()), "job").unwrap();
+    assert_eq!(r.found, Found::Cgroup(t.path().join("a.slice/a-b.slice/job.service")));
+    assert_eq!(r.canonical, "job.service");
+}
+
+#[test]
+fn two_matches_are_refused_naming_both() {
+    let t = tempfile::tempdir().unwrap();
+    dirs(t.path(), &["system.slice/job.service", "user.slice/user-1000.slice/user@1000.service/app.slice/job.service"]);
+    let e = unit::resolve(at(t.path()), "job.service").unwrap_err().to_string();
+    assert!(e.contains("ambiguous") && e.contains("system.slice/job.service") && e.contains("app.slice/job.service"), "{e}");
+}
+
+#[test]
+fn nothing_found_names_what_was_searched() {
+    let t = tempfile::tempdir().unwrap();
+    dirs(t.path(), &["system.slice/a.service", "system.slice/b.service"]);
+    let e = unit::resolve(at(t.path()), "job").unwrap_err().to_string();
+    assert!(e.contains("no unit \"job\"") && e.contains("searched 3 cgroups") && e.contains("job.service"), "{e}");
+    let e = pod::resolve(at(t.path()), "0f3c5a1e-8b2d-4c6f-9a7e-1d2b3c4d5e6f").unwrap_err().to_string();
+    assert!(e.contains("kubepods[-QOS]-pod0f3c5a1e_8b2d_4c6f_9a7e_1d2b3c4d5e6f.slice"), "{e}");
+}
+
+#[test]
+fn a_container_is_its_outermost_cgroup_never_its_monitor() {
+    let t = tempfile::tempdir().unwrap();
+    let slice = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f3c5a1e_8b2d_4c6f_9a7e_1d2b3c4d5e6f.slice";
+    dirs(t.path(), &[&format!("{slice}/crio-{ID}.scope/container"), &format!("{slice}/crio-conmon-{ID}.scope")]);
+    let r = container::resolve(at(t.path()), &ID[..12], &[]).unwrap();
+    assert_eq!(r.found, Found::Cgroup(t.path().join(format!("{slice}/crio-{ID}.scope"))));
+    assert_eq!(r.canonical, ID);
+    let r = pod::resolve(at(t.path()), "0f3c5a1e-8b2d-4c6f-9a7e-1d2b3c4d5e6f").unwrap();
+    assert_eq!(r.found, Found::Cgroup(t.path().join(slice)));
+}
+
+/// Start time of this process, as runc records its init's.
+fn own_start() -> u64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn runc_state_gives_the_init_pid_checked_by_its_start_time() {
+    let Ok(mount) = crate::kernel::cgroup::cgroup2_mount() else { return };
+    // The cgroup tree walked (empty: no cgroup carries the id) and the state root apart.
+    let t = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("runc");
+    let me = std::process::id();
+    fs::create_dir_all(root.join("web-1")).unwrap();
+    fs::write(root.join("web-1/state.json"), format!(r#"{{"init_process_pid": {me}, "init_process_start": {}}}"#, own_start())).unwrap();
+    let roots = [root.to_str().unwrap()];
+    let r = container::resolve(at(t.path()), "web-1", &roots).unwrap();
+    let found = runtime_on(&mount, "web-1", &roots);
+    assert!(r.via.contains("init pid") && r.via.contains("web-1/state.json"), "{r:?}");
+    // This test's cgroup holds other processes (cargo, the shell): its
+    // tree moves instead, never the shared cgroup.
+    let own_cgroup = mount.join(crate::kernel::cgroup::cgroup_of(me as i32).unwrap().trim_start_matches('/'));
+    let alone = crate::kernel::cgroup::Cgroup::new(&own_cgroup).procs_recursive().iter().all(|p| *p == me as i32);
+    assert_eq!(found, if alone { Found::Cgroup(own_cgroup) } else { Found::Pid(me as i32) });
+    // A recorded start time that is not the process's: pid reused.
+    fs::write(root.join("web-1/state.json"), format!(r#"{{"init_process_pid": {me}, "init_process_start": {}}}"#, own_start() + 1)).unwrap();
+    let e = container::resolve(at(t.path()), "web-1", &roots).unwrap_err().to_string();
+    assert!(e.contains("gone or reused"), "{e}");
+    let e = container::resolve(at(t.path()), "web-2", &roots).unwrap_err().to_string();
+    assert!(e.contains("no container") && e.contains("/runc/ID/state.json"), "{e}");
+}
+
+fn runtime_on(mount: &Path, id: &str, roots: &[&str]) -> Found {
+    runtime::find(mount, id, roots).unwrap().unwrap().found
+}
+
+#[test]
+fn the_agents_own_targets_are_not_searched() {
+    let t = tempfile::tempdir().unwrap();
+    dirs(t.path(), &["killpath/web", "web"]);
+    let skip = t.path().join("killpath");
+    let e = container::resolve(at(t.path()), "web", &[]).unwrap_err().to_string();
+    assert!(e.contains("ambiguous"), "{e}");
+    let r = container::resolve(super::Scope { mount: t.path(), skip: Some(&skip) }, "web", &[]).unwrap();
+    assert_eq!(r.found, Found::Cgroup(t.path().join("web")));
+}
