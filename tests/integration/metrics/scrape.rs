@@ -1,0 +1,127 @@
+//! One agent scraped directly: `promtool check metrics` accepts the
+//! scrape, and its values follow the target through degrade and stop.
+use super::{agent_with_metrics, http_get, promtool, promtool_run, refused_connects, sample, scrape, Sink};
+use crate::{
+    harness::Agent,
+    support::{
+        cgroup::in_cgroup_within,
+        process::{pids, run_bg, show},
+        status::{assert_stopped, target_row},
+    },
+};
+
+/// How many connects the workload tries while `net.connect` is revoked.
+const CONNECTS: u32 = 7;
+
+/// A scrape passes `promtool check metrics` (lint included) at every step;
+/// `killpath_target_level` follows normal -> degrade -> stopped; the
+/// `net.connect` denials equal the connects the workload's own syscalls
+/// saw refused (and none reached the listener outside); live tasks match
+/// cgroup.procs; a stop shows 0 survivors, 0 tasks and a time to effect;
+/// socket requests are counted by command and outcome, and a caller
+/// inside a target shows up as a refused caller.
+#[test]
+fn metrics_scrape_follows_degrade_and_stop() {
+    let Some(promtool) = promtool() else { return };
+    let Some((agent, addr)) = agent_with_metrics() else { return };
+    let _web = run_bg(&agent, "web", &["sleep", "1000"], 1);
+    let cg = agent.target_cgroup("web");
+    let check = |text: &str, when: &str| {
+        let out = promtool_run(&promtool, &["check", "metrics"], text);
+        assert!(out.status.success(), "promtool check metrics {when}: {}\nscrape:\n{text}", show(&out));
+    };
+
+    let m = scrape(&addr);
+    check(&m, "before any level");
+    let web = [("target", "web")];
+    assert_eq!(sample(&m, "killpath_up", &[]), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_level", &web), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_tasks", &web), Some(pids(&cg).len() as f64), "{m}");
+    assert_eq!(sample(&m, "killpath_target_denials_total", &[("target", "web"), ("capability", "net.connect")]), Some(0.0), "{m}");
+    assert!(sample(&m, "killpath_journal_records", &[]).is_some_and(|n| n >= 2.0), "run is journaled: {m}");
+    assert_eq!(sample(&m, "killpath_journal_verify_ok", &[]), Some(1.0), "{m}");
+    assert!(sample(&m, "killpath_programs_attached", &[]).is_some_and(|n| n >= 1.0), "{m}");
+
+    let r = agent.json(&["degrade", "web", "--revoke", "net.connect"]);
+    assert_eq!(r["level"], "degrade", "{r}");
+    let sink = Sink::new();
+    let refused = refused_connects(cg.path(), &sink, CONNECTS);
+    assert_eq!(refused, u64::from(CONNECTS), "every connect from inside is refused");
+    assert_eq!(sink.accepted(), 0, "no connect from inside reached the listener outside");
+
+    let m = scrape(&addr);
+    check(&m, "after degrade");
+    assert_eq!(sample(&m, "killpath_target_level", &web), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_capability_revoked", &[("target", "web"), ("capability", "net.connect")]), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_capability_revoked", &[("target", "web"), ("capability", "exec")]), Some(0.0), "{m}");
+    let denials = sample(&m, "killpath_target_denials_total", &[("target", "web"), ("capability", "net.connect")]);
+    assert_eq!(denials, Some(refused as f64), "denials = the refusals the workload saw: {m}");
+    let row = target_row(&agent, "web").expect("status lists web");
+    assert_eq!(row["denials"]["net.connect"]["total"].as_f64(), denials, "metrics and status agree: {row}");
+    let degrade_ok = [("command", "degrade"), ("outcome", "ok")];
+    assert_eq!(sample(&m, "killpath_socket_requests_total", &degrade_ok), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_time_to_effect_seconds_count", &[("target", "web"), ("level", "degrade")]), Some(1.0), "{m}");
+
+    // A caller inside the target may read, never change: refused, and counted.
+    let out = in_cgroup_within(30, cg.path(), &[crate::harness::BIN, "--socket", agent.socket.to_str().unwrap(), "isolate", "web"]);
+    assert!(!out.status.success(), "isolate from inside the target must be refused: {}", show(&out));
+    let m = scrape(&addr);
+    assert_eq!(sample(&m, "killpath_socket_refused_callers_total", &[("command", "isolate")]), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_socket_requests_total", &[("command", "isolate"), ("outcome", "forbidden")]), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_level", &web), Some(2.0), "the refused isolate changed nothing: {m}");
+
+    let before = pids(&cg);
+    let report = agent.json(&["stop", "web"]);
+    assert_stopped(&agent, "web", &cg, &report, &before);
+    let m = scrape(&addr);
+    check(&m, "after stop");
+    assert_eq!(sample(&m, "killpath_target_level", &web), Some(4.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_tasks", &web), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_last_stop_survivors", &web), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_time_to_effect_seconds_count", &[("target", "web"), ("level", "stopped")]), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_journal_verify_ok", &[]), Some(1.0), "{m}");
+}
+
+/// Anything but `GET /metrics` gets a clear 404 or 405, and the agent
+/// keeps serving both its socket and its metrics.
+#[test]
+fn metrics_other_paths_refused() {
+    let Some((agent, addr)) = agent_with_metrics() else { return };
+    let (code, body) = http_get(&format!("http://{addr}/"));
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("/metrics"), "{body}");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "405", "{}", show(&out));
+    assert!(scrape(&addr).contains("killpath_up 1"));
+    ping(&agent);
+}
+
+fn ping(agent: &Agent) {
+    assert_eq!(agent.json(&["status"])["targets"], serde_json::json!([]));
+}
+
+/// An address already in use stops the agent's start, before it loads
+/// anything, with an error naming the address and the option.
+#[test]
+fn metrics_address_in_use_fails_start() {
+    if !crate::harness::root() {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (socket, state, pins) = (dir.path().join("s"), dir.path().join("state"), dir.path().join("pins"));
+    let out = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "30", crate::harness::BIN, "--socket", socket.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        .args(["agent", "--pin-dir", pins.to_str().unwrap(), "--metrics", &addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(1), "the agent must exit with an error: {}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("binding the metrics address {addr} (--metrics)")), "{err}");
+    assert!(!pins.exists() && !state.exists(), "nothing was loaded or written before the bind failed");
+}
