@@ -125,3 +125,43 @@ fn metrics_address_in_use_fails_start() {
     assert!(err.contains(&format!("binding the metrics address {addr} (--metrics)")), "{err}");
     assert!(!pins.exists() && !state.exists(), "nothing was loaded or written before the bind failed");
 }
+
+/// Tripwire firings and pending approvals, as scraped: a critical rule
+/// isolates the target in the kernel (level 3, a measured exposure window
+/// that matches `status`), a confirm rule on the same crossing leaves a
+/// pending stop (1 pending approval; the workload still runs).
+#[test]
+fn metrics_tripwire_exposure_and_pending_approval() {
+    let Some((agent, addr)) = agent_with_metrics() else { return };
+    let _tw = run_bg(&agent, "tw", &["sleep", "1000"], 1);
+    let cg = agent.target_cgroup("tw");
+    agent.json(&["degrade", "tw", "--revoke", "net.connect"]);
+    let rule = |args: &[&str]| {
+        let mut a = vec!["tripwire", "add"];
+        a.extend_from_slice(args);
+        agent.json(&a)
+    };
+    rule(&["burst", "--target", "tw", "--metric", "denials:net.connect", "--above", "3", "--window", "10s", "--action", "isolate", "--critical"]);
+    rule(&["ask", "--target", "tw", "--metric", "denials:net.connect", "--above", "3", "--window", "10s", "--action", "stop", "--mode", "confirm"]);
+    let sink = Sink::new();
+    assert!(refused_connects(cg.path(), &sink, 5) >= 4, "the connects from inside are refused");
+    assert_eq!(sink.accepted(), 0, "no connect from inside reached the listener outside");
+
+    let tw = [("target", "tw")];
+    let burst = [("target", "tw"), ("rule", "burst")];
+    let mut m = String::new();
+    let seen = crate::harness::wait_until(std::time::Duration::from_secs(20), || {
+        m = scrape(&addr);
+        sample(&m, "killpath_target_level", &tw) == Some(3.0) && sample(&m, "killpath_target_pending_approvals", &tw) == Some(1.0)
+    });
+    assert!(seen.is_some(), "level 3 and one pending approval never scraped:\n{m}");
+    assert_eq!(sample(&m, "killpath_target_tripwire_fired", &burst), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_tripwire_fired", &[("target", "tw"), ("rule", "ask")]), Some(1.0), "{m}");
+    let exposure = sample(&m, "killpath_target_tripwire_exposure_seconds", &burst).unwrap_or_else(|| panic!("no exposure window for burst:\n{m}"));
+    assert!(exposure > 0.0 && exposure < 10.0, "{exposure}");
+    let row = target_row(&agent, "tw").expect("status lists tw");
+    let fired = row["tripwires_fired"].as_array().and_then(|a| a.iter().find(|f| f["rule"] == "burst")).cloned().unwrap_or_else(|| panic!("{row}"));
+    let status_us = fired["exposure_window_us"].as_f64().unwrap_or_else(|| panic!("{fired}"));
+    assert!((status_us / 1e6 - exposure).abs() < 1e-6, "metrics {exposure} s, status {status_us} µs");
+    assert_eq!(pids(&cg).len(), 1, "the pending stop has not run: the workload is alive");
+}

@@ -111,6 +111,16 @@ pub(super) fn encode(s: &Sample) -> Result<String, std::fmt::Error> {
         ts.iter().filter_map(|t| t.last_stop_survivors.map(|n| (t1(&t.name), n as i64))),
     );
     b.gauge("target_pending_approvals", "Actions on the target waiting for a human's approval.", ts.iter().map(|t| (t1(&t.name), t.pending as i64)));
+    b.gauge(
+        "target_tripwire_fired",
+        "1 for each tripwire rule that fired on the target (once per arming).",
+        ts.iter().flat_map(|t| t.tripwires.iter().map(move |(rule, _)| (labels(&[("target", &t.name), ("rule", rule)]), 1))),
+    );
+    b.gauge_f64(
+        "target_tripwire_exposure_seconds",
+        "Exposure window of a tripwire firing: the kernel's crossing to the action in force.",
+        ts.iter().flat_map(|t| t.tripwires.iter().filter_map(move |(rule, us)| us.map(|us| (labels(&[("target", &t.name), ("rule", rule)]), us / 1e6)))),
+    );
     b.registry.register("target_time_to_effect_seconds", "Receipt of a level change to the kernel enforcing it, per level reached.", recorded().effect.clone());
 
     b.counter("guard_kills", "Tasks the stop guard killed (fork or run inside a stopped target).", [(Labels::new(), s.guard_kills)]);

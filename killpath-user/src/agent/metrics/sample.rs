@@ -36,6 +36,9 @@ pub(super) struct TargetSample {
     pub last_stop_survivors: Option<u64>,
     /// Pending approvals naming this target.
     pub pending: u64,
+    /// Tripwire firings on this target: rule, crossing to effect in force
+    /// (µs; None when nothing was put in force: audit, pending, failed).
+    pub tripwires: Vec<(String, Option<f64>)>,
     /// Live tasks in the cgroup (filled without the lock).
     pub tasks: Option<u64>,
 }
@@ -121,6 +124,7 @@ impl Sample {
                     escapes: m.members.as_ref().map(|mm| mm.escapes(id)),
                     last_stop_survivors: t.last_stop.as_ref().map(|r| r.survivors as u64),
                     pending: s.pending_summary(&t.name)["count"].as_u64().unwrap_or(0),
+                    tripwires: s.tripwires.rules.values().filter_map(|r| r.fired.get(&t.name)).map(|f| (f.rule.clone(), f.exposure_window_us)).collect(),
                     tasks: None,
                 }
             })
