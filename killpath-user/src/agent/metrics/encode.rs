@@ -154,3 +154,51 @@ pub(super) fn encode(s: &Sample) -> Result<String, std::fmt::Error> {
     prometheus_text::encode(&mut out, &b.registry)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn encodes_target_and_agent_metrics_in_the_text_format() {
+        let text = encode(&Sample::fixture()).expect("encode");
+        assert!(text.contains("# TYPE killpath_target_level gauge\n"), "{text}");
+        assert_eq!(line(&text, "killpath_target_level{"), Some(r#"killpath_target_level{target="web",level_name="degrade"} 2"#), "{text}");
+        assert!(text.contains("# TYPE killpath_target_denials_total counter\n"), "{text}");
+        assert_eq!(line(&text, r#"killpath_target_denials_total{target="web",capability="net.connect"}"#).map(|l| l.ends_with(" 5")), Some(true), "{text}");
+        assert!(text.contains(r#"killpath_target_capability_revoked{target="web",capability="net.connect"} 1"#), "{text}");
+        assert!(text.contains(r#"killpath_target_capability_revoked{target="web",capability="exec"} 0"#), "{text}");
+        // Egress buckets name their outcomes as the policer acts.
+        for (o, v) in [("passed", 10), ("marked", 2), ("dropped", 3)] {
+            assert!(text.contains(&format!(r#"killpath_target_throttle_total{{target="web",class="egress-bytes",outcome="{o}"}} {v}"#)), "{o}: {text}");
+        }
+        assert!(text.contains(r#"killpath_target_tripwire_exposure_seconds{target="web",rule="burst"} 0.0015"#), "{text}");
+        assert!(text.contains("killpath_up 1\n") && text.contains("killpath_journal_verify_ok 1\n") && text.contains("killpath_lsm_attached 0\n"), "{text}");
+        assert!(text.contains(r#"killpath_pins_generation{generation="gen-0123456789abcdef"} 1"#), "{text}");
+        assert!(text.contains("killpath_guard_kills_total 4\n"), "{text}");
+        // Every sample has HELP and TYPE (what `promtool check metrics` asks).
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+            assert!(text.contains(&format!("# HELP {family} ")) || text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_command_and_outcome() {
+        use crate::client::protocol::{ErrorBody, Response};
+        let before = encode(&Sample::fixture()).expect("encode");
+        let key = r#"killpath_socket_refused_callers_total{command="unit-test-cmd"}"#;
+        assert!(!before.contains(key));
+        super::super::count_request("unit-test-cmd", &Response::ok(serde_json::Value::Null, serde_json::json!({})));
+        super::super::count_request("unit-test-cmd", &Response::err(serde_json::Value::Null, ErrorBody::new("forbidden", "no")));
+        let text = encode(&Sample::fixture()).expect("encode");
+        assert!(text.contains(r#"killpath_socket_requests_total{command="unit-test-cmd",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"killpath_socket_requests_total{command="unit-test-cmd",outcome="forbidden"} 1"#), "{text}");
+        assert!(text.contains(&format!("{key} 1")), "{text}");
+    }
+}

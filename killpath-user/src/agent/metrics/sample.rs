@@ -5,9 +5,9 @@
 //! journal's verification: [`Sample::finish`]). Nothing here asks the
 //! workload anything: every value is the kernel's or the agent's.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::path::PathBuf;
 
-use killpath_common::{cap, counter, protect, DenialKey, ThrottleCounts};
+use killpath_common::{cap, counter, protect, ThrottleCounts};
 
 use super::super::State;
 use crate::{journal, kernel::cgroup::Cgroup, throttle::class_name};
@@ -71,16 +71,11 @@ pub(super) struct Sample {
     cgroup_mount: PathBuf,
 }
 
-/// One walk of the per-target counters map: (cgroup id, index, kind) -> sum.
-fn counters(s: &State) -> HashMap<(u64, u32, u32), u64> {
-    let Some(d) = s.enforcer.maps.degrade.as_ref() else { return HashMap::new() };
-    d.denials.iter().filter_map(|r| r.ok()).map(|(k, v): (DenialKey, _)| ((k.cgroup_id, k.cap, k._pad), v.iter().sum())).collect()
-}
-
 impl Sample {
     /// The part read under the state lock: copies and map walks, no file I/O.
     pub(super) fn take(s: &State) -> Self {
-        let counts = counters(s);
+        // One walk of the per-target counters map, as `status` does.
+        let counts = super::super::status::counters(s);
         let m = &s.enforcer.maps;
         let targets = s
             .registry
@@ -89,8 +84,9 @@ impl Sample {
             .map(|t| {
                 let id = t.cgroup_id;
                 let kernel = m.get(id);
+                let classes = m.throttle_classes(id);
                 let mut ceilings: Vec<(&'static str, u64)> = Vec::new();
-                for class in m.throttle_classes(id) {
+                for &class in &classes {
                     let name = class_name(class);
                     let c = &t.throttle;
                     let ceiling = if name.starts_with("egress-bytes") {
@@ -114,7 +110,7 @@ impl Sample {
                     level: kernel.map_or(t.level, |k| k.level),
                     revoked: kernel.map_or(t.revoked, |k| k.revoked),
                     ceilings,
-                    buckets: m.throttle_classes(id).into_iter().map(|c| (class_name(c), m.throttle_counts(id, c))).collect(),
+                    buckets: classes.into_iter().map(|c| (class_name(c), m.throttle_counts(id, c))).collect(),
                     denials: (0..cap::COUNT).map(|i| (i, counts.get(&(id, i, 0)).copied().unwrap_or(0))).collect(),
                     protections: protect::NAMES
                         .iter()
@@ -175,5 +171,45 @@ impl Sample {
             std::fs::read_dir(&self.pin_dir).map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("gen-")).count() as u64);
         self.verified = cache.get(&self.journal_path, &self.verify);
         self
+    }
+}
+
+#[cfg(test)]
+impl Sample {
+    /// A sample with one degraded, egress-throttled target, for encoding tests.
+    pub(super) fn fixture() -> Self {
+        let web = TargetSample {
+            name: "web".into(),
+            cgroup: PathBuf::from("/nonexistent"),
+            cgroup_id: 7,
+            level: killpath_common::level::DEGRADE,
+            revoked: crate::degrade::bit("net.connect").unwrap_or(0),
+            ceilings: vec![("egress-bytes", 1000)],
+            buckets: vec![("egress-bytes", ThrottleCounts { passed: 10, paced: 2, denied: 3 })],
+            denials: (0..cap::COUNT).map(|i| (i, if i == 0 { 5 } else { 0 })).collect(),
+            protections: Vec::new(),
+            escapes: Some(0),
+            last_stop_survivors: None,
+            pending: 1,
+            tripwires: vec![("burst".into(), Some(1500.0))],
+            tasks: Some(2),
+        };
+        Sample {
+            targets: vec![web],
+            guard_kills: 4,
+            isolation: vec![("packets_dropped", 9)],
+            marks_lost: Some(0),
+            lsm: false,
+            journal_records: 12,
+            verify: Default::default(),
+            journal_path: PathBuf::new(),
+            pin_dir: PathBuf::new(),
+            generation: "gen-0123456789abcdef".into(),
+            generations: 1,
+            programs_attached: 3,
+            target_links: 2,
+            verified: Some(Verified { ok: true, at_unix_s: 1.5 }),
+            cgroup_mount: PathBuf::new(),
+        }
     }
 }
