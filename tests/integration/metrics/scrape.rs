@@ -19,7 +19,8 @@ const CONNECTS: u32 = 7;
 /// saw refused (and none reached the listener outside); live tasks match
 /// cgroup.procs; a stop shows 0 survivors, 0 tasks and a time to effect;
 /// socket requests are counted by command and outcome, and a caller
-/// inside a target shows up as a refused caller.
+/// inside a target shows up as a refused caller; once released, no series
+/// names the target.
 #[test]
 fn metrics_scrape_follows_degrade_and_stop() {
     let Some(promtool) = promtool() else { return };
@@ -80,6 +81,12 @@ fn metrics_scrape_follows_degrade_and_stop() {
     assert_eq!(sample(&m, "killpath_target_last_stop_survivors", &web), Some(0.0), "{m}");
     assert_eq!(sample(&m, "killpath_target_time_to_effect_seconds_count", &[("target", "web"), ("level", "stopped")]), Some(1.0), "{m}");
     assert_eq!(sample(&m, "killpath_journal_verify_ok", &[]), Some(1.0), "{m}");
+
+    // Released: no series names the target any more.
+    agent.json(&["release", "web"]);
+    let m = scrape(&addr);
+    check(&m, "after release");
+    assert!(!m.contains(r#"target="web""#), "a released target's series are gone:\n{m}");
 }
 
 /// Anything but `GET /metrics` gets a clear 404 or 405, and the agent

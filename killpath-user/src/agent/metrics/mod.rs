@@ -136,6 +136,7 @@ fn scrape(shared: &Shared) -> std::result::Result<String, std::fmt::Error> {
         let locked = std::time::Instant::now();
         (sample::Sample::take(&held), locked.elapsed().as_micros())
     };
+    recorded::forget_targets_except(&sample.targets.iter().map(|t| t.name.as_str()).collect());
     let text = encode::encode(&sample.finish(&shared.gen, &shared.verify));
     tracing::debug!(locked_us, total_us = started.elapsed().as_micros(), "metrics scraped");
     text

@@ -7,7 +7,10 @@
 //! add one call and no field of `State`; no lock here is held for more
 //! than an increment, and never with the state lock taken after it.
 
-use std::sync::OnceLock;
+use std::{
+    collections::BTreeSet,
+    sync::{Mutex, OnceLock, PoisonError},
+};
 
 use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 
@@ -30,6 +33,8 @@ pub(super) struct Recorded {
     pub refused: Family<Labels, Counter>,
     /// {target, level}: receipt of the command to the kernel enforcing it.
     pub effect: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The (target, level) pairs `effect` holds, to drop a released target's.
+    effect_keys: Mutex<BTreeSet<(String, &'static str)>>,
 }
 
 pub(super) fn recorded() -> &'static Recorded {
@@ -38,6 +43,7 @@ pub(super) fn recorded() -> &'static Recorded {
         requests: Family::default(),
         refused: Family::default(),
         effect: Family::new_with_constructor(new_effect_histogram as fn() -> Histogram),
+        effect_keys: Mutex::default(),
     })
 }
 
@@ -54,6 +60,27 @@ pub(in crate::agent) fn count_request(command: &str, response: &Response) {
 /// Records a level change's time to effect (from the transaction's result).
 pub(in crate::agent) fn observe_effect(target: &str, level: Option<u32>, time_to_effect_us: Option<u64>) {
     if let (Some(level), Some(us)) = (level, time_to_effect_us) {
-        recorded().effect.get_or_create(&vec![("target", target.to_owned()), ("level", level_name(level).to_owned())]).observe(us as f64 / 1e6);
+        let r = recorded();
+        let level = level_name(level);
+        r.effect_keys.lock().unwrap_or_else(PoisonError::into_inner).insert((target.to_owned(), level));
+        r.effect.get_or_create(&effect_labels(target, level)).observe(us as f64 / 1e6);
     }
+}
+
+fn effect_labels(target: &str, level: &str) -> Labels {
+    vec![("target", target.to_owned()), ("level", level.to_owned())]
+}
+
+/// Drops the time-to-effect histograms of targets no longer in the
+/// registry (released), so a scrape lists only the targets it has.
+pub(super) fn forget_targets_except(present: &BTreeSet<&str>) {
+    let r = recorded();
+    let mut keys = r.effect_keys.lock().unwrap_or_else(PoisonError::into_inner);
+    keys.retain(|(target, level)| {
+        let keep = present.contains(target.as_str());
+        if !keep {
+            r.effect.remove(&effect_labels(target, level));
+        }
+        keep
+    });
 }
