@@ -6,6 +6,7 @@
 //! what the test itself sees from outside: connects refused as the
 //! workload's own syscalls report them, connections a listener outside
 //! accepted, processes alive.
+mod lsm;
 mod prometheus;
 mod rules;
 mod scrape;
