@@ -49,7 +49,7 @@ fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
-        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key, approver_group } => {
+        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key, approver_group, metrics } => {
             let cgroup_parent = match cgroup_parent {
                 Some(p) => p.clone(),
                 None => AgentConfig::default_cgroup_parent()?,
@@ -68,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 escalation,
                 journal_key: journal_key.clone(),
                 approver_group: *approver_group,
+                metrics: *metrics,
             };
             agent::run(config)?;
             Ok(ExitCode::SUCCESS)

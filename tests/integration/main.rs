@@ -15,6 +15,7 @@ mod int80;
 mod isolate;
 mod journal;
 mod lease;
+mod metrics;
 mod membership;
 mod names;
 mod priority;

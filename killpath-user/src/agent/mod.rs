@@ -16,6 +16,7 @@ mod escape;
 mod isolate;
 mod lifecycle;
 mod named;
+mod metrics;
 mod pending;
 mod probe;
 mod raise;
@@ -73,6 +74,9 @@ pub struct AgentConfig {
     /// Group an approver of pending actions must hold, unless a proposal names its own.
     #[serde(default)]
     pub approver_group: Option<u32>,
+    /// Address serving Prometheus metrics (`--metrics`), if any.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -188,6 +192,8 @@ impl State {
 pub fn run(config: AgentConfig) -> Result<()> {
     // Before any thread starts (nice is per thread, inherited).
     crate::kernel::priority::raise();
+    // Before anything is loaded: an address in use fails the start at once.
+    let metrics = config.metrics.map(metrics::bind).transpose()?;
     let state = State::open(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io("starting the async runtime"))?;
     rt.block_on(async move {
@@ -215,6 +221,9 @@ pub fn run(config: AgentConfig) -> Result<()> {
         }
         tokio::spawn(tripwire::eval_watch(state.clone()));
         tokio::spawn(deadman::lease_watch(state.clone()));
+        if let Some(l) = metrics {
+            tokio::spawn(metrics::serve(l, state.clone()));
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::io("installing SIGTERM handler"))?;
         // Programs attached (State::open), socket listening, readers running.
         readiness::ready(&socket);

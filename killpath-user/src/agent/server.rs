@@ -214,6 +214,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
     let mut framed = Framed::new(stream, codec);
     while let Some(frame) = framed.next().await {
         let received = Instant::now();
+        let mut command = "invalid";
         let response = match frame {
             Ok(Frame::TooLong) => {
                 Response::err(Value::Null, ErrorBody::new("too-long", format!("request line longer than {MAX_LINE} bytes; discarded up to the next newline")))
@@ -224,6 +225,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
                 Err(d) => Response::err(d.id, d.error),
                 Ok(req) if req.cmd == Command::Events {} => return subscribe(framed, req.id, state).await,
                 Ok(req) => {
+                    command = req.cmd.name();
                     let state = state.clone();
                     let shared = fixed.clone();
                     let fixed = fixed.clone();
@@ -283,6 +285,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
                 }
             },
         };
+        super::metrics::count_request(command, &response);
         let line = serde_json::to_string(&response).unwrap_or_else(|_| r#"{"id":null,"ok":false,"error":{"code":"internal","message":"encode"}}"#.into());
         framed.send(line).await.map_err(|e| std::io::Error::other(e.to_string()))?;
     }

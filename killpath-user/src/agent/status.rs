@@ -39,7 +39,7 @@ pub(super) struct Snapshot {
 
 /// One walk of the per-target counters map (denials, protection refusals,
 /// audit counts): (cgroup id, index, key kind) -> sum over CPUs.
-fn counters(s: &State) -> HashMap<(u64, u32, u32), u64> {
+pub(super) fn counters(s: &State) -> HashMap<(u64, u32, u32), u64> {
     let Some(d) = s.enforcer.maps.degrade.as_ref() else { return HashMap::new() };
     d.denials.iter().filter_map(|r| r.ok()).map(|(k, v): (DenialKey, _)| ((k.cgroup_id, k.cap, k._pad), v.iter().sum())).collect()
 }

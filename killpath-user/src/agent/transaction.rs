@@ -160,6 +160,9 @@ impl State {
             }
             Err(e) => res.outcome = Some(format!("error: {e}")),
         }
+        if let (Ok(done), Some(name)) = (&outcome, target) {
+            super::metrics::observe_effect(name, done.to_level, done.time_to_effect_us);
+        }
         // The response waits for this fsync: nothing acknowledged is lost.
         let result_journaling = Instant::now();
         let rec = self.journal.append(res)?;

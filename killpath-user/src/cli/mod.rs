@@ -74,6 +74,9 @@ pub enum Cmd {
         /// supplementary group (root too), unless a proposal names its own.
         #[arg(long, value_name = "GROUP", value_parser = parse_group)]
         approver_group: Option<u32>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Report what this kernel can enforce (loads a tiny program of each type).
     Probe,

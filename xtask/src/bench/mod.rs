@@ -45,6 +45,7 @@ mod report;
 mod sandbox;
 mod scale;
 mod section;
+mod metrics;
 mod stop_flood;
 mod stop_single;
 mod throttle;
@@ -64,7 +65,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// stop_flood, throttle, overhead, lease, exposure, tripwire_cost, scale, time_to_effect); repeatable. Default: all. The
+    /// stop_flood, metrics, throttle, overhead, lease, exposure, tripwire_cost, scale, time_to_effect); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -122,6 +123,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("isolate", isolate::isolate),
                 ("stop_single", stop_single::stop_single),
                 ("stop_flood", stop_flood::stop_flood),
+                ("metrics", metrics::metrics),
                 ("throttle", throttle::throttle),
                 ("overhead", overhead::overhead),
                 ("lease", lease::lease),

@@ -113,6 +113,17 @@ impl Sandbox {
 
     /// Starts the agent (output to agent.log) and waits until it answers a ping.
     pub(super) fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    /// Restarts the agent with `extra` arguments (SIGTERM; the pins stay, so
+    /// enforcement does); `&[]` puts the usual agent back.
+    pub(super) fn restart_agent_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.inner.stop_agent(AGENT_STOP_GRACE);
+        self.start_agent_with(extra)
+    }
+
+    fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         if self.inner.agent_running() {
             return Ok(());
         }
@@ -124,6 +135,7 @@ impl Sandbox {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = self.inner.agent_command(&self.kp);
+        cmd.args(extra);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         self.inner.start_agent(cmd, AGENT_READY_TIMEOUT).map_err(|e| match e {
             killpath_sandbox::Error::AgentExited(_) => {

@@ -37,6 +37,9 @@ const APT_PACKAGES: &[&str] = &[
     "zsh",
     "fish",
     "man-db",
+    // The metrics tests: `promtool check metrics|rules`, `promtool test
+    // rules` and a real Prometheus server scraping the agent.
+    "prometheus",
     // The guest runs the host's udevd to create /dev/virtio-ports/virtme.*;
     // without them vng falls back to the serial console, prints nothing
     // without -v and exits 255 whatever the command returned.
