@@ -136,9 +136,9 @@ impl Agent {
         // the emulated VM while the machine's cores are busy (seen: 60 s
         // passed while the agent was otherwise idle).
         if test_env().as_deref() == Some("vm") {
-            c.env("KILLPATH_TIMEOUT", "300");
+            c.env("KILLPATH_REQUEST_TIMEOUT", "300");
         } else {
-            c.env_remove("KILLPATH_TIMEOUT");
+            c.env_remove("KILLPATH_REQUEST_TIMEOUT");
         }
         c
     }

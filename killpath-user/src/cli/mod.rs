@@ -28,8 +28,8 @@ pub struct Cli {
     /// Seconds to wait for the agent's answer (a probe loads test programs:
     /// slow on an emulated or loaded machine). `stop` has its own
     /// `--agent-timeout` before it stops the cgroup directly.
-    #[arg(long, global = true, env = "KILLPATH_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
-    pub timeout: f64,
+    #[arg(long, global = true, env = "KILLPATH_REQUEST_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
+    pub request_timeout: f64,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -452,4 +452,61 @@ fn parse_group(s: &str) -> Result<u32, String> {
 
 fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap's own consistency checks over every subcommand.
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    /// The global `--request-timeout` and the subcommands' own `--timeout`
+    /// (an approval's) are different arguments: a global named `timeout`
+    /// made `tripwire add --timeout 5m` panic in clap at run time, which
+    /// `debug_assert` does not see.
+    #[test]
+    fn approval_timeouts_parse_beside_the_request_timeout() {
+        use clap::Parser as _;
+        let cli = super::Cli::try_parse_from(["killpath", "--request-timeout", "5", "propose", "web", "--level", "isolate", "--timeout", "5m"])
+            .expect("propose parses");
+        assert_eq!(cli.request_timeout, 5.0);
+        let super::Cmd::Propose { timeout, .. } = cli.cmd else { panic!("not propose: {:?}", cli.cmd) };
+        assert_eq!(timeout, "5m");
+        let cli = super::Cli::try_parse_from([
+            "killpath",
+            "tripwire",
+            "add",
+            "r",
+            "--target",
+            "web",
+            "--metric",
+            "connects",
+            "--above",
+            "20",
+            "--window",
+            "1s",
+            "--action",
+            "isolate",
+            "--timeout",
+            "5m",
+        ])
+        .expect("tripwire add parses");
+        assert_eq!(cli.request_timeout, 60.0);
+        let super::Cmd::Tripwire { cmd: super::tripwire::TripwireCmd::Add { timeout, .. } } = cli.cmd else { panic!("not tripwire add: {:?}", cli.cmd) };
+        assert_eq!(timeout.as_deref(), Some("5m"));
+    }
+
+    #[test]
+    fn request_timeout_bounds() {
+        for ok in ["0.5", "60", "86400"] {
+            assert!(super::positive_seconds(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "-1", "inf", "NaN", "86401", "x"] {
+            assert!(super::positive_seconds(bad).is_err(), "{bad}");
+        }
+    }
 }

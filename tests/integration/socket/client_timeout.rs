@@ -1,4 +1,4 @@
-//! The CLI's wait for an answer: `--timeout` / `KILLPATH_TIMEOUT` bound
+//! The CLI's wait for an answer: `--request-timeout` / `KILLPATH_REQUEST_TIMEOUT` bound
 //! it (a socket that accepts and never answers, like an agent wedged in
 //! the kernel), and an impossible value is refused before anything is
 //! sent. Needs no privileges and no agent.
@@ -18,15 +18,15 @@ fn client_timeout_bounds_the_wait_and_refuses_impossible_values() {
     let _mute = UnixListener::bind(&sock).expect("bind");
     let run = |args: &[&str], env: Option<&str>| {
         let mut c = Command::new(BIN);
-        c.arg("--socket").arg(&sock).args(args).env_remove("KILLPATH_TIMEOUT");
+        c.arg("--socket").arg(&sock).args(args).env_remove("KILLPATH_REQUEST_TIMEOUT");
         if let Some(v) = env {
-            c.env("KILLPATH_TIMEOUT", v);
+            c.env("KILLPATH_REQUEST_TIMEOUT", v);
         }
         let t = Instant::now();
         let out = c.output().expect("run killpath");
         (out, t.elapsed())
     };
-    for (args, env) in [(&["--timeout", "1", "status"][..], None), (&["status"][..], Some("1"))] {
+    for (args, env) in [(&["--request-timeout", "1", "status"][..], None), (&["status"][..], Some("1"))] {
         let (out, took) = run(args, env);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded against a mute socket");
@@ -34,9 +34,9 @@ fn client_timeout_bounds_the_wait_and_refuses_impossible_values() {
         assert!(took < Duration::from_secs(20), "{args:?} waited {took:?} with a 1 s timeout");
     }
     for bad in ["0", "-3", "abc", "inf", "NaN", "100000"] {
-        let (out, _) = run(&[&format!("--timeout={bad}"), "status"], None);
+        let (out, _) = run(&[&format!("--request-timeout={bad}"), "status"], None);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "--timeout {bad}: {err}");
-        assert!(err.contains("--timeout") && err.contains(bad), "--timeout {bad}: {err}");
+        assert_eq!(out.status.code(), Some(2), "--request-timeout {bad}: {err}");
+        assert!(err.contains("--request-timeout") && err.contains(bad), "--request-timeout {bad}: {err}");
     }
 }
