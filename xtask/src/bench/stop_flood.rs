@@ -95,7 +95,7 @@ fn journal_head(sb: &mut Sandbox) -> Result<u64> {
 
 /// A fresh target with one `sleep`, stopped: wall, result, survivors
 /// (the larger of the agent's count and cgroup.procs).
-fn one_stop(sb: &mut Sandbox, name: &str) -> Result<(Duration, Value, usize)> {
+pub(super) fn one_stop(sb: &mut Sandbox, name: &str) -> Result<(Duration, Value, usize)> {
     sb.call("create", json!({"name": name}))?;
     let cg = sb.parent().join(name);
     let mut child = spawn_in_cgroup(&cg, &["sleep", "1000"])?;
