@@ -31,10 +31,10 @@ use crate::{
 
 /// Sleepers beside the canary: more than a small target, so the stop
 /// freezes first.
-const SLEEPERS: usize = killpath::stop::SMALL_TARGET + 36;
+const SLEEPERS: usize = killpath::stop::SMALL_TARGET * 4;
 
 /// At most this many stops, each of a fresh target.
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 8;
 
 /// The canary's pid: the python process in `cg`.
 fn canary_pid(cg: &Cgroup) -> i32 {
