@@ -66,6 +66,8 @@ pub enum Error {
     WrongLevel { name: String, level: &'static str, why: &'static str },
     #[error("the caller (pid {pid}) is inside target {target:?} and may only read (ping, probe, status, capabilities, journal, events)")]
     InsideTarget { pid: i32, target: String },
+    #[error("the caller (pid {pid}) is inside a target (cgroup id {cgroup_id}) and may only read (ping, probe, status, capabilities, journal, events)")]
+    InsideTargetCgroup { pid: i32, cgroup_id: u64 },
     #[error("the caller (pid {pid}) is gone or its cgroup cannot be read: refusing to change anything for it")]
     CallerUnknown { pid: i32 },
     #[error("target {name:?}: its cgroup path does not lead to its cgroup (id {cgroup_id}): {why}; refused")]
@@ -96,10 +98,15 @@ impl Error {
             Self::NoSuchProcess(_) => "no-such-process",
             Self::InvalidRequest(_) => "bad-request",
             Self::Kernel(_) | Self::Load(_) | Self::Program { .. } | Self::Map { .. } | Self::Link { .. } | Self::Pin { .. } => "kernel",
+            // Distinct: nothing is journaled (so nothing changes) until the
+            // agent restarts; `killpath stop` then stops without it.
+            Self::Journal(JournalError::Poisoned { .. }) => crate::client::JOURNAL_POISONED,
             Self::Journal(_) => "journal",
             Self::Io { .. } => "io",
             Self::WrongLevel { .. } => "wrong-level",
-            Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::CallerUnknown { .. } | Self::NotApprover { .. } => "forbidden",
+            Self::Forbidden { .. } | Self::InsideTarget { .. } | Self::InsideTargetCgroup { .. } | Self::CallerUnknown { .. } | Self::NotApprover { .. } => {
+                "forbidden"
+            }
             Self::NotPending { .. } => "bad-request",
             Self::CgroupMismatch { .. } => "cgroup-mismatch",
             Self::DrillConflict { .. } => "drill-conflict",

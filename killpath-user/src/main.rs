@@ -98,7 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cmd = Command::Stop { name: name.clone(), reason: reason.clone(), order: None };
             let r = match client::call(&cli.socket, &cmd, timeout) {
                 Ok(r) => r,
-                Err(e) if e.agent_unavailable() => {
+                // An agent that answers but can journal nothing (its
+                // journal is poisoned) is bypassed like one that does not answer.
+                Err(e) if e.agent_unavailable() || e.journal_poisoned() => {
                     let why = e.to_string();
                     eprintln!("killpath: {why}; stopping {name} directly through its cgroup");
                     fallback::stop(&state_dir(&cli), name, reason.as_deref(), &why, started)?

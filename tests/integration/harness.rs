@@ -77,6 +77,13 @@ impl Agent {
     /// Like [`Agent::start`], with extra `killpath agent` arguments, which
     /// [`Agent::spawn`] passes again on every restart.
     pub fn start_with(extra_args: &[&str]) -> Option<Agent> {
+        Self::start_prepared(extra_args, |_| {})
+    }
+
+    /// Like [`Agent::start_with`], calling `prepare` with the state dir
+    /// (created, empty) before the agent first starts (e.g. to mount a
+    /// filesystem there).
+    pub fn start_prepared(extra_args: &[&str], prepare: impl FnOnce(&Path)) -> Option<Agent> {
         if !root() {
             return None;
         }
@@ -97,6 +104,8 @@ impl Agent {
             sandbox,
             dir,
         };
+        std::fs::create_dir_all(&a.state_dir).expect("state dir");
+        prepare(&a.state_dir);
         a.spawn();
         Some(a)
     }
@@ -192,10 +201,7 @@ impl Agent {
 
     /// Every journal record, parsed.
     pub fn journal(&self) -> Vec<Value> {
-        journal_text(&self.journal_path())
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
-            .collect()
+        journal_text(&self.journal_path()).lines().map(|l| serde_json::from_str(l).expect("journal line is JSON")).collect()
     }
 }
 
@@ -232,10 +238,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<()> 
 
 /// Whether a pid is alive (and not a zombie).
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z'))).unwrap_or(false)
 }
 
 /// Path helper for tests that need files.

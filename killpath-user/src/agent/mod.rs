@@ -5,6 +5,7 @@ mod anchor;
 mod audit;
 mod caller;
 mod confinement;
+mod confinement_unlocked;
 mod deadman;
 pub mod defaults;
 mod degrade;

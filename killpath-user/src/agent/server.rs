@@ -133,14 +133,14 @@ pub fn bind(state: &State) -> Result<UnixListener> {
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
     info!("serving");
     // Read once: a new connection never waits for the state lock.
-    let (group, unlocked) = {
+    let (group, unlocked, early) = {
         let s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (s.config.group, super::stop_first::Unlocked::of(&s))
+        (s.config.group, super::stop_first::Unlocked::of(&s), super::confinement_unlocked::Early::open(&s))
     };
     // Stops run on their own thread (see `stop_thread`); without it, in
     // the blocking pool like before (the agent still serves).
     let stops = super::stop_thread::StopThread::start().map_err(|e| error!("{e}")).ok();
-    let fixed = Arc::new(Fixed { group, unlocked, stops, in_flight: super::stop_thread::InFlight::new() });
+    let fixed = Arc::new(Fixed { group, unlocked, early, stops, in_flight: super::stop_thread::InFlight::new() });
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -182,6 +182,8 @@ fn authorized(caller: Caller, group: Option<u32>) -> bool {
 struct Fixed {
     group: Option<u32>,
     unlocked: super::stop_first::Unlocked,
+    /// Confinement checked before queueing (`confinement_unlocked`).
+    early: Option<super::confinement_unlocked::Early>,
     stops: Option<super::stop_thread::StopThread>,
     in_flight: super::stop_thread::InFlight,
 }
@@ -240,6 +242,14 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
                         continue;
                     }
                     caller.drill = *drill;
+                    // A caller inside a target is refused before anything is
+                    // queued: its requests never wait on the stop thread nor
+                    // hold a thread (`confinement_unlocked`).
+                    if let Some(e) = super::confinement_unlocked::refuse(fixed.early.as_ref(), &req.cmd, caller, &state).await {
+                        let line = serde_json::to_string(&Response::err(id, ErrorBody::new(e.code(), e.to_string()))).unwrap_or_default();
+                        framed.send(line).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+                        continue;
+                    }
                     let mutates = req.cmd.mutates();
                     let allowed = !mutates || authorized(caller, group);
                     let is_stop = matches!(req.cmd, Command::Stop { .. });

@@ -172,12 +172,22 @@ thread_local! {
     static CHECKED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
     /// This thread's run delay when it picked its stop up (see [`run_delay_us`]).
     static DELAY_AT_PICKUP: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Stops queued or running on the stop thread when this one was queued.
+    static QUEUED_AHEAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Records that the stop thread picked a stop up now.
-pub(super) fn picked_up() {
+/// Records that the stop thread picked a stop up now; `ahead` stops were
+/// queued or running when it was queued.
+pub(super) fn picked_up(ahead: usize) {
+    QUEUED_AHEAD.with(|c| c.set(ahead));
     PICKED_AT.with(|c| c.set(Some(Instant::now())));
     DELAY_AT_PICKUP.with(|c| c.set(run_delay_ns().unwrap_or(0)));
+}
+
+/// Stops queued or running on the stop thread when this thread's stop was
+/// queued (0 off the stop thread): what the stop waited behind.
+pub(super) fn queued_ahead() -> usize {
+    QUEUED_AHEAD.with(std::cell::Cell::get)
 }
 
 /// Records that the stop's caller checks (authorization, confinement) are done.

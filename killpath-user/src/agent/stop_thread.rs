@@ -24,40 +24,46 @@ use crate::error::{Error, Result};
 pub(super) struct Job {
     pub(super) run: Box<dyn FnOnce() -> Result<Value> + Send>,
     pub(super) answer: oneshot::Sender<Result<Value>>,
+    /// Stops queued or running when this one was queued.
+    pub(super) ahead: usize,
 }
 
-/// The stop thread's queue.
+/// The stop thread's queue, and how many stops are in it or running.
 #[derive(Clone)]
-pub(super) struct StopThread(mpsc::Sender<Job>);
+pub(super) struct StopThread(mpsc::Sender<Job>, Arc<AtomicUsize>);
 
 impl StopThread {
     /// Starts the thread. Its jobs take the state lock through
     /// [`stop_first::lock`]; the thread stays at the stop's priority.
     pub(super) fn start() -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let left = queued.clone();
         std::thread::Builder::new()
             .name("kp-stop".into())
             .spawn(move || {
                 stop_first::raise_to_stop_priority();
                 for job in rx {
-                    stop_first::picked_up();
+                    stop_first::picked_up(job.ahead);
                     // A panicked stop must not take the thread (and every
                     // later stop) with it.
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.run)).unwrap_or_else(|_| {
                         error!("stop handler panicked");
                         Err(Error::InvalidRequest("internal error in the stop; the agent is still running".into()))
                     });
+                    left.fetch_sub(1, Ordering::SeqCst);
                     let _ = job.answer.send(r);
                 }
             })
             .map_err(Error::io("starting the stop thread"))?;
-        Ok(Self(tx))
+        Ok(Self(tx, queued))
     }
 
     /// Runs `run` on the stop thread and waits (asynchronously) for it.
     pub(super) async fn run(&self, run: Box<dyn FnOnce() -> Result<Value> + Send>) -> Result<Value> {
         let (answer, rx) = oneshot::channel();
-        self.0.send(Job { run, answer }).map_err(|_| Error::InvalidRequest("the stop thread is gone".into()))?;
+        let ahead = self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.send(Job { run, answer, ahead }).map_err(|_| Error::InvalidRequest("the stop thread is gone".into()))?;
         rx.await.map_err(|_| Error::InvalidRequest("the stop thread dropped the request".into()))?
     }
 }

@@ -74,12 +74,18 @@ impl State {
     /// Rate-limited per target (see `confinement::journal_refusal_now`).
     pub fn journal_confined_refusal(&mut self, caller: Caller, cmd: &Command, why: &crate::error::Error, target: Option<&str>) -> Result<()> {
         let Some(left_out) = super::confinement::journal_refusal_now(target) else { return Ok(()) };
+        self.journal_confined_refusal_counted(caller, cmd.name(), &why.to_string(), target, left_out)
+    }
+
+    /// Journals (and alerts) one confined refusal whose rate limit was
+    /// checked already; `left_out` refusals were not journaled before it.
+    pub(super) fn journal_confined_refusal_counted(&mut self, caller: Caller, cmd: &str, why: &str, target: Option<&str>, left_out: u64) -> Result<()> {
         let mut e = Entry::new(caller.actor(), Phase::Event, "refused");
-        e.params = json!({"cmd": cmd.name(), "gid": caller.gid, "inside_target": target, "refusals_not_journaled_before": left_out});
+        e.params = json!({"cmd": cmd, "gid": caller.gid, "inside_target": target, "refusals_not_journaled_before": left_out});
         e.outcome = Some(format!("forbidden: {why}"));
         e.high_priority = true;
         self.journal.append(e)?;
-        let alert = json!({"type": "alert", "priority": "high", "action": "refused", "target": target, "cmd": cmd.name(), "pid": caller.pid, "message": why.to_string()});
+        let alert = json!({"type": "alert", "priority": "high", "action": "refused", "target": target, "cmd": cmd, "pid": caller.pid, "message": why});
         let _ = self.events.send(alert);
         Ok(())
     }

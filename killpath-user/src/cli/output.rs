@@ -190,7 +190,7 @@ impl Output {
             return;
         }
         if r["fallback"] == Value::Bool(true) {
-            println!("agent unavailable ({}): stopped directly; guard {}; journaled to {}", s(&r["agent_error"]), s(&r["guard"]), s(&r["journal"]));
+            println!("agent bypassed ({}): stopped directly; guard {}; journaled to {}", s(&r["agent_error"]), s(&r["guard"]), s(&r["journal"]));
         }
         println!(
             "stopped {}: {} survivors of {} tasks; halted in {} µs ({}), empty in {} µs ({}{})",

@@ -123,6 +123,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "halt": r.halt,
         "freeze_timed_out": r.freeze_timed_out,
         "halt_waited_for_marked": r.halt_waited_for_marked,
+        "escapes_during_halt": r.escapes_during_halt,
         "used_cgroup_kill": r.used_cgroup_kill,
         "used_freeze": r.used_freeze,
         "escape_attempts": escape_attempts,

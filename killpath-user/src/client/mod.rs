@@ -18,6 +18,10 @@ use serde_json::Value;
 
 use protocol::{Command, ErrorBody, Response};
 
+/// The error code of an agent whose journal is poisoned (a write or sync
+/// failed): it refuses every change until restarted.
+pub const JOURNAL_POISONED: &str = "journal-poisoned";
+
 /// Default agent socket.
 pub const DEFAULT_SOCKET: &str = "/run/killpath/agent.sock";
 
@@ -40,6 +44,12 @@ impl ClientError {
     /// `stop` acts on the cgroup itself.
     pub fn agent_unavailable(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Timeout { .. } | Self::Io { .. })
+    }
+
+    /// The agent answered that its journal is poisoned: it changes nothing
+    /// until restarted, so `stop` acts on the cgroup itself too.
+    pub fn journal_poisoned(&self) -> bool {
+        matches!(self, Self::Agent(body) if body.code == JOURNAL_POISONED)
     }
 }
 

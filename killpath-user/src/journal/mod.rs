@@ -79,8 +79,20 @@ pub enum JournalError {
     #[error("journal {} failed verification: {} ({} problem(s))", .path.display(),
         .problems.first().map_or("", |p| p.message.as_str()), .problems.len())]
     Corrupt { path: PathBuf, problems: Vec<Problem> },
-    #[error("journal {}: an earlier write or sync failed; reopen it to re-verify", .path.display())]
-    Poisoned { path: PathBuf },
+    /// A write or sync failed (this append's or an earlier one): the file
+    /// state is unknown, nothing more is appended until it is reopened.
+    /// `cause` is the first failure.
+    #[error("journal {} is poisoned: {cause}; nothing more is appended until it is reopened (restart the agent to re-verify it)", .path.display())]
+    Poisoned { path: PathBuf, cause: String },
+}
+
+/// What poisoned a journal, for every later refusal: the failed operation
+/// and the kernel's error, without the path (the refusal names it).
+fn poison_cause(e: &JournalError) -> String {
+    match e {
+        JournalError::Io { op, source, .. } => format!("{op} failed: {source}"),
+        other => other.to_string(),
+    }
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -148,8 +160,9 @@ pub struct Journal {
     /// The last complete line (with its newline), as this journal wrote or
     /// read it: the file must still end with it at the next append.
     last_line: Vec<u8>,
-    /// Set when a write or sync failed: the file state is unknown until reopened.
-    poisoned: bool,
+    /// Set when a write or sync failed (what failed): the file state is
+    /// unknown until reopened.
+    poisoned: Option<String>,
     key: Option<Key>,
     observer: Option<Observer>,
     /// What the last append's write and sync took (see [`AppendTiming`]).
@@ -233,7 +246,7 @@ impl Journal {
             end,
             reserve: 0,
             last_line,
-            poisoned: false,
+            poisoned: None,
             key,
             observer: None,
             timing: AppendTiming::default(),
@@ -271,8 +284,8 @@ impl Journal {
     /// If the file no longer ends with the line this journal last wrote (rewritten,
     /// truncated, replaced), a `journal-rewritten` record saying so goes first.
     pub fn append(&mut self, entry: Entry) -> Result<Record, JournalError> {
-        if self.poisoned {
-            return Err(JournalError::Poisoned { path: self.path.clone() });
+        if let Some(cause) = &self.poisoned {
+            return Err(JournalError::Poisoned { path: self.path.clone(), cause: cause.clone() });
         }
         if let Some(found) = self.check_tail()? {
             let note = self.resync(found)?;
@@ -310,12 +323,15 @@ impl Journal {
         }
         line.extend_from_slice(b"}\n");
         if let Err(e) = self.write_durably(&line, started) {
-            self.poisoned = true;
             // Best effort: drop any partial line so a later reopen sees a clean tail.
             if let Err(undo) = self.file.set_len(self.len) {
                 warn!(path = %self.path.display(), error = %undo, "cannot undo failed journal write");
             }
-            return Err(e);
+            // Said as poisoned from this very failure on: the caller (a
+            // stop) can tell it apart from a refusal it could retry.
+            let cause = poison_cause(&e);
+            self.poisoned = Some(cause.clone());
+            return Err(JournalError::Poisoned { path: self.path.clone(), cause });
         }
         self.next_seq += 1;
         self.last_hash.clone_from(&hash);
@@ -378,8 +394,9 @@ impl Journal {
                     // the next record lands in, may not be on disk, and a
                     // later fdatasync can succeed without them. Nothing
                     // more is acknowledged until a reopen re-verifies.
-                    self.poisoned = true;
-                    break Err(io_err(&self.path, "fdatasync zeros")(e));
+                    let e = io_err(&self.path, "fdatasync zeros")(e);
+                    self.poisoned = Some(poison_cause(&e));
+                    break Err(e);
                 }
                 break Ok(());
             }
@@ -404,7 +421,7 @@ impl Journal {
     /// Whether the next [`Journal::top_up`] writes zeros: fewer than half
     /// the reserve left ahead of the tail (never when poisoned).
     pub fn top_up_due(&self) -> bool {
-        !self.poisoned && self.reserve > 0 && self.end.saturating_sub(self.len) < self.reserve / 2
+        self.poisoned.is_none() && self.reserve > 0 && self.end.saturating_sub(self.len) < self.reserve / 2
     }
 
     /// The journal file.

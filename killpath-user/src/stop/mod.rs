@@ -42,6 +42,7 @@
 //! The no-agent path (`killpath stop` when the agent does not answer) is
 //! `client::fallback`: it reads the agent's registry, so it sits above the
 //! levels. Kernel side: the stop guard in `killpath-ebpf/src/stop.rs`.
+mod escaped;
 mod halt;
 mod order;
 mod pidfds;
@@ -102,6 +103,12 @@ pub struct StopReport {
     /// missing, and only the cgroup was stopped).
     #[serde(default)]
     pub membership: bool,
+    /// Escapes of the target's tasks (a move out through `cgroup.procs`)
+    /// counted by the kernel between the start of the halt and the kill
+    /// write: the escaped ran outside, so `frozen 1` did not halt them and
+    /// the halt is reported no earlier than their SIGKILL (see `escaped`).
+    #[serde(default)]
+    pub escapes_during_halt: u64,
 }
 
 /// The observation that ended a stop's halt.
@@ -178,6 +185,7 @@ pub fn hard_stop_guarded(
     timeout: Duration,
 ) -> Result<StopReport> {
     let mut report = StopReport { membership: marked.is_some(), ..Default::default() };
+    let escapes_before = escaped::count(marked);
     let small = if order == StopOrder::Auto { cg.procs_upto(SMALL_TARGET).filter(|_| cg.has_kill()) } else { None };
     tracing::debug!(small = small.is_some(), at_us = micros(received), "hard stop: sized");
     let (procs, mut watch) = match small {
@@ -196,6 +204,9 @@ pub fn hard_stop_guarded(
     };
     let procs: std::collections::BTreeSet<u32> = procs.into_iter().map(|p| p as u32).collect();
     report.tasks_at_start = procs.len();
+    // Moved out since the halt began: listed in `procs`, missed by the
+    // kill write, running outside (see `escaped`).
+    report.escapes_during_halt = escaped::since(marked, escapes_before);
     let mut killed = std::collections::BTreeSet::new();
     // Members outside the cgroup (escaped, or born outside by clone3):
     // SIGKILL through pidfds. The guard kills them too at their next
@@ -207,8 +218,11 @@ pub fn hard_stop_guarded(
         // A small target's marks are all signalled: a process listed at
         // the size check may have been moved out of the cgroup before the
         // kill write (cgroup.kill would miss it). Cheap at this size.
-        let to_kill: Vec<(u32, killpath_common::Member)> =
-            if watch.is_some() { all.clone() } else { all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).copied().collect() };
+        let to_kill: Vec<(u32, killpath_common::Member)> = if watch.is_some() || report.escapes_during_halt > 0 {
+            all.clone()
+        } else {
+            all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).copied().collect()
+        };
         let outside: std::collections::BTreeSet<u32> = all.iter().filter(|(_, mk)| !procs.contains(&mk.tgid)).map(|(_, mk)| mk.tgid).collect();
         // Which of those not listed in the cgroup run outside it now (read
         // before their kill: a dead process has no cgroup to tell): they
@@ -217,9 +231,13 @@ pub fn hard_stop_guarded(
         let rel = if outside.is_empty() { None } else { target_rel(cg) };
         report.marked_outside = outside.iter().filter(|p| outside_of(**p, rel.as_deref())).count();
         killed.extend(m.kill_marks(&to_kill));
-        if report.marked_outside > 0 {
+        if report.marked_outside > 0 || report.escapes_during_halt > 0 {
             report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
             report.halt_waited_for_marked = true;
+        }
+        // `frozen 1` did not cover a task that left the cgroup after it.
+        if report.escapes_during_halt > 0 && report.halt == Halt::Frozen {
+            report.halt = Halt::KillWritten;
         }
     }
     let deadline = Instant::now() + timeout;

@@ -7,6 +7,7 @@
 //! does not hang the stop; and read-only commands flooding the agent
 //! neither delay a stop forever nor see a record that is not durable.
 mod freeze_blocked;
+mod escaped;
 mod outside;
 mod read_flood;
 

@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`stop_flood`], [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`scale`]); [`section`] and [`report`] hold the results
+//! [`stop_flood`], [`confined_flood`], [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`scale`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -34,6 +34,7 @@ use crate::{proc, setup};
 use common::read_trimmed;
 
 mod common;
+mod confined_flood;
 mod exposure;
 mod fork_bomb;
 mod helper;
@@ -65,7 +66,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// stop_flood, metrics, throttle, overhead, lease, exposure, tripwire_cost, scale, time_to_effect); repeatable. Default: all. The
+    /// stop_flood, confined_flood, metrics, throttle, overhead, lease, exposure, tripwire_cost, scale, time_to_effect); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -124,6 +125,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("stop_single", stop_single::stop_single),
                 ("stop_flood", stop_flood::stop_flood),
                 ("metrics", metrics::metrics),
+                ("confined_flood", confined_flood::confined_flood),
                 ("throttle", throttle::throttle),
                 ("overhead", overhead::overhead),
                 ("lease", lease::lease),

@@ -1,0 +1,24 @@
+//! Escapes during a halt. A task moved out of the target's cgroup through
+//! `cgroup.procs` (by any writer outside it) after `frozen 1` leaves the
+//! frozen cgroup: it thaws where it lands and runs user code, and the kill
+//! write that follows misses it (it is no longer in the cgroup). It dies
+//! to its membership mark (the stop SIGKILLs every mark, the guard kills
+//! it at its next switch), so no halt may be reported before that kill.
+//!
+//! The kernel counts every such move per target (`KP_ESCAPES`, at the
+//! `cgroup_attach_task` tracepoint, see `killpath-ebpf/src/members.rs`):
+//! the count is read before the halt and again once the kill is written
+//! (a task with SIGKILL pending runs no user code, so a move after the
+//! write does not matter).
+use super::Marked;
+
+/// The escapes counted so far for the target and its nested targets (0
+/// without membership maps: nothing is counted then).
+pub(super) fn count(marked: Marked<'_>) -> u64 {
+    marked.map_or(0, |(m, ids)| ids.iter().map(|id| m.escapes(*id)).sum())
+}
+
+/// Escapes counted since `before` (see [`count`]).
+pub(super) fn since(marked: Marked<'_>, before: u64) -> u64 {
+    count(marked).saturating_sub(before)
+}
