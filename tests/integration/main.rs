@@ -21,6 +21,7 @@ mod privileges;
 mod probe;
 mod protect;
 mod raise;
+mod registry;
 mod scale;
 mod socket;
 mod stop;
