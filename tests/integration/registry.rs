@@ -74,7 +74,7 @@ fn registry_kill9_mid_commands_keeps_every_acknowledged_level() {
     let kids: Vec<Child> = (0..TARGETS).map(|i| agent.run_bg(&format!("r{i}"), &["sleep", "1000"], 1)).collect();
     let mut acked: BTreeMap<String, usize> = (0..TARGETS).map(|i| (format!("r{i}"), 0)).collect();
     let mut acks_total = 0;
-    for round in 0..5u64 {
+    for round in 0..3u64 {
         let (tx, rx) = mpsc::channel();
         let (socket, state_dir, levels) = (agent.socket.clone(), agent.state_dir.clone(), acked.clone());
         let driver = std::thread::spawn(move || {
@@ -143,7 +143,7 @@ fn registry_kill9_mid_commands_keeps_every_acknowledged_level() {
             .collect();
         assert!(stray.is_empty(), "round {round}: temp files left after the restart: {stray:?}");
     }
-    assert!(acks_total >= 5 * 3, "commands were acknowledged between the kills");
+    assert!(acks_total >= 3 * 3, "commands were acknowledged between the kills");
 
     // The former single file: the agent dies, its registry is put back in
     // the old layout, and the next start migrates it.
