@@ -12,7 +12,8 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// Journal the CLI writes when it had to act without the agent; the agent
 /// imports it when it comes back.
 pub const FALLBACK_JOURNAL_FILE: &str = "fallback-journal.jsonl";
-/// The target registry.
+/// The former single-file target registry (now `targets/NAME.json`, see
+/// `target::TARGETS_DIR`; migrated on the agent's start).
 pub const TARGETS_FILE: &str = "targets.json";
 /// Actions waiting for approval (`agent::pending`).
 pub const PENDING_FILE: &str = "pending.json";

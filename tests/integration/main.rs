@@ -25,6 +25,7 @@ mod privileges;
 mod probe;
 mod protect;
 mod raise;
+mod registry;
 mod scale;
 mod service;
 mod socket;

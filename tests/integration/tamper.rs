@@ -167,10 +167,11 @@ fn stop_acts_on_the_real_cgroup_under_a_tmpfs() {
 }
 
 /// Points target `name` at `cgroup` (and `cgroup_id`, when given) in the
-/// registry file, as a workload that can write the state dir would.
+/// registry (its file `targets/NAME.json`), as a workload that can write
+/// the state dir would.
 fn forge(agent: &Agent, name: &str, cgroup: &Path, cgroup_id: Option<u64>) {
-    let path = agent.state_dir.join("targets.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("targets.json")).expect("targets.json is JSON");
+    let path = registry_file(agent, name);
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("target file")).expect("target file is JSON");
     fn walk(v: &mut Value, name: &str, cgroup: &Path, id: Option<u64>) -> bool {
         match v {
             Value::Object(m) if m.get("name").and_then(Value::as_str) == Some(name) && m.contains_key("cgroup") => {
@@ -186,7 +187,12 @@ fn forge(agent: &Agent, name: &str, cgroup: &Path, cgroup_id: Option<u64>) {
         }
     }
     assert!(walk(&mut v, name, cgroup, cgroup_id), "target {name} not found in {v}");
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).expect("write targets.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).expect("write the target's file");
+}
+
+/// Target `name`'s file in the agent's registry.
+fn registry_file(agent: &Agent, name: &str) -> std::path::PathBuf {
+    agent.state_dir.join("targets").join(format!("{name}.json"))
 }
 
 /// (c) With the agent dead, a forged registry pointing a target at a decoy
@@ -202,7 +208,7 @@ fn fallback_refuses_a_forged_registry() {
     let decoy = make_cgroup(agent.cgroup_parent.join("decoy"));
     let d = spawn_outside(&["sleep", "1000"]);
     move_into(&decoy, d.pid());
-    let registry = std::fs::read(agent.state_dir.join("targets.json")).expect("targets.json");
+    let registry = std::fs::read(registry_file(&agent, "real")).expect("the target's file");
     agent.kill9();
 
     let fallback = agent.state_dir.join("fallback-journal.jsonl");
@@ -225,7 +231,7 @@ fn fallback_refuses_a_forged_registry() {
     }
 
     // The genuine registry: the fallback stops the real target, not the decoy.
-    std::fs::write(agent.state_dir.join("targets.json"), &registry).expect("put the registry back");
+    std::fs::write(registry_file(&agent, "real"), &registry).expect("put the registry back");
     let out = agent.kp(&["--json", "stop", "real", "--agent-timeout", "2"]);
     assert!(out.status.success(), "{}", show(&out));
     assert_all_dead(&agent, "after the genuine fallback stop", &real);

@@ -65,7 +65,7 @@ impl State {
             "time_to_effect_us": time_to_effect_us,
         });
         t.since_unix_us = now_us();
-        self.registry.targets.insert(name.to_owned(), t);
+        self.registry.insert(t);
         self.registry.save()?;
         Ok(Done { result, to_level: None, time_to_effect_us: Some(time_to_effect_us) })
     }
@@ -153,7 +153,7 @@ impl State {
             "time_to_effect_us": time_to_effect_us,
         });
         t.since_unix_us = now_us();
-        self.registry.targets.insert(name.to_owned(), t);
+        self.registry.insert(t);
         self.registry.save()?;
         Ok(Done { result, to_level: None, time_to_effect_us: Some(time_to_effect_us) })
     }

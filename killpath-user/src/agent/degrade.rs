@@ -123,7 +123,7 @@ impl State {
         let revoked = degrade::names(t.revoked);
         let allow = t.allow_connect.clone();
         let allow_write = t.allow_write.clone();
-        self.registry.targets.insert(name.to_owned(), t);
+        self.registry.insert(t);
         self.registry.save()?;
         Ok(Done {
             result: json!({
@@ -165,7 +165,7 @@ impl State {
         let to = t.level;
         let revoked = degrade::names(t.revoked);
         t.since_unix_us = now_us();
-        self.registry.targets.insert(name.to_owned(), t);
+        self.registry.insert(t);
         self.registry.save()?;
         Ok(Done {
             result: json!({"target": name, "level": level_name(to), "from": level_name(from), "revoked": revoked, "granted": degrade::names(mask), "time_to_effect_us": time_to_effect_us}),

@@ -47,7 +47,7 @@ impl State {
             let _ = self.enforcer.isolate.detach_target(t.cgroup_id);
             return Err(e);
         }
-        self.registry.targets.insert(name.to_owned(), t.clone());
+        self.registry.insert(t.clone());
         // In the file before `run`/`adopt --pid` move a task into the
         // cgroup, even inside the transaction's deferred save: a crash
         // between the two must not leave tasks in a cgroup no registry knows.
@@ -133,7 +133,7 @@ impl State {
                         // Leave nothing half-made: forget the target, and
                         // remove its cgroup if nothing got in.
                         let _ = self.enforcer.maps.remove(t.cgroup_id);
-                        self.registry.targets.remove(name);
+                        self.registry.remove(name);
                         self.registry.save()?;
                         let _ = cg.remove();
                         return Err(e);
@@ -177,7 +177,7 @@ impl State {
                 removed = true;
             }
         }
-        self.registry.targets.remove(name);
+        self.registry.remove(name);
         self.registry.save()?;
         Ok(Done {
             result: json!({"target": name, "cgroup_removed": removed, "tasks_left": if cg.exists() { cg.procs_recursive().len() } else { 0 }}),

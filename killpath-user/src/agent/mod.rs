@@ -142,7 +142,7 @@ impl State {
         if let Err(e) = enforcer.protect_self(&config.state_dir) {
             tracing::warn!("self-protection does not cover the agent and its files: {e}");
         }
-        let registry = Registry::load(&config.state_dir)?;
+        let registry = Registry::open(&config.state_dir)?;
         let pending = pending::Store::load(&config.state_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let journal_head = std::sync::Arc::new(std::sync::Mutex::new(journal.head()));

@@ -142,7 +142,7 @@ impl State {
         if let Ok(done) = &outcome {
             if let (Some(name), Some(to)) = (target, done.to_level) {
                 if from_level != Some(to) {
-                    if let Some(t) = self.registry.targets.get_mut(name) {
+                    if let Ok(t) = self.registry.get_mut(name) {
                         t.record_level(from_level.unwrap_or(0), to, action, caller.actor());
                         let _ = self.registry.save();
                     }

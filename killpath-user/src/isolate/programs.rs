@@ -183,9 +183,12 @@ impl IsolatePrograms {
 
     /// [`IsolatePrograms::attached`] for the pins under `pin_dir`, without
     /// the programs at hand (`status` reads it outside the state lock).
+    /// One read of the target's pin directory, not a path walk per link:
+    /// `status` asks for every target (a quarter of its time at 1,000).
     pub fn attached_at(pin_dir: &Path, cgroup_id: u64) -> bool {
-        let dir = target_dir(pin_dir, cgroup_id);
-        Self::link_names().all(|n| dir.join(n).exists())
+        let Ok(entries) = std::fs::read_dir(target_dir(pin_dir, cgroup_id)) else { return false };
+        let pins: std::collections::BTreeSet<std::ffi::OsString> = entries.flatten().map(|e| e.file_name()).collect();
+        Self::link_names().all(|n| pins.contains(std::ffi::OsStr::new(n)))
     }
 
     /// The pin directory.
@@ -220,5 +223,26 @@ impl RawCgroupProg {
             RawCgroupProg::Sockopt(p) => p.fd(),
         };
         Ok(fd.map_err(Error::program("cgroup program fd"))?.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attached means every link pin is in the target's pin directory.
+    #[test]
+    fn attached_when_every_link_pin_is_there() {
+        let gen = tempfile::tempdir().unwrap();
+        let dir = target_dir(gen.path(), 42);
+        assert!(!IsolatePrograms::attached_at(gen.path(), 42), "no directory");
+        std::fs::create_dir_all(&dir).unwrap();
+        let names: Vec<&str> = IsolatePrograms::link_names().collect();
+        for n in &names {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+        assert!(IsolatePrograms::attached_at(gen.path(), 42));
+        std::fs::remove_file(dir.join(names[names.len() - 1])).unwrap();
+        assert!(!IsolatePrograms::attached_at(gen.path(), 42), "one pin missing");
     }
 }

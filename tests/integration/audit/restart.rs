@@ -17,11 +17,11 @@ fn audit_survives_agent_restart_and_registry_loss() {
 
     // The agent dies; its registry loses the audit set (an older file, a bad edit).
     agent.kill9();
-    let reg = agent.state_dir.join("targets.json");
-    let mut targets: serde_json::Value = serde_json::from_slice(&std::fs::read(&reg).expect("targets.json")).expect("registry JSON");
-    assert_eq!(targets["web"]["audit"], 1u64 << 31, "the registry holds the isolation audit bit");
-    targets["web"]["audit"] = 0.into();
-    std::fs::write(&reg, serde_json::to_vec(&targets).unwrap()).unwrap();
+    let reg = agent.state_dir.join("targets/web.json");
+    let mut web: serde_json::Value = serde_json::from_slice(&std::fs::read(&reg).expect("targets/web.json")).expect("registry JSON");
+    assert_eq!(web["audit"], 1u64 << 31, "the registry holds the isolation audit bit");
+    web["audit"] = 0.into();
+    std::fs::write(&reg, serde_json::to_vec(&web).unwrap()).unwrap();
     // While the agent is dead the kernel keeps counting.
     let (ok, _, _) = workload(&cg, &rx, 3, 0);
     assert_eq!(ok, 3, "nothing refused while the agent is dead");

@@ -27,11 +27,14 @@ const STATUS_REPS: usize = 10;
 const PROBE: &str = "scale-0";
 
 /// `(series, level)` of the 1,000 / 1 ratios, with their labels.
-const RATIOS: [(&str, &str, &str, &str); 5] = [
+const RATIOS: [(&str, &str, &str, &str); 8] = [
     ("scale_isolate", "isolate time_to_effect (agent), 1,000 targets / 1 target (p50)", "isolate_1000", "isolate_1"),
     ("scale_throttle", "throttle time_to_effect (agent), 1,000 targets / 1 target (p50)", "throttle_1000", "throttle_1"),
     ("scale_degrade", "degrade time_to_effect (agent), 1,000 targets / 1 target (p50)", "degrade_1000", "degrade_1"),
     ("scale_stop", "stop time_to_empty (agent), 1,000 targets / 1 target (p50)", "stop_1000", "stop_1"),
+    ("scale_stop_wall", "stop client wall (with the registry write), 1,000 targets / 1 target (p50)", "stop_wall_1000", "stop_wall_1"),
+    ("scale_isolate_wall", "isolate client wall (with the registry write), 1,000 targets / 1 target (p50)", "isolate_wall_1000", "isolate_wall_1"),
+    ("scale_status_one", "status of one target, client wall, 1,000 targets / 1 target (p50)", "status_one_1000", "status_one_1"),
     ("scale_status", "status of all targets, client wall, 1,000 targets / 1 target (p50)", "status_1000", "status_1"),
 ];
 
@@ -45,7 +48,9 @@ pub(super) fn scale(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()>
          client wall time (it also holds the result's fsync and the registry saves), and, where the agent \
          reports it, `journal_intent_us` (the durable intent alone). \
          `stop`: a fresh extra target with one `sleep`, stopped (agent `time_to_empty_us`) and released, \
-         {reps} times. `status` of all targets: client wall, {STATUS_REPS} times. Agent RSS (VmRSS) and \
+         {reps} times, and its client wall (it also holds the registry write: one file per target, \
+         so it should not grow with the number of targets). `status` of all targets and of `{PROBE}` \
+         alone: client wall, {STATUS_REPS} times each. Agent RSS (VmRSS) and \
          BPF map memory (the `memlock` of every map the agent holds, from /proc/PID/fdinfo, each map \
          once). Flat means the 1,000-target p50 within 1.2× of the 1-target p50.",
         sizes = SIZES,
@@ -92,6 +97,9 @@ fn scale_inner(sb: &mut Sandbox, p: &Params, s: &mut Section, targets: &mut Vec<
             let seen = r["targets"].as_array().map_or(0, Vec::len);
             anyhow::ensure!(seen >= size, "status listed {seen} targets, {size} exist");
             s.push(&format!("status_{size}"), &format!("status of all, {size} target(s): client wall"), Unit::Micros, micros(wall));
+            let (wall, r) = sb.call("status", json!({"name": PROBE}))?;
+            anyhow::ensure!(r["targets"].as_array().map_or(0, Vec::len) == 1, "status {PROBE} listed other than one target: {r}");
+            s.push(&format!("status_one_{size}"), &format!("status {PROBE}, {size} target(s): client wall"), Unit::Micros, micros(wall));
         }
         s.push(&format!("rss_{size}"), &format!("agent RSS (KiB), {size} target(s)"), Unit::Count, rss_kib(pid)?);
         s.push(&format!("maps_{size}"), &format!("BPF map memory (KiB), {size} target(s)"), Unit::Count, map_kib(pid)?);
@@ -136,11 +144,12 @@ fn stops(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<(
         let measured = wait_comm(child.id(), "sleep").and_then(|()| sb.call("stop", json!({"name": name, "reason": "bench"})));
         proc::terminate(&mut child, Duration::from_secs(1));
         let released = sb.call("release", json!({"name": name}));
-        let (_, r) = measured?;
+        let (wall, r) = measured?;
         released?;
         anyhow::ensure!(r["survivors"].as_u64() == Some(0), "stop left survivors: {r}");
         let label = format!("stop, {size} target(s): time_to_empty_us (agent)");
         s.push(&format!("stop_{size}"), &label, Unit::Micros, num(&r, "time_to_empty_us")?);
+        s.push(&format!("stop_wall_{size}"), &format!("stop, {size} target(s): client wall"), Unit::Micros, micros(wall));
     }
     Ok(())
 }
