@@ -246,7 +246,11 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>, fixed: S
                     // queued: its requests never wait on the stop thread nor
                     // hold a thread (`confinement_unlocked`).
                     if let Some(e) = super::confinement_unlocked::refuse(fixed.early.as_ref(), &req.cmd, caller, &state).await {
-                        let line = serde_json::to_string(&Response::err(id, ErrorBody::new(e.code(), e.to_string()))).unwrap_or_default();
+                        let refused = Response::err(id, ErrorBody::new(e.code(), e.to_string()));
+                        // Counted like the refusals under the lock
+                        // (`killpath_socket_refused_callers_total`).
+                        super::metrics::count_request(command, &refused);
+                        let line = serde_json::to_string(&refused).unwrap_or_default();
                         framed.send(line).await.map_err(|e| std::io::Error::other(e.to_string()))?;
                         continue;
                     }
