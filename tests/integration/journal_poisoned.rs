@@ -40,15 +40,13 @@ fn tmpfs(dir: &Path, size: &str) -> Tmpfs {
 }
 
 /// Fills the filesystem of `dir` to its last page with a file `filler`.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
+fn fill(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
     let mut f = std::fs::File::create(&path).expect("filler");
-    let page = vec![0xa5u8; 4096];
-    loop {
-        match f.write(&page) {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
+    // Pages, then single bytes: not even a small record fits afterwards.
+    for chunk in [4096, 1] {
+        let buf = vec![0xa5u8; chunk];
+        while matches!(f.write(&buf), Ok(n) if n > 0) {}
     }
     path
 }
@@ -72,7 +70,8 @@ fn journal_poisoned_stop_answers_the_code_and_the_cli_stops_directly() {
     let _tmpfs = mounted;
     let (_busy_run, _) = sleeping_target(&agent, "busy");
     let (_victim_run, victim) = sleeping_target(&agent, "victim");
-    let filler = fill(&agent.state_dir);
+    let (_victim2_run, victim2) = sleeping_target(&agent, "victim2");
+    let filler = fill(&agent.state_dir, "filler");
     // Records of ~48 KiB (a long reason) use up the zeros ahead of the tail
     // (1 MiB) within a few dozen commands; then a write fails (ENOSPC).
     let reason = "x".repeat(48 * 1024);
@@ -88,31 +87,50 @@ fn journal_poisoned_stop_answers_the_code_and_the_cli_stops_directly() {
     eprintln!("poisoned after {} commands: {codes:?}", codes.len());
     let msg = poisoned["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("poisoned") && msg.contains("write"), "the refusal names the failure: {poisoned}");
-    // Space again: the journal stays poisoned (nothing is appended until
-    // the agent restarts), and a stop is refused with the same code.
-    std::fs::remove_file(&filler).expect("remove filler");
+    // The disk is still full: a stop through the agent is refused with
+    // the same code, and the agent keeps serving reads.
     let r = request(&agent, r#"{"id":2,"cmd":"stop","args":{"name":"victim"}}"#);
     assert_eq!(r["error"]["code"], "journal-poisoned", "{r}");
     assert!(alive(victim), "the refused stop acted anyway");
-    // The agent keeps serving reads.
     let st = request(&agent, r#"{"id":3,"cmd":"status","args":{}}"#);
     assert_eq!(st["ok"], true, "{st}");
-    // The CLI's stop goes to the cgroup itself and says why.
+    // Whatever the poisoned journal gave back when it stopped appending is
+    // taken too: the disk is full.
+    let filler2 = fill(&agent.state_dir, "filler2");
+    // The CLI's stop goes to the cgroup itself and says why, even though
+    // its own fallback journal cannot be written either (the workload
+    // filled the disk): the stop happens, the answer says it is not
+    // journaled.
     let out = agent.kp(&["--json", "stop", "victim"]);
-    assert!(out.status.success(), "direct stop failed: {}", show(&out));
+    assert!(out.status.success(), "direct stop failed on a full disk: {}", show(&out));
     let err = text(&out.stderr);
     assert!(err.contains("journal-poisoned") && err.contains("stopping victim directly through its cgroup"), "stderr must say why: {}", show(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", show(&out)));
     assert_eq!(v["fallback"], true, "{v}");
     assert!(v["agent_error"].as_str().unwrap_or_default().contains("journal-poisoned"), "{v}");
+    assert!(v["journal_error"].is_string(), "a full disk must be reported as a journal error: {v}");
     assert_eq!(v["survivors"], 0, "{v}");
     assert!(wait_until(Duration::from_secs(2), || !alive(victim)).is_some(), "the victim {victim} survived the direct stop");
-    // The human output says the agent was bypassed, and why.
+    // The human output says the agent was bypassed, why, and that the
+    // stop is not journaled.
     let human = agent.kp(&["stop", "victim"]);
     let said = text(&human.stdout);
-    assert!(said.contains("agent bypassed (") && said.contains("journal-poisoned"), "{}", show(&human));
+    assert!(said.contains("agent bypassed (") && said.contains("journal-poisoned") && said.contains("NOT JOURNALED"), "{}", show(&human));
+    // Space again: the agent's journal stays poisoned (nothing is appended
+    // until it restarts), and the CLI's direct stop is journaled.
+    for f in [&filler, &filler2] {
+        std::fs::remove_file(f).expect("remove filler");
+    }
+    let r = request(&agent, r#"{"id":4,"cmd":"stop","args":{"name":"victim2"}}"#);
+    assert_eq!(r["error"]["code"], "journal-poisoned", "{r}");
+    let out = agent.kp(&["--json", "stop", "victim2"]);
+    assert!(out.status.success(), "direct stop failed: {}", show(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", show(&out)));
+    assert_eq!(v["journal_error"], Value::Null, "{v}");
+    assert_eq!(v["survivors"], 0, "{v}");
+    assert!(wait_until(Duration::from_secs(2), || !alive(victim2)).is_some(), "the victim {victim2} survived the direct stop");
     // The direct stop is in the fallback journal, for the agent to import
     // at its next start (tested in `fallback`).
     let fallback = journal_text(&agent.state_dir.join(killpath::state_dir::FALLBACK_JOURNAL_FILE));
-    assert!(fallback.contains("journal-poisoned") && fallback.contains("\"victim\""), "the direct stop was not journaled:\n{fallback}");
+    assert!(fallback.contains("journal-poisoned") && fallback.contains("\"victim2\""), "the direct stop was not journaled:\n{fallback}");
 }

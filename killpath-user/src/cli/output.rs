@@ -191,6 +191,9 @@ impl Output {
         }
         if r["fallback"] == Value::Bool(true) {
             println!("agent bypassed ({}): stopped directly; guard {}; journaled to {}", s(&r["agent_error"]), s(&r["guard"]), s(&r["journal"]));
+            if let Some(e) = r["journal_error"].as_str() {
+                println!("NOT JOURNALED: {e}");
+            }
         }
         println!(
             "stopped {}: {} survivors of {} tasks; halted in {} µs ({}), empty in {} µs ({}{})",

@@ -44,8 +44,36 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     intent.params = json!({"reason": reason, "fallback": why});
     // One open for both records: a second open would see the intent
     // without its result and report it as an interrupted action.
-    let (mut journal, _) = Journal::open(&journal_path)?;
-    let intent = journal.append(intent)?;
+    // Intent before the action, as everywhere, but on this path a journal
+    // that cannot be written must not prevent the stop: a full disk is the
+    // usual reason the agent's own journal is poisoned, and a workload that
+    // fills the state dir's filesystem would otherwise disable both. The
+    // failure is in the answer (`journal_error`) and on stderr.
+    let mut journal_error: Option<String> = None;
+    let mut journal = match Journal::open(&journal_path) {
+        Ok((j, _)) => Some(j),
+        Err(e) => {
+            journal_error = Some(format!("opening {}: {e}", journal_path.display()));
+            None
+        }
+    };
+    let intent_seq = match journal.as_mut().map(|j| j.append(intent)) {
+        Some(Ok(rec)) => Some(rec.seq),
+        Some(Err(e)) => {
+            journal_error = Some(format!("the intent could not be written to {}: {e}", journal_path.display()));
+            journal = None;
+            None
+        }
+        None => None,
+    };
+    if let Some(e) = &journal_error {
+        eprintln!("killpath: fallback journal unusable ({e}); stopping {name} anyway");
+    }
+    let mut journal_result = |res: Entry, journal_error: &mut Option<String>| {
+        if let Some(Err(e)) = journal.as_mut().map(|j| j.append(res)) {
+            journal_error.get_or_insert_with(|| format!("the result could not be written to {}: {e}", journal_path.display()));
+        }
+    };
 
     let cg = match verify(cfg.as_ref().map(|c| c.pin_dir.as_path()), name, t.cgroup_id, &t.cgroup) {
         Ok(cg) => cg,
@@ -53,11 +81,11 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
             let mut res = Entry::new(actor, Phase::Result, "stop");
             res.target = Some(name.to_owned());
             res.from_level = Some(t.level);
-            res.intent_seq = Some(intent.seq);
+            res.intent_seq = intent_seq;
             res.outcome = Some(format!("refused: {e}"));
             res.params = json!({"refused": e.to_string(), "cgroup": t.cgroup, "cgroup_id": t.cgroup_id});
             res.high_priority = true;
-            journal.append(res)?;
+            journal_result(res, &mut journal_error);
             return Err(e);
         }
     };
@@ -95,7 +123,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     let mut res = Entry::new(actor, Phase::Result, "stop");
     res.target = Some(name.to_owned());
     res.from_level = Some(t.level);
-    res.intent_seq = Some(intent.seq);
+    res.intent_seq = intent_seq;
     match &outcome {
         Ok(r) => {
             res.to_level = Some(level::STOPPED);
@@ -105,8 +133,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         }
         Err(e) => res.outcome = Some(format!("error: {e}")),
     }
-    journal.append(res)?;
-    drop(journal);
+    journal_result(res, &mut journal_error);
     let r = outcome?;
     Ok(json!({
         "target": name,
@@ -116,6 +143,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "agent_wait_us": agent_wait_us,
         "guard": guard,
         "journal": journal_path,
+        "journal_error": journal_error,
         "survivors": r.survivors,
         "tasks_at_start": r.tasks_at_start,
         "time_to_halt_us": r.time_to_halt_us,
