@@ -43,7 +43,7 @@ fn state_dir(cli: &Cli) -> PathBuf {
 }
 
 fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
-    Ok(client::call(&cli.socket, cmd, Duration::from_secs_f64(cli.request_timeout))?)
+    Ok(client::call(&cli.socket, cmd, cli.request_timeout())?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

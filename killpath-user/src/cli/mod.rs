@@ -28,10 +28,28 @@ pub struct Cli {
     /// Seconds to wait for the agent's answer (a probe loads test programs:
     /// slow on an emulated or loaded machine). `stop` has its own
     /// `--agent-timeout` before it stops the cgroup directly.
-    #[arg(long, global = true, env = "KILLPATH_REQUEST_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
-    pub request_timeout: f64,
+    #[arg(long, global = true, value_parser = positive_seconds)]
+    pub request_timeout: Option<f64>,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+impl Cli {
+    /// How long to wait for the agent: `--request-timeout`, else
+    /// `KILLPATH_REQUEST_TIMEOUT`, else 60 s. A bad value in the
+    /// environment is warned about and ignored, never an error: it must not
+    /// make every command (`stop` included) fail before it is sent.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        const DEFAULT: f64 = 60.0;
+        let secs = self.request_timeout.unwrap_or_else(|| match std::env::var("KILLPATH_REQUEST_TIMEOUT") {
+            Err(_) => DEFAULT,
+            Ok(v) => positive_seconds(&v).unwrap_or_else(|e| {
+                tracing::warn!("KILLPATH_REQUEST_TIMEOUT ignored ({e}); waiting {DEFAULT} s");
+                DEFAULT
+            }),
+        });
+        std::time::Duration::from_secs_f64(secs)
+    }
 }
 
 /// A positive, finite number of seconds (at most a day).
@@ -473,7 +491,7 @@ mod tests {
         use clap::Parser as _;
         let cli = super::Cli::try_parse_from(["killpath", "--request-timeout", "5", "propose", "web", "--level", "isolate", "--timeout", "5m"])
             .expect("propose parses");
-        assert_eq!(cli.request_timeout, 5.0);
+        assert_eq!(cli.request_timeout, Some(5.0));
         let super::Cmd::Propose { timeout, .. } = cli.cmd else { panic!("not propose: {:?}", cli.cmd) };
         assert_eq!(timeout, "5m");
         let cli = super::Cli::try_parse_from([
@@ -495,7 +513,7 @@ mod tests {
             "5m",
         ])
         .expect("tripwire add parses");
-        assert_eq!(cli.request_timeout, 60.0);
+        assert_eq!(cli.request_timeout, None);
         let super::Cmd::Tripwire { cmd: super::tripwire::TripwireCmd::Add { timeout, .. } } = cli.cmd else { panic!("not tripwire add: {:?}", cli.cmd) };
         assert_eq!(timeout.as_deref(), Some("5m"));
     }

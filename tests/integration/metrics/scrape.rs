@@ -172,3 +172,29 @@ fn metrics_tripwire_exposure_and_pending_approval() {
     assert!((status_us / 1e6 - exposure).abs() < 1e-6, "metrics {exposure} s, status {status_us} µs");
     assert_eq!(pids(&cg).len(), 1, "the pending stop has not run: the workload is alive");
 }
+
+/// A flood of idle connections to the metrics port (what a target that can
+/// reach it may open) is capped: the agent's open file descriptors stay
+/// bounded (read from /proc, not from the agent), a stop still leaves 0
+/// survivors (the victim's pid checked in /proc), and once the flood ends
+/// a scrape answers again.
+#[test]
+fn metrics_connection_flood_is_capped_and_a_stop_still_works() {
+    let Some((agent, addr)) = agent_with_metrics() else { return };
+    let (_run, victim) = crate::support::process::sleeping_target(&agent, "victim");
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.pid())).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    // Idle: connected, nothing sent (held until the header timeout).
+    let flood: Vec<std::net::TcpStream> = (0..400).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(flood.len() >= 300, "only {} connections opened", flood.len());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = fds();
+    eprintln!("agent fds: {before} before, {during} with {} idle metrics connections", flood.len());
+    assert!(during < before + 100, "the agent holds {during} fds ({before} before) for {} idle connections: not capped", flood.len());
+    let r = agent.json(&["stop", "victim"]);
+    assert_eq!(r["survivors"], 0, "{r}");
+    assert!(!crate::harness::alive(victim), "the victim {victim} survived the stop during the flood");
+    drop(flood);
+    let text = crate::harness::wait_until(std::time::Duration::from_secs(15), || http_get(&format!("http://{addr}/metrics")).0 == 200);
+    assert!(text.is_some(), "no scrape answered after the flood ended");
+}

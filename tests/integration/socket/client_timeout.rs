@@ -39,4 +39,13 @@ fn client_timeout_bounds_the_wait_and_refuses_impossible_values() {
         assert_eq!(out.status.code(), Some(2), "--request-timeout {bad}: {err}");
         assert!(err.contains("--request-timeout") && err.contains(bad), "--request-timeout {bad}: {err}");
     }
+    // A bad value in the environment is warned about and ignored, never a
+    // usage error: it must not make `stop` fail before it is sent.
+    let missing = dir.path().join("no-agent.sock");
+    for bad in ["0", "5m", "abc"] {
+        let out = Command::new(BIN).arg("--socket").arg(&missing).args(["status"]).env("KILLPATH_REQUEST_TIMEOUT", bad).output().expect("run killpath");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "KILLPATH_REQUEST_TIMEOUT={bad}: {err}");
+        assert!(err.contains("KILLPATH_REQUEST_TIMEOUT ignored") && err.contains("cannot reach the agent"), "KILLPATH_REQUEST_TIMEOUT={bad}: {err}");
+    }
 }

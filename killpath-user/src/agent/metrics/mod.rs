@@ -34,12 +34,14 @@ pub(super) use recorded::{count_request, observe_effect};
 use super::State;
 use crate::error::{Error, Result};
 
-/// Scrapes served at once; more wait for a slot.
+/// Scrapes served at once; more are answered 503.
 const CONCURRENT: usize = 2;
 
 /// A client must send its request head within this (a connection that
 /// dribbles bytes does not hold a task forever).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Binds the metrics address before the agent loads anything (an address
 /// in use fails the start with an error naming it); served by [`serve`]
@@ -72,6 +74,10 @@ pub(super) async fn serve(listener: std::net::TcpListener, state: Arc<Mutex<Stat
     // Hashes the eBPF object: once, off the async threads.
     let gen = tokio::task::spawn_blocking(move || crate::kernel::pins::generation_dir(&pin_dir)).await.unwrap_or_default();
     let shared = Arc::new(Shared { state, slots: Semaphore::new(CONCURRENT), verify: Default::default(), gen });
+    // Open connections are capped: a flood of idle connections (from a
+    // target that can reach the port) must not use up the agent's file
+    // descriptors, which a stop needs (pidfds, cgroup.kill, the journal).
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -81,12 +87,22 @@ pub(super) async fn serve(listener: std::net::TcpListener, state: Arc<Mutex<Stat
                 continue;
             }
         };
+        // Over the cap: closed at once (dropping the stream), not queued.
+        let Ok(open) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: connection refused: {MAX_CONNECTIONS} open");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _open = open;
             let svc = hyper::service::service_fn(move |req| respond(req, shared.clone()));
+            // One request per connection (Prometheus reconnects cheaply),
+            // and a connection that sends nothing is closed after the
+            // header timeout.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "metrics connection ended: {e}");
@@ -112,8 +128,10 @@ async fn respond(req: Request<Incoming>, shared: Arc<Shared>) -> std::result::Re
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET /metrics\n".into()));
     }
-    let Ok(_slot) = shared.slots.acquire().await else {
-        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "the agent is shutting down\n".into()));
+    // Scrapes beyond the concurrent ones are answered 503 at once rather
+    // than queued behind them.
+    let Ok(_slot) = shared.slots.try_acquire() else {
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{CONCURRENT} scrapes already running\n")));
     };
     let s = shared.clone();
     let body = tokio::task::spawn_blocking(move || scrape(&s)).await;
