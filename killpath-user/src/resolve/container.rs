@@ -82,13 +82,14 @@ pub fn matches(query: &str, candidate: &str) -> bool {
 
 pub(super) fn resolve(scope: Scope, spec: &str, state_roots: &[&str]) -> Result<Resolved> {
     check_id(spec)?;
-    let (found, seen) = walk::find(scope, |n| id_in(n).is_some_and(|id| matches(spec, id)));
+    let (found, seen) = walk::find(scope, |n| id_in(n).is_some_and(|id| matches(spec, id)))?;
     let layouts = "docker-ID.scope, cri-containerd-ID.scope, crio-ID(.scope), libpod-ID(.scope), runc-ID.scope, containerd-ID.scope, ID";
     let searched = || {
         format!(
-            "searched {seen} cgroups under {} (depth {}) for {layouts}; and the runtimes' state in {}",
+            "searched {seen} cgroups under {} (depth {}) for {layouts} ({}); and the runtimes' state in {}",
             scope.mount.display(),
             walk::MAX_DEPTH,
+            walk::NOT_SEARCHED,
             runtime::describe(state_roots)
         )
     };

@@ -40,10 +40,16 @@ pub fn uid_in(name: &str) -> Option<String> {
 
 pub(super) fn resolve(scope: Scope, spec: &str) -> Result<Resolved> {
     let uid = canonical(spec)?;
-    let (matches, seen) = walk::find(scope, |n| uid_in(n).is_some_and(|u| u == uid));
+    let (matches, seen) = walk::find(scope, |n| uid_in(n).is_some_and(|u| u == uid))?;
     let slice = uid.replace('-', "_");
-    let searched =
-        || format!("searched {seen} cgroups under {} (depth {}) for kubepods[-QOS]-pod{slice}.slice and pod{uid}", scope.mount.display(), walk::MAX_DEPTH);
+    let searched = || {
+        format!(
+            "searched {seen} cgroups under {} (depth {}) for kubepods[-QOS]-pod{slice}.slice and pod{uid} ({})",
+            scope.mount.display(),
+            walk::MAX_DEPTH,
+            walk::NOT_SEARCHED
+        )
+    };
     match super::one("pod", spec, matches, searched)? {
         Some(path) => Ok(Resolved { kind: "pod", id: spec.to_owned(), canonical: uid, found: Found::Cgroup(path), via: "cgroup layout".into() }),
         None => Err(Error::NameNotFound { kind: "pod", id: spec.to_owned(), searched: searched() }),

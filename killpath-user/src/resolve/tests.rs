@@ -34,6 +34,41 @@ fn two_matches_are_refused_naming_both() {
     assert!(e.contains("ambiguous") && e.contains("system.slice/job.service") && e.contains("app.slice/job.service"), "{e}");
 }
 
+/// A look-alike in a subtree delegated to another user (its
+/// `user@.service`, owned by that uid) is neither a match nor makes the
+/// name ambiguous; a pod UID or a container id there neither. Needs root
+/// (chown); a plain unprivileged `cargo test` skips it, strict mode fails.
+#[test]
+fn look_alikes_in_delegated_subtrees_are_not_searched() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("KILLPATH_TEST_STRICT").is_none(), "needs root (chown) and KILLPATH_TEST_STRICT is set");
+        eprintln!("skipped: needs root to chown the look-alike subtree");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let user = "user.slice/user-1000.slice/user@1000.service";
+    let pod_uid = "0a1b2c3d-1111-2222-3333-444455556666";
+    dirs(
+        t.path(),
+        &[
+            "system.slice/job.service",
+            &format!("{user}/app.slice/job.service"),
+            &format!("{user}/app.slice/kubepods-pod{}.slice", pod_uid.replace('-', "_")),
+            &format!("{user}/app.slice/docker-{ID}.scope"),
+        ],
+    );
+    let delegated = t.path().join(user);
+    for d in [delegated.clone(), delegated.join("app.slice")] {
+        nix::unistd::chown(&d, Some(nix::unistd::Uid::from_raw(1000)), None).unwrap();
+    }
+    let r = unit::resolve(at(t.path()), "job.service").unwrap();
+    assert_eq!(r.found, Found::Cgroup(t.path().join("system.slice/job.service")));
+    let e = pod::resolve(at(t.path()), pod_uid).unwrap_err().to_string();
+    assert!(e.contains("not searched"), "{e}");
+    let e = container::resolve(at(t.path()), ID, &[]).unwrap_err().to_string();
+    assert!(e.contains("not searched"), "{e}");
+}
+
 #[test]
 fn nothing_found_names_what_was_searched() {
     let t = tempfile::tempdir().unwrap();

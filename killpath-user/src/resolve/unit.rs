@@ -42,8 +42,9 @@ pub fn canonical(spec: &str) -> Result<String> {
 
 pub(super) fn resolve(scope: Scope, spec: &str) -> Result<Resolved> {
     let unit = canonical(spec)?;
-    let (matches, seen) = walk::find(scope, |n| n == unit);
-    let searched = || format!("searched {seen} cgroups under {} (depth {}) for a cgroup named {unit}", scope.mount.display(), walk::MAX_DEPTH);
+    let (matches, seen) = walk::find(scope, |n| n == unit)?;
+    let searched =
+        || format!("searched {seen} cgroups under {} (depth {}) for a cgroup named {unit} ({})", scope.mount.display(), walk::MAX_DEPTH, walk::NOT_SEARCHED);
     match super::one("unit", spec, matches, searched)? {
         Some(path) => Ok(Resolved { kind: "unit", id: spec.to_owned(), canonical: unit, found: Found::Cgroup(path), via: "cgroup layout".into() }),
         None => Err(Error::NameNotFound { kind: "unit", id: spec.to_owned(), searched: searched() }),
