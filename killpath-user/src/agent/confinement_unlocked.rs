@@ -126,9 +126,11 @@ pub(super) async fn refuse(early: Option<&Early>, cmd: &Command, caller: Caller,
         }
     };
     let cached = id.and_then(|id| early.name_of(id));
-    // The locked path's rate limit, on its own key per target: a flood
-    // costs at most that many journaled refusals a second.
-    let left_out = super::confinement::journal_refusal_now(id.map(|id| format!("cgroup {id}")).as_deref());
+    // The locked path's rate limit, on the same key (the target's name)
+    // once the name is known: a flood costs at most that many journaled
+    // refusals a second, whichever path refuses it.
+    let key = cached.clone().or_else(|| id.map(|id| format!("cgroup {id}")));
+    let left_out = super::confinement::journal_refusal_now(key.as_deref());
     if let (Some(name), None) = (&cached, left_out) {
         return Some(Error::InsideTarget { pid: caller.pid, target: name.clone() });
     }
