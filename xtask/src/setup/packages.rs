@@ -121,26 +121,7 @@ pub(super) fn virtme_ng(log: &Path) -> Result<Outcome<PathBuf>> {
     if let Some(vng) = find_vng() {
         return Ok(Outcome::present(vng.clone()).note(vng.display().to_string()));
     }
-    let pip = |extra: &[&str]| {
-        run_logged(
-            Command::new("python3")
-                .args(["-m", "pip", "install", "--disable-pip-version-check"])
-                .args(extra)
-                .arg("virtme-ng"),
-            log,
-        )
-    };
-    if let Err(e) = pip(&[]) {
-        // Debian's own python3 refuses pip installs outside a venv (PEP 668).
-        if fs::read_to_string(log)
-            .unwrap_or_default()
-            .contains("externally-managed-environment")
-        {
-            pip(&["--break-system-packages"])?;
-        } else {
-            return Err(e);
-        }
-    }
+    pip_install(&["virtme-ng"], log)?;
     let vng = find_vng().ok_or_else(|| {
         anyhow!("pip installed virtme-ng but no working `vng` was found on PATH or in Python's scripts directory")
     })?;
@@ -162,17 +143,23 @@ pub(super) fn pip_packages(log: &Path) -> Result<Outcome<()>> {
     if missing.is_empty() {
         return Ok(Outcome::present(()));
     }
+    pip_install(&missing, log)?;
+    Ok(Outcome::installed(()).note(missing.join(" ")))
+}
+
+/// `pip install PACKAGES`, again with `--break-system-packages` where
+/// Debian's own python3 refuses installs outside a venv (PEP 668).
+fn pip_install(packages: &[&str], log: &Path) -> Result<()> {
     let pip = |extra: &[&str]| {
         run_logged(
             Command::new("python3")
                 .args(["-m", "pip", "install", "--disable-pip-version-check"])
                 .args(extra)
-                .args(&missing),
+                .args(packages),
             log,
         )
     };
     if let Err(e) = pip(&[]) {
-        // Debian's own python3 refuses pip installs outside a venv (PEP 668).
         if fs::read_to_string(log)
             .unwrap_or_default()
             .contains("externally-managed-environment")
@@ -182,5 +169,5 @@ pub(super) fn pip_packages(log: &Path) -> Result<Outcome<()>> {
             return Err(e);
         }
     }
-    Ok(Outcome::installed(()).note(missing.join(" ")))
+    Ok(())
 }
