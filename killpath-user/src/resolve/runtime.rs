@@ -72,7 +72,33 @@ pub(super) fn find(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Re
     // and its descendants; otherwise adopting it would take strangers.
     let tree: std::collections::HashSet<i32> = proctree::descendants(pid).into_iter().collect();
     let procs = cg.procs_recursive();
-    let own = cg.path() != mount && procs.contains(&pid) && procs.iter().all(|p| tree.contains(p));
+    let strangers: Vec<i32> = procs.iter().copied().filter(|p| !tree.contains(p)).collect();
+    let own = cg.path() != mount && procs.contains(&pid) && strangers.is_empty();
+    if !own {
+        // Moving only the init's tree would leave out the container's
+        // processes that are not its descendants: `runc exec` / `docker
+        // exec` start them as children of the runtime's shim, in the
+        // container's pid namespace. Those are told apart from strangers
+        // by that namespace; a container in the host's pid namespace
+        // cannot be told apart at all. Either way: refused, not half done.
+        let ns = |p: i32| fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        let init_ns = ns(pid);
+        let host_ns = init_ns.is_some() && init_ns == ns(std::process::id() as i32);
+        let outside_tree: Vec<i32> = strangers.iter().copied().filter(|p| host_ns || ns(*p) == init_ns).collect();
+        if !outside_tree.is_empty() {
+            return Err(Error::InvalidRequest(format!(
+                "container {spec:?} ({via}): its cgroup {} also holds pids {outside_tree:?}, {}; adopting the init's tree would leave them \
+                 outside: adopt by --cgroup {} (taking every process there) or stop them first",
+                cg.path().display(),
+                if host_ns {
+                    "and the container shares the host's pid namespace, so they cannot be told apart from its own"
+                } else {
+                    "in the container's pid namespace but not descendants of its init (runc/docker exec)"
+                },
+                cg.path().display(),
+            )));
+        }
+    }
     let found = if own { Found::Cgroup(cg.path().to_owned()) } else { Found::Pid(pid) };
     Ok(Some(Resolved { kind: "container", id: spec.to_owned(), canonical, found, via }))
 }

@@ -109,23 +109,24 @@ fn runc_state_gives_the_init_pid_checked_by_its_start_time() {
     fs::write(root.join("web-1/state.json"), format!(r#"{{"init_process_pid": {me}, "init_process_start": {}}}"#, own_start())).unwrap();
     let roots = [root.to_str().unwrap()];
     let r = container::resolve(at(t.path()), "web-1", &roots).unwrap();
-    let found = runtime_on(&mount, "web-1", &roots);
     assert!(r.via.contains("init pid") && r.via.contains("web-1/state.json"), "{r:?}");
-    // This test's cgroup holds other processes (cargo, the shell): its
-    // tree moves instead, never the shared cgroup.
+    // Alone in its cgroup, this process's cgroup is the "container's".
+    // Sharing it (cargo, the shell) in the host's pid namespace, the other
+    // processes cannot be told apart from exec'd ones of the container:
+    // refused rather than only this process's tree moved.
     let own_cgroup = mount.join(crate::kernel::cgroup::cgroup_of(me as i32).unwrap().trim_start_matches('/'));
-    let alone = crate::kernel::cgroup::Cgroup::new(&own_cgroup).procs_recursive().iter().all(|p| *p == me as i32);
-    assert_eq!(found, if alone { Found::Cgroup(own_cgroup) } else { Found::Pid(me as i32) });
+    let alone = own_cgroup != mount && crate::kernel::cgroup::Cgroup::new(&own_cgroup).procs_recursive().iter().all(|p| *p == me as i32);
+    match runtime::find(&mount, "web-1", &roots) {
+        Ok(Some(r)) => assert!(alone && r.found == Found::Cgroup(own_cgroup), "{r:?}"),
+        Ok(None) => panic!("the state file was not found"),
+        Err(e) => assert!(!alone && e.to_string().contains("host's pid namespace"), "{e}"),
+    }
     // A recorded start time that is not the process's: pid reused.
     fs::write(root.join("web-1/state.json"), format!(r#"{{"init_process_pid": {me}, "init_process_start": {}}}"#, own_start() + 1)).unwrap();
     let e = container::resolve(at(t.path()), "web-1", &roots).unwrap_err().to_string();
     assert!(e.contains("gone or reused"), "{e}");
     let e = container::resolve(at(t.path()), "web-2", &roots).unwrap_err().to_string();
     assert!(e.contains("no container") && e.contains("/runc/ID/state.json"), "{e}");
-}
-
-fn runtime_on(mount: &Path, id: &str, roots: &[&str]) -> Found {
-    runtime::find(mount, id, roots).unwrap().unwrap().found
 }
 
 #[test]

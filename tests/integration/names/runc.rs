@@ -238,3 +238,41 @@ fn adopt_container_by_runc_state_when_no_cgroup_names_it() {
     assert!(crate::harness::alive(stranger), "the stranger in the container's old cgroup must survive");
     assert_eq!(shared.state()["status"], "stopped", "runc sees its container stopped");
 }
+
+/// A process started with `runc exec` is a child of the runtime, not of
+/// the container's init, but in the container's pid namespace. When a
+/// stranger shares the container's cgroup (so the cgroup cannot be taken
+/// whole), moving only the init's tree would leave the exec'd process
+/// outside the target while the report said "container adopted": the
+/// adopt is refused naming that pid, nothing is adopted, and the exec'd
+/// process and the stranger are untouched.
+#[test]
+fn adopt_container_refuses_when_an_exec_process_would_be_left_out() {
+    let Some(agent) = Agent::start() else { return };
+    if Command::new("runc").arg("--version").output().is_err() {
+        skip("runc is not installed (cargo xtask setup installs it)");
+        return;
+    }
+    let top = format!("/kptest-names-{}-exec", std::process::id());
+    let ctr = Container::start("sleep 300", Some(&format!("{top}/shared")));
+    let cg = killpath::kernel::cgroup::Cgroup::new(ctr.cgroup());
+    wait_until(Duration::from_secs(20), || !cg.procs().is_empty()).expect("the container's init");
+    let before: Vec<i32> = cg.procs();
+    // Detached, the exec'd process inherits runc's stdio: not pipes (they
+    // would never close while it runs).
+    let status = Command::new("runc").args(["exec", "-d", &ctr.id, "sleep", "301"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("runc exec");
+    assert!(status.success(), "runc exec: {status}");
+    let exec_pid = wait_until(Duration::from_secs(20), || cg.procs().iter().any(|p| !before.contains(p)))
+        .and_then(|()| cg.procs().into_iter().find(|p| !before.contains(p)))
+        .expect("the exec'd process in the container's cgroup");
+    let mut tree = super::tree::Tree::new("stranger-exec");
+    let stranger = tree.sleepers(&cg, 1)[0];
+    let out = agent.kp(&["adopt", "exec-box", "--container", &ctr.id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "adopt took the container leaving its exec'd process {exec_pid} out: {}", show(&out));
+    assert!(err.contains(&exec_pid.to_string()) && err.contains("exec") && err.contains("--cgroup"), "the refusal names the pid and the way out: {err}");
+    assert_eq!(agent.json(&["status"])["targets"], serde_json::json!([]), "nothing adopted");
+    for p in [exec_pid, stranger] {
+        assert!(crate::harness::alive(p) && cg.procs().contains(&p), "pid {p} was touched");
+    }
+}
