@@ -95,6 +95,22 @@ pub(super) fn resolve(scope: Scope, spec: &str, state_roots: &[&str]) -> Result<
     };
     let canonical = |p: &Path| p.file_name().and_then(|n| n.to_str()).and_then(id_in).unwrap_or(spec).to_owned();
     if let Some(path) = super::one("container", spec, found, searched)? {
+        // A cgroup named like the container must hold it: where the
+        // runtime's state names the container's init, the init's cgroup is
+        // at or below the match, or the match is a decoy (root made an
+        // empty cgroup named like the id) and adopting it would leave the
+        // container at normal while the answer said "adopted". State that
+        // names no running init (stale, ambiguous) is no evidence either way.
+        if let Ok(Some(init)) = runtime::init_of(scope.mount, spec, state_roots) {
+            if !init.cgroup.path().starts_with(&path) {
+                return Err(Error::InvalidRequest(format!(
+                    "container {spec:?}: the cgroup named like it, {}, does not hold its init (pid {} in {}, from the runtime's state): refused; adopt by --cgroup",
+                    path.display(),
+                    init.pid,
+                    init.cgroup.path().display()
+                )));
+            }
+        }
         return Ok(Resolved { kind: "container", id: spec.to_owned(), canonical: canonical(&path), found: Found::Cgroup(path), via: "cgroup layout".into() });
     }
     match runtime::find(scope.mount, spec, state_roots)? {

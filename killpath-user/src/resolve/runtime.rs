@@ -44,7 +44,18 @@ fn start_time(pid: i32) -> Option<u64> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
 }
 
-pub(super) fn find(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Resolved>> {
+/// A running container's init as runc's state records it: the pid (checked
+/// by its start time), its cgroup, the state directory and how it was found.
+pub(super) struct Init {
+    pub pid: i32,
+    pub cgroup: Cgroup,
+    dir: PathBuf,
+    via: String,
+}
+
+/// The init of container `spec` from the runtimes' state, if a state file
+/// names it.
+pub(super) fn init_of(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Init>> {
     let dirs: Vec<PathBuf> =
         state_dirs(roots).into_iter().filter(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| container::matches(spec, n))).collect();
     let Some(dir) = super::one("container", spec, dirs, || format!("runtime state in {}", describe(roots)))? else {
@@ -65,9 +76,16 @@ pub(super) fn find(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Re
         return Err(Error::InvalidRequest(format!("container {spec:?} is not running: its init pid {pid} ({}) is gone or reused", file.display())));
     }
     let rel = cgroup::cgroup_of(pid)?;
-    let cg = Cgroup::new(mount.join(rel.trim_start_matches('/')));
-    let canonical = dir.file_name().and_then(|n| n.to_str()).unwrap_or(spec).to_owned();
+    let cgroup = Cgroup::new(mount.join(rel.trim_start_matches('/')));
     let via = format!("init pid {pid} from {}", file.display());
+    Ok(Some(Init { pid, cgroup, dir, via }))
+}
+
+pub(super) fn find(mount: &Path, spec: &str, roots: &[&str]) -> Result<Option<Resolved>> {
+    let Some(Init { pid, cgroup: cg, dir, via }) = init_of(mount, spec, roots)? else {
+        return Ok(None);
+    };
+    let canonical = dir.file_name().and_then(|n| n.to_str()).unwrap_or(spec).to_owned();
     // Its cgroup is the container's only if everything in it is the init
     // and its descendants; otherwise adopting it would take strangers.
     let tree: std::collections::HashSet<i32> = proctree::descendants(pid).into_iter().collect();

@@ -276,3 +276,31 @@ fn adopt_container_refuses_when_an_exec_process_would_be_left_out() {
         assert!(crate::harness::alive(p) && cg.procs().contains(&p), "pid {p} was touched");
     }
 }
+
+/// A decoy: root makes an empty cgroup named exactly like a running
+/// container's id while the container itself lives in a cgroup that does
+/// not carry its id. Adopting the decoy would leave the container at
+/// normal; runc's state names the init, whose cgroup is not below the
+/// decoy: the adopt is refused, nothing is adopted, the container runs on.
+#[test]
+fn adopt_container_refuses_a_decoy_cgroup_named_like_it() {
+    let Some(agent) = Agent::start() else { return };
+    if Command::new("runc").arg("--version").output().is_err() {
+        skip("runc is not installed (cargo xtask setup installs it)");
+        return;
+    }
+    let top = format!("/kptest-names-{}-decoy", std::process::id());
+    let ctr = Container::start("sleep 300", Some(&format!("{top}/box")));
+    let cg = killpath::kernel::cgroup::Cgroup::new(ctr.cgroup());
+    wait_until(Duration::from_secs(20), || !cg.procs().is_empty()).expect("the container's init");
+    let mount = killpath::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount");
+    let decoy = mount.join(top.trim_start_matches('/')).join(&ctr.id);
+    std::fs::create_dir(&decoy).expect("decoy cgroup");
+    let out = agent.kp(&["adopt", "decoyed", "--container", &ctr.id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir(&decoy);
+    assert!(!out.status.success(), "the decoy {} was adopted: {}", decoy.display(), show(&out));
+    assert!(err.contains("does not hold its init") && err.contains(&decoy.display().to_string()), "{err}");
+    assert_eq!(agent.json(&["status"])["targets"], serde_json::json!([]), "nothing adopted");
+    assert_eq!(ctr.state()["status"], "running", "the container runs on");
+}
