@@ -110,6 +110,29 @@ pub struct LevelChange {
 }
 
 impl Target {
+    /// A new target at normal since `since_unix_us`: nothing revoked,
+    /// audited, throttled or recorded yet.
+    pub fn new(name: &str, cgroup: PathBuf, cgroup_id: u64, depth: u32, created: bool, adopted: bool, since_unix_us: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            cgroup,
+            cgroup_id,
+            depth,
+            created,
+            level: killpath_common::level::NORMAL,
+            since_unix_us,
+            last_stop: None,
+            netdevs: Vec::new(),
+            revoked: 0,
+            audit: 0,
+            allow_connect: Vec::new(),
+            allow_write: Vec::new(),
+            adopted,
+            throttle: Default::default(),
+            history: Vec::new(),
+        }
+    }
+
     /// Appends a level change to the history.
     pub fn record_level(&mut self, from: u32, to: u32, action: &str, actor: crate::journal::Actor) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
@@ -298,34 +321,7 @@ mod tests {
 
     /// Target "a" at `cgroup` (id `id`, depth 1, created) at `lvl`.
     fn sample(cgroup: &str, id: u64, lvl: u32) -> Target {
-        Target {
-            name: "a".into(),
-            cgroup: cgroup.into(),
-            cgroup_id: id,
-            depth: 1,
-            created: true,
-            level: lvl,
-            since_unix_us: 1,
-            last_stop: None,
-            netdevs: Vec::new(),
-            revoked: 0,
-            audit: 0,
-            allow_connect: Vec::new(),
-            allow_write: Vec::new(),
-            adopted: false,
-            throttle: Default::default(),
-            history: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn names() {
-        for ok in ["web", "job-1", "a.b_c", &"x".repeat(64)] {
-            assert!(validate_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "..", "a/b", "a..b", "-x", ".hidden", "sp ace", "é", &"x".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad}");
-        }
+        Target { level: lvl, ..Target::new("a", cgroup.into(), id, 1, true, false, 1) }
     }
 
     /// Target `name` at level `lvl`.

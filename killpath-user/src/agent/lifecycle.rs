@@ -21,24 +21,7 @@ impl State {
         if let Some(other) = self.registry.targets.values().find(|t| t.cgroup_id == cgroup_id) {
             return Err(Error::InvalidRequest(format!("cgroup {} is already target {:?}", cg.path().display(), other.name)));
         }
-        let t = Target {
-            name: name.to_owned(),
-            cgroup: cg.path().to_owned(),
-            cgroup_id,
-            depth: cg.depth(&self.cgroup_mount)?,
-            created,
-            level: level::NORMAL,
-            since_unix_us: now_us(),
-            last_stop: None,
-            netdevs: Vec::new(),
-            revoked: 0,
-            audit: 0,
-            allow_connect: Vec::new(),
-            allow_write: Vec::new(),
-            adopted,
-            throttle: Default::default(),
-            history: Vec::new(),
-        };
+        let t = Target::new(name, cg.path().to_owned(), cgroup_id, cg.depth(&self.cgroup_mount)?, created, adopted, now_us());
         self.enforcer.maps.set(t.cgroup_id, t.state(t.level))?;
         // Attach the level-3 hooks now, so that isolating later is only a
         // map update.
