@@ -33,6 +33,17 @@ struct Container {
     paths: Vec<PathBuf>,
 }
 
+/// An agent, when runc is installed (else a skip, which fails in strict
+/// mode).
+fn agent_with_runc() -> Option<Agent> {
+    let agent = Agent::start()?;
+    if Command::new("runc").arg("--version").output().is_err() {
+        skip("runc is not installed (cargo xtask setup installs it)");
+        return None;
+    }
+    Some(agent)
+}
+
 fn runc(args: &[&str]) -> std::process::Output {
     Command::new("runc").args(args).stdin(Stdio::null()).output().expect("run runc")
 }
@@ -149,11 +160,7 @@ fn rate(total: &AtomicU64, window: Duration) -> f64 {
 /// sees its container stopped.
 #[test]
 fn adopt_container_runc_throttle_isolate_stop() {
-    let Some(agent) = Agent::start() else { return };
-    if Command::new("runc").arg("--version").output().is_err() {
-        skip("runc is not installed (cargo xtask setup installs it)");
-        return;
-    }
+    let Some(agent) = agent_with_runc() else { return };
     let (port, total) = counter();
     let ctr = Container::start(&format!("sleep 300 & sleep 300 & yes 0123456789abcdef | nc 127.0.0.1 {port}; sleep 300"), None);
     wait_until(Duration::from_secs(20), || total.load(Ordering::Relaxed) > 100_000).expect("the container's stream reaches the listener");
@@ -200,11 +207,7 @@ fn adopt_container_runc_throttle_isolate_stop() {
 /// sees it stopped.
 #[test]
 fn adopt_container_by_runc_state_when_no_cgroup_names_it() {
-    let Some(agent) = Agent::start() else { return };
-    if Command::new("runc").arg("--version").output().is_err() {
-        skip("runc is not installed (cargo xtask setup installs it)");
-        return;
-    }
+    let Some(agent) = agent_with_runc() else { return };
     let top = format!("/kptest-names-{}-state", std::process::id());
     let ctr = Container::start("sleep 300 & sleep 300 & sleep 300", Some(&format!("{top}/box")));
     let cg = killpath::kernel::cgroup::Cgroup::new(ctr.cgroup());
@@ -248,11 +251,7 @@ fn adopt_container_by_runc_state_when_no_cgroup_names_it() {
 /// process and the stranger are untouched.
 #[test]
 fn adopt_container_refuses_when_an_exec_process_would_be_left_out() {
-    let Some(agent) = Agent::start() else { return };
-    if Command::new("runc").arg("--version").output().is_err() {
-        skip("runc is not installed (cargo xtask setup installs it)");
-        return;
-    }
+    let Some(agent) = agent_with_runc() else { return };
     let top = format!("/kptest-names-{}-exec", std::process::id());
     let ctr = Container::start("sleep 300", Some(&format!("{top}/shared")));
     let cg = killpath::kernel::cgroup::Cgroup::new(ctr.cgroup());
@@ -284,11 +283,7 @@ fn adopt_container_refuses_when_an_exec_process_would_be_left_out() {
 /// decoy: the adopt is refused, nothing is adopted, the container runs on.
 #[test]
 fn adopt_container_refuses_a_decoy_cgroup_named_like_it() {
-    let Some(agent) = Agent::start() else { return };
-    if Command::new("runc").arg("--version").output().is_err() {
-        skip("runc is not installed (cargo xtask setup installs it)");
-        return;
-    }
+    let Some(agent) = agent_with_runc() else { return };
     let top = format!("/kptest-names-{}-decoy", std::process::id());
     let ctr = Container::start("sleep 300", Some(&format!("{top}/box")));
     let cg = killpath::kernel::cgroup::Cgroup::new(ctr.cgroup());
