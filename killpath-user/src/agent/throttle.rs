@@ -272,11 +272,7 @@ impl State {
             .into_iter()
             .map(|class| {
                 let counts = self.enforcer.maps.throttle_counts(t.cgroup_id, class);
-                let ceiling = match class {
-                    killpath_common::throttle::EGRESS_BYTES | killpath_common::throttle::EGRESS_BYTES_TC => c.egress_bytes,
-                    killpath_common::throttle::EGRESS_PACKETS | killpath_common::throttle::EGRESS_PACKETS_TC => c.egress_packets,
-                    _ => c.syscalls.get(class_name(class)).copied(),
-                };
+                let ceiling = c.of_class(class);
                 json!({
                     "class": class_name(class),
                     "ceiling_per_s": ceiling,

@@ -185,6 +185,16 @@ pub struct Ceilings {
 }
 
 impl Ceilings {
+    /// The ceiling (per second) that a bucket of class `class` enforces:
+    /// the egress ceilings for both egress hooks, else the syscall class's.
+    pub fn of_class(&self, class: u32) -> Option<u64> {
+        match class {
+            class::EGRESS_BYTES | class::EGRESS_BYTES_TC => self.egress_bytes,
+            class::EGRESS_PACKETS | class::EGRESS_PACKETS_TC => self.egress_packets,
+            _ => self.syscalls.get(class_name(class)).copied(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.syscalls.is_empty() && self.egress_bytes.is_none() && self.egress_packets.is_none() && self.tasks.is_none()
     }

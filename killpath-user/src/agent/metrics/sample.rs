@@ -87,17 +87,8 @@ impl Sample {
                 let classes = m.throttle_classes(id);
                 let mut ceilings: Vec<(&'static str, u64)> = Vec::new();
                 for &class in &classes {
-                    let name = class_name(class);
-                    let c = &t.throttle;
-                    let ceiling = if name.starts_with("egress-bytes") {
-                        c.egress_bytes
-                    } else if name.starts_with("egress-packets") {
-                        c.egress_packets
-                    } else {
-                        c.syscalls.get(name).copied()
-                    };
-                    if let Some(v) = ceiling {
-                        ceilings.push((name, v));
+                    if let Some(v) = t.throttle.of_class(class) {
+                        ceilings.push((class_name(class), v));
                     }
                 }
                 if let Some(n) = t.throttle.tasks {
