@@ -324,6 +324,16 @@ mod tests {
         Target { level: lvl, ..Target::new("a", cgroup.into(), id, 1, true, false, 1) }
     }
 
+    #[test]
+    fn names() {
+        for ok in ["web", "job-1", "a.b_c", &"x".repeat(64)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", "a/b", "a..b", "-x", ".hidden", "sp ace", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
     /// Target `name` at level `lvl`.
     fn named(name: &str, lvl: u32) -> Target {
         Target { name: name.into(), ..sample(&format!("/c/{name}"), 7, lvl) }
