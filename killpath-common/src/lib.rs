@@ -10,6 +10,7 @@ pub mod compat;
 pub mod deadman;
 pub mod pace;
 pub mod raise;
+pub mod trail;
 pub mod tripwire;
 
 /// Enforcement level of a target. Levels are cumulative and ordered.
