@@ -36,6 +36,9 @@ pub mod maps {
     pub const GUARD_CONFIG: &str = "KP_GUARD_CONFIG";
     /// `PerCpuArray<u64>` with one entry: tasks killed by the guard.
     pub const GUARD_KILLS: &str = "KP_GUARD_KILLS";
+    /// `PerCpuHashMap<u64, u64>`: tasks killed by the guard per target
+    /// cgroup id (the innermost target of the task, or its marked target).
+    pub const GUARD_KILLS_BY_TARGET: &str = "KP_GUARD_KILLS_BY_TARGET";
     /// `PerCpuArray<u64>` indexed by [`super::counter`]: isolation drops and denials.
     pub const COUNTERS: &str = "KP_COUNTERS";
     /// `PerCpuHashMap<DenialKey, u64>`: denials per target and capability.

@@ -22,6 +22,9 @@ pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 #[map(name = "KP_GUARD_KILLS")]
 pub static GUARD_KILLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "KP_GUARD_KILLS_BY_TARGET")]
+pub static GUARD_KILLS_BY_TARGET: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
+
 #[map(name = "KP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(killpath_common::counter::COUNT, 0);
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use killpath_common::level;
 
 use crate::{
-    maps::{GUARD_KILLS, TARGETS},
+    maps::{GUARD_KILLS, GUARD_KILLS_BY_TARGET, TARGETS},
     members, targets,
 };
 
@@ -46,9 +46,11 @@ fn try_guard() -> Result<i32, i64> {
     if cfg.stopped_targets == 0 && cfg.isolated_targets == 0 {
         return Ok(0);
     }
-    if cfg.stopped_targets != 0 && targets::of_current(cfg.depth_mask).is_some_and(|s| s.level >= level::STOPPED) {
-        kill_current();
-        return Ok(0);
+    if cfg.stopped_targets != 0 {
+        if let Some((id, _)) = targets::of_current_with_id(cfg.depth_mask).filter(|(_, s)| s.level >= level::STOPPED) {
+            kill_current(id);
+            return Ok(0);
+        }
     }
     // A member outside its target's cgroup: one or two hash lookups.
     let cur = bpf_get_current_pid_tgid();
@@ -64,19 +66,40 @@ fn try_guard() -> Result<i32, i64> {
         st.level >= level::ISOLATE && unsafe { bpf_get_current_ancestor_cgroup_id(st.depth as i32) } != m.target
     };
     if kill {
-        kill_current();
+        kill_current(m.target);
     }
     Ok(0)
 }
 
+/// SIGKILLs the current task and counts it, host-wide and for `target`
+/// (the cgroup id the kill is charged to).
 #[inline(always)]
-fn kill_current() {
+fn kill_current(target: u64) {
     // SAFETY: signals the current task only; the helper itself refuses
     // kernel threads and init.
     if unsafe { bpf_send_signal(SIGKILL) } == 0 {
         if let Some(kills) = GUARD_KILLS.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer.
             unsafe { *kills += 1 };
+        }
+        count_for(target);
+    }
+}
+
+#[inline(always)]
+fn count_for(target: u64) {
+    if let Some(n) = GUARD_KILLS_BY_TARGET.get_ptr_mut(&target) {
+        // SAFETY: this CPU's slot of a per-CPU value, no concurrent writer.
+        unsafe { *n += 1 };
+        return;
+    }
+    // First kill for the target on any CPU. A per-CPU hash update from a
+    // program writes this CPU's slot only; NOEXIST keeps another CPU's
+    // concurrent first insert (then the slot exists: add to it).
+    if GUARD_KILLS_BY_TARGET.insert(&target, &1, 1).is_err() {
+        if let Some(n) = GUARD_KILLS_BY_TARGET.get_ptr_mut(&target) {
+            // SAFETY: as above.
+            unsafe { *n += 1 };
         }
     }
 }

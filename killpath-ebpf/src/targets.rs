@@ -16,11 +16,6 @@ pub fn config() -> Option<GuardConfig> {
     GUARD_CONFIG.get(0).copied()
 }
 
-#[inline(always)]
-fn find(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<TargetState> {
-    find_with_id(mask, ancestor).map(|(_, s)| s)
-}
-
 /// Targets can nest (a target adopted inside another one): the effective
 /// state is the strictest of all enclosing targets — highest level, union
 /// of revoked (and of audited) capabilities — reported under the innermost target's id.
@@ -58,13 +53,6 @@ fn find_with_id(mask: u32, ancestor: impl Fn(i32) -> u64) -> Option<(u64, Target
     } else {
         None
     }
-}
-
-/// The target of the current task, if any.
-#[inline(always)]
-pub fn of_current(mask: u32) -> Option<TargetState> {
-    // SAFETY: helper without pointer arguments.
-    find(mask, |d| unsafe { bpf_get_current_ancestor_cgroup_id(d) })
 }
 
 /// The target of the current task with its cgroup id, if any.

@@ -143,6 +143,7 @@ fn stop_guard_kills_tasks_moved_in_later() {
         std::thread::sleep(Duration::from_millis(100));
         assert!(alive(p.pid()), "{what} runs outside the target");
         let kills = guard_kills(&agent);
+        let row_kills = target_row(&agent, "guarded").expect("listed")["guard_kills"].as_u64().expect("per-target guard_kills");
         move_into(&cg, p.pid());
         let t0 = Instant::now();
         let died = wait_until(Duration::from_secs(2), || !alive(p.pid()));
@@ -156,6 +157,8 @@ fn stop_guard_kills_tasks_moved_in_later() {
         eprintln!("guard killed the {what} {} µs after the move", t0.elapsed().as_micros());
         let after = guard_kills(&agent);
         assert!(after > kills, "{what}: guard_kills did not increase ({kills} -> {after}): someone else killed it");
+        let row_after = target_row(&agent, "guarded").expect("listed")["guard_kills"].as_u64().expect("per-target guard_kills");
+        assert!(row_after > row_kills, "{what}: the target's own guard_kills did not increase ({row_kills} -> {row_after})");
         assert!(wait_until(Duration::from_secs(2), || cg.populated().ok() == Some(false)).is_some(), "target repopulated");
     }
     let row = target_row(&agent, "guarded").expect("still listed");

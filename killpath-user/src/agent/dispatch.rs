@@ -23,7 +23,8 @@ fn parse_level(s: &str) -> Result<u32> {
 
 impl State {
     /// Serves one decoded command. `received` is when its line arrived.
-    pub fn handle(&mut self, cmd: Command, caller: Caller, received: Instant) -> Result<Value> {
+    /// `pre`: what was read before the lock (`named::Prepared`).
+    pub fn handle(&mut self, cmd: Command, caller: Caller, received: Instant, pre: super::named::Prepared) -> Result<Value> {
         super::transaction::serving(received);
         match cmd {
             Command::Ping {} => Ok(json!({"pong": true, "pid": std::process::id()})),
@@ -42,7 +43,7 @@ impl State {
             Command::Adopt { name, cgroup, pid, unit, container, pod } => {
                 validate_name(&name)?;
                 if let Some(sel) = crate::resolve::Selector::from_request(unit, container, pod)? {
-                    return self.adopt_named(caller, &name, cgroup.is_some() || pid.is_some(), &sel);
+                    return self.adopt_named(caller, &name, cgroup.is_some() || pid.is_some(), &sel, pre);
                 }
                 let params = json!({"cgroup": cgroup, "pid": pid});
                 self.execute(caller, "adopt", Some(&name), params, |s| s.adopt(&name, cgroup.as_deref(), pid))

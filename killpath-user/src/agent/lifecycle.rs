@@ -143,6 +143,7 @@ impl State {
         self.enforcer.maps.clear_allow_write(t.cgroup_id)?;
         self.enforcer.maps.clear_denials(t.cgroup_id);
         self.enforcer.maps.clear_audit_counts(t.cgroup_id);
+        self.enforcer.maps.clear_guard_kills(t.cgroup_id);
         if let Some(m) = self.enforcer.maps.members.as_mut() {
             m.unmark_target(t.cgroup_id);
         }

@@ -318,6 +318,8 @@ fn run_request(state: &Mutex<State>, unlocked: &super::stop_first::Unlocked, cmd
     if let Command::Status { name } = &cmd {
         return super::status::serve(state, &cmd, name.as_deref());
     }
+    // A name to resolve is resolved before the lock (`named`).
+    let pre = if allowed { super::named::Prepared::before_lock(unlocked, &cmd) } else { super::named::Prepared::default() };
     // A panicked handler must not take the agent down with it: keep
     // serving from the state as it was left. A stop goes ahead of
     // everything else (`stop_first`).
@@ -343,5 +345,5 @@ fn run_request(state: &Mutex<State>, unlocked: &super::stop_first::Unlocked, cmd
     if matches!(cmd, Command::Stop { .. }) {
         super::stop_first::checked();
     }
-    s.handle(cmd, caller, received)
+    s.handle(cmd, caller, received, pre)
 }

@@ -107,6 +107,7 @@ impl State {
                     "since_unix_us": t.since_unix_us,
                     "last_stop": t.last_stop,
                     "escape_attempts": self.enforcer.maps.members.as_ref().map(|m| m.escapes(id)),
+                    "guard_kills": self.enforcer.maps.guard_kills_of(id),
                     "members": self.enforcer.maps.members.as_ref().map(|_| members.get(&id).map_or(0, |s| s.len())),
                     "pending": self.pending_summary(&t.name),
                     "tripwires_fired": self.tripwire_status(&t.name),

@@ -26,7 +26,6 @@ impl State {
         // Where the wait before it went: receipt to the stop thread, and to
         // the state lock (see `stop_first`).
         let (picked_up_us, lock_held_us, checked_us) = super::stop_first::stop_timings(received);
-        let kills_before = self.enforcer.maps.guard_kills();
         // The real cgroup, by id: a mount over the path cannot hide the
         // target's tasks from the stop. Whether the path still leads there
         // is checked after the kill (a mismatch is then alerted and
@@ -37,6 +36,7 @@ impl State {
         // held apart from the maps for the stop, so that the guard can be
         // armed (a write to the maps) from inside it.
         let ids = self.nested_ids(&t);
+        let kills_before = guard_kills_of(&self.enforcer.maps, &ids);
         let members = self.enforcer.maps.members.take();
         let marked = members.as_ref().map(|m| (m, ids.as_slice()));
         let mut guard_armed_us = 0;
@@ -66,7 +66,7 @@ impl State {
             }
         };
         let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
-        let guard_kills = self.enforcer.maps.guard_kills().saturating_sub(kills_before);
+        let guard_kills = guard_kills_of(&self.enforcer.maps, &ids).saturating_sub(kills_before);
         let run_delay_us = super::stop_first::run_delay_us();
         let tt = self.registry.get_mut(name)?;
         tt.level = level::STOPPED;
@@ -106,4 +106,11 @@ impl State {
             time_to_effect_us: Some(report.time_to_empty_us),
         })
     }
+}
+
+/// Tasks the guard killed for these targets (the stopped one and those
+/// nested in it); host-wide when the pinned maps predate the per-target
+/// count.
+fn guard_kills_of(maps: &crate::kernel::maps::Maps, ids: &[u64]) -> u64 {
+    ids.iter().map(|id| maps.guard_kills_of(*id)).sum::<Option<u64>>().unwrap_or_else(|| maps.guard_kills())
 }

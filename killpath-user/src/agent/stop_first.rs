@@ -268,12 +268,21 @@ pub(super) fn background(state: &Mutex<State>) -> Held<'_> {
 pub(super) struct Unlocked {
     pub(super) journal: std::path::PathBuf,
     pub(super) head: SharedHead,
+    /// Where names are resolved (`adopt --unit/--container/--pod`, see
+    /// `named`): the cgroup2 mount and killpath's own parent, skipped.
+    pub(super) cgroup_mount: std::path::PathBuf,
+    pub(super) cgroup_parent: std::path::PathBuf,
 }
 
 impl Unlocked {
     pub(super) fn of(s: &State) -> Self {
         BASE_NICE.store(own_nice(), Ordering::Relaxed);
-        Self { journal: s.journal.path().to_owned(), head: s.journal_head.clone() }
+        Self {
+            journal: s.journal.path().to_owned(),
+            head: s.journal_head.clone(),
+            cgroup_mount: s.cgroup_mount.clone(),
+            cgroup_parent: s.config.cgroup_parent.clone(),
+        }
     }
 
     /// Serves `cmd` without the state lock, if it can be (None: it needs it).

@@ -168,6 +168,9 @@ impl State {
         }
         if let (Ok(done), Some(name)) = (&outcome, target) {
             super::metrics::observe_effect(name, done.to_level, done.time_to_effect_us);
+            if action == "stop" {
+                super::metrics::observe_stop(name, done.result["survivors"].as_u64().unwrap_or(0));
+            }
         }
         // The response waits for this fsync: nothing acknowledged is lost.
         let result_journaling = Instant::now();

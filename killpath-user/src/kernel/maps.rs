@@ -21,6 +21,7 @@ pub const PINNED: &[&str] = &[
     maps::TARGETS,
     maps::GUARD_CONFIG,
     maps::GUARD_KILLS,
+    maps::GUARD_KILLS_BY_TARGET,
     maps::COUNTERS,
     maps::NETDEVS,
     maps::DENIALS,
@@ -66,6 +67,8 @@ pub struct Maps {
     mirror: std::collections::HashMap<u64, TargetState>,
     config: Array<MapData, GuardConfig>,
     kills: PerCpuArray<MapData, u64>,
+    /// Guard kills per target; None when the pins predate it.
+    kills_by_target: Option<PerCpuHashMap<MapData, u64, u64>>,
     counters: Option<PerCpuArray<MapData, u64>>,
     /// Degrade maps: only the agent opens them.
     pub(crate) degrade: Option<DegradeMaps>,
@@ -113,6 +116,7 @@ impl Maps {
             targets: typed(ebpf, maps::TARGETS)?,
             config: typed(ebpf, maps::GUARD_CONFIG)?,
             kills: typed(ebpf, maps::GUARD_KILLS)?,
+            kills_by_target: Some(typed(ebpf, maps::GUARD_KILLS_BY_TARGET)?),
             counters: Some(typed(ebpf, maps::COUNTERS)?),
             degrade: Some(DegradeMaps {
                 write_allow: typed(ebpf, maps::WRITE_ALLOW)?,
@@ -145,6 +149,7 @@ impl Maps {
             targets: HashMap::try_from(open_pin(gen, maps::TARGETS, Map::HashMap)?).map_err(Error::map(maps::TARGETS))?,
             config: Array::try_from(open_pin(gen, maps::GUARD_CONFIG, Map::Array)?).map_err(Error::map(maps::GUARD_CONFIG))?,
             kills: PerCpuArray::try_from(open_pin(gen, maps::GUARD_KILLS, Map::PerCpuArray)?).map_err(Error::map(maps::GUARD_KILLS))?,
+            kills_by_target: open_pin(gen, maps::GUARD_KILLS_BY_TARGET, Map::PerCpuHashMap).ok().and_then(|m| PerCpuHashMap::try_from(m).ok()),
             counters: open_pin(gen, maps::COUNTERS, Map::PerCpuArray).ok().and_then(|c| PerCpuArray::try_from(c).ok()),
             degrade: None,
             throttle: None,
@@ -306,5 +311,19 @@ impl Maps {
     /// Tasks the guard has killed since its maps were created.
     pub fn guard_kills(&self) -> u64 {
         self.kills.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Tasks the guard has killed for one target (its cgroup id); None
+    /// when the pinned maps predate the per-target count.
+    pub fn guard_kills_of(&self, target: u64) -> Option<u64> {
+        let m = self.kills_by_target.as_ref()?;
+        Some(m.get(&target, 0).map(|v| v.iter().sum()).unwrap_or(0))
+    }
+
+    /// Forgets a released target's guard kills.
+    pub fn clear_guard_kills(&mut self, target: u64) {
+        if let Some(m) = self.kills_by_target.as_mut() {
+            let _ = m.remove(&target);
+        }
     }
 }

@@ -2,10 +2,10 @@
 //! scrape, and its values follow the target through degrade and stop.
 use super::{agent_with_metrics, http_get, promtool, promtool_run, refused_connects, sample, scrape, Sink};
 use crate::{
-    harness::Agent,
+    harness::{alive, wait_until, Agent},
     support::{
-        cgroup::in_cgroup_within,
-        process::{pids, run_bg, show},
+        cgroup::{in_cgroup_within, move_into},
+        process::{pids, run_bg, show, spawn_outside},
         status::{assert_stopped, target_row},
     },
 };
@@ -81,6 +81,16 @@ fn metrics_scrape_follows_degrade_and_stop() {
     assert_eq!(sample(&m, "killpath_target_last_stop_survivors", &web), Some(0.0), "{m}");
     assert_eq!(sample(&m, "killpath_target_time_to_effect_seconds_count", &[("target", "web"), ("level", "stopped")]), Some(1.0), "{m}");
     assert_eq!(sample(&m, "killpath_journal_verify_ok", &[]), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "killpath_target_stops_with_survivors_total", &web), Some(0.0), "{m}");
+    let kills = sample(&m, "killpath_target_guard_kills_total", &web).expect("guard kills per target");
+
+    // A task moved into the stopped target dies by the guard: counted for web.
+    let p = spawn_outside(&["sleep", "1000"]);
+    move_into(&cg, p.pid());
+    assert!(wait_until(std::time::Duration::from_secs(5), || !alive(p.pid())).is_some(), "a task moved into the stopped target survives");
+    let m = scrape(&addr);
+    let after = sample(&m, "killpath_target_guard_kills_total", &web).expect("guard kills per target");
+    assert!(after > kills, "the guard's kill is counted for web ({kills} -> {after}):\n{m}");
 
     // Released: no series names the target any more.
     agent.json(&["release", "web"]);

@@ -104,6 +104,11 @@ pub(super) fn encode(s: &Sample) -> Result<String, std::fmt::Error> {
         "Moves out of the target's cgroup the kernel saw (reverted by the agent).",
         ts.iter().filter_map(|t| t.escapes.map(|e| (t1(&t.name), e))),
     );
+    b.counter(
+        "target_guard_kills",
+        "Tasks the stop guard killed in the target (forked, run or moved into it after its stop).",
+        ts.iter().filter_map(|t| t.guard_kills.map(|n| (t1(&t.name), n))),
+    );
     b.gauge("target_tasks", "Live tasks in the target's cgroup and below (cgroup.procs).", ts.iter().filter_map(|t| t.tasks.map(|n| (t1(&t.name), n as i64))));
     b.gauge(
         "target_last_stop_survivors",
@@ -143,6 +148,11 @@ pub(super) fn encode(s: &Sample) -> Result<String, std::fmt::Error> {
         );
         b.gauge_f64("journal_verify_timestamp_seconds", "When the journal was last verified (Unix time).", [(Labels::new(), v.at_unix_s)]);
     }
+    b.registry.register(
+        "target_stops_with_survivors",
+        "Stops of the target that left a task alive when they gave up waiting (must stay 0).",
+        recorded().stops_with_survivors.clone(),
+    );
     b.registry.register("socket_requests", "Socket requests by command and outcome (ok or the error code).", recorded().requests.clone());
     b.registry.register(
         "socket_refused_callers",

@@ -29,7 +29,7 @@ use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-pub(super) use recorded::{count_request, observe_effect};
+pub(super) use recorded::{count_request, observe_effect, observe_stop};
 
 use super::State;
 use crate::error::{Error, Result};

@@ -35,6 +35,10 @@ pub(super) struct Recorded {
     pub effect: Family<Labels, Histogram, fn() -> Histogram>,
     /// The (target, level) pairs `effect` holds, to drop a released target's.
     effect_keys: Mutex<BTreeSet<(String, &'static str)>>,
+    /// {target}: stops that left a survivor (0 from the target's first stop).
+    pub stops_with_survivors: Family<Labels, Counter>,
+    /// The targets `stops_with_survivors` holds.
+    stop_keys: Mutex<BTreeSet<String>>,
 }
 
 pub(super) fn recorded() -> &'static Recorded {
@@ -44,6 +48,8 @@ pub(super) fn recorded() -> &'static Recorded {
         refused: Family::default(),
         effect: Family::new_with_constructor(new_effect_histogram as fn() -> Histogram),
         effect_keys: Mutex::default(),
+        stops_with_survivors: Family::default(),
+        stop_keys: Mutex::default(),
     })
 }
 
@@ -67,6 +73,17 @@ pub(in crate::agent) fn observe_effect(target: &str, level: Option<u32>, time_to
     }
 }
 
+/// Counts a completed stop, and whether it left survivors (the counter
+/// exists from a target's first stop, so `increase()` sees the first one).
+pub(in crate::agent) fn observe_stop(target: &str, survivors: u64) {
+    let r = recorded();
+    r.stop_keys.lock().unwrap_or_else(PoisonError::into_inner).insert(target.to_owned());
+    let c = r.stops_with_survivors.get_or_create(&vec![("target", target.to_owned())]);
+    if survivors > 0 {
+        c.inc();
+    }
+}
+
 fn effect_labels(target: &str, level: &str) -> Labels {
     vec![("target", target.to_owned()), ("level", level.to_owned())]
 }
@@ -80,6 +97,15 @@ pub(super) fn forget_targets_except(present: &BTreeSet<&str>) {
         let keep = present.contains(target.as_str());
         if !keep {
             r.effect.remove(&effect_labels(target, level));
+        }
+        keep
+    });
+    drop(keys);
+    let mut stops = r.stop_keys.lock().unwrap_or_else(PoisonError::into_inner);
+    stops.retain(|target| {
+        let keep = present.contains(target.as_str());
+        if !keep {
+            r.stops_with_survivors.remove(&vec![("target", target.clone())]);
         }
         keep
     });

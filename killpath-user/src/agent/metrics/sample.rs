@@ -32,6 +32,8 @@ pub(super) struct TargetSample {
     pub protections: Vec<(&'static str, u64)>,
     /// Moves out of the target the kernel saw (membership), if tracked.
     pub escapes: Option<u64>,
+    /// Tasks the stop guard killed in the target (None: pins predate it).
+    pub guard_kills: Option<u64>,
     /// Survivors of the last stop, if the target was stopped.
     pub last_stop_survivors: Option<u64>,
     /// Pending approvals naming this target.
@@ -109,6 +111,7 @@ impl Sample {
                         .map(|(i, n)| (*n, counts.get(&(id, protect::FIRST + i as u32, 0)).copied().unwrap_or(0)))
                         .collect(),
                     escapes: m.members.as_ref().map(|mm| mm.escapes(id)),
+                    guard_kills: m.guard_kills_of(id),
                     last_stop_survivors: t.last_stop.as_ref().map(|r| r.survivors as u64),
                     pending: s.pending_summary(&t.name)["count"].as_u64().unwrap_or(0),
                     tripwires: s.tripwires.rules.values().filter_map(|r| r.fired.get(&t.name)).map(|f| (f.rule.clone(), f.exposure_window_us)).collect(),
@@ -180,6 +183,7 @@ impl Sample {
             denials: (0..cap::COUNT).map(|i| (i, if i == 0 { 5 } else { 0 })).collect(),
             protections: Vec::new(),
             escapes: Some(0),
+            guard_kills: Some(0),
             last_stop_survivors: None,
             pending: 1,
             tripwires: vec![("burst".into(), Some(1500.0))],
