@@ -8,6 +8,22 @@ use killpath_common::KernelOffsets;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// The running kernel's BTF, parsed once per process. The agent asks at
+/// several places during its start (offsets, io_uring, tracepoints, the
+/// 32-bit syscall entries); each parse of vmlinux's few MB took a large
+/// share of an agent start (seconds in a debug build, more under the VM's
+/// emulation). Read whole first: btf_rs's `from_file` seeks (an llseek
+/// syscall) once per type through its BufReader.
+pub fn vmlinux() -> Result<&'static Btf, String> {
+    static BTF: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| {
+        let bytes = std::fs::read(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
+        Btf::from_bytes(&bytes).map_err(|e| format!("cannot parse {VMLINUX}: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
 /// Byte offset of `field` in `struct sname`, looking into anonymous
 /// struct/union members.
 fn offset(btf: &Btf, sname: &str, field: &str) -> Result<u32, String> {
@@ -51,10 +67,9 @@ pub struct Resolved {
 }
 
 pub fn resolve() -> Resolved {
-    let btf = match Btf::from_file(VMLINUX) {
+    let btf = match vmlinux() {
         Ok(b) => b,
-        Err(e) => {
-            let why = format!("cannot read {VMLINUX}: {e}");
+        Err(why) => {
             return Resolved {
                 offsets: KernelOffsets::default(),
                 fs_error: Some(why.clone()),
@@ -165,7 +180,7 @@ fn first_arg_is(btf: &Btf, name: &str, sname: &str) -> bool {
 /// does not share a failure with the LSM offsets; the error says why
 /// io_uring is then counted per io_uring_enter only.
 pub fn iouring_submit() -> Result<IoUringSubmit, String> {
-    let btf = Btf::from_file(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
+    let btf = vmlinux()?;
     let tracepoint = ["io_uring_submit_req", "io_uring_submit_sqe"].into_iter().find(|n| first_arg_is(&btf, n, "io_kiocb")).ok_or(
         "this kernel has no io_uring submission tracepoint taking the request (io_uring_submit_req, or io_uring_submit_sqe of Linux 5.19+; io_uring built in)",
     )?;

@@ -149,7 +149,7 @@ pub fn describe(plan: &[(u32, ClassHook)], classes: Option<&[u32]>) -> Value {
 
 /// Whether this kernel has the raw tracepoint `name` (its BTF typedef).
 pub fn has_tracepoint(name: &str) -> bool {
-    btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").is_ok_and(|b| b.resolve_types_by_name(&format!("btf_trace_{name}")).is_ok())
+    crate::kernel::btf::vmlinux().is_ok_and(|b| b.resolve_types_by_name(&format!("btf_trace_{name}")).is_ok())
 }
 
 /// Whether every net socket tracepoint exists here.
@@ -176,7 +176,7 @@ fn fexit_progs(gen: &Path, ia32: &[(u32, &'static str, &'static str)]) -> Vec<Pr
 /// emulation; an error (the classes then stay at sys_exit, which classes
 /// 32-bit syscalls by their own numbers) where one entry is missing.
 pub fn ia32_fexits() -> std::result::Result<Vec<(u32, &'static str, &'static str)>, String> {
-    let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| format!("no kernel BTF: {e}"))?;
+    let btf = crate::kernel::btf::vmlinux().map_err(|e| format!("no kernel BTF: {e}"))?;
     let has = |f: &str| btf.resolve_types_by_name(f).is_ok();
     if !has(compat::PRESENCE) {
         return Ok(Vec::new());
