@@ -92,8 +92,9 @@ impl State {
         m
     }
 
-    /// Appends `entries` to `name`'s trail, opening it on first use.
-    fn trail_append(&mut self, name: &str, entries: Vec<journal::Entry>) {
+    /// Appends `entries` to `name`'s trail, opening it on first use; with
+    /// `report`, the loss counters too when they moved.
+    fn trail_append(&mut self, name: &str, entries: Vec<journal::Entry>, report: bool) {
         let lost = self.trail_kernel_lost();
         let max = self.config.trail_max_bytes.unwrap_or(store::DEFAULT_MAX_BYTES);
         let path = store::path(&self.config.state_dir, name);
@@ -107,7 +108,7 @@ impl State {
                 }
             },
         };
-        if let Err(e) = file.append(name, entries, &lost) {
+        if let Err(e) = file.append(name, entries, &lost, report) {
             warn!(target = name, "writing the trail: {e}");
             // Reopened (and re-verified) on the next append.
             self.trail.files.remove(name);
@@ -128,7 +129,7 @@ impl State {
             by.entry(name.clone()).or_default().push(store::entry(name, action, Some(ev.level), params));
         }
         for (name, entries) in by {
-            self.trail_append(&name, entries);
+            self.trail_append(&name, entries, false);
         }
     }
 
@@ -157,7 +158,7 @@ impl State {
             entries.push(store::entry(name, what, Some(level), json!({key: v, "level": level_name(level)})));
         }
         // Even with nothing new: the loss counters are checked.
-        self.trail_append(name, entries);
+        self.trail_append(name, entries, true);
     }
 
     /// A level change of `name` (from `State::execute`): the counters as
@@ -167,8 +168,8 @@ impl State {
             return;
         }
         self.trail_snapshot(name, Some(from));
-        let e = store::entry(name, "level", Some(to), json!({"from": level_name(from), "to": level_name(to), "action": action}));
-        self.trail_append(name, vec![e]);
+        let e = store::entry(name, "level", Some(to), json!({"from": level_name(from), "to": level_name(to), "by": action}));
+        self.trail_append(name, vec![e], true);
     }
 
     /// KP_TRAIL_ON from the registry (at start: a target recorded by an
@@ -201,7 +202,7 @@ impl State {
         self.registry.get_mut(name)?.trail = on;
         self.registry.save()?;
         let e = store::entry(name, action, Some(t.level), json!({"level": level_name(t.level)}));
-        self.trail_append(name, vec![e]);
+        self.trail_append(name, vec![e], true);
         let path = store::path(&self.config.state_dir, name);
         let files = if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 {
             "recorded (BPF LSM)"
@@ -219,6 +220,24 @@ impl State {
             let result = s.trail_set(name, on)?;
             Ok(super::Done { result, to_level: None, time_to_effect_us: None })
         })
+    }
+
+    /// What `status` shows of a target's trail.
+    pub(super) fn trail_status(&self, t: &crate::target::Target) -> Value {
+        let path = store::path(&self.config.state_dir, &t.name);
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let files =
+            if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 { "files recorded" } else { "files not recorded: no BPF LSM" };
+        json!({"recording": t.trail && self.enforcer.trail.records(t.cgroup_id), "file": bytes.map(|_| path), "bytes": bytes, "files": files})
+    }
+
+    /// Where a stop result or a drill report points the rollback planner
+    /// (None: the target does not record).
+    pub(super) fn trail_pointer(&self, t: &crate::target::Target) -> Value {
+        if !t.trail {
+            return Value::Null;
+        }
+        json!({"summary": format!("killpath trail {} --summary", t.name), "file": store::path(&self.config.state_dir, &t.name)})
     }
 
     /// Called when a target is released: its counters leave the kernel

@@ -147,7 +147,9 @@ impl State {
                         let _ = self.registry.save();
                     }
                     // The trail: the closing phase's flows, then the change.
-                    self.trail_level(name, from_level.unwrap_or(0), to, action);
+                    if let Some(from) = from_level {
+                        self.trail_level(name, from, to, action);
+                    }
                 }
             }
         }

@@ -94,7 +94,7 @@ fn line(r: &Value) -> String {
             fl.join("; ")
         }
         "file-writes" => format!("{} file(s) written", r["files"].as_array().map_or(0, Vec::len)),
-        "level" => format!("level {} -> {} ({})", s(&r["from"]), s(&r["to"]), s(&r["action"])),
+        "level" => format!("level {} -> {} ({})", s(&r["from"]), s(&r["to"]), s(&r["by"])),
         "lost" => format!("LOST: kernel ring full {} ; trail file full {}", r["kernel_ring_full"], r["trail_file_full"]),
         a if a.starts_with("file-") => {
             let to = if r["to"].is_string() { format!(" -> {}", s(&r["to"])) } else { String::new() };

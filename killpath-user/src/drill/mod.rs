@@ -289,11 +289,13 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: O
         interrupted: was_interrupted,
         restored: Value::Null,
         conflict: Value::Null,
+        trail: Value::Null,
     };
     report.duration_ms = started.elapsed().as_millis() as u64;
     let end = s.call(&Command::DrillEnd { report: json!(report), restore: true }, REQUEST_TIMEOUT).map_err(client_err)?;
     report.restored = end["restored"].clone();
     report.conflict = end["conflict"].clone();
+    report.trail = end["trail"].clone();
     if !report.conflict.is_null() {
         report.passed = false;
         let summary = report.conflict["summary"].as_str().unwrap_or("changed by someone else").to_owned();

@@ -82,14 +82,15 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
 /// One record as listed: seq, time, what, and its fields.
 pub fn item(r: &Record) -> Value {
     let mut m = Map::new();
-    m.insert("seq".into(), json!(r.seq));
-    m.insert("written".into(), json!(r.time));
-    m.insert("action".into(), json!(r.entry.action));
     if let Value::Object(p) = &r.entry.params {
         for (k, v) in p {
             m.insert(k.clone(), v.clone());
         }
     }
+    // The record's own fields win over a parameter of the same name.
+    m.insert("seq".into(), json!(r.seq));
+    m.insert("written".into(), json!(r.time));
+    m.insert("action".into(), json!(r.entry.action));
     if let Some(o) = &r.entry.outcome {
         m.insert("outcome".into(), json!(o));
     }
@@ -218,7 +219,7 @@ pub fn summary(name: &str, records: &[Record]) -> Value {
     for r in records {
         let p = &r.entry.params;
         match r.entry.action.as_str() {
-            "level" => level_changes.push(json!({"time": r.time, "from": p["from"], "to": p["to"], "by": p["action"]})),
+            "level" => level_changes.push(json!({"time": r.time, "from": p["from"], "to": p["to"], "by": p["by"]})),
             "lost" => lost = p.clone(),
             "flows" => {
                 let level = p.get("level").and_then(Value::as_str).unwrap_or("normal");

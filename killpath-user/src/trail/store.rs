@@ -58,9 +58,11 @@ impl TrailFile {
     }
 
     /// Appends what fits under the bound (markers always), counting the
-    /// rest; then a `lost` record if `kernel_lost` (KP_TRAIL_LOST by kind
-    /// name) or the count left out here changed since the last one.
-    pub fn append(&mut self, name: &str, entries: Vec<Entry>, kernel_lost: &BTreeMap<String, u64>) -> Result<()> {
+    /// rest; then, when `report` (the periodic snapshot, a level change: a
+    /// few records a minute however hard the flood), a `lost` record if
+    /// `kernel_lost` (KP_TRAIL_LOST by kind name) or the count left out
+    /// here changed since the last one.
+    pub fn append(&mut self, name: &str, entries: Vec<Entry>, kernel_lost: &BTreeMap<String, u64>, report: bool) -> Result<()> {
         let mut size = self.journal.size();
         let mut keep = Vec::with_capacity(entries.len());
         for e in entries {
@@ -73,7 +75,7 @@ impl TrailFile {
             }
         }
         let lost = json!({"kernel_ring_full": kernel_lost, "trail_file_full": self.dropped});
-        if lost != self.reported && (!kernel_lost.is_empty() || !self.dropped.is_empty()) {
+        if report && lost != self.reported && (!kernel_lost.is_empty() || !self.dropped.is_empty()) {
             let mut e = entry(name, "lost", None, lost.clone());
             e.outcome = Some("events were not recorded: counted here by kind".into());
             keep.push(e);
