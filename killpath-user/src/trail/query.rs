@@ -284,4 +284,40 @@ mod tests {
         assert_eq!(parse_since("2024-05-01T12:00:00.000001Z", 0).ok(), Some(1_714_564_800_000_001));
         assert!(parse_since("soon", 0).is_err());
     }
+
+    fn rec(seq: u64, action: &str, params: Value) -> Record {
+        let mut e = crate::journal::Entry::new(crate::journal::Actor::Source { source: "kernel".into() }, crate::journal::Phase::Event, action);
+        e.params = params;
+        Record { seq, time_unix_us: seq, time: String::new(), prev_hash: String::new(), entry: e, hash: String::new(), hmac: None }
+    }
+
+    /// Per level phase: execs and refused connects where they happened,
+    /// bytes per destination as the difference between snapshots.
+    #[test]
+    fn summary_by_level() {
+        let flow = |bytes: u64| json!({"flows": [{"proto": "tcp", "addr": "10.0.0.1", "port": 80, "direction": "out", "bytes_out": bytes, "bytes_in": 0}], "level": "normal"});
+        let mut iso_flow = flow(1500);
+        iso_flow["level"] = json!("isolate");
+        let records = vec![
+            rec(1, "exec", json!({"path": "/bin/curl", "level": "normal"})),
+            rec(2, "flows", flow(1000)),
+            rec(3, "level", json!({"from": "normal", "to": "isolate", "by": "isolate"})),
+            rec(4, "connect", json!({"proto": "tcp", "addr": "10.0.0.1", "port": 80, "refused": true, "level": "isolate"})),
+            rec(5, "connect", json!({"proto": "tcp", "addr": "10.0.0.1", "port": 80, "refused": true, "level": "isolate"})),
+            rec(6, "flows", iso_flow),
+        ];
+        let s = summary("t", &records);
+        assert_eq!(s["total"]["programs"]["/bin/curl"], 1);
+        assert_eq!(s["phases"][0]["level"], "normal");
+        assert_eq!(s["phases"][0]["destinations"][0]["bytes_out"], 1000);
+        assert_eq!(s["phases"][1]["level"], "isolate");
+        assert_eq!(s["phases"][1]["connects"][0]["refused"], 2);
+        assert_eq!(s["phases"][1]["destinations"][0]["bytes_out"], 500, "bytes counted while isolated: the difference");
+        assert_eq!(s["total"]["destinations"][0]["bytes_out"], 1500);
+        assert!(s["by_level"][1].as_str().is_some_and(|l| l.starts_with("at isolate: 0 exec(s), 2 connect(s) (2 refused)")), "{s:#}");
+        let f = Filter { kind: Some("net".into()), ..Default::default() };
+        assert_eq!(list(&records, &f).len(), 4, "connects and flows");
+        let f = Filter { level: Some("isolate".into()), ..Default::default() };
+        assert_eq!(list(&records, &f).len(), 3);
+    }
 }

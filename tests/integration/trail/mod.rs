@@ -75,3 +75,49 @@ fn trail_lists_execs() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `adopt --trail` records an adopted process tree; `status` says so;
+/// `trail --off` stops recording (an exec while off is not in the trail,
+/// though the ring is FIFO and a later exec recorded after `--on` again
+/// is) and keeps what was recorded; `--since` selects by time.
+#[test]
+fn trail_adopt_on_off_and_status() {
+    let Some(a) = Agent::start() else {
+        skip("needs root");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let wait = |n: &str| format!("while [ ! -e {} ]; do sleep 0.05; done", f(n));
+    let script = format!(
+        "{}; /bin/echo adopted-marker; {}; /bin/echo while-off; touch {}; {}; /bin/echo back-on; exec sleep 60",
+        wait("go"),
+        wait("off"),
+        f("done-off"),
+        wait("on")
+    );
+    let mut child = std::process::Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("workload");
+    let pid = child.id().to_string();
+    a.json(&["adopt", "tr-adopt", "--pid", &pid, "--trail"]);
+    let st = a.json(&["status", "tr-adopt"]);
+    assert_eq!(st["targets"][0]["trail"]["recording"], true, "{st:#}");
+    std::fs::write(f("go"), "").expect("go");
+    wait_until(Duration::from_secs(10), || !execs_of(&records(&a, "tr-adopt", &[]), "/bin/echo").is_empty()).expect("the adopted tree's exec is recorded");
+    assert_eq!(a.json(&["trail", "tr-adopt", "--off"])["recording"], false);
+    assert_eq!(a.json(&["status", "tr-adopt"])["targets"][0]["trail"]["recording"], false);
+    std::fs::write(f("off"), "").expect("off");
+    wait_until(Duration::from_secs(10), || std::path::Path::new(&f("done-off")).exists()).expect("the exec while off ran");
+    assert_eq!(a.json(&["trail", "tr-adopt", "--on"])["recording"], true);
+    std::fs::write(f("on"), "").expect("on");
+    wait_until(Duration::from_secs(10), || execs_of(&records(&a, "tr-adopt", &[]), "/bin/echo").len() >= 2).expect("the exec after --on is recorded");
+    let recs = records(&a, "tr-adopt", &[]);
+    let echo: Vec<String> = execs_of(&recs, "/bin/echo").into_iter().map(|argv| argv.join(" ")).collect();
+    assert_eq!(echo, ["/bin/echo adopted-marker", "/bin/echo back-on"], "not the exec while off: {recs:#?}");
+    assert!(recs.iter().any(|r| r["action"] == "trail-off") && recs.iter().any(|r| r["action"] == "trail-on"), "{recs:#?}");
+    assert_eq!(records(&a, "tr-adopt", &["--since", "1h"]).len(), recs.len());
+    assert!(records(&a, "tr-adopt", &["--since", "4102444800"]).is_empty(), "nothing after 2100");
+    let bad = a.kp(&["trail", "tr-adopt", "--kind", "disk"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("net, exec, file, signal"), "{bad:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
