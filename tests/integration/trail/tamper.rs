@@ -66,8 +66,6 @@ fn trail_after_stop_has_no_events() {
     let recs = records(&a, "tr-stop", &[]);
     let marker = recs.iter().find(|r| r["action"] == "level" && r["to"] == "stopped").unwrap_or_else(|| {
         let o = a.kp(&["--json", "trail", "tr-stop"]);
-        let _ = std::fs::copy(a.state_dir.join("trails/tr-stop.jsonl"), "/tmp/trail-debug.jsonl");
-        let _ = std::fs::write("/tmp/trail-debug.log", a.log_text());
         panic!("no stop marker: {recs:#?}\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
     });
     let stop_seq = marker["seq"].as_u64().unwrap_or(0);
