@@ -112,6 +112,7 @@ impl State {
                     "pending": self.pending_summary(&t.name),
                     "tripwires_fired": self.tripwire_status(&t.name),
                     "lease": self.lease_status(id),
+                    "trail": self.trail_status(t),
                 });
                 let row = match row {
                     Value::Object(m) => m,
