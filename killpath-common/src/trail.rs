@@ -61,7 +61,9 @@ pub mod kind {
     /// runs a single instruction), value = argc.
     pub const EXEC: u32 = 0;
     /// A signal sent by a task of the target to a task outside it:
-    /// arg = signal number, peer = the receiving tgid.
+    /// arg = signal number | 1 << 16 when the kernel generated it on the
+    /// task's behalf (SEND_SIG_PRIV or a positive si_code: an I/O signal,
+    /// a timer), peer = the receiving tgid.
     pub const SIGNAL: u32 = 1;
     /// A connect (TCP) or first datagram (UDP) towards an address:
     /// addr/port/proto; arg = 1 when it was refused by the target's level.

@@ -21,7 +21,7 @@ pub struct TrailArgs {
     pub kind: Option<String>,
     /// Grouped for a rollback planner: destinations with bytes, programs run, files by operation,
     /// signals, and what happened at each level.
-    #[arg(long, conflicts_with_all = ["verify", "on", "off"])]
+    #[arg(long, conflicts_with_all = ["verify", "on", "off", "since", "level", "kind"])]
     pub summary: bool,
     /// Check the trail file's hash chain (like `journal --verify`); exit 1 on a problem.
     #[arg(long, conflicts_with_all = ["on", "off"])]

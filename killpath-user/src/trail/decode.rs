@@ -93,7 +93,8 @@ pub fn event(ev: &TrailEvent, clock: &Clock) -> (&'static str, Value) {
             m.insert("argv".into(), json!(p));
         }
         kind::SIGNAL => {
-            m.insert("signal".into(), json!(ev.arg));
+            m.insert("signal".into(), json!(ev.arg & 0xffff));
+            m.insert("kernel_generated".into(), json!(ev.arg >> 16 & 1 == 1));
             m.insert("to_pid".into(), json!(ev.peer));
             m.insert("result".into(), json!(ev.value));
         }

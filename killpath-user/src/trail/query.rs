@@ -31,7 +31,7 @@ pub fn parse_since(s: &str, now_us: u64) -> Result<u64> {
     let bad =
         || Error::InvalidRequest(format!("--since {s:?}: expected unix seconds, an RFC 3339 UTC time (2026-01-02T03:04:05Z) or an age (90s, 10m, 2h, 1d)"));
     if let Ok(secs) = s.parse::<u64>() {
-        return Ok(secs * 1_000_000);
+        return secs.checked_mul(1_000_000).ok_or_else(bad);
     }
     if let Some((num, unit)) = s.char_indices().last().map(|(i, c)| (&s[..i], c)) {
         if let Ok(n) = num.parse::<u64>() {
@@ -42,7 +42,7 @@ pub fn parse_since(s: &str, now_us: u64) -> Result<u64> {
                 'd' => 86_400,
                 _ => return Err(bad()),
             };
-            return Ok(now_us.saturating_sub(n * mul * 1_000_000));
+            return n.checked_mul(mul * 1_000_000).map(|age| now_us.saturating_sub(age)).ok_or_else(bad);
         }
     }
     rfc3339_us(s).ok_or_else(bad)
@@ -72,9 +72,10 @@ fn rfc3339_us(s: &str) -> Option<u64> {
 }
 
 /// The records of the trail file at `path`, the whole chain verified.
+/// None yet (a target that has recorded nothing) reads as empty.
 pub fn read(path: &Path) -> Result<Vec<Record>> {
     if !path.exists() {
-        return Err(Error::InvalidRequest(format!("no trail at {}: the target never recorded (`killpath trail NAME --on`, `run --trail`)", path.display())));
+        return Ok(Vec::new());
     }
     Ok(journal::read_records(path, 0)?)
 }

@@ -118,6 +118,21 @@ fn trail_adopt_on_off_and_status() {
     assert!(records(&a, "tr-adopt", &["--since", "4102444800"]).is_empty(), "nothing after 2100");
     let bad = a.kp(&["trail", "tr-adopt", "--kind", "disk"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("net, exec, file, signal"), "{bad:?}");
+    // A level by name or number selects the same records; the records were made at normal.
+    let by_name = records(&a, "tr-adopt", &["--level", "normal"]);
+    assert!(!by_name.is_empty(), "records at normal: {recs:#?}");
+    assert_eq!(by_name, records(&a, "tr-adopt", &["--level", "0"]), "--level 0 is --level normal");
+    assert!(records(&a, "tr-adopt", &["--level", "stop"]).is_empty(), "nothing at stopped");
+    for (args, says) in [
+        (&["trail", "tr-adopt", "--since", "99999999999999999999"][..], "--since"),
+        (&["trail", "tr-adopt", "--since", "999999999999999d"][..], "--since"),
+        (&["trail", "tr-adopt", "--level", "panic"][..], "unknown level"),
+        (&["trail", "no-such-target"][..], "no-such-target"),
+    ] {
+        let out = a.kp(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?} must fail naming {says:?}: {out:?}");
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
