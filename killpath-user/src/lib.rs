@@ -27,6 +27,7 @@ pub mod state_dir;
 pub mod stop;
 pub mod target;
 pub mod throttle;
+pub mod trail_files;
 pub mod tripwire;
 
 pub use error::{Error, Result};

@@ -95,6 +95,8 @@ pub struct Enforcer {
     /// Why the self-protection hooks are off here (None: attached and
     /// running, with the struct offsets they follow).
     pub protect_error: Option<String>,
+    /// The trail's file hooks (BPF LSM) and why they are off, if they are.
+    pub trail_files: crate::trail_files::FileHooks,
 }
 
 /// Attaches the self-protection LSM hooks (BPF LSM known to run here).
@@ -161,6 +163,8 @@ impl Enforcer {
         // to valid bpf_map" (aya relocated the fd into its instructions).
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
+        // After degrade's and protect's LSM programs: a refused operation ends the chain before the trail sees it.
+        let trail_files = crate::trail_files::FileHooks::attach(&mut ebpf, &gen, &mut attached_now, lsm_error.as_deref(), btf.fs_error.as_deref())?;
         let iouring = btf::iouring_submit();
         let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
         // The fork class is charged at the membership fork hook where it runs.
@@ -244,6 +248,7 @@ impl Enforcer {
             links,
             protect,
             protect_error,
+            trail_files,
         })
     }
 
