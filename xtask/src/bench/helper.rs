@@ -62,10 +62,16 @@ pub fn helper(args: &HelperArgs) -> Result<ExitCode> {
 
 /// CPU time of the calling thread, in ns.
 pub(super) fn thread_cpu_ns() -> Result<f64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime(2) with a valid timespec pointer.
     if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        bail!("clock_gettime(CLOCK_THREAD_CPUTIME_ID): {}", std::io::Error::last_os_error());
+        bail!(
+            "clock_gettime(CLOCK_THREAD_CPUTIME_ID): {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64)
 }
@@ -73,7 +79,10 @@ pub(super) fn thread_cpu_ns() -> Result<f64> {
 fn reap(command: &[String]) -> Result<ExitCode> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        bail!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+        bail!(
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
     }
     // Outlive a Ctrl-C of the harness: its handler kills the bomb with
     // cgroup.kill, and only then must this process reap it and exit
@@ -85,8 +94,15 @@ fn reap(command: &[String]) -> Result<ExitCode> {
             libc::signal(signal, libc::SIG_IGN);
         }
     }
-    let (program, rest) = command.split_first().ok_or_else(|| anyhow!("reap: no command"))?;
-    let child = Command::new(program).args(rest).stdin(Stdio::null()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {program}"))?;
+    let (program, rest) = command
+        .split_first()
+        .ok_or_else(|| anyhow!("reap: no command"))?;
+    let child = Command::new(program)
+        .args(rest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", child.id())?;
     out.flush()?;
@@ -121,7 +137,8 @@ fn blast(proto: &str, addr: &str) -> Result<ExitCode> {
             }
         }
         "tcp" => {
-            let mut conn = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+            let mut conn = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("connecting to {addr}"))?;
             let buf = vec![0x5au8; 1 << 16];
             loop {
                 if conn.write_all(&buf).is_err() {

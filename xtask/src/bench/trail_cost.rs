@@ -31,7 +31,12 @@ const N: u64 = 1_000_000;
 /// `bench-helper writes N FILE`: pwrite() one byte at offset 0 N times;
 /// prints wall and thread-CPU ns per call.
 pub(super) fn write_loop(n: u64, file: &Path) -> Result<ExitCode> {
-    let f = OpenOptions::new().create(true).truncate(true).write(true).open(file).with_context(|| format!("opening {}", file.display()))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
     let cpu0 = thread_cpu_ns()?;
     let t0 = Instant::now();
     for _ in 0..n {
@@ -54,9 +59,19 @@ fn sample(sb: &Sandbox, cg: Option<&Path>, args: &[String]) -> Result<(f64, f64)
         Some(cg) => cmd.args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#]).arg(cg),
         None => cmd.args(["-c", r#"exec "$@""#, "sh"]),
     };
-    let out = cmd.arg(&sb.helper).arg("bench-helper").args(args).stdin(Stdio::null()).output().context("running the loop")?;
+    let out = cmd
+        .arg(&sb.helper)
+        .arg("bench-helper")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running the loop")?;
     if !out.status.success() {
-        bail!("the loop {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "the loop {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut words = text.split_whitespace().map(str::parse::<f64>);
@@ -82,7 +97,9 @@ pub(super) fn trail_cost(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Resul
         sb.call("create", json!({"name": TARGET}))?;
     }
     let probe = sb.kp(&["probe", "--json"]).unwrap_or_default();
-    let files = serde_json::from_str::<serde_json::Value>(&probe).ok().map(|v| v["trail_files"]["recorded"] == true);
+    let files = serde_json::from_str::<serde_json::Value>(&probe)
+        .ok()
+        .map(|v| v["trail_files"]["recorded"] == true);
     s.notes.push(match files {
         Some(true) => "File hooks attached (BPF LSM runs here): the write loop pays `file_permission`.".into(),
         _ => "File hooks NOT attached here (no BPF LSM): the write loop does not exercise them; their cost is measured only where BPF LSM runs.".into(),
@@ -99,11 +116,19 @@ pub(super) fn trail_cost(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Resul
                 let file = sb.tmp().join(format!("trail-cost-{where_}"));
                 let loops: [(&str, Vec<String>); 2] = [
                     ("getppid", vec!["syscalls".into(), N.to_string()]),
-                    ("pwrite", vec!["writes".into(), N.to_string(), file.to_string_lossy().into_owned()]),
+                    (
+                        "pwrite",
+                        vec!["writes".into(), N.to_string(), file.to_string_lossy().into_owned()],
+                    ),
                 ];
                 for (name, args) in loops {
                     let (wall, cpu) = sample(sb, at, &args)?;
-                    s.push(&format!("{name}_{where_}_{tag}"), &format!("{name}(): CPU ns per call, {place}, recording {tag}"), Unit::NsPerCall, cpu);
+                    s.push(
+                        &format!("{name}_{where_}_{tag}"),
+                        &format!("{name}(): CPU ns per call, {place}, recording {tag}"),
+                        Unit::NsPerCall,
+                        cpu,
+                    );
                     println!("bench:   trail cost, {name} {place}, recording {tag}: {cpu:.1} CPU ns/call ({wall:.1} wall)");
                 }
             }
@@ -127,7 +152,21 @@ pub(super) fn trail_cost(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Resul
         0.5,
         Some("≤ 1.05"),
     );
-    s.ratio("trail_getppid_in", "getppid() CPU ns in the recording target, recording / not (p50)", "getppid_in_on", "getppid_in_off", 0.5, None);
-    s.ratio("trail_pwrite_in", "pwrite() CPU ns in the recording target, recording / not (p50)", "pwrite_in_on", "pwrite_in_off", 0.5, None);
+    s.ratio(
+        "trail_getppid_in",
+        "getppid() CPU ns in the recording target, recording / not (p50)",
+        "getppid_in_on",
+        "getppid_in_off",
+        0.5,
+        None,
+    );
+    s.ratio(
+        "trail_pwrite_in",
+        "pwrite() CPU ns in the recording target, recording / not (p50)",
+        "pwrite_in_on",
+        "pwrite_in_off",
+        0.5,
+        None,
+    );
     Ok(())
 }
