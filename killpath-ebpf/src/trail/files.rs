@@ -66,7 +66,14 @@ static FILE_OFFSETS: Array<FileOffsets> = Array::with_max_entries(1, 0);
 struct Scratch {
     ev: TrailEvent,
     slack: [u8; NAME_READ],
+    /// Leaf to root: a component's name pointer, or 0 for a mount crossing.
     names: [u64; MAX_DEPTH],
+    /// Entries of `names` in use, and 1 while the walk has not reached the
+    /// root. Kept in the map, not in registers: the verifier then sees one
+    /// unknown value after the walk instead of one exact value per exit
+    /// iteration, each explored on its own (BPF program too large).
+    depth: u64,
+    incomplete: u64,
 }
 
 #[map(name = "KP_TRAIL_FILE_SCRATCH")]
@@ -85,68 +92,80 @@ fn offsets() -> Option<(&'static KernelOffsets, &'static FileOffsets)> {
 
 /// Appends the absolute path of `dentry` in mount `mnt` (a `struct
 /// vfsmount *`) to the event text at `start`; returns the end offset.
+/// Written for the verifier: one step per iteration with a single counter,
+/// offsets masked, so the states at each loop head are prunable.
 #[inline(always)]
 fn write_path(s: &mut Scratch, o: &KernelOffsets, f: &FileOffsets, mnt: u64, dentry: u64, start: usize) -> usize {
-    // Leaf to root: the component names.
-    let mut n = 0usize;
+    // Leaf to root, one step per iteration: a component's name, or, at a
+    // mount's root, the crossing to its mount point in the parent mount
+    // (struct mount embeds the vfsmount at mount_mnt).
+    s.depth = 0;
+    s.incomplete = 1;
     let mut d = dentry;
     let mut m = mnt;
-    let mut i = 0;
-    let mut complete = false;
-    while i < 2 * MAX_DEPTH {
-        if d == 0 || m == 0 || n >= MAX_DEPTH {
+    let mut i = 0usize;
+    while i < MAX_DEPTH {
+        if d == 0 || m == 0 {
             break;
         }
         let parent = read::<u64>(d, o.dentry_d_parent).unwrap_or(0);
         let root = read::<u64>(m, f.vfsmount_mnt_root).unwrap_or(0);
+        let mut name = 0u64;
         if d == root || parent == d {
-            // The root of this mount: go on from its mount point in the
-            // parent mount (struct mount embeds the vfsmount at mount_mnt).
             let mount = m.wrapping_sub(u64::from(f.mount_mnt));
             let up = read::<u64>(mount, f.mount_parent).unwrap_or(0);
             if up == 0 || up == mount {
-                complete = true;
+                s.incomplete = 0;
                 break;
             }
             d = read::<u64>(mount, f.mount_mountpoint).unwrap_or(0);
             m = up + u64::from(f.mount_mnt);
         } else {
-            s.names[n & (MAX_DEPTH - 1)] = read::<u64>(d + u64::from(o.dentry_d_name), o.qstr_name).unwrap_or(0);
-            n += 1;
+            name = read::<u64>(d + u64::from(o.dentry_d_name), o.qstr_name).unwrap_or(0);
             d = parent;
         }
+        s.names[i & (MAX_DEPTH - 1)] = name;
         i += 1;
+        s.depth = i as u64;
     }
-    if !complete {
+    // SAFETY: fields of the scratch value, read back from memory on purpose.
+    let (n, incomplete) = unsafe { (core::ptr::read_volatile(&s.depth), core::ptr::read_volatile(&s.incomplete)) };
+    if incomplete != 0 {
         s.ev.truncated = 1;
     }
     // Root to leaf: "/" name, each read at a masked offset so the verifier
     // sees text + [0, TEXT_BYTES) + NAME_READ inside the scratch value.
     let text = s.ev.text.as_mut_ptr();
-    let mut off = start;
-    let mut k = 0;
-    while k < MAX_DEPTH {
+    let mut off = start & (2 * TEXT_BYTES - 1);
+    let mut wrote = false;
+    let mut k = 0u64;
+    while k < MAX_DEPTH as u64 {
         if k >= n {
             break;
         }
-        if off >= TEXT_BYTES - 1 {
-            s.ev.truncated = 1;
-            break;
-        }
-        let name = s.names[(n - 1 - k) & (MAX_DEPTH - 1)];
-        // SAFETY: off < TEXT_BYTES, inside text.
-        unsafe { *text.add(off & (TEXT_BYTES - 1)) = b'/' };
-        off += 1;
-        // SAFETY: destination text + [0, TEXT_BYTES) with NAME_READ bytes
-        // stays inside text and slack; the source is a kernel pointer read
-        // by the helper, which faults safely.
-        let r = unsafe { bpf_probe_read_kernel_str(text.add(off & (TEXT_BYTES - 1)).cast(), NAME_READ as u32, name as *const _) };
-        if r > 1 {
-            off += (r as usize - 1) & (NAME_READ - 1);
+        let name = s.names[((n - 1 - k) as usize) & (MAX_DEPTH - 1)];
+        if name != 0 {
+            if off >= TEXT_BYTES - 1 {
+                s.ev.truncated = 1;
+                break;
+            }
+            // SAFETY: off < TEXT_BYTES, inside text.
+            unsafe { *text.add(off & (TEXT_BYTES - 1)) = b'/' };
+            off += 1;
+            // SAFETY: destination text + [0, TEXT_BYTES) with NAME_READ bytes
+            // stays inside text and slack; the source is a kernel pointer
+            // read by the helper, which faults safely.
+            let r = unsafe { bpf_probe_read_kernel_str(text.add(off & (TEXT_BYTES - 1)).cast(), NAME_READ as u32, name as *const _) };
+            if r > 1 {
+                off += (r as usize - 1) & (NAME_READ - 1);
+            }
+            off &= 2 * TEXT_BYTES - 1;
+            wrote = true;
         }
         k += 1;
     }
-    if n == 0 && off < TEXT_BYTES {
+    if !wrote && off < TEXT_BYTES {
+        // The root itself.
         // SAFETY: off < TEXT_BYTES.
         unsafe { *text.add(off & (TEXT_BYTES - 1)) = b'/' };
         off += 1;
