@@ -42,7 +42,7 @@ use killpath_common::{
     KernelOffsets,
 };
 
-use super::{lost, recording, CONFIG, EVENTS, FILE_WRITES};
+use super::{enabled, lost, recording, EVENTS, FILE_WRITES};
 use crate::{degrade::read, maps::OFFSETS, throttle::bucket::xadd};
 
 /// Path components walked (directories and mount crossings); a deeper
@@ -242,11 +242,12 @@ fn try_event(kind: u32, target: u64, level: u32, a: At, b: Option<At>) -> Result
 /// An event of `kind` for the current task, when its target records files.
 #[inline(always)]
 fn event(kind: u32, a: At, b: Option<At>) {
-    let Some(cfg) = CONFIG.get(0) else { return };
+    let Some(cfg) = enabled() else { return };
     if cfg.files == 0 {
         return;
     }
-    if let Some((target, level)) = recording(cfg) {
+    let Some(guard) = crate::targets::config() else { return };
+    if let Some((target, level)) = recording(&guard) {
         let _ = try_event(kind, target, level, a, b);
     }
 }
@@ -257,11 +258,12 @@ fn event(kind: u32, a: At, b: Option<At>) {
 /// pipes, sockets and /dev/null change no file.
 #[inline(always)]
 fn try_write(file: u64, open: bool) -> Result<(), ()> {
-    let cfg = CONFIG.get(0).ok_or(())?;
-    if cfg.recording == 0 || cfg.files == 0 {
+    let cfg = enabled().ok_or(())?;
+    if cfg.files == 0 {
         return Ok(());
     }
-    let (target, level) = recording(cfg).ok_or(())?;
+    let guard = crate::targets::config().ok_or(())?;
+    let (target, level) = recording(&guard).ok_or(())?;
     let (o, f) = offsets().ok_or(())?;
     let path = file + u64::from(o.file_f_path);
     let dentry = read::<u64>(path, o.path_dentry).ok_or(())?;

@@ -160,7 +160,10 @@ impl State {
         self.journal.append(e)?;
         self.drills.remove(&id);
         let _ = std::fs::remove_file(self.drill_file(id));
-        Ok(json!({"drill": id, "restored": restored, "conflict": conflict, "level": self.registry.get(&snap.target).map(|t| level_name(t.level)).ok()}))
+        let trail = self.registry.get(&snap.target).map(|t| self.trail_pointer(t)).unwrap_or_default();
+        Ok(
+            json!({"drill": id, "restored": restored, "conflict": conflict, "level": self.registry.get(&snap.target).map(|t| level_name(t.level)).ok(), "trail": trail}),
+        )
     }
 
     /// The drill's client went away without ending it: put the target back.

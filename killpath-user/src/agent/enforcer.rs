@@ -77,6 +77,9 @@ pub struct Enforcer {
     /// Tripwire rules and windows, and their crossings (the agent takes the ring).
     pub tripwire: crate::tripwire::maps::TripwireMaps,
     pub tripwire_events: Option<RingBuf<MapData>>,
+    /// The activity trail's maps, and its event ring (the agent takes it).
+    pub trail: crate::trail::maps::TrailMaps,
+    pub trail_events: Option<RingBuf<MapData>>,
     /// Maps filled at load (struct offsets, x86_64 and i386 syscall classes), kept open
     /// like the others.
     _filled: (Array<MapData, KernelOffsets>, [Array<MapData, u32>; 2]),
@@ -96,7 +99,7 @@ pub struct Enforcer {
     /// running, with the struct offsets they follow).
     pub protect_error: Option<String>,
     /// The trail's file hooks (BPF LSM) and why they are off, if they are.
-    pub trail_files: crate::trail_files::FileHooks,
+    pub trail_files: crate::trail::files::FileHooks,
 }
 
 /// Attaches the self-protection LSM hooks (BPF LSM known to run here).
@@ -164,7 +167,7 @@ impl Enforcer {
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
         // After degrade's and protect's LSM programs: a refused operation ends the chain before the trail sees it.
-        let trail_files = crate::trail_files::FileHooks::attach(&mut ebpf, &gen, &mut attached_now, lsm_error.as_deref(), btf.fs_error.as_deref())?;
+        let trail_files = crate::trail::files::FileHooks::attach(&mut ebpf, &gen, &mut attached_now, lsm_error.as_deref(), btf.fs_error.as_deref())?;
         let iouring = btf::iouring_submit();
         let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
         // The fork class is charged at the membership fork hook where it runs.
@@ -198,6 +201,16 @@ impl Enforcer {
         // Tripwires' `execs`: one config read per exec on the host while no rule exists.
         if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::tripwire::programs::EXEC, "sched_process_exec")? {
             attached_now.push(killpath_common::tripwire::programs::EXEC);
+        }
+        // The activity trail: its maps, the argv offsets of its exec event
+        // (sched_process_exec, attached just above) and its signal hook
+        // (one config read per signal on the host while no target records).
+        let mut trail = crate::trail::maps::TrailMaps::from_object(&mut ebpf)?;
+        trail.fill_offsets(btf::trail_offsets())?;
+        trail.set_files(trail_files.error.is_none())?;
+        let trail_events = Some(typed(&mut ebpf, killpath_common::trail::EVENTS)?);
+        if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::trail::programs::SIGNAL, "signal_generate")? {
+            attached_now.push(killpath_common::trail::programs::SIGNAL);
         }
         // Take over target states from an older build's maps (the higher
         // level wins), so the new programs enforce what the old ones did.
@@ -241,6 +254,8 @@ impl Enforcer {
             escape_events,
             tripwire,
             tripwire_events,
+            trail,
+            trail_events,
             _filled: (offsets, syscall_classes),
             _filled_iouring: iouring_filled,
             pacer_maps,

@@ -111,6 +111,7 @@ impl State {
                     "pending": self.pending_summary(&t.name),
                     "tripwires_fired": self.tripwire_status(&t.name),
                     "lease": self.lease_status(id),
+                    "trail": self.trail_status(t),
                 });
                 let row = match row {
                     Value::Object(m) => m,
@@ -137,7 +138,7 @@ impl State {
                 "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
             },
             "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
-            "trail_files": crate::trail_files::status(self.enforcer.trail_files.error.as_deref()),
+            "trail_files": crate::trail::files::status(self.enforcer.trail_files.error.as_deref()),
             "journal": self.journal_status(),
         });
         Ok(Snapshot {

@@ -101,6 +101,7 @@ impl State {
                 "marked_killed": report.marked_killed,
                 "membership": report.membership,
                 "cgroup_path_mismatch": path_mismatch,
+                "trail": self.trail_pointer(&t),
             }),
             to_level: Some(level::STOPPED),
             time_to_effect_us: Some(report.time_to_empty_us),

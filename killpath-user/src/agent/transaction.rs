@@ -146,6 +146,10 @@ impl State {
                         t.record_level(from_level.unwrap_or(0), to, action, caller.actor());
                         let _ = self.registry.save();
                     }
+                    // The trail: the closing phase's flows, then the change.
+                    if let Some(from) = from_level {
+                        self.trail_level(name, from, to, action);
+                    }
                 }
             }
         }

@@ -89,6 +89,9 @@ impl Output {
                 println!("{:<20} PENDING approval: {} (see `killpath pending`)", "", ids.iter().map(s).collect::<Vec<_>>().join(", "));
             }
             self.audit_row(t);
+            if t["trail"]["recording"] == true {
+                println!("{:<20} TRAIL recording ({}; `killpath trail {}`)", "", s(&t["trail"]["files"]), s(&t["name"]));
+            }
             if let Some(p) = t["protections_refused"].as_object().filter(|p| !p.is_empty()) {
                 let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}: {}", s(v))).collect();
                 println!("{:<20} SELF-PROTECTION refused: {}", "", list.join(", "));
@@ -211,6 +214,9 @@ impl Output {
             if r["used_freeze"] == Value::Bool(true) { "cgroup.freeze + " } else { "" },
             if r["used_cgroup_kill"] == Value::Bool(true) { "cgroup.kill" } else { "per-pid SIGKILL" },
         );
+        if let Some(cmd) = r["trail"]["summary"].as_str() {
+            println!("what it did before the stop: `{cmd}`");
+        }
         if r["membership"] == Value::Bool(true) {
             println!(
                 "members outside the cgroup at stop: {}, killed by pidfd: {}; escape attempts: {}",
@@ -366,6 +372,9 @@ impl Output {
             }
             Some(a) if !a.is_empty() => println!("  target put back: {}", a.iter().map(s).collect::<Vec<_>>().join(", ")),
             _ => println!("  target left as the drill found it"),
+        }
+        if let Some(cmd) = r.trail["summary"].as_str() {
+            println!("  what the target did during the drill: `{cmd}`");
         }
         println!("drill {}: {} in {} ms", r.drill, if r.passed { "PASSED" } else { "FAILED" }, r.duration_ms);
     }

@@ -139,7 +139,7 @@ impl CanaryRun {
         let name = format!("drill-canary-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("{name}-{}", now_us()));
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        let r = s.call(&Command::Create { name: name.clone(), move_caller: false }, REQUEST_TIMEOUT).map_err(client_err)?;
+        let r = s.call(&Command::Create { name: name.clone(), move_caller: false, trail: false }, REQUEST_TIMEOUT).map_err(client_err)?;
         let cgroup = PathBuf::from(r["target"]["cgroup"].as_str().unwrap_or_default());
         let mut c = CanaryRun { name, dir, cgroup, child: None, service: Service::start()? };
         c.spawn()?;
@@ -289,11 +289,13 @@ fn drill(s: &mut Session, sc: &Scenario, opts: &Options, target: &str, canary: O
         interrupted: was_interrupted,
         restored: Value::Null,
         conflict: Value::Null,
+        trail: Value::Null,
     };
     report.duration_ms = started.elapsed().as_millis() as u64;
     let end = s.call(&Command::DrillEnd { report: json!(report), restore: true }, REQUEST_TIMEOUT).map_err(client_err)?;
     report.restored = end["restored"].clone();
     report.conflict = end["conflict"].clone();
+    report.trail = end["trail"].clone();
     if !report.conflict.is_null() {
         report.passed = false;
         let summary = report.conflict["summary"].as_str().unwrap_or("changed by someone else").to_owned();

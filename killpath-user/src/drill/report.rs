@@ -51,6 +51,9 @@ pub struct Report {
     /// Set when someone else changed the target during the drill: what
     /// differs and who changed it; the drill then restored nothing.
     pub conflict: Value,
+    /// Where the target's activity trail summary is, when it records.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub trail: Value,
 }
 
 pub(super) fn check(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> Check {

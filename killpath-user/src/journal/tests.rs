@@ -50,6 +50,29 @@ fn append_and_verify_ok() {
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
+/// A batch is consecutive records of the one chain: single appends before
+/// and after it, a reopen, and verification all see one chain.
+#[test]
+fn batch_append_continues_the_chain() {
+    let (_dir, path) = four();
+    let (mut journal, _) = Journal::open(&path).unwrap();
+    let batch = journal.append_batch((5..=7).map(|i| entry(Phase::Event, &i.to_string())).collect()).unwrap();
+    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 6, 7]);
+    assert_eq!(journal.head().hash, batch[2].hash);
+    assert!(journal.append_batch(Vec::new()).unwrap().is_empty());
+    journal.append(entry(Phase::Event, "8")).unwrap();
+    assert_eq!(journal.size(), fs::metadata(&path).unwrap().len());
+    drop(journal);
+    let report = verify_file(&path).unwrap();
+    assert!(report.ok && report.records == 8, "{report:?}");
+    let all = read_records(&path, 0).unwrap();
+    assert_eq!(all[4].prev_hash, all[3].hash);
+    assert_eq!(all[7].prev_hash, all[6].hash);
+    assert_eq!(all[5], batch[1]);
+    let (journal, _) = Journal::open(&path).unwrap();
+    assert_eq!(journal.last_seq(), 8);
+}
+
 #[test]
 fn edited_byte_is_a_hash_mismatch() {
     let (_dir, path) = four();

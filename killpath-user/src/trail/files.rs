@@ -10,15 +10,12 @@ use aya::{
     maps::{Array, MapData},
     Btf, Ebpf,
 };
-use killpath_common::{
-    trail::{self, TrailConfig},
-    trail_files::{self, FileOffsets},
-};
+use killpath_common::trail_files::{self, FileOffsets};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     kernel::{
         btf::{offset, VMLINUX},
         object::{self, typed},
@@ -65,8 +62,8 @@ pub struct FileHooks {
 }
 
 impl FileHooks {
-    /// Fills the offsets, attaches the file programs and sets
-    /// `TrailConfig.files`, unless `lsm_error` (BPF LSM does not run here)
+    /// Fills the offsets and attaches the file programs (the caller then
+    /// sets `TrailConfig.files` from `error`), unless `lsm_error` (BPF LSM does not run here)
     /// or the kernel's BTF says they cannot work. Failures are reported, not
     /// fatal: the rest of the trail and every level work without them.
     pub fn attach(ebpf: &mut Ebpf, gen: &Path, loaded: &mut Vec<&'static str>, lsm_error: Option<&str>, fs_error: Option<&str>) -> Result<Self> {
@@ -79,7 +76,6 @@ impl FileHooks {
         if let Some(e) = &error {
             warn!("trail: file activity not recorded: {e}");
         }
-        set_files_switch(ebpf, error.is_none())?;
         Ok(Self { _offsets: Some(offsets), error })
     }
 
@@ -109,16 +105,4 @@ impl FileHooks {
         }
         Ok(())
     }
-}
-
-/// Sets `TrailConfig.files`, keeping the rest of the entry (the pipeline
-/// owns `recording`).
-fn set_files_switch(ebpf: &mut Ebpf, on: bool) -> Result<()> {
-    let Some(map) = ebpf.map_mut(trail::CONFIG) else {
-        return Err(Error::Kernel(format!("map {} missing from the object", trail::CONFIG)));
-    };
-    let mut config: Array<&mut MapData, TrailConfig> = Array::try_from(map).map_err(Error::map(trail::CONFIG))?;
-    let mut c = config.get(&0, 0).unwrap_or_default();
-    c.files = u32::from(on);
-    config.set(0, c, 0).map_err(Error::map(format!("updating {}", trail::CONFIG)))
 }

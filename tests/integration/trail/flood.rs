@@ -1,0 +1,53 @@
+//! Loss is counted, never silent: with a trail file bound far below what a
+//! flood of execs needs, every exec the workload made is either listed or
+//! counted as lost, exactly.
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{records, run_recorded};
+use crate::harness::{skip, wait_until, Agent};
+
+/// /bin/true execs of the workload; it also execs its shell, `touch` and the final sleep.
+const N: u64 = 300;
+
+fn lost_execs(recs: &[Value]) -> u64 {
+    let Some(l) = recs.iter().rev().find(|r| r["action"] == "lost") else { return 0 };
+    l["kernel_ring_full"]["exec"].as_u64().unwrap_or(0) + l["trail_file_full"]["exec"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn trail_counts_loss_under_flood() {
+    let Some(a) = Agent::start_with(&["--trail-max-bytes", "20000"]) else {
+        skip("needs root");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = dir.path().join("done");
+    let script = format!("i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done; touch {}; exec sleep 60", done.display());
+    let mut child = run_recorded(&a, "tr-flood", &script);
+    wait_until(Duration::from_secs(20), || done.exists()).expect("the flood ran");
+    let total = |recs: &[Value]| recs.iter().filter(|r| r["action"] == "exec").count() as u64 + lost_execs(recs);
+    let mut recs = Vec::new();
+    let reached = wait_until(Duration::from_secs(15), || {
+        recs = records(&a, "tr-flood", &[]);
+        total(&recs) >= N + 3
+    });
+    assert!(
+        reached.is_some(),
+        "listed + lost execs never reached {}: {} listed, {} lost",
+        N + 3,
+        recs.iter().filter(|r| r["action"] == "exec").count(),
+        lost_execs(&recs)
+    );
+    assert_eq!(total(&recs), N + 3, "each exec listed or counted lost, exactly once");
+    assert!(lost_execs(&recs) > 0, "a 20 kB trail cannot hold {N} execs: loss must be counted");
+    let size = std::fs::metadata(a.state_dir.join("trails/tr-flood.jsonl")).expect("trail file").len();
+    assert!(size < 30_000, "the trail stays near its 20 kB bound: {size} bytes");
+    let sum = a.json(&["trail", "tr-flood", "--summary"]);
+    assert!(!sum["lost"].is_null(), "the summary says what was lost: {sum:#}");
+    // Still a valid chain.
+    assert_eq!(a.json(&["trail", "tr-flood", "--verify"])["ok"], true);
+    let _ = child.kill();
+    let _ = child.wait();
+}
