@@ -69,7 +69,7 @@ pub fn enabled() -> Option<TrailConfig> {
 #[inline(always)]
 pub fn records(id: u64) -> bool {
     // SAFETY: value only tested for presence.
-    id != 0 && unsafe { ON.get(&id) }.is_some()
+    id != 0 && unsafe { ON.get(id) }.is_some()
 }
 
 /// The current task's innermost target and its effective level, when

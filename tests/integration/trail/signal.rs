@@ -27,7 +27,7 @@ fn trail_lists_signals_sent_outside() {
     let mut child = run_recorded(&a, "tr-sig", &script);
     wait_until(Duration::from_secs(10), || done.exists()).expect("script ran");
     wait_until(Duration::from_secs(10), || std::fs::read_to_string(&got).is_ok_and(|s| s.contains("usr1"))).expect("the receiver got USR1 (from outside)");
-    wait_until(Duration::from_secs(10), || records(&a, "tr-sig", &["--kind", "signal"]).len() >= 1).expect("a signal record");
+    wait_until(Duration::from_secs(10), || !records(&a, "tr-sig", &["--kind", "signal"]).is_empty()).expect("a signal record");
     // Until the final exec is drained too: everything before it is.
     wait_until(Duration::from_secs(10), || records(&a, "tr-sig", &["--kind", "exec"]).iter().any(|r| r["comm"] == "sleep" || r["argv"][0] == "sleep"))
         .expect("the last exec drained");
