@@ -26,6 +26,7 @@ use killpath_common::{
 use crate::{maps::MAX_TARGETS, targets};
 
 mod exec;
+pub mod files;
 mod signal;
 
 pub use exec::on_exec;

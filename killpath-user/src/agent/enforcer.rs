@@ -98,6 +98,8 @@ pub struct Enforcer {
     /// Why the self-protection hooks are off here (None: attached and
     /// running, with the struct offsets they follow).
     pub protect_error: Option<String>,
+    /// The trail's file hooks (BPF LSM) and why they are off, if they are.
+    pub trail_files: crate::trail::files::FileHooks,
 }
 
 /// Attaches the self-protection LSM hooks (BPF LSM known to run here).
@@ -164,6 +166,8 @@ impl Enforcer {
         // to valid bpf_map" (aya relocated the fd into its instructions).
         let offsets = degrade::maps::fill_offsets(&mut ebpf, btf.offsets)?;
         let syscall_classes = throttle::maps::fill_syscall_classes(&mut ebpf)?;
+        // After degrade's and protect's LSM programs: a refused operation ends the chain before the trail sees it.
+        let trail_files = crate::trail::files::FileHooks::attach(&mut ebpf, &gen, &mut attached_now, lsm_error.as_deref(), btf.fs_error.as_deref())?;
         let iouring = btf::iouring_submit();
         let iouring_filled = throttle::maps::fill_iouring(&mut ebpf, iouring.as_ref().ok().map(|i| i.opcode_offset))?;
         // The fork class is charged at the membership fork hook where it runs.
@@ -203,6 +207,7 @@ impl Enforcer {
         // (one config read per signal on the host while no target records).
         let mut trail = crate::trail::maps::TrailMaps::from_object(&mut ebpf)?;
         trail.fill_offsets(btf::trail_offsets())?;
+        trail.set_files(trail_files.error.is_none())?;
         let trail_events = Some(typed(&mut ebpf, killpath_common::trail::EVENTS)?);
         if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::trail::programs::SIGNAL, "signal_generate")? {
             attached_now.push(killpath_common::trail::programs::SIGNAL);
@@ -258,6 +263,7 @@ impl Enforcer {
             links,
             protect,
             protect_error,
+            trail_files,
         })
     }
 

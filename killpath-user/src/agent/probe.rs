@@ -34,6 +34,9 @@ pub struct ProbeReport {
     /// costs the tasks outside every target.
     #[serde(default)]
     pub syscall_class_hooks: serde_json::Value,
+    /// The activity trail's file events (BPF LSM only): recorded here or not.
+    #[serde(default)]
+    pub trail_files: crate::trail::files::FilesStatus,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -118,5 +121,7 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
         signal: btf.signal_error,
     });
     let syscall_class_hooks = crate::throttle::class_hooks::describe(&class_plan, None);
-    ProbeReport { kernel: f, levels, capabilities, protections, syscall_class_hooks }
+    let files_gap = lsm.as_ref().map(|e| format!("BPF LSM: {e}")).or_else(|| crate::trail::files::resolve_offsets().err().map(|e| format!("kernel BTF: {e}")));
+    let trail_files = crate::trail::files::status(files_gap.as_deref());
+    ProbeReport { kernel: f, levels, capabilities, protections, syscall_class_hooks, trail_files }
 }

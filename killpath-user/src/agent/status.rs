@@ -139,6 +139,7 @@ impl State {
                 "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
             },
             "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
+            "trail_files": crate::trail::files::status(self.enforcer.trail_files.error.as_deref()),
             "journal": self.journal_status(),
         });
         Ok(Snapshot {

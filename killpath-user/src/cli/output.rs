@@ -54,6 +54,11 @@ impl Output {
         for p in r["protections"].as_array().into_iter().flatten() {
             println!("{:<18} {:<4} {}", s(&p["name"]), yes(&p["on"]), s(&p["detail"]));
         }
+        let f = &r["trail_files"];
+        if !f.is_null() {
+            println!();
+            println!("TRAIL FILES        {:<4} {}", yes(&f["recorded"]), s(&f["detail"]));
+        }
     }
 
     pub fn status(&self, r: &Value) {

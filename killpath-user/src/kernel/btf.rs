@@ -6,7 +6,7 @@
 use btf_rs::{Btf, Struct, Type};
 use killpath_common::KernelOffsets;
 
-const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 /// The running kernel's BTF, parsed once per process. The agent asks at
 /// several places during its start (offsets, io_uring, tracepoints, the
@@ -26,7 +26,7 @@ pub fn vmlinux() -> Result<&'static Btf, String> {
 
 /// Byte offset of `field` in `struct sname`, looking into anonymous
 /// struct/union members.
-fn offset(btf: &Btf, sname: &str, field: &str) -> Result<u32, String> {
+pub(crate) fn offset(btf: &Btf, sname: &str, field: &str) -> Result<u32, String> {
     let types = btf.resolve_types_by_name(sname).map_err(|e| format!("struct {sname}: {e}"))?;
     types
         .iter()

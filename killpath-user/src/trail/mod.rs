@@ -9,6 +9,7 @@
 //!   size with counted loss;
 //! - [`query`]: listing with filters, and the summary for a rollback planner.
 pub mod decode;
+pub mod files;
 pub mod maps;
 pub mod query;
 pub mod store;

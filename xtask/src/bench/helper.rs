@@ -25,6 +25,9 @@ enum Helper {
     },
     /// Call getppid() N times; print the nanoseconds per call.
     Syscalls { n: u64 },
+    /// pwrite() one byte at offset 0 of FILE N times (created, then
+    /// removed); print the nanoseconds per call like `syscalls`.
+    Writes { n: u64, file: std::path::PathBuf },
     /// Send to ADDR as fast as possible, forever: `tcp` (writes of 64 KiB
     /// on one connection) or `udp` (datagrams of UDP_PAYLOAD bytes). A
     /// refused send is retried, as a workload fighting a cut would.
@@ -40,6 +43,7 @@ pub fn helper(args: &HelperArgs) -> Result<ExitCode> {
     match &args.op {
         Helper::Reap { command } => reap(command),
         Helper::Blast { proto, addr } => blast(proto, addr),
+        Helper::Writes { n, file } => super::trail_cost::write_loop(*n, file),
         Helper::Syscalls { n } => {
             let cpu0 = thread_cpu_ns()?;
             let t0 = Instant::now();
@@ -57,7 +61,7 @@ pub fn helper(args: &HelperArgs) -> Result<ExitCode> {
 }
 
 /// CPU time of the calling thread, in ns.
-fn thread_cpu_ns() -> Result<f64> {
+pub(super) fn thread_cpu_ns() -> Result<f64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -51,6 +51,7 @@ mod stop_flood;
 mod stop_single;
 mod throttle;
 mod time_to_effect;
+mod trail_cost;
 mod tripwire_cost;
 
 pub use helper::{helper, HelperArgs};
@@ -133,6 +134,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("tripwire_cost", tripwire_cost::tripwire_cost),
                 ("scale", scale::scale),
                 ("time_to_effect", time_to_effect::time_to_effect),
+                ("trail_cost", trail_cost::trail_cost),
             ];
             for &(id, f) in all {
                 if args.only.is_empty() || args.only.iter().any(|o| o == id) {
