@@ -302,6 +302,10 @@ fn try_write(file: u64, open: bool) -> Result<(), ()> {
 
 #[lsm(hook = "file_open")]
 pub fn kp_trail_file_open(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(1);
+    }
     let file: u64 = ctx.arg(0);
     if let Some(o) = OFFSETS.get(0) {
         if read::<u32>(file, o.file_f_mode).unwrap_or(0) & FMODE_WRITE != 0 {
@@ -315,6 +319,10 @@ pub fn kp_trail_file_open(ctx: LsmContext) -> i32 {
 /// nothing records; reads return before it.
 #[lsm(hook = "file_permission")]
 pub fn kp_trail_file_permission(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(2);
+    }
     let mask: i32 = ctx.arg(1);
     if mask & MAY_WRITE != 0 {
         let _ = try_write(ctx.arg(0), false);
@@ -324,6 +332,10 @@ pub fn kp_trail_file_permission(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_truncate")]
 pub fn kp_trail_path_truncate(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(1);
+    }
     if let Some((o, f)) = offsets() {
         event(kind::FILE_TRUNCATE, at_path(f, o, ctx.arg(0)), None);
     }
@@ -333,6 +345,10 @@ pub fn kp_trail_path_truncate(ctx: LsmContext) -> i32 {
 /// ftruncate(2) on Linux 6.2+ (attached only where the hook exists).
 #[lsm(hook = "file_truncate")]
 pub fn kp_trail_file_truncate(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(1);
+    }
     if let Some((o, f)) = offsets() {
         let file: u64 = ctx.arg(0);
         event(kind::FILE_TRUNCATE, at_path(f, o, file + u64::from(o.file_f_path)), None);
@@ -342,6 +358,10 @@ pub fn kp_trail_file_truncate(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_unlink")]
 pub fn kp_trail_path_unlink(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(2);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_UNLINK, at_in(f, ctx.arg(0), ctx.arg(1)), None);
     }
@@ -350,6 +370,10 @@ pub fn kp_trail_path_unlink(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_rmdir")]
 pub fn kp_trail_path_rmdir(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(2);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_UNLINK, at_in(f, ctx.arg(0), ctx.arg(1)), None);
     }
@@ -359,6 +383,10 @@ pub fn kp_trail_path_rmdir(ctx: LsmContext) -> i32 {
 /// mknod(2), and open(O_CREAT) of a name that does not exist yet.
 #[lsm(hook = "path_mknod")]
 pub fn kp_trail_path_mknod(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(4);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_CREATE, at_in(f, ctx.arg(0), ctx.arg(1)), None);
     }
@@ -367,6 +395,10 @@ pub fn kp_trail_path_mknod(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_mkdir")]
 pub fn kp_trail_path_mkdir(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(3);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_CREATE, at_in(f, ctx.arg(0), ctx.arg(1)), None);
     }
@@ -375,6 +407,10 @@ pub fn kp_trail_path_mkdir(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_symlink")]
 pub fn kp_trail_path_symlink(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(3);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_CREATE, at_in(f, ctx.arg(0), ctx.arg(1)), None);
     }
@@ -384,6 +420,10 @@ pub fn kp_trail_path_symlink(ctx: LsmContext) -> i32 {
 /// A hard link: the new name is created (path_link(old_dentry, new_dir, new_dentry)).
 #[lsm(hook = "path_link")]
 pub fn kp_trail_path_link(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(3);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_CREATE, at_in(f, ctx.arg(1), ctx.arg(2)), None);
     }
@@ -393,6 +433,10 @@ pub fn kp_trail_path_link(ctx: LsmContext) -> i32 {
 /// path_rename(old_dir, old_dentry, new_dir, new_dentry, flags).
 #[lsm(hook = "path_rename")]
 pub fn kp_trail_path_rename(ctx: LsmContext) -> i32 {
+    // Nothing records: one config read, before any offset or argument.
+    if enabled().is_none() {
+        return ctx.arg(5);
+    }
     if let Some((_, f)) = offsets() {
         event(kind::FILE_RENAME, at_in(f, ctx.arg(0), ctx.arg(1)), Some(at_in(f, ctx.arg(2), ctx.arg(3))));
     }

@@ -41,11 +41,13 @@ fn lsm_vm_trail_lists_each_file_operation() {
     let f = |n: &str| d.join(n).display().to_string();
     let ino_file = marks.path().join("ino").display().to_string();
     let done = marks.path().join("done");
+    let go = marks.path().join("go");
     // Exactly: create a.txt and write it 5 times, rename it to b.txt,
     // truncate b.txt, create sub/ and sub/c.txt (written once), remove
     // both files and the directory.
     let script = format!(
-        "import os\n\
+        "import os, time\n\
+         while not os.path.exists('{go}'):\n    time.sleep(0.02)\n\
          fd = os.open('{a}', os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)\n\
          for _ in range(5):\n    os.write(fd, b'x' * 10)\n\
          ino = os.fstat(fd).st_ino\n\
@@ -66,12 +68,15 @@ fn lsm_vm_trail_lists_each_file_operation() {
         sub = f("sub"),
         c = f("sub/c.txt"),
         done = done.display(),
+        go = go.display(),
     );
     let script_path = marks.path().join("work.py");
     std::fs::write(&script_path, script).expect("script");
-    // A file written by this test, outside every target, in the same directory.
-    std::fs::write(d.join("outside.txt"), "not the target's").expect("outside write");
     let mut child = run_recorded(&a, "tr-files", &format!("{} {}; exec sleep 60", py(), script_path.display()));
+    // A file written by this test, outside every target, in the same
+    // directory, while the target records; then the workload goes.
+    std::fs::write(d.join("outside.txt"), "not the target's").expect("outside write");
+    std::fs::write(&go, "").expect("go");
     wait_until(Duration::from_secs(30), || done.exists()).expect("the workload ran");
     // Judged from outside first: the workload did what it was told.
     for gone in ["a.txt", "b.txt", "sub"] {
