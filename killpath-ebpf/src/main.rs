@@ -39,6 +39,7 @@ mod raise;
 mod stop;
 mod targets;
 mod throttle;
+mod trail;
 mod tripwire;
 
 // Only for the BPF target: on the host (clippy, `cargo check --workspace`)

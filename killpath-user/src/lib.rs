@@ -27,6 +27,7 @@ pub mod state_dir;
 pub mod stop;
 pub mod target;
 pub mod throttle;
+pub mod trail;
 pub mod tripwire;
 
 pub use error::{Error, Result};

@@ -195,6 +195,8 @@ impl Enforcer {
         if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::tripwire::programs::EXEC, "sched_process_exec")? {
             attached_now.push(killpath_common::tripwire::programs::EXEC);
         }
+        // The trail's LISTEN/ACCEPT hook (one config read per TCP state change while no target records).
+        crate::trail::net::attach(&mut ebpf, &gen, &mut attached_now)?;
         // Take over target states from an older build's maps (the higher
         // level wins), so the new programs enforce what the old ones did.
         for old in &old_generations {

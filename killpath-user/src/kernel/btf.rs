@@ -10,7 +10,7 @@ const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 /// Byte offset of `field` in `struct sname`, looking into anonymous
 /// struct/union members.
-fn offset(btf: &Btf, sname: &str, field: &str) -> Result<u32, String> {
+pub(crate) fn offset(btf: &Btf, sname: &str, field: &str) -> Result<u32, String> {
     let types = btf.resolve_types_by_name(sname).map_err(|e| format!("struct {sname}: {e}"))?;
     types
         .iter()

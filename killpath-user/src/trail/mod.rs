@@ -1,0 +1,2 @@
+//! STUB until the `trail` branch lands (replaced by its mod.rs at the merge).
+pub mod net;
