@@ -212,8 +212,32 @@ pub struct FileValue {
     pub last_ns: u64,
 }
 
+/// `Array<TrailOffsets>` of one entry: struct offsets the exec event
+/// follows (filled by the agent from the kernel's BTF).
+pub const OFFSETS: &str = "KP_TRAIL_OFFSETS";
+
+/// Program names (the agent attaches them at start).
+pub mod programs {
+    /// raw_tracepoint/signal_generate: signals to tasks outside the target.
+    pub const SIGNAL: &str = "kp_trail_signal";
+}
+
+/// Offsets of the fields the exec event reads to find the new program's
+/// argv: `task_struct.mm`, `mm_struct.arg_start`, `mm_struct.arg_end`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrailOffsets {
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// 1 when the three offsets above are filled in (else argv is left out).
+    pub valid: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain #[repr(C)] u32s.
+    unsafe impl aya::Pod for super::TrailOffsets {}
     // SAFETY: plain #[repr(C)] integers and byte arrays; every padding byte
     // is an explicit field, any bit pattern is valid.
     unsafe impl aya::Pod for super::TrailConfig {}

@@ -109,6 +109,8 @@ fn escaped(pid: u32, tgid: u32, m: &Member, st: &TargetState, dst_cgroup: u64, k
             action = escape::ACTION_KILLED;
         }
     }
+    // The activity trail (when the target records).
+    crate::trail::escape(m.target, st.level, tgid, u32::from(action == escape::ACTION_KILLED));
     if let Some(mut slot) = ESCAPE_EVENTS.reserve::<EscapeEvent>(0) {
         slot.write(EscapeEvent {
             target: m.target,

@@ -49,7 +49,7 @@ fn call(cli: &Cli, cmd: &Command) -> anyhow::Result<Value> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
-        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key, approver_group, metrics } => {
+        Cmd::Agent { pin_dir, cgroup_parent, group, config, alert_hook, journal_key, approver_group, metrics, trail_max_bytes } => {
             let cgroup_parent = match cgroup_parent {
                 Some(p) => p.clone(),
                 None => AgentConfig::default_cgroup_parent()?,
@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 journal_key: journal_key.clone(),
                 approver_group: *approver_group,
                 metrics: *metrics,
+                trail_max_bytes: *trail_max_bytes,
             };
             agent::run(config)?;
             Ok(ExitCode::SUCCESS)
@@ -78,12 +79,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.probe(&r);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { name, command, no_privileges, user } => run_in_target(&cli, name, command, *no_privileges, user.as_deref()),
-        Cmd::Adopt { name, cgroup, pid, unit, container, pod } => {
+        Cmd::Run { name, command, no_privileges, user, trail } => run_in_target(&cli, name, command, *no_privileges, user.as_deref(), *trail),
+        Cmd::Adopt { name, cgroup, pid, unit, container, pod, trail } => {
             let cmd =
                 Command::Adopt { name: name.clone(), cgroup: cgroup.clone(), pid: *pid, unit: unit.clone(), container: container.clone(), pod: pod.clone() };
             let r = call(&cli, &cmd)?;
             out.adopted(&r);
+            if *trail {
+                trail_on(&cli, name)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { name } => {
@@ -135,6 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out.degraded(&r);
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Trail(args) => {
+            let r = call(&cli, &args.request())?;
+            let ok = killpath::cli::trail::print(args, &r, cli.json);
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Tripwire { cmd } => {
             let r = call(&cli, &cmd.request())?;
@@ -280,7 +289,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// process (identified by SO_PEERCRED) into it; then this process gives up
 /// its privileges (with --no-privileges / --user) and execs CMD, so CMD's
 /// first instruction already runs inside the target, unprivileged.
-fn run_in_target(cli: &Cli, name: &str, command: &[String], no_privileges: bool, user: Option<&str>) -> anyhow::Result<ExitCode> {
+/// Starts recording `name`'s activity trail (`run --trail`, `adopt --trail`).
+fn trail_on(cli: &Cli, name: &str) -> anyhow::Result<()> {
+    let req = killpath::trail::Request { name: name.to_owned(), on: true, ..Default::default() };
+    call(cli, &Command::Trail(req)).map(|_| ()).map_err(|e| anyhow::anyhow!("{e} (target {name} was created without its trail; `killpath trail {name} --on` retries)"))
+}
+
+fn run_in_target(cli: &Cli, name: &str, command: &[String], no_privileges: bool, user: Option<&str>, trail: bool) -> anyhow::Result<ExitCode> {
     use killpath::privileges::{self, drop as privs};
     use std::os::unix::process::CommandExt as _;
     let Some((prog, args)) = command.split_first() else { bail!("run needs a command after `--`") };
@@ -292,7 +307,8 @@ fn run_in_target(cli: &Cli, name: &str, command: &[String], no_privileges: bool,
         }
         None => None,
     };
-    let r = call(cli, &Command::Create { name: name.to_owned(), move_caller: true })?;
+    // With --trail, recording starts in the same transaction, before CMD's exec.
+    let r = call(cli, &Command::Create { name: name.to_owned(), move_caller: true, trail })?;
     if no_privileges || user.is_some() {
         if let Err(e) = privs::drop_all(identity) {
             // Fail closed: never exec the workload with privileges it was

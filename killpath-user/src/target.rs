@@ -90,6 +90,9 @@ pub struct Target {
     /// Level-1 ceilings (empty: not throttled).
     #[serde(default, skip_serializing_if = "crate::throttle::Ceilings::is_empty")]
     pub throttle: crate::throttle::Ceilings,
+    /// The activity trail records this target (`run --trail`, `trail --on`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trail: bool,
     /// Level changes, oldest first (the last [`MAX_HISTORY`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<LevelChange>,
@@ -129,6 +132,7 @@ impl Target {
             allow_write: Vec::new(),
             adopted,
             throttle: Default::default(),
+            trail: false,
             history: Vec::new(),
         }
     }

@@ -35,4 +35,5 @@ mod stop_halt;
 mod tamper;
 mod targets;
 mod throttle;
+mod trail;
 mod tripwire;

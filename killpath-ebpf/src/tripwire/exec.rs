@@ -8,15 +8,17 @@ use killpath_common::tripwire::metric;
 use crate::targets;
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn kp_tripwire_exec(_ctx: RawTracePointContext) -> i32 {
+pub fn kp_tripwire_exec(ctx: RawTracePointContext) -> i32 {
     // Level 1: the `exec` class is charged here, not at sys_exit.
     crate::throttle::classes::on_exec();
-    try_exec().unwrap_or(0)
+    try_exec(&ctx).unwrap_or(0)
 }
 
 #[inline(always)]
-fn try_exec() -> Option<i32> {
+fn try_exec(ctx: &RawTracePointContext) -> Option<i32> {
     let cfg = targets::config()?;
+    // The activity trail's exec event (one config read while no target records).
+    crate::trail::on_exec(ctx, &cfg);
     if !super::armed(&cfg) {
         return Some(0);
     }

@@ -34,10 +34,16 @@ impl State {
                 let anchor = anchor.as_deref().map(journal::Anchor::parse).transpose().map_err(Error::InvalidRequest)?;
                 Ok(json!(self.verify_journal(anchor)?))
             }
-            Command::Create { name, move_caller } => {
+            Command::Create { name, move_caller, trail } => {
                 validate_name(&name)?;
-                let params = json!({"move_caller": move_caller, "caller_pid": caller.pid});
-                self.execute(caller, "run", Some(&name), params, |s| s.create(&name, move_caller.then_some(caller.pid)))
+                let params = json!({"move_caller": move_caller, "caller_pid": caller.pid, "trail": trail});
+                self.execute(caller, "run", Some(&name), params, |s| {
+                    let mut done = s.create(&name, move_caller.then_some(caller.pid))?;
+                    if trail {
+                        done.result["trail"] = s.trail_set(&name, true)?;
+                    }
+                    Ok(done)
+                })
             }
             Command::Adopt { name, cgroup, pid, unit, container, pod } => {
                 validate_name(&name)?;
@@ -129,6 +135,7 @@ impl State {
             }
             Command::DrillBegin { target } => self.drill_begin(caller, &target),
             Command::DrillEnd { report, restore } => self.drill_end(caller, &report, restore),
+            Command::Trail(req) => self.trail_cmd(caller, req),
             Command::TripwireAdd(spec) => self.tripwire_add(caller, spec),
             Command::TripwireList {} => Ok(self.tripwire_list()),
             Command::TripwireRemove { name } => self.tripwire_remove(caller, &name),

@@ -77,6 +77,9 @@ pub struct Enforcer {
     /// Tripwire rules and windows, and their crossings (the agent takes the ring).
     pub tripwire: crate::tripwire::maps::TripwireMaps,
     pub tripwire_events: Option<RingBuf<MapData>>,
+    /// The activity trail's maps, and its event ring (the agent takes it).
+    pub trail: crate::trail::maps::TrailMaps,
+    pub trail_events: Option<RingBuf<MapData>>,
     /// Maps filled at load (struct offsets, x86_64 and i386 syscall classes), kept open
     /// like the others.
     _filled: (Array<MapData, KernelOffsets>, [Array<MapData, u32>; 2]),
@@ -197,6 +200,15 @@ impl Enforcer {
         }
         // The trail's LISTEN/ACCEPT hook (one config read per TCP state change while no target records).
         crate::trail::net::attach(&mut ebpf, &gen, &mut attached_now)?;
+        // The activity trail: its maps, the argv offsets of its exec event
+        // (sched_process_exec, attached just above) and its signal hook
+        // (one config read per signal on the host while no target records).
+        let mut trail = crate::trail::maps::TrailMaps::from_object(&mut ebpf)?;
+        trail.fill_offsets(btf::trail_offsets())?;
+        let trail_events = Some(typed(&mut ebpf, killpath_common::trail::EVENTS)?);
+        if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::trail::programs::SIGNAL, "signal_generate")? {
+            attached_now.push(killpath_common::trail::programs::SIGNAL);
+        }
         // Take over target states from an older build's maps (the higher
         // level wins), so the new programs enforce what the old ones did.
         for old in &old_generations {
@@ -239,6 +251,8 @@ impl Enforcer {
             escape_events,
             tripwire,
             tripwire_events,
+            trail,
+            trail_events,
             _filled: (offsets, syscall_classes),
             _filled_iouring: iouring_filled,
             pacer_maps,

@@ -146,6 +146,8 @@ impl State {
         if let Some(m) = self.enforcer.maps.members.as_mut() {
             m.unmark_target(t.cgroup_id);
         }
+        // The trail's last counters written; its file stays.
+        self.trail_release(name, t.cgroup_id);
         for d in &t.netdevs {
             self.enforcer.isolate.tc.detach(d)?;
         }

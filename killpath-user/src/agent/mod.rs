@@ -33,6 +33,7 @@ mod stop_thread;
 mod tamper;
 mod throttle;
 mod transaction;
+mod trail;
 mod tripwire;
 
 use std::{
@@ -78,6 +79,9 @@ pub struct AgentConfig {
     /// Address serving Prometheus metrics (`--metrics`), if any.
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Bound on each target's trail file (`--trail-max-bytes`); None: the default.
+    #[serde(default)]
+    pub trail_max_bytes: Option<u64>,
 }
 
 impl AgentConfig {
@@ -123,6 +127,8 @@ pub struct State {
     pub pending: pending::Store,
     /// Tripwire rules, their firings, and the agent-evaluated ones' history.
     pub tripwires: tripwire::Tripwires,
+    /// The activity trail's open files (`agent::trail`).
+    pub trail: trail::Trails,
 }
 
 impl State {
@@ -163,12 +169,14 @@ impl State {
             journal_head,
             pending,
             tripwires: Default::default(),
+            trail: Default::default(),
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {
             m.set_agent(std::process::id());
         }
         state.mark_all_targets();
+        state.trail_sync();
         // Tripwire rules re-armed (a bad rule in --config stops the start),
         // before raises are adopted so they name their rule.
         state.load_tripwires()?;
@@ -205,6 +213,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let ring = state.enforcer.denial_events.take();
         let escapes = state.enforcer.escape_events.take();
         let crossings = state.enforcer.tripwire_events.take();
+        let trail_ring = state.enforcer.trail_events.take();
         let state = std::sync::Arc::new(std::sync::Mutex::new(state));
         if let Some(rb) = ring {
             tokio::spawn(server::denial_reader(rb, state.clone()));
@@ -221,6 +230,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
             tokio::spawn(tripwire::crossing_reader(rb, state.clone()));
         }
         tokio::spawn(tripwire::eval_watch(state.clone()));
+        if let Some(rb) = trail_ring {
+            tokio::spawn(trail::event_reader(rb, state.clone()));
+        }
+        tokio::spawn(trail::snapshot_watch(state.clone()));
         tokio::spawn(deadman::lease_watch(state.clone()));
         if let Some(l) = metrics {
             tokio::spawn(metrics::serve(l, state.clone()));

@@ -146,6 +146,8 @@ impl State {
                         t.record_level(from_level.unwrap_or(0), to, action, caller.actor());
                         let _ = self.registry.save();
                     }
+                    // The trail: the closing phase's flows, then the change.
+                    self.trail_level(name, from_level.unwrap_or(0), to, action);
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! and [`output`], the human rendering of results (`--json` prints them raw).
 pub mod completions;
 pub mod output;
+pub mod trail;
 pub mod tripwire;
 
 use std::path::PathBuf;
@@ -92,6 +93,9 @@ pub enum Cmd {
         /// supplementary group (root too), unless a proposal names its own.
         #[arg(long, value_name = "GROUP", value_parser = parse_group)]
         approver_group: Option<u32>,
+        /// Bound in bytes on each target's trail file (default 64 MiB); past it events are counted as lost.
+        #[arg(long, value_name = "BYTES")]
+        trail_max_bytes: Option<u64>,
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
@@ -112,6 +116,9 @@ pub enum Cmd {
         /// no capabilities and no_new_privs (implies --no-privileges).
         #[arg(long, value_name = "USER[:GROUP]")]
         user: Option<String>,
+        /// Record the activity trail from CMD's first instruction (see `killpath trail`).
+        #[arg(long)]
+        trail: bool,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -137,6 +144,9 @@ pub enum Cmd {
         /// A Kubernetes pod's cgroup (kubepods slices or cgroupfs layout) by its UID.
         #[arg(long, value_name = "UID")]
         pod: Option<String>,
+        /// Record the activity trail (see `killpath trail`).
+        #[arg(long)]
+        trail: bool,
     },
     /// Show targets: level, tasks, last stop.
     Status {
@@ -208,6 +218,9 @@ pub enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The activity trail: what NAME did outside itself (programs, connections and bytes,
+    /// files, signals), recorded by the kernel; --summary for a rollback planner.
+    Trail(trail::TrailArgs),
     /// Rules over kernel-observed metrics that raise a target's level.
     Tripwire {
         #[command(subcommand)]

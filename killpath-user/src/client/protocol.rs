@@ -46,6 +46,9 @@ pub enum Command {
         name: String,
         #[serde(default)]
         move_caller: bool,
+        /// Record the activity trail from the start (`run --trail`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        trail: bool,
     },
     /// Adopt an existing cgroup, or a process and all its descendants.
     Adopt {
@@ -236,6 +239,8 @@ pub enum Command {
         #[serde(default)]
         after: u64,
     },
+    /// The activity trail of a target (see `agent::trail`).
+    Trail(crate::trail::Request),
     /// Verify the journal's hash chain (and, with `anchor` = `SEQ:HASH`,
     /// that the record SEQ still has HASH).
     JournalVerify {
@@ -284,7 +289,7 @@ impl Command {
                 | Self::TripwireAdd(..)
                 | Self::TripwireRemove { .. }
                 | Self::TripwireRearm { .. }
-        )
+        ) || matches!(self, Self::Trail(r) if r.on || r.off)
     }
 
     /// Whether a caller inside a target is refused this command: every
@@ -292,7 +297,7 @@ impl Command {
     /// being cut (pending approvals and their evidence, tripwire rules and
     /// their thresholds), so it cannot pace itself just under them.
     pub fn confined(&self) -> bool {
-        self.mutates() || matches!(self, Self::Pending {} | Self::TripwireList {})
+        self.mutates() || matches!(self, Self::Pending {} | Self::TripwireList {} | Self::Trail(..))
     }
 
     /// The command's wire name.
@@ -317,6 +322,7 @@ impl Command {
             Self::Restore { .. } => "restore",
             Self::Verify { .. } => "verify",
             Self::Journal { .. } => "journal",
+            Self::Trail(..) => "trail",
             Self::JournalVerify { .. } => "journal-verify",
             Self::Propose { .. } => "propose",
             Self::Pending {} => "pending",
@@ -352,6 +358,7 @@ pub const COMMANDS: &[&str] = &[
     "events",
     "journal",
     "journal-verify",
+    "trail",
     "propose",
     "pending",
     "approve",

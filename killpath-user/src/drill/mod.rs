@@ -139,7 +139,7 @@ impl CanaryRun {
         let name = format!("drill-canary-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("{name}-{}", now_us()));
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        let r = s.call(&Command::Create { name: name.clone(), move_caller: false }, REQUEST_TIMEOUT).map_err(client_err)?;
+        let r = s.call(&Command::Create { name: name.clone(), move_caller: false, trail: false }, REQUEST_TIMEOUT).map_err(client_err)?;
         let cgroup = PathBuf::from(r["target"]["cgroup"].as_str().unwrap_or_default());
         let mut c = CanaryRun { name, dir, cgroup, child: None, service: Service::start()? };
         c.spawn()?;

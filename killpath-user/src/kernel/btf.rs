@@ -50,6 +50,19 @@ pub struct Resolved {
     pub protect_error: Option<String>,
 }
 
+/// Offsets the trail's exec event follows to the new program's argv
+/// (task_struct.mm, mm_struct.arg_start/arg_end); None without BTF or
+/// those fields (argv is then left out of exec events).
+pub fn trail_offsets() -> Option<killpath_common::trail::TrailOffsets> {
+    let btf = Btf::from_file(VMLINUX).ok()?;
+    Some(killpath_common::trail::TrailOffsets {
+        task_mm: offset(&btf, "task_struct", "mm").ok()?,
+        mm_arg_start: offset(&btf, "mm_struct", "arg_start").ok()?,
+        mm_arg_end: offset(&btf, "mm_struct", "arg_end").ok()?,
+        valid: 1,
+    })
+}
+
 pub fn resolve() -> Resolved {
     let btf = match Btf::from_file(VMLINUX) {
         Ok(b) => b,

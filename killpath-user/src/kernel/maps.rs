@@ -52,6 +52,13 @@ pub const PINNED: &[&str] = &[
     killpath_common::trail_net::OFFSETS,
     killpath_common::deadman::MAP,
     killpath_common::class_hooks::MAP,
+    killpath_common::trail::EVENTS,
+    killpath_common::trail::ON,
+    killpath_common::trail::CONFIG,
+    killpath_common::trail::LOST,
+    killpath_common::trail::FLOWS,
+    killpath_common::trail::FILE_WRITES,
+    killpath_common::trail::OFFSETS,
 ];
 
 /// Typed handles on the pinned maps. Used by the agent, and by the CLI's

@@ -1,0 +1,271 @@
+//! The activity trail in the agent: draining the kernel's event ring into
+//! each recording target's trail file, snapshotting its flow and
+//! file-write counters (every [`SNAPSHOT_EVERY`], at each level change and
+//! at stop), and the `trail` command (list, summary, verify, on/off).
+//!
+//! Records are written with the journal's chain (`trail::store`), one
+//! batch per drain and target. Events of a target this agent does not know
+//! (released between the event and the drain) are counted, not written.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use killpath_common::trail::{TrailEvent, LOST_COUNT, LOST_FILES, LOST_FLOWS};
+use serde_json::{json, Value};
+use tracing::warn;
+
+use super::{Caller, State};
+use crate::{
+    error::{Error, Result},
+    journal,
+    target::level_name,
+    trail::{
+        decode::{self, Clock},
+        kind_name, query,
+        store::{self, TrailFile},
+        Request, GROUPS,
+    },
+};
+
+/// How often flows, file writes and loss counters are written to the trails.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+/// The open trail files and what was last written of each target's counters.
+#[derive(Default)]
+pub struct Trails {
+    files: HashMap<String, TrailFile>,
+    /// The last flows / file-writes snapshot written, per target (unchanged: not written again).
+    last: HashMap<(String, &'static str), Value>,
+    /// Events of targets this agent does not know.
+    pub unknown: u64,
+}
+
+/// Drains the trail ring whenever it is readable.
+pub async fn event_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<Mutex<State>>) {
+    super::ring::read_batches::<TrailEvent, _, _>(rb, "trail", |events| {
+        let state = state.clone();
+        async move {
+            // Appends fdatasync: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut s = super::stop_first::background(&state);
+                s.trail_events(&events);
+            })
+            .await;
+        }
+    })
+    .await;
+}
+
+/// Writes every recording target's counters every [`SNAPSHOT_EVERY`].
+pub async fn snapshot_watch(state: Arc<Mutex<State>>) {
+    let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut s = super::stop_first::background(&state);
+            let names: Vec<String> = s.registry.targets.values().filter(|t| t.trail).map(|t| t.name.clone()).collect();
+            for n in names {
+                s.trail_snapshot(&n, None);
+            }
+        })
+        .await;
+    }
+}
+
+impl State {
+    /// KP_TRAIL_LOST by name, non-zero entries only.
+    fn trail_kernel_lost(&self) -> BTreeMap<String, u64> {
+        let lost = self.enforcer.trail.lost();
+        let mut m = BTreeMap::new();
+        for i in 0..LOST_COUNT {
+            let n = lost.get(i as usize).copied().unwrap_or(0);
+            if n > 0 {
+                let name = match i {
+                    LOST_FLOWS => "flows-map-full",
+                    LOST_FILES => "file-writes-map-full",
+                    k => kind_name(k),
+                };
+                m.insert(name.to_owned(), n);
+            }
+        }
+        m
+    }
+
+    /// Appends `entries` to `name`'s trail, opening it on first use.
+    fn trail_append(&mut self, name: &str, entries: Vec<journal::Entry>) {
+        let lost = self.trail_kernel_lost();
+        let max = self.config.trail_max_bytes.unwrap_or(store::DEFAULT_MAX_BYTES);
+        let path = store::path(&self.config.state_dir, name);
+        let file = match self.trail.files.entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match TrailFile::open(&path, max) {
+                Ok(f) => v.insert(f),
+                Err(e) => {
+                    warn!(target = name, "trail file {}: {e}", path.display());
+                    return;
+                }
+            },
+        };
+        if let Err(e) = file.append(name, entries, &lost) {
+            warn!(target = name, "writing the trail: {e}");
+            // Reopened (and re-verified) on the next append.
+            self.trail.files.remove(name);
+        }
+    }
+
+    /// Writes a batch of kernel events to their targets' trails.
+    pub(super) fn trail_events(&mut self, events: &[TrailEvent]) {
+        let clock = Clock::now();
+        let names: HashMap<u64, String> = self.registry.targets.values().map(|t| (t.cgroup_id, t.name.clone())).collect();
+        let mut by: BTreeMap<String, Vec<journal::Entry>> = BTreeMap::new();
+        for ev in events {
+            let Some(name) = names.get(&ev.target) else {
+                self.trail.unknown += 1;
+                continue;
+            };
+            let (action, params) = decode::event(ev, &clock);
+            by.entry(name.clone()).or_default().push(store::entry(name, action, Some(ev.level), params));
+        }
+        for (name, entries) in by {
+            self.trail_append(&name, entries);
+        }
+    }
+
+    /// Writes `name`'s flows and file-write counters if they changed, and
+    /// the loss counters; `level` overrides the level they are counted at
+    /// (a level change closes the phase of the level it leaves).
+    pub(super) fn trail_snapshot(&mut self, name: &str, level: Option<u32>) {
+        let Ok(t) = self.registry.get(name) else { return };
+        if !t.trail {
+            return;
+        }
+        let (id, level) = (t.cgroup_id, level.unwrap_or(t.level));
+        let clock = Clock::now();
+        let flows: Vec<Value> = self.enforcer.trail.flows_of(id).iter().map(|(k, v)| decode::flow(k, v, &clock)).collect();
+        let files: Vec<Value> = self.enforcer.trail.files_of(id).iter().map(|(k, v)| decode::file(k, v, &clock)).collect();
+        let mut entries = Vec::new();
+        for (what, key, list) in [("flows", "flows", flows), ("file-writes", "files", files)] {
+            if list.is_empty() {
+                continue;
+            }
+            let v = Value::Array(list);
+            if self.trail.last.get(&(name.to_owned(), what)) == Some(&v) {
+                continue;
+            }
+            self.trail.last.insert((name.to_owned(), what), v.clone());
+            entries.push(store::entry(name, what, Some(level), json!({key: v, "level": level_name(level)})));
+        }
+        // Even with nothing new: the loss counters are checked.
+        self.trail_append(name, entries);
+    }
+
+    /// A level change of `name` (from `State::execute`): the counters as
+    /// they closed the phase at `from`, then the change itself.
+    pub(super) fn trail_level(&mut self, name: &str, from: u32, to: u32, action: &str) {
+        if !self.registry.get(name).is_ok_and(|t| t.trail) {
+            return;
+        }
+        self.trail_snapshot(name, Some(from));
+        let e = store::entry(name, "level", Some(to), json!({"from": level_name(from), "to": level_name(to), "action": action}));
+        self.trail_append(name, vec![e]);
+    }
+
+    /// KP_TRAIL_ON from the registry (at start: a target recorded by an
+    /// older agent keeps recording; the pinned map normally agrees).
+    pub(super) fn trail_sync(&mut self) {
+        let want: Vec<(u64, bool)> = self.registry.targets.values().map(|t| (t.cgroup_id, t.trail)).collect();
+        let known: std::collections::HashSet<u64> = want.iter().map(|w| w.0).collect();
+        for (id, on) in want {
+            if let Err(e) = self.enforcer.trail.set(id, on) {
+                warn!("trail switch of cgroup {id}: {e}");
+            }
+        }
+        for id in self.enforcer.trail.recording() {
+            if !known.contains(&id) {
+                let _ = self.enforcer.trail.set(id, false);
+            }
+        }
+    }
+
+    /// Starts or stops recording `name`, inside the caller's transaction
+    /// (`run --trail`, `adopt --trail`, `trail --on/--off`).
+    pub(super) fn trail_set(&mut self, name: &str, on: bool) -> Result<Value> {
+        let action = if on { "trail-on" } else { "trail-off" };
+        let t = self.registry.get(name)?.clone();
+        if !on {
+            // What it did up to now, before the switch goes off.
+            self.trail_snapshot(name, None);
+        }
+        self.enforcer.trail.set(t.cgroup_id, on)?;
+        self.registry.get_mut(name)?.trail = on;
+        self.registry.save()?;
+        let e = store::entry(name, action, Some(t.level), json!({"level": level_name(t.level)}));
+        self.trail_append(name, vec![e]);
+        let path = store::path(&self.config.state_dir, name);
+        let files = if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 {
+            "recorded (BPF LSM)"
+        } else {
+            "NOT recorded: file events need BPF LSM hooks running (see `killpath probe`)"
+        };
+        Ok(json!({"target": name, "recording": on, "trail": path, "files": files}))
+    }
+
+    /// Starts or stops recording `name` (journaled).
+    fn trail_switch(&mut self, caller: Caller, name: &str, on: bool) -> Result<Value> {
+        self.registry.get(name)?;
+        let action = if on { "trail-on" } else { "trail-off" };
+        self.execute(caller, action, Some(name), Value::Null, |s| {
+            let result = s.trail_set(name, on)?;
+            Ok(super::Done { result, to_level: None, time_to_effect_us: None })
+        })
+    }
+
+    /// Called when a target is released: its counters leave the kernel
+    /// maps (its trail file stays, for the rollback planner).
+    pub(super) fn trail_release(&mut self, name: &str, cgroup_id: u64) {
+        self.trail_snapshot(name, None);
+        self.trail.files.remove(name);
+        let _ = self.enforcer.trail.set(cgroup_id, false);
+        self.enforcer.trail.forget(cgroup_id);
+    }
+
+    /// The `trail` command.
+    pub(super) fn trail_cmd(&mut self, caller: Caller, req: Request) -> Result<Value> {
+        crate::target::validate_name(&req.name)?;
+        if let Some(k) = &req.kind {
+            if !GROUPS.contains(&k.as_str()) {
+                return Err(Error::InvalidRequest(format!("--kind {k:?}: expected one of {}", GROUPS.join(", "))));
+            }
+        }
+        if let Some(l) = &req.level {
+            crate::level::parse(l)?;
+        }
+        if req.on && req.off {
+            return Err(Error::InvalidRequest("trail takes --on or --off, not both".into()));
+        }
+        if req.on || req.off {
+            return self.trail_switch(caller, &req.name, req.on);
+        }
+        // What the kernel counted up to now is in the file before it is read.
+        self.trail_snapshot(&req.name, None);
+        let path = store::path(&self.config.state_dir, &req.name);
+        if req.verify {
+            if !path.exists() {
+                return Err(Error::InvalidRequest(format!("no trail for {}: it never recorded", req.name)));
+            }
+            return Ok(json!(journal::verify_file(&path)?));
+        }
+        let records = query::read(&path)?;
+        let recording = self.registry.get(&req.name).is_ok_and(|t| t.trail);
+        if req.summary {
+            let mut s = query::summary(&req.name, &records);
+            s["recording"] = json!(recording);
+            s["trail"] = json!(path);
+            return Ok(s);
+        }
+        let since_us = req.since.as_deref().map(|s| query::parse_since(s, super::now_us())).transpose()?;
+        let f = query::Filter { since_us, level: req.level.clone(), kind: req.kind.clone() };
+        Ok(json!({"target": req.name, "recording": recording, "trail": path, "records": query::list(&records, &f)}))
+    }
+}

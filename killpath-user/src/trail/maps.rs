@@ -1,0 +1,106 @@
+//! The trail's kernel maps as the agent holds them.
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use killpath_common::trail::{self as t, FileKey, FileValue, FlowKey, FlowValue, TrailConfig, TrailOffsets};
+
+use crate::{
+    error::{Error, Result},
+    kernel::object::typed,
+};
+
+/// Handles on the trail maps.
+pub struct TrailMaps {
+    on: HashMap<MapData, u64, u32>,
+    config: Array<MapData, TrailConfig>,
+    lost: PerCpuArray<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    files: HashMap<MapData, FileKey, FileValue>,
+    offsets: Array<MapData, TrailOffsets>,
+}
+
+impl TrailMaps {
+    /// Takes the handles out of the loaded object.
+    pub fn from_object(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            on: typed(ebpf, t::ON)?,
+            config: typed(ebpf, t::CONFIG)?,
+            lost: typed(ebpf, t::LOST)?,
+            flows: typed(ebpf, t::FLOWS)?,
+            files: typed(ebpf, t::FILE_WRITES)?,
+            offsets: typed(ebpf, t::OFFSETS)?,
+        })
+    }
+
+    /// Fills the offsets the exec event follows to argv (None: argv is
+    /// left out, the filename is still recorded).
+    pub fn fill_offsets(&mut self, o: Option<TrailOffsets>) -> Result<()> {
+        self.offsets.set(0, o.unwrap_or_default(), 0).map_err(Error::map(t::OFFSETS))
+    }
+
+    /// Target cgroup ids that record now.
+    pub fn recording(&self) -> Vec<u64> {
+        self.on.keys().filter_map(std::result::Result::ok).collect()
+    }
+
+    /// Whether target `id` records.
+    pub fn records(&self, id: u64) -> bool {
+        self.on.get(&id, 0).is_ok()
+    }
+
+    /// Starts or stops recording target `id`, then the global switch.
+    pub fn set(&mut self, id: u64, on: bool) -> Result<()> {
+        if on {
+            self.on.insert(id, 1, 0).map_err(Error::map(t::ON))?;
+        } else if self.records(id) {
+            self.on.remove(&id).map_err(Error::map(t::ON))?;
+        }
+        self.sync_config()
+    }
+
+    /// KP_TRAIL_CONFIG from KP_TRAIL_ON (the hooks' early return), keeping
+    /// what the file hooks set.
+    pub fn sync_config(&mut self) -> Result<()> {
+        let mut c = self.config.get(&0, 0).unwrap_or_default();
+        c.recording = self.recording().len() as u32;
+        self.config.set(0, c, 0).map_err(Error::map(t::CONFIG))
+    }
+
+    /// The global switch as the kernel holds it.
+    pub fn config(&self) -> TrailConfig {
+        self.config.get(&0, 0).unwrap_or_default()
+    }
+
+    /// Sets whether the file hooks record (BPF LSM attached).
+    pub fn set_files(&mut self, files: bool) -> Result<()> {
+        let mut c = self.config.get(&0, 0).unwrap_or_default();
+        c.files = u32::from(files);
+        self.config.set(0, c, 0).map_err(Error::map(t::CONFIG))
+    }
+
+    /// KP_TRAIL_LOST summed over CPUs, by index (kinds, then flows, files).
+    pub fn lost(&self) -> Vec<u64> {
+        (0..t::LOST_COUNT).map(|i| self.lost.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
+    }
+
+    /// Flows of target `id`.
+    pub fn flows_of(&self, id: u64) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(std::result::Result::ok).filter(|(k, _)| k.target == id).collect()
+    }
+
+    /// File-write counters of target `id`.
+    pub fn files_of(&self, id: u64) -> Vec<(FileKey, FileValue)> {
+        self.files.iter().filter_map(std::result::Result::ok).filter(|(k, _)| k.target == id).collect()
+    }
+
+    /// Drops target `id`'s flows and file counters (released).
+    pub fn forget(&mut self, id: u64) {
+        for (k, _) in self.flows_of(id) {
+            let _ = self.flows.remove(&k);
+        }
+        for (k, _) in self.files_of(id) {
+            let _ = self.files.remove(&k);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The activity trail (issue 16): what a recording target did outside
+//! itself, checked against what the workload is known to have done (the
+//! script's own commands, pids seen from /proc, a receiver outside).
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{alive, skip, wait_until, Agent};
+
+mod flood;
+mod signal;
+mod tamper;
+
+/// `killpath run NAME --trail -- sh -c SCRIPT` in the background, once
+/// the script runs.
+pub fn run_recorded(a: &Agent, name: &str, script: &str) -> Child {
+    let child = a.cmd(&["run", name, "--trail", "--", "sh", "-c", script]).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("spawn run");
+    let pid = child.id();
+    wait_until(Duration::from_secs(20), || std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "killpath"))
+        .unwrap_or_else(|| panic!("`killpath run {name}` never exec'd its command"));
+    child
+}
+
+/// The trail's records (`trail NAME --json [extra]`).
+pub fn records(a: &Agent, name: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["trail", name];
+    args.extend_from_slice(extra);
+    a.json(&args)["records"].as_array().cloned().unwrap_or_default()
+}
+
+/// The argv of every exec record whose path is `path`.
+pub fn execs_of(recs: &[Value], path: &str) -> Vec<Vec<String>> {
+    recs.iter()
+        .filter(|r| r["action"] == "exec" && r["path"] == path)
+        .map(|r| r["argv"].as_array().map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_owned()).collect()).unwrap_or_default())
+        .collect()
+}
+
+/// Every exec of a recording target is in its trail, with its path and
+/// argv as the kernel read them at exec, and the pid /proc shows.
+#[test]
+fn trail_lists_execs() {
+    let Some(a) = Agent::start() else {
+        skip("needs root");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = dir.path().join("done");
+    let script = format!("for i in 1 2 3; do /bin/echo marker-$i 'two words' >/dev/null; done; touch {}; exec sleep 60", done.display());
+    let mut child = run_recorded(&a, "tr-exec", &script);
+    let sh = child.id();
+    wait_until(Duration::from_secs(10), || done.exists()).expect("the script ran");
+    // The events come through the ring buffer: wait until the last one (the sleep) is written.
+    wait_until(Duration::from_secs(10), || {
+        !execs_of(&records(&a, "tr-exec", &[]), "/usr/bin/sleep").is_empty() || !execs_of(&records(&a, "tr-exec", &[]), "/bin/sleep").is_empty()
+    })
+    .unwrap_or_else(|| panic!("no sleep exec in the trail: {:#?}", records(&a, "tr-exec", &[])));
+    let recs = records(&a, "tr-exec", &["--kind", "exec"]);
+    assert!(recs.iter().all(|r| r["action"] == "exec"), "--kind exec lists execs only: {recs:#?}");
+    let echo = execs_of(&recs, "/bin/echo");
+    let want: Vec<Vec<String>> = (1..=3).map(|i| vec!["/bin/echo".to_owned(), format!("marker-{i}"), "two words".to_owned()]).collect();
+    assert_eq!(echo, want, "each /bin/echo exactly once, with its argv: {recs:#?}");
+    // The shell itself: `run` exec'd it in place, so its pid is the child's.
+    let shell = recs.iter().find(|r| r["argv"].get(1) == Some(&Value::from("-c"))).unwrap_or_else(|| panic!("no exec of sh -c: {recs:#?}"));
+    assert_eq!(shell["pid"], sh, "the shell's exec carries the pid /proc knows");
+    assert_eq!(shell["level"], "normal");
+    assert_eq!(shell["uid"], 0);
+    // The sleep replaced the shell (exec): same pid, alive.
+    assert!(alive(sh as i32));
+    // Nothing but this target's execs (the test's own killpath commands run outside it).
+    assert!(recs.iter().all(|r| r["comm"] != "killpath" || r["argv"].get(1) == Some(&Value::from("-c"))), "{recs:#?}");
+    let s = a.json(&["trail", "tr-exec", "--summary"]);
+    assert_eq!(s["total"]["programs"]["/bin/echo"], 3, "{s:#}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
