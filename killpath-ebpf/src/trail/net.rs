@@ -29,9 +29,10 @@
 //! direction). Direction 0: the target connected or sent, port = the
 //! remote port. Direction 1: a connection the target accepted (a TCP
 //! packet whose local port is a port the target listens on, see
-//! `KP_TRAIL_LISTENING`), port = the LOCAL port the peer reached, so many
-//! clients of one service are one flow per client address, not per
-//! ephemeral port. IPv4-mapped IPv6 addresses are recorded as IPv4 (the
+//! `KP_TRAIL_LISTENING`, or that already has such a flow: the last
+//! packets after the listener closed), port = the LOCAL port the peer
+//! reached, so many clients of one service are one flow per client
+//! address, not per ephemeral port. IPv4-mapped IPv6 addresses are recorded as IPv4 (the
 //! packets of such a socket are IPv4).
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -127,21 +128,19 @@ pub fn skb(ctx: &SkBuffContext, egress: bool) {
     }
     let Some(p) = parse(ctx) else { return };
     let (remote, rport, lport) = if egress { (p.dst, p.dport, p.sport) } else { (p.src, p.sport, p.dport) };
-    // An accepted connection: keyed by the local (listening) port.
+    // An accepted connection: keyed by the local (listening) port. Its
+    // port is in LISTENING while the listener is open; its last packets
+    // (after the listener closed) find the flow it already has.
+    let mut key = FlowKey { target: id, addr: remote, port: lport, proto: p.proto, direction: 1, family: p.family, _pad: [0; 2] };
     let accepted = p.proto == IPPROTO_TCP && lport != 0 && {
         let lk = ListenKey { target: id, port: lport, proto: IPPROTO_TCP as u16, _pad: 0 };
         // SAFETY: value not kept.
-        unsafe { LISTENING.get(&lk) }.is_some()
+        unsafe { LISTENING.get(&lk) }.is_some() || FLOWS.get_ptr(&key).is_some()
     };
-    let key = FlowKey {
-        target: id,
-        addr: remote,
-        port: if accepted { lport } else { rport },
-        proto: p.proto,
-        direction: accepted as u8,
-        family: p.family,
-        _pad: [0; 2],
-    };
+    if !accepted {
+        key.port = rport;
+        key.direction = 0;
+    }
     // SAFETY: the program's context pointer.
     let len = unsafe { (*ctx.skb.skb).len } as u64;
     // SAFETY: this CPU's slot (a softirq that interrupts this very moment
