@@ -62,7 +62,11 @@ fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
 fn addr_hook(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
     let v = addr_verdict(ctx, v6, is_connect);
     if let Some(cfg) = targets::config() {
-        trail::net::addr(&cfg, ctx, v6, is_connect, v == REFUSE);
+        if v6 {
+            trail::net::addr::<true>(&cfg, ctx, is_connect, v == REFUSE);
+        } else {
+            trail::net::addr::<false>(&cfg, ctx, is_connect, v == REFUSE);
+        }
     }
     v
 }

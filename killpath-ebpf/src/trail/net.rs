@@ -76,19 +76,6 @@ const TCP_LISTEN: u32 = 10;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
-/// The two ends of a packet, as far as they were parsed.
-struct Ends {
-    family: u16,
-    proto: u8,
-    /// Source and destination (IPv4 in word 0, network byte order).
-    src: [u32; 4],
-    dst: [u32; 4],
-    /// Host byte order; 0 when not parsed (fragment, other protocol,
-    /// IPv6 extension header).
-    sport: u16,
-    dport: u16,
-}
-
 /// What [`skb`] just counted on this CPU, for [`skb_dropped`] (slot 0:
 /// egress, 1: ingress; slot 2: [`addr`]'s new-flow value only): the skb's address, so a slot that a nested run
 /// reused (a softirq interrupting a process-context send on this CPU) is
@@ -126,13 +113,13 @@ pub fn skb(ctx: &SkBuffContext, egress: bool) {
     if !records(id) {
         return;
     }
-    let Some(p) = parse(ctx) else { return };
-    let (remote, rport, lport) = if egress { (p.dst, p.dport, p.sport) } else { (p.src, p.sport, p.dport) };
     // An accepted connection: keyed by the local (listening) port. Its
     // port is in LISTENING while the listener is open; its last packets
     // (after the listener closed) find the flow it already has.
-    let mut key = FlowKey { target: id, addr: remote, port: lport, proto: p.proto, direction: 1, family: p.family, _pad: [0; 2] };
-    let accepted = p.proto == IPPROTO_TCP && lport != 0 && {
+    let mut key = FlowKey { target: id, addr: [0; 4], port: 0, proto: 0, direction: 1, family: 0, _pad: [0; 2] };
+    let Some((rport, lport)) = parse(ctx, egress, &mut key) else { return };
+    key.port = lport;
+    let accepted = key.proto == IPPROTO_TCP && lport != 0 && {
         let lk = ListenKey { target: id, port: lport, proto: IPPROTO_TCP as u16, _pad: 0 };
         // SAFETY: value not kept.
         unsafe { LISTENING.get(&lk) }.is_some() || FLOWS.get_ptr(&key).is_some()
@@ -206,12 +193,27 @@ fn count(key: &FlowKey, level: u32, add: Add, init: &mut FlowValue) {
         apply(v, level, now, add);
         return;
     }
-    *init = FlowValue { first_ns: now, last_ns: now, first_level: level, max_level: level, ..FlowValue::default() };
-    match add {
-        Add::Out(n) => (init.bytes, init.packets) = (n, 1),
-        Add::In(n) => (init.bytes_in, init.packets_in) = (n, 1),
-        Add::Refused => init.refused = 1,
-        Add::Seen => {}
+    let (out, inn, refused) = match add {
+        Add::Out(n) => ((n, 1), (0, 0), 0),
+        Add::In(n) => ((0, 0), (n, 1), 0),
+        Add::Refused => ((0, 0), (0, 0), 1),
+        Add::Seen => ((0, 0), (0, 0), 0),
+    };
+    // Field by field, volatile: LLVM would merge the zero stores into a
+    // memset call, a third BPF frame that Linux 6.1 counts as 32 bytes of
+    // stack (over 512 with `kp_egress_skb`'s own frame).
+    // SAFETY: `init` is a live, aligned FlowValue.
+    unsafe {
+        let p: *mut FlowValue = init;
+        core::ptr::write_volatile(&raw mut (*p).bytes, out.0);
+        core::ptr::write_volatile(&raw mut (*p).packets, out.1);
+        core::ptr::write_volatile(&raw mut (*p).bytes_in, inn.0);
+        core::ptr::write_volatile(&raw mut (*p).packets_in, inn.1);
+        core::ptr::write_volatile(&raw mut (*p).first_ns, now);
+        core::ptr::write_volatile(&raw mut (*p).last_ns, now);
+        core::ptr::write_volatile(&raw mut (*p).refused, refused);
+        core::ptr::write_volatile(&raw mut (*p).first_level, level);
+        core::ptr::write_volatile(&raw mut (*p).max_level, level);
     }
     match FLOWS.insert(key, &*init, BPF_NOEXIST) {
         Ok(()) => {}
@@ -251,47 +253,54 @@ fn apply(v: *mut FlowValue, level: u32, now: u64, add: Add) {
 }
 
 /// Parses the IP header and the ports (cgroup_skb data starts at the
-/// network header). IPv4 options are skipped by IHL; IPv6 extension
-/// headers are not walked (the flow is then keyed without ports).
+/// network header) into `key`: family, protocol and the REMOTE address
+/// (the destination on egress, the source on ingress); returns the
+/// (remote, local) ports, host byte order, 0 where not parsed. IPv4
+/// options are skipped by IHL; IPv6 extension headers are not walked (the
+/// flow is then keyed without ports). Written into `key` in place: the
+/// calling program's stack is mostly the levels' checks'.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext) -> Option<Ends> {
+fn parse(ctx: &SkBuffContext, egress: bool, key: &mut FlowKey) -> Option<(u16, u16)> {
     let b0: u8 = ctx.load(0).ok()?;
-    let (family, proto, src, dst, l4) = match b0 >> 4 {
+    let l4 = match b0 >> 4 {
         4 => {
             let ihl = ((b0 & 0x0f) as usize) * 4;
             let frag = u16::from_be(ctx.load::<u16>(6).ok()?);
-            let proto: u8 = ctx.load(9).ok()?;
-            let src: u32 = ctx.load(12).ok()?;
-            let dst: u32 = ctx.load(16).ok()?;
+            key.proto = ctx.load(9).ok()?;
+            key.family = AF_INET as u16;
+            key.addr[0] = ctx.load(if egress { 16 } else { 12 }).ok()?;
             // MF set or a fragment offset: no transport header.
-            let l4 = if frag & 0x3fff == 0 && ihl >= 20 { Some(ihl) } else { None };
-            (AF_INET as u16, proto, [src, 0, 0, 0], [dst, 0, 0, 0], l4)
+            if frag & 0x3fff == 0 && ihl >= 20 {
+                ihl
+            } else {
+                0
+            }
         }
         6 => {
-            let proto: u8 = ctx.load(6).ok()?;
-            let src: [u32; 4] = ctx.load(8).ok()?;
-            let dst: [u32; 4] = ctx.load(24).ok()?;
-            (AF_INET6 as u16, proto, src, dst, Some(40))
+            key.proto = ctx.load(6).ok()?;
+            key.family = AF_INET6 as u16;
+            key.addr = ctx.load(if egress { 24 } else { 8 }).ok()?;
+            40
         }
         _ => return None,
     };
-    let mut e = Ends { family, proto, src, dst, sport: 0, dport: 0 };
-    if let Some(off) = l4 {
-        if matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE) {
-            // Bounded for the verifier: IHL is at most 60.
-            let ports: [u16; 2] = ctx.load(off & 0x3f).ok()?;
-            e.sport = u16::from_be(ports[0]);
-            e.dport = u16::from_be(ports[1]);
-        }
+    if l4 == 0 || !matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE) {
+        return Some((0, 0));
     }
-    Some(e)
+    // Bounded for the verifier: IHL is at most 60.
+    let ports: [u16; 2] = ctx.load(l4 & 0x3f).ok()?;
+    let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
+    Some(if egress { (dport, sport) } else { (sport, dport) })
 }
 
 /// cgroup sock_addr connect4/6 and sendmsg4/6 (`isolate/sock.rs`), after
 /// the verdict: CONNECT events and the flow's existence (see the module
-/// doc). `refused`: the level refused the call. Not inlined, like [`skb`].
+/// doc). `refused`: the level refused the call. Not inlined, like [`skb`];
+/// `V6` a constant, so that each program reads only its own context
+/// fields (with a runtime flag LLVM selects between the two fields'
+/// addresses, which the verifier refuses).
 #[inline(never)]
-pub fn addr(cfg: &GuardConfig, ctx: &SockAddrContext, v6: bool, is_connect: bool, refused: bool) {
+pub fn addr<const V6: bool>(cfg: &GuardConfig, ctx: &SockAddrContext, is_connect: bool, refused: bool) {
     if enabled().is_none() {
         return;
     }
@@ -299,20 +308,21 @@ pub fn addr(cfg: &GuardConfig, ctx: &SockAddrContext, v6: bool, is_connect: bool
     // The address as degrade reads it (IPv4 mapped into ::ffff:a.b.c.d):
     // field by field from the context, which the verifier requires (a
     // select between two context fields' addresses is refused).
-    let (a, port_be) = crate::degrade::connect::destination(ctx, v6);
+    let (a, port_be) = crate::degrade::connect::destination(ctx, V6);
     let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    // SAFETY: the kernel-provided bpf_sock_addr context.
+    let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
+    // Built in place (no second copy of the address: this program's stack
+    // is mostly the levels' checks').
+    let mut key = FlowKey { target: id, addr: [0; 4], port: u16::from_be(port_be), proto, direction: 0, family: AF_INET6 as u16, _pad: [0; 2] };
     // ::ffff:a.b.c.d (an IPv4 destination, or a v6 socket's mapped one):
     // the socket sends IPv4 packets.
-    let (family, addr) = if w(0) == 0 && w(4) == 0 && w(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
-        (AF_INET as u16, [w(12), 0, 0, 0])
+    if w(0) == 0 && w(4) == 0 && w(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        key.family = AF_INET as u16;
+        key.addr[0] = w(12);
     } else {
-        (AF_INET6 as u16, [w(0), w(4), w(8), w(12)])
-    };
-    let port = u16::from_be(port_be);
-    // SAFETY: the kernel-provided bpf_sock_addr context.
-    let sa = unsafe { &*ctx.sock_addr };
-    let proto = sa.protocol as u8;
-    let key = FlowKey { target: id, addr, port, proto, direction: 0, family, _pad: [0; 2] };
+        key.addr = [w(0), w(4), w(8), w(12)];
+    }
     // A datagram: an event the first time its destination is seen.
     let first = is_connect || FLOWS.get_ptr(&key).is_none();
     // The new flow's value is built in a per-CPU slot: this program's
@@ -322,10 +332,10 @@ pub fn addr(cfg: &GuardConfig, ctx: &SockAddrContext, v6: bool, is_connect: bool
     count(&key, level, if refused { Add::Refused } else { Add::Seen }, unsafe { &mut (*slot).init });
     if first {
         emit(id, level, kind::CONNECT, |e| {
-            e.proto = proto as u16;
-            e.family = family;
-            e.addr = addr;
-            e.port = port;
+            e.proto = key.proto as u16;
+            e.family = key.family;
+            e.addr = key.addr;
+            e.port = key.port;
             e.arg = refused as u32;
         });
     }
