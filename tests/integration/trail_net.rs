@@ -21,7 +21,7 @@ use crate::{
     harness::{wait_until, Agent},
     support::{
         cgroup::in_cgroup_within,
-        process::{py, show},
+        process::{py, run_bg, show},
     },
 };
 
@@ -144,7 +144,7 @@ fn trail_net_flows_match_what_the_servers_counted() {
     let (pa, a) = http_server(3_000);
     let (pb, b) = http_server(250_000);
     let (pu, u) = udp_receiver();
-    let _run = agent.run_bg(name, &["sleep", "600"], 1);
+    let _run = run_bg(&agent, name, &["sleep", "600"], 1);
     agent.json(&["trail", name, "--on"]);
     let cg = agent.target_cgroup(name);
     // Uploads of different sizes to each server, then 20 datagrams of 700 bytes.
@@ -210,7 +210,7 @@ fn trail_net_flows_match_what_the_servers_counted() {
 fn trail_net_listen_and_accept_are_recorded() {
     let Some(agent) = Agent::start() else { return };
     let name = "tlisten";
-    let _run = agent.run_bg(name, &["sleep", "600"], 1);
+    let _run = run_bg(&agent, name, &["sleep", "600"], 1);
     agent.json(&["trail", name, "--on"]);
     let cg = agent.target_cgroup(name);
     let port = crate::support::net::free_tcp_port();

@@ -34,6 +34,10 @@
 //! reached, so many clients of one service are one flow per client
 //! address, not per ephemeral port. IPv4-mapped IPv6 addresses are recorded as IPv4 (the
 //! packets of such a socket are IPv4).
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values are passed by reference on purpose: by value they would be copied onto the BPF stack, 512 bytes shared with the levels' checks in the calling programs"
+)]
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
@@ -368,7 +372,7 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<i32> {
             let port = read::<u16>(sk, o.skc_num)?;
             let (family, addr) = sk_addr(sk, o, false)?;
             let lk = ListenKey { target: id, port, proto: IPPROTO_TCP as u16, _pad: 0 };
-            if LISTENING.insert(&lk, &1, 0).is_err() {
+            if LISTENING.insert(&lk, 1, 0).is_err() {
                 // Full: its connections count as outgoing flows; the event says the port.
                 lost(LOST_FLOWS);
             }
