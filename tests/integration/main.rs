@@ -36,4 +36,5 @@ mod tamper;
 mod targets;
 mod throttle;
 mod trail;
+mod trail_net;
 mod tripwire;

@@ -9,7 +9,7 @@ use crate::{
     degrade::{self, Detail, Origin},
     targets,
     throttle::{self, Verdict},
-    tripwire,
+    trail, tripwire,
 };
 
 /// cgroup_skb return codes.
@@ -22,7 +22,13 @@ const SKB_PASS_CN: i32 = 3;
 
 #[cgroup_skb]
 pub fn kp_isolate_skb(ctx: SkBuffContext) -> i32 {
-    try_skb(&ctx).unwrap_or(SKB_PASS)
+    // The trail's flow counters: counted first, taken back as refused on a drop.
+    trail::net::skb(&ctx, false);
+    let v = try_skb(&ctx).unwrap_or(SKB_PASS);
+    if v == SKB_DROP {
+        trail::net::skb_dropped(&ctx, false);
+    }
+    v
 }
 
 /// Egress: isolation as on ingress, then degrade's `net.connect`
@@ -31,7 +37,13 @@ pub fn kp_isolate_skb(ctx: SkBuffContext) -> i32 {
 /// throttle/egress.rs).
 #[cgroup_skb(egress)]
 pub fn kp_egress_skb(ctx: SkBuffContext) -> i32 {
-    try_egress(&ctx).unwrap_or(SKB_PASS)
+    // The trail's flow counters: counted first, taken back as refused on a drop.
+    trail::net::skb(&ctx, true);
+    let v = try_egress(&ctx).unwrap_or(SKB_PASS);
+    if v == SKB_DROP || v == SKB_DROP_CN {
+        trail::net::skb_dropped(&ctx, true);
+    }
+    v
 }
 
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {

@@ -18,7 +18,7 @@ use crate::{
     abi::SOCK_RAW,
     audit::{self, Subject},
     degrade::{self, Detail, Origin},
-    targets, throttle, tripwire,
+    targets, throttle, trail, tripwire,
 };
 
 /// sock_addr and sock return codes: allow, or refuse (EPERM unless the
@@ -38,21 +38,35 @@ pub fn kp_isolate_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn kp_isolate_sendmsg4(ctx: SockAddrContext) -> i32 {
-    addr_verdict(&ctx, false, false)
+    addr_hook(&ctx, false, false)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn kp_isolate_sendmsg6(ctx: SockAddrContext) -> i32 {
-    addr_verdict(&ctx, true, false)
+    addr_hook(&ctx, true, false)
 }
 
 /// connect: the address verdict, then, for an allowed connect, the
 /// socket's pacing rate (level 1).
 #[inline(always)]
 fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
-    let v = addr_verdict(ctx, v6, true);
+    let v = addr_hook(ctx, v6, true);
     if v == ALLOW {
         throttle::egress::pace_socket(ctx.sock_addr);
+    }
+    v
+}
+
+/// The verdict, then the trail's CONNECT event and flow (refused or not).
+#[inline(always)]
+fn addr_hook(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
+    let v = addr_verdict(ctx, v6, is_connect);
+    if let Some(cfg) = targets::config() {
+        if v6 {
+            trail::net::addr::<true>(&cfg, ctx, is_connect, v == REFUSE);
+        } else {
+            trail::net::addr::<false>(&cfg, ctx, is_connect, v == REFUSE);
+        }
     }
     v
 }

@@ -27,6 +27,7 @@ use crate::{maps::MAX_TARGETS, targets};
 
 mod exec;
 pub mod files;
+pub mod net;
 mod signal;
 
 pub use exec::on_exec;

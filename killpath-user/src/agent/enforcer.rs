@@ -202,6 +202,8 @@ impl Enforcer {
         if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::tripwire::programs::EXEC, "sched_process_exec")? {
             attached_now.push(killpath_common::tripwire::programs::EXEC);
         }
+        // The trail's LISTEN/ACCEPT hook (one config read per TCP state change while no target records).
+        crate::trail::net::attach(&mut ebpf, &gen, &mut attached_now)?;
         // The activity trail: its maps, the argv offsets of its exec event
         // (sched_process_exec, attached just above) and its signal hook
         // (one config read per signal on the host while no target records).

@@ -49,6 +49,8 @@ pub const PINNED: &[&str] = &[
     killpath_common::tripwire::maps::DESTS,
     killpath_common::tripwire::maps::EVENTS,
     killpath_common::tripwire::maps::ACTIVE,
+    killpath_common::trail_net::LISTENING,
+    killpath_common::trail_net::OFFSETS,
     killpath_common::deadman::MAP,
     killpath_common::class_hooks::MAP,
     killpath_common::trail::EVENTS,

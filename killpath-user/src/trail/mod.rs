@@ -2,6 +2,7 @@
 //! itself, recorded by kernel hooks (`killpath-ebpf/src/trail/`) and kept
 //! per target in an append-only, hash-chained file in the state dir.
 //!
+//! - [`net`]: the network hooks' agent side (LISTEN/ACCEPT program, socket offsets);
 //! - [`maps`]: the kernel maps (the on switch, loss counters, flows and
 //!   file-write counters, the struct offsets the exec event follows);
 //! - [`decode`]: a kernel event into a trail record;
@@ -11,6 +12,7 @@
 pub mod decode;
 pub mod files;
 pub mod maps;
+pub mod net;
 pub mod query;
 pub mod store;
 

@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`stop_flood`], [`confined_flood`], [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`scale`]); [`section`] and [`report`] hold the results
+//! [`stop_flood`], [`confined_flood`], [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`trail_net`], [`trail_cost`], [`scale`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -52,6 +52,7 @@ mod stop_single;
 mod throttle;
 mod time_to_effect;
 mod trail_cost;
+mod trail_net;
 mod tripwire_cost;
 
 pub use helper::{helper, HelperArgs};
@@ -67,7 +68,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// stop_flood, confined_flood, metrics, throttle, overhead, lease, exposure, tripwire_cost, scale, time_to_effect); repeatable. Default: all. The
+    /// stop_flood, confined_flood, metrics, throttle, overhead, lease, exposure, tripwire_cost, trail_net, trail_cost, scale, time_to_effect); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -132,6 +133,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 ("lease", lease::lease),
                 ("exposure", exposure::exposure),
                 ("tripwire_cost", tripwire_cost::tripwire_cost),
+                ("trail_net", trail_net::trail_net),
                 ("scale", scale::scale),
                 ("time_to_effect", time_to_effect::time_to_effect),
                 ("trail_cost", trail_cost::trail_cost),
