@@ -88,7 +88,7 @@ fn kill_current(target: u64) {
 
 #[inline(always)]
 fn count_for(target: u64) {
-    if let Some(n) = GUARD_KILLS_BY_TARGET.get_ptr_mut(&target) {
+    if let Some(n) = GUARD_KILLS_BY_TARGET.get_ptr_mut(target) {
         // SAFETY: this CPU's slot of a per-CPU value, no concurrent writer.
         unsafe { *n += 1 };
         return;
@@ -96,8 +96,8 @@ fn count_for(target: u64) {
     // First kill for the target on any CPU. A per-CPU hash update from a
     // program writes this CPU's slot only; NOEXIST keeps another CPU's
     // concurrent first insert (then the slot exists: add to it).
-    if GUARD_KILLS_BY_TARGET.insert(&target, &1, 1).is_err() {
-        if let Some(n) = GUARD_KILLS_BY_TARGET.get_ptr_mut(&target) {
+    if GUARD_KILLS_BY_TARGET.insert(target, 1, 1).is_err() {
+        if let Some(n) = GUARD_KILLS_BY_TARGET.get_ptr_mut(target) {
             // SAFETY: as above.
             unsafe { *n += 1 };
         }

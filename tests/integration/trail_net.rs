@@ -193,8 +193,14 @@ fn trail_net_flows_match_what_the_servers_counted() {
 
     // Events: one CONNECT per curl and one per UDP destination, the last
     // one refused at isolate.
-    let t = agent.json(&["trail", name, "--kind", "net"]);
-    let connects: Vec<&Value> = t["records"].as_array().expect("records").iter().filter(|r| r["kind"] == "connect").collect();
+    // Events reach the trail asynchronously (the agent drains the ring):
+    // wait for the refused one, the last.
+    let mut t = Value::Null;
+    wait_until(Duration::from_secs(10), || {
+        t = agent.json(&["trail", name, "--kind", "net"]);
+        t["records"].as_array().is_some_and(|r| r.iter().any(|r| r["action"] == "connect" && r["refused"] == true))
+    });
+    let connects: Vec<&Value> = t["records"].as_array().expect("records").iter().filter(|r| r["action"] == "connect").collect();
     let to = |port: u16| connects.iter().filter(|c| c["port"] == port).collect::<Vec<_>>();
     let ca = to(pa);
     assert_eq!(ca.len(), 2, "connects to A: {connects:#?}");
@@ -242,13 +248,15 @@ fn trail_net_listen_and_accept_are_recorded() {
         recs = agent.json(&["trail", name, "--kind", "net"])["records"].as_array().cloned().unwrap_or_default();
         let fl = recs.iter().rev().find(|r| r["action"] == "flows").and_then(|r| r["flows"].as_array().cloned()).unwrap_or_default();
         flow(&fl, "tcp", port, "in").is_some_and(|f| n(f, "bytes_in") >= got)
+            && recs.iter().any(|r| r["action"] == "listen")
+            && recs.iter().any(|r| r["action"] == "accept")
     })
     .unwrap_or_else(|| panic!("no incoming flow on port {port} with {got} bytes: {recs:#?}"));
-    let listen: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "listen").collect();
+    let listen: Vec<&Value> = recs.iter().filter(|r| r["action"] == "listen").collect();
     assert_eq!(listen.len(), 1, "{recs:#?}");
     assert_eq!((&listen[0]["port"], &listen[0]["addr"], &listen[0]["proto"]), (&Value::from(port), &Value::from("127.0.0.1"), &Value::from("tcp")));
     assert!(listen[0]["comm"].as_str().is_some_and(|c| c.starts_with("python")), "{:#}", listen[0]);
-    let accept: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "accept").collect();
+    let accept: Vec<&Value> = recs.iter().filter(|r| r["action"] == "accept").collect();
     assert_eq!(accept.len(), 1, "{recs:#?}");
     assert_eq!((&accept[0]["port"], &accept[0]["addr"]), (&Value::from(local), &Value::from("127.0.0.1")), "the accepted peer is the client");
     // The accepted connection's bytes: keyed by the listening port, direction in.

@@ -25,6 +25,11 @@ where
         let Ok(mut guard) = fd.readable_mut().await else {
             return;
         };
+        // Readiness cleared before the drain, not after: the kernel wakes
+        // the reader only for a record written into an empty ring, so a
+        // record committed between the last read and a later clear would
+        // leave the reader asleep with the ring never empty again.
+        guard.clear_ready();
         let rb = guard.get_inner_mut();
         let mut batch = Vec::new();
         while let Some(item) = rb.next() {
@@ -34,7 +39,6 @@ where
                 batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
             }
         }
-        guard.clear_ready();
         if !batch.is_empty() {
             on_batch(batch).await;
         }

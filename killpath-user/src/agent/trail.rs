@@ -35,7 +35,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 pub struct Trails {
     files: HashMap<String, TrailFile>,
     /// The last flows / file-writes snapshot written, per target (unchanged: not written again).
-    last: HashMap<(String, &'static str), Value>,
+    last: HashMap<(String, &'static str), String>,
     /// Events of targets this agent does not know.
     pub unknown: u64,
     /// Level changes not written yet (see [`State::trail_level`]).
@@ -173,19 +173,23 @@ impl State {
         }
         let (id, level) = (t.cgroup_id, level.unwrap_or(t.level));
         let clock = Clock::now();
-        let flows: Vec<Value> = self.enforcer.trail.flows_of(id).iter().map(|(k, v)| decode::flow(k, v, &clock)).collect();
-        let files: Vec<Value> = self.enforcer.trail.files_of(id).iter().map(|(k, v)| decode::file(k, v, &clock)).collect();
+        let flows = self.enforcer.trail.flows_of(id);
+        let files = self.enforcer.trail.files_of(id);
+        // Compared raw: the decoded times move by a µs or two between two
+        // reads of the clocks, which would write every unchanged table again.
+        let raw = [("flows", format!("{flows:?}")), ("file-writes", format!("{files:?}"))];
+        let flows: Vec<Value> = flows.iter().map(|(k, v)| decode::flow(k, v, &clock)).collect();
+        let files: Vec<Value> = files.iter().map(|(k, v)| decode::file(k, v, &clock)).collect();
         let mut entries = Vec::new();
-        for (what, key, list) in [("flows", "flows", flows), ("file-writes", "files", files)] {
+        for ((what, key, list), (_, raw)) in [("flows", "flows", flows), ("file-writes", "files", files)].into_iter().zip(raw) {
             if list.is_empty() {
                 continue;
             }
-            let v = Value::Array(list);
-            if self.trail.last.get(&(name.to_owned(), what)) == Some(&v) {
+            if self.trail.last.get(&(name.to_owned(), what)) == Some(&raw) {
                 continue;
             }
-            self.trail.last.insert((name.to_owned(), what), v.clone());
-            entries.push(store::entry(name, what, Some(level), json!({key: v, "level": level_name(level)})));
+            self.trail.last.insert((name.to_owned(), what), raw);
+            entries.push(store::entry(name, what, Some(level), json!({key: Value::Array(list), "level": level_name(level)})));
         }
         Some(entries)
     }

@@ -70,11 +70,11 @@ pub struct Resolved {
 /// (task_struct.mm, mm_struct.arg_start/arg_end); None without BTF or
 /// those fields (argv is then left out of exec events).
 pub fn trail_offsets() -> Option<killpath_common::trail::TrailOffsets> {
-    let btf = Btf::from_file(VMLINUX).ok()?;
+    let btf = vmlinux().ok()?;
     Some(killpath_common::trail::TrailOffsets {
-        task_mm: offset(&btf, "task_struct", "mm").ok()?,
-        mm_arg_start: offset(&btf, "mm_struct", "arg_start").ok()?,
-        mm_arg_end: offset(&btf, "mm_struct", "arg_end").ok()?,
+        task_mm: offset(btf, "task_struct", "mm").ok()?,
+        mm_arg_start: offset(btf, "mm_struct", "arg_start").ok()?,
+        mm_arg_end: offset(btf, "mm_struct", "arg_end").ok()?,
         valid: 1,
     })
 }
@@ -94,37 +94,37 @@ pub fn resolve() -> Resolved {
     };
     let mut o = KernelOffsets::default();
     let fs = (|| -> Result<(), String> {
-        o.file_f_mode = offset(&btf, "file", "f_mode")?;
-        o.file_f_path = offset(&btf, "file", "f_path")?;
-        o.path_dentry = offset(&btf, "path", "dentry")?;
-        o.dentry_d_parent = offset(&btf, "dentry", "d_parent")?;
-        o.dentry_d_inode = offset(&btf, "dentry", "d_inode")?;
-        o.inode_i_ino = offset(&btf, "inode", "i_ino")?;
-        o.inode_i_sb = offset(&btf, "inode", "i_sb")?;
-        o.inode_i_mode = offset(&btf, "inode", "i_mode")?;
-        o.sb_s_dev = offset(&btf, "super_block", "s_dev")?;
+        o.file_f_mode = offset(btf, "file", "f_mode")?;
+        o.file_f_path = offset(btf, "file", "f_path")?;
+        o.path_dentry = offset(btf, "path", "dentry")?;
+        o.dentry_d_parent = offset(btf, "dentry", "d_parent")?;
+        o.dentry_d_inode = offset(btf, "dentry", "d_inode")?;
+        o.inode_i_ino = offset(btf, "inode", "i_ino")?;
+        o.inode_i_sb = offset(btf, "inode", "i_sb")?;
+        o.inode_i_mode = offset(btf, "inode", "i_mode")?;
+        o.sb_s_dev = offset(btf, "super_block", "s_dev")?;
         Ok(())
     })();
     let signal = (|| -> Result<(), String> {
-        o.task_cgroups = offset(&btf, "task_struct", "cgroups")?;
-        o.css_set_dfl_cgrp = offset(&btf, "css_set", "dfl_cgrp")?;
-        o.cgroup_level = offset(&btf, "cgroup", "level")?;
-        o.cgroup_ancestors = offset(&btf, "cgroup", "ancestors")?;
-        o.cgroup_kn = offset(&btf, "cgroup", "kn")?;
-        o.kernfs_node_id = offset(&btf, "kernfs_node", "id")?;
+        o.task_cgroups = offset(btf, "task_struct", "cgroups")?;
+        o.css_set_dfl_cgrp = offset(btf, "css_set", "dfl_cgrp")?;
+        o.cgroup_level = offset(btf, "cgroup", "level")?;
+        o.cgroup_ancestors = offset(btf, "cgroup", "ancestors")?;
+        o.cgroup_kn = offset(btf, "cgroup", "kn")?;
+        o.kernfs_node_id = offset(btf, "kernfs_node", "id")?;
         Ok(())
     })();
     let names = (|| -> Result<(), String> {
-        o.dentry_d_name = offset(&btf, "dentry", "d_name")?;
-        o.qstr_name = offset(&btf, "qstr", "name")?;
-        o.bprm_filename = offset(&btf, "linux_binprm", "filename")?;
+        o.dentry_d_name = offset(btf, "dentry", "d_name")?;
+        o.qstr_name = offset(btf, "qstr", "name")?;
+        o.bprm_filename = offset(btf, "linux_binprm", "filename")?;
         Ok(())
     })();
     // Membership hooks follow the same cgroup pointers as signal, plus the
     // ids of the task they are handed.
     let members = signal.clone().and_then(|()| {
-        o.task_pid = offset(&btf, "task_struct", "pid")?;
-        o.task_tgid = offset(&btf, "task_struct", "tgid")?;
+        o.task_pid = offset(btf, "task_struct", "pid")?;
+        o.task_tgid = offset(btf, "task_struct", "tgid")?;
         Ok(())
     });
     o.members_valid = u32::from(members.is_ok());
@@ -133,18 +133,18 @@ pub fn resolve() -> Resolved {
     let protect = (|| -> Result<(), String> {
         fs.clone()?;
         signal.clone()?;
-        o.inode_i_private = offset(&btf, "inode", "i_private")?;
-        o.kernfs_node_parent = offset(&btf, "kernfs_node", "parent").or_else(|_| offset(&btf, "kernfs_node", "__parent"))?;
-        o.sb_s_magic = offset(&btf, "super_block", "s_magic")?;
-        o.task_tgid = offset(&btf, "task_struct", "tgid")?;
-        o.vfsmount_mnt_sb = offset(&btf, "vfsmount", "mnt_sb")?;
-        o.inode_i_rdev = offset(&btf, "inode", "i_rdev")?;
+        o.inode_i_private = offset(btf, "inode", "i_private")?;
+        o.kernfs_node_parent = offset(btf, "kernfs_node", "parent").or_else(|_| offset(btf, "kernfs_node", "__parent"))?;
+        o.sb_s_magic = offset(btf, "super_block", "s_magic")?;
+        o.task_tgid = offset(btf, "task_struct", "tgid")?;
+        o.vfsmount_mnt_sb = offset(btf, "vfsmount", "mnt_sb")?;
+        o.inode_i_rdev = offset(btf, "inode", "i_rdev")?;
         Ok(())
     })();
     // 32-bit syscalls at sys_exit (see killpath_common::compat): TS_COMPAT
     // in thread_info.status (thread_info is task_struct's first member
     // with THREAD_INFO_IN_TASK, x86_64 since 4.9; its offset is read anyway).
-    if let (Ok(ti), Ok(status)) = (offset(&btf, "task_struct", "thread_info"), offset(&btf, "thread_info", "status")) {
+    if let (Ok(ti), Ok(status)) = (offset(btf, "task_struct", "thread_info"), offset(btf, "thread_info", "status")) {
         o.task_ti_status = ti + status;
         o.compat_valid = 1;
     }
@@ -194,10 +194,10 @@ fn first_arg_is(btf: &Btf, name: &str, sname: &str) -> bool {
 /// io_uring is then counted per io_uring_enter only.
 pub fn iouring_submit() -> Result<IoUringSubmit, String> {
     let btf = vmlinux()?;
-    let tracepoint = ["io_uring_submit_req", "io_uring_submit_sqe"].into_iter().find(|n| first_arg_is(&btf, n, "io_kiocb")).ok_or(
+    let tracepoint = ["io_uring_submit_req", "io_uring_submit_sqe"].into_iter().find(|n| first_arg_is(btf, n, "io_kiocb")).ok_or(
         "this kernel has no io_uring submission tracepoint taking the request (io_uring_submit_req, or io_uring_submit_sqe of Linux 5.19+; io_uring built in)",
     )?;
-    match offset(&btf, "io_kiocb", "opcode")? {
+    match offset(btf, "io_kiocb", "opcode")? {
         0 => Err("struct io_kiocb has its opcode at offset 0, which this build does not expect".into()),
         opcode_offset => Ok(IoUringSubmit { tracepoint, opcode_offset }),
     }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::{
     error::Result,
     kernel::{
-        btf::{offset, VMLINUX},
+        btf::offset,
         object::{self, typed},
     },
 };
@@ -42,14 +42,14 @@ pub fn status(why: Option<&str>) -> FilesStatus {
 
 /// The offsets the path walk follows to cross mount points.
 pub fn resolve_offsets() -> std::result::Result<FileOffsets, String> {
-    let btf = btf_rs::Btf::from_file(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
+    let btf = crate::kernel::btf::vmlinux()?;
     Ok(FileOffsets {
         valid: 1,
-        path_mnt: offset(&btf, "path", "mnt")?,
-        vfsmount_mnt_root: offset(&btf, "vfsmount", "mnt_root")?,
-        mount_mnt: offset(&btf, "mount", "mnt")?,
-        mount_parent: offset(&btf, "mount", "mnt_parent")?,
-        mount_mountpoint: offset(&btf, "mount", "mnt_mountpoint")?,
+        path_mnt: offset(btf, "path", "mnt")?,
+        vfsmount_mnt_root: offset(btf, "vfsmount", "mnt_root")?,
+        mount_mnt: offset(btf, "mount", "mnt")?,
+        mount_parent: offset(btf, "mount", "mnt_parent")?,
+        mount_mountpoint: offset(btf, "mount", "mnt_mountpoint")?,
     })
 }
 

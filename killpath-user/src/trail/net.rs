@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use aya::{maps::Array, Ebpf};
-use btf_rs::Btf;
 use killpath_common::trail_net::{programs, NetOffsets, OFFSETS};
 use tracing::{info, warn};
 
@@ -21,17 +20,15 @@ use crate::{
     },
 };
 
-const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-
 /// The offsets from this kernel's BTF, or why they cannot be had.
 pub fn offsets() -> std::result::Result<NetOffsets, String> {
-    let btf = Btf::from_file(VMLINUX).map_err(|e| format!("cannot read {VMLINUX}: {e}"))?;
+    let btf = crate::kernel::btf::vmlinux()?;
     // __sk_common is struct sock's first member; read its offset anyway.
-    let common = offset(&btf, "sock", "__sk_common")?;
-    let c = |f: &str| offset(&btf, "sock_common", f).map(|o| common + o);
+    let common = offset(btf, "sock", "__sk_common")?;
+    let c = |f: &str| offset(btf, "sock_common", f).map(|o| common + o);
     Ok(NetOffsets {
         // Linux 5.15+: struct sock_cgroup_data { struct cgroup *cgroup; ... }.
-        sk_cgroup: offset(&btf, "sock", "sk_cgrp_data")? + offset(&btf, "sock_cgroup_data", "cgroup")?,
+        sk_cgroup: offset(btf, "sock", "sk_cgrp_data")? + offset(btf, "sock_cgroup_data", "cgroup")?,
         skc_daddr: c("skc_daddr")?,
         skc_rcv_saddr: c("skc_rcv_saddr")?,
         skc_dport: c("skc_dport")?,
@@ -77,7 +74,7 @@ pub fn attach(ebpf: &mut Ebpf, gen: &Path, attached_now: &mut Vec<&'static str>)
 mod tests {
     #[test]
     fn offsets_resolve_on_this_kernel_when_btf_exists() {
-        if !std::path::Path::new(super::VMLINUX).exists() {
+        if !std::path::Path::new(crate::kernel::btf::VMLINUX).exists() {
             return;
         }
         let o = super::offsets().expect("sock offsets");
