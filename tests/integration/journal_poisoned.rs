@@ -24,7 +24,7 @@ use crate::{
 
 /// A tmpfs mounted over a directory, lazily unmounted when dropped (the
 /// agent may still hold files open on it).
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
@@ -33,14 +33,14 @@ impl Drop for Tmpfs {
 }
 
 /// Mounts a tmpfs of `size` on `dir`.
-fn tmpfs(dir: &Path, size: &str) -> Tmpfs {
+pub(crate) fn tmpfs(dir: &Path, size: &str) -> Tmpfs {
     let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir).status().expect("mount");
     assert!(st.success(), "mounting a tmpfs on {}", dir.display());
     Tmpfs(dir.to_owned())
 }
 
 /// Fills the filesystem of `dir` to its last page with a file `filler`.
-fn fill(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn fill(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     let mut f = std::fs::File::create(&path).expect("filler");
     // Pages, then single bytes: not even a small record fits afterwards.

@@ -126,10 +126,13 @@ fn n(v: &Value, k: &str) -> u64 {
 }
 
 /// Bytes at the IP layer of `packets` TCP/IPv4 packets carrying `payload`.
-fn assert_tcp_bytes(what: &str, bytes: u64, packets: u64, payload: u64) {
+/// `exact`: no retransmission expected (the host); under the VM's software
+/// emulation TCP retransmits on loopback, and a retransmitted segment is
+/// counted again at the IP layer, so only the lower bound holds there.
+fn assert_tcp_bytes(what: &str, bytes: u64, packets: u64, payload: u64, exact: bool) {
     assert!(packets >= 2, "{what}: {packets} packets counted (a connection has at least a SYN and an ACK)");
     assert!(
-        bytes >= payload + TCP_HDR_MIN * packets && bytes <= payload + TCP_HDR_MAX * packets,
+        bytes >= payload + TCP_HDR_MIN * packets && (!exact || bytes <= payload + TCP_HDR_MAX * packets),
         "{what}: trail says {bytes} bytes in {packets} packets; the server counted {payload} payload bytes: \
          expected between {} and {} (headers {TCP_HDR_MIN}..{TCP_HDR_MAX} per packet)",
         payload + TCP_HDR_MIN * packets,
@@ -139,7 +142,22 @@ fn assert_tcp_bytes(what: &str, bytes: u64, packets: u64, payload: u64) {
 
 #[test]
 fn trail_net_flows_match_what_the_servers_counted() {
+    flows_match_what_the_servers_counted(false);
+}
+
+/// The same where BPF LSM runs: isolation refuses the connect at the LSM
+/// socket_connect hook, before the cgroup connect hook, and the trail
+/// still records it as a refused connect.
+#[test]
+fn lsm_vm_trail_net_flows_and_refused_connect() {
+    flows_match_what_the_servers_counted(true);
+}
+
+fn flows_match_what_the_servers_counted(lsm: bool) {
     let Some(agent) = Agent::start() else { return };
+    if lsm && !crate::support::status::need_lsm(&agent) {
+        return;
+    }
     let name = "tnet";
     let (pa, a) = http_server(3_000);
     let (pb, b) = http_server(250_000);
@@ -180,8 +198,8 @@ fn trail_net_flows_match_what_the_servers_counted() {
 
     for (what, port, seen) in [("server A", pa, &a), ("server B", pb, &b)] {
         let f = flow(&fl, "tcp", port, "out").unwrap_or_else(|| panic!("no flow to {what} (port {port}): {fl:#?}"));
-        assert_tcp_bytes(&format!("{what} out"), n(f, "bytes_out"), n(f, "packets_out"), seen.received.load(Ordering::SeqCst));
-        assert_tcp_bytes(&format!("{what} in"), n(f, "bytes_in"), n(f, "packets_in"), seen.sent.load(Ordering::SeqCst));
+        assert_tcp_bytes(&format!("{what} out"), n(f, "bytes_out"), n(f, "packets_out"), seen.received.load(Ordering::SeqCst), !lsm);
+        assert_tcp_bytes(&format!("{what} in"), n(f, "bytes_in"), n(f, "packets_in"), seen.sent.load(Ordering::SeqCst), !lsm);
         assert_eq!(f["first_level"], "normal", "{f}");
     }
     let fu = flow(&fl, "udp", pu, "out").expect("udp flow");
@@ -262,6 +280,6 @@ fn trail_net_listen_and_accept_are_recorded() {
     // The accepted connection's bytes: keyed by the listening port, direction in.
     let fl = recs.iter().rev().find(|r| r["action"] == "flows").and_then(|r| r["flows"].as_array().cloned()).unwrap_or_default();
     let f = flow(&fl, "tcp", port, "in").expect("incoming flow");
-    assert_tcp_bytes("accepted, in", n(f, "bytes_in"), n(f, "packets_in"), got);
+    assert_tcp_bytes("accepted, in", n(f, "bytes_in"), n(f, "packets_in"), got, true);
     assert!(flow(&fl, "tcp", local, "out").is_none(), "the accepted connection was counted as outgoing: {fl:#?}");
 }

@@ -30,7 +30,7 @@ mod caps;
 pub mod connect;
 pub mod egress;
 mod fswrite;
-mod signal;
+pub(crate) mod signal;
 
 /// Where a denial happened, for the sampled event.
 #[derive(Clone, Copy, Default)]

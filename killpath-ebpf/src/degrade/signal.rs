@@ -9,9 +9,10 @@ use killpath_common::{cap, KernelOffsets};
 use super::{read, verdict, Detail};
 use crate::{audit::Subject, maps::OFFSETS, targets};
 
-/// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable).
+/// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable);
+/// the trail's signal hook asks the same of a signal's receiver.
 #[inline(always)]
-fn ancestor_id(o: &KernelOffsets, task: u64, depth: u32) -> u64 {
+pub(crate) fn ancestor_id(o: &KernelOffsets, task: u64, depth: u32) -> u64 {
     let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return 0 };
     let level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
     if level < depth as i32 {

@@ -70,6 +70,8 @@ pub fn kp_isolate_lsm_socket_connect(ctx: LsmContext) -> i32 {
     }
     // Level 3.
     if lsm_verdict() != 0 {
+        // The cgroup connect hook will not run: the trail records it here.
+        crate::trail::net::lsm_connect_refused(ctx.arg(0), ctx.arg(1));
         return -EPERM;
     }
     // Level 2.

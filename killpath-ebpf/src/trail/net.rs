@@ -345,6 +345,57 @@ pub fn addr<const V6: bool>(cfg: &GuardConfig, ctx: &SockAddrContext, is_connect
     }
 }
 
+/// BPF LSM socket_connect (`isolate/lsm.rs`) when the level refused the
+/// connect there. security_socket_connect runs before the protocol's
+/// connect in __sys_connect_file, so where BPF LSM isolates, the cgroup
+/// connect hook ([`addr`]) never sees a refused connect: the CONNECT
+/// event (refused) and its flow are recorded here. The address is the
+/// caller's sockaddr, already copied into the kernel; the protocol comes
+/// from `struct socket`'s `type` (SOCK_STREAM: TCP, SOCK_DGRAM: UDP), the
+/// short after the 4-byte `state` at the head of the struct on every
+/// kernel since 2.6. Families other than IPv4/IPv6 are not flows.
+#[inline(never)]
+pub fn lsm_connect_refused(sock: u64, address: u64) {
+    if enabled().is_none() {
+        return;
+    }
+    let Some(cfg) = targets::config() else { return };
+    let Some((id, level)) = recording(&cfg) else { return };
+    let (Some(family), Some(port_be)) = (read::<u16>(address, 0), read::<u16>(address, 2)) else { return };
+    let proto = match read::<u16>(sock, 4).unwrap_or(0) {
+        1 => IPPROTO_TCP,
+        2 => IPPROTO_UDP,
+        _ => 0,
+    };
+    let mut key = FlowKey { target: id, addr: [0; 4], port: u16::from_be(port_be), proto, direction: 0, family: AF_INET as u16, _pad: [0; 2] };
+    if i32::from(family) == AF_INET {
+        let Some(a) = read::<u32>(address, 4) else { return };
+        key.addr[0] = a;
+    } else if i32::from(family) == AF_INET6 {
+        // sockaddr_in6: sin6_addr at 8.
+        let Some(a) = read::<[u32; 4]>(address, 8) else { return };
+        // ::ffff:a.b.c.d: an IPv4 destination (as [`addr`] keys it).
+        if a[0] == 0 && a[1] == 0 && a[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+            key.addr[0] = a[3];
+        } else {
+            key.family = AF_INET6 as u16;
+            key.addr = a;
+        }
+    } else {
+        return;
+    }
+    let Some(slot) = LAST.get_ptr_mut(2) else { return };
+    // SAFETY: this CPU's slot.
+    count(&key, level, Add::Refused, unsafe { &mut (*slot).init });
+    emit(id, level, kind::CONNECT, |e| {
+        e.proto = key.proto as u16;
+        e.family = key.family;
+        e.addr = key.addr;
+        e.port = key.port;
+        e.arg = 1;
+    });
+}
+
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn kp_trail_sock_state(ctx: RawTracePointContext) -> i32 {
     try_sock_state(&ctx).unwrap_or(0)

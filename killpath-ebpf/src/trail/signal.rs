@@ -9,11 +9,15 @@
 //! can aim them (F_SETOWN + F_SETSIG on its own socket sends any signal to
 //! any pid with si_code POLL_IN; a timer's sigevent), so leaving them out
 //! would be a side door for killing outside processes unrecorded.
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext};
-use killpath_common::{trail::kind, KernelOffsets};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext, EbpfContext};
+use killpath_common::trail::kind;
 
 use super::{emit, enabled, records};
-use crate::{maps::OFFSETS, targets};
+use crate::{
+    degrade::{read, signal::ancestor_id},
+    maps::OFFSETS,
+    targets,
+};
 
 /// SEND_SIG_PRIV: a signal the kernel sends (include/linux/sched/signal.h).
 const SEND_SIG_PRIV: u64 = 1;
@@ -21,27 +25,6 @@ const SEND_SIG_PRIV: u64 = 1;
 const SI_CODE: u64 = 8;
 /// SIGCHLD on x86_64 and arm64.
 const SIGCHLD: u32 = 17;
-
-/// Reads a `T` at `base + off` in kernel memory (None if unreadable).
-#[inline(always)]
-fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
-}
-
-/// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable).
-#[inline(always)]
-fn ancestor_id(o: &KernelOffsets, task: u64, depth: u32) -> u64 {
-    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return 0 };
-    let level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
-    if level < depth as i32 {
-        return 0;
-    }
-    read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
-        .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
-        .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
-        .unwrap_or(0)
-}
 
 /// signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result).
 #[raw_tracepoint(tracepoint = "signal_generate")]

@@ -40,6 +40,10 @@ pub struct Trails {
     pub unknown: u64,
     /// Level changes not written yet (see [`State::trail_level`]).
     deferred: Vec<Deferred>,
+    /// Records that could not be written (the trail file would not open
+    /// or an append failed), per target, since the agent started: written
+    /// into the next `lost` record that gets through, and shown by status.
+    pub write_failed: HashMap<String, u64>,
 }
 
 /// A level change of a recording target, written by the background tick.
@@ -119,20 +123,38 @@ impl State {
         let lost = self.trail_kernel_lost();
         let max = self.config.trail_max_bytes.unwrap_or(store::DEFAULT_MAX_BYTES);
         let path = store::path(&self.config.state_dir, name);
+        let failed = self.trail.write_failed.get(name).copied().unwrap_or(0);
+        let n = entries.len() as u64;
         let file = match self.trail.files.entry(name.to_owned()) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => match TrailFile::open(&path, max) {
                 Ok(f) => v.insert(f),
-                Err(e) => {
-                    warn!(target = name, "trail file {}: {e}", path.display());
-                    return;
-                }
+                Err(e) => return self.trail_write_failed(name, n, &format!("trail file {}: {e}", path.display())),
             },
         };
-        if let Err(e) = file.append(name, entries, &lost, report) {
-            warn!(target = name, "writing the trail: {e}");
+        if let Err(e) = file.append(name, entries, &lost, failed, report) {
             // Reopened (and re-verified) on the next append.
             self.trail.files.remove(name);
+            self.trail_write_failed(name, n, &format!("writing the trail: {e}"));
+        }
+    }
+
+    /// Counts records that could not be written; the first of a run of
+    /// failures is journaled (the main journal) and alerted: loss is never
+    /// silent, also when the trail file itself is the problem.
+    fn trail_write_failed(&mut self, name: &str, n: u64, why: &str) {
+        warn!(target = name, "{why}: {n} trail records not written");
+        let count = self.trail.write_failed.entry(name.to_owned()).or_default();
+        let first = *count == 0;
+        *count += n;
+        if first {
+            let mut e = journal::Entry::new(journal::Actor::Source { source: "kernel".into() }, journal::Phase::Event, "trail-write-failed");
+            e.target = Some(name.to_owned());
+            e.params = json!({"records": n, "error": why});
+            if let Err(err) = self.journal.append(e) {
+                warn!("journaling a trail write failure: {err}");
+            }
+            self.send_alert(json!({"type": "alert", "priority": "high", "action": "trail-write-failed", "target": name, "message": why}));
         }
     }
 
@@ -250,7 +272,7 @@ impl State {
         self.enforcer.trail.set(t.cgroup_id, on)?;
         self.registry.get_mut(name)?.trail = on;
         self.registry.save()?;
-        let e = store::entry(name, action, Some(t.level), json!({"level": level_name(t.level)}));
+        let e = store::entry(name, action, Some(t.level), json!({"level": level_name(t.level), "cgroup_id": t.cgroup_id}));
         self.trail_append(name, vec![e], true);
         let path = store::path(&self.config.state_dir, name);
         let files = if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 {
@@ -277,7 +299,8 @@ impl State {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).ok();
         let files =
             if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 { "files recorded" } else { "files not recorded: no BPF LSM" };
-        json!({"recording": t.trail && self.enforcer.trail.records(t.cgroup_id), "file": bytes.map(|_| path), "bytes": bytes, "files": files})
+        let write_failed = self.trail.write_failed.get(&t.name).copied().unwrap_or(0);
+        json!({"recording": t.trail && self.enforcer.trail.records(t.cgroup_id), "file": bytes.map(|_| path), "bytes": bytes, "files": files, "write_failed": write_failed})
     }
 
     /// Where a stop result or a drill report points the rollback planner

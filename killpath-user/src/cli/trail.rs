@@ -95,7 +95,10 @@ fn line(r: &Value) -> String {
         }
         "file-writes" => format!("{} file(s) written", r["files"].as_array().map_or(0, Vec::len)),
         "level" => format!("level {} -> {} ({})", s(&r["from"]), s(&r["to"]), s(&r["by"])),
-        "lost" => format!("LOST: kernel ring full {} ; trail file full {}", r["kernel_ring_full"], r["trail_file_full"]),
+        "lost" => format!(
+            "LOST: kernel ring full {} ; trail file full {} ; not written (file error) {}",
+            r["kernel_ring_full"], r["trail_file_full"], r["write_failed"]
+        ),
         a if a.starts_with("file-") => {
             let to = if r["to"].is_string() { format!(" -> {}", s(&r["to"])) } else { String::new() };
             format!("{who}: {}{to}", s(&r["path"]))
@@ -169,6 +172,9 @@ fn print_summary(r: &Value) {
         println!("  {}", s(l));
     }
     if !r["lost"].is_null() {
-        println!("LOST (not recorded): kernel ring full {} ; trail file full {}", r["lost"]["kernel_ring_full"], r["lost"]["trail_file_full"]);
+        println!(
+            "LOST (not recorded): kernel ring full {} ; trail file full {} ; not written (file error) {}",
+            r["lost"]["kernel_ring_full"], r["lost"]["trail_file_full"], r["lost"]["write_failed"]
+        );
     }
 }

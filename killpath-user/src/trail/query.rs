@@ -211,6 +211,10 @@ pub fn summary(name: &str, records: &[Record]) -> Value {
     let mut destinations: BTreeMap<String, Value> = BTreeMap::new();
     let mut files_written: Vec<Value> = Vec::new();
     let mut lost = Value::Null;
+    // The cgroup the counters come from: a target released and created
+    // again under the same name appends to the same file with counters
+    // starting from 0 (see `trail-on`).
+    let mut cgroup: Option<u64> = None;
     let phase_of = |level: &str, phases: &mut Vec<(String, Phase)>| -> usize {
         if phases.last().is_none_or(|(l, _)| l != level) {
             phases.push((level.to_owned(), Phase::default()));
@@ -222,14 +226,25 @@ pub fn summary(name: &str, records: &[Record]) -> Value {
         match r.entry.action.as_str() {
             "level" => level_changes.push(json!({"time": r.time, "from": p["from"], "to": p["to"], "by": p["by"]})),
             "lost" => lost = p.clone(),
+            "trail-on" => {
+                let id = p.get("cgroup_id").and_then(Value::as_u64);
+                if id.is_some() && cgroup.is_some() && id != cgroup {
+                    prev.clear();
+                }
+                cgroup = id.or(cgroup);
+            }
             "flows" => {
                 let level = p.get("level").and_then(Value::as_str).unwrap_or("normal");
                 let i = phase_of(level, &mut phases);
                 for f in p.get("flows").and_then(Value::as_array).into_iter().flatten() {
                     let d = format!("{} {}", dest(f), f["direction"].as_str().unwrap_or("out"));
                     let now = (f["bytes_out"].as_u64().unwrap_or(0), f["bytes_in"].as_u64().unwrap_or(0));
-                    let before = prev.insert(d.clone(), now).unwrap_or((0, 0));
-                    let delta = (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1));
+                    let mut before = prev.insert(d.clone(), now).unwrap_or((0, 0));
+                    // A counter never goes down: lower means it started again (a new cgroup).
+                    if now.0 < before.0 || now.1 < before.1 {
+                        before = (0, 0);
+                    }
+                    let delta = (now.0 - before.0, now.1 - before.1);
                     if delta != (0, 0) {
                         let b = phases[i].1.bytes.entry(d.clone()).or_default();
                         b.0 += delta.0;
@@ -320,5 +335,20 @@ mod tests {
         assert_eq!(list(&records, &f).len(), 4, "connects and flows");
         let f = Filter { level: Some("isolate".into()), ..Default::default() };
         assert_eq!(list(&records, &f).len(), 3);
+    }
+
+    /// A target released and created again under the same name appends
+    /// to the same trail with its counters from 0: its bytes are its own,
+    /// not a difference against the old cgroup's totals.
+    #[test]
+    fn summary_of_a_recreated_target() {
+        let flow = |bytes: u64| json!({"flows": [{"proto": "tcp", "addr": "10.0.0.1", "port": 80, "direction": "out", "bytes_out": bytes, "bytes_in": 0}], "level": "normal"});
+        let on = |id: u64| json!({"level": "normal", "cgroup_id": id});
+        let records = vec![rec(1, "trail-on", on(7)), rec(2, "flows", flow(1000)), rec(3, "trail-on", on(9)), rec(4, "flows", flow(1200))];
+        let s = summary("t", &records);
+        assert_eq!(s["phases"][0]["destinations"][0]["bytes_out"], 2200, "{s:#}");
+        // Even without the marker, a counter that went down started again.
+        let records = vec![rec(1, "flows", flow(1000)), rec(2, "flows", flow(300))];
+        assert_eq!(summary("t", &records)["phases"][0]["destinations"][0]["bytes_out"], 1300);
     }
 }

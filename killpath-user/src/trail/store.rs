@@ -62,7 +62,9 @@ impl TrailFile {
     /// few records a minute however hard the flood), a `lost` record if
     /// `kernel_lost` (KP_TRAIL_LOST by kind name) or the count left out
     /// here changed since the last one.
-    pub fn append(&mut self, name: &str, entries: Vec<Entry>, kernel_lost: &BTreeMap<String, u64>, report: bool) -> Result<()> {
+    /// `write_failed`: records the agent could not write to this file
+    /// before (it would not open, an append failed), reported the same way.
+    pub fn append(&mut self, name: &str, entries: Vec<Entry>, kernel_lost: &BTreeMap<String, u64>, write_failed: u64, report: bool) -> Result<()> {
         let mut size = self.journal.size();
         let mut keep = Vec::with_capacity(entries.len());
         for e in entries {
@@ -74,8 +76,8 @@ impl TrailFile {
                 *self.dropped.entry(e.action.clone()).or_default() += 1;
             }
         }
-        let lost = json!({"kernel_ring_full": kernel_lost, "trail_file_full": self.dropped});
-        if report && lost != self.reported && (!kernel_lost.is_empty() || !self.dropped.is_empty()) {
+        let lost = json!({"kernel_ring_full": kernel_lost, "trail_file_full": self.dropped, "write_failed": write_failed});
+        if report && lost != self.reported && (!kernel_lost.is_empty() || !self.dropped.is_empty() || write_failed > 0) {
             let mut e = entry(name, "lost", None, lost.clone());
             e.outcome = Some("events were not recorded: counted here by kind".into());
             keep.push(e);

@@ -51,3 +51,42 @@ fn trail_counts_loss_under_flood() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A trail that cannot be written (its filesystem full: a small tmpfs
+/// mounted over the trails dir and filled) loses nothing silently: the
+/// failure is journaled in the main journal at once, counted in status,
+/// and once the disk has room again the trail's `lost` record says how
+/// many records were not written; the trail still verifies.
+#[test]
+fn trail_counts_records_it_could_not_write() {
+    let Some(a) = Agent::start() else {
+        skip("needs root");
+        return;
+    };
+    let trails = a.state_dir.join("trails");
+    std::fs::create_dir_all(&trails).expect("trails dir");
+    let _fs = crate::journal_poisoned::tmpfs(&trails, "256k");
+    let filler = crate::journal_poisoned::fill(&trails, "filler");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let script = format!("while [ ! -e {g} ]; do sleep 0.05; done; /bin/echo one; /bin/echo two; /bin/echo three; exec sleep 60", g = go.display());
+    let mut child = run_recorded(&a, "tr-full", &script);
+    let failed = |a: &Agent| a.json(&["status", "tr-full"])["targets"][0]["trail"]["write_failed"].as_u64().unwrap_or(0);
+    wait_until(Duration::from_secs(10), || failed(&a) > 0).expect("status counts the records the full disk refused");
+    let journaled = a.journal().iter().any(|r| r["action"] == "trail-write-failed" && r["target"] == "tr-full");
+    assert!(journaled, "the failure is in the main journal: {:#?}", a.journal());
+    // Room again: the next append gets through with the count.
+    std::fs::remove_file(&filler).expect("remove filler");
+    std::fs::write(&go, "").expect("go");
+    let echoes = |recs: &[Value]| super::execs_of(recs, "/bin/echo").len();
+    wait_until(Duration::from_secs(15), || {
+        let recs = records(&a, "tr-full", &[]);
+        echoes(&recs) == 3 && recs.iter().any(|r| r["action"] == "lost" && r["write_failed"].as_u64().is_some_and(|n| n > 0))
+    })
+    .unwrap_or_else(|| panic!("the echoes and a lost record with write_failed: {:#?}", records(&a, "tr-full", &[])));
+    let lost = records(&a, "tr-full", &[]).into_iter().rev().find(|r| r["action"] == "lost").expect("lost record");
+    assert!(lost["write_failed"].as_u64() >= Some(failed(&a).min(1)), "{lost:#}");
+    assert_eq!(a.json(&["trail", "tr-full", "--verify"])["ok"], true, "the trail verifies after the failure");
+    let _ = child.kill();
+    let _ = child.wait();
+}

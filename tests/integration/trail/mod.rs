@@ -18,8 +18,14 @@ mod tamper;
 pub fn run_recorded(a: &Agent, name: &str, script: &str) -> Child {
     let child = a.cmd(&["run", name, "--trail", "--", "sh", "-c", script]).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("spawn run");
     let pid = child.id();
-    wait_until(Duration::from_secs(20), || std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "killpath"))
-        .unwrap_or_else(|| panic!("`killpath run {name}` never exec'd its command"));
+    // Until it runs the command: before its own exec the child still
+    // carries the forking thread's name (the test's), then `killpath`
+    // while it asks the agent.
+    let test_comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
+    wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "killpath" && c.trim() != test_comm.trim())
+    })
+    .unwrap_or_else(|| panic!("`killpath run {name}` never exec'd its command"));
     child
 }
 
