@@ -284,6 +284,16 @@ impl Journal {
     /// If the file no longer ends with the line this journal last wrote (rewritten,
     /// truncated, replaced), a `journal-rewritten` record saying so goes first.
     pub fn append(&mut self, entry: Entry) -> Result<Record, JournalError> {
+        self.before_append()?;
+        let rec = self.write_record(entry)?;
+        self.notify(&rec);
+        Ok(rec)
+    }
+
+    /// What every append checks first: a poisoned journal refuses; a file
+    /// that no longer ends with the last line written gets its
+    /// `journal-rewritten` record before anything else.
+    fn before_append(&mut self) -> Result<(), JournalError> {
         if let Some(cause) = &self.poisoned {
             return Err(JournalError::Poisoned { path: self.path.clone(), cause: cause.clone() });
         }
@@ -292,9 +302,7 @@ impl Journal {
             let rec = self.write_record(note)?;
             self.notify(&rec);
         }
-        let rec = self.write_record(entry)?;
-        self.notify(&rec);
-        Ok(rec)
+        Ok(())
     }
 
     fn notify(&mut self, rec: &Record) {
@@ -361,14 +369,7 @@ impl Journal {
     /// one `fdatasync` (the activity trail's batches: a record each, one
     /// flush). Durable on return, like [`Journal::append`].
     pub fn append_batch(&mut self, entries: Vec<Entry>) -> Result<Vec<Record>, JournalError> {
-        if let Some(cause) = &self.poisoned {
-            return Err(JournalError::Poisoned { path: self.path.clone(), cause: cause.clone() });
-        }
-        if let Some(found) = self.check_tail()? {
-            let note = self.resync(found)?;
-            let rec = self.write_record(note)?;
-            self.notify(&rec);
-        }
+        self.before_append()?;
         if entries.is_empty() {
             return Ok(Vec::new());
         }
