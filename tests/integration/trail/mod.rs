@@ -143,3 +143,29 @@ fn trail_adopt_on_off_and_status() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The workload cannot switch its own recording off: `trail --off` from a
+/// task inside the target is refused (a confined caller may only read),
+/// and an exec after the attempt is still recorded.
+#[test]
+fn trail_workload_cannot_switch_itself_off() {
+    let Some(a) = Agent::start() else {
+        skip("needs root");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; /bin/echo after-the-attempt; exec sleep 60", go.display());
+    let mut child = run_recorded(&a, "tr-self", &script);
+    let cg = a.target_cgroup("tr-self");
+    let sock = a.socket.to_str().expect("socket path");
+    let out = crate::support::cgroup::in_cgroup_within(30, cg.path(), &[crate::harness::BIN, "--socket", sock, "trail", "tr-self", "--off"]);
+    assert!(!out.status.success(), "trail --off from inside the target must be refused: {out:?}");
+    assert_eq!(a.json(&["status", "tr-self"])["targets"][0]["trail"]["recording"], true, "still recording");
+    std::fs::write(&go, "").expect("go");
+    wait_until(Duration::from_secs(10), || !execs_of(&records(&a, "tr-self", &[]), "/bin/echo").is_empty())
+        .unwrap_or_else(|| panic!("the exec after the attempt is recorded: {:#?}", records(&a, "tr-self", &[])));
+    assert!(!records(&a, "tr-self", &[]).iter().any(|r| r["action"] == "trail-off"), "no trail-off record");
+    let _ = child.kill();
+    let _ = child.wait();
+}
