@@ -70,9 +70,17 @@ fn stop_halt_freeze_blocked_by_d_state_task() {
     let script = format!("for i in $(seq {n}); do sleep 1000 & done; stat {}/x & wait", mnt.display());
     let _run = run_bg(&agent, "stuck", &["sh", "-c", &script], n + 2);
     let cg = agent.target_cgroup("stuck");
-    // The `stat` itself, asleep in the kernel (not a task passing through
-    // D for a moment while it forks or execs).
-    let blocked = |p: &i32| state(*p) == Some('D') && std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "stat");
+    // The `stat` itself, asleep in FUSE (wchan names the FUSE wait), not
+    // a task passing through D for a moment: on a cold page cache (a fresh
+    // CI machine) `stat` sleeps in D reading its own binary first, and a
+    // freeze then catches it at its return to user space, before it ever
+    // reaches the FUSE lookup (that made this check pass and the freeze
+    // complete).
+    let blocked = |p: &i32| {
+        state(*p) == Some('D')
+            && std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "stat")
+            && std::fs::read_to_string(format!("/proc/{p}/wchan")).is_ok_and(|w| w.contains("fuse"))
+    };
     let stuck = wait_until(Duration::from_secs(10), || pids(&cg).iter().any(blocked))
         .and_then(|()| pids(&cg).into_iter().find(blocked))
         .expect("the target's `stat` never blocked in the FUSE lookup");
@@ -83,7 +91,9 @@ fn stop_halt_freeze_blocked_by_d_state_task() {
     std::thread::sleep(Duration::from_millis(300));
     let events = std::fs::read_to_string(cg.path().join("cgroup.events")).unwrap_or_default();
     std::fs::write(&freeze, "0").expect("thaw");
-    assert!(events.contains("frozen 0"), "the D-state task {stuck} should keep the cgroup from freezing: {events}");
+    let wchan = std::fs::read_to_string(format!("/proc/{stuck}/wchan")).unwrap_or_default();
+    eprintln!("the target's `stat` {stuck} sleeps in {wchan}");
+    assert!(events.contains("frozen 0"), "the D-state task {stuck} (in {wchan}) should keep the cgroup from freezing: {events}");
 
     let before = pids(&cg);
     let r = stop(&agent, "stuck");
