@@ -26,23 +26,23 @@ use crate::{
 };
 
 /// Bytes of IPv4 + TCP headers per packet: 20 + 20 at least, 20 + 60 at most.
-const TCP_HDR_MIN: u64 = 40;
-const TCP_HDR_MAX: u64 = 80;
+pub(crate) const TCP_HDR_MIN: u64 = 40;
+pub(crate) const TCP_HDR_MAX: u64 = 80;
 /// IPv4 + UDP headers.
 const UDP_HDR: u64 = 28;
 
 /// What one server saw, counted by the server itself.
 #[derive(Clone, Default)]
-struct Seen {
-    received: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
-    conns: Arc<AtomicU64>,
+pub(crate) struct Seen {
+    pub(crate) received: Arc<AtomicU64>,
+    pub(crate) sent: Arc<AtomicU64>,
+    pub(crate) conns: Arc<AtomicU64>,
 }
 
 /// A tiny HTTP server outside every target: reads each request (headers
 /// and a Content-Length body) counting every byte, answers `body` bytes,
 /// and reads until the client closes.
-fn http_server(body: usize) -> (u16, Seen) {
+pub(crate) fn http_server(body: usize) -> (u16, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").expect("http server");
     let port = l.local_addr().expect("addr").port();
     let seen = Seen::default();
@@ -111,17 +111,17 @@ fn udp_receiver() -> (u16, Seen) {
 }
 
 /// The last flows snapshot of `name`'s trail.
-fn flows(agent: &Agent, name: &str) -> Vec<Value> {
+pub(crate) fn flows(agent: &Agent, name: &str) -> Vec<Value> {
     let t = agent.json(&["trail", name, "--kind", "net"]);
     let recs = t["records"].as_array().cloned().unwrap_or_default();
     recs.iter().rev().find(|r| r["action"] == "flows").and_then(|r| r["flows"].as_array().cloned()).unwrap_or_default()
 }
 
-fn flow<'a>(fl: &'a [Value], proto: &str, port: u16, direction: &str) -> Option<&'a Value> {
+pub(crate) fn flow<'a>(fl: &'a [Value], proto: &str, port: u16, direction: &str) -> Option<&'a Value> {
     fl.iter().find(|f| f["proto"] == proto && f["port"] == port && f["addr"] == "127.0.0.1" && f["direction"] == direction)
 }
 
-fn n(v: &Value, k: &str) -> u64 {
+pub(crate) fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
@@ -129,7 +129,7 @@ fn n(v: &Value, k: &str) -> u64 {
 /// `exact`: no retransmission expected (the host); under the VM's software
 /// emulation TCP retransmits on loopback, and a retransmitted segment is
 /// counted again at the IP layer, so only the lower bound holds there.
-fn assert_tcp_bytes(what: &str, bytes: u64, packets: u64, payload: u64, exact: bool) {
+pub(crate) fn assert_tcp_bytes(what: &str, bytes: u64, packets: u64, payload: u64, exact: bool) {
     assert!(packets >= 2, "{what}: {packets} packets counted (a connection has at least a SYN and an ACK)");
     assert!(
         bytes >= payload + TCP_HDR_MIN * packets && (!exact || bytes <= payload + TCP_HDR_MAX * packets),
