@@ -81,13 +81,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Run { name, command, no_privileges, user, trail } => run_in_target(&cli, name, command, *no_privileges, user.as_deref(), *trail),
         Cmd::Adopt { name, cgroup, pid, unit, container, pod, trail } => {
-            let cmd =
-                Command::Adopt { name: name.clone(), cgroup: cgroup.clone(), pid: *pid, unit: unit.clone(), container: container.clone(), pod: pod.clone() };
+            let cmd = Command::Adopt {
+                name: name.clone(),
+                cgroup: cgroup.clone(),
+                pid: *pid,
+                unit: unit.clone(),
+                container: container.clone(),
+                pod: pod.clone(),
+                trail: *trail,
+            };
             let r = call(&cli, &cmd)?;
             out.adopted(&r);
-            if *trail {
-                trail_on(&cli, name)?;
-            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { name } => {
@@ -289,12 +293,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// process (identified by SO_PEERCRED) into it; then this process gives up
 /// its privileges (with --no-privileges / --user) and execs CMD, so CMD's
 /// first instruction already runs inside the target, unprivileged.
-/// Starts recording `name`'s activity trail (`run --trail`, `adopt --trail`).
-fn trail_on(cli: &Cli, name: &str) -> anyhow::Result<()> {
-    let req = killpath::trail::Request { name: name.to_owned(), on: true, ..Default::default() };
-    call(cli, &Command::Trail(req)).map(|_| ()).map_err(|e| anyhow::anyhow!("{e} (target {name} was created without its trail; `killpath trail {name} --on` retries)"))
-}
-
 fn run_in_target(cli: &Cli, name: &str, command: &[String], no_privileges: bool, user: Option<&str>, trail: bool) -> anyhow::Result<ExitCode> {
     use killpath::privileges::{self, drop as privs};
     use std::os::unix::process::CommandExt as _;

@@ -13,6 +13,9 @@
 //! revoke = ["net.connect", "exec", "fs.write"]
 //! allow_connect = ["10.0.0.0/8:5432"]
 //! allow_write = ["/var/tmp/job"]
+//!
+//! [trail]               # targets recorded from creation (as `run --trail`)
+//! record = ["agent-*", "batch"]
 //! ```
 //!
 //! Without a file (or a section), throttle caps syscalls at 1,000/s and
@@ -79,7 +82,36 @@ pub struct DegradeDefaults {
     pub allow_write: Vec<String>,
 }
 
-/// The `[throttle]` and `[degrade]` sections.
+/// `[trail]`: which targets record their activity trail from the moment
+/// they are created or adopted, as if `--trail` had been given.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrailDefaults {
+    /// Target names: exact, `prefix*`, or `*` for every target.
+    #[serde(default)]
+    pub record: Vec<String>,
+}
+
+impl TrailDefaults {
+    /// Whether a target named `name` records from its creation.
+    pub fn records(&self, name: &str) -> bool {
+        self.record.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        for p in &self.record {
+            if p.is_empty() || p.trim_end_matches('*').contains('*') || p.ends_with("**") {
+                return Err(format!("record: {p:?} is not a target name, `prefix*` or `*`"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `[throttle]`, `[degrade]` and `[trail]` sections.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Escalation {
@@ -87,6 +119,8 @@ pub struct Escalation {
     pub throttle: ThrottleDefaults,
     #[serde(default)]
     pub degrade: DegradeDefaults,
+    #[serde(default)]
+    pub trail: TrailDefaults,
     /// `[[tripwires]]`: rules armed at start (see `crate::tripwire::RuleSpec`).
     #[serde(default)]
     pub tripwires: Vec<crate::tripwire::RuleSpec>,
@@ -102,6 +136,7 @@ impl Escalation {
         for c in e.degrade.revoke.iter().flatten() {
             crate::degrade::bit(c).map_err(|err| Error::InvalidRequest(format!("{}: [degrade]: {err}", path.display())))?;
         }
+        e.trail.check().map_err(|err| Error::InvalidRequest(format!("{}: [trail]: {err}", path.display())))?;
         for r in &e.tripwires {
             crate::tripwire::Rule::check(r).map_err(|err| Error::InvalidRequest(format!("{}: [[tripwires]]: {err}", path.display())))?;
         }
@@ -132,5 +167,24 @@ mod tests {
         std::fs::write(&p, "[degrade]\nrevoke = [\"teleport\"]\n").unwrap();
         assert!(Escalation::load(&p).is_err());
         assert_eq!(Escalation::default().throttle.ceilings().syscalls.get("all"), Some(&1000));
+    }
+
+    #[test]
+    fn config_trail_record_patterns() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("agent.toml");
+        std::fs::write(&p, "[trail]\nrecord = [\"agent-*\", \"batch\"]\n").unwrap();
+        let t = Escalation::load(&p).unwrap().trail;
+        assert!(t.records("agent-7") && t.records("batch"));
+        assert!(!t.records("batch2") && !t.records("agent") && !t.records("web"));
+        assert!(!Escalation::default().trail.records("anything"), "nothing records by default");
+        std::fs::write(&p, "[trail]\nrecord = [\"*\"]\n").unwrap();
+        assert!(Escalation::load(&p).unwrap().trail.records("web"));
+        for bad in ["\"a*b\"", "\"\"", "\"x**\""] {
+            std::fs::write(&p, format!("[trail]\nrecord = [{bad}]\n")).unwrap();
+            assert!(Escalation::load(&p).unwrap_err().to_string().contains("[trail]"), "{bad}");
+        }
+        std::fs::write(&p, "[trail]\nrecrd = []\n").unwrap();
+        assert!(Escalation::load(&p).unwrap_err().to_string().contains("recrd"));
     }
 }

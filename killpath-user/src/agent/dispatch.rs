@@ -37,6 +37,7 @@ impl State {
             }
             Command::Create { name, move_caller, trail } => {
                 validate_name(&name)?;
+                let trail = trail || self.config.escalation.trail.records(&name);
                 let params = json!({"move_caller": move_caller, "caller_pid": caller.pid, "trail": trail});
                 self.execute(caller, "run", Some(&name), params, |s| {
                     let mut done = s.create(&name, move_caller.then_some(caller.pid))?;
@@ -46,13 +47,14 @@ impl State {
                     Ok(done)
                 })
             }
-            Command::Adopt { name, cgroup, pid, unit, container, pod } => {
+            Command::Adopt { name, cgroup, pid, unit, container, pod, trail } => {
                 validate_name(&name)?;
+                let trail = trail || self.config.escalation.trail.records(&name);
                 if let Some(sel) = crate::resolve::Selector::from_request(unit, container, pod)? {
-                    return self.adopt_named(caller, &name, cgroup.is_some() || pid.is_some(), &sel, pre);
+                    return self.adopt_named(caller, &name, cgroup.is_some() || pid.is_some(), &sel, pre, trail);
                 }
-                let params = json!({"cgroup": cgroup, "pid": pid});
-                self.execute(caller, "adopt", Some(&name), params, |s| s.adopt(&name, cgroup.as_deref(), pid))
+                let params = json!({"cgroup": cgroup, "pid": pid, "trail": trail});
+                self.execute(caller, "adopt", Some(&name), params, |s| s.adopt_recorded(&name, cgroup.as_deref(), pid, trail))
             }
             Command::Stop { name, reason, order } => {
                 self.registry.get(&name)?;

@@ -76,6 +76,17 @@ impl State {
         crate::privileges::assess(&Cgroup::new(&t.cgroup).procs_recursive(), &t.cgroup, &self.cgroup_mount, &guard)
     }
 
+    /// `adopt`, and with `trail` its activity trail switched on in the same
+    /// transaction (`adopt --trail`, or the config's `[trail] record`): no
+    /// event falls between the adoption and the recording.
+    pub(super) fn adopt_recorded(&mut self, name: &str, cgroup_path: Option<&str>, pid: Option<i32>, trail: bool) -> Result<Done> {
+        let mut done = self.adopt(name, cgroup_path, pid)?;
+        if trail {
+            done.result["trail"] = self.trail_set(name, true)?;
+        }
+        Ok(done)
+    }
+
     pub(super) fn adopt(&mut self, name: &str, cgroup_path: Option<&str>, pid: Option<i32>) -> Result<Done> {
         self.ensure_new(name)?;
         match (cgroup_path, pid) {

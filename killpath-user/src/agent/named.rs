@@ -35,7 +35,7 @@ impl Prepared {
 }
 
 impl State {
-    pub(super) fn adopt_named(&mut self, caller: Caller, name: &str, also_path_or_pid: bool, sel: &Selector, pre: Prepared) -> Result<Value> {
+    pub(super) fn adopt_named(&mut self, caller: Caller, name: &str, also_path_or_pid: bool, sel: &Selector, pre: Prepared, trail: bool) -> Result<Value> {
         if also_path_or_pid {
             return Err(Error::InvalidRequest("adopt takes exactly one of --cgroup, --pid, --unit, --container, --pod".into()));
         }
@@ -45,15 +45,15 @@ impl State {
             None => resolve::resolve(&self.cgroup_mount, Some(&self.config.cgroup_parent), sel)?,
         };
         tracing::info!(target_name = name, kind = resolved.kind, id = %resolved.id, found = ?resolved.found, via = %resolved.via, "adopt: name resolved");
-        let params = json!({ sel.kind(): sel.id(), "resolved": resolved });
+        let params = json!({ sel.kind(): sel.id(), "resolved": resolved, "trail": trail });
         let mut out = match &resolved.found {
             Found::Cgroup(path) => {
                 let path = path.display().to_string();
-                self.execute(caller, "adopt", Some(name), params, |s| s.adopt(name, Some(&path), None))?
+                self.execute(caller, "adopt", Some(name), params, |s| s.adopt_recorded(name, Some(&path), None, trail))?
             }
             Found::Pid(pid) => {
                 let pid = *pid;
-                self.execute(caller, "adopt", Some(name), params, |s| s.adopt(name, None, Some(pid)))?
+                self.execute(caller, "adopt", Some(name), params, |s| s.adopt_recorded(name, None, Some(pid), trail))?
             }
         };
         if let Some(o) = out.as_object_mut() {

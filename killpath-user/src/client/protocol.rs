@@ -64,6 +64,10 @@ pub enum Command {
         container: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pod: Option<String>,
+        /// Record the activity trail from the adoption on, in the same
+        /// transaction (`adopt --trail`): no event between the two.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        trail: bool,
     },
     /// Targets and their state.
     Status {

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::harness::{alive, skip, wait_until, Agent};
 
+mod config;
 mod files;
 mod flood;
 mod scenario;
