@@ -225,7 +225,9 @@ pub mod programs {
 }
 
 /// Offsets of the fields the exec event reads to find the new program's
-/// argv: `task_struct.mm`, `mm_struct.arg_start`, `mm_struct.arg_end`.
+/// argv: `task_struct.mm`, `mm_struct.arg_start`, `mm_struct.arg_end`;
+/// and `linux_binprm.file`, for the identity (device and inode) of the
+/// file the kernel really executed, whatever name the workload gave it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrailOffsets {
@@ -234,6 +236,11 @@ pub struct TrailOffsets {
     pub mm_arg_end: u32,
     /// 1 when the three offsets above are filled in (else argv is left out).
     pub valid: u32,
+    /// `linux_binprm.file`.
+    pub bprm_file: u32,
+    /// 1 when `bprm_file` is filled in (the rest of the walk uses
+    /// [`crate::KernelOffsets`]' fs offsets, valid on their own).
+    pub file_valid: u32,
 }
 
 #[cfg(feature = "user")]

@@ -31,6 +31,20 @@ fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
 }
 
+/// (s_dev, i_ino) of `bprm->file`: file -> f_path.dentry -> d_inode ->
+/// i_ino and i_sb -> s_dev. None where an offset is missing.
+#[inline(always)]
+fn exe_identity(bprm: u64) -> Option<(u32, u64)> {
+    let t = OFFSETS.get(0).filter(|o| o.file_valid != 0)?;
+    let k = KERNEL_OFFSETS.get(0).filter(|o| o.fs_valid != 0)?;
+    let file = read::<u64>(bprm, t.bprm_file)?;
+    let dentry = read::<u64>(file, k.file_f_path + k.path_dentry)?;
+    let inode = read::<u64>(dentry, k.dentry_d_inode)?;
+    let ino = read::<u64>(inode, k.inode_i_ino)?;
+    let sb = read::<u64>(inode, k.inode_i_sb)?;
+    Some((read::<u32>(sb, k.sb_s_dev)?, ino))
+}
+
 /// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
 #[inline(always)]
 pub fn on_exec(ctx: &RawTracePointContext, cfg: &GuardConfig) {
@@ -38,6 +52,10 @@ pub fn on_exec(ctx: &RawTracePointContext, cfg: &GuardConfig) {
     // SAFETY: raw tracepoint argument 2 is the linux_binprm pointer.
     let bprm: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
     let filename: u64 = KERNEL_OFFSETS.get(0).filter(|o| o.names_valid != 0).and_then(|o| read::<u64>(bprm, o.bprm_filename)).unwrap_or(0);
+    // The file the kernel executed (bprm->file: for a script, the script;
+    // execveat(AT_EMPTY_PATH) and /dev/fd/N name it only by descriptor):
+    // its device and inode identify it however the workload named it.
+    let exe = exe_identity(bprm);
     let args = OFFSETS.get(0).filter(|o| o.valid != 0).and_then(|o| {
         // SAFETY: helper without arguments.
         let task = unsafe { bpf_get_current_task() };
@@ -45,6 +63,10 @@ pub fn on_exec(ctx: &RawTracePointContext, cfg: &GuardConfig) {
         Some((read::<u64>(mm, o.mm_arg_start)?, read::<u64>(mm, o.mm_arg_end)?))
     });
     emit(id, level, kind::EXEC, |ev| {
+        if let Some((dev, ino)) = exe {
+            ev.value = ino;
+            ev.peer = dev;
+        }
         let text = ev.text.as_mut_ptr();
         let mut used = 0usize;
         if filename != 0 {

@@ -168,7 +168,12 @@ impl State {
                 self.trail.unknown += 1;
                 continue;
             };
-            let (action, params) = decode::event(ev, &clock);
+            let (action, mut params) = decode::event(ev, &clock);
+            if let (Some(dev), Some(ino)) = (params.get("dev").and_then(Value::as_str), params.get("ino").and_then(Value::as_u64)) {
+                if let Some(exe) = decode::exe_path(ev.pid, dev, ino) {
+                    params["exe"] = json!(exe);
+                }
+            }
             by.entry(name.clone()).or_default().push(store::entry(name, action, Some(ev.level), params));
         }
         for (name, entries) in by {

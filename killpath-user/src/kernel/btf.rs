@@ -67,15 +67,19 @@ pub struct Resolved {
 }
 
 /// Offsets the trail's exec event follows to the new program's argv
-/// (task_struct.mm, mm_struct.arg_start/arg_end); None without BTF or
-/// those fields (argv is then left out of exec events).
+/// (task_struct.mm, mm_struct.arg_start/arg_end) and to the executed
+/// file (linux_binprm.file); None without BTF or the argv fields (argv is
+/// then left out of exec events), `file_valid` 0 without the file field.
 pub fn trail_offsets() -> Option<killpath_common::trail::TrailOffsets> {
     let btf = vmlinux().ok()?;
+    let bprm_file = offset(btf, "linux_binprm", "file").ok();
     Some(killpath_common::trail::TrailOffsets {
         task_mm: offset(btf, "task_struct", "mm").ok()?,
         mm_arg_start: offset(btf, "mm_struct", "arg_start").ok()?,
         mm_arg_end: offset(btf, "mm_struct", "arg_end").ok()?,
         valid: 1,
+        bprm_file: bprm_file.unwrap_or(0),
+        file_valid: u32::from(bprm_file.is_some()),
     })
 }
 

@@ -91,6 +91,11 @@ pub fn event(ev: &TrailEvent, clock: &Clock) -> (&'static str, Value) {
             m.insert("path".into(), json!(path));
             m.insert("argc".into(), json!(p.len()));
             m.insert("argv".into(), json!(p));
+            if ev.value != 0 {
+                // The kernel's internal dev_t: 12 bits of major above 20 of minor.
+                m.insert("dev".into(), json!(format!("{}:{}", ev.peer >> 20, ev.peer & 0xf_ffff)));
+                m.insert("ino".into(), json!(ev.value));
+            }
         }
         kind::SIGNAL => {
             m.insert("signal".into(), json!(ev.arg & 0xffff));
@@ -154,4 +159,23 @@ pub fn file(k: &FileKey, v: &FileValue, clock: &Clock) -> Value {
         "first_unix_us": clock.unix_us(v.first_ns),
         "last_unix_us": clock.unix_us(v.last_ns),
     })
+}
+
+/// The absolute path of the program an exec event ran, from
+/// `/proc/PID/exe`, when that process still runs the file the kernel
+/// recorded (same device and inode: not a later exec, not a recycled pid).
+/// `path` is the name the workload gave the exec (relative, `/dev/fd/N`,
+/// a symlink); this is where the file is (or `/memfd:NAME (deleted)`).
+pub fn exe_path(pid: u32, dev: &str, ino: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let link = format!("/proc/{pid}/exe");
+    let before = std::fs::metadata(&link).ok()?;
+    let path = std::fs::read_link(&link).ok()?;
+    // Checked on both sides of the read: an exec in between changes it.
+    let after = std::fs::metadata(&link).ok()?;
+    let same = |m: &std::fs::Metadata| {
+        let d = m.dev();
+        m.ino() == ino && format!("{}:{}", nix::sys::stat::major(d), nix::sys::stat::minor(d)) == dev
+    };
+    (same(&before) && same(&after)).then(|| path.display().to_string())
 }

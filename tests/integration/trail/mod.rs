@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::harness::{alive, skip, wait_until, Agent};
 
 mod config;
+mod exe;
 mod files;
 mod flood;
 mod scenario;

@@ -74,8 +74,16 @@ fn trail_after_stop_has_no_events() {
         journal.iter().rev().find(|r| r["action"] == "stop" && r["phase"] == "result").and_then(|r| r["time_unix_us"].as_u64()).expect("stop result");
     let late: Vec<_> = recs.iter().filter(|r| r["action"] == "exec" && r["time_unix_us"].as_u64().unwrap_or(0) > stopped_at).collect();
     assert!(late.is_empty(), "events after the stop: {late:#?}");
-    let after_marker: Vec<_> = recs.iter().filter(|r| r["seq"].as_u64().unwrap_or(0) > stop_seq && r["level"] == "stopped").collect();
-    assert!(after_marker.is_empty(), "no event recorded at level stopped: {after_marker:#?}");
+    // An exec can still be recorded at level stopped: the stop arms the
+    // level in the kernel map first, then kills, and a task of the loop
+    // may exec in between (under load that window is long enough). It
+    // happened before the stop completed; nothing may come after.
+    let after_marker: Vec<_> = recs
+        .iter()
+        .filter(|r| r["seq"].as_u64().unwrap_or(0) > stop_seq && r["level"] == "stopped")
+        .filter(|r| r["action"] != "exec" || r["time_unix_us"].as_u64().unwrap_or(u64::MAX) > stopped_at)
+        .collect();
+    assert!(after_marker.is_empty(), "no event recorded at level stopped after the stop completed: {after_marker:#?}");
     let sum = a.json(&["trail", "tr-stop", "--summary"]);
     assert!(sum["by_level"].as_array().is_some_and(|l| l.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with("at normal:")))), "{sum:#}");
 }
