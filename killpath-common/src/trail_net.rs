@@ -12,6 +12,12 @@ pub const LISTENING: &str = "KP_TRAIL_LISTENING";
 /// Capacity of [`LISTENING`].
 pub const MAX_LISTENING: u32 = 4096;
 
+/// `SkStorage<u32>` (a BTF map): value 1 on a socket a recording target
+/// connected out from (set at connect). Such a socket's packets are
+/// outgoing whatever its local port: a workload cannot pass traffic it
+/// sends off as incoming by connecting from a port it listens on.
+pub const CONNECTED_OUT: &str = "KP_TRAIL_CONN_OUT";
+
 /// `Array<NetOffsets>` of one entry, filled by the agent from the kernel's BTF.
 pub const OFFSETS: &str = "KP_TRAIL_NET_OFFSETS";
 

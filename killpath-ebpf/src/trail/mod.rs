@@ -25,6 +25,7 @@ use killpath_common::{
 
 use crate::{maps::MAX_TARGETS, targets};
 
+mod direction;
 mod exec;
 pub mod files;
 pub mod net;

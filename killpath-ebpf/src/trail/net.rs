@@ -27,8 +27,10 @@
 //!
 //! Flows are keyed by (target, remote address, port, protocol,
 //! direction). Direction 0: the target connected or sent, port = the
-//! remote port. Direction 1: a connection the target accepted (a TCP
-//! packet whose local port is a port the target listens on, see
+//! remote port; always so for a socket marked at connect (`direction.rs`:
+//! a workload connecting out from a port it listens on is not taken for
+//! an accepted connection). Direction 1: a connection the target accepted (an
+//! unmarked TCP socket's packet whose local port is a port the target listens on, see
 //! `KP_TRAIL_LISTENING`, or that already has such a flow: the last
 //! packets after the listener closed), port = the LOCAL port the peer
 //! reached, so many clients of one service are one flow per client
@@ -49,6 +51,8 @@ use killpath_common::{
     trail_net::{ListenKey, NetOffsets, MAX_LISTENING},
     GuardConfig, MAX_CGROUP_DEPTH,
 };
+
+use super::direction;
 
 use super::{emit, enabled, lost, recording, records, FLOWS};
 use crate::{
@@ -123,7 +127,10 @@ pub fn skb(ctx: &SkBuffContext, egress: bool) {
     let mut key = FlowKey { target: id, addr: [0; 4], port: 0, proto: 0, direction: 1, family: 0, _pad: [0; 2] };
     let Some((rport, lport)) = parse(ctx, egress, &mut key) else { return };
     key.port = lport;
-    let accepted = key.proto == IPPROTO_TCP && lport != 0 && {
+    // A socket the target connected out from is outgoing whatever its
+    // local port (`direction`: the mark set at connect); unmarked
+    // sockets keep the listening-port rule below.
+    let accepted = key.proto == IPPROTO_TCP && lport != 0 && !direction::connected_out(ctx) && {
         let lk = ListenKey { target: id, port: lport, proto: IPPROTO_TCP as u16, _pad: 0 };
         // SAFETY: value not kept.
         unsafe { LISTENING.get(&lk) }.is_some() || FLOWS.get_ptr(&key).is_some()
@@ -326,6 +333,11 @@ pub fn addr<const V6: bool>(cfg: &GuardConfig, ctx: &SockAddrContext, is_connect
         key.addr[0] = w(12);
     } else {
         key.addr = [w(0), w(4), w(8), w(12)];
+    }
+    // A TCP connect marks its socket outgoing (`direction`): its packets
+    // are then never taken for an accepted connection's.
+    if is_connect && proto == IPPROTO_TCP {
+        direction::mark_connect(ctx);
     }
     // A datagram: an event the first time its destination is seen.
     let first = is_connect || FLOWS.get_ptr(&key).is_none();

@@ -50,6 +50,7 @@ pub const PINNED: &[&str] = &[
     killpath_common::tripwire::maps::EVENTS,
     killpath_common::tripwire::maps::ACTIVE,
     killpath_common::trail_net::LISTENING,
+    killpath_common::trail_net::CONNECTED_OUT,
     killpath_common::trail_net::OFFSETS,
     killpath_common::deadman::MAP,
     killpath_common::class_hooks::MAP,

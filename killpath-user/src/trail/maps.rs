@@ -3,7 +3,10 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     Ebpf,
 };
-use killpath_common::trail::{self as t, FileKey, FileValue, FlowKey, FlowValue, TrailConfig, TrailOffsets};
+use killpath_common::{
+    trail::{self as t, FileKey, FileValue, FlowKey, FlowValue, TrailConfig, TrailOffsets},
+    trail_net::{ListenKey, LISTENING},
+};
 
 use crate::{
     error::{Error, Result},
@@ -18,6 +21,8 @@ pub struct TrailMaps {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     files: HashMap<MapData, FileKey, FileValue>,
     offsets: Array<MapData, TrailOffsets>,
+    /// Ports recording targets listen on (kernel side: trail/net.rs).
+    listening: HashMap<MapData, ListenKey, u32>,
 }
 
 impl TrailMaps {
@@ -30,6 +35,7 @@ impl TrailMaps {
             flows: typed(ebpf, t::FLOWS)?,
             files: typed(ebpf, t::FILE_WRITES)?,
             offsets: typed(ebpf, t::OFFSETS)?,
+            listening: typed(ebpf, LISTENING)?,
         })
     }
 
@@ -94,8 +100,20 @@ impl TrailMaps {
         self.files.iter().filter_map(std::result::Result::ok).filter(|(k, _)| k.target == id).collect()
     }
 
-    /// Drops target `id`'s flows and file counters (released).
+    /// Ports target `id` listens on, as the kernel holds them.
+    pub fn listening_of(&self, id: u64) -> Vec<ListenKey> {
+        self.listening.keys().filter_map(std::result::Result::ok).filter(|k| k.target == id).collect()
+    }
+
+    /// Drops target `id`'s flows, file counters and listening ports
+    /// (released). A listening port is otherwise removed only when the
+    /// listener closes in a task of a recording target: one still open
+    /// at release (or closed after recording stopped) would stay, and a
+    /// later target reusing the cgroup id would inherit it.
     pub fn forget(&mut self, id: u64) {
+        for k in self.listening_of(id) {
+            let _ = self.listening.remove(&k);
+        }
         for (k, _) in self.flows_of(id) {
             let _ = self.flows.remove(&k);
         }
