@@ -37,4 +37,5 @@ mod targets;
 mod throttle;
 mod trail;
 mod trail_net;
+mod trail_read;
 mod tripwire;
