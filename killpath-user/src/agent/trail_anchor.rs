@@ -33,13 +33,14 @@ pub struct Anchors {
     last: HashMap<String, (Head, Instant)>,
 }
 
-/// The newest anchor of `name`'s trail among the main journal's `records`:
-/// (the anchor record's seq in the main journal, the anchor).
-pub fn newest(records: &[Record], name: &str) -> Option<(u64, Anchor)> {
-    records.iter().rev().filter(|r| r.entry.action == ACTION && r.entry.target.as_deref() == Some(name)).find_map(|r| {
-        let a = Anchor::parse(r.entry.params["anchor"].as_str()?).ok()?;
-        Some((r.seq, a))
-    })
+/// The anchors of `name`'s trail among the main journal's `records`,
+/// oldest first: (the anchor record's seq in the main journal, the anchor).
+pub fn all(records: &[Record], name: &str) -> Vec<(u64, Anchor)> {
+    records
+        .iter()
+        .filter(|r| r.entry.action == ACTION && r.entry.target.as_deref() == Some(name))
+        .filter_map(|r| Some((r.seq, Anchor::parse(r.entry.params["anchor"].as_str()?).ok()?)))
+        .collect()
 }
 
 impl State {
@@ -80,7 +81,7 @@ mod tests {
     }
 
     #[test]
-    fn newest_anchor_of_the_target() {
+    fn anchors_of_the_target() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut j, _) = Journal::open(&dir.path().join("j")).expect("journal");
         let h = "a".repeat(64);
@@ -89,9 +90,9 @@ mod tests {
         j.append(entry(ACTION, "web", json!({"anchor": format!("5:{h}")}))).expect("append");
         j.append(entry("stop", "web", json!({"anchor": format!("7:{h}")}))).expect("append");
         let records = journal::read_records(&dir.path().join("j"), 0).expect("read");
-        let (at, a) = newest(&records, "web").expect("an anchor");
-        assert_eq!((at, a.seq), (3, 5));
-        assert!(newest(&records, "cache").is_none());
+        let web: Vec<(u64, u64)> = all(&records, "web").iter().map(|(at, a)| (*at, a.seq)).collect();
+        assert_eq!(web, [(1, 3), (3, 5)]);
+        assert!(all(&records, "cache").is_empty());
     }
 
     /// A batch being written past the length a reader took is not read:
@@ -108,11 +109,11 @@ mod tests {
         std::io::Write::write_all(&mut f, b"{\"seq\":4,\"half").expect("write");
         assert!(!journal::verify_file(&path).expect("verify").ok, "the whole file has a torn tail");
         let anchor = journal::Anchor::parse(&format!("2:{}", recs[1].hash)).expect("anchor");
-        let r = journal::verify_prefix(&path, len, &VerifyOptions { anchor: Some(anchor), ..Default::default() }).expect("verify");
+        let r = journal::verify_prefix(&path, len, &VerifyOptions { anchor: Some(anchor), ..Default::default() }, |_, _| {}).expect("verify");
         assert!(r.ok && r.records == 3, "{r:#?}");
         assert_eq!(journal::read_prefix(&path, len).expect("read").len(), 3);
         let far = journal::Anchor::parse(&format!("4:{}", recs[1].hash)).expect("anchor");
-        let r = journal::verify_prefix(&path, len, &VerifyOptions { anchor: Some(far), ..Default::default() }).expect("verify");
+        let r = journal::verify_prefix(&path, len, &VerifyOptions { anchor: Some(far), ..Default::default() }, |_, _| {}).expect("verify");
         assert_eq!(r.problems.iter().map(|p| p.kind.as_str()).collect::<Vec<_>>(), ["anchor-missing"]);
     }
 }

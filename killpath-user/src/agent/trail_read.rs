@@ -109,14 +109,33 @@ impl Prepared {
         Ok(json!({"target": name, "recording": self.recording, "trail": self.path, "records": query::list(&records, &f)}))
     }
 
-    /// The chain, and the newest anchor of this trail in the main journal:
-    /// the record at the anchor's seq must still have its hash.
+    /// The chain, and the trail's anchors in the main journal: the newest
+    /// (the file must still reach its seq), and every older one too (the
+    /// record at each anchor's seq must still have its hash: a rewrite the
+    /// agent went on appending to is anchored again, the older anchors
+    /// still catch it).
     fn verify(self) -> Result<Value> {
         let name = &self.req.name;
         let main = journal::read_prefix(&self.journal, self.journal_len)?;
-        let newest = trail_anchor::newest(&main, name);
+        let mut anchors = trail_anchor::all(&main, name);
+        let newest = anchors.pop();
         let opts = VerifyOptions { anchor: newest.as_ref().map(|(_, a)| a.clone()), ..Default::default() };
-        let mut report = journal::verify_prefix(&self.path, self.len.unwrap_or(0), &opts)?;
+        let wanted: std::collections::HashMap<u64, (u64, String)> = anchors.iter().map(|(at, a)| (a.seq, (*at, a.hash.clone()))).collect();
+        // The oldest older anchor the file no longer agrees with.
+        let mut older: Option<Problem> = None;
+        let mut report = journal::verify_prefix(&self.path, self.len.unwrap_or(0), &opts, |line, r| {
+            if let Some((at, hash)) = wanted.get(&r.seq).filter(|(_, h)| *h != r.hash) {
+                older.get_or_insert_with(|| Problem {
+                    line,
+                    seq: Some(r.seq),
+                    kind: "anchor-mismatch".into(),
+                    message: format!(
+                        "line {line} (seq {}): the main journal's trail-anchor at journal seq {at} says trail seq {} has hash {hash}, the trail has {}: the trail was rewritten (and re-chained) after the anchor was written",
+                        r.seq, r.seq, r.hash
+                    ),
+                });
+            }
+        })?;
         if let Some((at, a)) = &newest {
             for p in report.problems.iter_mut() {
                 let what = match p.kind.as_str() {
@@ -134,6 +153,10 @@ impl Prepared {
                 };
                 *p = Problem { message: format!("line {} (seq {}): {what}", p.line, a.seq), ..p.clone() };
             }
+        }
+        if let Some(p) = older {
+            report.problems.push(p);
+            report.ok = false;
         }
         let mut v = json!(report);
         v["target"] = json!(name);

@@ -519,13 +519,15 @@ pub fn verify_file_with(path: &Path, opts: &VerifyOptions) -> Result<VerifyRepor
 /// [`verify_file_with`] over the first `len` bytes of the file only: what
 /// a writer published as durable (the activity trail read without the
 /// agent's lock: a batch being appended past `len` is not read, so it
-/// cannot show up as a torn tail).
-pub fn verify_prefix(path: &Path, len: u64, opts: &VerifyOptions) -> Result<VerifyReport, JournalError> {
+/// cannot show up as a torn tail); `each` sees every record read, with its
+/// line number.
+pub fn verify_prefix(path: &Path, len: u64, opts: &VerifyOptions, mut each: impl FnMut(u64, &Record)) -> Result<VerifyReport, JournalError> {
     let file = File::open(path).map_err(io_err(path, "open"))?;
     let mut check = Verifier::new(opts);
     let scan = scan_reader(io::Read::take(&file, len), path, |line, _, record| {
         if let Some(r) = record {
             check.see(line, &r);
+            each(line, &r);
         }
     })?;
     Ok(check.finish(path, scan))
