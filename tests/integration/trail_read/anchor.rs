@@ -117,6 +117,19 @@ fn trail_verify_checks_the_anchor_in_the_journal() {
     assert!(problems.len() == 1 && problems[0]["kind"] == "anchor-missing", "{v:#}");
     let msg = problems[0]["message"].as_str().unwrap_or("");
     assert!(msg.contains(&format!("journal seq {journal_seq}")) && msg.contains("truncated"), "names the anchor: {msg}");
-    let _ = child.kill();
+
+    // A stop anchors the trail's head with its level marker (written by
+    // the background tick after the stop answered).
+    assert_eq!(a.json(&["trail", name, "--on"])["recording"], true);
+    assert_eq!(a.json(&["stop", name])["survivors"], 0);
+    let anchored_stop = || {
+        let Ok(recs) = journal::read_records(&path, 0) else { return false };
+        if !recs.iter().any(|r| r.entry.action == "level" && r.entry.params["to"] == "stopped") {
+            return false;
+        }
+        let Some(last) = recs.last() else { return false };
+        a.journal().iter().any(|r| r["action"] == "trail-anchor" && r["target"] == name && r["params"]["anchor"] == format!("{}:{}", last.seq, last.hash))
+    };
+    wait_until(Duration::from_secs(10), anchored_stop).unwrap_or_else(|| panic!("no anchor of the stop's marker: {:#?}", a.journal()));
     let _ = child.wait();
 }
