@@ -38,4 +38,5 @@ mod throttle;
 mod trail;
 mod trail_net;
 mod trail_net_direction;
+mod trail_read;
 mod tripwire;

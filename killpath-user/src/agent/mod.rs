@@ -34,6 +34,8 @@ mod tamper;
 mod throttle;
 mod transaction;
 mod trail;
+mod trail_anchor;
+mod trail_read;
 mod tripwire;
 
 use std::{

@@ -314,6 +314,10 @@ fn run_request(state: &Mutex<State>, unlocked: &super::stop_first::Unlocked, cmd
     if let Some(r) = unlocked.serve(&cmd) {
         return r;
     }
+    // A trail read holds it for its snapshot only (`trail_read`).
+    if let Some(r) = super::trail_read::serve(state, &cmd, caller) {
+        return r;
+    }
     // `status` holds the state lock for its snapshot only.
     if let Command::Status { name } = &cmd {
         return super::status::serve(state, &cmd, name.as_deref());

@@ -21,9 +21,9 @@ use crate::{
     target::level_name,
     trail::{
         decode::{self, Clock},
-        kind_name, query,
+        kind_name,
         store::{self, TrailFile},
-        Request, GROUPS,
+        Request,
     },
 };
 
@@ -33,7 +33,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// The open trail files and what was last written of each target's counters.
 #[derive(Default)]
 pub struct Trails {
-    files: HashMap<String, TrailFile>,
+    pub(super) files: HashMap<String, TrailFile>,
     /// The last flows / file-writes snapshot written, per target (unchanged: not written again).
     last: HashMap<(String, &'static str), String>,
     /// Events of targets this agent does not know.
@@ -44,6 +44,8 @@ pub struct Trails {
     /// or an append failed), per target, since the agent started: written
     /// into the next `lost` record that gets through, and shown by status.
     pub write_failed: HashMap<String, u64>,
+    /// The trail heads written into the main journal (`trail_anchor`).
+    pub(super) anchors: super::trail_anchor::Anchors,
 }
 
 /// A level change of a recording target, written by the background tick.
@@ -135,7 +137,10 @@ impl State {
         if let Err(e) = file.append(name, entries, &lost, failed, report) {
             // Reopened (and re-verified) on the next append.
             self.trail.files.remove(name);
-            self.trail_write_failed(name, n, &format!("writing the trail: {e}"));
+            return self.trail_write_failed(name, n, &format!("writing the trail: {e}"));
+        }
+        if report {
+            self.trail_anchor(name, false);
         }
     }
 
@@ -245,6 +250,7 @@ impl State {
             };
             entries.push(d.marker);
             self.trail_append(&d.name, entries, true);
+            self.trail_anchor(&d.name, true);
         }
     }
 
@@ -279,6 +285,7 @@ impl State {
         self.registry.save()?;
         let e = store::entry(name, action, Some(t.level), json!({"level": level_name(t.level), "cgroup_id": t.cgroup_id}));
         self.trail_append(name, vec![e], true);
+        self.trail_anchor(name, true);
         let path = store::path(&self.config.state_dir, name);
         let files = if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 {
             "recorded (BPF LSM)"
@@ -321,55 +328,23 @@ impl State {
     /// maps (its trail file stays, for the rollback planner).
     pub(super) fn trail_release(&mut self, name: &str, cgroup_id: u64) {
         self.trail_snapshot(name, None);
+        self.trail_anchor(name, true);
         self.trail.files.remove(name);
         let _ = self.enforcer.trail.set(cgroup_id, false);
         self.enforcer.trail.forget(cgroup_id);
     }
 
-    /// The `trail` command.
+    /// The `trail` command: recording on or off; a read (list, summary,
+    /// verify) is served here under the lock only when not served by
+    /// `trail_read` (the server reads without it).
     pub(super) fn trail_cmd(&mut self, caller: Caller, req: Request) -> Result<Value> {
-        crate::target::validate_name(&req.name)?;
-        if let Some(k) = &req.kind {
-            if !GROUPS.contains(&k.as_str()) {
-                return Err(Error::InvalidRequest(format!("--kind {k:?}: expected one of {}", GROUPS.join(", "))));
-            }
-        }
-        // Records carry the level's name: `--level 3` or `--level stop`
-        // select what `isolate` / `stopped` records are.
-        let level = req.level.as_deref().map(crate::level::parse).transpose()?.map(|l| level_name(l).to_owned());
-        if req.summary && (req.since.is_some() || req.level.is_some() || req.kind.is_some()) {
-            return Err(Error::InvalidRequest("trail --summary covers the whole trail, by level: --since, --level and --kind select records to list".into()));
-        }
         if req.on && req.off {
             return Err(Error::InvalidRequest("trail takes --on or --off, not both".into()));
         }
         if req.on || req.off {
+            crate::target::validate_name(&req.name)?;
             return self.trail_switch(caller, &req.name, req.on);
         }
-        // What the kernel counted up to now is in the file before it is read.
-        self.trail_snapshot(&req.name, None);
-        let path = store::path(&self.config.state_dir, &req.name);
-        if !path.exists() {
-            // A released target's trail stays; a name never known has none
-            // (a known target may have recorded nothing yet).
-            self.registry.get(&req.name)?;
-        }
-        if req.verify {
-            if !path.exists() {
-                return Err(Error::InvalidRequest(format!("no trail for {}: it never recorded", req.name)));
-            }
-            return Ok(json!(journal::verify_file(&path)?));
-        }
-        let records = query::read(&path)?;
-        let recording = self.registry.get(&req.name).is_ok_and(|t| t.trail);
-        if req.summary {
-            let mut s = query::summary(&req.name, &records);
-            s["recording"] = json!(recording);
-            s["trail"] = json!(path);
-            return Ok(s);
-        }
-        let since_us = req.since.as_deref().map(|s| query::parse_since(s, super::now_us())).transpose()?;
-        let f = query::Filter { since_us, level, kind: req.kind.clone() };
-        Ok(json!({"target": req.name, "recording": recording, "trail": path, "records": query::list(&records, &f)}))
+        self.trail_prepare(&req)?.serve()
     }
 }

@@ -23,7 +23,8 @@ pub struct TrailArgs {
     /// signals, and what happened at each level.
     #[arg(long, conflicts_with_all = ["verify", "on", "off", "since", "level", "kind"])]
     pub summary: bool,
-    /// Check the trail file's hash chain (like `journal --verify`); exit 1 on a problem.
+    /// Check the trail file's hash chain (like `journal --verify`) and its newest anchor in the
+    /// main journal (a rewrite with a recomputed chain, a cut); exit 1 on a problem.
     #[arg(long, conflicts_with_all = ["on", "off"])]
     pub verify: bool,
     /// Start recording NAME.
@@ -122,6 +123,7 @@ pub fn print(args: &TrailArgs, r: &Value, json: bool) -> bool {
         for p in r["problems"].as_array().into_iter().flatten() {
             println!("  line {}: {}", s(&p["line"]), s(&p["message"]));
         }
+        println!("  {}", anchor_line(r));
     } else if args.summary {
         print_summary(r);
     } else {
@@ -130,6 +132,16 @@ pub fn print(args: &TrailArgs, r: &Value, json: bool) -> bool {
         }
     }
     ok
+}
+
+/// What `--verify` says of the trail's anchor in the main journal.
+fn anchor_line(r: &Value) -> String {
+    let by = &r["anchored_by"];
+    if by.is_null() {
+        return "anchor: none in the main journal yet (chain checked only)".into();
+    }
+    let state = if r["anchor"]["ok"] == true { "matches" } else { "DOES NOT match" };
+    format!("anchor {} (main journal seq {}): {state}", s(&by["anchor"]), s(&by["journal_seq"]))
 }
 
 fn print_summary(r: &Value) {

@@ -298,7 +298,12 @@ impl Scan {
 /// never contains a NUL. What follows must be NULs, or what one
 /// interrupted write can leave — at most one line, ending at its only
 /// newline if it has one (a torn tail); more is a problem.
-pub(super) fn scan(file: &File, path: &Path, mut each: impl FnMut(u64, &[u8], Option<Record>)) -> Result<Scan, JournalError> {
+pub(super) fn scan(file: &File, path: &Path, each: impl FnMut(u64, &[u8], Option<Record>)) -> Result<Scan, JournalError> {
+    scan_reader(file, path, each)
+}
+
+/// [`scan`] over any reader (a file's first bytes: `journal::verify_prefix`).
+pub(super) fn scan_reader(file: impl std::io::Read, path: &Path, mut each: impl FnMut(u64, &[u8], Option<Record>)) -> Result<Scan, JournalError> {
     let mut reader = BufReader::new(file);
     let mut out = Scan { records: 0, problems: Vec::new(), good_len: 0, torn_bytes: 0 };
     let (mut link, mut buf, mut line) = (Link::Start, Vec::new(), 0u64);

@@ -516,6 +516,33 @@ pub fn verify_file_with(path: &Path, opts: &VerifyOptions) -> Result<VerifyRepor
     Ok(check.finish(path, scan))
 }
 
+/// [`verify_file_with`] over the first `len` bytes of the file only: what
+/// a writer published as durable (the activity trail read without the
+/// agent's lock: a batch being appended past `len` is not read, so it
+/// cannot show up as a torn tail); `each` sees every record read, with its
+/// line number.
+pub fn verify_prefix(path: &Path, len: u64, opts: &VerifyOptions, mut each: impl FnMut(u64, &Record)) -> Result<VerifyReport, JournalError> {
+    let file = File::open(path).map_err(io_err(path, "open"))?;
+    let mut check = Verifier::new(opts);
+    let scan = scan_reader(io::Read::take(&file, len), path, |line, _, record| {
+        if let Some(r) = record {
+            check.see(line, &r);
+            each(line, &r);
+        }
+    })?;
+    Ok(check.finish(path, scan))
+}
+
+/// [`read_records`] (all of them) over the first `len` bytes of the file
+/// only (see [`verify_prefix`]).
+pub fn read_prefix(path: &Path, len: u64) -> Result<Vec<Record>, JournalError> {
+    let file = File::open(path).map_err(io_err(path, "open"))?;
+    let mut records = Vec::new();
+    let scan = scan_reader(io::Read::take(&file, len), path, |_, _, r| records.extend(r))?;
+    scan.fatal(path)?;
+    Ok(records)
+}
+
 /// The head of the journal file at `path` (seq 0 if it is empty), with the
 /// whole chain verified.
 pub fn head_of_file(path: &Path) -> Result<Head, JournalError> {

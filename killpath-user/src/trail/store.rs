@@ -91,4 +91,9 @@ impl TrailFile {
     pub fn size(&self) -> u64 {
         self.journal.size()
     }
+
+    /// The last record's seq and hash (what the main journal anchors).
+    pub fn head(&self) -> crate::journal::Head {
+        self.journal.head()
+    }
 }
