@@ -10,6 +10,7 @@ use crate::harness::{alive, skip, wait_until, Agent};
 
 mod files;
 mod flood;
+mod ring_loss;
 mod signal;
 mod tamper;
 
