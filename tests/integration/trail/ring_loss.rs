@@ -6,6 +6,7 @@
 //! same time, lists its execs and counts nothing lost (A's flood is not B's
 //! loss).
 use std::mem::size_of;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -40,6 +41,26 @@ fn all_stopped(pid: i32) -> bool {
     tasks
         .flatten()
         .all(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))))
+}
+
+/// Entries of `KP_TRAIL_LOST_BY_TARGET` (this agent's pin) for cgroup `id`.
+fn kernel_entries(a: &Agent, id: u64) -> usize {
+    let map = std::fs::read_dir(&a.pin_dir)
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.path().join("maps").join("KP_TRAIL_LOST_BY_TARGET"))
+        .find(|p| p.exists())
+        .expect("the per-target loss map is pinned");
+    let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&map).output().expect("bpftool");
+    assert!(out.status.success(), "bpftool map dump {}: {}", map.display(), String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    // The key's first 8 bytes: the cgroup id (little-endian hex bytes).
+    let target = |e: &Value| -> u64 {
+        let bytes: Vec<u8> =
+            e["key"].as_array().into_iter().flatten().filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()).collect();
+        bytes.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    entries.iter().filter(|e| target(e) == id).count()
 }
 
 /// The last `lost` record's kernel count at `kind` (0 without one).
@@ -100,6 +121,19 @@ fn trail_counts_kernel_ring_loss_per_target() {
     assert_eq!(status["targets"][0]["trail"]["lost"]["kernel_ring_full"]["signal"].as_u64(), Some(kernel_lost(&recs, "signal")), "{status:#}");
     let sum = a.json(&["trail", "tr-ring-a", "--summary"]);
     assert_eq!(sum["lost"]["kernel_ring_full"]["signal"].as_u64(), Some(kernel_lost(&recs, "signal")), "{sum:#}");
+    // Off: A's counts leave the kernel map (read with bpftool from its
+    // pin) and stay in its trail; on again, they go on from there.
+    let id = |name: &str| std::fs::metadata(a.cgroup_parent.join(name)).expect("the target's cgroup").ino();
+    let lost = kernel_lost(&recs, "signal");
+    assert!(kernel_entries(&a, id("tr-ring-a")) > 0, "A's loss is in the kernel map under A's cgroup id");
+    assert_eq!(kernel_entries(&a, id("tr-ring-b")), 0, "and none under B's");
+    a.json(&["trail", "tr-ring-a", "--off"]);
+    assert_eq!(kernel_entries(&a, id("tr-ring-a")), 0, "trail --off clears A's entries");
+    let sum = a.json(&["trail", "tr-ring-a", "--summary"]);
+    assert_eq!(sum["lost"]["kernel_ring_full"]["signal"].as_u64(), Some(lost), "the count stays in the trail: {sum:#}");
+    a.json(&["trail", "tr-ring-a", "--on"]);
+    let status = a.json(&["status", "tr-ring-a"]);
+    assert_eq!(status["targets"][0]["trail"]["lost"]["kernel_ring_full"]["signal"].as_u64(), Some(lost), "{status:#}");
     for c in [&mut b, &mut wa, &mut outside] {
         let _ = c.kill();
         let _ = c.wait();
