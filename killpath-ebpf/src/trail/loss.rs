@@ -20,7 +20,7 @@ const NOEXIST: u64 = 1;
 #[inline(always)]
 pub fn count(target: u64, index: u32) {
     let key = LostKey { target, index, _pad: 0 };
-    if let Some(n) = BY_TARGET.get_ptr_mut(&key) {
+    if let Some(n) = BY_TARGET.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a per-CPU value, no concurrent writer.
         unsafe { *n += 1 };
         return;
@@ -29,10 +29,10 @@ pub fn count(target: u64, index: u32) {
     // from a program writes this CPU's slot and zeroes the others; NOEXIST
     // keeps another CPU's concurrent first insert (then the slot exists:
     // add to it).
-    if BY_TARGET.insert(&key, &1, NOEXIST).is_ok() {
+    if BY_TARGET.insert(key, 1, NOEXIST).is_ok() {
         return;
     }
-    if let Some(n) = BY_TARGET.get_ptr_mut(&key) {
+    if let Some(n) = BY_TARGET.get_ptr_mut(key) {
         // SAFETY: as above.
         unsafe { *n += 1 };
         return;
