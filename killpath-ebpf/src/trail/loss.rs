@@ -7,8 +7,6 @@
 use aya_ebpf::{macros::map, maps::PerCpuHashMap};
 use killpath_common::trail_loss::{LostKey, MAX_BY_TARGET};
 
-use super::LOST;
-
 #[map(name = "KP_TRAIL_LOST_BY_TARGET")]
 pub static BY_TARGET: PerCpuHashMap<LostKey, u64> = PerCpuHashMap::with_max_entries(MAX_BY_TARGET, 0);
 
@@ -16,30 +14,42 @@ pub static BY_TARGET: PerCpuHashMap<LostKey, u64> = PerCpuHashMap::with_max_entr
 const NOEXIST: u64 = 1;
 
 /// Counts one record of `target` lost at `index` (a kind, LOST_FLOWS or
-/// LOST_FILES).
-#[inline(always)]
-pub fn count(target: u64, index: u32) {
-    let key = LostKey { target, index, _pad: 0 };
+/// LOST_FILES); false when the map is full (the caller counts it
+/// host-wide).
+///
+/// A function of its own (a BPF-to-BPF call), not inlined: its key on the
+/// stack would otherwise grow the frame of every hook that can lose an
+/// event, and Linux 6.1 refused `kp_isolate_connect6` at 544 bytes of
+/// combined stack (the limit is 512). Its own frame must stay within 32
+/// bytes (the key and the value 1): `kp_egress_skb` -> `net::skb` ->
+/// here is 352 + 128 + 32 = 512 on 6.1, so the host-wide fallback (a
+/// lookup with its own index on the stack) is the caller's.
+/// Called only when something is lost.
+#[inline(never)]
+#[expect(clippy::needless_borrows_for_generic_args, reason = "by value, the insert copies the value into a second stack slot")]
+pub fn count(target: u64, index: u32) -> bool {
+    // By reference: passed by value, the map's lookup copies the key into
+    // a second stack slot (40 bytes of frame instead of 24).
+    // The value on the stack too (a constant would be the object's only
+    // `.rodata`, a global-data map of its own).
+    let key = &LostKey { target, index, _pad: 0 };
+    let one: u64 = 1;
     if let Some(n) = BY_TARGET.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a per-CPU value, no concurrent writer.
         unsafe { *n += 1 };
-        return;
+        return true;
     }
     // First loss of this (target, index) on any CPU. A per-CPU hash update
     // from a program writes this CPU's slot and zeroes the others; NOEXIST
     // keeps another CPU's concurrent first insert (then the slot exists:
     // add to it).
-    if BY_TARGET.insert(key, 1, NOEXIST).is_ok() {
-        return;
+    if BY_TARGET.insert(key, &one, NOEXIST).is_ok() {
+        return true;
     }
     if let Some(n) = BY_TARGET.get_ptr_mut(key) {
         // SAFETY: as above.
         unsafe { *n += 1 };
-        return;
+        return true;
     }
-    // The map is full: host-wide, so the loss is still counted.
-    if let Some(c) = LOST.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *c += 1 };
-    }
+    false
 }

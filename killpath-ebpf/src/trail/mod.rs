@@ -91,7 +91,14 @@ pub fn recording(cfg: &GuardConfig) -> Option<(u64, u32)> {
 /// per-target map is full (`loss.rs`).
 #[inline(always)]
 pub fn lost(id: u64, index: u32) {
-    loss::count(id, index);
+    if loss::count(id, index) {
+        return;
+    }
+    // The per-target map is full: host-wide, so the loss is still counted.
+    if let Some(c) = LOST.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
 }
 
 /// Posts one event of `kind` for target `id` at `level`, with the current
