@@ -106,6 +106,7 @@ fn trail_counts_kernel_ring_loss_per_target() {
         signals(&recs) + kernel_lost(&recs, "signal") >= sent
     });
     assert!(reached.is_some(), "A's listed + lost signals never reached {sent}: {} listed, {} lost", signals(&recs), kernel_lost(&recs, "signal"));
+    eprintln!("A: {sent} signals sent, {} listed, {} counted lost", signals(&recs), kernel_lost(&recs, "signal"));
     assert_eq!(signals(&recs) + kernel_lost(&recs, "signal"), sent, "each signal listed or counted lost, exactly once");
     assert!(kernel_lost(&recs, "signal") > 0, "the ring cannot hold {sent} events: A's trail counts loss");
     assert!(signals(&recs) > 0, "what the ring held is listed");
