@@ -12,6 +12,7 @@ pub mod pace;
 pub mod raise;
 pub mod trail;
 pub mod trail_files;
+pub mod trail_loss;
 pub mod trail_net;
 pub mod tripwire;
 

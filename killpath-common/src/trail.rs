@@ -5,7 +5,9 @@
 //!   discrete event (an exec, a signal to a task outside the target, a file
 //!   created/renamed/unlinked/truncated, a listen, an accepted connection, a
 //!   refused connect, an escape). When the ring is full the event is dropped
-//!   and counted in [`LOST`] at the event's kind: loss is never silent.
+//!   and counted at the target and the event's kind in
+//!   [`super::trail_loss::BY_TARGET`] (host-wide in [`LOST`] only when that
+//!   map is full): loss is never silent.
 //! - [`FLOWS`], per-flow counters aggregated in the kernel (bytes and
 //!   packets per target, protocol, destination), and [`FILE_WRITES`], per-file
 //!   write counters: high-rate activity costs a map update, not an event.
@@ -30,7 +32,9 @@ pub const CONFIG: &str = "KP_TRAIL_CONFIG";
 
 /// `PerCpuArray<u64>` indexed by [`kind`] (0..[`kind::COUNT`]): events
 /// dropped because [`EVENTS`] was full; at [`LOST_FLOWS`] flows and at
-/// [`LOST_FILES`] file-write entries that found their map full.
+/// [`LOST_FILES`] file-write entries that found their map full. Counted
+/// here (host-wide, no target) only when [`super::trail_loss::BY_TARGET`],
+/// where such loss is counted per target, is full.
 pub const LOST: &str = "KP_TRAIL_LOST";
 /// Index in [`LOST`]: a flow update that found [`FLOWS`] full.
 pub const LOST_FLOWS: u32 = kind::COUNT;

@@ -69,17 +69,17 @@ use super::lost;
 #[btf_map(name = "KP_TRAIL_CONN_OUT")]
 static CONNECTED: SkStorage<u32> = SkStorage::new();
 
-/// cgroup connect4/connect6 of a recording target's TCP socket: marks the
-/// socket outgoing (created on first connect; a second connect of the
+/// cgroup connect4/connect6 of recording target `id`'s TCP socket: marks
+/// the socket outgoing (created on first connect; a second connect of the
 /// same socket finds it).
 #[inline(always)]
-pub fn mark_connect(ctx: &SockAddrContext) {
+pub fn mark_connect(ctx: &SockAddrContext, id: u64) {
     // SAFETY: ctx->sk is the connecting socket, a full socket the kernel
     // holds (and locks) for the duration of the hook.
     let v = unsafe { CONNECTED.get_or_insert_ptr_mut(ctx, None) };
     if v.is_null() {
         // Not created (option memory full, or out of memory): see the module doc.
-        lost(LOST_FLOWS);
+        lost(id, LOST_FLOWS);
         return;
     }
     // SAFETY: a live storage value of this socket.

@@ -234,7 +234,7 @@ fn try_event(kind: u32, target: u64, level: u32, a: At, b: Option<At>) -> Result
     }
     s.ev.text_len = end as u32;
     if EVENTS.output::<TrailEvent>(&s.ev, 0).is_err() {
-        lost(kind);
+        lost(target, kind);
     }
     Ok(())
 }
@@ -294,7 +294,7 @@ fn try_write(file: u64, open: bool) -> Result<(), ()> {
         // -EEXIST: another CPU inserted it first and records the event.
         Err(-17) => Ok(()),
         Err(_) => {
-            lost(LOST_FILES);
+            lost(target, LOST_FILES);
             Ok(())
         }
     }

@@ -6,8 +6,8 @@
 //! `KP_TRAIL_CONFIG` while no target records (the host pays nothing
 //! more), then the task's innermost target and `KP_TRAIL_ON`. [`emit`]
 //! reserves a fixed-size event in the ring and fills it in place (the
-//! event is bigger than the 512-byte BPF stack); a full ring is counted in
-//! `KP_TRAIL_LOST` at the event's kind, never dropped silently.
+//! event is bigger than the 512-byte BPF stack); a full ring is counted at
+//! the target and the event's kind (`loss.rs`), never dropped silently.
 //!
 //! - `exec.rs`: exec events (sched_process_exec, called from the tripwire's
 //!   program on that tracepoint);
@@ -28,6 +28,7 @@ use crate::{maps::MAX_TARGETS, targets};
 mod direction;
 mod exec;
 pub mod files;
+mod loss;
 pub mod net;
 mod signal;
 
@@ -86,10 +87,15 @@ pub fn recording(cfg: &GuardConfig) -> Option<(u64, u32)> {
     Some((id, st.level))
 }
 
-/// Counts one lost record at `index` of `KP_TRAIL_LOST` (a kind, or
-/// LOST_FLOWS / LOST_FILES).
+/// Counts one lost record of target `id` at `index` (a kind, or
+/// LOST_FLOWS / LOST_FILES): per target, host-wide only when the
+/// per-target map is full (`loss.rs`).
 #[inline(always)]
-pub fn lost(index: u32) {
+pub fn lost(id: u64, index: u32) {
+    if loss::count(id, index) {
+        return;
+    }
+    // The per-target map is full: host-wide, so the loss is still counted.
     if let Some(c) = LOST.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += 1 };
@@ -99,11 +105,11 @@ pub fn lost(index: u32) {
 /// Posts one event of `kind` for target `id` at `level`, with the current
 /// task's pid, tid, uid and comm; `fill` sets the kind-specific fields
 /// (the event is zeroed except `text`, whose used length is `text_len`).
-/// A full ring is counted in `KP_TRAIL_LOST[kind]`.
+/// A full ring is counted at (`id`, kind) (`loss.rs`).
 #[inline(always)]
 pub fn emit(id: u64, level: u32, k: u32, fill: impl FnOnce(&mut TrailEvent)) {
     let Some(mut slot) = EVENTS.reserve::<TrailEvent>(0) else {
-        lost(k);
+        lost(id, k);
         return;
     };
     let ev = slot.as_mut_ptr();

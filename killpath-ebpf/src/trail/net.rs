@@ -195,7 +195,7 @@ enum Add {
 }
 
 /// Adds to the flow `key`, creating it on first sight (its value built
-/// in `init`); a full map is counted in KP_TRAIL_LOST[LOST_FLOWS].
+/// in `init`); a full map is counted at (target, LOST_FLOWS).
 #[inline(always)]
 fn count(key: &FlowKey, level: u32, add: Add, init: &mut FlowValue) {
     // SAFETY: helper without arguments.
@@ -234,7 +234,7 @@ fn count(key: &FlowKey, level: u32, add: Add, init: &mut FlowValue) {
                 apply(p, level, now, add);
             }
         }
-        Err(_) => lost(LOST_FLOWS),
+        Err(_) => lost(key.target, LOST_FLOWS),
     }
 }
 
@@ -337,7 +337,7 @@ pub fn addr<const V6: bool>(cfg: &GuardConfig, ctx: &SockAddrContext, is_connect
     // A TCP connect marks its socket outgoing (`direction`): its packets
     // are then never taken for an accepted connection's.
     if is_connect && proto == IPPROTO_TCP {
-        direction::mark_connect(ctx);
+        direction::mark_connect(ctx, id);
     }
     // A datagram: an event the first time its destination is seen.
     let first = is_connect || FLOWS.get_ptr(&key).is_none();
@@ -437,7 +437,7 @@ fn try_sock_state(ctx: &RawTracePointContext) -> Option<i32> {
             let lk = ListenKey { target: id, port, proto: IPPROTO_TCP as u16, _pad: 0 };
             if LISTENING.insert(&lk, 1, 0).is_err() {
                 // Full: its connections count as outgoing flows; the event says the port.
-                lost(LOST_FLOWS);
+                lost(id, LOST_FLOWS);
             }
             emit(id, level, kind::LISTEN, |e| {
                 e.proto = IPPROTO_TCP as u16;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use killpath_common::trail::{TrailEvent, LOST_COUNT, LOST_FILES, LOST_FLOWS};
+use killpath_common::trail::TrailEvent;
 use serde_json::{json, Value};
 use tracing::warn;
 
@@ -21,7 +21,7 @@ use crate::{
     target::level_name,
     trail::{
         decode::{self, Clock},
-        kind_name,
+        loss::{self, Kernel, Loss},
         store::{self, TrailFile},
         Request,
     },
@@ -40,10 +40,9 @@ pub struct Trails {
     pub unknown: u64,
     /// Level changes not written yet (see [`State::trail_level`]).
     deferred: Vec<Deferred>,
-    /// Records that could not be written (the trail file would not open
-    /// or an append failed), per target, since the agent started: written
-    /// into the next `lost` record that gets through, and shown by status.
-    pub write_failed: HashMap<String, u64>,
+    /// What each trail lost (see `trail::loss`): written into its `lost`
+    /// records, shown by status.
+    pub loss: HashMap<String, Loss>,
     /// The trail heads written into the main journal (`trail_anchor`).
     pub(super) anchors: super::trail_anchor::Anchors,
 }
@@ -101,31 +100,25 @@ pub async fn snapshot_watch(state: Arc<Mutex<State>>) {
 }
 
 impl State {
-    /// KP_TRAIL_LOST by name, non-zero entries only.
-    fn trail_kernel_lost(&self) -> BTreeMap<String, u64> {
-        let lost = self.enforcer.trail.lost();
-        let mut m = BTreeMap::new();
-        for i in 0..LOST_COUNT {
-            let n = lost.get(i as usize).copied().unwrap_or(0);
-            if n > 0 {
-                let name = match i {
-                    LOST_FLOWS => "flows-map-full",
-                    LOST_FILES => "file-writes-map-full",
-                    k => kind_name(k),
-                };
-                m.insert(name.to_owned(), n);
-            }
-        }
-        m
+    /// The kernel's loss counts for `name`'s current cgroup (0 when the
+    /// target is gone: its entries were folded at release).
+    fn trail_kernel_lost(&self, name: &str) -> Kernel {
+        let id = self.registry.get(name).map_or(0, |t| t.cgroup_id);
+        let live = if id == 0 { Default::default() } else { loss::named(&self.enforcer.trail.lost_of(id)) };
+        Kernel { cgroup_id: id, live, host_wide: loss::named(&self.enforcer.trail.lost_host_wide()) }
     }
 
     /// Appends `entries` to `name`'s trail, opening it on first use; with
     /// `report`, the loss counters too when they moved.
     fn trail_append(&mut self, name: &str, entries: Vec<journal::Entry>, report: bool) {
-        let lost = self.trail_kernel_lost();
+        let kernel = self.trail_kernel_lost(name);
+        self.trail_append_with(name, entries, report, &kernel);
+    }
+
+    /// [`State::trail_append`] with the kernel's counts as given.
+    fn trail_append_with(&mut self, name: &str, entries: Vec<journal::Entry>, report: bool, kernel: &Kernel) {
         let max = self.config.trail_max_bytes.unwrap_or(store::DEFAULT_MAX_BYTES);
         let path = store::path(&self.config.state_dir, name);
-        let failed = self.trail.write_failed.get(name).copied().unwrap_or(0);
         let n = entries.len() as u64;
         let file = match self.trail.files.entry(name.to_owned()) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -134,7 +127,10 @@ impl State {
                 Err(e) => return self.trail_write_failed(name, n, &format!("trail file {}: {e}", path.display())),
             },
         };
-        if let Err(e) = file.append(name, entries, &lost, failed, report) {
+        let loss = self.trail.loss.entry(name.to_owned()).or_default();
+        // First open in this agent's life: the counts go on from the file's.
+        loss.load(Some(file.last_lost()).filter(|v| !v.is_null()), kernel.cgroup_id);
+        if let Err(e) = file.append(name, entries, loss, kernel, report) {
             // Reopened (and re-verified) on the next append.
             self.trail.files.remove(name);
             return self.trail_write_failed(name, n, &format!("writing the trail: {e}"));
@@ -149,10 +145,9 @@ impl State {
     /// silent, also when the trail file itself is the problem.
     fn trail_write_failed(&mut self, name: &str, n: u64, why: &str) {
         warn!(target = name, "{why}: {n} trail records not written");
-        let count = self.trail.write_failed.entry(name.to_owned()).or_default();
-        let first = *count == 0;
-        *count += n;
-        if first {
+        let loss = self.trail.loss.entry(name.to_owned()).or_default();
+        loss.write_failed += n;
+        if !std::mem::replace(&mut loss.failure_journaled, true) {
             let mut e = journal::Entry::new(journal::Actor::Source { source: "kernel".into() }, journal::Phase::Event, "trail-write-failed");
             e.target = Some(name.to_owned());
             e.params = json!({"records": n, "error": why});
@@ -160,6 +155,35 @@ impl State {
                 warn!("journaling a trail write failure: {err}");
             }
             self.send_alert(json!({"type": "alert", "priority": "high", "action": "trail-write-failed", "target": name, "message": why}));
+        }
+    }
+
+    /// Moves cgroup `id`'s kernel loss counts into `name`'s trail (its
+    /// `kernel_earlier`, written at once in a `lost` record), then out of
+    /// the kernel map: when recording stops (`trail --off`, release), so
+    /// the map holds recording targets only and the trail's counts go on
+    /// if it records again, under the same cgroup or a new one. Called
+    /// once the switch is off: no hook counts for `id` any more.
+    fn trail_fold_lost(&mut self, name: &str, id: u64) {
+        let live = loss::named(&self.enforcer.trail.lost_of(id));
+        if live.is_empty() {
+            return;
+        }
+        // Not read back from the file yet (it would not open): the entries
+        // stay in the kernel, still counted from there.
+        if !self.trail.loss.get(name).is_some_and(|l| l.loaded) {
+            return;
+        }
+        if let Some(l) = self.trail.loss.get_mut(name) {
+            l.fold(&live);
+        }
+        let kernel = Kernel { cgroup_id: id, live: Default::default(), host_wide: loss::named(&self.enforcer.trail.lost_host_wide()) };
+        self.trail_append_with(name, Vec::new(), true, &kernel);
+        if self.trail.files.contains_key(name) {
+            self.enforcer.trail.clear_lost(id);
+        } else if let Some(l) = self.trail.loss.get_mut(name) {
+            // Not written: counted from the kernel's entries still.
+            l.unfold(&live);
         }
     }
 
@@ -269,6 +293,14 @@ impl State {
                 let _ = self.enforcer.trail.set(id, false);
             }
         }
+        // Loss counted for a cgroup no target has any more (re-created
+        // while no agent ran: its counts were in the trail's last `lost`
+        // record, carried on as earlier ones when the file is opened).
+        for id in self.enforcer.trail.lost_targets() {
+            if !known.contains(&id) {
+                self.enforcer.trail.clear_lost(id);
+            }
+        }
     }
 
     /// Starts or stops recording `name`, inside the caller's transaction
@@ -281,6 +313,9 @@ impl State {
             self.trail_snapshot(name, None);
         }
         self.enforcer.trail.set(t.cgroup_id, on)?;
+        if !on {
+            self.trail_fold_lost(name, t.cgroup_id);
+        }
         self.registry.get_mut(name)?.trail = on;
         self.registry.save()?;
         let e = store::entry(name, action, Some(t.level), json!({"level": level_name(t.level), "cgroup_id": t.cgroup_id}));
@@ -311,8 +346,9 @@ impl State {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).ok();
         let files =
             if self.enforcer.lsm_error.is_none() && self.enforcer.trail.config().files != 0 { "files recorded" } else { "files not recorded: no BPF LSM" };
-        let write_failed = self.trail.write_failed.get(&t.name).copied().unwrap_or(0);
-        json!({"recording": t.trail && self.enforcer.trail.records(t.cgroup_id), "file": bytes.map(|_| path), "bytes": bytes, "files": files, "write_failed": write_failed})
+        let loss = self.trail.loss.get(&t.name).cloned().unwrap_or_default();
+        let lost = loss.record(&self.trail_kernel_lost(&t.name));
+        json!({"recording": t.trail && self.enforcer.trail.records(t.cgroup_id), "file": bytes.map(|_| path), "bytes": bytes, "files": files, "write_failed": loss.write_failed, "lost": lost})
     }
 
     /// Where a stop result or a drill report points the rollback planner
@@ -328,9 +364,11 @@ impl State {
     /// maps (its trail file stays, for the rollback planner).
     pub(super) fn trail_release(&mut self, name: &str, cgroup_id: u64) {
         self.trail_snapshot(name, None);
+        let _ = self.enforcer.trail.set(cgroup_id, false);
+        self.trail_fold_lost(name, cgroup_id);
+        // After the last record (the folded loss): the head it anchors is final.
         self.trail_anchor(name, true);
         self.trail.files.remove(name);
-        let _ = self.enforcer.trail.set(cgroup_id, false);
         self.enforcer.trail.forget(cgroup_id);
     }
 

@@ -97,8 +97,11 @@ fn line(r: &Value) -> String {
         "file-writes" => format!("{} file(s) written", r["files"].as_array().map_or(0, Vec::len)),
         "level" => format!("level {} -> {} ({})", s(&r["from"]), s(&r["to"]), s(&r["by"])),
         "lost" => format!(
-            "LOST: kernel ring full {} ; trail file full {} ; not written (file error) {}",
-            r["kernel_ring_full"], r["trail_file_full"], r["write_failed"]
+            "LOST: kernel ring full {} ; trail file full {} ; not written (file error) {}{}",
+            r["kernel_ring_full"],
+            r["trail_file_full"],
+            r["write_failed"],
+            host_wide(r)
         ),
         a if a.starts_with("file-") => {
             let to = if r["to"].is_string() { format!(" -> {}", s(&r["to"])) } else { String::new() };
@@ -185,8 +188,20 @@ fn print_summary(r: &Value) {
     }
     if !r["lost"].is_null() {
         println!(
-            "LOST (not recorded): kernel ring full {} ; trail file full {} ; not written (file error) {}",
-            r["lost"]["kernel_ring_full"], r["lost"]["trail_file_full"], r["lost"]["write_failed"]
+            "LOST (not recorded): kernel ring full {} ; trail file full {} ; not written (file error) {}{}",
+            r["lost"]["kernel_ring_full"],
+            r["lost"]["trail_file_full"],
+            r["lost"]["write_failed"],
+            host_wide(&r["lost"])
         );
     }
+}
+
+/// Kernel loss no target could be charged with (the per-target loss map
+/// was full), when there is any: labelled as host-wide.
+fn host_wide(lost: &Value) -> String {
+    if lost["kernel_host_wide"].is_null() {
+        return String::new();
+    }
+    format!(" ; HOST-WIDE, not attributed (per-target loss map full): {}", lost["kernel_host_wide"])
 }

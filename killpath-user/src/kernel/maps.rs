@@ -58,6 +58,7 @@ pub const PINNED: &[&str] = &[
     killpath_common::trail::ON,
     killpath_common::trail::CONFIG,
     killpath_common::trail::LOST,
+    killpath_common::trail_loss::BY_TARGET,
     killpath_common::trail::FLOWS,
     killpath_common::trail::FILE_WRITES,
     killpath_common::trail::OFFSETS,

@@ -1,10 +1,11 @@
 //! The trail's kernel maps as the agent holds them.
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
 use killpath_common::{
     trail::{self as t, FileKey, FileValue, FlowKey, FlowValue, TrailConfig, TrailOffsets},
+    trail_loss::{self as tl, LostKey},
     trail_net::{ListenKey, LISTENING},
 };
 
@@ -18,6 +19,7 @@ pub struct TrailMaps {
     on: HashMap<MapData, u64, u32>,
     config: Array<MapData, TrailConfig>,
     lost: PerCpuArray<MapData, u64>,
+    lost_by_target: PerCpuHashMap<MapData, LostKey, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     files: HashMap<MapData, FileKey, FileValue>,
     offsets: Array<MapData, TrailOffsets>,
@@ -32,6 +34,7 @@ impl TrailMaps {
             on: typed(ebpf, t::ON)?,
             config: typed(ebpf, t::CONFIG)?,
             lost: typed(ebpf, t::LOST)?,
+            lost_by_target: typed(ebpf, tl::BY_TARGET)?,
             flows: typed(ebpf, t::FLOWS)?,
             files: typed(ebpf, t::FILE_WRITES)?,
             offsets: typed(ebpf, t::OFFSETS)?,
@@ -85,9 +88,28 @@ impl TrailMaps {
         self.config.set(0, c, 0).map_err(Error::map(t::CONFIG))
     }
 
-    /// KP_TRAIL_LOST summed over CPUs, by index (kinds, then flows, files).
-    pub fn lost(&self) -> Vec<u64> {
+    /// KP_TRAIL_LOST summed over CPUs, by index (kinds, then flows, files):
+    /// loss no target could be charged with (the per-target map was full).
+    pub fn lost_host_wide(&self) -> Vec<u64> {
         (0..t::LOST_COUNT).map(|i| self.lost.get(&i, 0).map_or(0, |v| v.iter().sum())).collect()
+    }
+
+    /// Target `id`'s loss summed over CPUs, by index (kinds, then flows, files).
+    pub fn lost_of(&self, id: u64) -> Vec<u64> {
+        (0..t::LOST_COUNT).map(|index| self.lost_by_target.get(&LostKey { target: id, index, _pad: 0 }, 0).map_or(0, |v| v.iter().sum())).collect()
+    }
+
+    /// Cgroup ids with loss counts in the kernel.
+    pub fn lost_targets(&self) -> std::collections::BTreeSet<u64> {
+        self.lost_by_target.keys().filter_map(std::result::Result::ok).map(|k| k.target).collect()
+    }
+
+    /// Removes target `id`'s loss counts (after the agent folded them into
+    /// its trail file).
+    pub fn clear_lost(&mut self, id: u64) {
+        for index in 0..t::LOST_COUNT {
+            let _ = self.lost_by_target.remove(&LostKey { target: id, index, _pad: 0 });
+        }
     }
 
     /// Flows of target `id`.

@@ -11,6 +11,7 @@
 //! - [`query`]: listing with filters, and the summary for a rollback planner.
 pub mod decode;
 pub mod files;
+pub mod loss;
 pub mod maps;
 pub mod net;
 pub mod query;

@@ -7,11 +7,11 @@
 //! snapshots are not written but counted per kind, and a `lost` record
 //! (always written: a handful per minute at most) says how many of each
 //! were left out — loss is never silent.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::loss::{self, Kernel, Loss};
 use crate::{
     error::Result,
     journal::{Actor, Entry, Journal, Phase},
@@ -44,9 +44,8 @@ pub fn entry(name: &str, action: &str, level: Option<u32>, params: Value) -> Ent
 pub struct TrailFile {
     journal: Journal,
     max_bytes: u64,
-    /// Records left out at the size bound, by action, since the file was opened.
-    dropped: BTreeMap<String, u64>,
-    /// What the last `lost` record said (nothing new: no record).
+    /// What the last `lost` record said (nothing new: no record); read
+    /// back from the file at open.
     reported: Value,
 }
 
@@ -54,17 +53,21 @@ impl TrailFile {
     /// Opens (creates) and verifies the trail file at `path`.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Self> {
         let (journal, _) = Journal::open(path)?;
-        Ok(Self { journal, max_bytes, dropped: BTreeMap::new(), reported: Value::Null })
+        let reported = loss::last_recorded(path).unwrap_or(Value::Null);
+        Ok(Self { journal, max_bytes, reported })
+    }
+
+    /// The parameters of the file's last `lost` record (Null: none).
+    pub fn last_lost(&self) -> &Value {
+        &self.reported
     }
 
     /// Appends what fits under the bound (markers always), counting the
-    /// rest; then, when `report` (the periodic snapshot, a level change: a
-    /// few records a minute however hard the flood), a `lost` record if
-    /// `kernel_lost` (KP_TRAIL_LOST by kind name) or the count left out
-    /// here changed since the last one.
-    /// `write_failed`: records the agent could not write to this file
-    /// before (it would not open, an append failed), reported the same way.
-    pub fn append(&mut self, name: &str, entries: Vec<Entry>, kernel_lost: &BTreeMap<String, u64>, write_failed: u64, report: bool) -> Result<()> {
+    /// rest in `loss`; then, when `report` (the periodic snapshot, a level
+    /// change: a few records a minute however hard the flood), a `lost`
+    /// record if the counts (`loss` and the kernel's, `kernel`) changed
+    /// since the last one.
+    pub fn append(&mut self, name: &str, entries: Vec<Entry>, loss: &mut Loss, kernel: &Kernel, report: bool) -> Result<()> {
         let mut size = self.journal.size();
         let mut keep = Vec::with_capacity(entries.len());
         for e in entries {
@@ -73,15 +76,17 @@ impl TrailFile {
                 size += est;
                 keep.push(e);
             } else {
-                *self.dropped.entry(e.action.clone()).or_default() += 1;
+                *loss.file_full.entry(e.action.clone()).or_default() += 1;
             }
         }
-        let lost = json!({"kernel_ring_full": kernel_lost, "trail_file_full": self.dropped, "write_failed": write_failed});
-        if report && lost != self.reported && (!kernel_lost.is_empty() || !self.dropped.is_empty() || write_failed > 0) {
-            let mut e = entry(name, "lost", None, lost.clone());
-            e.outcome = Some("events were not recorded: counted here by kind".into());
-            keep.push(e);
-            self.reported = lost;
+        if report && loss.any(kernel) {
+            let lost = loss.record(kernel);
+            if lost != self.reported {
+                let mut e = entry(name, "lost", None, lost.clone());
+                e.outcome = Some("events were not recorded: counted here by kind".into());
+                keep.push(e);
+                self.reported = lost;
+            }
         }
         self.journal.append_batch(keep)?;
         Ok(())

@@ -52,6 +52,61 @@ fn trail_counts_loss_under_flood() {
     let _ = child.wait();
 }
 
+/// The file-full count goes on across an agent restart (it is read back
+/// from the file's last `lost` record): after a flood past the bound, a
+/// crash (SIGKILL) and a restart, a second flood still adds up exactly:
+/// listed + lost = every exec the workload made.
+#[test]
+fn trail_loss_count_goes_on_after_agent_restart() {
+    let Some(mut a) = Agent::start_with(&["--trail-max-bytes", "20000"]) else {
+        skip("needs root");
+        return;
+    };
+    const M: u64 = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fifo, done1, done2) = (dir.path().join("fifo"), dir.path().join("done1"), dir.path().join("done2"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    // Execs: sh, N + M /bin/true, the final sleep. The pause between the
+    // two floods reads the FIFO and the done files are written by the
+    // shell itself: no other exec.
+    let script = format!(
+        "i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done; : > {d1}; read x < {f}; i=0; while [ $i -lt {M} ]; do /bin/true; i=$((i+1)); done; : > {d2}; exec sleep 60",
+        d1 = done1.display(),
+        f = fifo.display(),
+        d2 = done2.display()
+    );
+    let mut child = run_recorded(&a, "tr-restart", &script);
+    wait_until(Duration::from_secs(20), || done1.exists()).expect("the first flood ran");
+    let total = |recs: &[Value]| recs.iter().filter(|r| r["action"] == "exec").count() as u64 + lost_execs(recs);
+    let file_full = |recs: &[Value]| recs.iter().rev().find(|r| r["action"] == "lost").and_then(|l| l["trail_file_full"]["exec"].as_u64()).unwrap_or(0);
+    // sh and the N /bin/true.
+    let first = N + 1;
+    let mut recs = Vec::new();
+    wait_until(Duration::from_secs(15), || {
+        recs = records(&a, "tr-restart", &[]);
+        total(&recs) >= first
+    })
+    .unwrap_or_else(|| panic!("listed + lost never reached {first}: {}", total(&recs)));
+    assert_eq!(total(&recs), first, "the first flood, exactly");
+    let before = file_full(&recs);
+    assert!(before > 0, "a 20 kB trail cannot hold {N} execs");
+    a.kill9();
+    a.spawn();
+    std::fs::write(&fifo, "go\n").expect("the second flood starts");
+    wait_until(Duration::from_secs(20), || done2.exists()).expect("the second flood ran");
+    let want = N + M + 2;
+    wait_until(Duration::from_secs(15), || {
+        recs = records(&a, "tr-restart", &[]);
+        total(&recs) >= want
+    })
+    .unwrap_or_else(|| panic!("listed + lost never reached {want} after the restart: {} (file-full {}, was {before})", total(&recs), file_full(&recs)));
+    assert_eq!(total(&recs), want, "each exec listed or counted lost, exactly once, across the restart");
+    assert!(file_full(&recs) >= before + M, "the file-full count went on from {before}: {}", file_full(&recs));
+    assert_eq!(a.json(&["trail", "tr-restart", "--verify"])["ok"], true);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A trail that cannot be written (its filesystem full: a small tmpfs
 /// mounted over the trails dir and filled) loses nothing silently: the
 /// failure is journaled in the main journal at once, counted in status,

@@ -12,6 +12,7 @@ mod config;
 mod exe;
 mod files;
 mod flood;
+mod ring_loss;
 mod scenario;
 mod signal;
 mod tamper;
