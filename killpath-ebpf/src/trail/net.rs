@@ -130,11 +130,17 @@ pub fn skb(ctx: &SkBuffContext, egress: bool) {
     // A socket the target connected out from is outgoing whatever its
     // local port (`direction`: the mark set at connect); unmarked
     // sockets keep the listening-port rule below.
-    let accepted = key.proto == IPPROTO_TCP && lport != 0 && !direction::connected_out(ctx) && {
-        let lk = ListenKey { target: id, port: lport, proto: IPPROTO_TCP as u16, _pad: 0 };
-        // SAFETY: value not kept.
-        unsafe { LISTENING.get(&lk) }.is_some() || FLOWS.get_ptr(&key).is_some()
-    };
+    // The mark is read last: only packets on a listened port (or of an
+    // accepted flow) pay for the socket-storage lookup, not every packet
+    // of an ordinary outgoing connection.
+    let accepted = key.proto == IPPROTO_TCP
+        && lport != 0
+        && {
+            let lk = ListenKey { target: id, port: lport, proto: IPPROTO_TCP as u16, _pad: 0 };
+            // SAFETY: value not kept.
+            unsafe { LISTENING.get(&lk) }.is_some() || FLOWS.get_ptr(&key).is_some()
+        }
+        && !direction::connected_out(ctx);
     if !accepted {
         key.port = rport;
         key.direction = 0;
