@@ -126,6 +126,33 @@ fn link_pins_removed_are_repinned_and_the_cut_holds() {
     assert_cut(&srv, cg.path(), port, "agent dead after the re-pin");
 }
 
+/// (a2) A pin directory the agent has seen whole and unchanged for a while
+/// is no longer walked pin by pin (see kernel/pin_stamps.rs): its ctime
+/// tells. A pin removed from such a settled directory is still put back,
+/// and so is one removed right after that check settled it again.
+#[test]
+fn link_pin_removed_from_a_settled_directory_is_repinned() {
+    let Some(agent) = Agent::start() else { return };
+    let _t = run_bg(&agent, "settled", &["sleep", "1000"], 1);
+    let (_dir, target_pins, _host) = link_pins(&agent, "settled");
+    for round in 0..2 {
+        // Older than the stamp's settling time (1 s), and walked since.
+        std::thread::sleep(Duration::from_millis(2500));
+        let victim = &target_pins[round];
+        remove(std::slice::from_ref(victim));
+        assert!(
+            wait_until(Duration::from_secs(3), || victim.exists()).is_some(),
+            "round {round}: {} not re-pinned within 3 s from a settled directory",
+            victim.display()
+        );
+    }
+    wait_until(Duration::from_secs(3), || high(&agent, "link-pin-removed").len() >= 2);
+    let recs = high(&agent, "link-pin-removed");
+    for p in &target_pins[..2] {
+        assert!(recs.iter().any(|r| r["params"]["details"]["pin"] == p.to_str().unwrap()), "no record for {}: {recs:?}", p.display());
+    }
+}
+
 /// Unmounts (lazily) whatever the test mounted, even if it panics.
 struct Mounted(PathBuf);
 

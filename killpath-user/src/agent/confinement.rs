@@ -75,7 +75,7 @@ impl State {
         }
         let rel = rel.strip_suffix(" (deleted)").unwrap_or(&rel);
         let abs = self.cgroup_mount.join(rel.trim_start_matches('/'));
-        let by_path = self.registry.targets.values().find(|t| abs.starts_with(&t.cgroup));
+        let by_path = self.registry.targets.values().find(|t| cgroup::is_within(&abs, &t.cgroup));
         if let Some(t) = by_path {
             return Ok(Some(t.name.clone()));
         }

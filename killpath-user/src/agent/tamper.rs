@@ -74,7 +74,10 @@ impl State {
     /// mismatch it is given back.
     pub(super) fn target_cgroup(&mut self, name: &str) -> Result<(Cgroup, Option<String>)> {
         let t = self.registry.get(name)?.clone();
-        let (cg, mismatch) = Cgroup::by_id(&t.cgroup, t.cgroup_id)?;
+        // On the agent's known cgroup2 mount: `Cgroup::by_id` would parse
+        // the mount table again (tens of µs on every level change's path).
+        let cg = Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id)?;
+        let mismatch = crate::kernel::cgroup_id::path_mismatch(&t.cgroup, t.cgroup_id);
         if let Some(why) = &mismatch {
             let message = format!("target {name}: cgroup path tampered: {why}");
             error!("{message}");

@@ -33,6 +33,58 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     super::mounts::of_type("cgroup2")?.into_iter().next().map(|m| m.dir).ok_or(Error::NoCgroup2)
 }
 
+/// Whether cgroup path `path` is `base` or below it, as
+/// `Path::starts_with` says, but decided on the bytes whenever it can be.
+///
+/// The agent asks it once per target on a stop's path (targets nested in
+/// the stopped one) and on every command's (is the caller inside a
+/// target?); a component-wise compare costs ~0.3 µs, so with 1,000
+/// targets a third of a millisecond per command. The bytes of two
+/// absolute paths are compared up to their first difference: where
+/// neither byte there is a `/` or a `.`, the components differ there, and
+/// where `base` ends on a component boundary of `path`, it is a prefix.
+/// Whatever could be a `//`, a `.` component or a trailing `/` (never in
+/// the agent's own paths) is left to `Path::starts_with`.
+pub fn is_within(path: &Path, base: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    // One trailing `/` (a caller in the root cgroup is `<mount>/`) does
+    // not change the components.
+    fn trim(s: &Path) -> &[u8] {
+        let s = s.as_os_str().as_bytes();
+        if s.len() > 1 {
+            s.strip_suffix(b"/").unwrap_or(s)
+        } else {
+            s
+        }
+    }
+    let (p, b) = (trim(path), trim(base));
+    let slow = || path.starts_with(base);
+    if p.first() != Some(&b'/') || b.first() != Some(&b'/') {
+        return slow();
+    }
+    if b == b"/" {
+        return true;
+    }
+    let odd = |c: &u8| *c == b'/' || *c == b'.';
+    let i = p.iter().zip(b).take_while(|(x, y)| x == y).count();
+    if i == b.len() {
+        // `base` ends here: a prefix if `path` ends or goes on with a new
+        // component, unless `base`'s last component is not a name.
+        if b.ends_with(b"/") || b.ends_with(b"/.") || b.ends_with(b"/..") {
+            return slow();
+        }
+        return i == p.len() || p[i] == b'/';
+    }
+    if i == p.len() {
+        // `base` goes on: only `/` and `.` could make that nothing.
+        return if b[i..].iter().all(odd) { slow() } else { false };
+    }
+    if odd(&p[i]) || odd(&b[i]) {
+        return slow();
+    }
+    false
+}
+
 /// The cgroup2 path (relative to the mount, starting with `/`) of `pid`.
 pub fn cgroup_of(pid: i32) -> Result<String> {
     let path = format!("/proc/{pid}/cgroup");
@@ -378,6 +430,39 @@ pub fn events_field(text: &str, key: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn is_within_agrees_with_path_starts_with() {
+        use std::path::Path;
+        let paths = [
+            "/sys/fs/cgroup/kp/a",
+            "/sys/fs/cgroup/kp/a/b",
+            "/sys/fs/cgroup/kp/ab",
+            "/sys/fs/cgroup/kp/a/",
+            "/sys/fs/cgroup/kp//a/b",
+            "/sys/fs/cgroup/kp/./a",
+            "/sys/fs/cgroup/kp",
+            "/sys/fs/cgroup/",
+            "/",
+            "/sys/fs/cgroup/kp/a//",
+            "/sys/fs/cgroup/kp/a/.",
+            "/sys/fs/cgroup/kp/a/..",
+            "/sys/fs/cgroup/kp/.a",
+            "/sys/fs/cgroup/kp/a./b",
+            "/sys/fs/cgroup/kp//",
+            "//sys",
+            "/sys/fs/cgroup/kp/a/./b",
+            "kp/a",
+            "kp/a/b",
+            "/sys/fs/cgroup/kp/a/.hidden",
+            "/sys/fs/cgroup/kp/a.b",
+        ];
+        for p in paths {
+            for b in paths {
+                assert_eq!(super::is_within(Path::new(p), Path::new(b)), Path::new(p).starts_with(b), "{p} within {b}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -123,6 +123,9 @@ pub struct LinkKeeper {
     /// it; `None`: host-wide): an action on one target looks at its own
     /// pins without a walk of every target's.
     by_target: Arc<Mutex<BTreeMap<Option<String>, std::collections::BTreeSet<PathBuf>>>>,
+    /// Pin directories found whole and unchanged since (see `pin_stamps`):
+    /// their pins are not looked at one by one.
+    stamps: super::pin_stamps::PinStamps,
 }
 
 impl LinkKeeper {
@@ -171,6 +174,7 @@ impl LinkKeeper {
             pins.retain(|p| !p.starts_with(pin));
         }
         index.retain(|_, pins| !pins.is_empty());
+        self.stamps.forget(pin);
     }
 
     /// How many links are held.
@@ -205,8 +209,29 @@ impl LinkKeeper {
     /// the walk (thousands of pins with many targets) can run without the
     /// agent's state lock; [`LinkKeeper::check_pins`] then repairs under it.
     pub fn missing(&self) -> Vec<PathBuf> {
-        let pins: Vec<PathBuf> = self.lock().keys().cloned().collect();
-        pins.into_iter().filter(|p| fs::symlink_metadata(p).is_err()).collect()
+        // The directories first (one per target), from the index: a pin
+        // list is made only for those that changed (see `pin_stamps`).
+        let dirs: Vec<PathBuf> = {
+            let index = self.index();
+            let mut dirs = Vec::with_capacity(index.len());
+            for pins in index.values() {
+                let mut last: Option<&Path> = None;
+                for d in pins.iter().filter_map(|p| p.parent()) {
+                    if last != Some(d) {
+                        dirs.push(d.to_owned());
+                        last = Some(d);
+                    }
+                }
+            }
+            dirs
+        };
+        let changed = self.stamps.changed(dirs);
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let wanted: std::collections::HashSet<&Path> = changed.iter().map(|(d, _)| d.as_path()).collect();
+        let pins: Vec<PathBuf> = self.lock().keys().filter(|p| p.parent().is_some_and(|d| wanted.contains(d))).cloned().collect();
+        self.stamps.look(changed, pins)
     }
 
     /// [`LinkKeeper::check`] of `pins` only (those [`LinkKeeper::missing`]
@@ -229,7 +254,7 @@ impl LinkKeeper {
         // Only a missing pin is put back. Known gap: a path that exists
         // is not checked to be our link (a foreign pin or file put in
         // its place is left alone; the link stays held by our fd).
-        let missing: Vec<PathBuf> = pins.into_iter().filter(|p| fs::symlink_metadata(p).is_err()).collect();
+        let missing: Vec<PathBuf> = self.stamps.missing(pins);
         if missing.is_empty() {
             return Vec::new();
         }

@@ -4,6 +4,8 @@
 //!
 //! - [`object`]: the compiled eBPF object; loading, pinning, attaching.
 //! - [`pins`]: bpffs, pin paths and pin generations (fail-static upgrades).
+//! - [`links`]: links held by fd, missing pins put back (`pin_stamps`:
+//!   which pin directories need a look).
 //! - [`maps`]: typed handles on the pinned maps and the global switches.
 //! - [`members`]: membership marks (tasks that belong to a target
 //!   wherever they sit), escape counts, killing marked tasks by pidfd.
@@ -23,6 +25,7 @@ pub mod maps;
 pub mod members;
 pub mod mounts;
 pub mod object;
+mod pin_stamps;
 pub mod pins;
 pub mod priority;
 pub mod probe;
