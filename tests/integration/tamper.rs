@@ -135,10 +135,9 @@ fn link_pin_removed_from_a_settled_directory_is_repinned() {
     let Some(agent) = Agent::start() else { return };
     let _t = run_bg(&agent, "settled", &["sleep", "1000"], 1);
     let (_dir, target_pins, _host) = link_pins(&agent, "settled");
-    for round in 0..2 {
+    for (round, victim) in target_pins.iter().take(2).enumerate() {
         // Older than the stamp's settling time (1 s), and walked since.
         std::thread::sleep(Duration::from_millis(2500));
-        let victim = &target_pins[round];
         remove(std::slice::from_ref(victim));
         assert!(
             wait_until(Duration::from_secs(3), || victim.exists()).is_some(),
