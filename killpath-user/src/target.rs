@@ -207,6 +207,13 @@ impl Registry {
         self.targets.get(name).ok_or_else(|| Error::UnknownTarget(name.to_owned()))
     }
 
+    /// Cgroup ids of the targets whose cgroup is `cgroup` or below it (a
+    /// stopped target and those nested in it): the agent's stop and the
+    /// CLI's fallback stop.
+    pub fn nested_ids(&self, cgroup: &Path) -> Vec<u64> {
+        self.targets.values().filter(|o| crate::kernel::cgroup::is_within(&o.cgroup, cgroup)).map(|o| o.cgroup_id).collect()
+    }
+
     /// Target `name`, to change: written at the next [`Registry::save`].
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Target> {
         let t = self.targets.0.get_mut(name).ok_or_else(|| Error::UnknownTarget(name.to_owned()))?;

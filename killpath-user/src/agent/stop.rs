@@ -15,7 +15,7 @@ use crate::{error::Result, kernel::cgroup::Cgroup, stop, target::Target};
 impl State {
     /// Cgroup ids of `t` and of every target nested inside it.
     pub(super) fn nested_ids(&self, t: &Target) -> Vec<u64> {
-        self.registry.targets.values().filter(|o| crate::kernel::cgroup::is_within(&o.cgroup, &t.cgroup)).map(|o| o.cgroup_id).collect()
+        self.registry.nested_ids(&t.cgroup)
     }
 
     pub(super) fn stop(&mut self, name: &str, order: stop::StopOrder, received: Instant) -> Result<Done> {

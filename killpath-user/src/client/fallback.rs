@@ -115,7 +115,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     };
     // Membership follows the task: the marks of the target (and of targets
     // nested in it) from the pinned maps, when the pins have them.
-    let ids: Vec<u64> = registry.targets.values().filter(|o| crate::kernel::cgroup::is_within(&o.cgroup, &t.cgroup)).map(|o| o.cgroup_id).collect();
+    let ids: Vec<u64> = registry.nested_ids(&t.cgroup);
     let members = opened.iter().find_map(|m| m.members.as_ref());
     let outcome = stop::hard_stop_marked(&cg, members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
     let escape_attempts: u64 = members.map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
