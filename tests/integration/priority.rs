@@ -8,12 +8,17 @@ use crate::{
     support::process::run_bg,
 };
 
-/// Field 19 of /proc/PID/stat (or a task's): its nice value.
-fn nice(stat_path: &str) -> i64 {
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat (or a task's).
+fn stat_field(stat_path: &str, n: usize) -> i64 {
     let stat = fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("{stat_path}: {e}"));
     // The command name (field 2) may hold spaces: count after its ')'.
     let after = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
-    after.split(' ').nth(16).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("no nice in {stat}"))
+    after.split(' ').nth(n - 3).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("no field {n} in {stat}"))
+}
+
+/// Field 19: the nice value.
+fn nice(stat_path: &str) -> i64 {
+    stat_field(stat_path, 19)
 }
 
 #[test]
@@ -33,9 +38,19 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
         let comm = fs::read_to_string(format!("/proc/{}/task/{t}/comm", agent.pid())).unwrap_or_default();
         let want = if comm.trim() == "kp-stop" { -20 } else { -10 };
         stop_threads += usize::from(want == -20);
-        assert_eq!(nice(&format!("/proc/{}/task/{t}/stat", agent.pid())), want, "agent thread {t} ({})", comm.trim());
+        let stat = format!("/proc/{}/task/{t}/stat", agent.pid());
+        assert_eq!(nice(&stat), want, "agent thread {t} ({})", comm.trim());
+        // The stop thread is real-time (fields 40 and 41: rt_priority and
+        // policy, SCHED_FIFO = 1), so a fork bomb cannot outweigh it.
+        if want == -20 {
+            assert_eq!((stat_field(&stat, 40), stat_field(&stat, 41)), (2, 1), "kp-stop is SCHED_FIFO 2");
+        }
     }
     assert_eq!(stop_threads, 1, "no kp-stop thread among {tasks:?}");
+    // And says so, where an operator looks.
+    assert_eq!(agent.json(&["status"])["stop_thread"], "SCHED_FIFO 2", "status reports the stop thread's class");
+    let probe = agent.json(&["probe"]).to_string();
+    assert!(probe.contains("stop thread SCHED_FIFO 2"), "probe reports the stop thread's class: {probe}");
     let _t = run_bg(&agent, "w", &["sleep", "1000"], 1);
     agent.json(&["degrade", "w", "--revoke", "net.connect"]);
     let seen = wait_until(Duration::from_secs(10), || fs::read_to_string(&hook_file).is_ok_and(|s| !s.trim().is_empty()));

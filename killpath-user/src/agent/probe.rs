@@ -78,10 +78,11 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
         level: "stopped".into(),
         enforceable: f.cgroup2_mount.is_some() && (f.cgroup_kill || f.cgroup_freeze),
         detail: format!(
-            "{}; {}; kernel guard {}",
+            "{}; {}; kernel guard {}; stop thread {}",
             if f.cgroup_kill { "cgroup.kill" } else { "no cgroup.kill: per-pid SIGKILL walk of the frozen cgroup" },
             if f.cgroup_freeze { "cgroup.freeze" } else { "no cgroup.freeze" },
             if guard { "on (raw_tracepoint sched_process_fork/sched_switch)" } else { "UNAVAILABLE: raw_tracepoint refused" },
+            crate::kernel::priority::stop_class_here(),
         ),
     });
     // Level 1 first in the list: syscall ceilings and what they see of

@@ -141,6 +141,8 @@ impl State {
             "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
             "trail_files": crate::trail::files::status(self.enforcer.trail_files.error.as_deref()),
             "journal": self.journal_status(),
+            // The stop thread's scheduling class (`kernel::priority`).
+            "stop_thread": crate::kernel::priority::stop_class(),
         });
         Ok(Snapshot {
             rows,

@@ -9,12 +9,13 @@
 //!   anyway (it was already past the gate) gives it back at once: a stop
 //!   waits at most for the one command already running;
 //! - on a busy machine the command holding the lock, and the stop, also
-//!   need the CPU: the stop's thread runs at nice -20 until it is done, and
-//!   when it announces itself it raises the thread holding the lock to
-//!   -20 as well (priority inheritance by hand: a std mutex has none), so
-//!   readers flooding the agent, or anything else on the host, do not
-//!   stretch the wait; the holder goes back to the agent's own nice value
-//!   when it lets go;
+//!   need the CPU: the stop's thread is real-time (SCHED_FIFO 2, else nice
+//!   -20; see `kernel::priority::raise_for_stop`), and when a stop
+//!   announces itself it raises the thread holding the lock the same way
+//!   (priority inheritance by hand: a std mutex has none), so readers
+//!   flooding the agent, or a fork bomb on the host, do not stretch the
+//!   wait; the holder goes back to the ordinary class and the agent's own
+//!   nice value when it lets go;
 //! - `journal` reads the file without the lock ([`Unlocked`]): records are
 //!   appended with one write(2), and only those up to the head the agent
 //!   published after their fdatasync are returned, so a reader never sees
@@ -30,7 +31,7 @@ use std::{
 use serde_json::{json, Value};
 
 use super::{anchor::SharedHead, State};
-use crate::{client::protocol::Command, error::Result, journal};
+use crate::{client::protocol::Command, error::Result, journal, kernel::priority};
 
 /// How many stops are waiting for the state lock.
 struct Gate {
@@ -57,9 +58,6 @@ impl Drop for Announced {
     }
 }
 
-/// The nice value of a stop's thread, and of the thread it waits for.
-const STOP_NICE: i32 = -20;
-
 /// The agent's own nice value (set by [`Unlocked::of`] at start; until
 /// then `i32::MIN`: a background task that locks first leaves its thread's
 /// priority as it is).
@@ -76,16 +74,19 @@ const READER_NICE: i32 = 5;
 thread_local! {
     /// Whether this thread serves a read-only command now (see [`Reader`]).
     static READING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this is the stop thread (raised for good; see [`raise_to_stop_priority`]).
+    static ON_STOP_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Puts the calling thread back to its own nice value: the agent's, or
-/// [`READER_NICE`] while it serves a read-only command.
+/// Puts the calling thread back in the ordinary class at its own nice
+/// value: the agent's, or [`READER_NICE`] while it serves a read-only
+/// command (a stop may have made it real-time while it held the lock).
 fn to_base() {
     let base = BASE_NICE.load(Ordering::Relaxed);
     if READING.with(std::cell::Cell::get) {
-        set_nice(tid(), READER_NICE);
+        priority::normal(tid(), READER_NICE);
     } else if base != i32::MIN {
-        set_nice(tid(), base);
+        priority::normal(tid(), base);
     }
 }
 
@@ -96,7 +97,7 @@ pub(super) struct Reader;
 impl Reader {
     pub(super) fn enter() -> Self {
         READING.with(|c| c.set(true));
-        set_nice(tid(), READER_NICE);
+        priority::normal(tid(), READER_NICE);
         Self
     }
 }
@@ -114,13 +115,6 @@ static HOLDER: AtomicI32 = AtomicI32::new(0);
 fn tid() -> i32 {
     // SAFETY: gettid(2) has no preconditions.
     unsafe { libc::gettid() }
-}
-
-/// Sets thread `tid`'s nice value; a failure (no CAP_SYS_NICE) only costs
-/// the boost.
-fn set_nice(tid: i32, nice: i32) {
-    // SAFETY: setpriority(2) on a thread id; no memory is passed.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
 }
 
 fn own_nice() -> i32 {
@@ -149,7 +143,7 @@ impl std::ops::DerefMut for Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if self.stop {
+        if self.stop && ON_STOP_THREAD.with(std::cell::Cell::get) {
             // The stop thread stays at the stop's priority between stops
             // (see `stop_thread`): it is the agent's, and only stops run on it.
             return;
@@ -221,19 +215,24 @@ pub(super) fn stop_timings(received: Instant) -> (u64, u64, u64) {
 
 /// Raises the calling thread to the stop's priority (the stop thread, once).
 pub(super) fn raise_to_stop_priority() {
-    set_nice(tid(), STOP_NICE);
+    ON_STOP_THREAD.with(|c| c.set(true));
+    priority::raise_stop_thread();
 }
 
 /// Takes the state lock for `cmd`: a stop goes first (and at a raised
 /// priority); anything else waits while a stop is waiting.
 pub(super) fn lock<'a>(state: &'a Mutex<State>, cmd: &Command) -> Held<'a> {
     if matches!(cmd, Command::Stop { .. }) {
-        set_nice(tid(), STOP_NICE);
+        // The stop thread is raised already; a stop served elsewhere (no
+        // stop thread) is raised here and put back when it lets go.
+        if !ON_STOP_THREAD.with(std::cell::Cell::get) {
+            priority::raise_for_stop(0);
+        }
         *stops() += 1;
         let announced = Announced;
         let holder = HOLDER.load(Ordering::SeqCst);
         if holder != 0 {
-            set_nice(holder, STOP_NICE);
+            priority::raise_for_stop(holder);
         }
         let guard = state.lock().unwrap_or_else(PoisonError::into_inner);
         LOCKED_AT.with(|c| c.set(Some(Instant::now())));

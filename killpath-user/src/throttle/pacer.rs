@@ -224,13 +224,10 @@ const HOLD_CHECK_NS: u64 = 5_000_000;
 /// RT throttling (sched_rt_runtime_us) bounds it anyway. SCHED_RESET_ON_FORK:
 /// nothing it might spawn inherits the class.
 fn raise_priority() {
-    let param = libc::sched_param { sched_priority: 1 };
-    // SAFETY: plain syscall on the calling thread (pid 0), param lives on the stack.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) } == 0 {
+    let Err(fifo) = crate::kernel::priority::fifo(0, 1) else {
         info!("pacer thread runs SCHED_FIFO 1: paced targets are resumed on time on a loaded host");
         return;
-    }
-    let fifo = std::io::Error::last_os_error();
+    };
     // SAFETY: plain syscall; tid 0 is the calling thread.
     let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } == 0;
     warn!(niced, "the pacer thread cannot be SCHED_FIFO ({fifo}): on a loaded host paced targets may be resumed late and run below their ceiling");

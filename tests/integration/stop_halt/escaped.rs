@@ -9,6 +9,14 @@
 //! `cgroup.freeze`, and sees it stamp while it is out (it ran after the
 //! freeze write): the stop must not then report a `frozen` halt, and none
 //! of the canary's stamps may be later than the reported halt.
+//!
+//! The race does not depend on how fast the stop is: the accomplice runs
+//! real-time above the stop thread (SCHED_FIFO 2), and makes the canary
+//! real-time above itself as it moves it out (a root workload can do
+//! both), so the canary runs the moment it is thawed outside, whatever
+//! the stop thread is doing; and its stamps need no syscall (see
+//! `canary`), so the stop guard, armed once the target is frozen, kills
+//! it at its next syscall or switch but cannot hide that it ran.
 use std::{
     path::PathBuf,
     sync::{
@@ -25,7 +33,7 @@ use crate::{
     harness::{alive, wait_until, Agent},
     support::{
         cgroup::make_cgroup,
-        process::{pids, run_bg},
+        process::{pids, run_bg, spawn_outside},
     },
 };
 
@@ -51,16 +59,34 @@ struct Seen {
     ran_outside: AtomicBool,
 }
 
+/// The accomplice's real-time priority: above the stop thread's.
+const ACCOMPLICE_RT: i32 = killpath::kernel::priority::STOP_RT_PRIORITY + 40;
+/// The canary's once moved out: above the accomplice's, so it preempts it
+/// on a shared CPU.
+const CANARY_RT: i32 = ACCOMPLICE_RT + 10;
+
 /// Waits for the stop's freeze write, then moves `pid` out to `outside`
 /// and back into `target` until `done` (or the canary is gone), watching
 /// the canary's stamps in `file` while it is out.
-fn accomplice(target: Cgroup, outside: Cgroup, pid: i32, file: PathBuf, done: Arc<AtomicBool>, seen: Arc<Seen>) {
+///
+/// While it waits, it moves a bystander (`warm`: a process and two
+/// cgroups outside) back and forth: a cgroup.procs write is fast only
+/// while the kernel's `cgroup_threadgroup_rwsem` is held in its writer
+/// mode (percpu rwsem, rcu_sync); the first write after a quiet spell
+/// waits for an RCU grace period (milliseconds), long enough for the stop
+/// to freeze, arm and kill before the canary is out.
+fn accomplice(target: Cgroup, outside: Cgroup, warm: (i32, [Cgroup; 2]), pid: i32, file: PathBuf, done: Arc<AtomicBool>, seen: Arc<Seen>) {
+    killpath::kernel::priority::fifo(0, ACCOMPLICE_RT).expect("the accomplice goes real-time (the test runs as root)");
+    let mut side = 0;
     while !done.load(Ordering::Relaxed) && !target.freeze_requested().unwrap_or(false) {
-        std::hint::spin_loop();
+        let _ = warm.1[side].move_pid(warm.0);
+        side ^= 1;
     }
     while !done.load(Ordering::Relaxed) && alive(pid) {
         if outside.move_pid(pid).is_ok() {
             let moved = mono_us();
+            // Thawed outside: it runs at once, ahead of the stop thread.
+            let _ = killpath::kernel::priority::fifo(pid, CANARY_RT);
             seen.moves.fetch_add(1, Ordering::Relaxed);
             let t = Instant::now();
             while t.elapsed() < Duration::from_millis(2) {
@@ -80,6 +106,10 @@ fn stop_halt_escape_through_cgroup_procs_is_not_reported_halted() {
     let Some(agent) = Agent::start() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let outside = make_cgroup(agent.cgroup_parent.join("accomplice-dst"));
+    // The bystander the accomplice moves while it waits.
+    let warm = [make_cgroup(agent.cgroup_parent.join("accomplice-warm-a")), make_cgroup(agent.cgroup_parent.join("accomplice-warm-b"))];
+    let bystander = spawn_outside(&["sleep", "1000"]);
+    let bystander_pid = bystander.pid();
     let mut hit = 0;
     let mut reports = Vec::new();
     // Rounds until the canary was seen running outside during a stop.
@@ -95,7 +125,8 @@ fn stop_halt_escape_through_cgroup_procs_is_not_reported_halted() {
         let (done, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
         let mover = {
             let (t, o, f, d, m) = (agent.target_cgroup(&name), Cgroup::new(outside.path()), file.clone(), done.clone(), seen.clone());
-            std::thread::spawn(move || accomplice(t, o, pid, f, d, m))
+            let w = (bystander_pid, [Cgroup::new(warm[0].path()), Cgroup::new(warm[1].path())]);
+            std::thread::spawn(move || accomplice(t, o, w, pid, f, d, m))
         };
         let (r, answered) = timed_stop(&agent, &name);
         done.store(true, Ordering::Relaxed);
@@ -121,5 +152,6 @@ fn stop_halt_escape_through_cgroup_procs_is_not_reported_halted() {
             break;
         }
     }
+    drop(bystander);
     assert!(hit > 0, "the canary never ran outside during a stop (the test proved nothing): {reports:?}");
 }

@@ -61,10 +61,15 @@ fn stamp(file: &Path) -> Option<u64> {
 }
 
 /// A shell line starting the canary in the background: python stamping
-/// CLOCK_MONOTONIC (µs, fixed width) into `file` as fast as it can.
+/// CLOCK_MONOTONIC (µs, fixed width) into `file` as fast as it can,
+/// through a shared mapping of the file and the vDSO clock: a stamp is
+/// user code alone, no syscall, so it shows the canary ran user code even
+/// where the stop guard (which kills at a syscall or a switch) is armed.
 fn canary(file: &Path) -> String {
-    let code =
-        format!("import os,time\nf=os.open('{}',os.O_WRONLY|os.O_CREAT)\nwhile True: os.pwrite(f,b'%020d'%(time.monotonic_ns()//1000),0)", file.display());
+    let code = format!(
+        "import os,time,mmap\nf=os.open('{}',os.O_RDWR|os.O_CREAT)\nos.ftruncate(f,20)\nm=mmap.mmap(f,20)\nwhile True: m[0:20]=b'%020d'%(time.monotonic_ns()//1000)",
+        file.display()
+    );
     format!("{} -c \"{code}\" &", py())
 }
 
