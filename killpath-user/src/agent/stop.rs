@@ -82,6 +82,7 @@ impl State {
                 "time_to_halt_us": report.time_to_halt_us,
                 "time_to_empty_us": report.time_to_empty_us,
                 "halt": report.halt,
+                "order": report.order,
                 "freeze_timed_out": report.freeze_timed_out,
                 "halt_waited_for_marked": report.halt_waited_for_marked,
                 "escapes_during_halt": report.escapes_during_halt,

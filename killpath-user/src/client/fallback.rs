@@ -117,6 +117,12 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     // nested in it) from the pinned maps, when the pins have them.
     let ids: Vec<u64> = registry.nested_ids(&t.cgroup);
     let members = opened.iter().find_map(|m| m.members.as_ref());
+    // As the agent's stop thread: real-time if the kernel allows it, so a
+    // fork bomb on every CPU does not stretch the stop (and the order
+    // follows the class, see `stop::large_order`). This process exits
+    // right after; nothing it starts inherits the class.
+    let class = crate::kernel::priority::raise_for_stop(0);
+    tracing::debug!(class, "fallback stop raised");
     let outcome = stop::hard_stop_marked(&cg, members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
     let escape_attempts: u64 = members.map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
 
@@ -149,6 +155,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "time_to_halt_us": r.time_to_halt_us,
         "time_to_empty_us": r.time_to_empty_us,
         "halt": r.halt,
+        "order": r.order,
         "freeze_timed_out": r.freeze_timed_out,
         "halt_waited_for_marked": r.halt_waited_for_marked,
         "escapes_during_halt": r.escapes_during_halt,

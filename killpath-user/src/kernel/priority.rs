@@ -122,3 +122,11 @@ pub fn stop_class_here() -> String {
     }
     std::thread::spawn(|| raise_for_stop(0)).join().unwrap_or_else(|_| "unknown (the probe thread panicked)".to_owned())
 }
+
+/// Whether the calling thread runs in a real-time class (SCHED_FIFO or
+/// SCHED_RR): then nothing ordinary on the host preempts it.
+pub fn calling_thread_is_realtime() -> bool {
+    // SAFETY: sched_getscheduler(2) on the calling thread; no memory is passed.
+    let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+    policy == libc::SCHED_FIFO || policy == libc::SCHED_RR
+}

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum StopOrder {
     /// The agent's choice: `cgroup.kill` alone for a small target
-    /// (≤ `SMALL_TARGET` processes), [`StopOrder::FreezeWaitKill`] for a
-    /// larger one (the fastest halt with 0 survivors in the bench).
+    /// (≤ `SMALL_TARGET` processes); for a larger one the fastest halt with
+    /// 0 survivors in the bench for the stop thread's class:
+    /// [`StopOrder::KillGuardFirst`] when it is real-time,
+    /// [`StopOrder::FreezeWaitKill`] otherwise (see `large_order`).
     #[default]
     Auto,
     /// `cgroup.freeze`, wait for `frozen 1` (at most `FREEZE_WAIT`), arm
@@ -27,4 +29,16 @@ pub enum StopOrder {
     /// write returning (a task killed after it froze leaves the freezer
     /// only to die: no user code runs between).
     FreezeKillRace,
+}
+
+impl StopOrder {
+    /// The order's name, as in a request and a report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::FreezeWaitKill => "freeze-wait-kill",
+            Self::KillGuardFirst => "kill-guard-first",
+            Self::FreezeKillRace => "freeze-kill-race",
+        }
+    }
 }

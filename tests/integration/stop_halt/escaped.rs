@@ -128,7 +128,9 @@ fn stop_halt_escape_through_cgroup_procs_is_not_reported_halted() {
             let w = (bystander_pid, [Cgroup::new(warm[0].path()), Cgroup::new(warm[1].path())]);
             std::thread::spawn(move || accomplice(t, o, w, pid, f, d, m))
         };
-        let (r, answered) = timed_stop(&agent, &name);
+        // The freeze order (the agent's own when its stop thread is not
+        // real-time): the escape is about `frozen 1` missing a task.
+        let (r, answered) = timed_stop(&agent, &name, Some("freeze-wait-kill"));
         done.store(true, Ordering::Relaxed);
         mover.join().expect("accomplice");
         let ran_outside = seen.ran_outside.load(Ordering::Relaxed);

@@ -21,7 +21,7 @@ use crate::{
     harness::{wait_until, Agent},
     support::{
         process::{pids, run_bg},
-        status::stop,
+        status::stop_in_order,
     },
 };
 
@@ -96,7 +96,9 @@ fn stop_halt_freeze_blocked_by_d_state_task() {
     assert!(events.contains("frozen 0"), "the D-state task {stuck} (in {wchan}) should keep the cgroup from freezing: {events}");
 
     let before = pids(&cg);
-    let r = stop(&agent, "stuck");
+    // The freeze order (the agent's own when its stop thread is not
+    // real-time; a real-time one kills at once and never waits on a freeze).
+    let r = stop_in_order(&agent, "stuck", "freeze-wait-kill");
     eprintln!("stop with a task that cannot freeze: {r}");
     assert_eq!(r["freeze_timed_out"], true, "the freeze cannot complete: {r}");
     assert_eq!(r["halt"], "kill-written", "the kill, not a freeze, ended the halt: {r}");

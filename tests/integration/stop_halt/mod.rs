@@ -22,7 +22,7 @@ use crate::{
     harness::{wait_until, Agent},
     support::{
         process::{pids, py, run_bg},
-        status::{assert_stopped, stop},
+        status::{assert_stopped, stop, stop_in_order},
     },
 };
 
@@ -74,9 +74,13 @@ fn canary(file: &Path) -> String {
 }
 
 /// Stops `name`, timing the call from outside: (report, monotonic µs when
-/// the answer was in).
-fn timed_stop(agent: &Agent, name: &str) -> (Value, u64) {
-    let r = stop(agent, name);
+/// the answer was in). `order`: forced (see `stop_in_order`), or None for
+/// the agent's choice, through the CLI.
+fn timed_stop(agent: &Agent, name: &str, order: Option<&str>) -> (Value, u64) {
+    let r = match order {
+        Some(o) => stop_in_order(agent, name, o),
+        None => stop(agent, name),
+    };
     (r, mono_us())
 }
 
@@ -95,25 +99,52 @@ fn assert_bomb_gone(agent: &Agent, name: &str, r: &Value, before: &[i32]) {
     }
 }
 
-/// A bomb stopped large (hundreds of tasks): the freeze path. The halt is
-/// `frozen` when cgroup.events said `frozen 1`; the canary's stamps prove
-/// nothing of the target ran user code after the reported halt.
-#[test]
-fn stop_halt_large_fork_bomb_frozen_and_true() {
-    let Some(agent) = Agent::start() else { return };
+/// Starts a racing bomb with a canary as `name`, stops it once large
+/// (hundreds of tasks) in `order` (None: the agent's choice), and checks
+/// from outside that nothing of it is left and that the canary stamped
+/// nothing after the reported halt; the report.
+fn stop_large_bomb(agent: &Agent, name: &str, order: Option<&str>) -> Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("canary");
     let script = format!("{} {BOMB}; wait", canary(&file));
-    let _run = run_bg(&agent, "bigbomb", &["sh", "-c", &script], 300);
+    let _run = run_bg(agent, name, &["sh", "-c", &script], 300);
     // The canary runs: its stamp moves (otherwise the check below proves nothing).
     let first = wait_until(Duration::from_secs(10), || stamp(&file).is_some()).and_then(|()| stamp(&file)).expect("the canary never stamped");
     wait_until(Duration::from_secs(10), || stamp(&file).is_some_and(|s| s > first)).expect("the canary's stamp does not move");
-    let cg = agent.target_cgroup("bigbomb");
+    let cg = agent.target_cgroup(name);
     let before = pids(&cg);
-    let (r, answered) = timed_stop(&agent, "bigbomb");
-    eprintln!("large bomb stop: {r}");
+    let (r, answered) = timed_stop(agent, name, order);
+    eprintln!("large bomb stop ({order:?}): {r}");
     let n = r["tasks_at_start"].as_u64().unwrap_or(0);
     assert!(n as usize > killpath::stop::SMALL_TARGET, "a large target: {r}");
+    assert_bomb_gone(agent, name, &r, &before);
+    check_canary(&file, &r, answered);
+    r
+}
+
+/// The agent's own order for a large target follows its stop thread's
+/// class: real-time (as here, root), the guard first and `cgroup.kill`
+/// alone, halted when the kill write returned (every task has SIGKILL
+/// pending); the canary proves it from outside.
+#[test]
+fn stop_halt_large_fork_bomb_auto_order_follows_the_stop_thread() {
+    let Some(agent) = Agent::start() else { return };
+    assert_eq!(agent.json(&["status"])["stop_thread"], "SCHED_FIFO 2", "the stop thread is real-time here (root)");
+    let r = stop_large_bomb(&agent, "autobomb", None);
+    assert_eq!(r["order"], "kill-guard-first", "a real-time stop thread kills at once: {r}");
+    assert_eq!(r["halt"], "kill-written", "{r}");
+    assert_eq!(r["freeze_timed_out"], false, "no freeze before the kill: {r}");
+}
+
+/// A bomb stopped large in the freeze order (the agent's choice when its
+/// stop thread is not real-time). The halt is `frozen` when cgroup.events
+/// said `frozen 1`; the canary's stamps prove nothing of the target ran
+/// user code after the reported halt.
+#[test]
+fn stop_halt_large_fork_bomb_frozen_and_true() {
+    let Some(agent) = Agent::start() else { return };
+    let r = stop_large_bomb(&agent, "bigbomb", Some("freeze-wait-kill"));
+    assert_eq!(r["order"], "freeze-wait-kill", "{r}");
     assert_eq!(r["used_freeze"], true, "{r}");
     assert_eq!(r["freeze_watched"], true, "the knob is watched for a thaw behind the stop: {r}");
     match r["halt"].as_str() {
@@ -123,8 +154,6 @@ fn stop_halt_large_fork_bomb_frozen_and_true() {
         Some("kill-written") => assert_eq!(r["freeze_timed_out"], true, "{r}"),
         other => panic!("unexpected halt {other:?}: {r}"),
     }
-    assert_bomb_gone(&agent, "bigbomb", &r, &before);
-    check_canary(&file, &r, answered);
 }
 
 /// The canary's last stamp is no later than the reported halt can be: the
@@ -165,7 +194,7 @@ fn stop_halt_small_racing_fork_bomb() {
     std::fs::write(&go, "").expect("go");
     // Stopped once it has begun to fork (it is still forking then).
     wait_until(Duration::from_secs(5), || pids(&cg).len() > before.len()).expect("the bomb never forked");
-    let (r, answered) = timed_stop(&agent, "smallbomb");
+    let (r, answered) = timed_stop(&agent, "smallbomb", None);
     eprintln!("small bomb stop: {r}");
     let n = r["tasks_at_start"].as_u64().unwrap_or(0) as usize;
     assert!(n > before.len(), "the bomb did not fork before the stop ({n} tasks): nothing raced: {r}");

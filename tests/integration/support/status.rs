@@ -23,6 +23,22 @@ pub(crate) fn stop(agent: &Agent, name: &str) -> Value {
     agent.json(&["stop", name])
 }
 
+/// A stop of `name` in a forced freeze/kill `order` (the request's
+/// `order`, which the CLI does not offer; the bench uses it too), sent on
+/// the agent's socket: the report.
+pub(crate) fn stop_in_order(agent: &Agent, name: &str, order: &str) -> Value {
+    use std::io::{BufRead as _, Write as _};
+    let mut w = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect to the agent");
+    w.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("read timeout");
+    let req = serde_json::json!({"id": 1, "cmd": "stop", "args": {"name": name, "order": order}});
+    w.write_all(format!("{req}\n").as_bytes()).expect("send the stop");
+    let mut line = String::new();
+    std::io::BufReader::new(w).read_line(&mut line).expect("the stop's answer");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"));
+    assert_eq!(v["ok"], true, "stop in order {order}: {v}");
+    v["result"].clone()
+}
+
 /// Everything a completed hard stop must show: the report says 0 survivors
 /// and a time, every pid recorded before is dead, the cgroup (checked in
 /// cgroup.events and cgroup.procs, recursively) is empty, and status says

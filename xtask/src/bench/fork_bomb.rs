@@ -86,10 +86,12 @@ pub(super) fn hard_stop_fork_bomb(sb: &mut Sandbox, p: &Params, s: &mut Section)
          still forking freely when the stop starts). {} runs of each variant, the order of the variants \
          rotating from one repetition to the next. **killpath**: `stop` over the agent's socket; \
          `time_to_halt_us` is command receipt to the moment no task of the target can run user code, as \
-         the agent observed it: `frozen 1` in cgroup.events (it writes `cgroup.freeze`, waits for \
-         `frozen 1` at most 50 ms, arms its guard, then writes `cgroup.kill`), or, when the freeze did \
-         not complete in time, the `cgroup.kill` write returning (every task has SIGKILL pending); the \
-         notes say which ended each halt. `time_to_empty_us` is command receipt to `populated 0`. \
+         the agent observed it: the `cgroup.kill` write returning (every task has SIGKILL pending) when \
+         its stop thread is real-time (`SCHED_FIFO`: it arms its guard, then writes `cgroup.kill`), \
+         else `frozen 1` in cgroup.events (it writes `cgroup.freeze`, waits for `frozen 1` at most \
+         50 ms, arms its guard, then writes `cgroup.kill`; the kill write ends the halt if the freeze \
+         did not complete in time); the notes say which order ran and which observation ended each \
+         halt. `time_to_empty_us` is command receipt to `populated 0`. \
          **killpath, order …**: the same stop with the freeze/kill order forced (the plain killpath \
          variant is the product's own choice), one per order: {}. Beside each ratio, the durable \
          intent's share (intent / floor) and the ratio without it ((time − intent) / floor): the \
@@ -267,7 +269,8 @@ fn bomb_killpath(sb: &mut Sandbox, rep: usize, s: &mut Section) -> Result<()> {
 /// The note on what ended one stop's halt (`who`: "killpath" or the order).
 fn halt_note(rep: usize, who: &str, r: &Value) -> String {
     format!(
-        "repetition {rep}: {who} halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
+        "repetition {rep}: {who} order {}, halt ended by {} ({} tasks; freeze timed out: {}; knob watched: {}; intent {} µs)",
+        r["order"].as_str().unwrap_or("?"),
         r["halt"].as_str().unwrap_or("?"),
         r["tasks_at_start"],
         r["freeze_timed_out"],
