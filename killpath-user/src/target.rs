@@ -1,6 +1,7 @@
 //! The agent's registry of targets, one crash-safe file per target under
 //! `<state-dir>/targets/` (see [`store`]): a command writes only what it
 //! changed. The CLI's fallback stop reads it too.
+mod index;
 mod store;
 
 pub use store::TARGETS_DIR;
@@ -172,6 +173,8 @@ pub struct Registry {
     /// [`Registry::begin_deferred`] calls (a transaction may run inside
     /// another: an escalation's steps).
     defer: u32,
+    /// The targets by cgroup path and id (see `index`).
+    index: index::Index,
 }
 
 /// The targets, by name, read-only (see [`Registry`]).
@@ -190,7 +193,8 @@ impl Registry {
     /// writing anything: the CLI's fallback.
     pub fn load(state_dir: &Path) -> Result<Self> {
         let l = store::load(state_dir)?;
-        Ok(Self { dir: None, targets: Targets(l.targets), dirty: BTreeSet::new(), written: l.written, defer: 0 })
+        let index = index::Index::of(l.targets.values());
+        Ok(Self { dir: None, targets: Targets(l.targets), dirty: BTreeSet::new(), written: l.written, defer: 0, index })
     }
 
     /// Reads the registry under `state_dir` for the agent, which writes it:
@@ -200,7 +204,8 @@ impl Registry {
         let l = store::load(state_dir)?;
         let dir = store::open_dir(state_dir)?;
         let written = if l.legacy { store::migrate(state_dir, &dir, &l.targets)? } else { l.written };
-        Ok(Self { dir: Some(dir), targets: Targets(l.targets), dirty: BTreeSet::new(), written, defer: 0 })
+        let index = index::Index::of(l.targets.values());
+        Ok(Self { dir: Some(dir), targets: Targets(l.targets), dirty: BTreeSet::new(), written, defer: 0, index })
     }
 
     pub fn get(&self, name: &str) -> Result<&Target> {
@@ -211,26 +216,52 @@ impl Registry {
     /// stopped target and those nested in it): the agent's stop and the
     /// CLI's fallback stop.
     pub fn nested_ids(&self, cgroup: &Path) -> Vec<u64> {
-        self.targets.values().filter(|o| crate::kernel::cgroup::is_within(&o.cgroup, cgroup)).map(|o| o.cgroup_id).collect()
+        self.index.nested(&self.targets, cgroup).into_iter().map(|o| o.cgroup_id).collect()
     }
 
-    /// Target `name`, to change: written at the next [`Registry::save`].
+    /// The targets whose cgroup is `cgroup` or one of its ancestors,
+    /// innermost first: a lookup per ancestor, whatever the number of
+    /// targets.
+    pub fn enclosing(&self, cgroup: &Path) -> Vec<&Target> {
+        self.index.enclosing(&self.targets, cgroup)
+    }
+
+    /// A target whose cgroup id is one of `ids`, if any.
+    pub fn with_cgroup_id(&self, ids: &[u64]) -> Option<&Target> {
+        self.index.with_id(&self.targets, ids)
+    }
+
+    /// Target `name`, to change: written at the next [`Registry::save`]
+    /// (and indexed again then).
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Target> {
         let t = self.targets.0.get_mut(name).ok_or_else(|| Error::UnknownTarget(name.to_owned()))?;
         self.dirty.insert(name.to_owned());
+        self.index.touch(name);
         Ok(t)
     }
 
     /// Adds or replaces a target (written at the next [`Registry::save`]).
     pub fn insert(&mut self, t: Target) {
         self.dirty.insert(t.name.clone());
+        self.index.add(&t);
         self.targets.0.insert(t.name.clone(), t);
     }
 
     /// Removes a target (its file goes at the next [`Registry::save`]).
     pub fn remove(&mut self, name: &str) -> Option<Target> {
         self.dirty.insert(name.to_owned());
+        self.index.drop_name(name);
         self.targets.0.remove(name)
+    }
+
+    /// Files again the targets handed out by [`Registry::get_mut`].
+    fn reindex(&mut self) {
+        for name in self.index.touched() {
+            match self.targets.0.get(&name) {
+                Some(t) => self.index.add(t),
+                None => self.index.drop_name(&name),
+            }
+        }
     }
 
     /// Writes what changed durably: per changed target, its file (temp,
@@ -238,6 +269,7 @@ impl Registry {
     /// (or, inside [`Registry::begin_deferred`], keeps it for its end).
     pub fn save(&mut self) -> Result<()> {
         if self.defer > 0 {
+            self.reindex();
             return Ok(());
         }
         self.save_now()
@@ -247,6 +279,7 @@ impl Registry {
     /// its file before any task is moved into its cgroup. What fails to be
     /// written stays pending (the next save writes it).
     pub fn save_now(&mut self) -> Result<()> {
+        self.reindex();
         if self.dirty.is_empty() {
             return Ok(());
         }

@@ -75,18 +75,19 @@ impl State {
         }
         let rel = rel.strip_suffix(" (deleted)").unwrap_or(&rel);
         let abs = self.cgroup_mount.join(rel.trim_start_matches('/'));
-        let by_path = self.registry.targets.values().find(|t| cgroup::is_within(&abs, &t.cgroup));
-        if let Some(t) = by_path {
+        // By path, then by mark, then by the ids of the cgroup's
+        // directories: index lookups (`target::index`), not scans.
+        if let Some(t) = self.registry.enclosing(&abs).first() {
             return Ok(Some(t.name.clone()));
         }
         // Membership follows the task: a caller that left its target's
         // cgroup (before the agent moved it back) is still the target's.
         let mark = self.enforcer.maps.members.as_ref().and_then(|m| u32::try_from(caller.pid).ok().and_then(|pid| m.get(pid)));
-        if let Some(t) = mark.and_then(|m| self.registry.targets.values().find(|t| t.cgroup_id == m.target)) {
+        if let Some(t) = mark.and_then(|m| self.registry.with_cgroup_id(&[m.target])) {
             return Ok(Some(t.name.clone()));
         }
         let ids = ancestor_ids(&abs, &self.cgroup_mount);
-        Ok(self.registry.targets.values().find(|t| ids.contains(&t.cgroup_id)).map(|t| t.name.clone()))
+        Ok(self.registry.with_cgroup_id(&ids).map(|t| t.name.clone()))
     }
 }
 

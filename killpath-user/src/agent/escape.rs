@@ -44,13 +44,7 @@ impl State {
     /// Marks every task now in `t`'s cgroup subtree as `t`'s (tasks that
     /// were there before the kernel could see them enter).
     pub(super) fn mark_target(&mut self, t: &Target) -> usize {
-        let outer: Vec<u64> = self
-            .registry
-            .targets
-            .values()
-            .filter(|o| o.cgroup != t.cgroup && crate::kernel::cgroup::is_within(&t.cgroup, &o.cgroup))
-            .map(|o| o.cgroup_id)
-            .collect();
+        let outer: Vec<u64> = self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).map(|o| o.cgroup_id).collect();
         let Some(m) = self.enforcer.maps.members.as_mut() else { return 0 };
         m.mark_cgroup(&Cgroup::new(&t.cgroup), t.cgroup_id, &outer)
     }
