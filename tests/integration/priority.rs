@@ -36,19 +36,25 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
     let mut stop_threads = 0;
     for t in &tasks {
         let comm = fs::read_to_string(format!("/proc/{}/task/{t}/comm", agent.pid())).unwrap_or_default();
-        let want = if comm.trim() == "kp-stop" { -20 } else { -10 };
-        stop_threads += usize::from(want == -20);
+        let want = if comm.trim() == "kp-stop" || comm.trim() == "kp-stop-cfs" { -20 } else { -10 };
+        stop_threads += usize::from(comm.trim() == "kp-stop");
         let stat = format!("/proc/{}/task/{t}/stat", agent.pid());
         assert_eq!(nice(&stat), want, "agent thread {t} ({})", comm.trim());
         // The stop thread is real-time (fields 40 and 41: rt_priority and
         // policy, SCHED_FIFO = 1), so a fork bomb cannot outweigh it.
-        if want == -20 {
+        if comm.trim() == "kp-stop" {
             assert_eq!((stat_field(&stat, 40), stat_field(&stat, 41)), (2, 1), "kp-stop is SCHED_FIFO 2");
+        }
+        // Its backup is ordinary on purpose (see agent/stop_thread.rs).
+        if comm.trim() == "kp-stop-cfs" {
+            assert_eq!(stat_field(&stat, 41), 0, "kp-stop-cfs is SCHED_OTHER");
         }
     }
     assert_eq!(stop_threads, 1, "no kp-stop thread among {tasks:?}");
     // And says so, where an operator looks.
-    assert_eq!(agent.json(&["status"])["stop_thread"], "SCHED_FIFO 2", "status reports the stop thread's class");
+    let st = agent.json(&["status"]);
+    assert_eq!(st["stop_thread"], "SCHED_FIFO 2", "status reports the stop thread's class");
+    assert_eq!(st["stop_thread_backup"], "nice -20", "and its backup's");
     let probe = agent.json(&["probe"]).to_string();
     assert!(probe.contains("stop thread SCHED_FIFO 2"), "probe reports the stop thread's class: {probe}");
     let _t = run_bg(&agent, "w", &["sleep", "1000"], 1);

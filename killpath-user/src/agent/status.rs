@@ -143,6 +143,7 @@ impl State {
             "journal": self.journal_status(),
             // The stop thread's scheduling class (`kernel::priority`).
             "stop_thread": crate::kernel::priority::stop_class(),
+            "stop_thread_backup": crate::kernel::priority::backup_stop_class(),
         });
         Ok(Snapshot {
             rows,

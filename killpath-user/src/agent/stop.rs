@@ -83,6 +83,9 @@ impl State {
                 "time_to_empty_us": report.time_to_empty_us,
                 "halt": report.halt,
                 "order": report.order,
+                // Which stop thread ran it (`stop_thread`): `kp-stop`
+                // (real-time) or `kp-stop-cfs` (the backup).
+                "thread": std::thread::current().name().unwrap_or("pool"),
                 "freeze_timed_out": report.freeze_timed_out,
                 "halt_waited_for_marked": report.halt_waited_for_marked,
                 "escapes_during_halt": report.escapes_during_halt,

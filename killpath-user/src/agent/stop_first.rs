@@ -219,6 +219,13 @@ pub(super) fn raise_to_stop_priority() {
     priority::raise_stop_thread();
 }
 
+/// Raises the calling thread, the backup stop thread, to nice -20 (an
+/// ordinary class on purpose: see `stop_thread`).
+pub(super) fn raise_to_backup_priority() {
+    ON_STOP_THREAD.with(|c| c.set(true));
+    priority::raise_backup_stop_thread();
+}
+
 /// Takes the state lock for `cmd`: a stop goes first (and at a raised
 /// priority); anything else waits while a stop is waiting.
 pub(super) fn lock<'a>(state: &'a Mutex<State>, cmd: &Command) -> Held<'a> {
@@ -232,7 +239,14 @@ pub(super) fn lock<'a>(state: &'a Mutex<State>, cmd: &Command) -> Held<'a> {
         let announced = Announced;
         let holder = HOLDER.load(Ordering::SeqCst);
         if holder != 0 {
-            priority::raise_for_stop(holder);
+            // Real-time only when this stop runs real-time: a stop on the
+            // backup thread runs because real-time threads are starved,
+            // and a real-time holder would be starved with them.
+            if priority::calling_thread_is_realtime() {
+                priority::raise_for_stop(holder);
+            } else {
+                priority::raise_nice_for_stop(holder);
+            }
         }
         let guard = state.lock().unwrap_or_else(PoisonError::into_inner);
         LOCKED_AT.with(|c| c.set(Some(Instant::now())));

@@ -117,12 +117,13 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     // nested in it) from the pinned maps, when the pins have them.
     let ids: Vec<u64> = registry.nested_ids(&t.cgroup);
     let members = opened.iter().find_map(|m| m.members.as_ref());
-    // As the agent's stop thread: real-time if the kernel allows it, so a
-    // fork bomb on every CPU does not stretch the stop (and the order
-    // follows the class, see `stop::large_order`). This process exits
-    // right after; nothing it starts inherits the class.
-    let class = crate::kernel::priority::raise_for_stop(0);
-    tracing::debug!(class, "fallback stop raised");
+    // As the agent's backup stop thread: nice -20 in the ordinary class,
+    // not real-time. The fallback runs when the agent did not answer, and
+    // a workload real-time above a real-time stop on every CPU is one way
+    // that happens: an ordinary thread still gets the kernel's share for
+    // ordinary tasks (the order follows the class, see `stop::large_order`).
+    let raised = crate::kernel::priority::raise_nice_for_stop(0);
+    tracing::debug!(raised, "fallback stop raised to nice -20");
     let outcome = stop::hard_stop_marked(&cg, members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
     let escape_attempts: u64 = members.map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
 

@@ -114,6 +114,31 @@ pub fn stop_class() -> Option<&'static str> {
     STOP_CLASS.get().map(String::as_str)
 }
 
+/// Sets thread `tid` (0: the calling thread) to nice [`STOP_NICE`] in the
+/// ordinary class; whether the kernel took it.
+pub fn raise_nice_for_stop(tid: i32) -> bool {
+    // SAFETY: setpriority(2) on a thread id; no memory is passed.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, STOP_NICE) == 0 }
+}
+
+/// Raises the calling thread, the backup stop thread, to nice
+/// [`STOP_NICE`] and records it for `status`. Ordinary on purpose: it runs
+/// the stops the real-time thread cannot (a workload real-time above it
+/// on every CPU), with the share the kernel keeps for ordinary tasks.
+pub fn raise_backup_stop_thread() {
+    let class = if raise_nice_for_stop(0) { format!("nice {STOP_NICE}") } else { "unraised (nice refused)".to_owned() };
+    info!(class, "backup stop thread raised");
+    let _ = BACKUP_CLASS.set(class);
+}
+
+/// The backup stop thread's class, once it started.
+static BACKUP_CLASS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The backup stop thread's scheduling class, once it started.
+pub fn backup_stop_class() -> Option<&'static str> {
+    BACKUP_CLASS.get().map(String::as_str)
+}
+
 /// The class a stop thread would get in this process (for `probe`): the
 /// stop thread's if it started, else tried on a short-lived thread.
 pub fn stop_class_here() -> String {

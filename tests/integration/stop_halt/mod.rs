@@ -10,6 +10,7 @@ mod freeze_blocked;
 mod escaped;
 mod outside;
 mod read_flood;
+mod realtime;
 
 use std::{
     path::Path,
