@@ -10,10 +10,7 @@ use crate::{
 
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat (or a task's).
 fn stat_field(stat_path: &str, n: usize) -> i64 {
-    let stat = fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("{stat_path}: {e}"));
-    // The command name (field 2) may hold spaces: count after its ')'.
-    let after = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
-    after.split(' ').nth(n - 3).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("no field {n} in {stat}"))
+    crate::support::process::stat_field(stat_path, n).unwrap_or_else(|| panic!("no field {n} in {stat_path}"))
 }
 
 /// Field 19: the nice value.

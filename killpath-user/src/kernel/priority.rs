@@ -85,8 +85,7 @@ pub const STOP_NICE: i32 = -20;
 /// throttling (`kernel.sched_rt_runtime_us`, 95% by default) bounds it.
 /// Returns the class it got, for `status` and `probe`.
 pub fn raise_for_stop(tid: i32) -> String {
-    // SAFETY: setpriority(2) on a thread id; no memory is passed.
-    let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, STOP_NICE) } == 0;
+    let niced = raise_nice_for_stop(tid);
     match fifo(tid, STOP_RT_PRIORITY) {
         Ok(()) => format!("SCHED_FIFO {STOP_RT_PRIORITY}"),
         Err(e) if niced => format!("nice {STOP_NICE} (SCHED_FIFO refused: {e})"),

@@ -171,6 +171,17 @@ fn marked_alive(m: &MemberMaps, targets: &[u64]) -> std::collections::BTreeSet<u
         .collect()
 }
 
+/// A marked process ran user code outside the cgroup until the kill just
+/// sent: the halt is reported no earlier than now, and, if `outside_froze`
+/// (it was outside while `frozen 1` was read), not as `frozen`.
+fn halt_at_marked_kill(report: &mut StopReport, received: Instant, outside_froze: bool) {
+    report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
+    report.halt_waited_for_marked = true;
+    if outside_froze && report.halt == Halt::Frozen {
+        report.halt = Halt::KillWritten;
+    }
+}
+
 /// How long a small target's stop waits on its pidfds before the loop that
 /// kills again (a process killed dies in well under a millisecond).
 const PIDFD_WAIT: Duration = Duration::from_secs(1);
@@ -262,12 +273,9 @@ pub fn hard_stop_guarded(
         report.marked_outside = outside.iter().filter(|p| outside_of(**p, rel.as_deref())).count();
         killed.extend(m.kill_marks(&to_kill));
         if report.marked_outside > 0 || report.escapes_during_halt > 0 {
-            report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
-            report.halt_waited_for_marked = true;
-        }
-        // `frozen 1` did not cover a task that left the cgroup after it.
-        if report.escapes_during_halt > 0 && report.halt == Halt::Frozen {
-            report.halt = Halt::KillWritten;
+            // `frozen 1` did not cover a task that left the cgroup after it.
+            let escaped_while_frozen = report.escapes_during_halt > 0;
+            halt_at_marked_kill(&mut report, received, escaped_while_frozen);
         }
     }
     let deadline = Instant::now() + timeout;
@@ -301,11 +309,7 @@ pub fn hard_stop_guarded(
             let fresh = signalled.difference(&killed).filter(|p| members_left.contains(p)).count();
             if empty && fresh > 0 {
                 report.marked_outside += fresh;
-                report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
-                report.halt_waited_for_marked = true;
-                if report.halt == Halt::Frozen {
-                    report.halt = Halt::KillWritten;
-                }
+                halt_at_marked_kill(&mut report, received, true);
             }
             killed.extend(signalled);
         }

@@ -11,7 +11,7 @@ use super::{living_in, rel_of};
 use crate::{
     harness::{wait_until, Agent},
     support::{
-        process::{pids, py, run_bg},
+        process::{pids, py, run_bg, stat_field},
         status::stop,
     },
 };
@@ -19,12 +19,6 @@ use crate::{
 /// Each loop ends on its own after this long: a stop that fails must not
 /// leave the machine to real-time loops.
 const HOG_SECONDS: u64 = 30;
-
-/// Field `n` (1-based, proc(5)) of /proc/PID/stat.
-fn stat_field(pid: i32, n: usize) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(n - 3)?.parse().ok()
-}
 
 #[test]
 fn stop_halt_realtime_loops_on_every_cpu_cannot_hold_the_stop() {
@@ -41,7 +35,7 @@ fn stop_halt_realtime_loops_on_every_cpu_cannot_hold_the_stop() {
     let _run = run_bg(&agent, "rthogs", &["sh", "-c", &script], cpus + 1);
     let cg = agent.target_cgroup("rthogs");
     // Every loop is SCHED_FIFO 99 (fields 40 and 41) before the stop.
-    let hogs = || pids(&cg).into_iter().filter(|p| stat_field(*p, 41) == Some(1) && stat_field(*p, 40) == Some(99)).count();
+    let hogs = || pids(&cg).into_iter().filter(|p| { let f = |n| stat_field(&format!("/proc/{p}/stat"), n); f(41) == Some(1) && f(40) == Some(99) }).count();
     wait_until(Duration::from_secs(20), || hogs() == cpus).unwrap_or_else(|| panic!("{} of {cpus} real-time loops running", hogs()));
     let t0 = Instant::now();
     let r = stop(&agent, "rthogs");

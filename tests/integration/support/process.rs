@@ -173,3 +173,10 @@ pub fn syscall_rate(pid: i32, window: Duration) -> f64 {
     let b = syscr(pid);
     (b - a) as f64 / t.elapsed().as_secs_f64()
 }
+
+/// Field `n` (1-based, as in proc(5)) of a /proc `stat` file (a process's
+/// or a task's), counted after the command name, which may hold spaces.
+pub(crate) fn stat_field(stat_path: &str, n: usize) -> Option<i64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(n.checked_sub(3)?)?.parse().ok()
+}
