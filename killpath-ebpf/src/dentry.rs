@@ -4,7 +4,7 @@
 //! mounts cannot fake, because the walk follows the real d_parent chain.
 use killpath_common::KernelOffsets;
 
-use crate::degrade::read;
+use crate::kcgroup::read;
 
 /// Deepest directory nesting walked; deeper matches are not found.
 const MAX_WALK: u32 = 32;

@@ -31,6 +31,7 @@ mod deadman;
 mod degrade;
 mod dentry;
 mod isolate;
+mod kcgroup;
 mod maps;
 mod members;
 mod probe;

@@ -25,25 +25,19 @@
 //! are read from `struct cgroup` with offsets from the kernel's BTF
 //! (KP_OFFSETS, `members_valid`), like the `signal` capability does.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_send_signal},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use killpath_common::{escape, level, EscapeEvent, KernelOffsets, Member, TargetState, MAX_CGROUP_DEPTH};
 
 use crate::{
+    kcgroup::{self, read},
     maps::{ESCAPES, ESCAPE_EVENTS, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, TARGETS},
     targets,
 };
 
 const SIGKILL: u32 = 9;
-
-/// Reads a `T` at `base + off` in kernel memory (None if unreadable).
-#[inline(always)]
-fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
-}
 
 /// The mark of task `pid` of process `tgid`: its own, or its thread-group
 /// leader's (a procs write moves and marks the whole group through its
@@ -54,26 +48,15 @@ pub fn of(pid: u32, tgid: u32) -> Option<Member> {
     unsafe { MEMBERS.get(pid).or_else(|| MEMBERS.get(tgid)) }.copied()
 }
 
-/// kernfs id of `cgrp`'s ancestor at `depth` (0 if `cgrp` sits higher).
-#[inline(always)]
-fn ancestor(o: &KernelOffsets, cgrp: u64, cgrp_level: i32, depth: u32) -> u64 {
-    if cgrp_level < depth as i32 {
-        return 0;
-    }
-    read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
-        .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
-        .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
-        .unwrap_or(0)
-}
-
 /// The innermost target whose subtree holds `cgrp` (0: none).
 #[inline(always)]
 fn innermost(o: &KernelOffsets, mask: u32, cgrp: u64, cgrp_level: i32) -> u64 {
     let mut best = 0u64;
+    let depths = crate::targets::depths_up_to(mask, cgrp_level);
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
-        if mask & (1u32 << depth) != 0 && depth as i32 <= cgrp_level {
-            let id = ancestor(o, cgrp, cgrp_level, depth);
+        if depths & (1u32 << depth) != 0 {
+            let id = kcgroup::ancestor_unchecked(o, cgrp, depth);
             // SAFETY: value read at once.
             if unsafe { TARGETS.get(id) }.is_some_and(|s| s.depth == depth) {
                 best = id;
@@ -161,7 +144,7 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
     // The tracepoint fires for cgroup v1 hierarchies too (the throttle's
     // v1 pids cgroup): only a move on the default (v2) hierarchy leaves
     // the task's css_set pointing at `dst` once it completed.
-    let now_in = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp))?;
+    let now_in = kcgroup::of_task(o, task)?;
     if now_in != dst {
         return Some(0);
     }
@@ -190,7 +173,7 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
         let _ = MEMBERS.remove(pid);
         return Some(0);
     };
-    if ancestor(o, dst, dst_level, st.depth) == m.target {
+    if kcgroup::ancestor(o, dst, dst_level, st.depth) == m.target {
         // A move inside its own subtree; entering a target nested in it
         // makes the task that (stricter or equal) target's.
         let inner = innermost(o, cfg.depth_mask, dst, dst_level);
@@ -199,7 +182,7 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
         }
         return Some(0);
     }
-    let dst_id = read::<u64>(dst, o.cgroup_kn).and_then(|kn| read::<u64>(kn, o.kernfs_node_id)).unwrap_or(0);
+    let dst_id = kcgroup::id(o, dst);
     escaped(pid, tgid, &m, &st, dst_id, escape::ATTACH);
     Some(0)
 }
@@ -232,10 +215,10 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
     mark(pid, &child_member);
     // SAFETY: value copied out at once.
     let st = (unsafe { TARGETS.get(m.target) }).copied()?;
-    let cgrp = read::<u64>(child, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp))?;
+    let cgrp = kcgroup::of_task(o, child)?;
     let lvl = read::<i32>(cgrp, o.cgroup_level)?;
-    if ancestor(o, cgrp, lvl, st.depth) != m.target {
-        let dst_id = read::<u64>(cgrp, o.cgroup_kn).and_then(|kn| read::<u64>(kn, o.kernfs_node_id)).unwrap_or(0);
+    if kcgroup::ancestor(o, cgrp, lvl, st.depth) != m.target {
+        let dst_id = kcgroup::id(o, cgrp);
         escaped(pid, tgid, &child_member, &st, dst_id, escape::BORN_OUTSIDE);
     }
     Some(0)

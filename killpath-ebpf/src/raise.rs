@@ -41,12 +41,15 @@ pub fn raise(id: u64, req: Request) -> bool {
     }
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: value copied out at once.
-    let prev = unsafe { RAISES.get(id) }.copied();
+    // SAFETY: map value reference, read in place rather than copied (a
+    // copy would not be atomic either): the tripwire's global rule
+    // function inlines this, and its frame adds to its caller's under the
+    // 512-byte stack limit (tripwire/mod.rs).
+    let prev = unsafe { RAISES.get(id) };
     // The record keeps the highest level asked for and every revocation
     // (a degrade raise after an isolate raise still adds its revoke).
     let rec = match prev {
-        Some(r) if r.level >= req.level => Raise { revoke: r.revoke | req.revoke, ..r },
+        Some(r) if r.level >= req.level => Raise { revoke: r.revoke | req.revoke, ..*r },
         _ => Raise {
             time_ns: now,
             trigger_ns: req.trigger_ns,

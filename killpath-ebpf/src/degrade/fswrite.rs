@@ -11,7 +11,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::{cap, KernelOffsets, WriteAllow};
 
-use super::{read, revoked, verdict, Detail};
+use super::{revoked, verdict, Detail};
+use crate::kcgroup::read;
 use crate::maps::{OFFSETS, WRITE_ALLOW};
 
 const FMODE_WRITE: u32 = 0x2;

@@ -16,7 +16,7 @@
 //! - `egress.rs`: net.connect per packet at cgroup skb egress (also a
 //!   program isolate owns), so sockets connected before the revocation
 //!   and raw sockets opened before it are held to the allow-list too.
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes};
 use killpath_common::{audit as audit_bits, DenialEvent, DenialKey, RateWindow, DENIAL_EVENTS_PER_SEC};
 
 use crate::{
@@ -176,11 +176,4 @@ pub fn revoked(mask: u32) -> Option<Subject> {
     let (id, st) = targets::of_current_with_id(cfg.depth_mask)?;
     let s = Subject::of(id, &st);
     (s.checked() & mask != 0).then_some(s)
-}
-
-/// Reads a `T` at `base + off` in kernel memory (None if unreadable).
-#[inline(always)]
-pub(crate) fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
 }

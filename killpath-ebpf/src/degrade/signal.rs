@@ -4,25 +4,10 @@
 //! cgroup: task->cgroups->dfl_cgrp, its ancestor at the target's depth,
 //! and that cgroup's kernfs id — offsets from the running kernel's BTF.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use killpath_common::{cap, KernelOffsets};
+use killpath_common::cap;
 
-use super::{read, verdict, Detail};
-use crate::{audit::Subject, maps::OFFSETS, targets};
-
-/// Cgroup id of `task`'s ancestor at `depth` (0 if shallower or unreadable);
-/// the trail's signal hook asks the same of a signal's receiver.
-#[inline(always)]
-pub(crate) fn ancestor_id(o: &KernelOffsets, task: u64, depth: u32) -> u64 {
-    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return 0 };
-    let level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
-    if level < depth as i32 {
-        return 0;
-    }
-    read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
-        .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
-        .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
-        .unwrap_or(0)
-}
+use super::{verdict, Detail};
+use crate::{audit::Subject, kcgroup, maps::OFFSETS, targets};
 
 /// security_task_kill(p, info, sig, cred).
 #[lsm(hook = "task_kill")]
@@ -54,7 +39,7 @@ fn try_task_kill(ctx: &LsmContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let p: u64 = ctx.arg(0);
-    if ancestor_id(o, p, st.depth) == id {
+    if kcgroup::task_ancestor(o, p, st.depth) == id {
         return Ok(0);
     }
     Ok(verdict(s, cap::SIGNAL.trailing_zeros(), Detail::default()))

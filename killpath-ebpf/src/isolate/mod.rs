@@ -35,7 +35,7 @@ use aya_ebpf::helpers::bpf_get_current_task;
 use killpath_common::{audit, level, MAX_CGROUP_DEPTH};
 
 use crate::{
-    degrade::read,
+    kcgroup,
     maps::{OFFSETS, TARGETS},
     targets,
 };
@@ -79,21 +79,19 @@ fn current_task_cut() -> Cut {
     // SAFETY: helper without arguments; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    let Some(cgrp) = read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp)) else { return Cut::Open };
-    let cgrp_level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(-1);
+    let Some(cgrp) = kcgroup::of_task(o, task) else { return Cut::Open };
+    let cgrp_level = kcgroup::level(o, cgrp);
     // The innermost target and the union of the audit sets on the path.
     // Plain scalars updated on every match (no per-path copies), so the
     // verifier sees at most two states per depth: the loop stays within
     // its complexity limit.
     let mut audit_id = 0u64;
     let mut audit_bits = 0u32;
+    let depths = targets::depths_up_to(cfg.depth_mask, cgrp_level);
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
-        if cfg.depth_mask & (1u32 << depth) != 0 && depth as i32 <= cgrp_level {
-            let id = read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
-                .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
-                .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
-                .unwrap_or(0);
+        if depths & (1u32 << depth) != 0 {
+            let id = kcgroup::ancestor_unchecked(o, cgrp, depth);
             // SAFETY: value copied out at once.
             if let Some(st) = unsafe { TARGETS.get(id) } {
                 if st.depth == depth {

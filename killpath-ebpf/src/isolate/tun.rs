@@ -15,7 +15,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::KernelOffsets;
 
 use super::lsm::lsm_verdict;
-use crate::{degrade::read, targets};
+use crate::{kcgroup::read, targets};
 
 /// MKDEV(10, 200) as the kernel stores it in inode.i_rdev (major << 20 | minor).
 const TUN_RDEV: u32 = (10 << 20) | 200;

@@ -25,7 +25,7 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::
 use killpath_common::{protect, KernelOffsets, MAX_CGROUP_DEPTH};
 
 use super::{current_target, offsets, refuse};
-use crate::degrade::read;
+use crate::kcgroup::read;
 
 /// include/linux/fs.h.
 const MAY_WRITE: i32 = 0x2;

@@ -12,7 +12,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::{protect, KernelOffsets, ProtectedInode};
 
 use super::{current_target, offsets, refuse};
-use crate::{degrade::read, maps::PROTECTED_DIRS};
+use crate::{kcgroup::read, maps::PROTECTED_DIRS};
 
 const FMODE_WRITE: u32 = 0x2;
 

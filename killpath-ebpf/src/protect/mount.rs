@@ -15,7 +15,7 @@ use super::{
     files::{path_dentry, protected},
     offsets, refuse,
 };
-use crate::degrade::read;
+use crate::kcgroup::read;
 
 /// include/uapi/linux/magic.h.
 const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use killpath_common::protect;
 
 use super::{current_target, offsets, refuse};
-use crate::{degrade::read, maps::PROTECTED_PIDS};
+use crate::{kcgroup::read, maps::PROTECTED_PIDS};
 
 /// Refuses protection `what` if `task` belongs to killpath and the current
 /// task is inside a target.

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use killpath_common::{compat, throttle};
 
 use super::syscall_exits::class_exits;
-use crate::{degrade::read, maps::OFFSETS};
+use crate::{kcgroup::read, maps::OFFSETS};
 
 #[map(name = "KP_SYSCALL_CLASS_IA32")]
 pub static SYSCALL_CLASS_IA32: Array<u32> = Array::with_max_entries(compat::MAX_NR, 0);

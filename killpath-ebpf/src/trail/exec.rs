@@ -5,7 +5,7 @@
 //! rewritten it yet. Called from the tripwire's program on that
 //! tracepoint (`tripwire/exec.rs`), one program per hook.
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated},
+    helpers::{bpf_get_current_task, generated},
     programs::RawTracePointContext,
     EbpfContext,
 };
@@ -15,7 +15,7 @@ use killpath_common::{
 };
 
 use super::{emit, recording, OFFSETS};
-use crate::maps::OFFSETS as KERNEL_OFFSETS;
+use crate::{kcgroup::read, maps::OFFSETS as KERNEL_OFFSETS};
 
 /// Bytes of `text` the filename may take; argv gets the rest.
 const NAME_MAX: usize = 256;
@@ -23,13 +23,6 @@ const NAME_MAX: usize = 256;
 const NAME_MASK: usize = NAME_MAX - 1;
 /// Mask keeping argv's length inside the rest of `text`.
 const ARGV_MASK: usize = TEXT_BYTES - NAME_MAX - 1;
-
-/// Reads a `T` at `base + off` in kernel memory (None if unreadable).
-#[inline(always)]
-fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
-}
 
 /// (s_dev, i_ino) of `bprm->file`: file -> f_path.dentry -> d_inode ->
 /// i_ino and i_sb -> s_dev. None where an offset is missing.

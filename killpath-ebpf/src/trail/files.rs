@@ -43,7 +43,7 @@ use killpath_common::{
 };
 
 use super::{enabled, lost, recording, EVENTS, FILE_WRITES};
-use crate::{degrade::read, maps::OFFSETS, throttle::bucket::xadd};
+use crate::{kcgroup::read, maps::OFFSETS, throttle::bucket::xadd};
 
 /// Path components walked (directories and mount crossings); a deeper
 /// path is recorded from its deepest components, marked truncated.

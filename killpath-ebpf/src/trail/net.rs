@@ -57,7 +57,7 @@ use super::direction;
 use super::{emit, enabled, lost, recording, records, FLOWS};
 use crate::{
     abi::{AF_INET, AF_INET6},
-    degrade::read,
+    kcgroup::{self, read},
     maps::{OFFSETS, TARGETS},
     targets,
     throttle::bucket::xadd,
@@ -510,31 +510,27 @@ fn target_of_sk(sk: u64, no: &NetOffsets) -> Option<(u64, u32)> {
         return None;
     }
     let cgrp = read::<u64>(sk, no.sk_cgroup)?;
-    let cgrp_level = read::<i32>(cgrp, o.cgroup_level)?;
+    let cgrp_level = kcgroup::level(o, cgrp);
     let mut found = 0u64;
-    let mut level = 0u32;
+    let mut levels = 0u32;
+    let depths = targets::depths_up_to(cfg.depth_mask, cgrp_level);
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
-        if cfg.depth_mask & (1u32 << depth) != 0 && depth as i32 <= cgrp_level {
-            let id = read::<u64>(cgrp, o.cgroup_ancestors + depth * 8)
-                .and_then(|anc| read::<u64>(anc, o.cgroup_kn))
-                .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
-                .unwrap_or(0);
+        if depths & (1u32 << depth) != 0 {
+            let id = kcgroup::ancestor_unchecked(o, cgrp, depth);
             // SAFETY: value copied out at once.
             if let Some(st) = unsafe { TARGETS.get(id) } {
                 if st.depth == depth {
                     found = id;
-                    if st.level > level {
-                        level = st.level;
-                    }
+                    levels |= targets::level_bit(st.level);
                 }
             }
         }
         depth += 1;
     }
-    if found == 0 {
+    if levels == 0 {
         None
     } else {
-        Some((found, level))
+        Some((found, targets::highest_level(levels)))
     }
 }

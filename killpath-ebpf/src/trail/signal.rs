@@ -14,7 +14,7 @@ use killpath_common::trail::kind;
 
 use super::{emit, enabled, records};
 use crate::{
-    degrade::{read, signal::ancestor_id},
+    kcgroup::{self, read},
     maps::OFFSETS,
     targets,
 };
@@ -48,7 +48,7 @@ fn try_signal(ctx: &RawTracePointContext) -> Option<i32> {
         return Some(0);
     }
     let o = OFFSETS.get(0)?;
-    if o.signal_valid == 0 || ancestor_id(o, task, st.depth) == id {
+    if o.signal_valid == 0 || kcgroup::task_ancestor(o, task, st.depth) == id {
         return Some(0);
     }
     let peer = if o.members_valid != 0 { read::<u32>(task, o.task_tgid).unwrap_or(0) } else { 0 };

@@ -14,6 +14,8 @@
 //! a re-read: two CPUs crossing at once may both see a count above the
 //! threshold before either marks the window fired, so a crossing can be
 //! reported twice; the agent keeps the first and the raise is idempotent.
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
@@ -60,6 +62,7 @@ pub fn armed(cfg: &GuardConfig) -> bool {
 }
 
 /// A destination (address, port) for the `destinations` metric.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Dest {
     pub addr: [u32; 4],
@@ -98,26 +101,87 @@ pub fn charge_dest(id: u64, m: u32, arg: u32, amount: u64, dest: Option<Dest>) {
             break;
         }
         let slot = list.slots[i] as u32;
-        if let Some(r) = RULES.get(slot) {
-            let r = *r;
-            if r.flags & flag::ACTIVE != 0 && r.metric == m && (r.target == 0 || r.target == id) && (r.arg == 0 || r.arg == arg) {
-                rule(id, slot, &r, amount, now, dest);
-            }
+        if RULES.get(slot).is_some_and(|r| applies(r, id, m, arg)) {
+            let d = dest.unwrap_or(Dest { addr: [0; 4], port: 0 });
+            let dest_ptr: *const Dest = if dest.is_some() { &d } else { core::ptr::null() };
+            let what = u64::from(slot) | (u64::from(m) << 8) | (u64::from(arg) << 32);
+            // SAFETY: `dest_ptr` is null or points to `d`, alive across the call.
+            unsafe { kp_tripwire_rule(id, what, amount, now, dest_ptr) };
         }
         i += 1;
     }
 }
 
-/// One rule's window for one target.
+/// Whether rule `r` counts metric `m` (qualifier `arg`) of target `id`.
 #[inline(always)]
-fn rule(id: u64, slot: u32, r: &Rule, amount: u64, now: u64, dest: Option<Dest>) {
+fn applies(r: &Rule, id: u64, m: u32, arg: u32) -> bool {
+    r.flags & flag::ACTIVE != 0 && r.metric == m && (r.target == 0 || r.target == id) && (r.arg == 0 || r.arg == arg)
+}
+
+/// Initialises `w` as a window that starts at `now`, field by field with
+/// volatile stores, in place: LLVM otherwise merges the zeroing into a
+/// call to aya-ebpf's byte-wise `memset`, which the verifier walks byte
+/// by byte, and which is one more frame on [`kp_tripwire_rule`]'s chain
+/// (Linux 6.1 counts at least 32 bytes for every frame, even an empty
+/// one, against the 512-byte limit).
+#[inline(always)]
+fn start_window(w: &mut MaybeUninit<Window>, now: u64) -> &Window {
+    let p = w.as_mut_ptr();
+    // SAFETY: pointers to the fields of `w`; every field of the repr(C),
+    // all-u64 struct is written once before `w` is read as initialised.
+    unsafe {
+        addr_of_mut!((*p).start_ns).write_volatile(now);
+        addr_of_mut!((*p).count).write_volatile(0);
+        addr_of_mut!((*p).prev).write_volatile(0);
+        addr_of_mut!((*p).total).write_volatile(0);
+        addr_of_mut!((*p).fired_ns).write_volatile(0);
+        addr_of_mut!((*p).fired_value).write_volatile(0);
+        w.assume_init_ref()
+    }
+}
+
+/// One rule's window for one target: [`rule`] as a global BPF function
+/// (see `targets::kp_target_of_current` for why). The window, the raise
+/// and the crossing event are verified once per program; inlined, they
+/// were verified again in each of the walk's 32 iterations, for every
+/// caller state and at every call site: about half of what the verifier
+/// walked for the egress skb and fork programs. The rule is read again
+/// here (a global function takes scalars and plain memory, not a map
+/// value) and checked again: the agent may have rewritten the slot since
+/// the caller's check. It is read in place, not copied: a copy would not
+/// be atomic either (an array map update is a plain copy), and the
+/// frame must stay small. A global function's stack adds to its
+/// caller's under the 512-byte limit, and Linux 6.1 rounds each frame up
+/// to 32 bytes: with a 48-byte rule copy and the crossing built on the
+/// stack, the egress skb program came to 544 there.
+/// `what` packs the slot (bits 0-7), the metric (8-31) and its qualifier
+/// (32-63): a global function takes at most five arguments.
+///
+/// # Safety
+/// `dest` is null or points to a readable Dest.
+#[no_mangle]
+#[inline(never)]
+pub unsafe extern "C" fn kp_tripwire_rule(id: u64, what: u64, amount: u64, now: u64, dest: *const Dest) -> u32 {
+    let (slot, m, arg) = ((what & 0xff) as u32, ((what >> 8) & 0xff_ffff) as u32, (what >> 32) as u32);
+    // SAFETY: as the caller promises (null or readable), kept a reference
+    // rather than copied (the frame, above).
+    let dest = unsafe { dest.as_ref() };
+    if let Some(r) = RULES.get(slot).filter(|r| applies(r, id, m, arg)) {
+        rule(id, slot, r, amount, now, dest);
+    }
+    0
+}
+
+#[inline(always)]
+fn rule(id: u64, slot: u32, r: &Rule, amount: u64, now: u64, dest: Option<&Dest>) {
     let key = WindowKey { target: id, slot, _pad: 0 };
     let w = match WINDOWS.get_ptr_mut(key) {
         Some(w) => w,
         None => {
             // First event of this target for this rule. Another CPU may
             // insert at the same time: NOEXIST keeps the first.
-            let _ = WINDOWS.insert(key, Window { start_ns: now, ..Window::default() }, NOEXIST);
+            let mut fresh = MaybeUninit::<Window>::uninit();
+            let _ = WINDOWS.insert(key, start_window(&mut fresh, now), NOEXIST);
             match WINDOWS.get_ptr_mut(key) {
                 Some(w) => w,
                 None => return,
@@ -179,18 +243,22 @@ fn rule(id: u64, slot: u32, r: &Rule, amount: u64, now: u64, dest: Option<Dest>)
     // SAFETY: helper without arguments.
     let effect_ns = if raised { unsafe { bpf_ktime_get_ns() } } else { 0 };
     if let Some(mut e) = EVENTS.reserve::<Crossing>(0) {
-        e.write(Crossing {
-            target: id,
-            time_ns: now,
-            value: count,
-            prev,
-            threshold: r.threshold,
-            effect_ns,
-            slot,
-            metric: r.metric,
-            raised: raised as u32,
-            generation: r.generation,
-        });
+        let c = e.as_mut_ptr();
+        // SAFETY: `c` points to the reserved entry, a whole Crossing (a
+        // repr(C) struct without padding): every byte is set before the
+        // submit, in place (not built on the stack first).
+        unsafe {
+            (*c).target = id;
+            (*c).time_ns = now;
+            (*c).value = count;
+            (*c).prev = prev;
+            (*c).threshold = r.threshold;
+            (*c).effect_ns = effect_ns;
+            (*c).slot = slot;
+            (*c).metric = r.metric;
+            (*c).raised = raised as u32;
+            (*c).generation = r.generation;
+        }
         e.submit(0);
     }
 }
