@@ -81,7 +81,7 @@ fn addr_verdict(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
     if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.syscall_throttled == 0 && cfg.audited_targets == 0 {
         return ALLOW;
     }
-    let Some((id, st)) = targets::of_current_with_id(cfg.depth_mask) else { return ALLOW };
+    let Some((id, st)) = targets::of_current_with_id_global(cfg.depth_mask) else { return ALLOW };
     // Level 3 (and isolation in audit mode: counted, allowed).
     if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_ADDR_DENIALS);
@@ -121,7 +121,7 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     if cfg.isolated_targets == 0 && cfg.degraded_targets == 0 && cfg.audited_targets == 0 {
         return Ok(ALLOW);
     }
-    let (id, st) = targets::of_current_with_id(cfg.depth_mask).ok_or(ALLOW)?;
+    let (id, st) = targets::of_current_with_id_global(cfg.depth_mask).ok_or(ALLOW)?;
     // Level 3 (and isolation in audit mode: counted, allowed).
     if st.level >= level::ISOLATE {
         targets::count(counter::ISOLATE_SOCK_DENIALS);

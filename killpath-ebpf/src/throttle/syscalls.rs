@@ -113,15 +113,7 @@ pub(super) fn charge_op(mask: u32, specific: u32) {
 /// targets sit (one lookup in the targets map per such depth).
 #[inline(always)]
 pub(super) fn in_a_target(mask: u32) -> bool {
-    kp_in_a_target(mask) != 0
-}
-
-/// [`in_a_target`] as a global BPF function (1: in a target), verified
-/// once per program (see `targets::kp_target_of_current`).
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn kp_in_a_target(mask: u32) -> u32 {
-    let mut found = 0u32;
+    let mut found = false;
     let mut depth = 0u32;
     while depth < MAX_CGROUP_DEPTH {
         if mask & (1u32 << depth) != 0 {
@@ -129,7 +121,7 @@ pub extern "C" fn kp_in_a_target(mask: u32) -> u32 {
             let id = unsafe { bpf_get_current_ancestor_cgroup_id(depth as i32) };
             // SAFETY: existence check only.
             if unsafe { TARGETS.get(id) }.is_some() {
-                found = 1;
+                found = true;
             }
         }
         depth += 1;

@@ -31,7 +31,7 @@ pub fn addr(cfg: &GuardConfig, ctx: &SockAddrContext, v6: bool, is_connect: bool
     if !armed(cfg) {
         return;
     }
-    let Some((id, _)) = targets::of_current_with_id(cfg.depth_mask) else { return };
+    let Some((id, _)) = targets::of_current_with_id_global(cfg.depth_mask) else { return };
     if is_connect {
         charge(id, metric::CONNECTS, 0, 1);
     }
