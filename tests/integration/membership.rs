@@ -266,3 +266,46 @@ fn clone_into_outside_cgroup_then_stop() {
 fn clone_into_outside_cgroup_agent_dead_direct_stop() {
     clone_into_case(true);
 }
+
+/// The agent's scan racing a move out: a task read in a target's cgroup
+/// that leaves before its mark is written passed cgroup_attach_task
+/// unmarked (no escape counted by the kernel) and carries the mark outside.
+/// The scan counts that escape itself: a stop walks the marks only when an
+/// escape was counted, so without it the task would outlive a stop that
+/// reports 0 survivors. The race is made certain here by marking, through
+/// the pinned maps, a task the test holds outside every target. Judged from
+/// outside: /proc/PID and status of one target against status of all.
+#[test]
+fn mark_written_after_the_task_left_counts_an_escape_and_the_stop_kills_it() {
+    let Some(agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "scan-race", &["sleep", "1000"], 1);
+    let inside_pid = run.pid();
+    let mut outside = std::process::Command::new("sleep").arg("1000").spawn().expect("sleep outside");
+    let outside_pid = outside.id() as i32;
+    let _guard = Escapees(vec![outside_pid]);
+    let row = target_row(&agent, "scan-race").expect("scan-race listed");
+    let id = row["cgroup_id"].as_u64().expect("cgroup_id");
+    let rel = cgroup_rel(agent.target_cgroup("scan-race").path());
+    assert!(!inside(outside_pid, &rel), "the test's sleep is outside the target");
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    let mut maps = killpath::kernel::maps::Maps::open_pinned(&gen).expect("the agent's pinned maps");
+    let members = maps.members.as_mut().expect("the membership maps are pinned");
+    assert_eq!(members.escapes(id), 0, "no escape yet");
+    // As if it was listed in cgroup.threads a moment ago and left since.
+    let added = members.mark_tasks(&agent.target_cgroup("scan-race"), &[outside_pid as u32], id, &[]);
+    assert_eq!(added, 1, "the mark is written");
+    assert_eq!(members.get(outside_pid as u32).map(|m| m.target), Some(id), "marked as the target's");
+    assert!(members.escapes(id) >= 1, "the mark outside counts an escape");
+    // The mark outside counts as a member in status, one row or all.
+    let one = agent.json(&["status", "scan-race"]);
+    assert_eq!(one["targets"][0]["members"], 2, "status of one: {one}");
+    assert_eq!(target_row(&agent, "scan-race").expect("listed")["members"], 2);
+    let r = stop(&agent, "scan-race");
+    // `alive` counts a zombie (the test's unreaped child) as dead.
+    for p in [inside_pid, outside_pid] {
+        assert!(wait_until(Duration::from_secs(2), || !alive(p)).is_some(), "pid {p} survived the stop: {r}");
+    }
+    let _ = outside.wait();
+    assert_eq!(r["survivors"], 0, "{r}");
+    assert!(r["escape_attempts"].as_u64().unwrap_or(0) >= 1, "{r}");
+}

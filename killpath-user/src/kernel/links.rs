@@ -126,6 +126,10 @@ pub struct LinkKeeper {
     /// Pin directories found whole and unchanged since (see `pin_stamps`):
     /// their pins are not looked at one by one.
     stamps: super::pin_stamps::PinStamps,
+    /// The pin directories of the held pins (one per target), made again
+    /// only after a hold or release changed the set: the watch reads them
+    /// every tick.
+    dirs: Arc<Mutex<Option<Vec<PathBuf>>>>,
 }
 
 impl LinkKeeper {
@@ -143,6 +147,7 @@ impl LinkKeeper {
         if !held.contains_key(pin) {
             held.insert(pin.to_owned(), obj_get(pin)?);
             self.index().entry(target_of(pin).map(str::to_owned)).or_default().insert(pin.to_owned());
+            self.forget_dirs();
         }
         Ok(())
     }
@@ -168,13 +173,24 @@ impl LinkKeeper {
     /// links detach once both references are gone.
     pub fn release(&self, pin: &Path) {
         let mut held = self.lock();
-        held.retain(|p, _| !p.starts_with(pin));
+        let gone = at_or_below(&held, pin);
         let mut index = self.index();
-        for pins in index.values_mut() {
-            pins.retain(|p| !p.starts_with(pin));
+        for p in &gone {
+            held.remove(p);
+            let key = target_of(p).map(str::to_owned);
+            if let Some(pins) = index.get_mut(&key) {
+                pins.remove(p);
+                if pins.is_empty() {
+                    index.remove(&key);
+                }
+            }
         }
-        index.retain(|_, pins| !pins.is_empty());
         self.stamps.forget(pin);
+        self.forget_dirs();
+    }
+
+    fn forget_dirs(&self) {
+        *self.dirs.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// How many links are held.
@@ -211,19 +227,27 @@ impl LinkKeeper {
     pub fn missing(&self) -> Vec<PathBuf> {
         // The directories first (one per target), from the index: a pin
         // list is made only for those that changed (see `pin_stamps`).
-        let dirs: Vec<PathBuf> = {
-            let index = self.index();
-            let mut dirs = Vec::with_capacity(index.len());
-            for pins in index.values() {
-                let mut last: Option<&Path> = None;
-                for d in pins.iter().filter_map(|p| p.parent()) {
-                    if last != Some(d) {
-                        dirs.push(d.to_owned());
-                        last = Some(d);
+        let cached = self.dirs.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let dirs: Vec<PathBuf> = match cached {
+            Some(d) => d,
+            None => {
+                let index = self.index();
+                let mut dirs = Vec::with_capacity(index.len());
+                for pins in index.values() {
+                    let mut last: Option<&Path> = None;
+                    for d in pins.iter().filter_map(|p| p.parent()) {
+                        if last != Some(d) {
+                            dirs.push(d.to_owned());
+                            last = Some(d);
+                        }
                     }
                 }
+                // Kept unless a hold or release since made it stale (both
+                // take the index lock, held here).
+                let mut cache = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
+                *cache = Some(dirs.clone());
+                dirs
             }
-            dirs
         };
         let changed = self.stamps.changed(dirs);
         if changed.is_empty() {
@@ -283,6 +307,15 @@ fn target_of(pin: &Path) -> Option<&str> {
     dir.parent().and_then(Path::file_name).is_some_and(|n| n == "targets").then(|| dir.file_name()?.to_str()).flatten()
 }
 
+/// The keys of `map` at or below `dir`. A path orders by its components,
+/// so those are one run of keys from `dir` on: a release looks at its own
+/// pins, not at every target's (a target's release at 1,000 targets walked
+/// ~10,000 pins).
+pub(super) fn at_or_below<V>(map: &BTreeMap<PathBuf, V>, dir: &Path) -> Vec<PathBuf> {
+    use std::ops::Bound;
+    map.range::<Path, _>((Bound::Included(dir), Bound::Unbounded)).map(|(p, _)| p).take_while(|p| p.starts_with(dir)).cloned().collect()
+}
+
 fn files(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect()).unwrap_or_default()
 }
@@ -290,6 +323,19 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_or_below_is_the_run_of_keys_under_a_directory() {
+        let gen = Path::new("/sys/fs/bpf/kp/gen-1");
+        let keys = ["links/kp_guard_fork", "targets/42/a", "targets/42/b", "targets/421/a", "targets/41/a", "targets/42x", "targets/42"];
+        let map: BTreeMap<PathBuf, ()> = keys.iter().map(|k| (gen.join(k), ())).collect();
+        let mut want: Vec<PathBuf> = map.keys().filter(|p| p.starts_with(gen.join("targets/42"))).cloned().collect();
+        want.sort();
+        assert_eq!(at_or_below(&map, &gen.join("targets/42")), want);
+        assert_eq!(want.len(), 3);
+        assert_eq!(at_or_below(&map, &gen.join("links/kp_guard_fork")), vec![gen.join("links/kp_guard_fork")]);
+        assert!(at_or_below(&map, &gen.join("targets/43")).is_empty());
+    }
 
     #[test]
     fn target_of_names_a_per_target_pin_only() {

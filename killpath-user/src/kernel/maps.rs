@@ -203,7 +203,8 @@ impl Maps {
 
     /// Every target the kernel knows, by cgroup id.
     pub fn targets(&self) -> Vec<(u64, TargetState)> {
-        self.targets.iter().filter_map(|r| r.ok()).collect()
+        // In batches: the agent reads it every few seconds (`levels_check`).
+        super::batch::lookup_all(&self.targets).unwrap_or_else(|| self.targets.iter().filter_map(|r| r.ok()).collect())
     }
 
     /// A target's state as last read by [`Maps::reload_mirror`] or written

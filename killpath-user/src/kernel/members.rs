@@ -43,66 +43,11 @@ fn threads_recursive(cg: &Cgroup) -> Vec<u32> {
         .collect()
 }
 
-/// `bpf_attr` of BPF_MAP_LOOKUP_BATCH (`include/uapi/linux/bpf.h`, the
-/// `batch` member).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// The `bpf` command number of BPF_MAP_LOOKUP_BATCH (Linux 5.6+).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// Every entry of the marks map by BPF_MAP_LOOKUP_BATCH; None when the
-/// kernel refuses it (the caller walks the map instead). A hash map's
-/// batch token is a bucket index (u32; 8 bytes reserved).
-fn batch_all(map: &HashMap<MapData, u32, Member>) -> Option<Vec<(u32, Member)>> {
-    use aya::maps::IterableMap as _;
-    use std::os::fd::AsFd as _;
-    const CHUNK: usize = 1024;
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    let mut out = Vec::new();
-    let mut keys = vec![0u32; CHUNK];
-    let mut values = vec![Member::default(); CHUNK];
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const token_in) as u64 },
-            out_batch: (&raw mut token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: fd as u32,
-            ..Default::default()
-        };
-        // SAFETY: bpf(2) with a batch attr whose pointers name live buffers
-        // of `count` keys and values of the map's sizes (u32 and Member,
-        // both #[repr(C)]) and two 8-byte tokens; the kernel writes at most
-        // that much and sets `count` to the entries it wrote.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, (&raw mut attr).cast::<libc::c_void>(), std::mem::size_of::<BatchAttr>() as u32) };
-        let err = (r < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(CHUNK);
-        match err {
-            None => out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied())),
-            // The last batch: ENOENT, with what it still read.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-                return Some(out);
-            }
-            Some(_) => return None,
-        }
-        token_in = token_out;
-        first = false;
-    }
+/// Whether task `tid` now lives outside `cg`'s subtree (false when it is
+/// gone or its cgroup cannot be read).
+fn left_subtree(mount: &std::path::Path, cg: &Cgroup, tid: u32) -> bool {
+    let Ok(rel) = super::cgroup::cgroup_of(tid as i32) else { return false };
+    !super::cgroup::is_within(&mount.join(rel.trim_start_matches('/')), cg.path())
 }
 
 impl MemberMaps {
@@ -117,12 +62,34 @@ impl MemberMaps {
         // targets: read in batches (a syscall per 1,024 marks), not two
         // syscalls per mark, on the stop's path. The plain walk stays for
         // kernels without batch lookups (before 5.6).
-        batch_all(&self.members).unwrap_or_else(|| self.members.iter().filter_map(|r| r.ok()).collect())
+        super::batch::lookup_all(&self.members).unwrap_or_else(|| self.members.iter().filter_map(|r| r.ok()).collect())
     }
 
     /// Marks of tasks belonging to any of `targets`.
     pub fn of_targets(&self, targets: &[u64]) -> Vec<(u32, Member)> {
         self.all().into_iter().filter(|(_, m)| targets.contains(&m.target)).collect()
+    }
+
+    /// Distinct processes marked as `target`'s, found from its cgroup
+    /// `cg` (held by fd) without a walk of every mark: each task of the
+    /// subtree is looked up. Exact only while no escape was ever counted
+    /// for `target` (then no mark of it lives outside `cg`, see
+    /// `stop::escaped`) and the subtree was read whole; cheaper only for a
+    /// small one: None otherwise (walk instead).
+    pub fn processes_in(&self, cg: &Cgroup, target: u64) -> Option<BTreeSet<u32>> {
+        Some(self.marks_in(cg, target)?.into_iter().map(|(_, m)| m.tgid).collect())
+    }
+
+    /// The marks of `target` found from its cgroup `cg`, task by task,
+    /// under the conditions of [`MemberMaps::processes_in`]; None: walk.
+    fn marks_in(&self, cg: &Cgroup, target: u64) -> Option<Vec<(u32, Member)>> {
+        /// Past this many tasks one batch walk of every mark is cheaper.
+        const MAX_LOOKUPS: usize = 256;
+        if self.escapes(target) > 0 {
+            return None;
+        }
+        let tids = cg.threads_upto(MAX_LOOKUPS)?;
+        Some(tids.into_iter().filter_map(|tid| self.get(tid).map(|m| (tid, m))).filter(|(_, m)| m.target == target).collect())
     }
 
     /// Distinct processes with a mark of any of `targets`.
@@ -135,8 +102,16 @@ impl MemberMaps {
     /// targets that enclose this one (the innermost target wins, as in the
     /// kernel). Returns the number of marks added.
     pub fn mark_cgroup(&mut self, cg: &Cgroup, target: u64, outer: &[u64]) -> usize {
+        self.mark_tasks(cg, &threads_recursive(cg), target, outer)
+    }
+
+    /// [`MemberMaps::mark_cgroup`] for the tasks `tids` read from `cg`'s
+    /// subtree a moment ago (any of them may have left it since).
+    pub fn mark_tasks(&mut self, cg: &Cgroup, tids: &[u32], target: u64, outer: &[u64]) -> usize {
         let mut added = 0;
-        for tid in threads_recursive(cg) {
+        // Read once, and only when a mark was written (the mount table).
+        let mut mount: Option<Option<std::path::PathBuf>> = None;
+        for &tid in tids {
             let Some(tgid) = tgid_of(tid) else { continue };
             let m = Member { target, tgid, escapes: 0 };
             let ok = match self.members.get(&tid, 0) {
@@ -152,10 +127,37 @@ impl MemberMaps {
                 if !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists() {
                     let _ = self.members.remove(&tid);
                     added -= 1;
+                } else if mount.get_or_insert_with(|| super::cgroup::cgroup2_mount().ok()).as_deref().is_some_and(|mnt| left_subtree(mnt, cg, tid)) {
+                    // It left the subtree between that read and the
+                    // insert: it passed cgroup_attach_task unmarked, so
+                    // the kernel counted no escape, and it now carries the
+                    // mark outside. Counted here: a stop walks every mark
+                    // only when an escape was counted (`stop::escaped`).
+                    tracing::warn!(tid, tgid, target, "membership: a task left its target while the agent marked it; counted as an escape");
+                    self.count_escape(target, 1);
                 }
             }
         }
         added
+    }
+
+    /// Adds `n` to the kernel's escape count of `target` (`KP_ESCAPES`,
+    /// per CPU: the agent's share goes to CPU 0's slot). A kernel increment
+    /// between the read and the write here may be overwritten; the count
+    /// still grows, which is what the stop reads it for.
+    pub fn count_escape(&mut self, target: u64, n: u64) {
+        let Some(e) = self.escapes.as_mut() else { return };
+        let mut slots: Vec<u64> = e.get(&target, 0).map(|v| v.iter().copied().collect()).unwrap_or_default();
+        slots.resize(aya::util::nr_cpus().map_or(1, |c| c.max(1)), 0);
+        slots[0] = slots[0].saturating_add(n);
+        match aya::maps::PerCpuValues::try_from(slots) {
+            Ok(v) => {
+                if let Err(err) = e.insert(target, v, 0) {
+                    tracing::warn!(target, "membership: cannot count an escape: {err}");
+                }
+            }
+            Err(err) => tracing::warn!(target, "membership: cannot count an escape: {err}"),
+        }
     }
 
     /// Tells the kernel which process is the agent.
@@ -165,16 +167,31 @@ impl MemberMaps {
         }
     }
 
-    /// Copies another generation's marks that this one lacks.
+    /// Copies another generation's marks that this one lacks, and brings
+    /// this one's escape counts up to its (not added: an agent started
+    /// again beside the same old generation copies it again): a mark
+    /// outside its target's cgroup came with an escape, which the stop
+    /// needs to see (`stop::escaped`).
     pub fn copy_from(&mut self, other: &MemberMaps) {
         for (tid, m) in other.all() {
             let _ = self.members.insert(tid, m, BPF_NOEXIST);
         }
+        let counts: Vec<(u64, u64)> =
+            other.escapes.as_ref().map(|e| e.iter().filter_map(|r| r.ok()).map(|(t, v)| (t, v.iter().sum())).collect()).unwrap_or_default();
+        for (target, n) in counts {
+            let mine = self.escapes(target);
+            if n > mine {
+                self.count_escape(target, n - mine);
+            }
+        }
     }
 
-    /// Drops every mark of `target` and its escape count (release).
-    pub fn unmark_target(&mut self, target: u64) {
-        for (tid, _) in self.of_targets(&[target]) {
+    /// Drops every mark of `target` and its escape count (release); `cg`,
+    /// its cgroup held by fd, spares the walk of every mark where it can
+    /// (see [`MemberMaps::processes_in`]).
+    pub fn unmark_target(&mut self, target: u64, cg: Option<&Cgroup>) {
+        let marks = cg.and_then(|c| self.marks_in(c, target)).unwrap_or_else(|| self.of_targets(&[target]));
+        for (tid, _) in marks {
             let _ = self.members.remove(&tid);
         }
         if let Some(e) = self.escapes.as_mut() {

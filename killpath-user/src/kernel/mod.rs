@@ -7,6 +7,7 @@
 //! - [`links`]: links held by fd, missing pins put back (`pin_stamps`:
 //!   which pin directories need a look).
 //! - [`maps`]: typed handles on the pinned maps and the global switches.
+//! - [`batch`]: whole-map reads in batches (one syscall per 1,024 entries).
 //! - [`members`]: membership marks (tasks that belong to a target
 //!   wherever they sit), escape counts, killing marked tasks by pidfd.
 //! - [`btf`]: struct offsets from the running kernel's BTF.
@@ -15,6 +16,7 @@
 //! - [`proctree`]: process trees from /proc.
 //! - [`mounts`]: the one parser of /proc/self/mounts.
 //! - [`durable`]: write-then-rename with fsyncs.
+pub mod batch;
 pub mod btf;
 pub mod cgroup;
 pub mod cgroup_id;

@@ -23,7 +23,7 @@
 //! ctime recorded (to the nanosecond); a root workload that can do that
 //! can also stop the agent.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -60,7 +60,7 @@ impl Stamp {
 /// Stamps of the pin directories whose pins were all there (shared by
 /// the keeper's clones, as its pin set is).
 #[derive(Clone, Debug, Default)]
-pub(super) struct PinStamps(Arc<Mutex<HashMap<PathBuf, Stamp>>>);
+pub(super) struct PinStamps(Arc<Mutex<BTreeMap<PathBuf, Stamp>>>);
 
 /// Directories whose stamp is gone or changed, with what they look like now.
 pub(super) type Changed = Vec<(PathBuf, Option<Stamp>)>;
@@ -132,7 +132,10 @@ impl PinStamps {
     /// Forgets the stamps of directories at or below `dir` (the agent
     /// released their pins).
     pub(super) fn forget(&self, dir: &Path) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).retain(|d, _| !d.starts_with(dir));
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for d in super::links::at_or_below(&all, dir) {
+            all.remove(&d);
+        }
     }
 }
 

@@ -10,6 +10,13 @@
 //! the count is read before the halt and again once the kill is written
 //! (a task with SIGKILL pending runs no user code, so a move after the
 //! write does not matter).
+//!
+//! The same count tells the stop whether any mark can be outside the
+//! cgroup at all: the kernel also counts a child born outside (clone3
+//! with CLONE_INTO_CGROUP), the agent a task that left while it marked it
+//! (`MemberMaps::mark_cgroup`) and an older generation's counts
+//! (`MemberMaps::copy_from`). With none counted, the marks are not walked
+//! (see `marked_left`).
 use super::Marked;
 
 /// The escapes counted so far for the target and its nested targets (0

@@ -58,9 +58,10 @@ impl TripwireMaps {
         self.windows.get(&WindowKey { target, slot, _pad: 0 }, 0).ok()
     }
 
-    /// Forgets the windows of targets not in `ids` (released).
+    /// Forgets the windows of targets not in `ids` (released); `ids`
+    /// sorted (a binary search per window).
     pub fn retain_targets(&mut self, ids: &[u64]) {
-        let keys: Vec<WindowKey> = self.windows.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(&k.target)).collect();
+        let keys: Vec<WindowKey> = self.windows.keys().filter_map(|k| k.ok()).filter(|k| ids.binary_search(&k.target).is_err()).collect();
         for k in keys {
             let _ = self.windows.remove(&k);
         }

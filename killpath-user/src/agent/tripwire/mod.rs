@@ -130,6 +130,14 @@ impl State {
     /// nothing changed; called after every rule change and every poll
     /// (a `*` rule covers targets adopted later).
     pub(super) fn sync_tripwire_arming(&mut self) -> Result<()> {
+        // No rule, and that already synced: nothing is counted or armed,
+        // and no window exists (a rule's removal clears its slot's), so
+        // nothing below can change until a rule is added. This runs every
+        // `EVAL_TICK` under the state lock: the walk of every target below
+        // was most of an idle agent's CPU at 1,000 targets.
+        if self.tripwires.rules.is_empty() && self.tripwires.armed == Some((0, Armed::default())) && !self.enforcer.maps.tripwire_syscalls {
+            return Ok(());
+        }
         // Windows of released targets would fill the map: pruned whenever
         // the set of targets changes.
         let mut ids: Vec<u64> = self.registry.targets.values().map(|t| t.cgroup_id).collect();
