@@ -270,11 +270,11 @@ fn clone_into_outside_cgroup_agent_dead_direct_stop() {
 /// The agent's scan racing a move out: a task read in a target's cgroup
 /// that leaves before its mark is written passed cgroup_attach_task
 /// unmarked (no escape counted by the kernel) and carries the mark outside.
-/// The scan counts that escape itself: a stop walks the marks only when an
-/// escape was counted, so without it the task would outlive a stop that
-/// reports 0 survivors. The race is made certain here by marking, through
+/// The scan counts that escape itself, so that the stop signals the marks
+/// before its kill instead of leaving the task running until the walk after
+/// the cgroup empties. The race is made certain here by marking, through
 /// the pinned maps, a task the test holds outside every target. Judged from
-/// outside: /proc/PID and status of one target against status of all.
+/// outside: /proc/PID, status of one target and of all.
 #[test]
 fn mark_written_after_the_task_left_counts_an_escape_and_the_stop_kills_it() {
     let Some(agent) = Agent::start() else { return };

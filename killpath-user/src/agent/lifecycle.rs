@@ -156,8 +156,7 @@ impl State {
         self.enforcer.maps.clear_audit_counts(t.cgroup_id);
         self.enforcer.maps.clear_guard_kills(t.cgroup_id);
         if let Some(m) = self.enforcer.maps.members.as_mut() {
-            let cg = Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id).ok();
-            m.unmark_target(t.cgroup_id, cg.as_ref());
+            m.unmark_target(t.cgroup_id);
         }
         // The trail's last counters written; its file stays.
         self.trail_release(name, t.cgroup_id);

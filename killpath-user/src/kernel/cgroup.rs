@@ -272,29 +272,6 @@ impl Cgroup {
         out
     }
 
-    /// Task ids (threads) of this cgroup and every cgroup below it, or
-    /// None when the read is not whole: a cgroup of the subtree left out
-    /// (held by fd, a child with something mounted over it cannot be
-    /// opened beneath it: fewer cgroups than cgroup.stat's
-    /// `nr_descendants`), a file unread, or more than `limit` tasks.
-    pub fn threads_upto(&self, limit: usize) -> Option<Vec<u32>> {
-        let stat = self.read_file("cgroup.stat").ok()?;
-        let descendants: usize = stat.lines().find_map(|l| l.strip_prefix("nr_descendants "))?.trim().parse().ok()?;
-        let cgroups = self.subtree();
-        if cgroups.len() != descendants + 1 {
-            return None;
-        }
-        let mut out = Vec::new();
-        for cg in cgroups {
-            let text = cg.read_file("cgroup.threads").ok()?;
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-            if out.len() > limit {
-                return None;
-            }
-        }
-        Some(out)
-    }
-
     /// Pids directly in this cgroup.
     pub fn procs(&self) -> Vec<i32> {
         self.read_file("cgroup.procs").map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()

@@ -70,28 +70,6 @@ impl MemberMaps {
         self.all().into_iter().filter(|(_, m)| targets.contains(&m.target)).collect()
     }
 
-    /// Distinct processes marked as `target`'s, found from its cgroup
-    /// `cg` (held by fd) without a walk of every mark: each task of the
-    /// subtree is looked up. Exact only while no escape was ever counted
-    /// for `target` (then no mark of it lives outside `cg`, see
-    /// `stop::escaped`) and the subtree was read whole; cheaper only for a
-    /// small one: None otherwise (walk instead).
-    pub fn processes_in(&self, cg: &Cgroup, target: u64) -> Option<BTreeSet<u32>> {
-        Some(self.marks_in(cg, target)?.into_iter().map(|(_, m)| m.tgid).collect())
-    }
-
-    /// The marks of `target` found from its cgroup `cg`, task by task,
-    /// under the conditions of [`MemberMaps::processes_in`]; None: walk.
-    fn marks_in(&self, cg: &Cgroup, target: u64) -> Option<Vec<(u32, Member)>> {
-        /// Past this many tasks one batch walk of every mark is cheaper.
-        const MAX_LOOKUPS: usize = 256;
-        if self.escapes(target) > 0 {
-            return None;
-        }
-        let tids = cg.threads_upto(MAX_LOOKUPS)?;
-        Some(tids.into_iter().filter_map(|tid| self.get(tid).map(|m| (tid, m))).filter(|(_, m)| m.target == target).collect())
-    }
-
     /// Distinct processes with a mark of any of `targets`.
     pub fn processes_of(&self, targets: &[u64]) -> BTreeSet<u32> {
         self.of_targets(targets).into_iter().map(|(_, m)| m.tgid).collect()
@@ -131,8 +109,10 @@ impl MemberMaps {
                     // It left the subtree between that read and the
                     // insert: it passed cgroup_attach_task unmarked, so
                     // the kernel counted no escape, and it now carries the
-                    // mark outside. Counted here: a stop walks every mark
-                    // only when an escape was counted (`stop::escaped`).
+                    // mark outside. Counted here: a stop signals the marks
+                    // before its kill only when an escape was counted
+                    // (`stop::escaped`); uncounted, this one would run
+                    // until the walk after the cgroup empties.
                     tracing::warn!(tid, tgid, target, "membership: a task left its target while the agent marked it; counted as an escape");
                     self.count_escape(target, 1);
                 }
@@ -144,7 +124,8 @@ impl MemberMaps {
     /// Adds `n` to the kernel's escape count of `target` (`KP_ESCAPES`,
     /// per CPU: the agent's share goes to CPU 0's slot). A kernel increment
     /// between the read and the write here may be overwritten; the count
-    /// still grows, which is what the stop reads it for.
+    /// still grows, which is what the stop reads it for (no stop runs
+    /// meanwhile: the scan and the stop both hold the agent's state lock).
     pub fn count_escape(&mut self, target: u64, n: u64) {
         let Some(e) = self.escapes.as_mut() else { return };
         let mut slots: Vec<u64> = e.get(&target, 0).map(|v| v.iter().copied().collect()).unwrap_or_default();
@@ -171,7 +152,7 @@ impl MemberMaps {
     /// this one's escape counts up to its (not added: an agent started
     /// again beside the same old generation copies it again): a mark
     /// outside its target's cgroup came with an escape, which the stop
-    /// needs to see (`stop::escaped`).
+    /// reads to signal the marks before its kill (`stop::escaped`).
     pub fn copy_from(&mut self, other: &MemberMaps) {
         for (tid, m) in other.all() {
             let _ = self.members.insert(tid, m, BPF_NOEXIST);
@@ -186,12 +167,9 @@ impl MemberMaps {
         }
     }
 
-    /// Drops every mark of `target` and its escape count (release); `cg`,
-    /// its cgroup held by fd, spares the walk of every mark where it can
-    /// (see [`MemberMaps::processes_in`]).
-    pub fn unmark_target(&mut self, target: u64, cg: Option<&Cgroup>) {
-        let marks = cg.and_then(|c| self.marks_in(c, target)).unwrap_or_else(|| self.of_targets(&[target]));
-        for (tid, _) in marks {
+    /// Drops every mark of `target` and its escape count (release).
+    pub fn unmark_target(&mut self, target: u64) {
+        for (tid, _) in self.of_targets(&[target]) {
             let _ = self.members.remove(&tid);
         }
         if let Some(e) = self.escapes.as_mut() {

@@ -11,12 +11,17 @@
 //! (a task with SIGKILL pending runs no user code, so a move after the
 //! write does not matter).
 //!
-//! The same count tells the stop whether any mark can be outside the
-//! cgroup at all: the kernel also counts a child born outside (clone3
-//! with CLONE_INTO_CGROUP), the agent a task that left while it marked it
-//! (`MemberMaps::mark_cgroup`) and an older generation's counts
-//! (`MemberMaps::copy_from`). With none counted, the marks are not walked
-//! (see `marked_left`).
+//! The same count tells the stop whether to signal the marks before the
+//! cgroup empties (a mark outside runs user code until its own SIGKILL):
+//! the kernel also counts a child born outside (clone3 with
+//! CLONE_INTO_CGROUP), the agent a task that left while it marked it
+//! (`MemberMaps::mark_tasks`) and an older generation's counts
+//! (`MemberMaps::copy_from`). The walk after the cgroup empties is made
+//! whatever the count: ways out that no count sees (a review listed a
+//! thread group whose leader already exited, threads keeping an outer
+//! target's mark when their process is re-marked, the agent's pid reused
+//! while it is down) are caught there, and the halt is reported no
+//! earlier than that kill.
 use super::Marked;
 
 /// The escapes counted so far for the target and its nested targets (0

@@ -171,20 +171,6 @@ fn marked_alive(m: &MemberMaps, targets: &[u64]) -> std::collections::BTreeSet<u
         .collect()
 }
 
-/// Marked processes of the target still alive once its cgroup is empty,
-/// walked only when one may live outside it. Every way a marked task gets
-/// out of the cgroup is counted as an escape (`escaped`: a move, a birth
-/// elsewhere, the agent's scan racing a move, an older generation's): with
-/// none ever counted, every mark was inside, and `populated 0` says they
-/// are gone. The walk costs ~0.3 ms at a thousand marks (one batch lookup
-/// over the map's buckets), on the path to the reported empty.
-fn marked_left(marked: Marked<'_>) -> std::collections::BTreeSet<u32> {
-    match marked {
-        Some((m, ids)) if escaped::count(marked) > 0 => marked_alive(m, ids),
-        _ => Default::default(),
-    }
-}
-
 /// A marked process ran user code outside the cgroup until the kill just
 /// sent: the halt is reported no earlier than now, and, if `outside_froze`
 /// (it was outside while `frozen 1` was read), not as `frozen`.
@@ -307,7 +293,7 @@ pub fn hard_stop_guarded(
         // (a walk, and a kill again, every few ms while a bomb of
         // thousands dies slowed its dying).
         let empty = cg.wait_empty(left.min(Duration::from_millis(500)))?;
-        let members_left = if empty { marked_left(marked) } else { Default::default() };
+        let members_left = if empty { marked.map(|(m, ids)| marked_alive(m, ids)).unwrap_or_default() } else { Default::default() };
         if empty && members_left.is_empty() {
             break;
         }
@@ -352,7 +338,9 @@ pub fn hard_stop_guarded(
         }
     }
     let mut left: std::collections::BTreeSet<u32> = cg.procs_recursive().into_iter().map(|p| p as u32).collect();
-    left.extend(marked_left(marked));
+    if let Some((m, ids)) = marked {
+        left.extend(marked_alive(m, ids));
+    }
     report.marked_killed = killed.len();
     report.survivors = left.len();
     if report.survivors > 0 {
