@@ -309,3 +309,40 @@ fn mark_written_after_the_task_left_counts_an_escape_and_the_stop_kills_it() {
     assert_eq!(r["survivors"], 0, "{r}");
     assert!(r["escape_attempts"].as_u64().unwrap_or(0) >= 1, "{r}");
 }
+
+/// A thread group whose leader has exited (the leader thread alone calls
+/// SYS_exit) leaves the target: another thread writes the tgid to the
+/// cgroup2 root's cgroup.procs. The kernel skips the exiting leader, and the
+/// attach hook, which reads the leader's cgroup, counts no escape (a known
+/// gap: nothing is journaled). The stop must still kill the moved thread:
+/// its walk of every mark after the cgroup empties does not depend on the
+/// escape count. Judged from outside: the thread's /proc/PID/task entry and
+/// its cgroup.
+#[test]
+fn thread_moved_out_after_its_leader_exited_dies_at_stop() {
+    let Some(agent) = Agent::start() else { return };
+    let flag = agent.dir.path().join("moved");
+    let script = format!(
+        "import ctypes, os, threading, time\n\
+         def mover():\n    time.sleep(0.3)\n    open('{root}', 'w').write(str(os.getpid()))\n    open('{flag}', 'w').write(str(threading.get_native_id()))\n    time.sleep(1000)\n\
+         threading.Thread(target=mover).start()\n\
+         time.sleep(0.05)\n\
+         ctypes.CDLL(None).syscall(60, 0)\n",
+        root = root_procs(),
+        flag = flag.display()
+    );
+    let run = run_bg(&agent, "leader-gone", &["/usr/bin/python3", "-c", &script], 1);
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    let tid_of = || std::fs::read_to_string(&flag).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    wait_until(Duration::from_secs(10), || tid_of().is_some()).unwrap_or_else(|| panic!("the thread never moved; log:\n{}", agent.log_text()));
+    let tid = tid_of().expect("the moved thread's id");
+    let task = format!("/proc/{pid}/task/{tid}");
+    let at = std::fs::read_to_string(format!("{task}/cgroup")).expect("the moved thread's cgroup");
+    assert!(at.lines().any(|l| l == "0::/"), "the thread runs in the cgroup2 root: {at}");
+    let r = stop(&agent, "leader-gone");
+    let gone = || std::fs::read_to_string(format!("{task}/stat")).map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')));
+    assert!(wait_until(Duration::from_secs(2), gone).is_some(), "the moved thread {tid} survived the stop: {r}");
+    assert_eq!(r["survivors"], 0, "{r}");
+    assert!(r["marked_outside"].as_u64().unwrap_or(0) >= 1, "found outside the cgroup by its mark: {r}");
+}
