@@ -115,8 +115,12 @@ fn stop_fork_bomb() {
         "fork bomb stop: tasks_at_start={} time_to_halt_us={} time_to_empty_us={} guard_kills={}",
         r["tasks_at_start"], r["time_to_halt_us"], r["time_to_empty_us"], r["guard_kills"]
     );
-    let n = r["tasks_at_start"].as_u64().unwrap_or(0);
-    assert!(n >= before.len() as u64, "the bomb kept growing until the stop, so tasks_at_start ({n}) >= {}: {r}", before.len());
+    // Listed at the stop: with the guard armed first (the order for a
+    // large target from a real-time stop thread), a task that forks or
+    // switches before the listing is killed by the guard and not listed
+    // (seen in CI: 233 listed, 2 guard kills, 235 before).
+    let n = r["tasks_at_start"].as_u64().unwrap_or(0) + r["guard_kills"].as_u64().unwrap_or(0);
+    assert!(n >= before.len() as u64, "the bomb kept growing until the stop, so tasks_at_start + guard_kills ({n}) >= {}: {r}", before.len());
     assert_stopped(&agent, "bomb", &cg, &r, &before);
     // Nothing comes back: no fork was in flight that escaped the kill.
     let t0 = Instant::now();
