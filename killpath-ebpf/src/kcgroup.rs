@@ -25,6 +25,20 @@ pub fn of_task(o: &KernelOffsets, task: u64) -> Option<u64> {
     read::<u64>(task, o.task_cgroups).and_then(|cs| read::<u64>(cs, o.css_set_dfl_cgrp))
 }
 
+/// Whether cgroups `a` and `b` belong to the same hierarchy: their
+/// `ancestors[0]` is the same root cgroup. The cgroup_attach_task
+/// tracepoint fires for cgroup v1 hierarchies too; this tells a move on the
+/// default (v2) hierarchy without looking at where the moved task ended up
+/// (an exiting thread-group leader is skipped by the migration and stays
+/// where it was while its threads move).
+#[inline(always)]
+pub fn same_hierarchy(o: &KernelOffsets, a: u64, b: u64) -> bool {
+    match (read::<u64>(a, o.cgroup_ancestors), read::<u64>(b, o.cgroup_ancestors)) {
+        (Some(ra), Some(rb)) => ra != 0 && ra == rb,
+        _ => false,
+    }
+}
+
 /// The nesting level of `cgrp` (root = 0), or -1 if unreadable.
 #[inline(always)]
 pub fn level(o: &KernelOffsets, cgrp: u64) -> i32 {

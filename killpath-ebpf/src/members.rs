@@ -12,7 +12,10 @@
 //!   born outside the subtree (clone3 with CLONE_INTO_CGROUP, which never
 //!   passes cgroup_attach_task) is an escape attempt too.
 //! - `sched_process_exit`: the mark goes with the task, so a reused pid
-//!   never inherits a dead task's membership.
+//!   never inherits a dead task's membership; the process's mark (keyed by
+//!   its tgid) stays until the last thread of the group exits.
+//! - `sched_process_exec`: a thread that execs takes the leader's pid, and
+//!   its mark moves there.
 //!
 //! An escape is counted per target (`KP_ESCAPES`) and posted to the agent
 //! (`KP_ESCAPE_EVENTS`), which journals it, alerts, and moves the task
@@ -39,13 +42,32 @@ use crate::{
 
 const SIGKILL: u32 = 9;
 
-/// The mark of task `pid` of process `tgid`: its own, or its thread-group
-/// leader's (a procs write moves and marks the whole group through its
-/// leader).
+/// The mark of task `pid` of process `tgid`: its own, or the process's
+/// (keyed by the tgid: a procs write moves the whole group and the hook,
+/// handed the leader, marks it there).
+///
+/// When both exist and differ, the deeper target wins: a process moved
+/// into a target nested in its own is re-marked under its tgid only, and
+/// its other threads keep the outer target's mark from their fork (the
+/// hook cannot reach them). A thread moved alone into a nested target
+/// (cgroup.threads) is the deeper one itself. Marks of unrelated targets
+/// never differ for long: the agent re-marks every thread it moves
+/// (`mark_moved`), and any other move out is an escape, which re-marks
+/// nothing.
 #[inline(always)]
 pub fn of(pid: u32, tgid: u32) -> Option<Member> {
     // SAFETY: values copied out at once.
-    unsafe { MEMBERS.get(pid).or_else(|| MEMBERS.get(tgid)) }.copied()
+    let own = unsafe { MEMBERS.get(pid) }.copied();
+    if pid == tgid {
+        return own;
+    }
+    // SAFETY: as above.
+    let process = unsafe { MEMBERS.get(tgid) }.copied();
+    match (own, process) {
+        (Some(o), Some(p)) if o.target != p.target && depth_of(p.target) > depth_of(o.target) => Some(p),
+        (Some(o), _) => Some(o),
+        (None, p) => p,
+    }
 }
 
 /// The innermost target whose subtree holds `cgrp` (0: none).
@@ -142,10 +164,14 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
     let pid = read::<i32>(task, o.task_pid)? as u32;
     let tgid = read::<i32>(task, o.task_tgid)? as u32;
     // The tracepoint fires for cgroup v1 hierarchies too (the throttle's
-    // v1 pids cgroup): only a move on the default (v2) hierarchy leaves
-    // the task's css_set pointing at `dst` once it completed.
+    // v1 pids cgroup): only moves on the default (v2) hierarchy count.
+    // Told by the destination's hierarchy, not by where `task` is now: for
+    // a procs write the migration skips a leader that is exiting
+    // (cgroup_migrate_add_task, PF_EXITING), so a process whose leader
+    // called exit alone moves its live threads while `task`, the leader,
+    // stays behind; its mark is kept while the group lives (exit hook).
     let now_in = kcgroup::of_task(o, task)?;
-    if now_in != dst {
+    if now_in != dst && !kcgroup::same_hierarchy(o, now_in, dst) {
         return Some(0);
     }
     let dst_level = read::<i32>(dst, o.cgroup_level)?;
@@ -225,10 +251,98 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
 }
 
 /// sched_process_exit(struct task_struct *p, ...): runs in the exiting
-/// task itself (do_exit), once per thread.
+/// task itself (do_exit), once per thread, after do_exit decremented
+/// `signal->live`.
+///
+/// A thread's own mark goes with it. The process's mark (keyed by the
+/// tgid, the leader's) stays while the group still has a live thread: a
+/// leader that calls exit alone stays a zombie holding its pid, and its
+/// threads are still the target's (found through `of`), so a later move of
+/// the process (the tgid written to some cgroup.procs) is still judged
+/// against the target. The last thread out drops it.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn kp_member_exit(_ctx: RawTracePointContext) -> i32 {
-    let pid = bpf_get_current_pid_tgid() as u32;
-    let _ = MEMBERS.remove(pid);
+pub fn kp_member_exit(ctx: RawTracePointContext) -> i32 {
+    let cur = bpf_get_current_pid_tgid();
+    let (pid, tgid) = (cur as u32, (cur >> 32) as u32);
+    let group_alive = group_alive(ctx.arg(0));
+    if pid != tgid || !group_alive {
+        let _ = MEMBERS.remove(pid);
+    }
+    if !group_alive {
+        if pid != tgid {
+            let _ = MEMBERS.remove(tgid);
+        }
+        forget_agent(tgid);
+    }
     0
+}
+
+/// Whether the thread group of `task` (exiting) still has a live thread.
+/// False when unreadable: the mark then goes with the task, as before the
+/// group check existed.
+#[inline(always)]
+fn group_alive(task: u64) -> bool {
+    let Some(o) = OFFSETS.get(0) else { return false };
+    if o.members_valid == 0 {
+        return false;
+    }
+    read::<u64>(task, o.task_signal).and_then(|sig| read::<i32>(sig, o.signal_live)).is_some_and(|live| live > 0)
+}
+
+/// The agent's process died: its tgid stops naming the agent before the
+/// pid can be reused (it is freed only when the group is reaped, after
+/// this), so a workload that gets the dead agent's pid cannot pass its
+/// moves off as the agent's. A new agent writes its own at start.
+#[inline(always)]
+fn forget_agent(tgid: u32) {
+    if let Some(a) = MEMBER_AGENT.get_ptr_mut(0) {
+        // SAFETY: array slot valid for this run; the agent writes it only
+        // at start, while its tgid is alive.
+        unsafe {
+            if *a == tgid {
+                *a = 0;
+            }
+        }
+    }
+}
+
+/// sched_process_exec(struct task_struct *p, pid_t old_pid, ...): called
+/// from the exec raw tracepoint (`tripwire/exec.rs`), in the task that
+/// exec'd. When a thread other than the leader execs, de_thread gives it
+/// the leader's pid (the tgid) and frees its old one: its mark moves to
+/// the tgid, or the process would be left marked under a freed id (free
+/// to leave, and a later task reusing the id would inherit the mark).
+#[inline(always)]
+pub fn on_exec(ctx: &RawTracePointContext) {
+    let cur = bpf_get_current_pid_tgid();
+    let (pid, tgid) = (cur as u32, (cur >> 32) as u32);
+    let old = ctx.arg::<u64>(1) as u32;
+    if old == pid {
+        return;
+    }
+    // SAFETY: value copied out at once.
+    let Some(own) = (unsafe { MEMBERS.get(old) }).copied() else { return };
+    // Only the exec'ing thread's own mark: a task of another process that
+    // got the freed id in the meantime keeps its mark.
+    if own.tgid != tgid {
+        return;
+    }
+    // SAFETY: as above.
+    let kept = unsafe { MEMBERS.get(tgid) }.copied();
+    let m = match kept {
+        // The process's mark (kept through the old leader's exit) names
+        // the innermost target when the process moved into a nested one
+        // after this thread was marked: the deeper of the two wins.
+        Some(k) if depth_of(k.target) >= depth_of(own.target) => k,
+        _ => own,
+    };
+    mark(pid, &Member { target: m.target, tgid, escapes: own.escapes.max(m.escapes) });
+    let _ = MEMBERS.remove(old);
+}
+
+/// The depth of `target`'s cgroup, -1 when it is no longer a target.
+#[inline(always)]
+fn depth_of(target: u64) -> i64 {
+    // SAFETY: value read at once.
+    unsafe { TARGETS.get(target) }.map_or(-1, |s| i64::from(s.depth))
 }

@@ -19,6 +19,7 @@ mod journal_poisoned;
 mod lease;
 mod metrics;
 mod membership;
+mod membership_threads;
 mod names;
 mod priority;
 mod privileges;

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// SIGKILLs the pids a test let out of every target, whatever happens.
-struct Escapees(Vec<i32>);
+pub(crate) struct Escapees(pub(crate) Vec<i32>);
 
 impl Drop for Escapees {
     fn drop(&mut self) {
@@ -34,7 +34,7 @@ impl Drop for Escapees {
 }
 
 /// The cgroup2 root's cgroup.procs.
-fn root_procs() -> String {
+pub(crate) fn root_procs() -> String {
     killpath::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount").join("cgroup.procs").display().to_string()
 }
 
@@ -46,23 +46,23 @@ fn escaping_target(agent: &Agent, name: &str, flag: &Path, after: &str) -> Reape
 }
 
 /// Whether `pid` sits in the cgroup `rel` or below it.
-fn inside(pid: i32, rel: &str) -> bool {
+pub(crate) fn inside(pid: i32, rel: &str) -> bool {
     cgroup_line(pid).is_some_and(|l| l == rel || l.starts_with(&format!("{rel}/")))
 }
 
 /// The high-priority escape records of the journal about `pid`.
-fn escape_records(agent: &Agent, pid: i32) -> Vec<Value> {
+pub(crate) fn escape_records(agent: &Agent, pid: i32) -> Vec<Value> {
     agent.journal().into_iter().filter(|r| r["action"] == "escape" && r["params"]["tgid"] == pid).collect()
 }
 
 /// `killpath --json stop NAME` while the agent is dead: the CLI's direct stop.
-fn direct_stop(agent: &Agent, name: &str) -> Value {
+pub(crate) fn direct_stop(agent: &Agent, name: &str) -> Value {
     let out = agent.kp(&["--json", "stop", name, "--agent-timeout", "1"]);
     assert!(out.status.success(), "direct stop failed: {}", show(&out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", show(&out)))
 }
 
-fn assert_gone(pids: &[i32], report: &Value) {
+pub(crate) fn assert_gone(pids: &[i32], report: &Value) {
     for p in pids {
         assert!(wait_until(Duration::from_secs(2), || !alive(*p)).is_some(), "pid {p} survived the stop: {report}");
     }
@@ -306,39 +306,57 @@ fn mark_written_after_the_task_left_counts_an_escape_and_the_stop_kills_it() {
     let _ = outside.wait();
 }
 
-/// A thread group whose leader has exited (the leader thread alone calls
-/// SYS_exit) leaves the target: another thread writes the tgid to the
-/// cgroup2 root's cgroup.procs. The kernel skips the exiting leader, and the
-/// attach hook, which reads the leader's cgroup, counts no escape (a known
-/// gap: nothing is journaled). The stop must still kill the moved thread:
-/// its walk of every mark after the cgroup empties does not depend on the
-/// escape count. Judged from outside: the thread's /proc/PID/task entry and
-/// its cgroup.
+/// The agent's pin: the tgid the attach hook takes for the agent's own
+/// moves (`KP_MEMBER_AGENT`).
+fn member_agent(agent: &Agent) -> u32 {
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    let path = killpath::kernel::pins::map_pin(&gen, killpath_common::maps::MEMBER_AGENT);
+    let data = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array");
+    a.get(&0, 0).expect("slot 0")
+}
+
+/// Runs `sh -c SCRIPT` as pid `want`, steering the kernel's next pid with
+/// /proc/sys/kernel/ns_last_pid (another fork on the host may take it
+/// first: retried). The script sees its pid as `$$`.
+fn run_as_pid(want: i32, script: &str) {
+    let body = format!("[ $$ = {want} ] || exit 3; {script}");
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (want - 1).to_string()).expect("ns_last_pid");
+        let st = std::process::Command::new("/bin/sh").args(["-c", &body]).status().expect("sh");
+        match st.code() {
+            Some(3) => continue,
+            Some(0) => return,
+            _ => panic!("the script as pid {want} failed: {st}"),
+        }
+    }
+    panic!("could not get pid {want} in 200 tries");
+}
+
+/// A workload that gets a dead agent's pid cannot pass its moves off as the
+/// agent's: when the agent's process dies, the exit hook stops naming it
+/// (`KP_MEMBER_AGENT` back to 0), so a member moved out of its target by a
+/// process that reused the pid is an escape, counted in the kernel. Judged
+/// from the kernel: the pinned maps, and /proc.
 #[test]
-fn thread_moved_out_after_its_leader_exited_dies_at_stop() {
-    let Some(agent) = Agent::start() else { return };
-    let flag = agent.dir.path().join("moved");
-    let script = format!(
-        "import ctypes, os, threading, time\n\
-         def mover():\n    time.sleep(0.3)\n    open('{root}', 'w').write(str(os.getpid()))\n    open('{flag}', 'w').write(str(threading.get_native_id()))\n    time.sleep(1000)\n\
-         threading.Thread(target=mover).start()\n\
-         time.sleep(0.05)\n\
-         ctypes.CDLL(None).syscall(60, 0)\n",
-        root = root_procs(),
-        flag = flag.display()
-    );
-    let run = run_bg(&agent, "leader-gone", &["/usr/bin/python3", "-c", &script], 1);
+fn a_process_with_a_dead_agents_pid_moves_a_member_out_as_an_escape() {
+    let Some(mut agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "agent-pid", &["sleep", "1000"], 1);
     let pid = run.pid();
     let _guard = Escapees(vec![pid]);
-    let tid_of = || std::fs::read_to_string(&flag).ok().and_then(|s| s.trim().parse::<i32>().ok());
-    wait_until(Duration::from_secs(10), || tid_of().is_some()).unwrap_or_else(|| panic!("the thread never moved; log:\n{}", agent.log_text()));
-    let tid = tid_of().expect("the moved thread's id");
-    let task = format!("/proc/{pid}/task/{tid}");
-    let at = std::fs::read_to_string(format!("{task}/cgroup")).expect("the moved thread's cgroup");
-    assert!(at.lines().any(|l| l == "0::/"), "the thread runs in the cgroup2 root: {at}");
-    let r = stop(&agent, "leader-gone");
-    let gone = || std::fs::read_to_string(format!("{task}/stat")).map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')));
-    assert!(wait_until(Duration::from_secs(2), gone).is_some(), "the moved thread {tid} survived the stop: {r}");
-    assert_eq!(r["survivors"], 0, "{r}");
-    assert!(r["marked_outside"].as_u64().unwrap_or(0) >= 1, "found outside the cgroup by its mark: {r}");
+    let id = target_row(&agent, "agent-pid").expect("listed")["cgroup_id"].as_u64().expect("cgroup_id");
+    let agent_pid = agent.pid();
+    assert_eq!(member_agent(&agent), agent_pid as u32, "the live agent is named");
+    agent.kill9();
+    assert!(!alive(agent_pid), "the agent is dead");
+    assert_eq!(member_agent(&agent), 0, "a dead agent's pid names no agent");
+    run_as_pid(agent_pid, &format!("echo {pid} > {}", root_procs()));
+    let rel = cgroup_rel(agent.target_cgroup("agent-pid").path());
+    assert!(!inside(pid, &rel), "the member was moved out: {:?}", cgroup_line(pid));
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    let maps = killpath::kernel::maps::Maps::open_pinned(&gen).expect("the pinned maps");
+    let members = maps.members.as_ref().expect("the membership maps are pinned");
+    assert!(members.escapes(id) >= 1, "the move by the dead agent's pid is counted as an escape");
+    let r = direct_stop(&agent, "agent-pid");
+    assert_gone(&[pid], &r);
 }

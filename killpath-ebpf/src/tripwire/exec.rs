@@ -11,6 +11,8 @@ use crate::targets;
 pub fn kp_tripwire_exec(ctx: RawTracePointContext) -> i32 {
     // Level 1: the `exec` class is charged here, not at sys_exit.
     crate::throttle::classes::on_exec();
+    // Membership: a thread that exec'd took the leader's pid.
+    crate::members::on_exec(&ctx);
     try_exec(&ctx).unwrap_or(0)
 }
 

@@ -183,6 +183,12 @@ impl Enforcer {
         let pacer_maps = throttle::pacer::PacerMaps::open(&gen)
             .map_err(|e| warn!("the pacer cannot read the buckets: paused targets are thawed on their first event's time: {e}"))
             .ok();
+        // Tripwires' `execs`: one config read per exec on the host while no
+        // rule exists. Before the membership hooks: it also moves the mark
+        // of a thread that exec'd to the pid it took (members::on_exec).
+        if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::tripwire::programs::EXEC, "sched_process_exec")? {
+            attached_now.push(killpath_common::tripwire::programs::EXEC);
+        }
         // Membership: exit first, so no mark is ever set without the hook
         // that drops it when its task dies.
         if btf.members_error.is_none() {
@@ -198,14 +204,10 @@ impl Enforcer {
         let denial_events = Some(typed(&mut ebpf, maps::DENIAL_EVENTS)?);
         let tripwire = crate::tripwire::maps::TripwireMaps::from_object(&mut ebpf)?;
         let tripwire_events = Some(typed(&mut ebpf, killpath_common::tripwire::maps::EVENTS)?);
-        // Tripwires' `execs`: one config read per exec on the host while no rule exists.
-        if object::attach_raw_tracepoint(&mut ebpf, &gen, killpath_common::tripwire::programs::EXEC, "sched_process_exec")? {
-            attached_now.push(killpath_common::tripwire::programs::EXEC);
-        }
         // The trail's LISTEN/ACCEPT hook (one config read per TCP state change while no target records).
         crate::trail::net::attach(&mut ebpf, &gen, &mut attached_now)?;
         // The activity trail: its maps, the argv offsets of its exec event
-        // (sched_process_exec, attached just above) and its signal hook
+        // (sched_process_exec, attached above) and its signal hook
         // (one config read per signal on the host while no target records).
         let mut trail = crate::trail::maps::TrailMaps::from_object(&mut ebpf)?;
         trail.fill_offsets(btf::trail_offsets())?;

@@ -49,6 +49,14 @@ impl State {
         m.mark_cgroup(&Cgroup::new(&t.cgroup), t.cgroup_id, &outer)
     }
 
+    /// Marks every task in `t`'s cgroup subtree as `t`'s, replacing the
+    /// marks of other targets: after the agent moved a process tree into
+    /// `t`'s new cgroup ([`crate::kernel::members::MemberMaps::mark_moved`]).
+    pub(super) fn mark_moved(&mut self, t: &Target) -> usize {
+        let Some(m) = self.enforcer.maps.members.as_mut() else { return 0 };
+        m.mark_moved(&Cgroup::new(&t.cgroup), t.cgroup_id)
+    }
+
     /// Marks the tasks of every target, outermost first so that nested
     /// targets take their own tasks over, and drops marks of dead tasks.
     pub(super) fn mark_all_targets(&mut self) {

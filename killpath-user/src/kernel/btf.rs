@@ -129,6 +129,8 @@ pub fn resolve() -> Resolved {
     let members = signal.clone().and_then(|()| {
         o.task_pid = offset(btf, "task_struct", "pid")?;
         o.task_tgid = offset(btf, "task_struct", "tgid")?;
+        o.task_signal = offset(btf, "task_struct", "signal")?;
+        o.signal_live = offset(btf, "signal_struct", "live")?;
         Ok(())
     });
     o.members_valid = u32::from(members.is_ok());

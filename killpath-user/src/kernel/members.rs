@@ -83,9 +83,25 @@ impl MemberMaps {
         self.mark_tasks(cg, &threads_recursive(cg), target, outer)
     }
 
+    /// Marks every task now in `cg`'s subtree as `target`'s, whatever mark
+    /// it had: for a cgroup the agent itself just moved a process tree into
+    /// (`run`, `adopt --pid`). The kernel re-marked only the thread-group
+    /// leaders (cgroup_attach_task is handed the leader of a procs write);
+    /// the other threads of a process that belonged to another target kept
+    /// that target's mark, so its stop would have killed them here.
+    pub fn mark_moved(&mut self, cg: &Cgroup, target: u64) -> usize {
+        self.mark_tids(cg, &threads_recursive(cg), target, &|cur| cur != target)
+    }
+
     /// [`MemberMaps::mark_cgroup`] for the tasks `tids` read from `cg`'s
     /// subtree a moment ago (any of them may have left it since).
     pub fn mark_tasks(&mut self, cg: &Cgroup, tids: &[u32], target: u64, outer: &[u64]) -> usize {
+        self.mark_tids(cg, tids, target, &|cur| outer.contains(&cur))
+    }
+
+    /// Marks `tids` as `target`'s: unmarked ones, and those whose current
+    /// target `take` says to replace.
+    fn mark_tids(&mut self, cg: &Cgroup, tids: &[u32], target: u64, take: &dyn Fn(u64) -> bool) -> usize {
         let mut added = 0;
         // Read once, and only when a mark was written (the mount table).
         let mut mount: Option<Option<std::path::PathBuf>> = None;
@@ -93,7 +109,7 @@ impl MemberMaps {
             let Some(tgid) = tgid_of(tid) else { continue };
             let m = Member { target, tgid, escapes: 0 };
             let ok = match self.members.get(&tid, 0) {
-                Ok(cur) if outer.contains(&cur.target) => self.members.insert(tid, m, 0).is_ok(),
+                Ok(cur) if take(cur.target) => self.members.insert(tid, m, 0).is_ok(),
                 Ok(_) => false,
                 Err(_) => self.members.insert(tid, m, BPF_NOEXIST).is_ok(),
             };

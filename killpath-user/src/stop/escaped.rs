@@ -17,11 +17,12 @@
 //! CLONE_INTO_CGROUP), the agent a task that left while it marked it
 //! (`MemberMaps::mark_tasks`) and an older generation's counts
 //! (`MemberMaps::copy_from`). The walk after the cgroup empties is made
-//! whatever the count: ways out that no count sees (a review listed a
-//! thread group whose leader already exited, threads keeping an outer
-//! target's mark when their process is re-marked, the agent's pid reused
-//! while it is down) are caught there, and the halt is reported no
-//! earlier than that kill.
+//! whatever the count, as defence in depth: the ways out a review and
+//! testing found no count saw (a process whose leader exited first, a
+//! thread's exec, threads keeping an outer target's mark, the agent's pid
+//! reused while it is down) are fixed in the kernel hooks now, and any
+//! other would be caught there; the halt is reported no earlier than that
+//! kill.
 use super::Marked;
 
 /// The escapes counted so far for the target and its nested targets (0
