@@ -25,7 +25,7 @@ impl State {
         let intent_durable_us = received.elapsed().as_micros() as u64;
         // Where the wait before it went: receipt to the stop thread, and to
         // the state lock (see `stop_first`).
-        let (picked_up_us, lock_held_us, checked_us) = super::stop_first::stop_timings(received);
+        let timings = super::stop_first::stop_timings(received);
         // The real cgroup, by id: a mount over the path cannot hide the
         // target's tasks from the stop. Whether the path still leads there
         // is checked after the kill (a mismatch is then alerted and
@@ -92,10 +92,11 @@ impl State {
                 "freeze_watched": report.freeze_watched,
                 "guard_armed_us": guard_armed_us,
                 "intent_durable_us": intent_durable_us,
-                "picked_up_us": picked_up_us,
+                "queued_us": timings.queued_us,
+                "picked_up_us": timings.picked_up_us,
                 "queued_ahead": super::stop_first::queued_ahead(),
-                "lock_held_us": lock_held_us,
-                "checked_us": checked_us,
+                "lock_held_us": timings.lock_held_us,
+                "checked_us": timings.checked_us,
                 "run_delay_us": run_delay_us,
                 "guard_kills": guard_kills,
                 "used_cgroup_kill": report.used_cgroup_kill,

@@ -160,6 +160,8 @@ impl Drop for Held<'_> {
 thread_local! {
     /// When this thread's stop got the state lock (see [`stop_timings`]).
     static LOCKED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    /// When this thread's stop was handed to the stop threads (see [`picked_up`]).
+    static QUEUED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
     /// When this thread picked its stop up (see [`picked_up`]).
     static PICKED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
     /// When this thread's stop had passed the caller checks (see [`checked`]).
@@ -170,10 +172,11 @@ thread_local! {
     static QUEUED_AHEAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Records that the stop thread picked a stop up now; `ahead` stops were
-/// queued or running when it was queued.
-pub(super) fn picked_up(ahead: usize) {
+/// Records that the stop thread picked a stop up now; it was handed to the
+/// stop threads at `queued_at`, when `ahead` stops were queued or running.
+pub(super) fn picked_up(ahead: usize, queued_at: Instant) {
     QUEUED_AHEAD.with(|c| c.set(ahead));
+    QUEUED_AT.with(|c| c.set(Some(queued_at)));
     PICKED_AT.with(|c| c.set(Some(Instant::now())));
     DELAY_AT_PICKUP.with(|c| c.set(run_delay_ns().unwrap_or(0)));
 }
@@ -205,12 +208,28 @@ pub(super) fn run_delay_us() -> u64 {
     run_delay_ns().map_or(0, |now| now.saturating_sub(at) / 1000)
 }
 
-/// Where a stop's wait went, from its receipt: (picked up by the stop
-/// thread, state lock held, caller checked), in microseconds; 0 when not
-/// measured.
-pub(super) fn stop_timings(received: Instant) -> (u64, u64, u64) {
+/// Where a stop's wait went, from its receipt, in microseconds (0 when not
+/// measured).
+pub(super) struct StopTimings {
+    /// Handed to the stop threads (decoded, confinement checked before queueing).
+    pub queued_us: u64,
+    /// Picked up by a stop thread.
+    pub picked_up_us: u64,
+    /// State lock held.
+    pub lock_held_us: u64,
+    /// Caller checked (authorization, confinement under the lock).
+    pub checked_us: u64,
+}
+
+/// [`StopTimings`] of this thread's stop received at `received`.
+pub(super) fn stop_timings(received: Instant) -> StopTimings {
     let since = |t: Option<Instant>| t.map_or(0, |t| t.saturating_duration_since(received).as_micros() as u64);
-    (since(PICKED_AT.with(std::cell::Cell::get)), since(LOCKED_AT.with(std::cell::Cell::get)), since(CHECKED_AT.with(std::cell::Cell::get)))
+    StopTimings {
+        queued_us: since(QUEUED_AT.with(std::cell::Cell::get)),
+        picked_up_us: since(PICKED_AT.with(std::cell::Cell::get)),
+        lock_held_us: since(LOCKED_AT.with(std::cell::Cell::get)),
+        checked_us: since(CHECKED_AT.with(std::cell::Cell::get)),
+    }
 }
 
 /// Raises the calling thread to the stop's priority (the stop thread, once).

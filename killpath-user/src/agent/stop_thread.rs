@@ -110,7 +110,7 @@ fn serve(role: Role, rx: &mpsc::Receiver<Arc<Job>>, left: &AtomicUsize) {
             std::thread::sleep(BACKUP_GRACE.saturating_sub(job.queued_at.elapsed()));
         }
         let Some((run, answer)) = job.take() else { continue };
-        stop_first::picked_up(job.ahead);
+        stop_first::picked_up(job.ahead, job.queued_at);
         // A panicked stop must not take the thread (and every later stop)
         // with it.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {

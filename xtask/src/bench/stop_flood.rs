@@ -58,6 +58,7 @@ pub(super) fn stop_flood(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Resul
             // the state lock, to the durable intent (its append alone), and
             // how long the stop thread waited for a CPU.
             let phases = [
+                ("queued_us", "receipt to handed to the stop threads (confinement checked before queueing)"),
                 ("picked_up_us", "receipt to picked up by the stop thread"),
                 ("lock_held_us", "receipt to state lock held"),
                 ("checked_us", "receipt to caller checked (authorization, confinement)"),
