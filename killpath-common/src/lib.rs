@@ -421,14 +421,15 @@ pub struct KernelOffsets {
     /// is handed (attach, fork) by pointer.
     pub task_pid: u32,
     pub task_tgid: u32,
-    /// 1 when the signal offsets, the two task offsets above and the two
+    /// 1 when the signal offsets, the two task offsets above and the three
     /// below are filled in: membership tracking needs all of them.
     pub members_valid: u32,
     /// task_struct.signal and signal_struct.live (an atomic_t): whether a
     /// thread group still has a live thread when one of its tasks exits.
     pub task_signal: u32,
     pub signal_live: u32,
-    pub _pad_members: u32,
+    /// task_struct.flags: PF_EXITING, a task the cgroup migration skips.
+    pub task_flags: u32,
     /// Self-protection: inode.i_private (a kernfs inode's kernfs_node),
     /// kernfs_node.parent (`__parent` since 6.15), super_block.s_magic,
     /// vfsmount.mnt_sb (task_struct.tgid is `task_tgid` above).

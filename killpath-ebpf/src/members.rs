@@ -10,7 +10,8 @@
 //!   marked task moving out of its target's subtree is an escape attempt.
 //! - `sched_process_fork`: the child inherits its parent's mark. A child
 //!   born outside the subtree (clone3 with CLONE_INTO_CGROUP, which never
-//!   passes cgroup_attach_task) is an escape attempt too.
+//!   passes cgroup_attach_task) is an escape attempt too; a child of an
+//!   unmarked parent born inside one is marked.
 //! - `sched_process_exit`: the mark goes with the task, so a reused pid
 //!   never inherits a dead task's membership; the process's mark (keyed by
 //!   its tgid) stays until the last thread of the group exits.
@@ -41,6 +42,8 @@ use crate::{
 };
 
 const SIGKILL: u32 = 9;
+/// include/linux/sched.h: getting shut down (set by exit_signals).
+const PF_EXITING: u32 = 0x0000_0004;
 
 /// The mark of task `pid` of process `tgid`: its own, or the process's
 /// (keyed by the tgid: a procs write moves the whole group and the hook,
@@ -54,19 +57,33 @@ const SIGKILL: u32 = 9;
 /// never differ for long: the agent re-marks every thread it moves
 /// (`mark_moved`), and any other move out is an escape, which re-marks
 /// nothing.
+///
+/// A mark whose `tgid` is not the task's is another process's, left under
+/// an id since freed and now reused (a thread whose exec failed after
+/// de_thread gave it the leader's pid: no exec event moved its mark, and
+/// its old id was freed): ignored.
 #[inline(always)]
 pub fn of(pid: u32, tgid: u32) -> Option<Member> {
-    // SAFETY: values copied out at once.
-    let own = unsafe { MEMBERS.get(pid) }.copied();
+    // Plain values (target 0: none) rather than Options: with an Option
+    // per lookup the compiler spilled a register left unset on the None
+    // path, which the verifier refuses (R6 !read_ok).
+    let own = mark_of(pid, tgid);
     if pid == tgid {
-        return own;
+        return (own.target != 0).then_some(own);
     }
-    // SAFETY: as above.
-    let process = unsafe { MEMBERS.get(tgid) }.copied();
-    match (own, process) {
-        (Some(o), Some(p)) if o.target != p.target && depth_of(p.target) > depth_of(o.target) => Some(p),
-        (Some(o), _) => Some(o),
-        (None, p) => p,
+    let process = mark_of(tgid, tgid);
+    let pick =
+        if own.target == 0 || (process.target != 0 && process.target != own.target && depth_of(process.target) > depth_of(own.target)) { process } else { own };
+    (pick.target != 0).then_some(pick)
+}
+
+/// The mark under `key` if it is one of process `tgid`'s, else a zero one.
+#[inline(always)]
+fn mark_of(key: u32, tgid: u32) -> Member {
+    // SAFETY: value copied out at once.
+    match unsafe { MEMBERS.get(key) } {
+        Some(m) if m.tgid == tgid => *m,
+        _ => Member::default(),
     }
 }
 
@@ -144,6 +161,18 @@ fn mark(pid: u32, m: &Member) {
     }
 }
 
+/// [`mark`] for a task the attach hook was handed, dropped again if its
+/// thread group died meanwhile: an exiting leader's last thread may have
+/// run the exit hook (which drops the process's mark) between the check of
+/// `signal->live` and the insert.
+#[inline(always)]
+fn mark_live(task: u64, pid: u32, m: &Member) {
+    mark(pid, m);
+    if group_live(task) == Some(false) {
+        let _ = MEMBERS.remove(pid);
+    }
+}
+
 /// cgroup_attach_task(struct cgroup *dst_cgrp, const char *path,
 /// struct task_struct *task, bool threadgroup): fired once per migration,
 /// after it succeeded (kernel/cgroup/cgroup.c, cgroup_attach_task).
@@ -163,6 +192,17 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
     let task: u64 = ctx.arg(2);
     let pid = read::<i32>(task, o.task_pid)? as u32;
     let tgid = read::<i32>(task, o.task_tgid)? as u32;
+    // An exiting task is not moved (cgroup_migrate_add_task skips
+    // PF_EXITING) yet the tracepoint fires: a zombie's pid written to a
+    // cgroup.procs must not plant a mark that outlives it (its exit hook
+    // has run, and a task reusing the pid would be the target's). No task
+    // can start exiting meanwhile: exit_signals takes
+    // cgroup_threadgroup_rwsem, which the migration holds. An exiting
+    // leader whose group still has a live thread stands for its threads,
+    // which did move.
+    if read::<u32>(task, o.task_flags)? & PF_EXITING != 0 && (pid != tgid || group_live(task) != Some(true)) {
+        return Some(0);
+    }
     // The tracepoint fires for cgroup v1 hierarchies too (the throttle's
     // v1 pids cgroup): only moves on the default (v2) hierarchy count.
     // Told by the destination's hierarchy, not by where `task` is now: for
@@ -181,7 +221,7 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
         // target's now, never an escape.
         let target = innermost(o, cfg.depth_mask, dst, dst_level);
         if target != 0 {
-            mark(pid, &Member { target, tgid, escapes: 0 });
+            mark_live(task, pid, &Member { target, tgid, escapes: 0 });
         }
         return Some(0);
     }
@@ -189,7 +229,7 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
         // Not a member yet: entering a target's subtree makes it one.
         let target = innermost(o, cfg.depth_mask, dst, dst_level);
         if target != 0 {
-            mark(pid, &Member { target, tgid, escapes: 0 });
+            mark_live(task, pid, &Member { target, tgid, escapes: 0 });
         }
         return Some(0);
     };
@@ -204,7 +244,7 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
         // makes the task that (stricter or equal) target's.
         let inner = innermost(o, cfg.depth_mask, dst, dst_level);
         if inner != 0 && inner != m.target {
-            mark(pid, &Member { target: inner, tgid, escapes: m.escapes });
+            mark_live(task, pid, &Member { target: inner, tgid, escapes: m.escapes });
         }
         return Some(0);
     }
@@ -227,14 +267,18 @@ pub fn kp_member_fork(ctx: RawTracePointContext) -> i32 {
 fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
     // Every fork on the host passes here: one or two hash lookups, then
     // out for tasks of no target.
+    // Both task pointers first: read later on one path only, the compiler
+    // left the context register unset on the other (verifier: R6 !read_ok).
+    let (parent, child): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     let cur = bpf_get_current_pid_tgid();
-    let m = of(cur as u32, (cur >> 32) as u32)?;
+    let Some(m) = of(cur as u32, (cur >> 32) as u32) else {
+        return born_into_target(parent, child);
+    };
     crate::tripwire::fork(m.target);
     let o = OFFSETS.get(0)?;
     if o.members_valid == 0 {
         return None;
     }
-    let child: u64 = ctx.arg(1);
     let pid = read::<i32>(child, o.task_pid)? as u32;
     let tgid = read::<i32>(child, o.task_tgid)? as u32;
     let child_member = Member { target: m.target, tgid, escapes: 0 };
@@ -246,6 +290,35 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
     if kcgroup::ancestor(o, cgrp, lvl, st.depth) != m.target {
         let dst_id = kcgroup::id(o, cgrp);
         escaped(pid, tgid, &child_member, &st, dst_id, escape::BORN_OUTSIDE);
+    }
+    Some(0)
+}
+
+/// A child of an unmarked parent born into a target's subtree: clone3 with
+/// CLONE_INTO_CGROUP into another cgroup than the parent's (systemd starts
+/// a unit's ExecReload and the like this way), which never passes
+/// cgroup_attach_task. It is a member from birth, like a task that moved
+/// in. A child born in its parent's cgroup is left alone: one config read
+/// and four pointer reads per fork of an unmarked task on the host.
+#[inline(always)]
+fn born_into_target(parent: u64, child: u64) -> Option<i32> {
+    let cfg = targets::config()?;
+    if cfg.depth_mask == 0 {
+        return None;
+    }
+    let o = OFFSETS.get(0)?;
+    if o.members_valid == 0 {
+        return None;
+    }
+    let cgrp = kcgroup::of_task(o, child)?;
+    if kcgroup::of_task(o, parent)? == cgrp {
+        return None;
+    }
+    let target = innermost(o, cfg.depth_mask, cgrp, kcgroup::level(o, cgrp));
+    if target != 0 {
+        let pid = read::<i32>(child, o.task_pid)? as u32;
+        let tgid = read::<i32>(child, o.task_tgid)? as u32;
+        mark(pid, &Member { target, tgid, escapes: 0 });
     }
     Some(0)
 }
@@ -264,7 +337,8 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
 pub fn kp_member_exit(ctx: RawTracePointContext) -> i32 {
     let cur = bpf_get_current_pid_tgid();
     let (pid, tgid) = (cur as u32, (cur >> 32) as u32);
-    let group_alive = group_alive(ctx.arg(0));
+    // Unreadable: the mark goes with the task, as before the group check.
+    let group_alive = group_live(ctx.arg(0)) == Some(true);
     if pid != tgid || !group_alive {
         let _ = MEMBERS.remove(pid);
     }
@@ -277,16 +351,16 @@ pub fn kp_member_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Whether the thread group of `task` (exiting) still has a live thread.
-/// False when unreadable: the mark then goes with the task, as before the
-/// group check existed.
+/// Whether the thread group of `task` still has a live thread
+/// (`signal->live`, decremented in do_exit before sched_process_exit);
+/// None when unreadable.
 #[inline(always)]
-fn group_alive(task: u64) -> bool {
-    let Some(o) = OFFSETS.get(0) else { return false };
+fn group_live(task: u64) -> Option<bool> {
+    let o = OFFSETS.get(0)?;
     if o.members_valid == 0 {
-        return false;
+        return None;
     }
-    read::<u64>(task, o.task_signal).and_then(|sig| read::<i32>(sig, o.signal_live)).is_some_and(|live| live > 0)
+    read::<u64>(task, o.task_signal).and_then(|sig| read::<i32>(sig, o.signal_live)).map(|live| live > 0)
 }
 
 /// The agent's process died: its tgid stops naming the agent before the

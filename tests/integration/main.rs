@@ -19,6 +19,8 @@ mod journal_poisoned;
 mod lease;
 mod metrics;
 mod membership;
+mod membership_nested;
+mod membership_stale;
 mod membership_threads;
 mod names;
 mod priority;

@@ -17,7 +17,7 @@ use crate::{
     harness::{alive, wait_until, Agent},
     support::{
         cgroup::{cgroup_line, cgroup_rel, make_cgroup},
-        process::{children, py, run_bg, show, Reaped},
+        process::{children, py, run_bg, show, spawn_outside, Reaped},
         status::{stop, target_row},
     },
 };
@@ -267,6 +267,37 @@ fn clone_into_outside_cgroup_agent_dead_direct_stop() {
     clone_into_case(true);
 }
 
+/// A process outside every target starts a child into a target's cgroup
+/// with clone3(CLONE_INTO_CGROUP), as systemd does for a unit's ExecReload:
+/// the child never passes cgroup_attach_task, and its parent has no mark to
+/// inherit, yet it is the target's from birth. Its move out (by the test,
+/// not the agent) is an escape, journaled and moved back, and the stop
+/// kills it.
+#[test]
+fn child_born_into_a_target_by_an_outside_parent_is_a_member() {
+    let Some(agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "born-in", &["sleep", "1000"], 1);
+    let mut guard = Escapees(vec![run.pid()]);
+    let (flag, out) = (agent.dir.path().join("go"), agent.dir.path().join("child-pid"));
+    let dst = agent.target_cgroup("born-in");
+    let (flag_s, dst_s, out_s) = (flag.display().to_string(), dst.path().display().to_string(), out.display().to_string());
+    let _parent = spawn_outside(&[py(), "-c", CLONE_INTO, &flag_s, &dst_s, &out_s]);
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(5), || out.exists()).expect("clone3 result");
+    let text = std::fs::read_to_string(&out).expect("child pid");
+    let child: i32 = text.trim().parse().unwrap_or_else(|_| panic!("clone3 failed: {text}"));
+    guard.0.push(child);
+    let rel = cgroup_rel(dst.path());
+    assert!(inside(child, &rel), "the child was born in the target: {:?}", cgroup_line(child));
+    std::fs::write(root_procs(), child.to_string()).expect("move the child out");
+    wait_until(Duration::from_secs(5), || !escape_records(&agent, child).is_empty())
+        .unwrap_or_else(|| panic!("no escape record for {child}\nlog:\n{}", agent.log_text()));
+    let rec = &escape_records(&agent, child)[0];
+    assert!(rec["outcome"].as_str().unwrap_or("").starts_with("moved back"), "{rec}");
+    let r = stop(&agent, "born-in");
+    assert_gone(&[run.pid(), child], &r);
+}
+
 /// The agent's scan racing a move out: a task read in a target's cgroup
 /// that leaves before its mark is written passed cgroup_attach_task
 /// unmarked (no escape counted by the kernel) and carries the mark outside.
@@ -318,16 +349,14 @@ fn member_agent(agent: &Agent) -> u32 {
 
 /// Runs `sh -c SCRIPT` as pid `want`, steering the kernel's next pid with
 /// /proc/sys/kernel/ns_last_pid (another fork on the host may take it
-/// first: retried). The script sees its pid as `$$`.
-fn run_as_pid(want: i32, script: &str) {
+/// first: retried). The script sees its pid as `$$`. Returns how it ended.
+pub(crate) fn run_as_pid(want: i32, script: &str) -> std::process::ExitStatus {
     let body = format!("[ $$ = {want} ] || exit 3; {script}");
     for _ in 0..200 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (want - 1).to_string()).expect("ns_last_pid");
         let st = std::process::Command::new("/bin/sh").args(["-c", &body]).status().expect("sh");
-        match st.code() {
-            Some(3) => continue,
-            Some(0) => return,
-            _ => panic!("the script as pid {want} failed: {st}"),
+        if st.code() != Some(3) {
+            return st;
         }
     }
     panic!("could not get pid {want} in 200 tries");
@@ -350,7 +379,8 @@ fn a_process_with_a_dead_agents_pid_moves_a_member_out_as_an_escape() {
     agent.kill9();
     assert!(!alive(agent_pid), "the agent is dead");
     assert_eq!(member_agent(&agent), 0, "a dead agent's pid names no agent");
-    run_as_pid(agent_pid, &format!("echo {pid} > {}", root_procs()));
+    let st = run_as_pid(agent_pid, &format!("echo {pid} > {}", root_procs()));
+    assert!(st.success(), "the move as the dead agent's pid failed: {st}");
     let rel = cgroup_rel(agent.target_cgroup("agent-pid").path());
     assert!(!inside(pid, &rel), "the member was moved out: {:?}", cgroup_line(pid));
     let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");

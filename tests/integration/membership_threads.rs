@@ -17,12 +17,12 @@ use crate::{
 };
 
 /// Whether `/proc/PID/task/TID` is gone or a zombie.
-fn task_gone(pid: i32, tid: i32) -> bool {
+pub(crate) fn task_gone(pid: i32, tid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
 }
 
 /// Waits for the first escape record about `pid`, and returns it.
-fn escape_record(agent: &Agent, pid: i32) -> serde_json::Value {
+pub(crate) fn escape_record(agent: &Agent, pid: i32) -> serde_json::Value {
     wait_until(Duration::from_secs(10), || !escape_records(agent, pid).is_empty())
         .unwrap_or_else(|| panic!("no escape record for {pid}\nlog:\n{}", agent.log_text()));
     escape_records(agent, pid).remove(0)
@@ -109,7 +109,7 @@ fn process_whose_thread_execd_stays_a_member() {
 }
 
 /// The ids of every task of process `pid` (/proc/PID/task).
-fn task_ids(pid: i32) -> Vec<u32> {
+pub(crate) fn task_ids(pid: i32) -> Vec<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or_else(|_| Vec::new(), |d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
 }
 
@@ -141,57 +141,4 @@ fn process_adopted_into_another_target_is_that_targets_alone() {
     assert!(task_ids(pid).iter().all(|&t| !task_gone(pid, t as i32)), "the adopted process runs on: {r}");
     let r = stop(&agent, "second");
     assert!(wait_until(Duration::from_secs(2), || task_gone(pid, pid)).is_some(), "{pid} survived its own target's stop: {r}");
-}
-
-/// A process of target `outer` moves itself into `inner`, a target nested
-/// in `outer`'s cgroup: the kernel re-marks it under its tgid, while its
-/// other thread keeps `outer`'s mark from its fork. A child that thread
-/// forks is `inner`'s (the deeper mark wins), so when the child moves
-/// itself back out into `outer`'s own cgroup, that is an escape from
-/// `inner`: journaled, moved back, and `inner`'s stop kills it. Judged
-/// from outside: the journal file, /proc/PID/cgroup and /proc.
-#[test]
-fn child_of_a_thread_of_a_process_that_entered_a_nested_target_is_the_inner_ones() {
-    let Some(agent) = Agent::start() else { return };
-    let dir = agent.dir.path();
-    let (go_in, go_fork, child_file) = (dir.join("in"), dir.join("fork"), dir.join("child"));
-    let outer = agent.target_cgroup("outer");
-    let sub = outer.path().join("sub");
-    let script = format!(
-        "import os, subprocess, threading, time\n\
-         def wait(p):\n    while not os.path.exists(p): time.sleep(0.02)\n\
-         def t():\n    wait('{go_fork}')\n    c = subprocess.Popen(['/bin/sh', '-c', 'echo $$ > {outer}/cgroup.procs; exec sleep 1000'])\n    open('{child}', 'w').write(str(c.pid))\n    time.sleep(1000)\n\
-         threading.Thread(target=t).start()\n\
-         wait('{go_in}')\n\
-         open('{sub}/cgroup.procs', 'w').write(str(os.getpid()))\n\
-         time.sleep(1000)\n",
-        go_fork = go_fork.display(),
-        go_in = go_in.display(),
-        child = child_file.display(),
-        outer = outer.path().display(),
-        sub = sub.display(),
-    );
-    let run = run_bg(&agent, "outer", &["/usr/bin/python3", "-c", &script], 1);
-    let pid = run.pid();
-    let mut guard = Escapees(vec![pid]);
-    wait_until(Duration::from_secs(10), || task_ids(pid).len() == 2).unwrap_or_else(|| panic!("no second thread: {:?}", task_ids(pid)));
-    std::fs::create_dir(&sub).expect("mkdir sub");
-    agent.json(&["adopt", "inner", "--cgroup", sub.to_str().expect("utf-8 path")]);
-    std::fs::write(&go_in, "").expect("go in");
-    let inner_rel = cgroup_rel(&sub);
-    wait_until(Duration::from_secs(5), || inside(pid, &inner_rel)).unwrap_or_else(|| panic!("{pid} never entered {inner_rel}"));
-    std::fs::write(&go_fork, "").expect("go fork");
-    wait_until(Duration::from_secs(10), || std::fs::read_to_string(&child_file).is_ok_and(|s| !s.trim().is_empty())).expect("the child's pid");
-    let child: i32 = std::fs::read_to_string(&child_file).expect("child").trim().parse().expect("a pid");
-    guard.0.push(child);
-    let rec = escape_record(&agent, child);
-    assert_eq!(rec["target"], "inner", "an escape from the inner target: {rec}");
-    assert!(rec["outcome"].as_str().unwrap_or("").starts_with("moved back"), "{rec}");
-    wait_until(Duration::from_secs(2), || inside(child, &inner_rel))
-        .unwrap_or_else(|| panic!("{child} is at {:?}, not back in {inner_rel}", cgroup_line(child)));
-    let r = stop(&agent, "inner");
-    assert_eq!(r["survivors"], 0, "{r}");
-    for p in [pid, child] {
-        assert!(wait_until(Duration::from_secs(2), || task_gone(p, p)).is_some(), "{p} survived the inner target's stop: {r}");
-    }
 }

@@ -82,7 +82,7 @@ impl State {
         }
         // Membership follows the task: a caller that left its target's
         // cgroup (before the agent moved it back) is still the target's.
-        let mark = self.enforcer.maps.members.as_ref().and_then(|m| u32::try_from(caller.pid).ok().and_then(|pid| m.get(pid)));
+        let mark = self.enforcer.maps.members.as_ref().and_then(|m| u32::try_from(caller.pid).ok().and_then(|pid| m.get(pid).filter(|mk| mk.tgid == pid)));
         if let Some(t) = mark.and_then(|m| self.registry.with_cgroup_id(&[m.target])) {
             return Ok(Some(t.name.clone()));
         }

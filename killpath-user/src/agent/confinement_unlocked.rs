@@ -74,7 +74,9 @@ impl Early {
             return Err(gone());
         }
         let rel = cgroup::cgroup_of(caller.pid).map_err(|_| gone())?;
-        let mark = self.members.as_ref().and_then(|m| m.get(&pid, 0).ok());
+        // A mark naming another process is stale (left under an id since
+        // reused, see `members::of` in the eBPF crate): not this caller's.
+        let mark = self.members.as_ref().and_then(|m| m.get(&pid, 0).ok()).filter(|m| m.tgid == pid);
         // Read first, then check the pidfd: alive after the reads, the pid
         // was not recycled during them.
         if caller.pidfd.is_some_and(|fd| !pidfd_alive(fd)) {

@@ -80,7 +80,8 @@ impl State {
             None => "ignored: not a target of this agent".to_owned(),
             Some(_) if ev.action == escape::ACTION_KILLED => "killed in the kernel as it moved".to_owned(),
             Some(t) if t.level >= level::ISOLATE => {
-                let marked = |pid: u32| self.enforcer.maps.members.as_ref().and_then(|m| m.get(pid)).is_some_and(|mk| mk.target == ev.target);
+                let marked =
+                    |pid: u32| self.enforcer.maps.members.as_ref().and_then(|m| m.get(pid)).is_some_and(|mk| mk.target == ev.target && mk.tgid == ev.tgid);
                 if kill_if_marked(ev.tgid, || marked(ev.pid) || marked(ev.tgid)) {
                     "killed (target isolated or stopped)".to_owned()
                 } else {

@@ -144,6 +144,15 @@ impl State {
     pub(super) fn release(&mut self, name: &str) -> Result<Done> {
         self.unthrottle(name)?;
         let t = self.registry.get(name)?.clone();
+        // A target nested in another: its tasks stay the outer one's. Their
+        // marks are handed over before the kernel forgets the target (a
+        // mark of a target no longer listed is dropped at the task's next
+        // move, which would then go unseen), and again after (a fork in
+        // between marked its child with the old target).
+        let heir = self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).max_by_key(|o| o.depth).map(|o| o.cgroup_id);
+        if let (Some(m), Some(_)) = (self.enforcer.maps.members.as_mut(), heir) {
+            m.release_target(t.cgroup_id, heir);
+        }
         self.enforcer.maps.remove(t.cgroup_id)?;
         // Adopted (journaled) by dispatch before the release: a record left
         // now would be merged into a later target on the same cgroup.
@@ -156,7 +165,7 @@ impl State {
         self.enforcer.maps.clear_audit_counts(t.cgroup_id);
         self.enforcer.maps.clear_guard_kills(t.cgroup_id);
         if let Some(m) = self.enforcer.maps.members.as_mut() {
-            m.unmark_target(t.cgroup_id);
+            m.release_target(t.cgroup_id, heir);
         }
         // The trail's last counters written; its file stays.
         self.trail_release(name, t.cgroup_id);

@@ -131,6 +131,7 @@ pub fn resolve() -> Resolved {
         o.task_tgid = offset(btf, "task_struct", "tgid")?;
         o.task_signal = offset(btf, "task_struct", "signal")?;
         o.signal_live = offset(btf, "signal_struct", "live")?;
+        o.task_flags = offset(btf, "task_struct", "flags")?;
         Ok(())
     });
     o.members_valid = u32::from(members.is_ok());

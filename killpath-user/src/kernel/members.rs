@@ -18,6 +18,8 @@ use super::cgroup::Cgroup;
 /// `BPF_NOEXIST`: insert only where no mark exists (the kernel's own marks,
 /// inherited or nested, win over the agent's scan).
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: update only a mark that is still there.
+const BPF_EXIST: u64 = 2;
 
 /// The membership maps.
 pub struct MemberMaps {
@@ -109,7 +111,8 @@ impl MemberMaps {
             let Some(tgid) = tgid_of(tid) else { continue };
             let m = Member { target, tgid, escapes: 0 };
             let ok = match self.members.get(&tid, 0) {
-                Ok(cur) if take(cur.target) => self.members.insert(tid, m, 0).is_ok(),
+                // A mark of another process is stale (its id was reused).
+                Ok(cur) if cur.tgid != tgid || take(cur.target) => self.members.insert(tid, m, 0).is_ok(),
                 Ok(_) => false,
                 Err(_) => self.members.insert(tid, m, BPF_NOEXIST).is_ok(),
             };
@@ -183,10 +186,21 @@ impl MemberMaps {
         }
     }
 
-    /// Drops every mark of `target` and its escape count (release).
-    pub fn unmark_target(&mut self, target: u64) {
-        for (tid, _) in self.of_targets(&[target]) {
-            let _ = self.members.remove(&tid);
+    /// Release of `target`: its marks go to `heir`, the innermost target
+    /// enclosing it, if any (its tasks are still that target's: dropping
+    /// the marks would let them leave it unseen), else are dropped; its
+    /// escape count is dropped.
+    pub fn release_target(&mut self, target: u64, heir: Option<u64>) {
+        for (tid, m) in self.of_targets(&[target]) {
+            match heir {
+                // BPF_EXIST: a mark dropped meanwhile (its task exited) stays dropped.
+                Some(h) => {
+                    let _ = self.members.insert(tid, Member { target: h, ..m }, BPF_EXIST);
+                }
+                None => {
+                    let _ = self.members.remove(&tid);
+                }
+            }
         }
         if let Some(e) = self.escapes.as_mut() {
             let _ = e.remove(&target);
@@ -229,7 +243,15 @@ impl MemberMaps {
             if killed.contains(&m.tgid) {
                 continue;
             }
-            if kill_if_marked(m.tgid, || self.members.get(tid, 0).is_ok_and(|now| now.tgid == m.tgid && now.target == m.target)) {
+            // With the pidfd open, the mark is still there and its task is
+            // still one of that process's: a stale mark (a thread's exec
+            // that failed after de_thread left one under a freed id) whose
+            // tgid was reused by another process names no task of it.
+            let still = || {
+                self.members.get(tid, 0).is_ok_and(|now| now.tgid == m.tgid && now.target == m.target)
+                    && std::path::Path::new(&format!("/proc/{}/task/{tid}", m.tgid)).exists()
+            };
+            if kill_if_marked(m.tgid, still) {
                 killed.insert(m.tgid);
             }
         }

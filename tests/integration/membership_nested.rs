@@ -1,0 +1,98 @@
+//! Tests: membership across nested targets. A process that moves into a
+//! target nested in its own is the inner target's, threads and children
+//! included; releasing the inner target hands its tasks back to the outer
+//! one. Judged from outside: the journal file, /proc/PID/cgroup and /proc.
+use std::time::Duration;
+
+use crate::{
+    harness::{wait_until, Agent},
+    membership::{escape_records, inside, root_procs, Escapees},
+    membership_threads::{escape_record, task_gone, task_ids},
+    support::{
+        cgroup::{cgroup_line, cgroup_rel},
+        process::run_bg,
+        status::stop,
+    },
+};
+
+/// A sleep of target `o` moved (by the test, not the agent) into `o/in`,
+/// which is then adopted as target `in` (its tasks become `in`'s), and `in`
+/// released: the sleep is `o`'s again, so moving it out of `o` is an
+/// escape (journaled, moved back) and `o`'s stop kills it. Dropping the
+/// marks at the release let it leave `o` unseen, and the stop report 0
+/// survivors while it ran.
+#[test]
+fn released_nested_target_hands_its_tasks_to_the_outer_one() {
+    let Some(agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "o", &["sleep", "1000"], 1);
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    let outer = agent.target_cgroup("o");
+    let sub = outer.path().join("in");
+    std::fs::create_dir(&sub).expect("mkdir in");
+    std::fs::write(sub.join("cgroup.procs"), pid.to_string()).expect("move into o/in");
+    agent.json(&["adopt", "in", "--cgroup", sub.to_str().expect("utf-8 path")]);
+    agent.json(&["release", "in"]);
+    std::fs::write(root_procs(), pid.to_string()).expect("move out to the root");
+    let rec = escape_record(&agent, pid);
+    assert_eq!(rec["target"], "o", "an escape from the outer target: {rec}");
+    let rel = cgroup_rel(outer.path());
+    wait_until(Duration::from_secs(2), || inside(pid, &rel)).unwrap_or_else(|| panic!("{pid} is at {:?}, not back in {rel}", cgroup_line(pid)));
+    let r = stop(&agent, "o");
+    assert_eq!(r["survivors"], 0, "{r}");
+    assert!(wait_until(Duration::from_secs(2), || task_gone(pid, pid)).is_some(), "{pid} survived the outer target's stop: {r}");
+    assert!(escape_records(&agent, pid).iter().all(|r| r["target"] == "o"), "no escape charged to the released target");
+}
+
+/// A process of target `outer` moves itself into `inner`, a target nested
+/// in `outer`'s cgroup: the kernel re-marks it under its tgid, while its
+/// other thread keeps `outer`'s mark from its fork. A child that thread
+/// forks is `inner`'s (the deeper mark wins), so when the child moves
+/// itself back out into `outer`'s own cgroup, that is an escape from
+/// `inner`: journaled, moved back, and `inner`'s stop kills it. Judged
+/// from outside: the journal file, /proc/PID/cgroup and /proc.
+#[test]
+fn child_of_a_thread_of_a_process_that_entered_a_nested_target_is_the_inner_ones() {
+    let Some(agent) = Agent::start() else { return };
+    let dir = agent.dir.path();
+    let (go_in, go_fork, child_file) = (dir.join("in"), dir.join("fork"), dir.join("child"));
+    let outer = agent.target_cgroup("outer");
+    let sub = outer.path().join("sub");
+    let script = format!(
+        "import os, subprocess, threading, time\n\
+         def wait(p):\n    while not os.path.exists(p): time.sleep(0.02)\n\
+         def t():\n    wait('{go_fork}')\n    c = subprocess.Popen(['/bin/sh', '-c', 'echo $$ > {outer}/cgroup.procs; exec sleep 1000'])\n    open('{child}', 'w').write(str(c.pid))\n    time.sleep(1000)\n\
+         threading.Thread(target=t).start()\n\
+         wait('{go_in}')\n\
+         open('{sub}/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         time.sleep(1000)\n",
+        go_fork = go_fork.display(),
+        go_in = go_in.display(),
+        child = child_file.display(),
+        outer = outer.path().display(),
+        sub = sub.display(),
+    );
+    let run = run_bg(&agent, "outer", &["/usr/bin/python3", "-c", &script], 1);
+    let pid = run.pid();
+    let mut guard = Escapees(vec![pid]);
+    wait_until(Duration::from_secs(10), || task_ids(pid).len() == 2).unwrap_or_else(|| panic!("no second thread: {:?}", task_ids(pid)));
+    std::fs::create_dir(&sub).expect("mkdir sub");
+    agent.json(&["adopt", "inner", "--cgroup", sub.to_str().expect("utf-8 path")]);
+    std::fs::write(&go_in, "").expect("go in");
+    let inner_rel = cgroup_rel(&sub);
+    wait_until(Duration::from_secs(5), || inside(pid, &inner_rel)).unwrap_or_else(|| panic!("{pid} never entered {inner_rel}"));
+    std::fs::write(&go_fork, "").expect("go fork");
+    wait_until(Duration::from_secs(10), || std::fs::read_to_string(&child_file).is_ok_and(|s| !s.trim().is_empty())).expect("the child's pid");
+    let child: i32 = std::fs::read_to_string(&child_file).expect("child").trim().parse().expect("a pid");
+    guard.0.push(child);
+    let rec = escape_record(&agent, child);
+    assert_eq!(rec["target"], "inner", "an escape from the inner target: {rec}");
+    assert!(rec["outcome"].as_str().unwrap_or("").starts_with("moved back"), "{rec}");
+    wait_until(Duration::from_secs(2), || inside(child, &inner_rel))
+        .unwrap_or_else(|| panic!("{child} is at {:?}, not back in {inner_rel}", cgroup_line(child)));
+    let r = stop(&agent, "inner");
+    assert_eq!(r["survivors"], 0, "{r}");
+    for p in [pid, child] {
+        assert!(wait_until(Duration::from_secs(2), || task_gone(p, p)).is_some(), "{p} survived the inner target's stop: {r}");
+    }
+}
