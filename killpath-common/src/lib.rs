@@ -97,6 +97,11 @@ pub mod maps {
     /// --pid of a task of another target) re-mark the task instead of
     /// counting as an escape.
     pub const MEMBER_AGENT: &str = "KP_MEMBER_AGENT";
+    /// `HashMap<u64, u64>`: a released nested target's cgroup id → its heir,
+    /// the enclosing target its tasks' marks were handed to. A mark of the
+    /// released target that the hand-over missed (set by a hook while it
+    /// ran) is the heir's.
+    pub const RELEASED: &str = "KP_RELEASED";
     /// `HashMap<u32 tgid, u32>`: killpath's own processes (the agent),
     /// which no task inside a target may signal or ptrace.
     pub const PROTECTED_PIDS: &str = "KP_PROTECTED_PIDS";

@@ -88,6 +88,10 @@ pub static ESCAPE_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map(name = "KP_MEMBER_AGENT")]
 pub static MEMBER_AGENT: Array<u32> = Array::with_max_entries(1, 0);
 
+/// See `killpath_common::maps::RELEASED`.
+#[map(name = "KP_RELEASED")]
+pub static RELEASED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
 #[map(name = "KP_MEMBER_LOST")]
 pub static MEMBER_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 

@@ -37,7 +37,7 @@ use killpath_common::{escape, level, EscapeEvent, KernelOffsets, Member, TargetS
 
 use crate::{
     kcgroup::{self, read},
-    maps::{ESCAPES, ESCAPE_EVENTS, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, TARGETS},
+    maps::{ESCAPES, ESCAPE_EVENTS, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, RELEASED, TARGETS},
     targets,
 };
 
@@ -75,6 +75,22 @@ pub fn of(pid: u32, tgid: u32) -> Option<Member> {
     let pick =
         if own.target == 0 || (process.target != 0 && process.target != own.target && depth_of(process.target) > depth_of(own.target)) { process } else { own };
     (pick.target != 0).then_some(pick)
+}
+
+/// A mark with its target's state: the target it names, or, for a target
+/// released after being nested in another, its heir (`KP_RELEASED`), to
+/// which the mark now belongs. None when neither is a target any more.
+#[inline(always)]
+pub fn resolve(m: Member) -> Option<(Member, TargetState)> {
+    // SAFETY: values copied out at once.
+    if let Some(st) = unsafe { TARGETS.get(m.target) } {
+        return Some((m, *st));
+    }
+    // SAFETY: as above.
+    let heir = *unsafe { RELEASED.get(m.target) }?;
+    // SAFETY: as above.
+    let st = *unsafe { TARGETS.get(heir) }?;
+    Some((Member { target: heir, ..m }, st))
 }
 
 /// The mark under `key` if it is one of process `tgid`'s, else a zero one.
@@ -233,12 +249,16 @@ fn try_attach(ctx: &RawTracePointContext) -> Option<i32> {
         }
         return Some(0);
     };
-    // SAFETY: value copied out at once.
-    let Some(st) = (unsafe { TARGETS.get(m.target) }).copied() else {
-        // The target was released: its marks are stale.
+    let named = m.target;
+    let Some((m, st)) = resolve(m) else {
+        // The target was released (and had no heir): its marks are stale.
         let _ = MEMBERS.remove(pid);
         return Some(0);
     };
+    if m.target != named {
+        // A released nested target's mark: its heir's from now on.
+        mark_live(task, pid, &m);
+    }
     if kcgroup::ancestor(o, dst, dst_level, st.depth) == m.target {
         // A move inside its own subtree; entering a target nested in it
         // makes the task that (stricter or equal) target's.
@@ -279,15 +299,25 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
     if o.members_valid == 0 {
         return None;
     }
+    // A mark of a target gone (and with no heir) is not passed on.
+    let (m, st) = resolve(m)?;
     let pid = read::<i32>(child, o.task_pid)? as u32;
     let tgid = read::<i32>(child, o.task_tgid)? as u32;
-    let child_member = Member { target: m.target, tgid, escapes: 0 };
-    mark(pid, &child_member);
-    // SAFETY: value copied out at once.
-    let st = (unsafe { TARGETS.get(m.target) }).copied()?;
     let cgrp = kcgroup::of_task(o, child)?;
     let lvl = read::<i32>(cgrp, o.cgroup_level)?;
-    if kcgroup::ancestor(o, cgrp, lvl, st.depth) != m.target {
+    let inside = kcgroup::ancestor(o, cgrp, lvl, st.depth) == m.target;
+    let mut target = m.target;
+    if inside && kcgroup::of_task(o, parent) != Some(cgrp) {
+        // Born (CLONE_INTO_CGROUP) into a target nested in the parent's:
+        // that stricter target's, as a move there would make it.
+        let inner = targets::config().map_or(0, |cfg| innermost(o, cfg.depth_mask, cgrp, lvl));
+        if inner != 0 {
+            target = inner;
+        }
+    }
+    let child_member = Member { target, tgid, escapes: 0 };
+    mark(pid, &child_member);
+    if !inside {
         let dst_id = kcgroup::id(o, cgrp);
         escaped(pid, tgid, &child_member, &st, dst_id, escape::BORN_OUTSIDE);
     }

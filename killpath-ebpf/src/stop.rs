@@ -17,7 +17,7 @@ use aya_ebpf::{
 use killpath_common::level;
 
 use crate::{
-    maps::{GUARD_KILLS, GUARD_KILLS_BY_TARGET, TARGETS},
+    maps::{GUARD_KILLS, GUARD_KILLS_BY_TARGET},
     members, targets,
 };
 
@@ -57,8 +57,8 @@ fn try_guard() -> Result<i32, i64> {
     let Some(m) = members::of(cur as u32, (cur >> 32) as u32) else {
         return Ok(0);
     };
-    // SAFETY: value copied out at once.
-    let Some(st) = (unsafe { TARGETS.get(m.target) }).copied() else {
+    // A released nested target's mark is its heir's (`members::resolve`).
+    let Some((m, st)) = members::resolve(m) else {
         return Ok(0);
     };
     let kill = st.level >= level::STOPPED || {

@@ -201,7 +201,7 @@ fn escape_of_another_task_from_isolated_target_is_killed() {
 /// Python: wait for argv[1], clone3(CLONE_INTO_CGROUP) into the cgroup
 /// directory argv[2] (opened read-only), write the child's pid to argv[3];
 /// the child execs `sleep 1000`.
-const CLONE_INTO: &str = r#"
+pub(crate) const CLONE_INTO: &str = r#"
 import ctypes, os, sys, time
 flag, dst, out = sys.argv[1], sys.argv[2], sys.argv[3]
 while not os.path.exists(flag):

@@ -96,3 +96,61 @@ fn child_of_a_thread_of_a_process_that_entered_a_nested_target_is_the_inner_ones
         assert!(wait_until(Duration::from_secs(2), || task_gone(p, p)).is_some(), "{p} survived the inner target's stop: {r}");
     }
 }
+
+/// A mark of a released nested target that the hand-over missed (a hook
+/// set it while the release ran, made certain here by writing it through
+/// the pinned map after `release in`) is the outer target's: moving the
+/// task out of `o` is an escape of `o`, journaled and moved back, not a
+/// stale mark silently dropped.
+#[test]
+fn mark_of_a_released_nested_target_is_the_outer_ones() {
+    let Some(agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "o2", &["sleep", "1000"], 1);
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    let outer = agent.target_cgroup("o2");
+    let sub = outer.path().join("in");
+    std::fs::create_dir(&sub).expect("mkdir in");
+    let r = agent.json(&["adopt", "in2", "--cgroup", sub.to_str().expect("utf-8 path")]);
+    let inner_id = r["target"]["cgroup_id"].as_u64().unwrap_or_else(|| panic!("adopt: {r}"));
+    agent.json(&["release", "in2"]);
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    let path = killpath::kernel::pins::map_pin(&gen, killpath_common::maps::MEMBERS);
+    let data = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut marks: aya::maps::HashMap<_, u32, killpath_common::Member> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
+    marks.insert(pid as u32, killpath_common::Member { target: inner_id, tgid: pid as u32, escapes: 0 }, 0).expect("the missed mark");
+    std::fs::write(root_procs(), pid.to_string()).expect("move out to the root");
+    let rec = escape_record(&agent, pid);
+    assert_eq!(rec["target"], "o2", "an escape from the outer target: {rec}");
+    let rel = cgroup_rel(outer.path());
+    wait_until(Duration::from_secs(2), || inside(pid, &rel)).unwrap_or_else(|| panic!("{pid} is at {:?}, not back in {rel}", cgroup_line(pid)));
+}
+
+/// A member of target `x` starts a child straight into `x/n`, a target
+/// nested in `x` (clone3 with CLONE_INTO_CGROUP): the child is `n`'s, as a
+/// move there would make it, so its move back into `x`'s own cgroup is an
+/// escape from `n`, journaled and moved back.
+#[test]
+fn child_born_into_a_nested_target_by_a_member_is_the_inner_ones() {
+    let Some(agent) = Agent::start() else { return };
+    let outer = agent.target_cgroup("x");
+    let sub = outer.path().join("n");
+    let (flag, out) = (agent.dir.path().join("go"), agent.dir.path().join("child-pid"));
+    let (flag_s, dst_s, out_s) = (flag.display().to_string(), sub.display().to_string(), out.display().to_string());
+    let run = run_bg(&agent, "x", &[crate::support::process::py(), "-c", crate::membership::CLONE_INTO, &flag_s, &dst_s, &out_s], 1);
+    let mut guard = Escapees(vec![run.pid()]);
+    std::fs::create_dir(&sub).expect("mkdir n");
+    agent.json(&["adopt", "n", "--cgroup", sub.to_str().expect("utf-8 path")]);
+    std::fs::write(&flag, "").expect("flag");
+    wait_until(Duration::from_secs(5), || out.exists()).expect("clone3 result");
+    let text = std::fs::read_to_string(&out).expect("child pid");
+    let child: i32 = text.trim().parse().unwrap_or_else(|_| panic!("clone3 failed: {text}"));
+    guard.0.push(child);
+    let inner_rel = cgroup_rel(&sub);
+    assert!(inside(child, &inner_rel), "born in n: {:?}", cgroup_line(child));
+    std::fs::write(outer.path().join("cgroup.procs"), child.to_string()).expect("move into x itself");
+    let rec = escape_record(&agent, child);
+    assert_eq!(rec["target"], "n", "an escape from the nested target: {rec}");
+    wait_until(Duration::from_secs(2), || inside(child, &inner_rel))
+        .unwrap_or_else(|| panic!("{child} is at {:?}, not back in {inner_rel}", cgroup_line(child)));
+}

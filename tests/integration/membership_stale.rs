@@ -118,3 +118,27 @@ fn zombie_written_to_cgroup_procs_leaves_no_mark() {
     let st = run_as_pid(zombie, "sleep 0.3");
     assert!(st.success(), "a process outside every target that got the zombie's pid {zombie} was killed: {st}");
 }
+
+/// The agent's scan writes a mark for a task it read in cgroup.threads a
+/// moment ago. A task that exited since (a zombie: /proc/TGID/task/TID is
+/// still there) must not keep it, or the next process given that pid would
+/// be the target's. Driven through the scan itself (`mark_tasks`, on the
+/// pinned maps) with a zombie the test holds unreaped; judged from the map.
+#[test]
+fn scan_marks_no_task_that_already_exited() {
+    let Some(agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "scan-zombie", &["sleep", "1000"], 1);
+    let _guard = Escapees(vec![run.pid()]);
+    let id = target_row(&agent, "scan-zombie").expect("listed")["cgroup_id"].as_u64().expect("cgroup_id");
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let zombie = child.id();
+    let state = || std::fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap_or_default();
+    wait_until(Duration::from_secs(5), || state().rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))).expect("a zombie");
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    let mut maps = killpath::kernel::maps::Maps::open_pinned(&gen).expect("the pinned maps");
+    let members = maps.members.as_mut().expect("the membership maps are pinned");
+    let added = members.mark_tasks(&agent.target_cgroup("scan-zombie"), &[zombie], id, &[]);
+    assert_eq!(added, 0, "no mark counted for a task that already exited");
+    assert_eq!(members.get(zombie), None, "no mark left under the zombie's pid {zombie}");
+    let _ = child.wait();
+}

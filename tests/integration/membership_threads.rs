@@ -142,3 +142,31 @@ fn process_adopted_into_another_target_is_that_targets_alone() {
     let r = stop(&agent, "second");
     assert!(wait_until(Duration::from_secs(2), || task_gone(pid, pid)).is_some(), "{pid} survived its own target's stop: {r}");
 }
+
+/// `adopt --pid` re-marks every thread of the processes it moved, and
+/// nothing else: a task of another target that sits in the new cgroup when
+/// the agent marks it (there by its own move, say a member of that target
+/// born into the cgroup the moment it was made) stays that target's.
+/// Driven through the marking itself (`mark_moved`, on the pinned maps,
+/// with the agent dead so that nothing moves the task back meanwhile);
+/// judged from the map.
+#[test]
+fn marking_a_moved_process_leaves_another_targets_task_alone() {
+    let Some(mut agent) = Agent::start() else { return };
+    let a = run_bg(&agent, "a", &["sleep", "1000"], 1);
+    let b = run_bg(&agent, "b", &["sleep", "1000"], 1);
+    let (pa, pb) = (a.pid(), b.pid());
+    let _guard = Escapees(vec![pa, pb]);
+    let ida = target_row(&agent, "a").expect("a")["cgroup_id"].as_u64().expect("id");
+    let idb = target_row(&agent, "b").expect("b")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    let cg_b = agent.target_cgroup("b");
+    std::fs::write(cg_b.path().join("cgroup.procs"), pa.to_string()).expect("a's task into b's cgroup");
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    let mut maps = killpath::kernel::maps::Maps::open_pinned(&gen).expect("the pinned maps");
+    let members = maps.members.as_mut().expect("the membership maps are pinned");
+    assert_eq!(members.get(pa as u32).map(|m| m.target), Some(ida), "a's task is a's (its move out was an escape)");
+    members.mark_moved(&cg_b, idb, &[pb as u32], &[]);
+    assert_eq!(members.get(pa as u32).map(|m| m.target), Some(ida), "b's marking took a's task over");
+    assert_eq!(members.get(pb as u32).map(|m| m.target), Some(idb));
+}

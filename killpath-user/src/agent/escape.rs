@@ -52,9 +52,10 @@ impl State {
     /// Marks every task in `t`'s cgroup subtree as `t`'s, replacing the
     /// marks of other targets: after the agent moved a process tree into
     /// `t`'s new cgroup ([`crate::kernel::members::MemberMaps::mark_moved`]).
-    pub(super) fn mark_moved(&mut self, t: &Target) -> usize {
+    pub(super) fn mark_moved(&mut self, t: &Target, moved: &[u32]) -> usize {
+        let outer: Vec<u64> = self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).map(|o| o.cgroup_id).collect();
         let Some(m) = self.enforcer.maps.members.as_mut() else { return 0 };
-        m.mark_moved(&Cgroup::new(&t.cgroup), t.cgroup_id)
+        m.mark_moved(&Cgroup::new(&t.cgroup), t.cgroup_id, moved, &outer)
     }
 
     /// Marks the tasks of every target, outermost first so that nested
@@ -89,7 +90,14 @@ impl State {
                 }
             }
             Some(t) => match Cgroup::new(&t.cgroup).move_pid(ev.tgid as i32) {
-                Ok(()) => format!("moved back into {}", t.cgroup.display()),
+                Ok(()) => {
+                    // Every thread is the target's again, not only the
+                    // leader the kernel re-marked at the move.
+                    if let Some(m) = self.enforcer.maps.members.as_mut() {
+                        m.mark_process(ev.tgid, ev.target);
+                    }
+                    format!("moved back into {}", t.cgroup.display())
+                }
                 Err(e) => format!("move back failed: {e}"),
             },
         };

@@ -58,7 +58,7 @@ impl State {
         let t = self.insert_target(name, &cg, true, false)?;
         if let Some(pid) = move_pid {
             cg.move_pid(pid)?;
-            self.mark_moved(&t);
+            self.mark_moved(&t, &[pid as u32]);
         }
         // `run` judges its own privileges after dropping them (the caller
         // is still the unprivileged-to-be CLI now): it needs the kernel's
@@ -133,7 +133,8 @@ impl State {
                         return Err(e);
                     }
                 };
-                self.mark_moved(&t);
+                let tgids: Vec<u32> = moved.iter().map(|p| *p as u32).collect();
+                self.mark_moved(&t, &tgids);
                 let privileges = self.privileges(&t);
                 Ok(Done { result: json!({"target": t, "moved_pids": moved, "privileges": privileges}), to_level: Some(level::NORMAL), time_to_effect_us: None })
             }

@@ -28,11 +28,40 @@ pub struct MemberMaps {
     pub(crate) lost: Option<PerCpuArray<MapData, u64>>,
     /// The agent's tgid, whose own moves are not escapes (agent only).
     pub(crate) agent: Option<Array<MapData, u32>>,
+    /// Released nested targets → their heirs (`KP_RELEASED`; agent only).
+    pub(crate) released: Option<HashMap<MapData, u64, u64>>,
 }
 
 /// Thread group id of task `tid` (None when it is gone).
 fn tgid_of(tid: u32) -> Option<u32> {
     fs::read_to_string(format!("/proc/{tid}/status")).ok()?.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether task `tid` of process `tgid` is gone for membership: no
+/// /proc/TGID/task/TID, or exiting (PF_EXITING in /proc's stat flags, a
+/// zombie or dead state): its exit hook may have run already, so a mark
+/// written now would outlive it and name whatever process later gets the
+/// id. A zombie leader whose threads still run is not gone (the process's
+/// mark stays while the group lives, as in the kernel's exit hook).
+pub fn task_gone(tgid: u32, tid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else { return true };
+    // Fields after the command (which may hold spaces and parentheses):
+    // state is the first, flags the seventh (proc_pid_stat(5)).
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let exiting = matches!(fields.first(), Some(&("Z" | "X" | "x"))) || fields.get(6).and_then(|f| f.parse::<u32>().ok()).is_none_or(|f| f & PF_EXITING != 0);
+    if !exiting {
+        return false;
+    }
+    tid != tgid || !group_has_live_thread(tgid)
+}
+
+/// include/linux/sched.h: the task is exiting.
+const PF_EXITING: u32 = 0x4;
+
+/// Whether process `tgid` has a thread other than its leader not exiting.
+fn group_has_live_thread(tgid: u32) -> bool {
+    let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/task")) else { return false };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|t| t != tgid && !task_gone(tgid, t))
 }
 
 /// Every task id (threads included) in `cg` and its nested cgroups.
@@ -91,8 +120,28 @@ impl MemberMaps {
     /// leaders (cgroup_attach_task is handed the leader of a procs write);
     /// the other threads of a process that belonged to another target kept
     /// that target's mark, so its stop would have killed them here.
-    pub fn mark_moved(&mut self, cg: &Cgroup, target: u64) -> usize {
-        self.mark_tids(cg, &threads_recursive(cg), target, &|cur| cur != target)
+    ///
+    /// Only the tasks of the processes the agent moved (`moved`, by tgid):
+    /// any other task in the cgroup got there on its own (a member of
+    /// another target born into it with CLONE_INTO_CGROUP the moment it
+    /// was created, say) and keeps its mark, like in [`Self::mark_cgroup`].
+    pub fn mark_moved(&mut self, cg: &Cgroup, target: u64, moved: &[u32], outer: &[u64]) -> usize {
+        let tids = threads_recursive(cg);
+        let (ours, others): (Vec<u32>, Vec<u32>) = tids.into_iter().partition(|t| tgid_of(*t).is_some_and(|g| moved.contains(&g)));
+        self.mark_tids(cg, &ours, target, &|cur| cur != target) + self.mark_tasks(cg, &others, target, outer)
+    }
+
+    /// Marks every task of process `tgid` as `target`'s, whatever target it
+    /// had: after the agent moved the process back into `target` (an
+    /// escape below isolate), where the kernel re-marked only the leader.
+    pub fn mark_process(&mut self, tgid: u32, target: u64) {
+        let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/task")) else { return };
+        for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            let m = Member { target, tgid, escapes: 0 };
+            if self.members.get(&tid, 0).is_ok_and(|cur| cur.target != target) && self.members.insert(tid, m, BPF_EXIST).is_ok() && task_gone(tgid, tid) {
+                let _ = self.members.remove(&tid);
+            }
+        }
     }
 
     /// [`MemberMaps::mark_cgroup`] for the tasks `tids` read from `cg`'s
@@ -118,10 +167,10 @@ impl MemberMaps {
             };
             if ok {
                 added += 1;
-                // The task may have exited between the read of
-                // cgroup.threads and the insert: then no exit hook will
+                // The task may have exited (or begun to) between the read
+                // of cgroup.threads and the insert: then no exit hook will
                 // ever drop this mark, so drop it here.
-                if !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists() {
+                if task_gone(tgid, tid) {
                     let _ = self.members.remove(&tid);
                     added -= 1;
                 } else if mount.get_or_insert_with(|| super::cgroup::cgroup2_mount().ok()).as_deref().is_some_and(|mnt| left_subtree(mnt, cg, tid)) {
@@ -190,7 +239,33 @@ impl MemberMaps {
     /// enclosing it, if any (its tasks are still that target's: dropping
     /// the marks would let them leave it unseen), else are dropped; its
     /// escape count is dropped.
+    ///
+    /// With an heir the kernel is told first (`KP_RELEASED`): a mark of
+    /// `target` that a hook sets while this runs, or that a move meets
+    /// once the kernel no longer lists `target`, is the heir's there too.
+    /// Heirs that named `target` now name its own heir (or none). The
+    /// escapes counted for `target` are added to the heir's.
     pub fn release_target(&mut self, target: u64, heir: Option<u64>) {
+        if let Some(r) = self.released.as_mut() {
+            let forwarded: Vec<u64> = r.iter().filter_map(|e| e.ok()).filter(|(_, h)| *h == target).map(|(k, _)| k).collect();
+            for k in forwarded {
+                let _ = match heir {
+                    Some(h) => r.insert(k, h, 0),
+                    None => r.remove(&k),
+                };
+            }
+            if let Some(h) = heir {
+                if let Err(e) = r.insert(target, h, 0) {
+                    tracing::warn!(target, heir = h, "membership: cannot forward a released target's marks in the kernel: {e}");
+                }
+            }
+        }
+        if let Some(h) = heir {
+            let n = self.escapes(target);
+            if n > 0 {
+                self.count_escape(h, n);
+            }
+        }
         for (tid, m) in self.of_targets(&[target]) {
             match heir {
                 // BPF_EXIST: a mark dropped meanwhile (its task exited) stays dropped.
@@ -221,7 +296,7 @@ impl MemberMaps {
     /// an exit while the hooks were not attached).
     pub fn prune_dead(&mut self) {
         for (tid, m) in self.all() {
-            if !std::path::Path::new(&format!("/proc/{}/task/{tid}", m.tgid)).exists() {
+            if task_gone(m.tgid, tid) {
                 let _ = self.members.remove(&tid);
             }
         }
@@ -247,10 +322,7 @@ impl MemberMaps {
             // still one of that process's: a stale mark (a thread's exec
             // that failed after de_thread left one under a freed id) whose
             // tgid was reused by another process names no task of it.
-            let still = || {
-                self.members.get(tid, 0).is_ok_and(|now| now.tgid == m.tgid && now.target == m.target)
-                    && std::path::Path::new(&format!("/proc/{}/task/{tid}", m.tgid)).exists()
-            };
+            let still = || self.members.get(tid, 0).is_ok_and(|now| now.tgid == m.tgid && now.target == m.target) && !task_gone(m.tgid, *tid);
             if kill_if_marked(m.tgid, still) {
                 killed.insert(m.tgid);
             }

@@ -164,11 +164,7 @@ pub type Marked<'a> = Option<(&'a MemberMaps, &'a [u64])>;
 
 /// Marked processes of `targets` that are still alive.
 fn marked_alive(m: &MemberMaps, targets: &[u64]) -> std::collections::BTreeSet<u32> {
-    m.of_targets(targets)
-        .into_iter()
-        .filter(|(tid, mk)| std::path::Path::new(&format!("/proc/{}/task/{tid}", mk.tgid)).exists())
-        .map(|(_, mk)| mk.tgid)
-        .collect()
+    m.of_targets(targets).into_iter().filter(|(tid, mk)| !crate::kernel::members::task_gone(mk.tgid, *tid)).map(|(_, mk)| mk.tgid).collect()
 }
 
 /// A marked process ran user code outside the cgroup until the kill just
