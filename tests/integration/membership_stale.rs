@@ -142,3 +142,47 @@ fn scan_marks_no_task_that_already_exited() {
     assert_eq!(members.get(zombie), None, "no mark left under the zombie's pid {zombie}");
     let _ = child.wait();
 }
+
+/// Detaches a bind mount, whatever happens.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A workload that can mount (root, below degrade's `mount` revocation)
+/// bind-mounts a stat file reading "Z" (a zombie) over one of its tasks'
+/// /proc/PID/task/TID/stat before the target is adopted. The agent reads
+/// liveness from the real procfs (RESOLVE_NO_XDEV refuses the mount), so
+/// that running task is still marked: its move out is an escape, and the
+/// stop kills it. Judged from outside: /proc, after the stop.
+#[test]
+fn fake_proc_stat_does_not_make_a_running_task_gone() {
+    let Some(agent) = Agent::start() else { return };
+    let cg = crate::support::cgroup::make_cgroup(agent.cgroup_parent.join("faked"));
+    let mut a = std::process::Command::new("sleep").arg("1000").spawn().expect("sleep a");
+    let mut b = std::process::Command::new("sleep").arg("1000").spawn().expect("sleep b");
+    let (pa, pb) = (a.id() as i32, b.id() as i32);
+    let _guard = Escapees(vec![pa, pb]);
+    for p in [pa, pb] {
+        std::fs::write(cg.path().join("cgroup.procs"), p.to_string()).expect("into the cgroup");
+    }
+    let fake = agent.dir.path().join("fake-stat");
+    std::fs::write(&fake, format!("{pa} (sleep) Z 1 {pa} {pa} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 0 0 0\n")).expect("fake stat");
+    let stat = std::path::PathBuf::from(format!("/proc/{pa}/task/{pa}/stat"));
+    nix::mount::mount(Some(&fake), &stat, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).expect("bind-mount the fake stat");
+    let _unmount = Unmount(stat.clone());
+    assert!(std::fs::read_to_string(&stat).expect("stat").contains(" Z "), "the path now reads the fake");
+    agent.json(&["adopt", "faked", "--cgroup", cg.path().to_str().expect("utf-8 path")]);
+    let parent = agent.cgroup_parent.join("cgroup.procs");
+    for p in [pa, pb] {
+        std::fs::write(&parent, p.to_string()).expect("move out to the cgroup parent");
+    }
+    let r = agent.json(&["stop", "faked"]);
+    for (p, child) in [(pa, &mut a), (pb, &mut b)] {
+        let dead = wait_until(Duration::from_secs(3), || child.try_wait().ok().flatten().is_some()).is_some();
+        assert!(dead, "{p} survived the stop: {r}");
+    }
+}

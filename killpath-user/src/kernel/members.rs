@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, fs, os::fd::AsRawFd as _};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use killpath_common::Member;
 
-use super::cgroup::Cgroup;
+use super::{cgroup::Cgroup, procfs::TaskState};
 
 /// `BPF_NOEXIST`: insert only where no mark exists (the kernel's own marks,
 /// inherited or nested, win over the agent's scan).
@@ -37,31 +37,19 @@ fn tgid_of(tid: u32) -> Option<u32> {
     fs::read_to_string(format!("/proc/{tid}/status")).ok()?.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
-/// Whether task `tid` of process `tgid` is gone for membership: no
-/// /proc/TGID/task/TID, or exiting (PF_EXITING in /proc's stat flags, a
-/// zombie or dead state): its exit hook may have run already, so a mark
-/// written now would outlive it and name whatever process later gets the
-/// id. A zombie leader whose threads still run is not gone (the process's
-/// mark stays while the group lives, as in the kernel's exit hook).
+/// Whether task `tid` of process `tgid` is gone for membership: no such
+/// task, or exiting (a zombie or dead state, PF_EXITING): its exit hook may
+/// have run already, so a mark written now would outlive it and name
+/// whatever process later gets the id. A zombie leader whose threads still
+/// run is not gone (the process's mark stays while the group lives, as in
+/// the kernel's exit hook). Read from the real procfs (`procfs`): a task
+/// whose stat cannot be read there is not gone.
 pub fn task_gone(tgid: u32, tid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else { return true };
-    // Fields after the command (which may hold spaces and parentheses):
-    // state is the first, flags the seventh (proc_pid_stat(5)).
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let exiting = matches!(fields.first(), Some(&("Z" | "X" | "x"))) || fields.get(6).and_then(|f| f.parse::<u32>().ok()).is_none_or(|f| f & PF_EXITING != 0);
-    if !exiting {
-        return false;
+    match super::procfs::task_state(tgid, tid) {
+        TaskState::Gone => true,
+        TaskState::Exiting => tid != tgid || !super::procfs::group_has_live_thread(tgid),
+        TaskState::Live | TaskState::Unknown => false,
     }
-    tid != tgid || !group_has_live_thread(tgid)
-}
-
-/// include/linux/sched.h: the task is exiting.
-const PF_EXITING: u32 = 0x4;
-
-/// Whether process `tgid` has a thread other than its leader not exiting.
-fn group_has_live_thread(tgid: u32) -> bool {
-    let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/task")) else { return false };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|t| t != tgid && !task_gone(tgid, t))
 }
 
 /// Every task id (threads included) in `cg` and its nested cgroups.
@@ -137,9 +125,16 @@ impl MemberMaps {
     pub fn mark_process(&mut self, tgid: u32, target: u64) {
         let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/task")) else { return };
         for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            let m = Member { target, tgid, escapes: 0 };
-            if self.members.get(&tid, 0).is_ok_and(|cur| cur.target != target) && self.members.insert(tid, m, BPF_EXIST).is_ok() && task_gone(tgid, tid) {
-                let _ = self.members.remove(&tid);
+            // Only this process's own marks: an id reused meanwhile by
+            // another process's task keeps that task's mark.
+            let Ok(cur) = self.members.get(&tid, 0) else { continue };
+            if cur.tgid != tgid || cur.target == target {
+                continue;
+            }
+            if self.members.insert(tid, Member { target, tgid, escapes: cur.escapes }, BPF_EXIST).is_ok() && task_gone(tgid, tid) {
+                // Exited meanwhile (its exit hook may have run, or the id
+                // gone to another task): the mark as it was.
+                let _ = self.members.insert(tid, cur, BPF_EXIST);
             }
         }
     }

@@ -31,5 +31,6 @@ mod pin_stamps;
 pub mod pins;
 pub mod priority;
 pub mod probe;
+pub mod procfs;
 pub mod proctree;
 pub mod raises;
