@@ -299,8 +299,11 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
     if o.members_valid == 0 {
         return None;
     }
-    // A mark of a target gone (and with no heir) is not passed on.
-    let (m, st) = resolve(m)?;
+    // A mark of a target gone (and with no heir) is not passed on: the
+    // child is judged as an unmarked parent's.
+    let Some((m, st)) = resolve(m) else {
+        return born_into_target(parent, child);
+    };
     let pid = read::<i32>(child, o.task_pid)? as u32;
     let tgid = read::<i32>(child, o.task_tgid)? as u32;
     let cgrp = kcgroup::of_task(o, child)?;

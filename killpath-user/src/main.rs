@@ -16,6 +16,9 @@ use killpath::{
 use serde_json::{json, Value};
 
 fn main() -> ExitCode {
+    // The real /proc, before anything could be mounted over it (see
+    // `kernel::procfs`).
+    killpath::kernel::procfs::init();
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Agent { .. }) {
         // Rust ignores SIGPIPE; a client piped into `head` should just

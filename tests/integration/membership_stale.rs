@@ -186,3 +186,35 @@ fn fake_proc_stat_does_not_make_a_running_task_gone() {
         assert!(dead, "{p} survived the stop: {r}");
     }
 }
+
+/// Python: names itself with bytes that are not UTF-8 (prctl
+/// PR_SET_NAME), then sleeps.
+const BYTE_NAMED: &str = "import ctypes, time\nctypes.CDLL(None).prctl(15, b'\\xff\\xfe', 0, 0, 0)\ntime.sleep(1000)\n";
+
+/// A task that names itself with bytes that are not UTF-8 (its /proc
+/// stat and status then are not UTF-8 either) is still read as alive and
+/// as its process's: adopted with its cgroup, it is marked, its move out
+/// is an escape, and with the agent dead the CLI's direct stop finds it
+/// outside by its mark and kills it. Judged from outside: the journal and
+/// /proc.
+#[test]
+fn task_named_with_non_utf8_bytes_stays_marked_and_dies_at_stop() {
+    let Some(mut agent) = Agent::start() else { return };
+    let cg = crate::support::cgroup::make_cgroup(agent.cgroup_parent.join("bytes"));
+    let mut child = std::process::Command::new("/usr/bin/python3").args(["-c", BYTE_NAMED]).spawn().expect("python");
+    let pid = child.id() as i32;
+    let _guard = Escapees(vec![pid]);
+    std::fs::write(cg.path().join("cgroup.procs"), pid.to_string()).expect("into the cgroup");
+    let comm = || std::fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+    wait_until(Duration::from_secs(5), || comm().starts_with(b"\xff\xfe")).unwrap_or_else(|| panic!("comm {:?}", comm()));
+    agent.json(&["adopt", "bytes", "--cgroup", cg.path().to_str().expect("utf-8 path")]);
+    std::fs::write(crate::membership::root_procs(), pid.to_string()).expect("move out to the root");
+    wait_until(Duration::from_secs(5), || !crate::membership::escape_records(&agent, pid).is_empty())
+        .unwrap_or_else(|| panic!("no escape record for {pid}\nlog:\n{}", agent.log_text()));
+    agent.kill9();
+    std::fs::write(crate::membership::root_procs(), pid.to_string()).expect("move out again, nobody moves it back");
+    let r = crate::membership::direct_stop(&agent, "bytes");
+    let dead = wait_until(Duration::from_secs(3), || child.try_wait().ok().flatten().is_some()).is_some();
+    assert!(dead, "{pid} survived the stop: {r}");
+    assert_eq!(r["survivors"], 0, "{r}");
+}

@@ -32,9 +32,21 @@ pub struct MemberMaps {
     pub(crate) released: Option<HashMap<MapData, u64, u64>>,
 }
 
-/// Thread group id of task `tid` (None when it is gone).
-fn tgid_of(tid: u32) -> Option<u32> {
-    fs::read_to_string(format!("/proc/{tid}/status")).ok()?.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+/// Thread group id of task `tid`: itself when it is listed in the
+/// cgroup's `cgroup.procs` (`leaders`, read from the kernel's cgroup files,
+/// not from /proc), else /proc/TID/status from the real procfs. None when
+/// it is gone or cannot be read there: a thread whose status is hidden is
+/// then covered by its process's mark, which its leader gets.
+fn tgid_of(tid: u32, leaders: &BTreeSet<u32>) -> Option<u32> {
+    if leaders.contains(&tid) {
+        return Some(tid);
+    }
+    super::procfs::tgid_of(tid)
+}
+
+/// Thread-group leaders (process ids) in `cg`'s subtree.
+fn leaders_of(cg: &Cgroup) -> BTreeSet<u32> {
+    cg.procs_recursive().into_iter().filter_map(|p| u32::try_from(p).ok()).collect()
 }
 
 /// Whether task `tid` of process `tgid` is gone for membership: no such
@@ -115,7 +127,8 @@ impl MemberMaps {
     /// was created, say) and keeps its mark, like in [`Self::mark_cgroup`].
     pub fn mark_moved(&mut self, cg: &Cgroup, target: u64, moved: &[u32], outer: &[u64]) -> usize {
         let tids = threads_recursive(cg);
-        let (ours, others): (Vec<u32>, Vec<u32>) = tids.into_iter().partition(|t| tgid_of(*t).is_some_and(|g| moved.contains(&g)));
+        let leaders = leaders_of(cg);
+        let (ours, others): (Vec<u32>, Vec<u32>) = tids.into_iter().partition(|t| tgid_of(*t, &leaders).is_some_and(|g| moved.contains(&g)));
         self.mark_tids(cg, &ours, target, &|cur| cur != target) + self.mark_tasks(cg, &others, target, outer)
     }
 
@@ -123,17 +136,19 @@ impl MemberMaps {
     /// had: after the agent moved the process back into `target` (an
     /// escape below isolate), where the kernel re-marked only the leader.
     pub fn mark_process(&mut self, tgid: u32, target: u64) {
-        let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/task")) else { return };
-        for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Some(tids) = super::procfs::task_ids(tgid) else { return };
+        for tid in tids {
             // Only this process's own marks: an id reused meanwhile by
             // another process's task keeps that task's mark.
             let Ok(cur) = self.members.get(&tid, 0) else { continue };
             if cur.tgid != tgid || cur.target == target {
                 continue;
             }
-            if self.members.insert(tid, Member { target, tgid, escapes: cur.escapes }, BPF_EXIST).is_ok() && task_gone(tgid, tid) {
-                // Exited meanwhile (its exit hook may have run, or the id
-                // gone to another task): the mark as it was.
+            let m = Member { target, tgid, escapes: cur.escapes };
+            // Exited meanwhile (its exit hook may have run, or the id gone
+            // to another task): the mark as it was, unless another hook
+            // wrote over it since.
+            if self.members.insert(tid, m, BPF_EXIST).is_ok() && task_gone(tgid, tid) && self.members.get(&tid, 0).is_ok_and(|now| now == m) {
                 let _ = self.members.insert(tid, cur, BPF_EXIST);
             }
         }
@@ -149,10 +164,11 @@ impl MemberMaps {
     /// target `take` says to replace.
     fn mark_tids(&mut self, cg: &Cgroup, tids: &[u32], target: u64, take: &dyn Fn(u64) -> bool) -> usize {
         let mut added = 0;
+        let leaders = leaders_of(cg);
         // Read once, and only when a mark was written (the mount table).
         let mut mount: Option<Option<std::path::PathBuf>> = None;
         for &tid in tids {
-            let Some(tgid) = tgid_of(tid) else { continue };
+            let Some(tgid) = tgid_of(tid, &leaders) else { continue };
             let m = Member { target, tgid, escapes: 0 };
             let ok = match self.members.get(&tid, 0) {
                 // A mark of another process is stale (its id was reused).
