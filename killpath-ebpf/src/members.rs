@@ -71,10 +71,21 @@ pub fn of(pid: u32, tgid: u32) -> Option<Member> {
     if pid == tgid {
         return (own.target != 0).then_some(own);
     }
-    let process = mark_of(tgid, tgid);
-    let pick =
-        if own.target == 0 || (process.target != 0 && process.target != own.target && depth_of(process.target) > depth_of(own.target)) { process } else { own };
+    let pick = deeper(own, mark_of(tgid, tgid));
     (pick.target != 0).then_some(pick)
+}
+
+/// Of a thread's own mark and its process's (target 0: none), the one to
+/// go by: the process's when the thread has none or when it names a deeper
+/// target (see [`of`]); the two map lookups for depths only when both
+/// exist and differ.
+#[inline(always)]
+fn deeper(own: Member, process: Member) -> Member {
+    if own.target == 0 || (process.target != 0 && process.target != own.target && depth_of(process.target) > depth_of(own.target)) {
+        process
+    } else {
+        own
+    }
 }
 
 /// A mark with its target's state: the target it names, or, for a target
@@ -285,8 +296,8 @@ pub fn kp_member_fork(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_fork(ctx: &RawTracePointContext) -> Option<i32> {
-    // Every fork on the host passes here: one or two hash lookups, then
-    // out for tasks of no target.
+    // Every fork on the host passes here: one or two hash lookups, then,
+    // for a task of no target, the birth check (`born_into_target`).
     // Both task pointers first: read later on one path only, the compiler
     // left the context register unset on the other (verifier: R6 !read_ok).
     let (parent, child): (u64, u64) = (ctx.arg(0), ctx.arg(1));
@@ -434,15 +445,10 @@ pub fn on_exec(ctx: &RawTracePointContext) {
     if own.tgid != tgid {
         return;
     }
-    // SAFETY: as above.
-    let kept = unsafe { MEMBERS.get(tgid) }.copied();
-    let m = match kept {
-        // The process's mark (kept through the old leader's exit) names
-        // the innermost target when the process moved into a nested one
-        // after this thread was marked: the deeper of the two wins.
-        Some(k) if depth_of(k.target) >= depth_of(own.target) => k,
-        _ => own,
-    };
+    // The process's mark (kept through the old leader's exit) names the
+    // innermost target when the process moved into a nested one after this
+    // thread was marked: the deeper of the two wins, as in `of`.
+    let m = deeper(own, mark_of(tgid, tgid));
     mark(pid, &Member { target: m.target, tgid, escapes: own.escapes.max(m.escapes) });
     let _ = MEMBERS.remove(old);
 }

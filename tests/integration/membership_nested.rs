@@ -4,16 +4,28 @@
 //! one. Judged from outside: the journal file, /proc/PID/cgroup and /proc.
 use std::time::Duration;
 
+use killpath::kernel::cgroup::Cgroup;
+
 use crate::{
     harness::{wait_until, Agent},
     membership::{escape_records, inside, root_procs, Escapees},
     membership_threads::{escape_record, task_gone, task_ids},
     support::{
         cgroup::{cgroup_line, cgroup_rel},
-        process::run_bg,
+        process::{run_bg, Reaped},
         status::stop,
     },
 };
+
+/// Target `name` running a `sleep`, its cgroup, and a new sub-cgroup `in`
+/// of it (not a target yet).
+fn sleep_with_sub_cgroup(agent: &Agent, name: &str) -> (Reaped, Cgroup, std::path::PathBuf) {
+    let run = run_bg(agent, name, &["sleep", "1000"], 1);
+    let outer = agent.target_cgroup(name);
+    let sub = outer.path().join("in");
+    std::fs::create_dir(&sub).expect("mkdir in");
+    (run, outer, sub)
+}
 
 /// A sleep of target `o` moved (by the test, not the agent) into `o/in`,
 /// which is then adopted as target `in` (its tasks become `in`'s), and `in`
@@ -24,12 +36,9 @@ use crate::{
 #[test]
 fn released_nested_target_hands_its_tasks_to_the_outer_one() {
     let Some(agent) = Agent::start() else { return };
-    let run = run_bg(&agent, "o", &["sleep", "1000"], 1);
+    let (run, outer, sub) = sleep_with_sub_cgroup(&agent, "o");
     let pid = run.pid();
     let _guard = Escapees(vec![pid]);
-    let outer = agent.target_cgroup("o");
-    let sub = outer.path().join("in");
-    std::fs::create_dir(&sub).expect("mkdir in");
     std::fs::write(sub.join("cgroup.procs"), pid.to_string()).expect("move into o/in");
     agent.json(&["adopt", "in", "--cgroup", sub.to_str().expect("utf-8 path")]);
     agent.json(&["release", "in"]);
@@ -105,12 +114,9 @@ fn child_of_a_thread_of_a_process_that_entered_a_nested_target_is_the_inner_ones
 #[test]
 fn mark_of_a_released_nested_target_is_the_outer_ones() {
     let Some(agent) = Agent::start() else { return };
-    let run = run_bg(&agent, "o2", &["sleep", "1000"], 1);
+    let (run, outer, sub) = sleep_with_sub_cgroup(&agent, "o2");
     let pid = run.pid();
     let _guard = Escapees(vec![pid]);
-    let outer = agent.target_cgroup("o2");
-    let sub = outer.path().join("in");
-    std::fs::create_dir(&sub).expect("mkdir in");
     let r = agent.json(&["adopt", "in2", "--cgroup", sub.to_str().expect("utf-8 path")]);
     let inner_id = r["target"]["cgroup_id"].as_u64().unwrap_or_else(|| panic!("adopt: {r}"));
     agent.json(&["release", "in2"]);

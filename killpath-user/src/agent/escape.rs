@@ -43,8 +43,13 @@ pub async fn escape_reader(rb: aya::maps::RingBuf<aya::maps::MapData>, state: Ar
 impl State {
     /// Marks every task now in `t`'s cgroup subtree as `t`'s (tasks that
     /// were there before the kernel could see them enter).
+    /// The targets enclosing `t` (not `t` itself), in the registry's order.
+    pub(super) fn outer_targets(&self, t: &Target) -> Vec<&Target> {
+        self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).collect()
+    }
+
     pub(super) fn mark_target(&mut self, t: &Target) -> usize {
-        let outer: Vec<u64> = self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).map(|o| o.cgroup_id).collect();
+        let outer: Vec<u64> = self.outer_targets(t).iter().map(|o| o.cgroup_id).collect();
         let Some(m) = self.enforcer.maps.members.as_mut() else { return 0 };
         m.mark_cgroup(&Cgroup::new(&t.cgroup), t.cgroup_id, &outer)
     }
@@ -53,7 +58,7 @@ impl State {
     /// marks of other targets: after the agent moved a process tree into
     /// `t`'s new cgroup ([`crate::kernel::members::MemberMaps::mark_moved`]).
     pub(super) fn mark_moved(&mut self, t: &Target, moved: &[u32]) -> usize {
-        let outer: Vec<u64> = self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).map(|o| o.cgroup_id).collect();
+        let outer: Vec<u64> = self.outer_targets(t).iter().map(|o| o.cgroup_id).collect();
         let Some(m) = self.enforcer.maps.members.as_mut() else { return 0 };
         m.mark_moved(&Cgroup::new(&t.cgroup), t.cgroup_id, moved, &outer)
     }

@@ -150,7 +150,7 @@ impl State {
         // mark of a target no longer listed is dropped at the task's next
         // move, which would then go unseen), and again after (a fork in
         // between marked its child with the old target).
-        let heir = self.registry.enclosing(&t.cgroup).into_iter().filter(|o| o.cgroup != t.cgroup).max_by_key(|o| o.depth).map(|o| o.cgroup_id);
+        let heir = self.outer_targets(&t).into_iter().max_by_key(|o| o.depth).map(|o| o.cgroup_id);
         if let (Some(m), Some(_)) = (self.enforcer.maps.members.as_mut(), heir) {
             m.release_target(t.cgroup_id, heir);
         }
