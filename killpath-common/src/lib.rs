@@ -102,6 +102,14 @@ pub mod maps {
     /// released target that the hand-over missed (set by a hook while it
     /// ran) is the heir's.
     pub const RELEASED: &str = "KP_RELEASED";
+    /// `Array<u64>` of [`super::MARK_SEQ_SLOTS`] counters: the kernel adds
+    /// to slot [`super::mark_seq_slot`]`(target)` before and after every
+    /// mark it writes naming `target` (never on a removal), so a reader who
+    /// sees a target's slot unchanged across a read of every mark knows no
+    /// mark of it was written meanwhile (a stop's check after the cgroup
+    /// empties, `stop::marks`). Slots are shared between targets: a change
+    /// may be another target's, which only costs that reader a walk.
+    pub const MARK_SEQ: &str = "KP_MARK_SEQ";
     /// `HashMap<u32 tgid, u32>`: killpath's own processes (the agent),
     /// which no task inside a target may signal or ptrace.
     pub const PROTECTED_PIDS: &str = "KP_PROTECTED_PIDS";
@@ -466,6 +474,15 @@ pub struct Member {
     pub tgid: u32,
     /// Escape attempts by this task.
     pub escapes: u32,
+}
+
+/// Slots of `KP_MARK_SEQ` (see [`maps::MARK_SEQ`]).
+pub const MARK_SEQ_SLOTS: u32 = 4096;
+
+/// The `KP_MARK_SEQ` slot of target `target` (its cgroup id).
+#[inline(always)]
+pub const fn mark_seq_slot(target: u64) -> u32 {
+    (target % MARK_SEQ_SLOTS as u64) as u32
 }
 
 /// How a marked task left its target's subtree ([`EscapeEvent::kind`]).

@@ -92,6 +92,10 @@ pub static MEMBER_AGENT: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "KP_RELEASED")]
 pub static RELEASED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
+/// See `killpath_common::maps::MARK_SEQ`.
+#[map(name = "KP_MARK_SEQ")]
+pub static MARK_SEQ: Array<u64> = Array::with_max_entries(killpath_common::MARK_SEQ_SLOTS, 0);
+
 #[map(name = "KP_MEMBER_LOST")]
 pub static MEMBER_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 

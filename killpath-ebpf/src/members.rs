@@ -37,7 +37,7 @@ use killpath_common::{escape, level, EscapeEvent, KernelOffsets, Member, TargetS
 
 use crate::{
     kcgroup::{self, read},
-    maps::{ESCAPES, ESCAPE_EVENTS, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, RELEASED, TARGETS},
+    maps::{ESCAPES, ESCAPE_EVENTS, MARK_SEQ, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, RELEASED, TARGETS},
     targets,
 };
 
@@ -178,13 +178,39 @@ fn escaped(pid: u32, tgid: u32, m: &Member, st: &TargetState, dst_cgroup: u64, k
 }
 
 /// Marks `pid` as a member of `target`, counting a full map as a lost mark.
+///
+/// The target's `KP_MARK_SEQ` slot is bumped before the insert and after
+/// it. A reader (`kernel::mark_snapshot` in the agent) reads the slot
+/// (s1), then every mark, and later looks those marks up again and reads
+/// the slot (s2): equal, no mark of the target was written in between. A
+/// bump before the insert alone would miss an insert whose bump came
+/// before s1 and whose insert came after the walk passed its bucket; a
+/// bump after it alone, an insert after the walk whose bump came after s2.
+/// With both, a write missed by the walk and by s2 must have bumped before
+/// s1 and bump again after s2, spanning the reader's whole walk: a
+/// raw tracepoint program runs with preemption off, so only a stalled vCPU
+/// could do that. On x86-64 (the only target built and tested) the locked
+/// add is a full barrier, so the bumps are ordered with the insert.
 #[inline(always)]
 fn mark(pid: u32, m: &Member) {
-    if MEMBERS.insert(pid, m, 0).is_err() {
+    bump_seq(m.target);
+    let inserted = MEMBERS.insert(pid, m, 0);
+    bump_seq(m.target);
+    if inserted.is_err() {
         if let Some(lost) = MEMBER_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
             unsafe { *lost += 1 };
         }
+    }
+}
+
+/// Adds one to `target`'s `KP_MARK_SEQ` slot (BPF_XADD: no increment is
+/// lost to a hook on another CPU).
+#[inline(always)]
+fn bump_seq(target: u64) {
+    if let Some(p) = MARK_SEQ.get_ptr_mut(killpath_common::mark_seq_slot(target)) {
+        // SAFETY: an aligned u64 array slot, valid for this program run.
+        unsafe { crate::throttle::bucket::xadd(p, 1) };
     }
 }
 
@@ -449,7 +475,10 @@ pub fn on_exec(ctx: &RawTracePointContext) {
     // innermost target when the process moved into a nested one after this
     // thread was marked: the deeper of the two wins, as in `of`.
     let m = deeper(own, mark_of(tgid, tgid));
-    mark(pid, &Member { target: m.target, tgid, escapes: own.escapes.max(m.escapes) });
+    // A released nested target's mark is its heir's (as the attach and fork
+    // hooks resolve it), so its heir's counter is the one bumped.
+    let target = resolve(m).map_or(m.target, |(r, _)| r.target);
+    mark(pid, &Member { target, tgid, escapes: own.escapes.max(m.escapes) });
     let _ = MEMBERS.remove(old);
 }
 

@@ -18,6 +18,7 @@ mod journal;
 mod journal_poisoned;
 mod lease;
 mod metrics;
+mod mark_counters;
 mod membership;
 mod membership_nested;
 mod membership_stale;

@@ -28,12 +28,14 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
     let tasks: Vec<String> =
         fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(tasks.len() > 1, "{tasks:?}");
-    // Every thread at the agent's -10, but the stop thread, which waits
-    // for stops at -20 (see agent/stop_thread.rs): there must be one.
+    // Every thread at the agent's -10, but the stop threads, which wait
+    // for stops at -20 (see agent/stop_thread.rs), and the thread that
+    // reads a stop's marks beside it (agent/stop_marks.rs): there must be
+    // one real-time stop thread.
     let mut stop_threads = 0;
     for t in &tasks {
         let comm = fs::read_to_string(format!("/proc/{}/task/{t}/comm", agent.pid())).unwrap_or_default();
-        let want = if comm.trim() == "kp-stop" || comm.trim() == "kp-stop-cfs" { -20 } else { -10 };
+        let want = if ["kp-stop", "kp-stop-cfs", "kp-stop-marks"].contains(&comm.trim()) { -20 } else { -10 };
         stop_threads += usize::from(comm.trim() == "kp-stop");
         let stat = format!("/proc/{}/task/{t}/stat", agent.pid());
         assert_eq!(nice(&stat), want, "agent thread {t} ({})", comm.trim());
@@ -42,9 +44,11 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
         if comm.trim() == "kp-stop" {
             assert_eq!((stat_field(&stat, 40), stat_field(&stat, 41)), (2, 1), "kp-stop is SCHED_FIFO 2");
         }
-        // Its backup is ordinary on purpose (see agent/stop_thread.rs).
-        if comm.trim() == "kp-stop-cfs" {
-            assert_eq!(stat_field(&stat, 41), 0, "kp-stop-cfs is SCHED_OTHER");
+        // Its backup is ordinary on purpose (see agent/stop_thread.rs), and
+        // so is the marks thread (a real-time one would keep a CPU from the
+        // killed tasks that must run to die).
+        if comm.trim() == "kp-stop-cfs" || comm.trim() == "kp-stop-marks" {
+            assert_eq!(stat_field(&stat, 41), 0, "{} is SCHED_OTHER", comm.trim());
         }
     }
     assert_eq!(stop_threads, 1, "no kp-stop thread among {tasks:?}");

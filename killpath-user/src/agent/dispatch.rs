@@ -59,7 +59,7 @@ impl State {
             Command::Stop { name, reason, order } => {
                 self.registry.get(&name)?;
                 let params = json!({"reason": reason, "order": order});
-                self.execute(caller, "stop", Some(&name), params, |s| s.stop(&name, order.unwrap_or_default(), received))
+                self.execute_stop(caller, "stop", &name, params, order.unwrap_or_default(), received)
             }
             Command::Isolate { name, reason, verify, netdev, audit } => {
                 self.registry.get(&name)?;

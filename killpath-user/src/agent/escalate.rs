@@ -67,7 +67,7 @@ impl State {
                 r
             }
             level::ISOLATE => self.execute(caller, "escalate", Some(name), params, |s| s.isolate(name, false, &[], received))?,
-            _ => self.execute(caller, "escalate", Some(name), params, |s| s.stop(name, crate::stop::StopOrder::Auto, received))?,
+            _ => self.execute_stop(caller, "escalate", name, params, crate::stop::StopOrder::Auto, received)?,
         };
         if let Some(why) = skip_reason.filter(|_| !skipped.is_empty()) {
             let mut e = Entry::new(caller.actor(), Phase::Event, "level-skipped");

@@ -16,8 +16,8 @@ mod escalate;
 mod escape;
 mod isolate;
 mod lifecycle;
-mod named;
 mod metrics;
+mod named;
 mod pending;
 mod probe;
 mod raise;
@@ -29,13 +29,14 @@ pub mod server;
 mod status;
 mod stop;
 mod stop_first;
+mod stop_marks;
 mod stop_thread;
 mod tamper;
 mod throttle;
-mod transaction;
 mod trail;
 mod trail_anchor;
 mod trail_read;
+mod transaction;
 mod tripwire;
 
 use std::{
@@ -131,6 +132,8 @@ pub struct State {
     pub tripwires: tripwire::Tripwires,
     /// The activity trail's open files (`agent::trail`).
     pub trail: trail::Trails,
+    /// Reads a stopped target's marks beside the stop (`stop_marks`).
+    pub stop_marks: Option<stop_marks::MarkReader>,
 }
 
 impl State {
@@ -157,6 +160,7 @@ impl State {
         journal.set_observer(anchor::observer(events.clone(), journal_head.clone(), config.alert_hook.clone()));
         transaction::reserve_journal(&mut journal);
         let pacer = throttle::Pacer::start(enforcer.throttle_events.take(), enforcer.pacer_maps.take(), cgroup_mount.clone());
+        let stop_marks = enforcer.maps.members.as_ref().and_then(stop_marks::MarkReader::start);
         let mut state = Self {
             config,
             registry,
@@ -172,6 +176,7 @@ impl State {
             pending,
             tripwires: Default::default(),
             trail: Default::default(),
+            stop_marks,
         };
         state.recover(recovery)?;
         if let Some(m) = state.enforcer.maps.members.as_mut() {

@@ -158,7 +158,7 @@ impl State {
         if r.level >= level::STOPPED {
             // Even when the registry already says stopped: the guard kills
             // tasks as they run; the stop empties the cgroup.
-            self.execute(caller, "stop", Some(name), json!({"reason": "kernel raise"}), |s| s.stop(name, crate::stop::StopOrder::Auto, now))?;
+            self.execute_stop(caller, "stop", name, json!({"reason": "kernel raise"}), crate::stop::StopOrder::Auto, now)?;
         } else if r.level >= level::ISOLATE && t.level < level::ISOLATE {
             self.execute(caller, "isolate", Some(name), json!({"reason": "kernel raise"}), |s| s.isolate(name, false, &[], now))?;
         } else {

@@ -55,11 +55,15 @@ impl State {
             Some(n) => vec![self.registry.get(n)?],
             None => self.registry.targets.values().collect(),
         };
-        // One walk of the marks for all rows: target -> its marked processes.
-        let mut members: HashMap<u64, std::collections::BTreeSet<u32>> = Default::default();
-        for (_, mk) in self.enforcer.maps.members.as_ref().map(|m| m.all()).unwrap_or_default() {
-            members.entry(mk.target).or_default().insert(mk.tgid);
-        }
+        // Target -> its marked processes: one walk of the marks for all
+        // rows, or one target's marks as last read when none was written
+        // since (`kernel::mark_snapshot`).
+        let only = match list.as_slice() {
+            [t] => Some(t.cgroup_id),
+            _ => None,
+        };
+        let members: HashMap<u64, std::collections::BTreeSet<u32>> =
+            self.enforcer.maps.members.as_ref().map(|m| m.processes_by_target(only)).unwrap_or_default();
         let counts = counters(self);
         let rows = list
             .into_iter()

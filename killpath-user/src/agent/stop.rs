@@ -18,7 +18,9 @@ impl State {
         self.registry.nested_ids(&t.cgroup)
     }
 
-    pub(super) fn stop(&mut self, name: &str, order: stop::StopOrder, received: Instant) -> Result<Done> {
+    /// `early`: the target's marks as the marks thread reads them
+    /// meanwhile (`stop_marks`).
+    pub(super) fn stop(&mut self, name: &str, order: stop::StopOrder, early: Option<&stop::marks::Pending>, received: Instant) -> Result<Done> {
         let t = self.registry.get(name)?.clone();
         // Receipt to here: the intent journaled and fdatasynced (the disk's
         // share of the halt).
@@ -48,7 +50,7 @@ impl State {
             guard_armed_us = received.elapsed().as_micros() as u64;
             Ok(())
         };
-        let report = stop::hard_stop_guarded(&cg, marked, order, &mut arm, received, stop::EMPTY_TIMEOUT);
+        let report = stop::hard_stop_guarded(&cg, marked, early, order, &mut arm, received, stop::EMPTY_TIMEOUT);
         self.enforcer.maps.members = members;
         // A stop that failed, or whose arming failed (it goes on to the
         // kill regardless), still leaves the guard armed.
@@ -104,6 +106,7 @@ impl State {
                 "escape_attempts": escape_attempts,
                 "marked_outside": report.marked_outside,
                 "marked_killed": report.marked_killed,
+                "marks_checked": report.marks_checked,
                 "membership": report.membership,
                 "cgroup_path_mismatch": path_mismatch,
                 "trail": self.trail_pointer(&t),

@@ -8,9 +8,13 @@
 //! after the pidfd is open: the kernel drops a mark when its task exits,
 //! so a mark still present then names the process the pidfd holds, never
 //! a reused pid.
-use std::{collections::BTreeSet, fs, os::fd::AsRawFd as _};
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use killpath_common::Member;
 
 use super::{cgroup::Cgroup, procfs::TaskState};
@@ -30,6 +34,11 @@ pub struct MemberMaps {
     pub(crate) agent: Option<Array<MapData, u32>>,
     /// Released nested targets → their heirs (`KP_RELEASED`; agent only).
     pub(crate) released: Option<HashMap<MapData, u64, u64>>,
+    /// The kernel's mark-write counters (`KP_MARK_SEQ`); None in an older
+    /// build's pins.
+    pub(crate) seq: Option<Array<MapData, u64>>,
+    /// Each target's marks as last read (`mark_snapshot`), for `status`.
+    pub(crate) cache: super::mark_snapshot::MarkCache,
 }
 
 /// Thread group id of task `tid`: itself when it is listed in the
@@ -96,6 +105,68 @@ impl MemberMaps {
         super::batch::lookup_all(&self.members).unwrap_or_else(|| self.members.iter().filter_map(|r| r.ok()).collect())
     }
 
+    /// Writes mark `m` of task `tid` from user space (`flags`: BPF_ANY,
+    /// BPF_NOEXIST, BPF_EXIST), then adds one to its target's `KP_MARK_SEQ`
+    /// counter and forgets what `status` kept of the target
+    /// (`mark_snapshot`). User space cannot add atomically beside the
+    /// kernel's BPF_XADD: the counter is read and written, and a kernel
+    /// bump of the same slot in between is lost. The agent writes marks
+    /// under its state lock, which a stop holds, so no stop sees such a
+    /// loss; the counter still moves for this write, so a reader that kept
+    /// the target's marks (`status NAME`, in this or another process)
+    /// reads them again.
+    fn put(&mut self, tid: u32, m: Member, flags: u64) -> Result<(), aya::maps::MapError> {
+        self.members.insert(tid, m, flags)?;
+        if let Some(seq) = self.seq.as_mut() {
+            let slot = killpath_common::mark_seq_slot(m.target);
+            let now = seq.get(&slot, 0).unwrap_or(0);
+            let _ = seq.set(slot, now.wrapping_add(1), 0);
+        }
+        self.cache.forget(m.target);
+        Ok(())
+    }
+
+    /// Whether task `tid` still carries a mark of process `tgid` naming one
+    /// of `targets`; None when the lookup failed for another reason than
+    /// the mark being gone (the caller then does not conclude it is gone).
+    pub fn still_marked(&self, tid: u32, tgid: u32, targets: &[u64]) -> Option<bool> {
+        match self.members.get(&tid, 0) {
+            Ok(now) => Some(now.tgid == tgid && targets.contains(&now.target)),
+            Err(aya::maps::MapError::KeyNotFound) => Some(false),
+            Err(e) => {
+                tracing::debug!(tid, "membership: mark lookup failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// The `KP_MARK_SEQ` counters of `targets`, in order (see
+    /// `killpath_common::maps::MARK_SEQ`); None without the map, or when
+    /// one cannot be read.
+    pub fn mark_seqs(&self, targets: &[u64]) -> Option<Vec<u64>> {
+        let seq = self.seq.as_ref()?;
+        targets.iter().map(|t| seq.get(&killpath_common::mark_seq_slot(*t), 0).ok()).collect()
+    }
+
+    /// A second handle on the marks and their counters (the same kernel
+    /// maps, through duplicated fds), for a thread that reads them while
+    /// this handle's owner holds it; None without the counters.
+    pub fn reader(&self) -> Option<MemberMaps> {
+        fn dup<K: aya::Pod, V: aya::Pod>(m: &impl IterableMap<K, V>) -> Option<MapData> {
+            MapData::from_fd(m.map().fd().as_fd().try_clone_to_owned().ok()?).ok()
+        }
+        let seq = self.seq.as_ref()?;
+        Some(MemberMaps {
+            members: HashMap::try_from(Map::HashMap(dup(&self.members)?)).ok()?,
+            escapes: None,
+            lost: None,
+            agent: None,
+            released: None,
+            seq: Some(Array::try_from(Map::Array(dup(seq)?)).ok()?),
+            cache: Default::default(),
+        })
+    }
+
     /// Marks of tasks belonging to any of `targets`.
     pub fn of_targets(&self, targets: &[u64]) -> Vec<(u32, Member)> {
         self.all().into_iter().filter(|(_, m)| targets.contains(&m.target)).collect()
@@ -148,8 +219,8 @@ impl MemberMaps {
             // Exited meanwhile (its exit hook may have run, or the id gone
             // to another task): the mark as it was, unless another hook
             // wrote over it since.
-            if self.members.insert(tid, m, BPF_EXIST).is_ok() && task_gone(tgid, tid) && self.members.get(&tid, 0).is_ok_and(|now| now == m) {
-                let _ = self.members.insert(tid, cur, BPF_EXIST);
+            if self.put(tid, m, BPF_EXIST).is_ok() && task_gone(tgid, tid) && self.members.get(&tid, 0).is_ok_and(|now| now == m) {
+                let _ = self.put(tid, cur, BPF_EXIST);
             }
         }
     }
@@ -172,9 +243,9 @@ impl MemberMaps {
             let m = Member { target, tgid, escapes: 0 };
             let ok = match self.members.get(&tid, 0) {
                 // A mark of another process is stale (its id was reused).
-                Ok(cur) if cur.tgid != tgid || take(cur.target) => self.members.insert(tid, m, 0).is_ok(),
+                Ok(cur) if cur.tgid != tgid || take(cur.target) => self.put(tid, m, 0).is_ok(),
                 Ok(_) => false,
-                Err(_) => self.members.insert(tid, m, BPF_NOEXIST).is_ok(),
+                Err(_) => self.put(tid, m, BPF_NOEXIST).is_ok(),
             };
             if ok {
                 added += 1;
@@ -234,7 +305,7 @@ impl MemberMaps {
     /// reads to signal the marks before its kill (`stop::escaped`).
     pub fn copy_from(&mut self, other: &MemberMaps) {
         for (tid, m) in other.all() {
-            let _ = self.members.insert(tid, m, BPF_NOEXIST);
+            let _ = self.put(tid, m, BPF_NOEXIST);
         }
         let counts: Vec<(u64, u64)> =
             other.escapes.as_ref().map(|e| e.iter().filter_map(|r| r.ok()).map(|(t, v)| (t, v.iter().sum())).collect()).unwrap_or_default();
@@ -281,7 +352,7 @@ impl MemberMaps {
             match heir {
                 // BPF_EXIST: a mark dropped meanwhile (its task exited) stays dropped.
                 Some(h) => {
-                    let _ = self.members.insert(tid, Member { target: h, ..m }, BPF_EXIST);
+                    let _ = self.put(tid, Member { target: h, ..m }, BPF_EXIST);
                 }
                 None => {
                     let _ = self.members.remove(&tid);
@@ -333,7 +404,7 @@ impl MemberMaps {
             // still one of that process's: a stale mark (a thread's exec
             // that failed after de_thread left one under a freed id) whose
             // tgid was reused by another process names no task of it.
-            let still = || self.members.get(tid, 0).is_ok_and(|now| now.tgid == m.tgid && now.target == m.target) && !task_gone(m.tgid, *tid);
+            let still = || self.still_marked(*tid, m.tgid, &[m.target]) == Some(true) && !task_gone(m.tgid, *tid);
             if kill_if_marked(m.tgid, still) {
                 killed.insert(m.tgid);
             }

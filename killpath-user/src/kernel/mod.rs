@@ -10,6 +10,8 @@
 //! - [`batch`]: whole-map reads in batches (one syscall per 1,024 entries).
 //! - [`members`]: membership marks (tasks that belong to a target
 //!   wherever they sit), escape counts, killing marked tasks by pidfd.
+//! - [`mark_snapshot`]: a target's marks as read once, trusted while the
+//!   kernel's counter of its mark writes stands.
 //! - [`btf`]: struct offsets from the running kernel's BTF.
 //! - [`probe`]: which program types and hooks this kernel accepts.
 //! - [`cgroup`]: cgroup v2 directories: create, move, freeze, kill, wait.
@@ -24,6 +26,7 @@ pub mod deadman;
 pub mod durable;
 pub mod links;
 pub mod maps;
+pub mod mark_snapshot;
 pub mod members;
 pub mod mounts;
 pub mod object;

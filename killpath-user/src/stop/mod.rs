@@ -44,6 +44,7 @@
 //! levels. Kernel side: the stop guard in `killpath-ebpf/src/stop.rs`.
 mod escaped;
 mod halt;
+pub mod marks;
 mod order;
 mod pidfds;
 
@@ -114,6 +115,13 @@ pub struct StopReport {
     /// the halt is reported no earlier than their SIGKILL (see `escaped`).
     #[serde(default)]
     pub escapes_during_halt: u64,
+    /// How the marks were checked once the cgroup was empty (the last
+    /// check): `early`, the target's marks read beside the stop, each
+    /// looked up again (no mark of the target was written since), or
+    /// `all`, every mark on the host read (see `marks`); empty without
+    /// membership.
+    #[serde(default)]
+    pub marks_checked: String,
 }
 
 /// The observation that ended a stop's halt.
@@ -162,11 +170,6 @@ fn large_order() -> StopOrder {
 /// the ids of targets nested in it.
 pub type Marked<'a> = Option<(&'a MemberMaps, &'a [u64])>;
 
-/// Marked processes of `targets` that are still alive.
-fn marked_alive(m: &MemberMaps, targets: &[u64]) -> std::collections::BTreeSet<u32> {
-    m.of_targets(targets).into_iter().filter(|(tid, mk)| !crate::kernel::members::task_gone(mk.tgid, *tid)).map(|(_, mk)| mk.tgid).collect()
-}
-
 /// A marked process ran user code outside the cgroup until the kill just
 /// sent: the halt is reported no earlier than now, and, if `outside_froze`
 /// (it was outside while `frozen 1` was read), not as `frozen`.
@@ -196,7 +199,7 @@ pub fn hard_stop(cg: &Cgroup, received: Instant, timeout: Duration) -> Result<St
 
 /// Hard-stops `cg` and every process marked as the target's (`marked`).
 pub fn hard_stop_marked(cg: &Cgroup, marked: Marked<'_>, received: Instant, timeout: Duration) -> Result<StopReport> {
-    hard_stop_guarded(cg, marked, StopOrder::Auto, &mut || Ok(()), received, timeout)
+    hard_stop_guarded(cg, marked, None, StopOrder::Auto, &mut || Ok(()), received, timeout)
 }
 
 /// Hard-stops `cg` and every process marked as the target's (`marked`);
@@ -204,9 +207,12 @@ pub fn hard_stop_marked(cg: &Cgroup, marked: Marked<'_>, received: Instant, time
 /// moved into the stopped target): right after the kill write, or, for a
 /// large target, as its [`StopOrder`] says. `order` other than `Auto` is
 /// followed whatever the target's size (the bench compares them).
+/// `early`: the marks of `marked`'s targets as another thread reads them
+/// meanwhile ([`marks`]), for the check after the cgroup empties.
 pub fn hard_stop_guarded(
     cg: &Cgroup,
     marked: Marked<'_>,
+    early: Option<&marks::Pending>,
     order: StopOrder,
     arm: &mut dyn FnMut() -> Result<()>,
     received: Instant,
@@ -275,6 +281,13 @@ pub fn hard_stop_guarded(
         }
     }
     let deadline = Instant::now() + timeout;
+    // Taken once ready; until then (and when stale) every mark is read.
+    let mut snap: Option<crate::kernel::mark_snapshot::MarkSnapshot> = None;
+    // The loop ended on an empty cgroup and no marked process alive: the
+    // survivors below need no second check of the marks (no mark of the
+    // target can be written now but by a move into the cgroup, which its
+    // listing shows).
+    let mut members_clear = false;
     if let Some(w) = watch.as_mut() {
         // Bounded: a process that does not die at once (in D state, or an
         // unrelated one that reused a listed pid) is left to the loop
@@ -289,8 +302,17 @@ pub fn hard_stop_guarded(
         // (a walk, and a kill again, every few ms while a bomb of
         // thousands dies slowed its dying).
         let empty = cg.wait_empty(left.min(Duration::from_millis(500)))?;
-        let members_left = if empty { marked.map(|(m, ids)| marked_alive(m, ids)).unwrap_or_default() } else { Default::default() };
+        if empty && snap.is_none() {
+            snap = early.and_then(marks::Pending::ready);
+        }
+        let mut members_left = std::collections::BTreeSet::new();
+        if let Some((m, ids)) = marked.filter(|_| empty) {
+            let checked;
+            (members_left, checked) = marks::alive(m, ids, snap.as_ref());
+            checked.clone_into(&mut report.marks_checked);
+        }
         if empty && members_left.is_empty() {
+            members_clear = marked.is_some();
             break;
         }
         if left.is_zero() {
@@ -334,8 +356,10 @@ pub fn hard_stop_guarded(
         }
     }
     let mut left: std::collections::BTreeSet<u32> = cg.procs_recursive().into_iter().map(|p| p as u32).collect();
-    if let Some((m, ids)) = marked {
-        left.extend(marked_alive(m, ids));
+    if let Some((m, ids)) = marked.filter(|_| !members_clear) {
+        let (alive, checked) = marks::alive(m, ids, snap.as_ref());
+        left.extend(alive);
+        checked.clone_into(&mut report.marks_checked);
     }
     report.marked_killed = killed.len();
     report.survivors = left.len();

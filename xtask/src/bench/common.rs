@@ -86,6 +86,41 @@ pub(super) fn push_stop_times(s: &mut Section, wall: Duration, r: &Value) -> Res
     Ok(())
 }
 
+/// Where a stop's time went, as its result gives it (receipt to the stop
+/// thread, to the state lock, to the durable intent, to the halt; the
+/// intent's append alone; how long the stop thread waited for a CPU;
+/// whether the check after empty went by the marks read early), pushed as
+/// `{tag}_{key}` series.
+pub(super) fn push_stop_phases(s: &mut Section, tag: &str, r: &Value) {
+    let phases = [
+        ("queued_us", "receipt to handed to the stop threads (confinement checked before queueing)"),
+        ("picked_up_us", "receipt to picked up by the stop thread"),
+        ("lock_held_us", "receipt to state lock held"),
+        ("checked_us", "receipt to caller checked (authorization, confinement)"),
+        ("intent_durable_us", "receipt to intent durable"),
+        ("journal_intent_us", "the intent's append (write + fdatasync)"),
+        ("time_to_halt_us", "receipt to halt (the kill written)"),
+        ("run_delay_us", "stop thread runnable but not running (schedstat)"),
+    ];
+    for (key, what) in phases {
+        if let Some(v) = r[key].as_f64() {
+            s.push(&format!("{tag}_{key}"), &format!("stop, {tag} agent: {what}"), Unit::Micros, v);
+        }
+    }
+    s.push(
+        &format!("{tag}_marks_early"),
+        &format!("stop, {tag} agent: marks checked from the early read (1) or every mark read (0)"),
+        Unit::Count,
+        marks_early(r),
+    );
+}
+
+/// 1 when a stop checked the marks from the read made beside it
+/// (`marks_checked: early`), else 0.
+pub(super) fn marks_early(r: &Value) -> f64 {
+    f64::from(u8::from(r["marks_checked"] == "early"))
+}
+
 pub(super) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
 use super::{
-    common::{check_interrupted, count_f64, micros, num},
+    common::{check_interrupted, count_f64, micros, num, push_stop_phases},
     sandbox::Sandbox,
     section::{fmt_us, Section, Unit},
     stop_flood::one_stop,
@@ -76,9 +76,7 @@ fn measure(sb: &mut Sandbox, p: &Params, s: &mut Section, addr: &str) -> Result<
             let tag = if scraped { "scraped" } else { "idle" };
             s.push(&format!("{tag}_empty"), &format!("stop, {tag} agent: time_to_empty_us (agent)"), Unit::Micros, num(&r, "time_to_empty_us")?);
             s.push(&format!("{tag}_wall"), &format!("stop, {tag} agent: client wall time"), Unit::Micros, micros(wall));
-            if let Some(v) = r["lock_held_us"].as_f64() {
-                s.push(&format!("{tag}_lock_held_us"), &format!("stop, {tag} agent: receipt to state lock held"), Unit::Micros, v);
-            }
+            push_stop_phases(s, tag, &r);
             s.push(&format!("{tag}_survivors"), &format!("stop, {tag} agent: survivors"), Unit::Count, count_f64(survivors));
             if let Some((n, secs)) = served {
                 s.push("scrape_rate", "scraped: scrapes answered per second", Unit::PerSecond, n as f64 / secs);

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 
 use super::{
-    common::{check_interrupted, micros, num, spawn_in_cgroup, wait_comm},
+    common::{check_interrupted, marks_early, micros, num, spawn_in_cgroup, wait_comm},
     sandbox::Sandbox,
     section::{Section, Unit},
     Params,
@@ -156,6 +156,12 @@ fn stops(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<(
         let label = format!("stop, {size} target(s): time_to_empty_us (agent)");
         s.push(&format!("stop_{size}"), &label, Unit::Micros, num(&r, "time_to_empty_us")?);
         s.push(&format!("stop_wall_{size}"), &format!("stop, {size} target(s): client wall"), Unit::Micros, micros(wall));
+        s.push(
+            &format!("stop_marks_early_{size}"),
+            &format!("stop, {size} target(s): marks checked from the early read (1) or every mark read (0)"),
+            Unit::Count,
+            marks_early(&r),
+        );
     }
     Ok(())
 }

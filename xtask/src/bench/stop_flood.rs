@@ -14,7 +14,7 @@ use killpath_sandbox::Client;
 use serde_json::{json, Value};
 
 use super::{
-    common::{check_interrupted, count_f64, count_procs, micros, num, spawn_in_cgroup, wait_comm},
+    common::{check_interrupted, count_f64, count_procs, micros, num, push_stop_phases, spawn_in_cgroup, wait_comm},
     sandbox::Sandbox,
     section::{fmt_us, Section, Unit},
     Params,
@@ -54,23 +54,7 @@ pub(super) fn stop_flood(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Resul
             let tag = if flood { "flood" } else { "idle" };
             s.push(&format!("{tag}_empty"), &format!("stop, {tag} agent: time_to_empty_us (agent)"), Unit::Micros, num(&r, "time_to_empty_us")?);
             s.push(&format!("{tag}_wall"), &format!("stop, {tag} agent: client wall time"), Unit::Micros, micros(wall));
-            // Where the agent's time went: receipt to the stop thread, to
-            // the state lock, to the durable intent (its append alone), and
-            // how long the stop thread waited for a CPU.
-            let phases = [
-                ("queued_us", "receipt to handed to the stop threads (confinement checked before queueing)"),
-                ("picked_up_us", "receipt to picked up by the stop thread"),
-                ("lock_held_us", "receipt to state lock held"),
-                ("checked_us", "receipt to caller checked (authorization, confinement)"),
-                ("intent_durable_us", "receipt to intent durable"),
-                ("journal_intent_us", "the intent's append (write + fdatasync)"),
-                ("run_delay_us", "stop thread runnable but not running (schedstat)"),
-            ];
-            for (key, what) in phases {
-                if let Some(v) = r[key].as_f64() {
-                    s.push(&format!("{tag}_{key}"), &format!("stop, {tag} agent: {what}"), Unit::Micros, v);
-                }
-            }
+            push_stop_phases(s, tag, &r);
             s.push(&format!("{tag}_survivors"), &format!("stop, {tag} agent: survivors"), Unit::Count, count_f64(survivors));
             if let Some((n, secs)) = served {
                 s.push("flood_rate", "flood: read-only requests answered per second", Unit::PerSecond, n as f64 / secs);

@@ -1,0 +1,190 @@
+//! Tests: the kernel's counters of mark writes (`KP_MARK_SEQ`), and what
+//! trusts them. The check after a stopped target's cgroup empties looks up
+//! again only the marks read while the intent was written (`stop::marks`),
+//! and `status NAME` counts members from the target's marks as last read
+//! (`kernel::mark_snapshot`), each as long as the target's counter did
+//! not move; a mark the kernel writes for the target after that read makes
+//! them read every mark. Judged from outside: the pinned maps, /proc, the
+//! stop report, and the processes a test starts and ends itself.
+use std::time::{Duration, Instant};
+
+use killpath::{
+    kernel::{maps::Maps, mark_snapshot::MarkSnapshot, members::MemberMaps},
+    stop::{
+        self,
+        marks::{alive, Pending, CHECKED_ALL, CHECKED_EARLY},
+    },
+};
+
+use crate::{
+    harness::Agent,
+    membership::{root_procs, Escapees},
+    membership_threads::task_gone,
+    support::{
+        process::{run_bg, spawn_outside},
+        status::{stop, target_row},
+    },
+};
+
+/// The pinned maps of the (dead) agent's generation.
+fn pinned_maps(agent: &Agent) -> Maps {
+    let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
+    Maps::open_pinned(&gen).expect("the pinned maps")
+}
+
+/// Moves process `pid` into target `name`'s cgroup and out to the cgroup2
+/// root: the kernel marks it as the target's on the way in, and with the
+/// agent down nothing moves it back.
+fn pass_through(agent: &Agent, name: &str, pid: i32) {
+    std::fs::write(agent.target_cgroup(name).path().join("cgroup.procs"), pid.to_string()).expect("into the target");
+    std::fs::write(root_procs(), pid.to_string()).expect("out to the root");
+}
+
+/// Stops target `name` (cgroup id `id`) directly, as the agent would, with
+/// the marks read beside it in `pending`: no survivor, the marks checked
+/// as `checked` says, and both processes (`pids`: an escapee and the
+/// target's own task) gone.
+fn stop_kills_both(agent: &Agent, name: &str, m: &MemberMaps, id: u64, pending: &Pending, checked: &str, pids: [i32; 2]) {
+    let cg = agent.target_cgroup(name);
+    let ids = [id];
+    let report = stop::hard_stop_guarded(&cg, Some((m, &ids)), Some(pending), stop::StopOrder::Auto, &mut || Ok(()), Instant::now(), Duration::from_secs(10))
+        .expect("the stop");
+    assert_eq!((report.survivors, report.marks_checked.as_str()), (0, checked), "{report:?}");
+    for p in pids {
+        assert!(task_gone(p, p), "{p} outlived the stop: {report:?}");
+    }
+}
+
+/// The snapshot stays current while nothing is marked, and its marks are
+/// the target's; a task the kernel marks for the target afterwards (a move
+/// in, then out) makes it stale, and the check then reads every mark and
+/// finds that task. Fails if the kernel stops bumping the counter when it
+/// marks (the check would go by the stale snapshot and miss the task).
+#[test]
+fn a_mark_the_kernel_writes_after_the_read_makes_the_check_read_every_mark() {
+    let Some(mut agent) = Agent::start() else { return };
+    let quiet = run_bg(&agent, "quiet", &["sleep", "1000"], 1);
+    let other = run_bg(&agent, "other", &["sleep", "1000"], 1);
+    let pq = quiet.pid() as u32;
+    let id = target_row(&agent, "quiet").expect("quiet")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    let maps = pinned_maps(&agent);
+    let m = maps.members.as_ref().expect("the membership maps are pinned");
+    let snap = MarkSnapshot::take(m, &[id]).expect("the mark counters are pinned");
+    let tgids: Vec<u32> = snap.marks().iter().map(|(_, mk)| mk.tgid).collect();
+    assert!(tgids.contains(&pq), "the target's task is in the snapshot: {tgids:?}");
+    assert!(!tgids.contains(&(other.pid() as u32)), "another target's task is not: {tgids:?}");
+    assert!(snap.still_there(m, &[id]).is_some(), "nothing was marked since the read");
+    let (left, how) = alive(m, &[id], Some(&snap));
+    assert_eq!((how, left.into_iter().collect::<Vec<_>>()), (CHECKED_EARLY, vec![pq]));
+
+    let late = spawn_outside(&["sleep", "1000"]);
+    let pl = late.pid();
+    let _guard = Escapees(vec![pl]);
+    pass_through(&agent, "quiet", pl);
+    assert_eq!(m.get(pl as u32).map(|mk| mk.target), Some(id), "the kernel marked the passing task as the target's");
+    assert!(snap.still_there(m, &[id]).is_none(), "a mark written after the read left the counter unchanged");
+    let (left, how) = alive(m, &[id], Some(&snap));
+    assert_eq!(how, CHECKED_ALL);
+    assert!(left.contains(&(pl as u32)) && left.contains(&pq), "the check missed a live member: {left:?}");
+}
+
+/// Through the agent: a quiet target's stop checks the marks its marks
+/// thread read beside it (`marks_checked: early`), another target's task
+/// in the map, and leaves nothing of the target alive.
+#[test]
+fn stop_of_a_quiet_target_checks_the_marks_read_beside_it() {
+    let Some(agent) = Agent::start() else { return };
+    let _other = run_bg(&agent, "bystander", &["sleep", "1000"], 1);
+    let quiet = run_bg(&agent, "quiet", &["sh", "-c", "sleep 1000 & sleep 1000"], 2);
+    let pid = quiet.pid();
+    let r = stop(&agent, "quiet");
+    assert_eq!(r["survivors"], 0, "{r}");
+    assert_eq!(r["marks_checked"], "early", "{r}\nlog:\n{}", agent.log_text());
+    assert!(task_gone(pid, pid), "the target's process is alive after the stop: {r}");
+    assert!(agent.target_cgroup("quiet").procs_recursive().is_empty(), "{r}");
+}
+
+/// The stop's own use of a stale snapshot: read before a task of the
+/// target escaped, it is not taken for the target's marks; the stop reads
+/// every mark, kills the escapee and counts no survivor. Fails if the
+/// check trusts a snapshot the kernel's counter says is stale.
+#[test]
+fn stop_with_marks_read_before_an_escape_kills_the_escapee() {
+    let Some(mut agent) = Agent::start() else { return };
+    let target = run_bg(&agent, "late", &["sleep", "1000"], 1);
+    let id = target_row(&agent, "late").expect("late")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    let maps = pinned_maps(&agent);
+    let m = maps.members.as_ref().expect("the membership maps are pinned");
+    let (reply, pending) = Pending::channel();
+    reply.take(m, &[id]);
+    let escapee = spawn_outside(&["sleep", "1000"]);
+    let pe = escapee.pid();
+    let _guard = Escapees(vec![pe]);
+    pass_through(&agent, "late", pe);
+    stop_kills_both(&agent, "late", m, id, &pending, CHECKED_ALL, [pe, target.pid()]);
+}
+
+/// `status NAME` counts a member the kernel marked after the previous
+/// `status NAME` (kept marks go stale with the counter) and stops counting
+/// one that exited (each kept mark is looked up again). Fails if the count
+/// comes from marks kept past a kernel mark write.
+#[test]
+fn status_of_one_target_counts_members_marked_or_gone_since_the_last() {
+    let Some(agent) = Agent::start() else { return };
+    let _t = run_bg(&agent, "counted", &["sleep", "1000"], 1);
+    let members = |agent: &Agent| {
+        let st = agent.json(&["status", "counted"]);
+        st["targets"][0]["members"].as_u64().unwrap_or_else(|| panic!("no members count: {st}"))
+    };
+    assert_eq!(members(&agent), 1);
+    assert_eq!(members(&agent), 1, "the second status, from the kept marks");
+    let joiner = spawn_outside(&["sleep", "1000"]);
+    std::fs::write(agent.target_cgroup("counted").path().join("cgroup.procs"), joiner.pid().to_string()).expect("into the target");
+    assert_eq!(members(&agent), 2, "a process the kernel marked since the last status is not counted");
+    drop(joiner);
+    assert_eq!(members(&agent), 1, "a member that exited is still counted");
+}
+
+/// An escapee read into the snapshot, with no mark written since: the
+/// check goes by the snapshot (`early`), finds it alive outside the
+/// cgroup, and the stop kills it and counts no survivor.
+#[test]
+fn stop_with_marks_read_after_an_escape_kills_the_escapee_by_them() {
+    let Some(mut agent) = Agent::start() else { return };
+    let target = run_bg(&agent, "known", &["sleep", "1000"], 1);
+    let id = target_row(&agent, "known").expect("known")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    let escapee = spawn_outside(&["sleep", "1000"]);
+    let pe = escapee.pid();
+    let _guard = Escapees(vec![pe]);
+    pass_through(&agent, "known", pe);
+    let maps = pinned_maps(&agent);
+    let m = maps.members.as_ref().expect("the membership maps are pinned");
+    let (reply, pending) = Pending::channel();
+    reply.take(m, &[id]);
+    stop_kills_both(&agent, "known", m, id, &pending, CHECKED_EARLY, [pe, target.pid()]);
+}
+
+/// `status o` counts the tasks a released nested target hands over to
+/// `o`: the agent rewrites their marks (no kernel hook runs), so what
+/// `status o` kept of `o` must go stale. Fails if a user-space mark write
+/// neither moves the counter nor forgets the kept marks.
+#[test]
+fn status_of_the_heir_counts_the_tasks_a_released_nested_target_handed_it() {
+    let Some(agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "o", &["sleep", "1000"], 1);
+    let sub = agent.target_cgroup("o").path().join("in");
+    std::fs::create_dir(&sub).expect("mkdir o/in");
+    std::fs::write(sub.join("cgroup.procs"), run.pid().to_string()).expect("move into o/in");
+    agent.json(&["adopt", "in", "--cgroup", sub.to_str().expect("utf-8 path")]);
+    let members = |agent: &Agent, name: &str| {
+        let st = agent.json(&["status", name]);
+        st["targets"][0]["members"].as_u64().unwrap_or_else(|| panic!("no members count: {st}"))
+    };
+    assert_eq!(members(&agent, "o"), 0, "the sleep is in's once in is adopted");
+    assert_eq!(members(&agent, "o"), 0);
+    agent.json(&["release", "in"]);
+    assert_eq!(members(&agent, "o"), 1, "the handed-over sleep is not counted as o's");
+}
