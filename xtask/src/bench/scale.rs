@@ -19,7 +19,8 @@ use super::{
 };
 use crate::proc;
 
-/// Target counts measured, in this order (targets are added, never removed).
+/// Target counts measured, in this order (targets are added; then all but
+/// one are released and one target is measured again).
 const SIZES: [usize; 4] = [1, 10, 100, 1000];
 /// `status` repetitions per size (at 1,000 targets it is the slow one).
 const STATUS_REPS: usize = 10;
@@ -53,7 +54,10 @@ pub(super) fn scale(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<()>
          times, then of all targets {STATUS_REPS} times: client wall (one target's first: for tens of ms \
          after a status of all at 1,000 targets every command is slower, a `ping` by ~0.3 ms). Agent RSS (VmRSS) and \
          BPF map memory (the `memlock` of every map the agent holds, from /proc/PID/fdinfo, each map \
-         once). Flat means the 1,000-target p50 within 1.2× of the 1-target p50.",
+         once). The targets are then released down to one and the one-target figures measured again, \
+         into the same series (so each 1-target series has twice the samples): the sizes cannot \
+         alternate, and this way a slower minute of the machine while the larger sizes ran weighs on \
+         both sides of the ratios. Flat means the 1,000-target p50 within 1.2× of the 1-target p50.",
         sizes = SIZES,
         reps = p.effect_reps,
     );
@@ -91,24 +95,43 @@ fn scale_inner(sb: &mut Sandbox, p: &Params, s: &mut Section, targets: &mut Vec<
             targets.push(child);
         }
         s.notes.push(format!("{size} target(s): added in {}.", proc::elapsed(start)));
-        levels(sb, p, s, size)?;
-        stops(sb, p, s, size)?;
-        // One target's first: for tens of ms after a status of all at 1,000
-        // targets, any command is slower (a `ping` ~0.3 ms; not the
-        // allocator's trim), which is the status of all's cost, not one's.
-        for _ in 0..STATUS_REPS {
-            let (wall, r) = sb.call("status", json!({"name": PROBE}))?;
-            anyhow::ensure!(r["targets"].as_array().map_or(0, Vec::len) == 1, "status {PROBE} listed other than one target: {r}");
-            s.push(&format!("status_one_{size}"), &format!("status {PROBE}, {size} target(s): client wall"), Unit::Micros, micros(wall));
-        }
-        for _ in 0..STATUS_REPS {
-            let (wall, r) = sb.call("status", json!({}))?;
-            let seen = r["targets"].as_array().map_or(0, Vec::len);
-            anyhow::ensure!(seen >= size, "status listed {seen} targets, {size} exist");
-            s.push(&format!("status_{size}"), &format!("status of all, {size} target(s): client wall"), Unit::Micros, micros(wall));
-        }
+        measure(sb, p, s, size)?;
         s.push(&format!("rss_{size}"), &format!("agent RSS (KiB), {size} target(s)"), Unit::Count, rss_kib(pid)?);
         s.push(&format!("maps_{size}"), &format!("BPF map memory (KiB), {size} target(s)"), Unit::Count, map_kib(pid)?);
+    }
+    // The sizes cannot alternate (targets come a thousand at a time), so
+    // the one-target figures are measured again once the others are
+    // released, into the same series: a slower minute of the machine
+    // during the larger sizes then weighs on both sides of the ratios.
+    let start = Instant::now();
+    while targets.len() > 1 {
+        check_interrupted()?;
+        if let Some(mut child) = targets.pop() {
+            proc::terminate(&mut child, Duration::from_secs(1));
+        }
+        sb.call("release", json!({"name": format!("scale-{}", targets.len())}))?;
+    }
+    s.notes.push(format!("back to 1 target: released in {}; its figures measured again.", proc::elapsed(start)));
+    measure(sb, p, s, 1)
+}
+
+/// Every timed figure at `size` targets: the levels, stops, and `status`.
+fn measure(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<()> {
+    levels(sb, p, s, size)?;
+    stops(sb, p, s, size)?;
+    // One target's first: for tens of ms after a status of all at 1,000
+    // targets, any command is slower (a `ping` ~0.3 ms; not the
+    // allocator's trim), which is the status of all's cost, not one's.
+    for _ in 0..STATUS_REPS {
+        let (wall, r) = sb.call("status", json!({"name": PROBE}))?;
+        anyhow::ensure!(r["targets"].as_array().map_or(0, Vec::len) == 1, "status {PROBE} listed other than one target: {r}");
+        s.push(&format!("status_one_{size}"), &format!("status {PROBE}, {size} target(s): client wall"), Unit::Micros, micros(wall));
+    }
+    for _ in 0..STATUS_REPS {
+        let (wall, r) = sb.call("status", json!({}))?;
+        let seen = r["targets"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(seen >= size, "status listed {seen} targets, {size} exist");
+        s.push(&format!("status_{size}"), &format!("status of all, {size} target(s): client wall"), Unit::Micros, micros(wall));
     }
     Ok(())
 }
