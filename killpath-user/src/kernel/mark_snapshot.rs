@@ -109,7 +109,7 @@ impl MemberMaps {
         };
         let tgids = |marks: &[(u32, Member)]| marks.iter().map(|(_, mk)| mk.tgid).collect::<BTreeSet<u32>>();
         let mut kept = self.cache.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(there) = kept.get(&t).and_then(|s| s.still_there(self, &[t])) {
+        if let Some(there) = kept.get(&t).filter(|s| s.cheaper_than_all()).and_then(|s| s.still_there(self, &[t])) {
             return HashMap::from([(t, tgids(&there))]);
         }
         match MarkSnapshot::take(self, &[t]) {

@@ -328,6 +328,7 @@ impl MemberMaps {
     /// Heirs that named `target` now name its own heir (or none). The
     /// escapes counted for `target` are added to the heir's.
     pub fn release_target(&mut self, target: u64, heir: Option<u64>) {
+        self.cache.forget(target);
         if let Some(r) = self.released.as_mut() {
             let forwarded: Vec<u64> = r.iter().filter_map(|e| e.ok()).filter(|(_, h)| *h == target).map(|(k, _)| k).collect();
             for k in forwarded {

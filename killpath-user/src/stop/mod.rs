@@ -228,7 +228,7 @@ pub fn hard_stop_guarded(
             let watch = pidfds::PidWatch::open(&pids);
             report.halt = kill(cg, &mut report)?;
             report.time_to_halt_us = micros(received);
-            hurry(&pids);
+            watch.kill_and_hurry();
             arm_after_halt(arm);
             (pids, Some(watch))
         }
@@ -284,9 +284,10 @@ pub fn hard_stop_guarded(
     // Taken once ready; until then (and when stale) every mark is read.
     let mut snap: Option<crate::kernel::mark_snapshot::MarkSnapshot> = None;
     // The loop ended on an empty cgroup and no marked process alive: the
-    // survivors below need no second check of the marks (no mark of the
-    // target can be written now but by a move into the cgroup, which its
-    // listing shows).
+    // survivors below need no second check of the marks, a moment later.
+    // A mark written since comes from a move into the (now stopped)
+    // cgroup: the guard kills that task, and one moved out again at once is
+    // an escape, which the agent's escape handling kills.
     let mut members_clear = false;
     if let Some(w) = watch.as_mut() {
         // Bounded: a process that does not die at once (in D state, or an
@@ -294,6 +295,9 @@ pub fn hard_stop_guarded(
         // below, which kills and waits again.
         let all = w.wait_all(deadline.min(Instant::now() + PIDFD_WAIT));
         tracing::debug!(all, at_us = micros(received), "hard stop: pidfds");
+        if !all {
+            w.unhurry();
+        }
     }
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -410,27 +414,6 @@ fn kill(cg: &Cgroup, report: &mut StopReport) -> Result<Halt> {
 fn arm_after_halt(arm: &mut dyn FnMut() -> Result<()>) {
     if let Err(e) = arm() {
         warn!("hard stop: arming the guard failed, the kill goes on: {e}");
-    }
-}
-
-/// Raises the killed processes of a small target to real-time (SCHED_FIFO
-/// 1, below the stop thread's 2), or nice -20 where that is refused, so
-/// that on a busy host their exit (they run to die) does not queue behind
-/// the rest. At nice -20 a woken task still waited for the running ones
-/// to reach their fair share: under 32 clients flooding the agent the
-/// cgroup emptied ~1.5 ms after the kill write against ~0.2 ms idle. After
-/// the kill only: every task of theirs has SIGKILL pending and runs no
-/// user code again; a live target never runs raised. Only the thread whose
-/// id is the pid (its leader): another thread of the process dies with it.
-fn hurry(pids: &[i32]) {
-    for &pid in pids {
-        // A pid gone since (ESRCH), or no CAP_SYS_NICE, only costs the
-        // hurry. Not reused meanwhile: the killed process holds its pid
-        // until its parent reaps it.
-        if crate::kernel::priority::fifo(pid, 1).is_err() {
-            // SAFETY: setpriority(2) on a pid; no memory is passed.
-            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, -20) };
-        }
     }
 }
 
