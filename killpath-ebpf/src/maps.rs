@@ -72,7 +72,9 @@ pub static IOURING_CLASS: Array<u32> = Array::with_max_entries(killpath_common::
 #[map(name = "KP_IOURING_OPCODE_OFFSET")]
 pub static IOURING_OPCODE_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Upper bound on marked tasks (threads included). Preallocated: tracing
+/// Marked tasks (threads included), as the object declares it: the agent
+/// creates the map larger where the kernel can run more tasks at once
+/// (`kernel::marks_capacity` in killpath-user). Preallocated: tracing
 /// programs on older kernels (6.1) may only use preallocated hash maps.
 pub const MAX_MEMBERS: u32 = 65536;
 

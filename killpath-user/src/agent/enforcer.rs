@@ -131,6 +131,10 @@ impl Enforcer {
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
+        // A mark for every task the kernel can run (`kernel::marks_capacity`);
+        // only a map created now takes it, a pinned one keeps its size.
+        let marks_capacity = crate::kernel::marks_capacity::capacity_for(crate::kernel::marks_capacity::TaskLimit::read());
+        loader.map_max_entries(killpath_common::maps::MEMBERS, marks_capacity);
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         let mut attached_now = Vec::new();
         let links = LinkKeeper::default();
@@ -156,6 +160,10 @@ impl Enforcer {
         }
         let protect = ProtectMaps::from_object(&mut ebpf)?;
         let mut maps = Maps::from_object(&mut ebpf)?;
+        let marks = crate::kernel::marks_capacity::status(maps.members.as_ref().and_then(|m| m.capacity()));
+        if let Some(short) = marks["capacity_short"].as_str() {
+            warn!("membership marks: {short}");
+        }
         // Struct offsets for the pointer-following hooks (fs.write, signal).
         let btf = btf::resolve();
         if protect_error.is_none() {

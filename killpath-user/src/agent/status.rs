@@ -141,6 +141,7 @@ impl State {
             "membership": {
                 "tracking": self.enforcer.members_error.clone().map_or("on: marks follow each task; a move out of a target is detected and reverted".to_owned(), |e| format!("unavailable: {e}")),
                 "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
+                "marks": crate::kernel::marks_capacity::status(m.members.as_ref().and_then(|mm| mm.capacity())),
             },
             "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
             "trail_files": crate::trail::files::status(self.enforcer.trail_files.error.as_deref()),

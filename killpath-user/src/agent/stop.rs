@@ -107,6 +107,9 @@ impl State {
                 "marked_outside": report.marked_outside,
                 "marked_killed": report.marked_killed,
                 "marks_checked": report.marks_checked,
+                // Marks the kernel could not store, ever (`marks_capacity`):
+                // nonzero, a task may have left unmarked and unseen.
+                "marks_lost": self.enforcer.maps.members.as_ref().map(|m| m.lost()),
                 "membership": report.membership,
                 "cgroup_path_mismatch": path_mismatch,
                 "trail": self.trail_pointer(&t),

@@ -224,6 +224,9 @@ impl Output {
                 s(&r["marked_killed"]),
                 s(&r["escape_attempts"])
             );
+            if let Some(n) = r["marks_lost"].as_u64().filter(|n| *n > 0) {
+                println!("WARNING: the kernel could not store {n} membership marks (map full): a task left unmarked may have left a target unseen, and is not counted");
+            }
         } else {
             println!("membership marks unavailable: only the cgroup was stopped");
         }

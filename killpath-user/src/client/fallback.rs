@@ -165,6 +165,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
         "escape_attempts": escape_attempts,
         "marked_outside": r.marked_outside,
         "marked_killed": r.marked_killed,
+        "marks_lost": members.map(|m| m.lost()),
         "membership": r.membership,
     }))
 }

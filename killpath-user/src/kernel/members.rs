@@ -370,6 +370,11 @@ impl MemberMaps {
         self.escapes.as_ref().and_then(|e| e.get(&target, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
+    /// How many marks `KP_MEMBERS` holds (its `max_entries`).
+    pub fn capacity(&self) -> Option<u32> {
+        self.members.map().info().ok().map(|i| i.max_entries())
+    }
+
     /// Marks the kernel could not record (map full).
     pub fn lost(&self) -> u64 {
         self.lost.as_ref().and_then(|l| l.get(&0, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)

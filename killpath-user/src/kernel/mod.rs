@@ -12,6 +12,8 @@
 //!   wherever they sit), escape counts, killing marked tasks by pidfd.
 //! - [`mark_snapshot`]: a target's marks as read once, trusted while the
 //!   kernel's counter of its mark writes stands.
+//! - [`marks_capacity`]: `KP_MEMBERS` sized for every task the kernel
+//!   can run.
 //! - [`btf`]: struct offsets from the running kernel's BTF.
 //! - [`probe`]: which program types and hooks this kernel accepts.
 //! - [`cgroup`]: cgroup v2 directories: create, move, freeze, kill, wait.
@@ -27,6 +29,7 @@ pub mod durable;
 pub mod links;
 pub mod maps;
 pub mod mark_snapshot;
+pub mod marks_capacity;
 pub mod members;
 pub mod mounts;
 pub mod object;
