@@ -58,9 +58,9 @@ impl Early {
     /// Opens the maps this agent's generation pinned; None (the locked
     /// check alone, as before) when they cannot be opened.
     pub(super) fn open(s: &State) -> Option<Self> {
-        let gen = pins::generation_dir(s.enforcer.pin_dir());
-        let targets = open_hash(&gen, maps::TARGETS).map_err(|e| warn!("confinement before queueing is off (the locked check stays): {e}")).ok()?;
-        let members = open_hash(&gen, maps::MEMBERS).map_err(|e| debug!("confinement before queueing: no membership marks: {e}")).ok();
+        let gen = s.enforcer.generation();
+        let targets = open_hash(gen, maps::TARGETS).map_err(|e| warn!("confinement before queueing is off (the locked check stays): {e}")).ok()?;
+        let members = open_hash(gen, maps::MEMBERS).map_err(|e| debug!("confinement before queueing: no membership marks: {e}")).ok();
         let names = s.registry.targets.values().map(|t| (t.cgroup_id, t.name.clone())).collect();
         Some(Self { targets, members, cgroup_mount: s.cgroup_mount.clone(), names: Mutex::new(names) })
     }

@@ -50,6 +50,8 @@ const MEMBER_HOOKS: &[(&str, &str)] =
 pub struct Enforcer {
     pub maps: Maps,
     pin_dir: PathBuf,
+    /// This agent's pin generation (`pins::generation_for`).
+    gen: PathBuf,
     /// Generations of an older build, kept until the new one is in force.
     old_generations: Vec<PathBuf>,
     /// Programs this process loaded or attached (empty when all were found pinned).
@@ -123,7 +125,10 @@ impl Enforcer {
     /// program whose link is not pinned yet.
     pub fn open(base: &Path) -> Result<Self> {
         pins::ensure_bpffs(base)?;
-        let gen = pins::generation_dir(base);
+        // The marks map's size is part of the generation (`pins`): one
+        // pinned smaller than the kernel now needs is taken over by a new one.
+        let marks_capacity = crate::kernel::marks_capacity::capacity_for(crate::kernel::marks_capacity::TaskLimit::read());
+        let gen = pins::generation_for(base, marks_capacity);
         let old_generations: Vec<PathBuf> = pins::generations(base).into_iter().filter(|g| g != &gen).collect();
         pins::create_generation(&gen)?;
         let map_pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pins::map_pin(&gen, n))).collect();
@@ -131,9 +136,7 @@ impl Enforcer {
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
-        // A mark for every task the kernel can run (`kernel::marks_capacity`);
-        // only a map created now takes it, a pinned one keeps its size.
-        let marks_capacity = crate::kernel::marks_capacity::capacity_for(crate::kernel::marks_capacity::TaskLimit::read());
+        // A mark for every task the kernel can run (`kernel::marks_capacity`).
         loader.map_max_entries(killpath_common::maps::MEMBERS, marks_capacity);
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         let mut attached_now = Vec::new();
@@ -252,6 +255,7 @@ impl Enforcer {
         Ok(Self {
             maps,
             pin_dir: base.to_owned(),
+            gen: gen.clone(),
             old_generations,
             attached_now,
             isolate,
@@ -289,6 +293,11 @@ impl Enforcer {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// This agent's pin generation directory.
+    pub fn generation(&self) -> &Path {
+        &self.gen
     }
 
     /// Attaches or detaches the sys_exit throttle to match the ceilings.

@@ -57,15 +57,23 @@ pub fn target_dir(gen: &Path, cgroup_id: u64) -> PathBuf {
     gen.join("targets").join(cgroup_id.to_string())
 }
 
-/// Pins live in one directory per build of the eBPF object:
-/// `<pin-dir>/gen-<sha256 of the object, 16 hex>`. A restart of the same
-/// build reuses its generation; a new build (whose maps or programs may
-/// differ in layout) gets a new generation, takes over the old one's
-/// target states, attaches its own programs, and only then retires the
-/// old generation, so enforcement never lapses across an upgrade.
+/// Pins live in one directory per build of the eBPF object and size of
+/// its marks map: `<pin-dir>/gen-<sha256 of the object and the size, 16
+/// hex>`. A restart of the same build under the same kernel limits reuses
+/// its generation; a new build (whose maps or programs may differ in
+/// layout), or a marks map that must grow (`marks_capacity`: a pinned map
+/// keeps the size it was created with), gets a new generation, takes over
+/// the old one's target states and marks, attaches its own programs, and
+/// only then retires the old generation, so enforcement never lapses.
 pub fn generation_dir(pin_dir: &Path) -> PathBuf {
+    use super::marks_capacity::{capacity_for, TaskLimit};
+    generation_for(pin_dir, capacity_for(TaskLimit::read()))
+}
+
+/// [`generation_dir`] for a marks map of `marks` entries.
+pub fn generation_for(pin_dir: &Path, marks: u32) -> PathBuf {
     use sha2::Digest as _;
-    let hash = sha2::Sha256::digest(OBJECT);
+    let hash = sha2::Sha256::new().chain_update(OBJECT).chain_update(marks.to_le_bytes()).finalize();
     pin_dir.join(format!("gen-{}", &hex::encode(hash)[..16]))
 }
 

@@ -139,4 +139,35 @@ mod tests {
         }
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
+
+    /// Policy (stat field 41) and nice (field 19) of process `pid`.
+    fn policy_and_nice(pid: i32) -> (Option<i64>, Option<i64>) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let field = |n: usize| stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(n)).and_then(|f| f.parse::<i64>().ok());
+        (field(38), field(16))
+    }
+
+    /// A process still alive after the wait (one whose exit outlasts it)
+    /// is put back in the ordinary class at nice -20: real-time, it would
+    /// hold a CPU ahead of every ordinary thread. Here a living `sleep`
+    /// raised as the hurry would raise it. Root only (raising needs
+    /// CAP_SYS_NICE; `cargo xtask test` runs as root, and strict).
+    #[test]
+    fn unhurry_puts_a_process_still_alive_back_in_the_ordinary_class() {
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("KILLPATH_TEST_STRICT").is_none(), "strict run: this test needs root");
+            eprintln!("skipped: raising a process to SCHED_FIFO needs root");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let pid = child.id() as i32;
+        let w = PidWatch::open(&[pid]);
+        crate::kernel::priority::fifo(pid, 1).unwrap();
+        assert_eq!(policy_and_nice(pid).0, Some(1), "raised to SCHED_FIFO first");
+        w.unhurry();
+        assert_eq!(policy_and_nice(pid), (Some(0), Some(-20)), "SCHED_OTHER at nice -20");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

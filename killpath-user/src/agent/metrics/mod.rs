@@ -70,9 +70,7 @@ pub(super) async fn serve(listener: std::net::TcpListener, state: Arc<Mutex<Stat
     if let Ok(local) = listener.local_addr() {
         tracing::info!(metrics = %local, "serving Prometheus metrics on http://{local}/metrics");
     }
-    let pin_dir = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config.pin_dir.clone();
-    // Hashes the eBPF object: once, off the async threads.
-    let gen = tokio::task::spawn_blocking(move || crate::kernel::pins::generation_dir(&pin_dir)).await.unwrap_or_default();
+    let gen = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).enforcer.generation().to_owned();
     let shared = Arc::new(Shared { state, slots: Semaphore::new(CONCURRENT), verify: Default::default(), gen });
     // Open connections are capped: a flood of idle connections (from a
     // target that can reach the port) must not use up the agent's file
