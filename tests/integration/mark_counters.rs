@@ -190,3 +190,37 @@ fn status_of_the_heir_counts_the_tasks_a_released_nested_target_handed_it() {
     agent.json(&["release", "in"]);
     assert_eq!(members(&agent, "o"), 1, "the handed-over sleep is not counted as o's");
 }
+
+/// A small target's kill is made ready while the intent is written
+/// (`stop::prepared`): its process is listed, then moves out to the cgroup2
+/// root before the kill write. The escape count taken before the listing
+/// makes that an escape during the halt (the listing is still fresh, made
+/// less than `prepared::FRESH` before the kill): the report does not end the halt
+/// at the kill write (the process ran user code outside until its own
+/// SIGKILL), and the process dies. Fails if the count is read after the
+/// listing (the report would say the halt ended at the write).
+#[test]
+fn a_process_listed_early_then_moved_out_is_an_escape_during_the_halt() {
+    let Some(mut agent) = Agent::start() else { return };
+    let run = run_bg(&agent, "listed", &["sleep", "1000"], 1);
+    let pid = run.pid();
+    let _guard = Escapees(vec![pid]);
+    let id = target_row(&agent, "listed").expect("listed")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    let maps = pinned_maps(&agent);
+    let m = maps.members.as_ref().expect("the membership maps are pinned");
+    let cg = agent.target_cgroup("listed");
+    let mount = killpath::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount");
+    let (reply, pending) = Pending::channel();
+    // The snapshot is never sent: the stop waits for it 1 ms, then reads
+    // every mark.
+    let _reply = reply.prepare((&mount, cg.path(), id), m.escapes(id)).expect("the stop's end is open");
+    std::fs::write(root_procs(), pid.to_string()).expect("out to the root");
+    let ids = [id];
+    let report = stop::hard_stop_guarded(&cg, Some((m, &ids)), Some(&pending), stop::StopOrder::Auto, &mut || Ok(()), Instant::now(), Duration::from_secs(10))
+        .expect("the stop");
+    assert_eq!(report.order, "kill", "the prepared small-target kill ran: {report:?}");
+    assert!(report.escapes_during_halt >= 1 && report.halt_waited_for_marked, "the move after the listing is an escape during the halt: {report:?}");
+    assert_eq!(report.survivors, 0, "{report:?}");
+    assert!(wait_until(Duration::from_secs(2), || task_gone(pid, pid)).is_some(), "{pid} outlived the stop: {report:?}");
+}

@@ -31,8 +31,12 @@ impl State {
         // The real cgroup, by id: a mount over the path cannot hide the
         // target's tasks from the stop. Whether the path still leads there
         // is checked after the kill (a mismatch is then alerted and
-        // reported): nothing that is not the kill goes before it.
-        let cg = Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id)?;
+        // reported): nothing that is not the kill goes before it. Opened
+        // by the marks thread while the intent was written, if it could.
+        let cg = match early.and_then(stop::marks::Pending::cgroup) {
+            Some(cg) => cg,
+            None => Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id)?,
+        };
         // Membership follows the task: the target's marked tasks, and those
         // of targets nested in it, die wherever they sit. The marks are
         // held apart from the maps for the stop, so that the guard can be

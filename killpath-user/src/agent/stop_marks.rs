@@ -1,14 +1,17 @@
-//! The `kp-stop-marks` thread: reads a stopped target's marks while the
-//! stop writes its intent to disk, so that the check after the cgroup
-//! empties does not read every mark on the host (see `stop::marks`).
+//! The `kp-stop-marks` thread: while a stop writes its intent to disk, it
+//! opens the target's cgroup and makes what a small target's kill needs
+//! (`stop::prepared`), then reads the target's marks, so that the check
+//! after the cgroup empties does not read every mark on the host (see
+//! `stop::marks`).
 //!
 //! It runs in the ordinary class at nice -20, as the backup stop thread:
 //! real-time, it would keep a CPU from the killed tasks that must run to
 //! die on a two-core host. A snapshot it has not started by the time the
-//! stop needs it is not waited for, one it is taking for at most 1 ms:
-//! then the stop reads every mark itself. A request whose stop is over
+//! stop needs it is not waited for, one it is taking for at most 1 ms in
+//! all: then the stop reads every mark itself. What it prepared for the
+//! kill is taken only if it is there when the intent is durable. A request whose stop is over
 //! already is skipped.
-use std::{sync::mpsc, time::Instant};
+use std::{path::PathBuf, sync::mpsc, time::Instant};
 
 use serde_json::Value;
 
@@ -22,8 +25,19 @@ use crate::{
     },
 };
 
-/// A request: the targets, and where the snapshot goes.
-type Request = (Vec<u64>, Reply);
+/// A request: the targets (the stopped one's and those nested in it).
+struct Request {
+    ids: Vec<u64>,
+    /// The cgroup2 mount, and the stopped target's cgroup path and id.
+    mount: PathBuf,
+    path: PathBuf,
+    id: u64,
+    /// The targets' escape count, read before the request (see
+    /// `stop::prepared::Prepared::escapes_before`).
+    escapes_before: u64,
+    /// Where the answers go.
+    reply: Reply,
+}
 
 /// The thread's queue.
 pub struct MarkReader {
@@ -41,8 +55,10 @@ impl MarkReader {
             if !priority::raise_nice_for_stop(0) {
                 tracing::debug!("stop: the marks thread stays at the agent's priority (nice refused)");
             }
-            for (ids, reply) in rx {
-                reply.take(&reader, &ids);
+            for r in rx {
+                if let Some(reply) = r.reply.prepare((&r.mount, &r.path, r.id), r.escapes_before) {
+                    reply.taken(&reader, &r.ids);
+                }
             }
         });
         match started {
@@ -54,9 +70,9 @@ impl MarkReader {
         }
     }
 
-    fn request(&self, ids: Vec<u64>) -> Option<Pending> {
+    fn request(&self, ids: Vec<u64>, mount: PathBuf, path: PathBuf, id: u64, escapes_before: u64) -> Option<Pending> {
         let (reply, pending) = Pending::channel();
-        self.tx.send((ids, reply)).ok()?;
+        self.tx.send(Request { ids, mount, path, id, escapes_before, reply }).ok()?;
         Some(pending)
     }
 }
@@ -69,11 +85,16 @@ impl State {
         self.execute(caller, action, Some(name), params, |s| s.stop(name, order, early.as_ref(), received))
     }
 
-    /// Has the marks of target `name` and of the targets nested in it read
-    /// on the marks thread, for the stop about to run (before its intent is
-    /// journaled); None when unknown or unavailable.
+    /// Has target `name`'s cgroup opened and its small-target kill made
+    /// ready, then the marks of the target and of the targets nested in it
+    /// read, on the marks thread, for the stop about to run (before its
+    /// intent is journaled); None when unknown or unavailable.
     fn read_marks_early(&self, name: &str) -> Option<Pending> {
         let t = self.registry.targets.get(name)?;
-        self.stop_marks.as_ref()?.request(self.nested_ids(t))
+        let ids = self.nested_ids(t);
+        // Before the listing: a listed process moved out after it counts
+        // as escaped during the halt (`stop::prepared`).
+        let escapes_before = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
+        self.stop_marks.as_ref()?.request(ids, self.cgroup_mount.clone(), t.cgroup.clone(), t.cgroup_id, escapes_before)
     }
 }

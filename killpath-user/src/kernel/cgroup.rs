@@ -350,6 +350,19 @@ impl Cgroup {
         self.write("cgroup.kill", "1")
     }
 
+    /// `cgroup.kill` opened for writing, to kill through later
+    /// ([`Cgroup::kill_through`]); an error where the kernel has none (before
+    /// 5.14) or the file cannot be opened.
+    pub fn open_kill(&self) -> io::Result<fs::File> {
+        self.open("cgroup.kill", true)
+    }
+
+    /// Kills every task of the cgroup through `cgroup.kill` as opened by
+    /// [`Cgroup::open_kill`]: the write alone on the stop's path.
+    pub fn kill_through(&self, file: &mut fs::File) -> Result<()> {
+        file.write_all(b"1").map_err(Error::cgroup(self.file("cgroup.kill")))
+    }
+
     /// Waits until cgroup.events says `populated 0` (see [`Cgroup::wait_event`]).
     /// Returns false on timeout.
     pub fn wait_empty(&self, timeout: Duration) -> Result<bool> {

@@ -24,16 +24,26 @@
 //! beside the kernel's adds (`MemberMaps::put`); they are made under the
 //! state lock, which a stop holds from before the counters are read until
 //! it reports, so none runs during a stop.
-use std::{collections::BTreeSet, sync::mpsc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeSet,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
+use super::prepared::{self, Prepared, Small};
 use crate::kernel::{
+    cgroup::Cgroup,
     mark_snapshot::MarkSnapshot,
     members::{task_gone, MemberMaps},
 };
 
-/// What the thread taking a snapshot sends.
+/// What the thread taking a snapshot sends, in this order.
 enum Msg {
     Started,
+    /// The target's cgroup and small-target kill, when asked for
+    /// ([`Reply::prepare`]).
+    Prepared(Box<Prepared>),
     Done(Option<MarkSnapshot>),
 }
 
@@ -43,8 +53,18 @@ enum Msg {
 /// of thousands of marks, or a taker starved of CPU).
 const WAIT_STARTED: Duration = Duration::from_millis(1);
 
-/// A snapshot being taken on another thread; see [`MarkSnapshot`].
-pub struct Pending(mpsc::Receiver<Msg>);
+/// A snapshot being taken on another thread; see [`MarkSnapshot`]. Used
+/// by the stop's thread alone.
+pub struct Pending {
+    rx: mpsc::Receiver<Msg>,
+    /// The taker said it started.
+    started: Cell<bool>,
+    /// The messages taken so far: whether [`Msg::Prepared`] was looked
+    /// for, what it brought, and a snapshot that came without one.
+    looked: Cell<bool>,
+    prepared: RefCell<Option<Prepared>>,
+    done: RefCell<Option<Option<MarkSnapshot>>>,
+}
 
 /// Where the thread taking a snapshot answers.
 pub struct Reply(mpsc::SyncSender<Msg>);
@@ -58,27 +78,106 @@ impl Reply {
             let _ = self.0.send(Msg::Done(MarkSnapshot::take(m, targets)));
         }
     }
+
+    /// Opens the target's cgroup by id on `mount` (`path` names it in
+    /// messages) and makes what its kill needs (`prepared`), and sends
+    /// that, saying first that it started; the snapshot is then sent
+    /// without a second `Started` ([`Reply::taken`]). `escapes_before`: the
+    /// target's escape count, read before this was asked for. None: the
+    /// stop is over already.
+    pub fn prepare(self, cgroup: (&std::path::Path, &std::path::Path, u64), escapes_before: u64) -> Option<Self> {
+        self.0.send(Msg::Started).ok()?;
+        let (mount, path, id) = cgroup;
+        if let Ok(cg) = Cgroup::by_id_on(mount, path, id) {
+            let at = Instant::now();
+            let small = prepared::small(&cg);
+            self.0.send(Msg::Prepared(Box::new(Prepared { cg, small, at, escapes_before }))).ok()?;
+        }
+        Some(self)
+    }
+
+    /// After [`Reply::prepare`]: takes the snapshot of `targets` and sends it.
+    pub fn taken(self, m: &MemberMaps, targets: &[u64]) {
+        let _ = self.0.send(Msg::Done(MarkSnapshot::take(m, targets)));
+    }
 }
 
 impl Pending {
     /// A pending snapshot and where its taker answers.
     pub fn channel() -> (Reply, Self) {
-        let (tx, rx) = mpsc::sync_channel(2);
-        (Reply(tx), Self(rx))
+        let (tx, rx) = mpsc::sync_channel(3);
+        let pending = Self { rx, started: Cell::new(false), looked: Cell::new(false), prepared: RefCell::new(None), done: RefCell::new(None) };
+        (Reply(tx), pending)
+    }
+
+    /// The next message after `Started`: at once if the taker has not
+    /// started (it is not waited for: the stop does the work itself rather
+    /// than wait behind a thread that does not run), else by `until`. A
+    /// wait that runs out is not made again: the taker is taken as stuck.
+    fn next(&self, until: Option<Instant>) -> Option<Msg> {
+        loop {
+            let msg = match until.filter(|_| self.started.get()) {
+                Some(t) => {
+                    let got = self.rx.recv_timeout(t.saturating_duration_since(Instant::now()));
+                    if matches!(got, Err(mpsc::RecvTimeoutError::Timeout)) {
+                        self.started.set(false);
+                    }
+                    got.ok()
+                }
+                None => self.rx.try_recv().ok(),
+            };
+            match msg? {
+                Msg::Started => self.started.set(true),
+                m => return Some(m),
+            }
+        }
+    }
+
+    /// Takes [`Msg::Prepared`] once, if it is there already: it is not
+    /// waited for, the kill is next (the taker needs ~0.1 ms, the intent's
+    /// fdatasync takes longer; a taker slower than that, on a target whose
+    /// cgroup subtree takes long to walk, must not delay the kill). A
+    /// snapshot taken without one is kept for [`Pending::ready`].
+    fn look(&self) {
+        if self.looked.replace(true) {
+            return;
+        }
+        match self.next(None) {
+            Some(Msg::Prepared(p)) => *self.prepared.borrow_mut() = Some(*p),
+            Some(Msg::Done(s)) => *self.done.borrow_mut() = Some(s),
+            Some(Msg::Started) | None => {}
+        }
+    }
+
+    /// The target's cgroup as the taker opened it, if it did in time.
+    pub fn cgroup(&self) -> Option<Cgroup> {
+        self.look();
+        self.prepared.borrow().as_ref().map(|p| p.cg.clone())
+    }
+
+    /// What the taker made for the kill of `cg` (the same cgroup, see
+    /// [`Pending::cgroup`]) and the escape count read before it:
+    /// `small` None when it found the target not small. None when it made
+    /// nothing in time, or made it more than [`prepared::FRESH`] ago.
+    pub(super) fn small(&self, cg: &Cgroup) -> Option<(Option<Small>, u64)> {
+        self.look();
+        let mut p = self.prepared.borrow_mut();
+        let p = p.as_mut().filter(|p| p.cg.path() == cg.path() && p.at.elapsed() <= prepared::FRESH)?;
+        Some((p.small.take(), p.escapes_before))
     }
 
     /// The snapshot, if it is ready or being taken (then waited for at most
-    /// [`WAIT_STARTED`]). One whose taker has not started is not waited
-    /// for: the stop reads every mark itself rather than wait behind a
-    /// thread that does not run.
+    /// [`WAIT_STARTED`] in all, once); see [`Pending::next`].
     pub fn ready(&self) -> Option<MarkSnapshot> {
-        match self.0.try_recv() {
-            Ok(Msg::Done(s)) => s,
-            Ok(Msg::Started) => match self.0.recv_timeout(WAIT_STARTED) {
-                Ok(Msg::Done(s)) => s,
-                _ => None,
-            },
-            Err(_) => None,
+        if let Some(s) = self.done.borrow_mut().take() {
+            return s;
+        }
+        let until = Instant::now() + WAIT_STARTED;
+        loop {
+            match self.next(Some(until))? {
+                Msg::Done(s) => return s,
+                Msg::Prepared(_) | Msg::Started => {}
+            }
         }
     }
 }
@@ -109,6 +208,33 @@ mod tests {
 
     use super::*;
 
+    fn prepared(path: &str) -> Box<Prepared> {
+        Box::new(Prepared { cg: Cgroup::new(path), small: None, at: Instant::now(), escapes_before: 3 })
+    }
+
+    /// A preparation older than `FRESH` at the kill is not used.
+    #[test]
+    fn a_stale_preparation_is_not_used() {
+        let (reply, pending) = Pending::channel();
+        let mut p = prepared("/kp-test");
+        p.at = Instant::now().checked_sub(prepared::FRESH * 2).expect("an earlier instant");
+        let _ = reply.0.send(Msg::Started);
+        let _ = reply.0.send(Msg::Prepared(p));
+        assert!(pending.small(&Cgroup::new("/kp-test")).is_none());
+    }
+
+    /// A taker that never answers is waited for once, not at every look.
+    #[test]
+    fn a_stuck_taker_is_waited_for_once() {
+        let (reply, pending) = Pending::channel();
+        let _ = reply.0.send(Msg::Started);
+        assert!(pending.ready().is_none());
+        let t = Instant::now();
+        assert!(pending.ready().is_none());
+        assert!(t.elapsed() < WAIT_STARTED, "waited again: {:?}", t.elapsed());
+        drop(reply);
+    }
+
     fn snapshot() -> MarkSnapshot {
         MarkSnapshot::from_parts(vec![9], vec![7], vec![(42, Member { target: 9, tgid: 42, escapes: 0 })], 1)
     }
@@ -126,6 +252,45 @@ mod tests {
         let (reply, pending) = Pending::channel();
         let _ = reply.0.send(Msg::Started);
         let _ = reply.0.send(Msg::Done(Some(snapshot())));
+        assert_eq!(pending.ready().map(|s| s.marks().to_vec()), Some(snapshot().marks().to_vec()));
+    }
+
+    /// The cgroup and kill made ready come first, the snapshot after them.
+    #[test]
+    fn what_was_prepared_is_taken_before_the_snapshot() {
+        let (reply, pending) = Pending::channel();
+        let _ = reply.0.send(Msg::Started);
+        let _ = reply.0.send(Msg::Prepared(prepared("/kp-test")));
+        let _ = reply.0.send(Msg::Done(Some(snapshot())));
+        assert_eq!(pending.cgroup().map(|c| c.path().to_owned()), Some(std::path::PathBuf::from("/kp-test")));
+        assert!(pending.small(&Cgroup::new("/kp-other")).is_none(), "another cgroup's preparation is not used");
+        assert!(matches!(pending.small(&Cgroup::new("/kp-test")), Some((None, 3))), "prepared, not small, escapes read before");
+        assert_eq!(pending.ready().map(|s| s.marks().to_vec()), Some(snapshot().marks().to_vec()));
+    }
+
+    /// A preparation still being made is not waited for: the kill is next,
+    /// and the stop makes it itself.
+    #[test]
+    fn a_preparation_not_made_yet_is_not_waited_for() {
+        let (reply, pending) = Pending::channel();
+        let _ = reply.0.send(Msg::Started);
+        let t = Instant::now();
+        assert!(pending.small(&Cgroup::new("/kp-test")).is_none());
+        assert!(t.elapsed() < WAIT_STARTED, "waited {:?} before the kill", t.elapsed());
+        let _ = reply.0.send(Msg::Prepared(prepared("/kp-test")));
+        let _ = reply.0.send(Msg::Done(Some(snapshot())));
+        assert_eq!(pending.ready().map(|s| s.marks().to_vec()), Some(snapshot().marks().to_vec()), "the late preparation is skipped");
+    }
+
+    /// A snapshot sent with nothing prepared (`Reply::take`) is kept for
+    /// `ready` when the stop looked for a preparation first.
+    #[test]
+    fn a_snapshot_without_a_preparation_is_kept_for_the_check() {
+        let (reply, pending) = Pending::channel();
+        let _ = reply.0.send(Msg::Started);
+        let _ = reply.0.send(Msg::Done(Some(snapshot())));
+        assert!(pending.cgroup().is_none());
+        assert!(pending.small(&Cgroup::new("/kp-test")).is_none(), "nothing prepared: the stop makes it itself");
         assert_eq!(pending.ready().map(|s| s.marks().to_vec()), Some(snapshot().marks().to_vec()));
     }
 

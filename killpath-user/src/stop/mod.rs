@@ -47,6 +47,7 @@ mod halt;
 pub mod marks;
 mod order;
 mod pidfds;
+pub mod prepared;
 
 pub use order::StopOrder;
 
@@ -64,7 +65,8 @@ use crate::{
 /// What a hard stop did, with its times measured from command receipt.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StopReport {
-    /// Tasks in the target when the stop began.
+    /// Processes in the target when the stop listed them (a small target's
+    /// while its intent was written, see `prepared`).
     pub tasks_at_start: usize,
     /// Tasks still alive when the stop gave up waiting. Must be 0.
     pub survivors: usize,
@@ -219,14 +221,31 @@ pub fn hard_stop_guarded(
     timeout: Duration,
 ) -> Result<StopReport> {
     let mut report = StopReport { membership: marked.is_some(), ..Default::default() };
-    let escapes_before = escaped::count(marked);
-    let small = if order == StopOrder::Auto { cg.procs_upto(SMALL_TARGET).filter(|_| cg.has_kill()) } else { None };
+    // Made while the intent was written, when the marks thread could
+    // (`prepared`), with the escape count read before its listing; else
+    // now, the count first.
+    let (small, escapes_before) = match early.filter(|_| order == StopOrder::Auto).and_then(|p| p.small(cg)) {
+        Some(prepared) => prepared,
+        None => {
+            let escapes_before = escaped::count(marked);
+            (if order == StopOrder::Auto { prepared::small(cg) } else { None }, escapes_before)
+        }
+    };
     tracing::debug!(small = small.is_some(), at_us = micros(received), "hard stop: sized");
     let (procs, mut watch) = match small {
-        Some(pids) => {
+        Some(prepared::Small { pids, watch, kill: mut kill_file }) => {
             report.order = "kill".to_owned();
-            let watch = pidfds::PidWatch::open(&pids);
-            report.halt = kill(cg, &mut report)?;
+            report.halt = match kill_file.as_mut().map(|f| cg.kill_through(f)) {
+                Some(Ok(())) => {
+                    report.used_cgroup_kill = true;
+                    Halt::KillWritten
+                }
+                Some(Err(e)) => {
+                    warn!(cgroup = %cg.path().display(), "cgroup.kill failed, killing pid by pid: {e}");
+                    kill(cg, &mut report)?
+                }
+                None => kill(cg, &mut report)?,
+            };
             report.time_to_halt_us = micros(received);
             watch.kill_and_hurry();
             arm_after_halt(arm);
