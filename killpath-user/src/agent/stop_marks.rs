@@ -56,7 +56,17 @@ impl MarkReader {
                 tracing::debug!("stop: the marks thread stays at the agent's priority (nice refused)");
             }
             for r in rx {
-                if let Some(reply) = r.reply.prepare((&r.mount, &r.path, r.id), r.escapes_before) {
+                // The kill's preparation real-time, below the stop thread
+                // (SCHED_FIFO 1 against its 2): it must be ready before the
+                // intent's fdatasync returns, and under a flood of clients an
+                // ordinary thread was not (the stop then made it itself).
+                // The stop thread made the same calls real-time before.
+                let raised = priority::fifo(0, 1).is_ok();
+                let reply = r.reply.prepare((&r.mount, &r.path, r.id), r.escapes_before);
+                if raised {
+                    priority::normal(0, priority::STOP_NICE);
+                }
+                if let Some(reply) = reply {
                     reply.taken(&reader, &r.ids);
                 }
             }
