@@ -35,7 +35,7 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
     let mut stop_threads = 0;
     for t in &tasks {
         let comm = fs::read_to_string(format!("/proc/{}/task/{t}/comm", agent.pid())).unwrap_or_default();
-        let want = if ["kp-stop", "kp-stop-cfs", "kp-stop-marks"].contains(&comm.trim()) { -20 } else { -10 };
+        let want = if ["kp-stop", "kp-stop-cfs", "kp-stop-marks", "kp-stop-prep"].contains(&comm.trim()) { -20 } else { -10 };
         stop_threads += usize::from(comm.trim() == "kp-stop");
         let stat = format!("/proc/{}/task/{t}/stat", agent.pid());
         assert_eq!(nice(&stat), want, "agent thread {t} ({})", comm.trim());
@@ -43,6 +43,10 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
         // policy, SCHED_FIFO = 1), so a fork bomb cannot outweigh it.
         if comm.trim() == "kp-stop" {
             assert_eq!((stat_field(&stat, 40), stat_field(&stat, 41)), (2, 1), "kp-stop is SCHED_FIFO 2");
+        }
+        // The kill's preparation (stop::prepared) is real-time below it.
+        if comm.trim() == "kp-stop-prep" {
+            assert_eq!((stat_field(&stat, 40), stat_field(&stat, 41)), (1, 1), "kp-stop-prep is SCHED_FIFO 1");
         }
         // Its backup is ordinary on purpose (see agent/stop_thread.rs), and
         // so is the marks thread (a real-time one would keep a CPU from the

@@ -38,11 +38,11 @@ use crate::kernel::{
     members::{task_gone, MemberMaps},
 };
 
-/// What the thread taking a snapshot sends, in this order.
+/// What the threads send: the snapshot's taker `Started` then `Done`; the
+/// kill's preparer, when asked ([`Reply::prepare`]), `Prepared`, at any
+/// point among them.
 enum Msg {
     Started,
-    /// The target's cgroup and small-target kill, when asked for
-    /// ([`Reply::prepare`]).
     Prepared(Box<Prepared>),
     Done(Option<MarkSnapshot>),
 }
@@ -66,7 +66,8 @@ pub struct Pending {
     done: RefCell<Option<Option<MarkSnapshot>>>,
 }
 
-/// Where the thread taking a snapshot answers.
+/// Where the threads taking a snapshot and preparing the kill answer.
+#[derive(Clone)]
 pub struct Reply(mpsc::SyncSender<Msg>);
 
 impl Reply {
@@ -80,25 +81,17 @@ impl Reply {
     }
 
     /// Opens the target's cgroup by id on `mount` (`path` names it in
-    /// messages) and makes what its kill needs (`prepared`), and sends
-    /// that, saying first that it started; the snapshot is then sent
-    /// without a second `Started` ([`Reply::taken`]). `escapes_before`: the
-    /// target's escape count, read before this was asked for. None: the
-    /// stop is over already.
-    pub fn prepare(self, cgroup: (&std::path::Path, &std::path::Path, u64), escapes_before: u64) -> Option<Self> {
-        self.0.send(Msg::Started).ok()?;
+    /// messages), makes what its kill needs (`prepared`) and sends that
+    /// (on another thread than the snapshot's: the two messages can come in
+    /// either order). `escapes_before`: the target's escape count, read
+    /// before this was asked for.
+    pub fn prepare(self, cgroup: (&std::path::Path, &std::path::Path, u64), escapes_before: u64) {
         let (mount, path, id) = cgroup;
         if let Ok(cg) = Cgroup::by_id_on(mount, path, id) {
             let at = Instant::now();
             let small = prepared::small(&cg);
-            self.0.send(Msg::Prepared(Box::new(Prepared { cg, small, at, escapes_before }))).ok()?;
+            let _ = self.0.send(Msg::Prepared(Box::new(Prepared { cg, small, at, escapes_before })));
         }
-        Some(self)
-    }
-
-    /// After [`Reply::prepare`]: takes the snapshot of `targets` and sends it.
-    pub fn taken(self, m: &MemberMaps, targets: &[u64]) {
-        let _ = self.0.send(Msg::Done(MarkSnapshot::take(m, targets)));
     }
 }
 
@@ -142,10 +135,15 @@ impl Pending {
         if self.looked.replace(true) {
             return;
         }
-        match self.next(None) {
-            Some(Msg::Prepared(p)) => *self.prepared.borrow_mut() = Some(*p),
-            Some(Msg::Done(s)) => *self.done.borrow_mut() = Some(s),
-            Some(Msg::Started) | None => {}
+        while let Some(m) = self.next(None) {
+            match m {
+                Msg::Prepared(p) => {
+                    *self.prepared.borrow_mut() = Some(*p);
+                    return;
+                }
+                Msg::Done(s) => *self.done.borrow_mut() = Some(s),
+                Msg::Started => {}
+            }
         }
     }
 
@@ -210,6 +208,18 @@ mod tests {
 
     fn prepared(path: &str) -> Box<Prepared> {
         Box::new(Prepared { cg: Cgroup::new(path), small: None, at: Instant::now(), escapes_before: 3 })
+    }
+
+    /// The preparation comes from another thread than the snapshot: after
+    /// it, it is still found, and the snapshot kept for the check.
+    #[test]
+    fn a_preparation_after_the_snapshot_is_found() {
+        let (reply, pending) = Pending::channel();
+        let _ = reply.0.send(Msg::Started);
+        let _ = reply.0.send(Msg::Done(Some(snapshot())));
+        let _ = reply.0.send(Msg::Prepared(prepared("/kp-test")));
+        assert!(matches!(pending.small(&Cgroup::new("/kp-test")), Some((None, 3))));
+        assert_eq!(pending.ready().map(|s| s.marks().to_vec()), Some(snapshot().marks().to_vec()));
     }
 
     /// A preparation older than `FRESH` at the kill is not used.
