@@ -32,7 +32,7 @@ impl State {
         // target's tasks from the stop. Whether the path still leads there
         // is checked after the kill (a mismatch is then alerted and
         // reported): nothing that is not the kill goes before it. Opened
-        // by the marks thread while the intent was written, if it could.
+        // by the preparation thread while the intent was written, if it could.
         let cg = match early.and_then(stop::marks::Pending::cgroup) {
             Some(cg) => cg,
             None => Cgroup::by_id_on(&self.cgroup_mount, &t.cgroup, t.cgroup_id)?,
@@ -71,7 +71,7 @@ impl State {
                 None
             }
         };
-        let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
+        let escape_attempts: u64 = self.enforcer.maps.members.as_ref().map_or(0, |m| m.escapes_of(&ids));
         let guard_kills = guard_kills_of(&self.enforcer.maps, &ids).saturating_sub(kills_before);
         let run_delay_us = super::stop_first::run_delay_us();
         let tt = self.registry.get_mut(name)?;

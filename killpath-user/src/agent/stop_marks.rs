@@ -112,15 +112,15 @@ impl State {
     }
 
     /// Has target `name`'s cgroup opened and its small-target kill made
-    /// ready, then the marks of the target and of the targets nested in it
-    /// read, on the marks thread, for the stop about to run (before its
+    /// ready (preparation thread), and the marks of the target and of the
+    /// targets nested in it read (marks thread), for the stop about to run (before its
     /// intent is journaled); None when unknown or unavailable.
     fn read_marks_early(&self, name: &str) -> Option<Pending> {
         let t = self.registry.targets.get(name)?;
         let ids = self.nested_ids(t);
         // Before the listing: a listed process moved out after it counts
         // as escaped during the halt (`stop::prepared`).
-        let escapes_before = self.enforcer.maps.members.as_ref().map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
+        let escapes_before = self.enforcer.maps.members.as_ref().map_or(0, |m| m.escapes_of(&ids));
         let (mount, path, id) = (self.cgroup_mount.clone(), t.cgroup.clone(), t.cgroup_id);
         self.stop_marks.as_ref()?.request(ids, |reply| Prep { mount, path, id, escapes_before, reply })
     }

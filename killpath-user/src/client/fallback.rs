@@ -125,7 +125,7 @@ pub fn stop(state_dir: &Path, name: &str, reason: Option<&str>, why: &str, start
     let raised = crate::kernel::priority::raise_nice_for_stop(0);
     tracing::debug!(raised, "fallback stop raised to nice -20");
     let outcome = stop::hard_stop_marked(&cg, members.map(|m| (m, ids.as_slice())), received, stop::EMPTY_TIMEOUT);
-    let escape_attempts: u64 = members.map_or(0, |m| ids.iter().map(|id| m.escapes(*id)).sum());
+    let escape_attempts: u64 = members.map_or(0, |m| m.escapes_of(&ids));
 
     let mut res = Entry::new(actor, Phase::Result, "stop");
     res.target = Some(name.to_owned());

@@ -370,6 +370,11 @@ impl MemberMaps {
         self.escapes.as_ref().and_then(|e| e.get(&target, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
+    /// Escape attempts counted by the kernel for all of `targets`.
+    pub fn escapes_of(&self, targets: &[u64]) -> u64 {
+        targets.iter().map(|t| self.escapes(*t)).sum()
+    }
+
     /// How many marks `KP_MEMBERS` holds (its `max_entries`).
     pub fn capacity(&self) -> Option<u32> {
         self.members.map().info().ok().map(|i| i.max_entries())

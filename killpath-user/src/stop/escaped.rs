@@ -28,7 +28,7 @@ use super::Marked;
 /// The escapes counted so far for the target and its nested targets (0
 /// without membership maps: nothing is counted then).
 pub(super) fn count(marked: Marked<'_>) -> u64 {
-    marked.map_or(0, |(m, ids)| ids.iter().map(|id| m.escapes(*id)).sum())
+    marked.map_or(0, |(m, ids)| m.escapes_of(ids))
 }
 
 /// Escapes counted since `before` (see [`count`]).

@@ -221,7 +221,7 @@ pub fn hard_stop_guarded(
     timeout: Duration,
 ) -> Result<StopReport> {
     let mut report = StopReport { membership: marked.is_some(), ..Default::default() };
-    // Made while the intent was written, when the marks thread could
+    // Made while the intent was written, when the agent's preparation thread could
     // (`prepared`), with the escape count read before its listing; else
     // now, the count first.
     let (small, escapes_before) = match early.filter(|_| order == StopOrder::Auto).and_then(|p| p.small(cg)) {

@@ -6,7 +6,7 @@
 //! kill write when the stop thread made them itself (this host, strace
 //! and the stop's own timings). None of them acts on the target, so the
 //! durability rule (intent durable before the action) allows them before
-//! the intent; the agent's `kp-stop-marks` thread makes them while the
+//! the intent; the agent's `kp-stop-prep` thread makes them while the
 //! stop thread waits in fdatasync (`agent::stop_marks`), and the stop
 //! takes them if they are ready (`marks::Pending`), else makes them itself.
 //!
@@ -15,7 +15,8 @@
 //! awaited on `cgroup.events`, not its pidfd; one moved out since is
 //! killed through its pidfd (`PidWatch::kill_and_hurry`, as before); a
 //! target that grew past [`SMALL_TARGET`] meanwhile is still killed by the
-//! write, which is fork-safe, without a freeze first.
+//! write, which is fork-safe, without a freeze first (a preparation older
+//! than [`FRESH`] is not used).
 use std::{
     fs, io,
     time::{Duration, Instant},
