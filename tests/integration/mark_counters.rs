@@ -103,6 +103,13 @@ fn stop_of_a_quiet_target_checks_the_marks_read_beside_it() {
     let r = stop(&agent, "quiet");
     assert_eq!(r["survivors"], 0, "{r}");
     assert_eq!(r["marks_checked"], "early", "{r}\nlog:\n{}", agent.log_text());
+    // The report's phases, in order: the read that was used began and
+    // ended after receipt, the cgroup was seen empty after the halt, and
+    // the stop ended once both were done.
+    let us = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert!(us("marks_read_from_us") <= us("marks_read_to_us") && us("marks_read_to_us") > 0, "{r}");
+    assert!(us("time_to_halt_us") <= us("cgroup_empty_us") && us("cgroup_empty_us") <= us("time_to_empty_us"), "{r}");
+    assert!(us("marks_wait_us") <= us("time_to_empty_us") - us("cgroup_empty_us"), "{r}");
     assert!(task_gone(pid, pid), "the target's process is alive after the stop: {r}");
     assert!(agent.target_cgroup("quiet").procs_recursive().is_empty(), "{r}");
 }

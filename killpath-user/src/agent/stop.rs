@@ -111,6 +111,10 @@ impl State {
                 "marked_outside": report.marked_outside,
                 "marked_killed": report.marked_killed,
                 "marks_checked": report.marks_checked,
+                "cgroup_empty_us": report.cgroup_empty_us,
+                "marks_wait_us": report.marks_wait_us,
+                "marks_read_from_us": report.marks_read_from_us,
+                "marks_read_to_us": report.marks_read_to_us,
                 // Marks the kernel could not store, ever (`marks_capacity`):
                 // nonzero, a task may have left unmarked and unseen.
                 "marks_lost": self.enforcer.maps.members.as_ref().map(|m| m.lost()),

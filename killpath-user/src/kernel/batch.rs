@@ -1,8 +1,19 @@
 //! Whole-map reads of a BPF hash map by BPF_MAP_LOOKUP_BATCH (Linux 5.6+):
-//! one syscall per 1,024 entries, where aya's iterator makes two per entry
-//! (`BPF_MAP_GET_NEXT_KEY`, then `BPF_MAP_LOOKUP_ELEM`). At a thousand
-//! targets that is the difference between ~0.35 ms and ~1 ms a walk, on
-//! paths a stop or the agent's periodic checks take.
+//! one syscall per [`CHUNK`] entries, where aya's iterator makes two per
+//! entry (`BPF_MAP_GET_NEXT_KEY`, then `BPF_MAP_LOOKUP_ELEM`). At a
+//! thousand targets that is the difference between ~0.35 ms and ~1 ms a
+//! walk, on paths a stop or the agent's periodic checks take.
+//!
+//! The chunk is small on purpose: the kernel walks a batch without a
+//! preemption point (`__htab_map_lookup_and_delete_batch` copies bucket
+//! after bucket; no cond_resched), and under `preempt=none` (this host's
+//! 6.18, the default of most server kernels) a thread inside that syscall
+//! keeps its CPU from every task woken there, real-time ones included,
+//! until it returns. A read of 1,024 marks (~0.4 ms in one syscall) on the
+//! stop's marks thread delayed the death of the stopped task, and with it
+//! the stop, by that much (bench run of 2026-12-04: the cgroup seen empty
+//! right after the read ended, at 1,000 targets). Each return to user
+//! space is a preemption point.
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::{maps::IterableMap, Pod};
@@ -25,8 +36,15 @@ struct BatchAttr {
 /// The `bpf` command number of BPF_MAP_LOOKUP_BATCH (Linux 5.6+).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Entries read per syscall.
-const CHUNK: usize = 1024;
+/// Entries read per syscall: ~25 µs of kernel time at ~0.4 µs an entry,
+/// the longest a CPU is held from a task woken there (see above); the
+/// syscalls cost ~1 µs each.
+const CHUNK: usize = 64;
+
+/// The most entries asked for at once: a bucket holding more than the
+/// count asked for fails the batch with ENOSPC, and the count is doubled
+/// up to this (a hash of random-seeded keys: chains are a few long).
+const MAX_CHUNK: usize = 1 << 16;
 
 /// Every entry of hash map `map` (not a per-CPU one: its values are laid
 /// out per CPU); None when the kernel refuses the batch (the caller walks
@@ -34,10 +52,16 @@ const CHUNK: usize = 1024;
 /// bytes reserved). Entries added or removed during the read may be seen
 /// or not, as with a walk.
 pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>) -> Option<Vec<(K, V)>> {
+    lookup_in_chunks(map, CHUNK)
+}
+
+/// [`lookup_all`], `chunk` entries asked for at first.
+fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>, chunk: usize) -> Option<Vec<(K, V)>> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
-    let mut keys = vec![K::default(); CHUNK];
-    let mut values = vec![V::default(); CHUNK];
+    let mut chunk = chunk.max(1);
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
     loop {
@@ -46,7 +70,7 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, 
             out_batch: (&raw mut token_out) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
+            count: chunk as u32,
             map_fd: fd as u32,
             ..Default::default()
         };
@@ -57,17 +81,75 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, 
         // much and sets `count` to the entries it wrote.
         let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, (&raw mut attr).cast::<libc::c_void>(), std::mem::size_of::<BatchAttr>() as u32) };
         let err = (r < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(CHUNK);
-        match err {
+        let n = (attr.count as usize).min(chunk);
+        match err.and_then(|e| e.raw_os_error()) {
             None => out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied())),
             // The last batch: ENOENT, with what it still read.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Some(libc::ENOENT) => {
                 out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
                 return Some(out);
+            }
+            // A bucket longer than `chunk`: nothing of it was read (the
+            // token is unchanged), so the same bucket is asked again with
+            // room for it.
+            Some(libc::ENOSPC) if n == 0 && chunk < MAX_CHUNK => {
+                chunk *= 2;
+                keys.resize(chunk, K::default());
+                values.resize(chunk, V::default());
+                continue;
             }
             Some(_) => return None,
         }
         token_in = token_out;
         first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aya::maps::{HashMap, MapData};
+
+    use super::*;
+
+    /// A map of its own, or None (and why) when this user cannot make one.
+    fn map(entries: u32) -> Option<HashMap<MapData, u32, u64>> {
+        match HashMap::<MapData, u32, u64>::create(entries, 0) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                assert!(std::env::var_os("KILLPATH_TEST_STRICT").is_none(), "strict run: creating a BPF map failed: {e}");
+                eprintln!("skipped: creating a BPF hash map needs CAP_BPF (root): {e}");
+                None
+            }
+        }
+    }
+
+    /// Every entry comes back once, across many small batches.
+    #[test]
+    fn every_entry_is_read_once_in_chunks() {
+        let Some(mut m) = map(8192) else { return };
+        let want: BTreeMap<u32, u64> = (0..3000u32).map(|k| (k * 7 + 1, u64::from(k) << 20)).collect();
+        for (k, v) in &want {
+            m.insert(k, v, 0).expect("insert");
+        }
+        let got = lookup_all(&m).expect("batch lookups");
+        assert_eq!(got.len(), want.len(), "an entry read twice or missed");
+        assert_eq!(got.into_iter().collect::<BTreeMap<_, _>>(), want);
+    }
+
+    /// A bucket longer than the count asked for (ENOSPC, nothing read) is
+    /// asked again with room for it: two entries in a two-bucket map share
+    /// a bucket half of the time, read one entry a syscall.
+    #[test]
+    fn a_bucket_longer_than_the_chunk_is_read_whole() {
+        for _ in 0..24 {
+            let Some(mut m) = map(2) else { return };
+            m.insert(11, 1, 0).expect("insert");
+            m.insert(12, 2, 0).expect("insert");
+            let mut got = lookup_in_chunks(&m, 1).expect("batch lookups");
+            got.sort_unstable();
+            assert_eq!(got, vec![(11, 1), (12, 2)]);
+        }
     }
 }

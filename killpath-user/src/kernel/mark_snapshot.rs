@@ -16,6 +16,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Mutex, PoisonError},
+    time::Instant,
 };
 
 use killpath_common::Member;
@@ -31,17 +32,20 @@ pub struct MarkSnapshot {
     marks: Vec<(u32, Member)>,
     /// Every mark on the host at the read.
     total: usize,
+    /// When the read began and ended (None: made up).
+    read: Option<(Instant, Instant)>,
 }
 
 impl MarkSnapshot {
     /// Reads `targets`' counters, then every mark, keeping theirs. None
     /// without the counters.
     pub fn take(m: &MemberMaps, targets: &[u64]) -> Option<Self> {
+        let began = Instant::now();
         let seqs = m.mark_seqs(targets)?;
         let all = m.all();
         let total = all.len();
         let marks = all.into_iter().filter(|(_, mk)| targets.contains(&mk.target)).collect();
-        Some(Self { targets: targets.to_vec(), seqs, marks, total })
+        Some(Self { targets: targets.to_vec(), seqs, marks, total, read: Some((began, Instant::now())) })
     }
 
     /// The snapshot's marks that are still there, if no mark of `targets`
@@ -77,9 +81,14 @@ impl MarkSnapshot {
         &self.marks
     }
 
+    /// When the read began and ended, if it was made here.
+    pub fn read_span(&self) -> Option<(Instant, Instant)> {
+        self.read
+    }
+
     /// A snapshot made up (tests).
     pub fn from_parts(targets: Vec<u64>, seqs: Vec<u64>, marks: Vec<(u32, Member)>, total: usize) -> Self {
-        Self { targets, seqs, marks, total }
+        Self { targets, seqs, marks, total, read: None }
     }
 }
 

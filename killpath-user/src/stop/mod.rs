@@ -124,6 +124,20 @@ pub struct StopReport {
     /// membership.
     #[serde(default)]
     pub marks_checked: String,
+    /// Receipt to the cgroup first seen empty (`populated 0`), before the
+    /// check of the marks that ends `time_to_empty_us`.
+    #[serde(default)]
+    pub cgroup_empty_us: u64,
+    /// How long the stop then waited for the marks read beside it
+    /// (`marks::Pending::ready`).
+    #[serde(default)]
+    pub marks_wait_us: u64,
+    /// Receipt to the start of that read, when one was used.
+    #[serde(default)]
+    pub marks_read_from_us: u64,
+    /// Receipt to the end of that read.
+    #[serde(default)]
+    pub marks_read_to_us: u64,
 }
 
 /// The observation that ended a stop's halt.
@@ -326,7 +340,14 @@ pub fn hard_stop_guarded(
         // thousands dies slowed its dying).
         let empty = cg.wait_empty(left.min(Duration::from_millis(500)))?;
         if empty && snap.is_none() {
+            report.cgroup_empty_us = micros(received);
+            let waited = Instant::now();
             snap = early.and_then(marks::Pending::ready);
+            report.marks_wait_us = micros(waited);
+            if let Some((from, to)) = snap.as_ref().and_then(|s| s.read_span()) {
+                let since = |t: Instant| u64::try_from(t.saturating_duration_since(received).as_micros()).unwrap_or(u64::MAX);
+                (report.marks_read_from_us, report.marks_read_to_us) = (since(from), since(to));
+            }
         }
         let mut members_left = std::collections::BTreeSet::new();
         if let Some((m, ids)) = marked.filter(|_| empty) {

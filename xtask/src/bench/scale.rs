@@ -179,6 +179,17 @@ fn stops(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<(
         let label = format!("stop, {size} target(s): time_to_empty_us (agent)");
         s.push(&format!("stop_{size}"), &label, Unit::Micros, num(&r, "time_to_empty_us")?);
         s.push(&format!("stop_wall_{size}"), &format!("stop, {size} target(s): client wall"), Unit::Micros, micros(wall));
+        for (key, what) in [
+            ("time_to_halt_us", "receipt to halt (the kill written)"),
+            ("cgroup_empty_us", "receipt to the cgroup seen empty"),
+            ("marks_wait_us", "then waiting for the marks read beside the stop"),
+            ("marks_read_from_us", "receipt to the start of that read"),
+            ("marks_read_to_us", "receipt to its end"),
+        ] {
+            if let Some(us) = r[key].as_f64() {
+                s.push(&format!("stop_{key}_{size}"), &format!("stop, {size} target(s): {what}"), Unit::Micros, us);
+            }
+        }
         s.push(
             &format!("stop_marks_early_{size}"),
             &format!("stop, {size} target(s): marks checked from the early read (1) or every mark read (0)"),
