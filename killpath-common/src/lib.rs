@@ -163,6 +163,9 @@ pub mod programs {
     /// Level 3, per-target cgroup setsockopt hook: no SOL_XDP option (no
     /// UMEM, no rings: no AF_XDP socket set up) while isolated.
     pub const ISOLATE_SETSOCKOPT: &str = "kp_isolate_setsockopt";
+    /// Self-protection, per-target cgroup sysctl hook: no write to
+    /// `kernel.pid_max` or `kernel.threads-max` from inside a target.
+    pub const PROTECT_SYSCTL: &str = "kp_protect_sysctl";
     /// Level 3, host-wide BPF LSM hooks on TUN/TAP: no device created,
     /// opened or attached by an isolated target.
     pub const ISOLATE_LSM_TUN: &[(&str, &str)] = &[
@@ -317,12 +320,16 @@ pub mod protect {
     pub const FILES: u32 = 4;
     /// Mounts onto, and unmounts of, cgroupfs and bpffs.
     pub const MOUNT: u32 = 5;
+    /// Writes to `kernel.pid_max` and `kernel.threads-max` (the limits the
+    /// membership map is sized from). A cgroup sysctl program: no BPF LSM needed.
+    pub const SYSCTL: u32 = 6;
     /// Number of protections.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Denial-counter index of protection 0 (capabilities use 0..cap::COUNT).
     pub const FIRST: u32 = 16;
     /// Names, in index order.
-    pub const NAMES: [&str; COUNT as usize] = ["protect.cgroup-write", "protect.bpf", "protect.signal", "protect.ptrace", "protect.files", "protect.mount"];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["protect.cgroup-write", "protect.bpf", "protect.signal", "protect.ptrace", "protect.files", "protect.mount", "protect.sysctl"];
 }
 
 /// Key of `KP_PROTECTED_DIRS`: a directory by device and inode.

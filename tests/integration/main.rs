@@ -29,6 +29,7 @@ mod priority;
 mod privileges;
 mod probe;
 mod protect;
+mod protect_sysctl;
 mod raise;
 mod registry;
 mod scale;

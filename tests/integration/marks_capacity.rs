@@ -20,16 +20,21 @@ use crate::{
 };
 
 /// Restores `kernel.pid_max` on drop.
-struct PidMax(String);
+pub(crate) struct PidMax(String);
 
-const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+pub(crate) const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 
 impl PidMax {
     /// Sets `kernel.pid_max` to `to` (4,194,304: what systemd sets on most hosts).
     fn set(to: u32) -> Self {
-        let old = std::fs::read_to_string(PID_MAX).expect("read pid_max");
+        let kept = Self::keep();
         std::fs::write(PID_MAX, to.to_string()).expect("set pid_max");
-        Self(old.trim().to_owned())
+        kept
+    }
+
+    /// Keeps the value now, to restore on drop.
+    pub(crate) fn keep() -> Self {
+        Self(std::fs::read_to_string(PID_MAX).expect("read pid_max").trim().to_owned())
     }
 }
 

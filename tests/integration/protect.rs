@@ -117,7 +117,7 @@ fn lsm_self_protection() {
     }
     let probe = agent.json(&["probe"]);
     let prots = probe["protections"].as_array().unwrap_or_else(|| panic!("probe lists protections: {probe}"));
-    assert_eq!(prots.len(), 6, "{probe}");
+    assert_eq!(prots.len(), 7, "{probe}");
     for p in prots {
         assert_eq!(p["on"], true, "with BPF LSM every protection is on: {p}");
     }

@@ -84,7 +84,7 @@ fn link_pins_removed_are_repinned_and_the_cut_holds() {
     assert_open(&srv, cg.path(), port, "before isolation");
 
     let (dir, target_pins, host_pins) = link_pins(&agent, "pins");
-    assert_eq!(target_pins.len(), 9, "a target has 9 cgroup links (skb in/out, connect4/6, sendmsg4/6, sock_create, device, setsockopt): {target_pins:?}");
+    assert_eq!(target_pins.len(), 10, "a target has 10 cgroup links (skb in/out, connect4/6, sendmsg4/6, sock_create, device, setsockopt, sysctl): {target_pins:?}");
     assert!(!host_pins.is_empty(), "host-wide links pinned");
 
     // Unlink every cgroup link pin of the target (and its directory) and

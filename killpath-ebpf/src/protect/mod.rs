@@ -10,7 +10,9 @@
 //! - `bpf.rs`: bpf(2);
 //! - `task.rs`: signals and ptrace aimed at killpath's processes;
 //! - `files.rs`: writes, unlinks, renames below killpath's pin and state dirs;
-//! - `mount.rs`: mounts onto cgroupfs, bpffs or killpath's dirs, and their unmounts.
+//! - `mount.rs`: mounts onto cgroupfs, bpffs or killpath's dirs, and their unmounts;
+//! - `sysctl.rs`: writes to `kernel.pid_max`/`threads-max` (a cgroup
+//!   sysctl program on each target's cgroup, not LSM: on every kernel).
 //!
 //! Each refusal is counted per target in KP_DENIALS and sampled into the
 //! denial ring buffer, at index `protect::FIRST + n`. Every hook first
@@ -28,6 +30,7 @@ mod bpf;
 mod cgroup;
 mod files;
 mod mount;
+mod sysctl;
 mod task;
 
 /// The current task's innermost target (cgroup id, state), if it is inside one.

@@ -143,7 +143,9 @@ impl State {
                 "marks_lost": m.members.as_ref().map(|mm| mm.lost()),
                 "marks": crate::kernel::marks_capacity::status(m.members.as_ref().and_then(|mm| mm.capacity())),
             },
-            "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None),
+            // The sysctl guard is one of the per-target cgroup programs the
+            // agent loaded to start at all.
+            "protections": crate::protect::statuses(self.enforcer.protect_error.as_deref(), None, None),
             "trail_files": crate::trail::files::status(self.enforcer.trail_files.error.as_deref()),
             "journal": self.journal_status(),
             // The stop thread's scheduling class (`kernel::priority`).

@@ -17,7 +17,7 @@ use std::{
 use aya::{
     programs::{
         links::CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
-        CgroupSockopt, CgroupSockoptAttachType,
+        CgroupSockopt, CgroupSockoptAttachType, CgroupSysctl,
     },
     Btf, Ebpf,
 };
@@ -52,6 +52,7 @@ const LSM_PROGS: &[(&str, &str)] = &[
 /// include/uapi/linux/bpf.h, enum bpf_attach_type.
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+const BPF_CGROUP_SYSCTL: u32 = 18;
 
 /// The level-3 programs, opened from their pins.
 pub struct IsolatePrograms {
@@ -60,7 +61,7 @@ pub struct IsolatePrograms {
     skb_egress: CgroupSkb,
     addr: Vec<(&'static str, CgroupSockAddr)>,
     sock: CgroupSock,
-    /// Device and setsockopt hooks, attached through raw BPF_LINK_CREATE
+    /// Device, setsockopt and sysctl hooks, attached through raw BPF_LINK_CREATE
     /// (aya 0.14 gives these types no pinnable link): (pin name, program
     /// fd holder, attach type).
     raw: Vec<(&'static str, RawCgroupProg, u32)>,
@@ -98,9 +99,15 @@ impl IsolatePrograms {
             p.load().map_err(Error::program(programs::ISOLATE_SETSOCKOPT))
         })?;
         let sockopt = CgroupSockopt::from_pin(&sockopt_pin, CgroupSockoptAttachType::Set).map_err(Error::program("opening pinned cgroup_sockopt"))?;
+        // Self-protection's sysctl guard rides along: a per-target cgroup
+        // hook like these, attached and pinned with them (`protect::sysctl`).
+        let sysctl_pin =
+            load_pinned::<CgroupSysctl>(ebpf, pin_dir, programs::PROTECT_SYSCTL, loaded, |p| p.load().map_err(Error::program(programs::PROTECT_SYSCTL)))?;
+        let sysctl = CgroupSysctl::from_pin(&sysctl_pin).map_err(Error::program("opening pinned cgroup_sysctl"))?;
         let raw = vec![
             (programs::ISOLATE_DEVICE, RawCgroupProg::Device(dev), BPF_CGROUP_DEVICE),
             (programs::ISOLATE_SETSOCKOPT, RawCgroupProg::Sockopt(sockopt), BPF_CGROUP_SETSOCKOPT),
+            (programs::PROTECT_SYSCTL, RawCgroupProg::Sysctl(sysctl), BPF_CGROUP_SYSCTL),
         ];
         let tc = super::netdev::TcProgram::open(ebpf, pin_dir, loaded)?;
         Ok(Self { skb, skb_egress, addr, sock, raw, tc, pin_dir: pin_dir.to_owned(), links })
@@ -160,7 +167,7 @@ impl IsolatePrograms {
 
     /// The names of a target's link pins.
     fn link_names() -> impl Iterator<Item = &'static str> {
-        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE, programs::ISOLATE_DEVICE, programs::ISOLATE_SETSOCKOPT]
+        ["skb_ingress", "skb_egress", programs::ISOLATE_SOCK_CREATE, programs::ISOLATE_DEVICE, programs::ISOLATE_SETSOCKOPT, programs::PROTECT_SYSCTL]
             .into_iter()
             .chain(ADDR_PROGS.iter().map(|(n, _)| *n))
     }
@@ -214,6 +221,7 @@ pub fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, gen: &Path, loaded: &mut Vec<&'sta
 enum RawCgroupProg {
     Device(CgroupDevice),
     Sockopt(CgroupSockopt),
+    Sysctl(CgroupSysctl),
 }
 
 impl RawCgroupProg {
@@ -221,6 +229,7 @@ impl RawCgroupProg {
         let fd = match self {
             RawCgroupProg::Device(p) => p.fd(),
             RawCgroupProg::Sockopt(p) => p.fd(),
+            RawCgroupProg::Sysctl(p) => p.fd(),
         };
         Ok(fd.map_err(Error::program("cgroup program fd"))?.as_fd())
     }

@@ -5,7 +5,7 @@ use std::{fs, path::Path};
 
 use aya::{
     maps::Array,
-    programs::{CgroupDevice, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm, RawTracePoint, SchedClassifier, TracePoint},
+    programs::{CgroupDevice, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, CgroupSysctl, Lsm, RawTracePoint, SchedClassifier, TracePoint},
     Btf, Ebpf,
 };
 use killpath_common::{maps, programs, ProbeState};
@@ -136,6 +136,13 @@ pub fn features(cgroup_parent: Option<&Path>) -> KernelFeatures {
                 "cgroup_sockopt",
                 prog!(ebpf, programs::ISOLATE_SETSOCKOPT, CgroupSockopt)
                     .and_then(|p| load_ok("cgroup_sockopt/setsockopt (isolation's SOL_XDP guard)", p.load())),
+            ));
+            // Self-protection's sysctl guard (`protect.sysctl`): loading it
+            // checks bpf_sysctl_get_name is allowed here (Linux 5.2+).
+            program_types.push(support(
+                "cgroup_sysctl",
+                prog!(ebpf, programs::PROTECT_SYSCTL, CgroupSysctl)
+                    .and_then(|p| load_ok("cgroup_sysctl (self-protection's pid_max/threads-max guard)", p.load())),
             ));
             program_types.push(support("sched_cls", prog!(ebpf, programs::PROBE_TC, SchedClassifier).and_then(|p| load_ok("sched_cls (tc/tcx)", p.load()))));
             program_types.push(support(

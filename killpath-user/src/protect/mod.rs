@@ -39,17 +39,24 @@ const WHAT: [&str; protect::COUNT as usize] = [
     "ptrace, /proc/PID/mem, process_vm_*, pidfd_getfd on the agent",
     "write/create/unlink/rename/truncate/link/chmod/chown below the pin and state directories",
     "mounts onto cgroupfs, bpffs or killpath's directories, and unmounting cgroupfs/bpffs",
+    "writes to kernel.pid_max and kernel.threads-max from inside a target (the limits the membership map is sized from)",
 ];
 
 /// Every protection, on where BPF LSM runs (`lsm`: why not) and the
-/// kernel's BTF has the offsets they follow (`btf`: why not; bpf(2) needs none).
-pub fn statuses(lsm: Option<&str>, btf: Option<&str>) -> Vec<ProtectionStatus> {
+/// kernel's BTF has the offsets they follow (`btf`: why not; bpf(2) needs
+/// none); the sysctl guard, a cgroup program, needs neither, only that the
+/// kernel loads it (`sysctl`: why not).
+pub fn statuses(lsm: Option<&str>, btf: Option<&str>, sysctl: Option<&str>) -> Vec<ProtectionStatus> {
     protect::NAMES
         .iter()
         .zip(WHAT)
         .enumerate()
         .map(|(i, (name, what))| {
-            let why = lsm.map(|e| format!("BPF LSM: {e}")).or_else(|| if i as u32 == protect::BPF { None } else { btf.map(|e| format!("kernel BTF: {e}")) });
+            let why = match i as u32 {
+                protect::SYSCTL => sysctl.map(|e| format!("cgroup_sysctl: {e}")),
+                protect::BPF => lsm.map(|e| format!("BPF LSM: {e}")),
+                _ => lsm.map(|e| format!("BPF LSM: {e}")).or_else(|| btf.map(|e| format!("kernel BTF: {e}"))),
+            };
             ProtectionStatus {
                 name: (*name).to_owned(),
                 on: why.is_none(),

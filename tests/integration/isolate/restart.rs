@@ -38,7 +38,7 @@ fn isolate_survives_agent_sigkill_and_restart() {
     assert!(progs.len() >= 6, "skb, connect4/6, sendmsg4/6, sock_create at least: {progs:?}");
     let lsm_progs = progs.iter().filter(|(_, n)| n.starts_with("kp_isolate_lsm")).count();
     assert_eq!(lsm_progs, if open.is_empty() { 8 } else { 0 }, "LSM programs (4 socket, 4 tun) loaded iff BPF LSM runs: {progs:?}");
-    assert_eq!(attached.len(), 9, "skb in/out, connect4/6, sendmsg4/6, sock_create, device, setsockopt on the target: {attached:?}");
+    assert_eq!(attached.len(), 10, "skb in/out, connect4/6, sendmsg4/6, sock_create, device, setsockopt, sysctl on the target: {attached:?}");
 
     agent.kill9();
     check_http(&http4, cg.path(), &url, false, "agent dead");
