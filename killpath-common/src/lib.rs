@@ -163,8 +163,8 @@ pub mod programs {
     /// Level 3, per-target cgroup setsockopt hook: no SOL_XDP option (no
     /// UMEM, no rings: no AF_XDP socket set up) while isolated.
     pub const ISOLATE_SETSOCKOPT: &str = "kp_isolate_setsockopt";
-    /// Self-protection, per-target cgroup sysctl hook: no write to
-    /// `kernel.pid_max` or `kernel.threads-max` from inside a target.
+    /// Self-protection, per-target cgroup sysctl hook: no write to the
+    /// task limits or the kernel's usermode helpers from inside a target.
     pub const PROTECT_SYSCTL: &str = "kp_protect_sysctl";
     /// Level 3, host-wide BPF LSM hooks on TUN/TAP: no device created,
     /// opened or attached by an isolated target.
@@ -321,7 +321,9 @@ pub mod protect {
     /// Mounts onto, and unmounts of, cgroupfs and bpffs.
     pub const MOUNT: u32 = 5;
     /// Writes to `kernel.pid_max` and `kernel.threads-max` (the limits the
-    /// membership map is sized from). A cgroup sysctl program: no BPF LSM needed.
+    /// membership map is sized from) and to the usermode helpers the kernel
+    /// runs outside every target (`kernel.core_pattern`, `modprobe`, ...).
+    /// A cgroup sysctl program: no BPF LSM needed.
     pub const SYSCTL: u32 = 6;
     /// Number of protections.
     pub const COUNT: u32 = 7;

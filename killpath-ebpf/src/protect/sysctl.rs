@@ -1,19 +1,28 @@
-//! Protection `protect.sysctl`: no write to `kernel.pid_max` or
-//! `kernel.threads-max` from inside a target. The agent sizes the
-//! membership map (`KP_MEMBERS`, one mark a task) from those two limits
-//! when it creates it (`marks_capacity`): a root task that raised them
-//! could then start more tasks than there are marks, and a task born
-//! unmarked leaves its cgroup unseen and outlives a stop that reports 0
-//! survivors (the hole `marks_capacity` closed for the limits as they
-//! were).
+//! Protection `protect.sysctl`: no write, from inside a target, to the
+//! sysctls that would undo the kill path from outside it:
+//! - `kernel.pid_max` and `kernel.threads-max`: the agent sizes the
+//!   membership map (`KP_MEMBERS`, one mark a task) from them when it
+//!   creates it (`marks_capacity`); a root task that raised them could
+//!   start more tasks than there are marks, and a task born unmarked
+//!   leaves its cgroup unseen and outlives a stop that reports 0
+//!   survivors;
+//! - `kernel.core_pattern`, `kernel.modprobe`, `kernel.poweroff_cmd`,
+//!   `kernel.hotplug` and `kernel.usermodehelper.*`: the commands the
+//!   kernel runs itself (a `|helper` core pattern at the next crash, the
+//!   modprobe path at the next request for a missing module), as root, from
+//!   a kworker, in the root cgroup: outside every target, where none of
+//!   killpath's hooks apply.
 //!
 //! A cgroup sysctl program (BPF_CGROUP_SYSCTL, Linux 5.2), attached to
 //! each target's cgroup like the isolation's device hook: the kernel runs
 //! it from `proc_sys_call_handler` for every read and write of a
 //! /proc/sys file by a task in the cgroup's subtree, before the handler,
-//! so a refused write changes nothing. It needs no BPF LSM: on in every
-//! kernel that loads it. Writes from outside every target (the operator's
-//! `sysctl -w`) are not seen by it.
+//! so a refused write changes nothing. The name it checks is the sysctl's
+//! own (`bpf_sysctl_get_name`), whatever procfs mount the write came
+//! through. It needs no BPF LSM, but without it a root task can leave the
+//! cgroup first (the agent moves it back, afterwards) or detach the link,
+//! as it can undo the rest; writes from outside every target (the
+//! operator's `sysctl -w`) are not seen by it.
 use aya_ebpf::{helpers::bpf_sysctl_get_name, macros::cgroup_sysctl, programs::SysctlContext};
 use killpath_common::protect;
 
@@ -23,13 +32,22 @@ const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
 /// The sysctls refused, as `bpf_sysctl_get_name` spells them (the full
-/// name, from the /proc/sys root).
-const PID_MAX: &[u8] = b"kernel/pid_max";
-const THREADS_MAX: &[u8] = b"kernel/threads-max";
+/// name, from the /proc/sys root), and whether a name only has to start
+/// with the entry (`kernel/usermodehelper/bset`, `.../inheritable`).
+const REFUSED: [(&[u8], bool); 7] = [
+    (b"kernel/pid_max", false),
+    (b"kernel/threads-max", false),
+    (b"kernel/core_pattern", false),
+    (b"kernel/modprobe", false),
+    (b"kernel/poweroff_cmd", false),
+    (b"kernel/hotplug", false),
+    (b"kernel/usermodehelper/", true),
+];
 
-/// Room for the longer name, its NUL, and one byte more: a longer name
-/// (`kernel/pid_max_x`) fills the buffer and cannot compare equal.
-const NAME_LEN: usize = 20;
+/// Room for the longest name refused (`kernel/usermodehelper/inheritable`)
+/// and its NUL; a longer one comes back truncated (-E2BIG), and is none
+/// of them.
+const NAME_LEN: usize = 40;
 
 #[cgroup_sysctl]
 pub fn kp_protect_sysctl(ctx: SysctlContext) -> i32 {
@@ -51,7 +69,11 @@ fn try_sysctl(ctx: &SysctlContext) -> Result<i32, i32> {
     if n < 0 {
         return Ok(ALLOW);
     }
-    if !(is(&name, PID_MAX) || is(&name, THREADS_MAX)) {
+    let mut refused = false;
+    for (want, prefix) in REFUSED {
+        refused |= is(&name, want, prefix);
+    }
+    if !refused {
         return Ok(ALLOW);
     }
     match current_target() {
@@ -65,10 +87,11 @@ fn try_sysctl(ctx: &SysctlContext) -> Result<i32, i32> {
     }
 }
 
-/// Whether the NUL-terminated `buf` holds exactly `want`.
+/// Whether the NUL-terminated `buf` holds exactly `want` (or starts
+/// with it, `prefix`).
 #[inline(always)]
-fn is(buf: &[u8; NAME_LEN], want: &[u8]) -> bool {
-    if want.len() >= NAME_LEN || buf[want.len()] != 0 {
+fn is(buf: &[u8; NAME_LEN], want: &[u8], prefix: bool) -> bool {
+    if want.len() >= NAME_LEN || (!prefix && buf[want.len()] != 0) {
         return false;
     }
     let mut i = 0;

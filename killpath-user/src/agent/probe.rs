@@ -115,7 +115,13 @@ pub fn run(cgroup_parent: Option<&Path>) -> ProbeReport {
     levels.push(super::deadman::probe(&f));
     let btf = btf::resolve();
     let lsm = (!f.lsm_available).then(|| "unavailable on this kernel".to_owned());
-    let sysctl = f.program_types.iter().find(|p| p.program_type == "cgroup_sysctl").filter(|p| !p.available).map(|p| p.detail.clone());
+    // Off unless the probe loaded it (no entry: the object itself did not
+    // load, and its entry says why).
+    let sysctl = match f.program_types.iter().find(|p| p.program_type == "cgroup_sysctl") {
+        Some(p) if p.available => None,
+        Some(p) => Some(p.detail.clone()),
+        None => Some(f.program_types.first().map_or_else(|| "not probed".to_owned(), |p| p.detail.clone())),
+    };
     let protections = crate::protect::statuses(lsm.as_deref(), btf.protect_error.as_deref(), sysctl.as_deref());
     let capabilities = degrade::capabilities(&degrade::KernelGaps {
         lsm: (!f.lsm_available).then(|| "BPF LSM unavailable".to_owned()),

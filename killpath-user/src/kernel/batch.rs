@@ -7,7 +7,7 @@
 //! The chunk is small on purpose: the kernel walks a batch without a
 //! preemption point (`__htab_map_lookup_and_delete_batch` copies bucket
 //! after bucket; no cond_resched), and under `preempt=none` (this host's
-//! 6.18, the default of most server kernels) a thread inside that syscall
+//! 6.18 is built with it as its default) a thread inside that syscall
 //! keeps its CPU from every task woken there, real-time ones included,
 //! until it returns. A read of 1,024 marks (~0.4 ms in one syscall) on the
 //! stop's marks thread delayed the death of the stopped task, and with it
@@ -59,7 +59,8 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, 
 fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>, chunk: usize) -> Option<Vec<(K, V)>> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
-    let mut chunk = chunk.max(1);
+    let start = chunk.max(1);
+    let mut chunk = start;
     let mut keys = vec![K::default(); chunk];
     let mut values = vec![V::default(); chunk];
     let (mut token_in, mut token_out) = (0u64, 0u64);
@@ -83,15 +84,21 @@ fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K
         let err = (r < 0).then(std::io::Error::last_os_error);
         let n = (attr.count as usize).min(chunk);
         match err.and_then(|e| e.raw_os_error()) {
-            None => out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied())),
+            None => {
+                out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+                // Back to small batches after a long bucket (the buffers
+                // keep their size; `count` says how much of them to use).
+                chunk = start;
+            }
             // The last batch: ENOENT, with what it still read.
             Some(libc::ENOENT) => {
                 out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
                 return Some(out);
             }
-            // A bucket longer than `chunk`: nothing of it was read (the
-            // token is unchanged), so the same bucket is asked again with
-            // room for it.
+            // A bucket longer than `chunk`: nothing was read (the kernel
+            // may have moved `out_batch` past empty buckets; starting
+            // again from `in_batch` only walks them again), so the same
+            // place is asked again with room for the bucket.
             Some(libc::ENOSPC) if n == 0 && chunk < MAX_CHUNK => {
                 chunk *= 2;
                 keys.resize(chunk, K::default());

@@ -142,7 +142,7 @@ pub fn features(cgroup_parent: Option<&Path>) -> KernelFeatures {
             program_types.push(support(
                 "cgroup_sysctl",
                 prog!(ebpf, programs::PROTECT_SYSCTL, CgroupSysctl)
-                    .and_then(|p| load_ok("cgroup_sysctl (self-protection's pid_max/threads-max guard)", p.load())),
+                    .and_then(|p| load_ok("cgroup_sysctl (self-protection's task-limit and usermode-helper guard)", p.load())),
             ));
             program_types.push(support("sched_cls", prog!(ebpf, programs::PROBE_TC, SchedClassifier).and_then(|p| load_ok("sched_cls (tc/tcx)", p.load()))));
             program_types.push(support(

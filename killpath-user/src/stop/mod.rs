@@ -129,10 +129,11 @@ pub struct StopReport {
     #[serde(default)]
     pub cgroup_empty_us: u64,
     /// How long the stop then waited for the marks read beside it
-    /// (`marks::Pending::ready`).
+    /// (`marks::Pending::ready`), the first time it asked.
     #[serde(default)]
     pub marks_wait_us: u64,
-    /// Receipt to the start of that read, when one was used.
+    /// Receipt to the start of that read, when it came (0: none came;
+    /// `marks_checked` says whether it was then used).
     #[serde(default)]
     pub marks_read_from_us: u64,
     /// Receipt to the end of that read.
@@ -322,6 +323,8 @@ pub fn hard_stop_guarded(
     // cgroup: the guard kills that task, and one moved out again at once is
     // an escape, which the agent's escape handling kills.
     let mut members_clear = false;
+    // Only the first wait for the marks read is reported.
+    let mut first_ask = true;
     if let Some(w) = watch.as_mut() {
         // Bounded: a process that does not die at once (in D state, or an
         // unrelated one that reused a listed pid) is left to the loop
@@ -339,11 +342,17 @@ pub fn hard_stop_guarded(
         // (a walk, and a kill again, every few ms while a bomb of
         // thousands dies slowed its dying).
         let empty = cg.wait_empty(left.min(Duration::from_millis(500)))?;
+        if empty && report.cgroup_empty_us == 0 {
+            report.cgroup_empty_us = micros(received).max(1);
+        }
         if empty && snap.is_none() {
-            report.cgroup_empty_us = micros(received);
+            // Timed once: a later pass asks again (the snapshot may have
+            // come since) but does not wait again (`Pending::ready`).
             let waited = Instant::now();
             snap = early.and_then(marks::Pending::ready);
-            report.marks_wait_us = micros(waited);
+            if std::mem::take(&mut first_ask) {
+                report.marks_wait_us = micros(waited);
+            }
             if let Some((from, to)) = snap.as_ref().and_then(|s| s.read_span()) {
                 let since = |t: Instant| u64::try_from(t.saturating_duration_since(received).as_micros()).unwrap_or(u64::MAX);
                 (report.marks_read_from_us, report.marks_read_to_us) = (since(from), since(to));
