@@ -49,8 +49,8 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
             assert_eq!((stat_field(&stat, 40), stat_field(&stat, 41)), (1, 1), "kp-stop-prep is SCHED_FIFO 1");
         }
         // Its backup is ordinary on purpose (see agent/stop_thread.rs), and
-        // so is the marks thread (a real-time one would keep a CPU from the
-        // killed tasks that must run to die).
+        // so is the marks thread between reads (it reads a small map in real
+        // time, and goes back; see agent/stop_marks.rs).
         if comm.trim() == "kp-stop-cfs" || comm.trim() == "kp-stop-marks" {
             assert_eq!(stat_field(&stat, 41), 0, "{} is SCHED_OTHER", comm.trim());
         }
@@ -67,4 +67,13 @@ fn agent_threads_run_raised_and_its_hook_does_not() {
     let seen = wait_until(Duration::from_secs(10), || fs::read_to_string(&hook_file).is_ok_and(|s| !s.trim().is_empty()));
     assert!(seen.is_some(), "the alert hook never ran; agent log:\n{}", agent.log_text());
     assert_eq!(fs::read_to_string(&hook_file).unwrap().trim(), "0", "the hook runs at the default priority");
+
+    // After a stop, whose marks it read in real time, the marks thread is
+    // back in the ordinary class at nice -20: left real-time, its next long
+    // read would hold a CPU ahead of every ordinary task.
+    let r = crate::support::status::stop(&agent, "w");
+    assert_eq!(r["marks_checked"], "early", "the marks thread read the marks: {r}");
+    let marks = tasks.iter().find(|t| fs::read_to_string(format!("/proc/{}/task/{t}/comm", agent.pid())).is_ok_and(|c| c.trim() == "kp-stop-marks"));
+    let stat = format!("/proc/{}/task/{}/stat", agent.pid(), marks.expect("a kp-stop-marks thread"));
+    assert_eq!((stat_field(&stat, 41), nice(&stat)), (0, -20), "kp-stop-marks after a stop: (policy, nice)");
 }

@@ -81,6 +81,11 @@ impl MarkSnapshot {
         &self.marks
     }
 
+    /// Every mark on the host at the read.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// When the read began and ended, if it was made here.
     pub fn read_span(&self) -> Option<(Instant, Instant)> {
         self.read

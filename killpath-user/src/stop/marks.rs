@@ -74,10 +74,15 @@ impl Reply {
     /// Takes the snapshot of `targets` and sends it, saying first that it
     /// started.
     /// Nothing is read when the stop is over already (it dropped its end).
-    pub fn take(self, m: &MemberMaps, targets: &[u64]) {
-        if self.0.send(Msg::Started).is_ok() {
-            let _ = self.0.send(Msg::Done(MarkSnapshot::take(m, targets)));
+    /// Returns how many marks the host held at the read (None: no read).
+    pub fn take(self, m: &MemberMaps, targets: &[u64]) -> Option<usize> {
+        if self.0.send(Msg::Started).is_err() {
+            return None;
         }
+        let snap = MarkSnapshot::take(m, targets);
+        let total = snap.as_ref().map(MarkSnapshot::total);
+        let _ = self.0.send(Msg::Done(snap));
+        total
     }
 
     /// Opens the target's cgroup by id on `mount` (`path` names it in
