@@ -4,11 +4,11 @@
 //! target's marks, so that the check after the cgroup empties does not
 //! read every mark on the host (see `stop::marks`).
 //!
-//! The marks thread waits in the ordinary class at nice -20, and reads in
-//! real time (SCHED_FIFO 1, beside the preparation) while the map is small
-//! (at most `RT_MARKS_READ` marks at the last read): a long real-time read
-//! would keep a CPU from the killed tasks of a fork bomb, which die in the
-//! ordinary class on a two-core host. A snapshot it has not started by
+//! The marks thread waits in the ordinary class at nice -20, and starts
+//! each read in real time (SCHED_FIFO 1, beside the preparation), back in
+//! the ordinary class after `RT_MARKS_READ` marks or `RT_READ_TIME`: a long
+//! real-time read would keep a CPU from the killed tasks of a fork bomb,
+//! which die in the ordinary class on a two-core host. A snapshot it has not started by
 //! the time the stop needs it is not waited for, one it is taking for at
 //! most 1 ms in all: then the stop reads every mark itself. The
 //! preparation thread is real-time below the stop thread; what it made is
@@ -28,9 +28,18 @@ use crate::{
     },
 };
 
-/// The most marks the marks thread reads in real time (~0.4 µs a mark:
-/// ~1.6 ms of one CPU at most).
+/// The most marks the marks thread reads in real time (~0.4 µs a mark,
+/// plus the walk of the map's empty buckets: ~1.6 ms of one CPU), and the
+/// longest it stays real-time in one read (the check is made between two
+/// batches of 64 marks, ~25 µs each).
 const RT_MARKS_READ: usize = 4096;
+const RT_READ_TIME: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Whether a read that began at `began` and has read `read` marks (None:
+/// it is over) has had its real-time share.
+fn rt_part_over(read: Option<usize>, began: Instant) -> bool {
+    read.is_none_or(|n| n >= RT_MARKS_READ || began.elapsed() >= RT_READ_TIME)
+}
 
 /// What the kill's preparation needs: the cgroup2 mount, the stopped
 /// target's cgroup path and id, and its escape count read before the
@@ -67,21 +76,30 @@ impl MarkReader {
             if !priority::raise_nice_for_stop(0) {
                 tracing::debug!("stop: the marks thread stays at the agent's priority (nice refused)");
             }
-            // Real-time (SCHED_FIFO 1, as the preparation) for a read
-            // that is short: ordinary at nice -20 it waited ~0.2 ms for a
+            // Real-time (SCHED_FIFO 1, as the preparation) for the start
+            // of each read: ordinary at nice -20 it waited ~0.2 ms for a
             // CPU and was preempted on the way, and at a thousand marks
             // ended after the cgroup emptied, where the stop waited for it.
-            // A map of many marks (the last read saw more than
-            // RT_MARKS_READ) is read in the ordinary class: a long
-            // real-time read would hold a CPU from the killed tasks of a
-            // fork bomb, which die in the ordinary class.
-            let mut last_total = 0;
+            // Bounded inside the read, whatever the map holds now: after
+            // RT_MARKS_READ marks or RT_READ_TIME, whichever comes first,
+            // the thread goes back to the ordinary class between two
+            // batches (a long real-time read would hold a CPU from the
+            // killed tasks of a fork bomb, which die in the ordinary class,
+            // and from the kernel threads a stop's fdatasync waits for).
+            // A thread that could not be put back is never raised again.
+            let mut may_raise = true;
             for (ids, reply) in rx {
-                let rt = last_total <= RT_MARKS_READ && priority::fifo(0, 1).is_ok();
-                last_total = reply.take(&reader, &ids).unwrap_or(last_total);
-                if rt {
-                    priority::normal(0, priority::STOP_NICE);
-                }
+                let began = Instant::now();
+                let mut raised = may_raise && priority::fifo(0, 1).is_ok();
+                reply.take_then(&reader, &ids, &mut |read| {
+                    if raised && rt_part_over(read, began) {
+                        raised = false;
+                        if !priority::normal(0, priority::STOP_NICE) {
+                            may_raise = false;
+                            tracing::warn!("stop: the marks thread could not leave the real-time class; it reads in the ordinary class from now on");
+                        }
+                    }
+                });
             }
         });
         if let Err(e) = started {
@@ -142,5 +160,22 @@ impl State {
         let escapes_before = self.enforcer.maps.members.as_ref().map_or(0, |m| m.escapes_of(&ids));
         let (mount, path, id) = (self.cgroup_mount.clone(), t.cgroup.clone(), t.cgroup_id);
         self.stop_marks.as_ref()?.request(ids, |reply| Prep { mount, path, id, escapes_before, reply })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read leaves the real-time class once over, after RT_MARKS_READ
+    /// marks, or after RT_READ_TIME, whichever comes first.
+    #[test]
+    fn a_real_time_read_is_bounded_by_marks_and_time() {
+        let now = Instant::now();
+        assert!(rt_part_over(None, now), "over: back");
+        assert!(!rt_part_over(Some(64), now), "a small read so far stays real-time");
+        assert!(rt_part_over(Some(RT_MARKS_READ), now), "a long read goes back by its size");
+        let long_ago = now.checked_sub(RT_READ_TIME * 2).expect("an earlier instant");
+        assert!(rt_part_over(Some(64), long_ago), "a slow read goes back by its time");
     }
 }

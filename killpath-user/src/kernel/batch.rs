@@ -52,11 +52,18 @@ const MAX_CHUNK: usize = 1 << 16;
 /// bytes reserved). Entries added or removed during the read may be seen
 /// or not, as with a walk.
 pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>) -> Option<Vec<(K, V)>> {
-    lookup_in_chunks(map, CHUNK)
+    lookup_in_chunks(map, CHUNK, &mut |_| {})
 }
 
-/// [`lookup_all`], `chunk` entries asked for at first.
-fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>, chunk: usize) -> Option<Vec<(K, V)>> {
+/// [`lookup_all`], calling `after_chunk` with the number of entries read
+/// so far after each syscall (between two, the thread is back in user
+/// space: a class change it makes there takes effect at once).
+pub fn lookup_all_then<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>, after_chunk: &mut dyn FnMut(usize)) -> Option<Vec<(K, V)>> {
+    lookup_in_chunks(map, CHUNK, after_chunk)
+}
+
+/// [`lookup_all_then`], `chunk` entries asked for at first.
+fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>, chunk: usize, after_chunk: &mut dyn FnMut(usize)) -> Option<Vec<(K, V)>> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
     let start = chunk.max(1);
@@ -89,6 +96,7 @@ fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K
                 // Back to small batches after a long bucket (the buffers
                 // keep their size; `count` says how much of them to use).
                 chunk = start;
+                after_chunk(out.len());
             }
             // The last batch: ENOENT, with what it still read.
             Some(libc::ENOENT) => {
@@ -140,8 +148,10 @@ mod tests {
         for (k, v) in &want {
             m.insert(k, v, 0).expect("insert");
         }
-        let got = lookup_all(&m).expect("batch lookups");
+        let mut seen = Vec::new();
+        let got = lookup_all_then(&m, &mut |n| seen.push(n)).expect("batch lookups");
         assert_eq!(got.len(), want.len(), "an entry read twice or missed");
+        assert!(seen.len() >= want.len() / CHUNK && seen.windows(2).all(|w| w[0] < w[1]), "told after each chunk: {seen:?}");
         assert_eq!(got.into_iter().collect::<BTreeMap<_, _>>(), want);
     }
 
@@ -154,7 +164,7 @@ mod tests {
             let Some(mut m) = map(2) else { return };
             m.insert(11, 1, 0).expect("insert");
             m.insert(12, 2, 0).expect("insert");
-            let mut got = lookup_in_chunks(&m, 1).expect("batch lookups");
+            let mut got = lookup_in_chunks(&m, 1, &mut |_| {}).expect("batch lookups");
             got.sort_unstable();
             assert_eq!(got, vec![(11, 1), (12, 2)]);
         }

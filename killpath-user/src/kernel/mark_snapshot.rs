@@ -40,9 +40,15 @@ impl MarkSnapshot {
     /// Reads `targets`' counters, then every mark, keeping theirs. None
     /// without the counters.
     pub fn take(m: &MemberMaps, targets: &[u64]) -> Option<Self> {
+        Self::take_then(m, targets, &mut |_| {})
+    }
+
+    /// [`MarkSnapshot::take`], calling `after_chunk` with the marks read so
+    /// far after each batch of the read.
+    pub fn take_then(m: &MemberMaps, targets: &[u64], after_chunk: &mut dyn FnMut(usize)) -> Option<Self> {
         let began = Instant::now();
         let seqs = m.mark_seqs(targets)?;
-        let all = m.all();
+        let all = m.all_then(after_chunk);
         let total = all.len();
         let marks = all.into_iter().filter(|(_, mk)| targets.contains(&mk.target)).collect();
         Some(Self { targets: targets.to_vec(), seqs, marks, total, read: Some((began, Instant::now())) })
@@ -79,11 +85,6 @@ impl MarkSnapshot {
     /// The marks read.
     pub fn marks(&self) -> &[(u32, Member)] {
         &self.marks
-    }
-
-    /// Every mark on the host at the read.
-    pub fn total(&self) -> usize {
-        self.total
     }
 
     /// When the read began and ended, if it was made here.

@@ -98,11 +98,17 @@ impl MemberMaps {
 
     /// Every mark: (task id, mark).
     pub fn all(&self) -> Vec<(u32, Member)> {
+        self.all_then(&mut |_| {})
+    }
+
+    /// [`MemberMaps::all`], calling `after_chunk` with the marks read so
+    /// far after each batch (see `batch::lookup_all_then`).
+    pub fn all_then(&self, after_chunk: &mut dyn FnMut(usize)) -> Vec<(u32, Member)> {
         // One task per target makes a thousand marks with a thousand
-        // targets: read in batches (a syscall per 1,024 marks), not two
+        // targets: read in batches (a syscall per 64 marks), not two
         // syscalls per mark, on the stop's path. The plain walk stays for
         // kernels without batch lookups (before 5.6).
-        super::batch::lookup_all(&self.members).unwrap_or_else(|| self.members.iter().filter_map(|r| r.ok()).collect())
+        super::batch::lookup_all_then(&self.members, after_chunk).unwrap_or_else(|| self.members.iter().filter_map(|r| r.ok()).collect())
     }
 
     /// Writes mark `m` of task `tid` from user space (`flags`: BPF_ANY,

@@ -3,8 +3,10 @@
 //! completion); on a busy host — a workload burning every CPU is what the
 //! kill path is for — each can wait behind runnable tasks for a full
 //! scheduler slice (milliseconds). The agent therefore runs at a raised
-//! priority: a nice value (not a real-time class, which a bug in the agent
-//! could turn into a host that never runs anything else).
+//! priority: a nice value for most threads; the stop thread, and a few
+//! bounded pieces of a stop's work, in a real-time class (a real-time
+//! thread that never blocks is a host that runs nothing else: each use
+//! says what bounds it).
 use tracing::{info, warn};
 
 /// The agent's nice value: ~9× the weight of a nice-0 task, so it
@@ -60,15 +62,20 @@ pub fn fifo(tid: i32, priority: i32) -> std::io::Result<()> {
 }
 
 /// Puts thread `tid` (0: the calling thread) in the ordinary class
-/// (SCHED_OTHER) at nice `nice`. Failures only cost the change: a thread
-/// the agent cannot lower is one it never raised.
-pub fn normal(tid: i32, nice: i32) {
+/// (SCHED_OTHER) at nice `nice`; false when the class change was refused
+/// (the thread may still be real-time). SCHED_RESET_ON_FORK is kept: a
+/// thread that [`fifo`] made real-time has it, and clearing it needs
+/// CAP_SYS_NICE (sched_setscheduler(2)), which a thread made real-time
+/// through RLIMIT_RTPRIO lacks; asked to clear it, the kernel refuses the
+/// whole change.
+pub fn normal(tid: i32, nice: i32) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(2) and setpriority(2) on a thread id;
-    // param lives on the stack. Leaving a real-time class needs no privilege.
+    // param lives on the stack.
     unsafe {
-        libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param);
+        let lowered = libc::sched_setscheduler(tid, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param) == 0;
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        lowered
     }
 }
 

@@ -74,15 +74,21 @@ impl Reply {
     /// Takes the snapshot of `targets` and sends it, saying first that it
     /// started.
     /// Nothing is read when the stop is over already (it dropped its end).
-    /// Returns how many marks the host held at the read (None: no read).
-    pub fn take(self, m: &MemberMaps, targets: &[u64]) -> Option<usize> {
+    pub fn take(self, m: &MemberMaps, targets: &[u64]) {
+        self.take_then(m, targets, &mut |_| {});
+    }
+
+    /// [`Reply::take`], calling `progress` with `Some(marks read so far)`
+    /// after each batch of the read and with None once it is over, before
+    /// the snapshot is sent.
+    pub fn take_then(self, m: &MemberMaps, targets: &[u64], progress: &mut dyn FnMut(Option<usize>)) {
         if self.0.send(Msg::Started).is_err() {
-            return None;
+            progress(None);
+            return;
         }
-        let snap = MarkSnapshot::take(m, targets);
-        let total = snap.as_ref().map(MarkSnapshot::total);
+        let snap = MarkSnapshot::take_then(m, targets, &mut |n| progress(Some(n)));
+        progress(None);
         let _ = self.0.send(Msg::Done(snap));
-        total
     }
 
     /// Opens the target's cgroup by id on `mount` (`path` names it in
