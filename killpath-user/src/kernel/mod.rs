@@ -7,7 +7,7 @@
 //! - [`links`]: links held by fd, missing pins put back (`pin_stamps`:
 //!   which pin directories need a look).
 //! - [`maps`]: typed handles on the pinned maps and the global switches.
-//! - [`batch`]: whole-map reads in batches (one syscall per 1,024 entries).
+//! - [`batch`]: whole-map reads in batches (one syscall per 64 entries).
 //! - [`members`]: membership marks (tasks that belong to a target
 //!   wherever they sit), escape counts, killing marked tasks by pidfd.
 //! - [`mark_snapshot`]: a target's marks as read once, trusted while the
