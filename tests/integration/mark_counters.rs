@@ -127,7 +127,7 @@ fn stop_with_marks_read_before_an_escape_kills_the_escapee() {
     let maps = pinned_maps(&agent);
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let (reply, pending) = Pending::channel();
-    reply.take(m, &[id]);
+    reply.take(m, &[id], &mut |_| {});
     let escapee = spawn_outside(&["sleep", "1000"]);
     let pe = escapee.pid();
     let _guard = Escapees(vec![pe]);
@@ -172,7 +172,7 @@ fn stop_with_marks_read_after_an_escape_kills_the_escapee_by_them() {
     let maps = pinned_maps(&agent);
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let (reply, pending) = Pending::channel();
-    reply.take(m, &[id]);
+    reply.take(m, &[id], &mut |_| {});
     stop_kills_both(&agent, "known", m, id, &pending, CHECKED_EARLY, [pe, target.pid()]);
 }
 

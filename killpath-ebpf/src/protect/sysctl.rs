@@ -69,11 +69,7 @@ fn try_sysctl(ctx: &SysctlContext) -> Result<i32, i32> {
     if n < 0 {
         return Ok(ALLOW);
     }
-    let mut refused = false;
-    for (want, prefix) in REFUSED {
-        refused |= is(&name, want, prefix);
-    }
-    if !refused {
+    if !refused(&name) {
         return Ok(ALLOW);
     }
     match current_target() {
@@ -85,6 +81,17 @@ fn try_sysctl(ctx: &SysctlContext) -> Result<i32, i32> {
         }
         None => Ok(ALLOW),
     }
+}
+
+/// Whether `name` is one of [`REFUSED`]; stops at the first match.
+#[inline(always)]
+fn refused(name: &[u8; NAME_LEN]) -> bool {
+    for (want, prefix) in REFUSED {
+        if is(name, want, prefix) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether the NUL-terminated `buf` holds exactly `want` (or starts

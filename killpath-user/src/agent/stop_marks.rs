@@ -91,7 +91,7 @@ impl MarkReader {
             for (ids, reply) in rx {
                 let began = Instant::now();
                 let mut raised = may_raise && priority::fifo(0, 1).is_ok();
-                reply.take_then(&reader, &ids, &mut |read| {
+                reply.take(&reader, &ids, &mut |read| {
                     if raised && rt_part_over(read, began) {
                         raised = false;
                         if !priority::normal(0, priority::STOP_NICE) {

@@ -101,6 +101,7 @@ fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K
             // The last batch: ENOENT, with what it still read.
             Some(libc::ENOENT) => {
                 out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+                after_chunk(out.len());
                 return Some(out);
             }
             // A bucket longer than `chunk`: nothing was read (the kernel

@@ -74,14 +74,10 @@ impl Reply {
     /// Takes the snapshot of `targets` and sends it, saying first that it
     /// started.
     /// Nothing is read when the stop is over already (it dropped its end).
-    pub fn take(self, m: &MemberMaps, targets: &[u64]) {
-        self.take_then(m, targets, &mut |_| {});
-    }
-
-    /// [`Reply::take`], calling `progress` with `Some(marks read so far)`
-    /// after each batch of the read and with None once it is over, before
-    /// the snapshot is sent.
-    pub fn take_then(self, m: &MemberMaps, targets: &[u64], progress: &mut dyn FnMut(Option<usize>)) {
+    /// `progress` is called with `Some(marks read so far)` after each batch
+    /// of the read and with None once it is over, before the snapshot is
+    /// sent.
+    pub fn take(self, m: &MemberMaps, targets: &[u64], progress: &mut dyn FnMut(Option<usize>)) {
         if self.0.send(Msg::Started).is_err() {
             progress(None);
             return;

@@ -206,7 +206,12 @@ const PIDFD_WAIT: Duration = Duration::from_secs(1);
 pub const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+    micros_between(since, Instant::now())
+}
+
+/// Microseconds from `from` to `to` (0 when `to` is earlier).
+fn micros_between(from: Instant, to: Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Hard-stops `cg`. `received` is when the command arrived.
@@ -354,8 +359,7 @@ pub fn hard_stop_guarded(
                 report.marks_wait_us = micros(waited);
             }
             if let Some((from, to)) = snap.as_ref().and_then(|s| s.read_span()) {
-                let since = |t: Instant| u64::try_from(t.saturating_duration_since(received).as_micros()).unwrap_or(u64::MAX);
-                (report.marks_read_from_us, report.marks_read_to_us) = (since(from), since(to));
+                (report.marks_read_from_us, report.marks_read_to_us) = (micros_between(received, from), micros_between(received, to));
             }
         }
         let mut members_left = std::collections::BTreeSet::new();
