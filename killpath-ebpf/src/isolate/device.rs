@@ -20,6 +20,8 @@ use crate::{
     degrade::{label, Detail, Origin},
     targets,
 };
+// The cgroup programs' verdicts (`abi`).
+use crate::abi::{CGROUP_ALLOW as ALLOW, CGROUP_REFUSE as REFUSE};
 
 /// include/uapi/linux/bpf.h: access_type's low 16 bits.
 const BPF_DEVCG_DEV_CHAR: u32 = 2;
@@ -29,9 +31,6 @@ const MISC_MAJOR: u32 = 10;
 const TUN_MINOR: u32 = 200;
 const VHOST_NET_MINOR: u32 = 238;
 const VHOST_VSOCK_MINOR: u32 = 241;
-
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
 
 #[cgroup_device]
 pub fn kp_isolate_device(ctx: DeviceContext) -> i32 {

@@ -20,11 +20,8 @@ use crate::{
     degrade::{self, Detail, Origin},
     targets, throttle, trail, tripwire,
 };
-
-/// sock_addr and sock return codes: allow, or refuse (EPERM unless the
-/// program set another return value).
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
+// The cgroup programs' verdicts (`abi`).
+use crate::abi::{CGROUP_ALLOW as ALLOW, CGROUP_REFUSE as REFUSE};
 
 #[cgroup_sock_addr(connect4)]
 pub fn kp_isolate_connect4(ctx: SockAddrContext) -> i32 {

@@ -17,6 +17,8 @@ use crate::{
     degrade::{label, Detail, Origin},
     targets,
 };
+// The cgroup programs' verdicts (`abi`).
+use crate::abi::{CGROUP_ALLOW as ALLOW, CGROUP_REFUSE as REFUSE};
 
 /// include/linux/socket.h.
 const SOL_XDP: i32 = 283;
@@ -24,9 +26,6 @@ const SOL_XDP: i32 = 283;
 /// that, optlen 0 tells it to use the caller's buffer untouched (Linux
 /// 6.1 would otherwise fail the call with EFAULT).
 const PAGE_SIZE: i32 = 4096;
-
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
 
 #[cgroup_sockopt(setsockopt)]
 pub fn kp_isolate_setsockopt(ctx: SockoptContext) -> i32 {

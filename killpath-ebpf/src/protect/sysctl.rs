@@ -27,9 +27,8 @@ use aya_ebpf::{helpers::bpf_sysctl_get_name, macros::cgroup_sysctl, programs::Sy
 use killpath_common::protect;
 
 use super::{current_target, refuse};
-
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
+// The cgroup programs' verdicts (`abi`).
+use crate::abi::{CGROUP_ALLOW as ALLOW, CGROUP_REFUSE as REFUSE};
 
 /// The sysctls refused, as `bpf_sysctl_get_name` spells them (the full
 /// name, from the /proc/sys root), and whether a name only has to start
