@@ -26,8 +26,10 @@
 //!   ([`StopOrder`]) exist to be measured against it (`halt`).
 //!
 //! A marked process outside the cgroup when the stop begins runs until its
-//! own SIGKILL, after the kill write: the halt is then reported no earlier
-//! than that SIGKILL (`halt_waited_for_marked`).
+//! own SIGKILL, after the kill write (or until the guard's, at its next
+//! context switch once armed): with an escape on record for the target,
+//! the halt is reported no earlier than the stop's SIGKILL of the marks
+//! outside (`halt_waited_for_marked`), whether or not it found one alive.
 //!
 //! The kernel guard is armed through `arm` once the target is halted.
 //!
@@ -102,9 +104,12 @@ pub struct StopReport {
     /// (false: the watch could not be set, so `frozen 1` ended no halt).
     #[serde(default)]
     pub freeze_watched: bool,
-    /// A marked process ran outside the cgroup when the stop began: the
-    /// halt is reported no earlier than its SIGKILL (it ran user code
-    /// until then, whatever froze inside the cgroup).
+    /// An escape was on record for the target, so a marked process may
+    /// have run outside the cgroup when the stop began: the halt is
+    /// reported no earlier than the SIGKILL of every mark outside (such a
+    /// process ran user code until then, or until the guard killed it
+    /// first, whatever froze inside the cgroup). `marked_outside` counts
+    /// those the stop itself found alive.
     #[serde(default)]
     pub halt_waited_for_marked: bool,
     /// Whether marks were consulted (false: the membership maps are
@@ -187,8 +192,8 @@ fn large_order() -> StopOrder {
 /// the ids of targets nested in it.
 pub type Marked<'a> = Option<(&'a MemberMaps, &'a [u64])>;
 
-/// A marked process ran user code outside the cgroup until the kill just
-/// sent: the halt is reported no earlier than now, and, if `outside_froze`
+/// A marked process may have run user code outside the cgroup until the
+/// kill just sent: the halt is reported no earlier than now, and, if `outside_froze`
 /// (it was outside while `frozen 1` was read), not as `frozen`.
 fn halt_at_marked_kill(report: &mut StopReport, received: Instant, outside_froze: bool) {
     report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
@@ -313,11 +318,18 @@ pub fn hard_stop_guarded(
         let rel = if outside.is_empty() { None } else { target_rel(cg) };
         report.marked_outside = outside.iter().filter(|p| outside_of(**p, rel.as_deref())).count();
         killed.extend(m.kill_marks(&to_kill));
-        if report.marked_outside > 0 || report.escapes_during_halt > 0 {
-            // `frozen 1` did not cover a task that left the cgroup after it.
-            let escaped_while_frozen = report.escapes_during_halt > 0;
-            halt_at_marked_kill(&mut report, received, escaped_while_frozen);
-        }
+        // Reported no earlier than these kills even when the walk found no
+        // mark outside: the guard, armed since the kill write (the CLI's
+        // direct stop arms it before the stop begins), kills a marked task
+        // outside at its next context switch (`sched_switch`), so one that
+        // ran outside when the stop began may have died to it between the
+        // arming and this walk, unseen here, and ran user code until then
+        // (seen in CI, 2026-12-04: a busy canary outside, `marked_outside`
+        // 0). With an escape on record that cannot be ruled out; this walk
+        // is made only then. `frozen 1` did not cover a task that left the
+        // cgroup after it (`escapes_during_halt`).
+        let escaped_while_frozen = report.escapes_during_halt > 0;
+        halt_at_marked_kill(&mut report, received, escaped_while_frozen);
     }
     let deadline = Instant::now() + timeout;
     // Taken once ready; until then (and when stale) every mark is read.

@@ -35,18 +35,46 @@ impl Drop for Loose {
 /// A target whose only process moves itself to the cgroup2 root (the agent
 /// is dead, so nothing moves it back) and becomes a canary stamping the
 /// monotonic clock: `stop` (the CLI's direct stop) finds the cgroup empty
-/// and the member outside. The halt it reports must not precede the
-/// canary's last stamp.
+/// and the member outside (or the guard killed it first). The halt it
+/// reports must not precede the canary's last stamp.
 #[test]
 fn stop_halt_marked_outside_not_before_its_kill() {
-    let Some(mut agent) = Agent::start() else { return };
+    // A busy loop: which kill comes first is a race. The guard, armed
+    // before the stop walks the marks, kills the canary at its next
+    // context switch (a busy loop is switched out at a tick, sooner on a
+    // loaded machine), and the walk then finds no mark alive
+    // (`marked_outside` 0: seen in CI, and in 4 of 12 runs here beside
+    // `stress-ng --cpu 2`); else the walk finds it outside and kills it.
+    let r = stop_with_canary_outside("loose", "");
+    assert!(r["marked_outside"].as_u64().is_some_and(|n| n <= 1), "one member ran outside: {r}");
+}
+
+/// The same canary pausing 0.2 ms between stamps: switched out at each
+/// pause, it dies to the guard as soon as the stop arms it, before the
+/// stop's walk of the marks can see it, and the halt still waits for that
+/// walk (an escape is on record; the walk cannot tell a mark killed by the
+/// guard from no mark outside at all).
+#[test]
+fn stop_halt_marked_outside_killed_by_the_guard_first() {
+    let r = stop_with_canary_outside("paced", "time.sleep(0.0002)");
+    eprintln!("marked outside and alive at the walk: {}", r["marked_outside"]);
+}
+
+/// Runs the canary of [`stop_halt_marked_outside_not_before_its_kill`]
+/// (`pause`: a statement after each stamp), stops its target directly,
+/// checks the report against the canary from outside and returns it.
+fn stop_with_canary_outside(name: &str, pause: &str) -> serde_json::Value {
+    let Some(mut agent) = Agent::start() else { return serde_json::Value::Null };
     let dir = tempfile::tempdir().expect("tempdir");
     let (file, flag) = (dir.path().join("canary"), dir.path().join("go"));
     let root = killpath::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount").join("cgroup.procs");
-    let code =
-        format!("import os,time\nf=os.open('{}',os.O_WRONLY|os.O_CREAT)\nwhile True: os.pwrite(f,b'%020d'%(time.monotonic_ns()//1000),0)", file.display());
+    let code = format!(
+        "import os,time\nf=os.open('{}',os.O_WRONLY|os.O_CREAT)\nwhile True:\n os.pwrite(f,b'%020d'%(time.monotonic_ns()//1000),0)\n {}",
+        file.display(),
+        if pause.is_empty() { "pass" } else { pause }
+    );
     let script = format!(r#"while [ ! -e "{}" ]; do sleep 0.02; done; echo 0 > "{}"; exec {} -c "{code}""#, flag.display(), root.display(), py());
-    let run = run_bg(&agent, "loose", &["sh", "-c", &script], 1);
+    let run = run_bg(&agent, name, &["sh", "-c", &script], 1);
     let pid = run.pid();
     let _loose = Loose(pid);
     agent.kill9();
@@ -54,17 +82,17 @@ fn stop_halt_marked_outside_not_before_its_kill() {
     wait_until(Duration::from_secs(5), || cgroup_line(pid).as_deref() == Some("/")).unwrap_or_else(|| panic!("{pid} never reached the root cgroup"));
     let first = wait_until(Duration::from_secs(10), || stamp(&file).is_some()).and_then(|()| stamp(&file)).expect("the canary never stamped");
     wait_until(Duration::from_secs(10), || stamp(&file).is_some_and(|s| s > first)).expect("the canary's stamp does not move");
-    let out = agent.kp(&["--json", "stop", "loose", "--agent-timeout", "1"]);
+    let out = agent.kp(&["--json", "stop", name, "--agent-timeout", "1"]);
     let answered = mono_us();
     assert!(out.status.success(), "direct stop failed: {}", show(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", show(&out)));
     eprintln!("stop with a member outside: {r}");
     assert_eq!(r["fallback"], true, "{r}");
-    assert!(r["marked_outside"].as_u64().unwrap_or(0) >= 1, "the canary ran outside the cgroup at the stop: {r}");
     assert_eq!(r["halt_waited_for_marked"], true, "the halt must wait for the member outside: {r}");
     assert!(wait_until(Duration::from_secs(2), || !alive(pid)).is_some(), "the canary {pid} survived the stop: {r}");
     assert_eq!(r["survivors"], 0, "{r}");
     check_canary(&file, &r, answered);
+    r
 }
 
 /// Whether `w` had an event pending (all read).
