@@ -42,6 +42,13 @@ pub mod maps {
     /// `PerCpuHashMap<u64, u64>`: tasks killed by the guard per target
     /// cgroup id (the innermost target of the task, or its marked target).
     pub const GUARD_KILLS_BY_TARGET: &str = "KP_GUARD_KILLS_BY_TARGET";
+    /// `PerCpuHashMap<u64, u64>`: per target cgroup id, when
+    /// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) the guard last killed a task
+    /// marked as the target's outside the target's cgroup, on each CPU. A
+    /// stop reports its halt no earlier than such a kill after it began: the
+    /// task ran user code until then, and the stop's own walk of the marks
+    /// no longer sees it.
+    pub const GUARD_OUTSIDE_KILLED_AT: &str = "KP_GUARD_OUTSIDE_KILLED_AT";
     /// `PerCpuArray<u64>` indexed by [`super::counter`]: isolation drops and denials.
     pub const COUNTERS: &str = "KP_COUNTERS";
     /// `PerCpuHashMap<DenialKey, u64>`: denials per target and capability.

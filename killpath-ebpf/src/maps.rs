@@ -25,6 +25,10 @@ pub static GUARD_KILLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "KP_GUARD_KILLS_BY_TARGET")]
 pub static GUARD_KILLS_BY_TARGET: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
 
+/// See `killpath_common::maps::GUARD_OUTSIDE_KILLED_AT`.
+#[map(name = "KP_GUARD_OUTSIDE_KILLED_AT")]
+pub static GUARD_OUTSIDE_KILLED_AT: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
+
 #[map(name = "KP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(killpath_common::counter::COUNT, 0);
 

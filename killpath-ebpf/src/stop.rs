@@ -10,14 +10,14 @@
 //! target dies here wherever it sits, and a marked task of an isolated
 //! target dies here once it is outside its target's subtree.
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_send_signal},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_send_signal},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use killpath_common::level;
 
 use crate::{
-    maps::{GUARD_KILLS, GUARD_KILLS_BY_TARGET},
+    maps::{GUARD_KILLS, GUARD_KILLS_BY_TARGET, GUARD_OUTSIDE_KILLED_AT},
     members, targets,
 };
 
@@ -48,7 +48,7 @@ fn try_guard() -> Result<i32, i64> {
     }
     if cfg.stopped_targets != 0 {
         if let Some((id, _)) = targets::of_current_with_id(cfg.depth_mask).filter(|(_, s)| s.level >= level::STOPPED) {
-            kill_current(id);
+            kill_current(id, false);
             return Ok(0);
         }
     }
@@ -61,20 +61,22 @@ fn try_guard() -> Result<i32, i64> {
     let Some((m, st)) = members::resolve(m) else {
         return Ok(0);
     };
-    let kill = st.level >= level::STOPPED || {
-        // SAFETY: helper without pointer arguments.
-        st.level >= level::ISOLATE && unsafe { bpf_get_current_ancestor_cgroup_id(st.depth as i32) } != m.target
-    };
-    if kill {
-        kill_current(m.target);
+    if st.level < level::ISOLATE {
+        return Ok(0);
+    }
+    // SAFETY: helper without pointer arguments.
+    let outside = unsafe { bpf_get_current_ancestor_cgroup_id(st.depth as i32) } != m.target;
+    if st.level >= level::STOPPED || outside {
+        kill_current(m.target, outside);
     }
     Ok(0)
 }
 
 /// SIGKILLs the current task and counts it, host-wide and for `target`
-/// (the cgroup id the kill is charged to).
+/// (the cgroup id the kill is charged to); for a task `outside` its
+/// target's cgroup, the time too (`GUARD_OUTSIDE_KILLED_AT`).
 #[inline(always)]
-fn kill_current(target: u64) {
+fn kill_current(target: u64, outside: bool) {
     // SAFETY: signals the current task only; the helper itself refuses
     // kernel threads and init.
     if unsafe { bpf_send_signal(SIGKILL) } == 0 {
@@ -83,6 +85,33 @@ fn kill_current(target: u64) {
             unsafe { *kills += 1 };
         }
         count_for(target);
+        if outside {
+            killed_outside(target);
+        }
+    }
+}
+
+/// Records when a task of `target` was killed outside its cgroup, in this
+/// CPU's slot: a task the stop's walk of the marks may no longer see (it
+/// died first), which ran user code until this kill, so the stop's halt is
+/// not reported before it (`stop::hard_stop_guarded` in the agent). Also
+/// written for a task SIGKILLed already (its switches while it dies pass
+/// here): a later time than its halt, never an earlier one.
+#[inline(always)]
+fn killed_outside(target: u64) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(at) = GUARD_OUTSIDE_KILLED_AT.get_ptr_mut(target) {
+        // SAFETY: this CPU's slot of a per-CPU value, no concurrent writer.
+        unsafe { *at = now };
+        return;
+    }
+    // The first on any CPU: as in `count_for`.
+    if GUARD_OUTSIDE_KILLED_AT.insert(target, now, 1).is_err() {
+        if let Some(at) = GUARD_OUTSIDE_KILLED_AT.get_ptr_mut(target) {
+            // SAFETY: as above.
+            unsafe { *at = now };
+        }
     }
 }
 

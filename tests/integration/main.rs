@@ -22,6 +22,7 @@ mod mark_counters;
 mod marks_capacity;
 mod membership;
 mod membership_nested;
+mod membership_pid_reuse;
 mod membership_stale;
 mod membership_threads;
 mod names;

@@ -14,6 +14,8 @@ use crate::{
 
 const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
 const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+/// Which number the pid namespace hands out next (the last one given).
+const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 /// A sysctl the guard leaves alone: written back with its own value.
 const OTHER: &str = "/proc/sys/kernel/printk_ratelimit";
 
@@ -43,10 +45,11 @@ fn number(path: &str) -> u64 {
 
 /// Root in a target tries to raise both task limits (lowered from outside
 /// first, so that raising them is always a valid value: `pid_max` may sit
-/// at its ceiling) and to point `core_pattern` at a helper, and writes
-/// another sysctl; the three stay as they were, the other write goes
-/// through, the refusals are counted for the target, and the same writes
-/// from outside every target succeed.
+/// at its ceiling), to point `core_pattern` at a helper and to set
+/// `ns_last_pid`, and writes another sysctl; the first three stay as they
+/// were, the `ns_last_pid` write fails, the other write goes through, the
+/// refusals are counted for the target, and the same writes from outside
+/// every target succeed.
 #[test]
 fn a_target_cannot_write_the_task_limits_or_the_core_pattern() {
     if !root() {
@@ -63,7 +66,8 @@ fn a_target_cannot_write_the_task_limits_or_the_core_pattern() {
     // $? keeps its status.
     let script = format!(
         "(echo {} > {PID_MAX}); a=$?; (echo {} > {THREADS_MAX}); b=$?; (echo '|/bin/true %p' > {CORE_PATTERN}); c=$?; \
-         (v=$(cat {OTHER}); echo $v > {OTHER}); d=$?; echo $a $b $c $d > {}",
+         (v=$(cat {OTHER}); echo $v > {OTHER}); d=$?; (v=$(cat {NS_LAST_PID}); echo $v > {NS_LAST_PID}); e=$?; \
+         echo $a $b $c $d $e > {}",
         pid_max + 500,
         threads_max + 500,
         out.display()
@@ -74,10 +78,10 @@ fn a_target_cannot_write_the_task_limits_or_the_core_pattern() {
     assert_eq!(read(CORE_PATTERN), core, "a target set the core pattern");
     let codes = std::fs::read_to_string(&out).expect("the attempts' exit codes");
     let codes: Vec<&str> = codes.split_whitespace().collect();
-    assert_eq!(codes, ["1", "1", "1", "0"], "exit codes of the pid_max, threads-max, core_pattern and other writes");
+    assert_eq!(codes, ["1", "1", "1", "0", "1"], "exit codes of the pid_max, threads-max, core_pattern, other and ns_last_pid writes");
 
     let row = target_row(&agent, "climber").expect("status row");
-    assert!(row["protections_refused"]["protect.sysctl"].as_u64() >= Some(3), "{}", row["protections_refused"]);
+    assert!(row["protections_refused"]["protect.sysctl"].as_u64() >= Some(4), "{}", row["protections_refused"]);
     let probe = agent.json(&["probe"]);
     let guard = probe["protections"].as_array().into_iter().flatten().find(|p| p["name"] == "protect.sysctl");
     assert!(guard.is_some_and(|p| p["on"] == true), "probe: {}", probe["protections"]);
@@ -86,4 +90,5 @@ fn a_target_cannot_write_the_task_limits_or_the_core_pattern() {
     std::fs::write(PID_MAX, (pid_max + 500).to_string()).expect("the test raises pid_max itself");
     std::fs::write(THREADS_MAX, (threads_max + 500).to_string()).expect("the test raises threads-max itself");
     assert_eq!((number(PID_MAX), number(THREADS_MAX)), (pid_max + 500, threads_max + 500), "the writes from outside did not take");
+    std::fs::write(NS_LAST_PID, read(NS_LAST_PID)).expect("the test writes ns_last_pid itself");
 }

@@ -11,7 +11,15 @@
 //!   kernel runs itself (a `|helper` core pattern at the next crash, the
 //!   modprobe path at the next request for a missing module), as root, from
 //!   a kworker, in the root cgroup: outside every target, where none of
-//!   killpath's hooks apply.
+//!   killpath's hooks apply;
+//! - `kernel.ns_last_pid`: the last pid handed out in the writer's pid
+//!   namespace. From the host's, a root task chooses which number the
+//!   host's next task gets, and so which process holds a number the agent
+//!   acts on later (an escaped process is moved back by its number: the
+//!   agent checks its mark with a pidfd open first, see
+//!   `kernel::members::with_pidfd_if_marked`). Only a writer inside a
+//!   target is refused: a task that left its cgroup is outside this
+//!   program's reach (without BPF LSM it can leave).
 //!
 //! A cgroup sysctl program (BPF_CGROUP_SYSCTL, Linux 5.2), attached to
 //! each target's cgroup like the isolation's device hook: the kernel runs
@@ -33,8 +41,9 @@ use crate::abi::{CGROUP_ALLOW as ALLOW, CGROUP_REFUSE as REFUSE};
 /// The sysctls refused, as `bpf_sysctl_get_name` spells them (the full
 /// name, from the /proc/sys root), and whether a name only has to start
 /// with the entry (`kernel/usermodehelper/bset`, `.../inheritable`).
-const REFUSED: [(&[u8], bool); 7] = [
+const REFUSED: [(&[u8], bool); 8] = [
     (b"kernel/pid_max", false),
+    (b"kernel/ns_last_pid", false),
     (b"kernel/threads-max", false),
     (b"kernel/core_pattern", false),
     (b"kernel/modprobe", false),

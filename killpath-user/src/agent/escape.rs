@@ -18,7 +18,10 @@ use tracing::{info, warn};
 use super::{now_us, State};
 use crate::{
     journal::{Actor, Entry, Phase},
-    kernel::{cgroup::Cgroup, members::kill_if_marked},
+    kernel::{
+        cgroup::Cgroup,
+        members::{exited, kill_if_marked, task_gone, with_pidfd_if_marked},
+    },
     target::{level_name, Target},
 };
 
@@ -82,20 +85,31 @@ impl State {
     pub(super) fn on_escape(&mut self, ev: &EscapeEvent) {
         let t = self.registry.targets.values().find(|t| t.cgroup_id == ev.target).cloned();
         let kind = if ev.kind == escape::BORN_OUTSIDE { "born-outside" } else { "cgroup-move" };
+        // Still the escaped process: its mark is there (the exit hook drops
+        // it) and it is not exiting (a zombie is moved nowhere), checked
+        // with a pidfd open on it (`with_pidfd_if_marked`). The event is a
+        // while old: by now its number may be another's.
+        let marked = |pid: u32| self.enforcer.maps.members.as_ref().and_then(|m| m.get(pid)).is_some_and(|mk| mk.target == ev.target && mk.tgid == ev.tgid);
+        let still = || (marked(ev.pid) || marked(ev.tgid)) && !task_gone(ev.tgid, ev.tgid);
         let outcome = match &t {
             None => "ignored: not a target of this agent".to_owned(),
             Some(_) if ev.action == escape::ACTION_KILLED => "killed in the kernel as it moved".to_owned(),
             Some(t) if t.level >= level::ISOLATE => {
-                let marked =
-                    |pid: u32| self.enforcer.maps.members.as_ref().and_then(|m| m.get(pid)).is_some_and(|mk| mk.target == ev.target && mk.tgid == ev.tgid);
-                if kill_if_marked(ev.tgid, || marked(ev.pid) || marked(ev.tgid)) {
+                if kill_if_marked(ev.tgid, still) {
                     "killed (target isolated or stopped)".to_owned()
                 } else {
                     "already gone".to_owned()
                 }
             }
-            Some(t) => match Cgroup::new(&t.cgroup).move_pid(ev.tgid as i32) {
-                Ok(()) => {
+            // Moved back by number (cgroup.procs takes no pidfd) right
+            // after the check; still there after the write, it was the one
+            // moved (its number was not free). Exited by then, it may not
+            // have been (a zombie is skipped, and a number freed in those
+            // microseconds could be another's): said so, not "moved back".
+            Some(t) => match with_pidfd_if_marked(ev.tgid, still, |fd| Cgroup::new(&t.cgroup).move_pid(ev.tgid as i32).map(|()| exited(fd))) {
+                None => "already gone".to_owned(),
+                Some(Ok(true)) => format!("exited during the move back into {}", t.cgroup.display()),
+                Some(Ok(false)) => {
                     // Every thread is the target's again, not only the
                     // leader the kernel re-marked at the move.
                     if let Some(m) = self.enforcer.maps.members.as_mut() {
@@ -103,7 +117,7 @@ impl State {
                     }
                     format!("moved back into {}", t.cgroup.display())
                 }
-                Err(e) => format!("move back failed: {e}"),
+                Some(Err(e)) => format!("move back failed: {e}"),
             },
         };
         let name = t.as_ref().map(|t| t.name.clone());

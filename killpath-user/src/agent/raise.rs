@@ -217,5 +217,5 @@ impl State {
 
 /// CLOCK_MONOTONIC now, in ns: the clock bpf_ktime_get_ns reads.
 pub(super) fn now_ktime_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
+    crate::kernel::clock::monotonic_ns()
 }

@@ -37,6 +37,10 @@ pub struct MemberMaps {
     /// The kernel's mark-write counters (`KP_MARK_SEQ`); None in an older
     /// build's pins.
     pub(crate) seq: Option<Array<MapData, u64>>,
+    /// When the guard last killed a marked task outside its target's
+    /// cgroup, per target and CPU (`KP_GUARD_OUTSIDE_KILLED_AT`); None in
+    /// an older build's pins.
+    pub(crate) outside_killed_at: Option<PerCpuHashMap<MapData, u64, u64>>,
     /// Each target's marks as last read (`mark_snapshot`), for `status`.
     pub(crate) cache: super::mark_snapshot::MarkCache,
 }
@@ -169,6 +173,7 @@ impl MemberMaps {
             agent: None,
             released: None,
             seq: Some(Array::try_from(Map::Array(dup(seq)?)).ok()?),
+            outside_killed_at: None,
             cache: Default::default(),
         })
     }
@@ -369,11 +374,22 @@ impl MemberMaps {
         if let Some(e) = self.escapes.as_mut() {
             let _ = e.remove(&target);
         }
+        if let Some(at) = self.outside_killed_at.as_mut() {
+            let _ = at.remove(&target);
+        }
     }
 
     /// Escape attempts counted by the kernel for `target`.
     pub fn escapes(&self, target: u64) -> u64 {
         self.escapes.as_ref().and_then(|e| e.get(&target, 0).ok()).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// When (CLOCK_MONOTONIC ns) the guard last killed a task of any of
+    /// `targets` outside its target's cgroup, on any CPU; None when it never
+    /// did (or the map is missing).
+    pub fn guard_killed_outside_at(&self, targets: &[u64]) -> Option<u64> {
+        let at = self.outside_killed_at.as_ref()?;
+        targets.iter().filter_map(|t| at.get(t, 0).ok()).flat_map(|v| v.iter().copied().collect::<Vec<u64>>()).max().filter(|ns| *ns > 0)
     }
 
     /// Escape attempts counted by the kernel for all of `targets`.
@@ -433,19 +449,46 @@ impl MemberMaps {
 /// Opens a pidfd on `tgid`, checks `still_marked` with it open, and sends
 /// SIGKILL through it.
 pub fn kill_if_marked(tgid: u32, still_marked: impl FnOnce() -> bool) -> bool {
+    with_pidfd_if_marked(tgid, still_marked, |fd| {
+        // SAFETY: pidfd_send_signal(2) on our own pidfd, no siginfo.
+        let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
+        r == 0
+    })
+    .unwrap_or(false)
+}
+
+/// Opens a pidfd on `tgid`, checks `still_marked` with it open, then runs
+/// `act`; None when there is no such process or it is no longer marked.
+///
+/// The pidfd makes `tgid` name the process checked for an act through the
+/// fd (a signal reaches it or no one). It does not hold the number: that
+/// is freed when the process is reaped. An act by number (a
+/// `cgroup.procs` write) relies on the check right before it: the kernel
+/// drops a mark in the exit hook (`sched_process_exit`), so a process
+/// still marked has not exited, and its number can go to another process
+/// only once it exited and was reaped, which leaves microseconds between
+/// the check and the act; [`exited`] afterwards tells whether the act
+/// could have missed it. Without the check, a number read from an event a
+/// while ago may be a bystander's by now: a root workload can leave its
+/// cgroup, exit at once and set `kernel.ns_last_pid` so that the host's
+/// next task gets its number.
+pub fn with_pidfd_if_marked<R>(tgid: u32, still_marked: impl FnOnce() -> bool, act: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R) -> Option<R> {
     // SAFETY: pidfd_open(2) with a pid and no flags; returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) };
     if fd < 0 {
-        return false;
+        return None;
     }
     // SAFETY: the kernel just handed us this fd; OwnedFd closes it.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    if !still_marked() {
-        return false;
-    }
-    // SAFETY: pidfd_send_signal(2) on our own pidfd, no siginfo.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
-    r == 0
+    still_marked().then(|| act(fd.as_fd()))
+}
+
+/// Whether the process of pidfd `fd` has exited (the whole thread group:
+/// a pidfd turns readable then, zombie or reaped). Does not wait.
+pub fn exited(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
 
 #[cfg(test)]

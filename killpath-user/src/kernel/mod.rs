@@ -20,10 +20,12 @@
 //! - [`proctree`]: process trees from /proc.
 //! - [`mounts`]: the one parser of /proc/self/mounts.
 //! - [`durable`]: write-then-rename with fsyncs.
+//! - [`clock`]: CLOCK_MONOTONIC, the clock of the kernel's programs.
 pub mod batch;
 pub mod btf;
 pub mod cgroup;
 pub mod cgroup_id;
+pub mod clock;
 pub mod deadman;
 pub mod durable;
 pub mod links;

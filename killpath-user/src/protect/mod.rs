@@ -39,7 +39,7 @@ const WHAT: [&str; protect::COUNT as usize] = [
     "ptrace, /proc/PID/mem, process_vm_*, pidfd_getfd on the agent",
     "write/create/unlink/rename/truncate/link/chmod/chown below the pin and state directories",
     "mounts onto cgroupfs, bpffs or killpath's directories, and unmounting cgroupfs/bpffs",
-    "writes to kernel.pid_max and kernel.threads-max (the limits the membership map is sized from) and to the commands the kernel runs as root outside every target (kernel.core_pattern, modprobe, poweroff_cmd, hotplug, usermodehelper.*)",
+    "writes to kernel.pid_max and kernel.threads-max (the limits the membership map is sized from) and to the commands the kernel runs as root outside every target (kernel.core_pattern, modprobe, poweroff_cmd, hotplug, usermodehelper.*), and to kernel.ns_last_pid (which number the host's next task gets)",
 ];
 
 /// Every protection, on where BPF LSM runs (`lsm`: why not) and the

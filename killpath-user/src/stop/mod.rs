@@ -26,10 +26,10 @@
 //!   ([`StopOrder`]) exist to be measured against it (`halt`).
 //!
 //! A marked process outside the cgroup when the stop begins runs until its
-//! own SIGKILL, after the kill write (or until the guard's, at its next
-//! context switch once armed): with an escape on record for the target,
-//! the halt is reported no earlier than the stop's SIGKILL of the marks
-//! outside (`halt_waited_for_marked`), whether or not it found one alive.
+//! own SIGKILL, after the kill write, or until the guard's at its next
+//! context switch once armed: the halt is then reported no earlier than
+//! that SIGKILL (`halt_waited_for_marked`; the guard records when it
+//! killed one, see `halt_after_guard_outside`).
 //!
 //! The kernel guard is armed through `arm` once the target is halted.
 //!
@@ -104,12 +104,10 @@ pub struct StopReport {
     /// (false: the watch could not be set, so `frozen 1` ended no halt).
     #[serde(default)]
     pub freeze_watched: bool,
-    /// An escape was on record for the target, so a marked process may
-    /// have run outside the cgroup when the stop began: the halt is
-    /// reported no earlier than the SIGKILL of every mark outside (such a
-    /// process ran user code until then, or until the guard killed it
-    /// first, whatever froze inside the cgroup). `marked_outside` counts
-    /// those the stop itself found alive.
+    /// A marked process ran outside the cgroup when the stop began: the
+    /// halt is reported no earlier than its SIGKILL, the stop's or the
+    /// guard's (it ran user code until then, whatever froze inside the
+    /// cgroup). `marked_outside` counts those the stop itself found alive.
     #[serde(default)]
     pub halt_waited_for_marked: bool,
     /// Whether marks were consulted (false: the membership maps are
@@ -192,14 +190,31 @@ fn large_order() -> StopOrder {
 /// the ids of targets nested in it.
 pub type Marked<'a> = Option<(&'a MemberMaps, &'a [u64])>;
 
-/// A marked process may have run user code outside the cgroup until the
-/// kill just sent: the halt is reported no earlier than now, and, if `outside_froze`
+/// A marked process ran user code outside the cgroup until the kill just
+/// sent: the halt is reported no earlier than now, and, if `outside_froze`
 /// (it was outside while `frozen 1` was read), not as `frozen`.
 fn halt_at_marked_kill(report: &mut StopReport, received: Instant, outside_froze: bool) {
     report.time_to_halt_us = report.time_to_halt_us.max(micros(received));
     report.halt_waited_for_marked = true;
     if outside_froze && report.halt == Halt::Frozen {
         report.halt = Halt::KillWritten;
+    }
+}
+
+/// A marked process outside the cgroup that the guard killed since the stop
+/// began (at its next context switch once armed: the agent arms it right
+/// after the kill write, the CLI's direct stop before the stop) ran user
+/// code until that kill, and the stop's walk of the marks, later, may not
+/// see it (it died first): the halt is reported no earlier than that kill,
+/// whose time the guard records (`KP_GUARD_OUTSIDE_KILLED_AT`, the clock
+/// of `Instant`). Seen in CI, 2026-12-04: a busy canary outside,
+/// `marked_outside` 0.
+fn halt_after_guard_outside(report: &mut StopReport, m: &MemberMaps, ids: &[u64], received: Instant) {
+    let Some(at) = m.guard_killed_outside_at(ids) else { return };
+    let began = crate::kernel::clock::instant_ns(received);
+    if at > began {
+        report.time_to_halt_us = report.time_to_halt_us.max((at - began) / 1000);
+        report.halt_waited_for_marked = true;
     }
 }
 
@@ -300,6 +315,9 @@ pub fn hard_stop_guarded(
     // left to the check after empty, which signals any mark still alive
     // and then reports the halt no earlier than that.
     let escapes_ever = escapes_before + report.escapes_during_halt;
+    // Whether the guard's kills outside the cgroup were looked at (see
+    // `halt_after_guard_outside`).
+    let mut guard_checked = false;
     if let Some((m, ids)) = marked.filter(|_| escapes_ever > 0) {
         let all: Vec<(u32, killpath_common::Member)> = m.of_targets(ids);
         // A small target's marks are all signalled: a process listed at
@@ -318,18 +336,15 @@ pub fn hard_stop_guarded(
         let rel = if outside.is_empty() { None } else { target_rel(cg) };
         report.marked_outside = outside.iter().filter(|p| outside_of(**p, rel.as_deref())).count();
         killed.extend(m.kill_marks(&to_kill));
-        // Reported no earlier than these kills even when the walk found no
-        // mark outside: the guard, armed since the kill write (the CLI's
-        // direct stop arms it before the stop begins), kills a marked task
-        // outside at its next context switch (`sched_switch`), so one that
-        // ran outside when the stop began may have died to it between the
-        // arming and this walk, unseen here, and ran user code until then
-        // (seen in CI, 2026-12-04: a busy canary outside, `marked_outside`
-        // 0). With an escape on record that cannot be ruled out; this walk
-        // is made only then. `frozen 1` did not cover a task that left the
-        // cgroup after it (`escapes_during_halt`).
-        let escaped_while_frozen = report.escapes_during_halt > 0;
-        halt_at_marked_kill(&mut report, received, escaped_while_frozen);
+        if report.marked_outside > 0 || report.escapes_during_halt > 0 {
+            // `frozen 1` did not cover a task that left the cgroup after it.
+            let escaped_while_frozen = report.escapes_during_halt > 0;
+            halt_at_marked_kill(&mut report, received, escaped_while_frozen);
+        }
+        // Every mark outside is signalled now: a guard kill after this is
+        // of a task that runs no more user code anyway.
+        halt_after_guard_outside(&mut report, m, ids, received);
+        guard_checked = true;
     }
     let deadline = Instant::now() + timeout;
     // Taken once ready; until then (and when stale) every mark is read.
@@ -415,6 +430,9 @@ pub fn hard_stop_guarded(
         }
     }
     report.time_to_empty_us = micros(received);
+    if let Some((m, ids)) = marked.filter(|_| !guard_checked) {
+        halt_after_guard_outside(&mut report, m, ids, received);
+    }
     // A target stopped by its kill alone is frozen now, off the measured
     // path: a task moved in later is born frozen, and its freezing (a
     // wake-up and a switch) is what lets the guard kill even a sleeper.
