@@ -139,10 +139,14 @@ fn pump(mut src: impl Read, mut dst: impl Write) -> Vec<u8> {
 /// Spawns `cmd` in a process group of its own with stdin closed and its
 /// output appended to `log`, and waits at most `timeout`; on timeout the whole
 /// group (e.g. vng and the qemu it started) is killed and `Ok(None)` returned.
-pub fn run_with_timeout(
+/// So it is once `progress` (a file, and how long it may stay unchanged)
+/// has not changed in size for that long: a guest that froze writes nothing
+/// more, and waiting for the whole timeout then only delays the report.
+pub fn run_until_stalled(
     cmd: &mut Command,
     log: &Path,
     timeout: Duration,
+    progress: Option<(&Path, Duration)>,
 ) -> Result<Option<ExitStatus>> {
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err_file = file.try_clone()?;
@@ -153,16 +157,32 @@ pub fn run_with_timeout(
         .process_group(0)
         .spawn()
         .with_context(|| format!("could not start `{}`", describe(cmd)))?;
-    wait_or_kill_group(&mut child, timeout)
+    wait_or_kill_group(&mut child, timeout, progress)
 }
 
-fn wait_or_kill_group(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+fn wait_or_kill_group(
+    child: &mut Child,
+    timeout: Duration,
+    progress: Option<(&Path, Duration)>,
+) -> Result<Option<ExitStatus>> {
     let start = Instant::now();
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut last = progress.map(|(p, _)| (size(p), Instant::now()));
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
         }
-        if start.elapsed() >= timeout {
+        let stalled = match (progress, last.as_mut()) {
+            (Some((p, stall)), Some((seen, since))) => {
+                let now = size(p);
+                if now != *seen {
+                    (*seen, *since) = (now, Instant::now());
+                }
+                since.elapsed() >= stall
+            }
+            _ => false,
+        };
+        if stalled || start.elapsed() >= timeout {
             kill_group(child);
             let _ = child.wait();
             return Ok(None);

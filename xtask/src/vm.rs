@@ -35,6 +35,15 @@ pub fn vng_command(env: &Env, exec: &str, rwdirs: &[&Path]) -> Command {
     if help.contains("--cwd") {
         cmd.arg("--cwd").arg(&env.root);
     }
+    // The guest kernel's messages in the console log, and a backtrace of
+    // every CPU at a soft lockup: what a guest that stops making progress
+    // leaves behind (its own test log then stops too).
+    if help.contains("--verbose") {
+        cmd.arg("--verbose");
+    }
+    if help.contains("--append") {
+        cmd.args(["--append", "softlockup_all_cpu_backtrace=1"]);
+    }
     for dir in rwdirs {
         cmd.arg("--rwdir").arg(dir);
     }
