@@ -216,6 +216,4 @@ impl State {
 }
 
 /// CLOCK_MONOTONIC now, in ns: the clock bpf_ktime_get_ns reads.
-pub(super) fn now_ktime_ns() -> u64 {
-    crate::kernel::clock::monotonic_ns()
-}
+pub(super) use crate::kernel::clock::monotonic_ns as now_ktime_ns;

@@ -389,7 +389,7 @@ impl MemberMaps {
     /// did (or the map is missing).
     pub fn guard_killed_outside_at(&self, targets: &[u64]) -> Option<u64> {
         let at = self.outside_killed_at.as_ref()?;
-        targets.iter().filter_map(|t| at.get(t, 0).ok()).flat_map(|v| v.iter().copied().collect::<Vec<u64>>()).max().filter(|ns| *ns > 0)
+        targets.iter().filter_map(|t| at.get(t, 0).ok()).filter_map(|v| v.iter().copied().max()).max().filter(|ns| *ns > 0)
     }
 
     /// Escape attempts counted by the kernel for all of `targets`.

@@ -48,7 +48,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, Result},
-    kernel::{cgroup::Cgroup, pins::map_pin},
+    // The clock of the kernel pause events (`bpf_ktime_get_ns`).
+    kernel::{cgroup::Cgroup, clock::monotonic_ns, pins::map_pin},
 };
 
 /// Messages from the agent to the pacer thread.
@@ -190,9 +191,6 @@ struct Loop {
     freeze_failed: std::collections::HashSet<u64>,
 }
 
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
-}
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; on success it returns a new fd we own.
