@@ -191,7 +191,6 @@ struct Loop {
     freeze_failed: std::collections::HashSet<u64>,
 }
 
-
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; on success it returns a new fd we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
