@@ -4,7 +4,7 @@
 //! while old: a root workload that leaves its cgroup and exits at once can
 //! have the host's next task get that number (`kernel.ns_last_pid`). Judged
 //! from outside: the bystander's /proc/PID/cgroup and the journal file.
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use nix::{
     sys::signal::{kill, Signal},
@@ -14,48 +14,11 @@ use nix::{
 use crate::{
     harness::{alive, wait_until, Agent},
     membership::{escape_records, root_procs},
-    support::{cgroup::cgroup_line, process::run_bg},
+    support::{
+        cgroup::cgroup_line,
+        process::{bystander_with_pid, run_bg, Resume},
+    },
 };
-
-/// Which number the pid namespace handed out last.
-const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
-
-/// SIGKILLs and reaps the bystander whatever happens.
-struct Bystander(std::process::Child);
-
-impl Drop for Bystander {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Resumes the agent whatever happens.
-struct Resume(i32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
-    }
-}
-
-/// A `sleep` of the test's own (outside every target) that got number
-/// `want`: `ns_last_pid` set to the number before it, then a fork. Another
-/// task of the host may take the number first: tried again for up to 5 s
-/// while the number is free (one that keeps it ends the tries).
-fn bystander_with_pid(want: i32) -> Bystander {
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        std::fs::write(NS_LAST_PID, (want - 1).to_string()).expect("writing ns_last_pid");
-        let b = Bystander(Command::new("sleep").arg("1000").spawn().expect("spawn sleep"));
-        if i32::try_from(b.0.id()) == Ok(want) {
-            return b;
-        }
-        drop(b);
-        let taken = std::path::Path::new(&format!("/proc/{want}")).exists();
-        assert!(!taken && std::time::Instant::now() < until, "no bystander got number {want} (taken by another process: {taken})");
-    }
-}
 
 /// With the agent held (SIGSTOP), a process of a target below isolate
 /// moves itself to the cgroup2 root and exits at once; its parent reaps

@@ -98,6 +98,25 @@ pub fn cgroup_of(pid: i32) -> Result<String> {
     text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned).ok_or_else(|| Error::Kernel(format!("{path} has no cgroup2 entry")))
 }
 
+/// Whether process `pid` is in cgroup `id` or below it: the process's
+/// cgroup (from its `/proc/<pid>/cgroup`) or one of that cgroup's
+/// ancestors up to `mount` has inode `id` (a cgroup2 directory's inode is
+/// its cgroup id). False when the process or its cgroup cannot be read.
+pub fn process_within_id(mount: &Path, pid: i32, id: u64) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(rel) = cgroup_of(pid) else { return false };
+    let mut dir = mount.join(rel.trim_start_matches('/'));
+    while dir.starts_with(mount) {
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return true;
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    false
+}
+
 /// One cgroup v2 directory: by path, or (from [`Cgroup::by_id`]) by an fd
 /// of the real directory, the path then only naming it in messages.
 #[derive(Clone, Debug)]
@@ -443,6 +462,20 @@ pub fn events_field(text: &str, key: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn process_within_id_finds_the_cgroup_and_its_ancestors_only() {
+        use std::os::unix::fs::MetadataExt as _;
+        let mount = super::cgroup2_mount().expect("cgroup2 mount");
+        let pid = std::process::id() as i32;
+        let rel = super::cgroup_of(pid).expect("own cgroup");
+        let own = std::fs::metadata(mount.join(rel.trim_start_matches('/'))).expect("stat own cgroup").ino();
+        let root = std::fs::metadata(&mount).expect("stat the mount").ino();
+        assert!(super::process_within_id(&mount, pid, own), "its own cgroup {rel} ({own})");
+        assert!(super::process_within_id(&mount, pid, root), "the root cgroup ({root}) holds every process");
+        assert!(!super::process_within_id(&mount, pid, u64::MAX), "no cgroup has that id");
+        assert!(!super::process_within_id(&mount, i32::MAX, root), "no such process");
+    }
+
     #[test]
     fn is_within_agrees_with_path_starts_with() {
         use std::path::Path;

@@ -150,7 +150,9 @@ pub struct StopReport {
 pub enum Halt {
     /// cgroup.events said `frozen 1`.
     Frozen,
-    /// The `cgroup.kill` write returned: every task has SIGKILL pending.
+    /// The `cgroup.kill` write returned: every task has SIGKILL pending
+    /// (and every marked process outside the cgroup was sent SIGKILL, by
+    /// the stop or by the kernel guard).
     #[default]
     KillWritten,
     /// No `cgroup.kill` (before Linux 5.14): the per-pid SIGKILL walk ended.
@@ -213,9 +215,19 @@ fn halt_after_guard_outside(report: &mut StopReport, m: &MemberMaps, ids: &[u64]
     let Some(at) = m.guard_killed_outside_at(ids) else { return };
     let began = crate::kernel::clock::instant_ns(received);
     if at > began {
-        report.time_to_halt_us = report.time_to_halt_us.max((at - began) / 1000);
-        report.halt_waited_for_marked = true;
+        halt_at_guard_kill(report, (at - began) / 1000);
     }
+}
+
+/// The guard's kill of a marked process outside the cgroup, `us` after
+/// receipt: the halt is reported no earlier, and, when that kill is what
+/// ends it, not as `frozen` (the freeze did not hold that process).
+fn halt_at_guard_kill(report: &mut StopReport, us: u64) {
+    if us > report.time_to_halt_us && report.halt == Halt::Frozen {
+        report.halt = Halt::KillWritten;
+    }
+    report.time_to_halt_us = report.time_to_halt_us.max(us);
+    report.halt_waited_for_marked = true;
 }
 
 /// How long a small target's stop waits on its pidfds before the loop that
@@ -503,5 +515,24 @@ fn arm_after_halt(arm: &mut dyn FnMut() -> Result<()>) {
 fn kill_each(cg: &Cgroup) {
     for pid in cg.procs_recursive() {
         let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_kill_after_the_freeze_ends_the_halt_and_is_not_reported_as_frozen() {
+        let mut r = StopReport { time_to_halt_us: 300, halt: Halt::Frozen, ..StopReport::default() };
+        halt_at_guard_kill(&mut r, 900);
+        assert_eq!((r.time_to_halt_us, r.halt, r.halt_waited_for_marked), (900, Halt::KillWritten, true));
+    }
+
+    #[test]
+    fn a_guard_kill_before_the_freeze_leaves_the_frozen_halt() {
+        let mut r = StopReport { time_to_halt_us: 300, halt: Halt::Frozen, ..StopReport::default() };
+        halt_at_guard_kill(&mut r, 100);
+        assert_eq!((r.time_to_halt_us, r.halt, r.halt_waited_for_marked), (300, Halt::Frozen, true));
     }
 }

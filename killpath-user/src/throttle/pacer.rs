@@ -198,6 +198,20 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A pidfd on process `tgid` while it is in target `id`'s cgroup subtree.
+/// The number comes from a pause event that may be old: the process may
+/// have exited since, and a root workload can hand its number to a
+/// bystander (`kernel.ns_last_pid`) that the pacer would then SIGCONT, e.g.
+/// a process an operator stopped. The pidfd pins the process first; the
+/// cgroup read after it is of that process as long as it has not exited
+/// by the end of the read (a number is reused only after its process is
+/// reaped).
+fn pidfd_in_target(mount: &std::path::Path, tgid: u32, id: u64) -> Option<OwnedFd> {
+    let fd = pidfd_open(tgid)?;
+    let inside = crate::kernel::cgroup::process_within_id(mount, tgid as i32, id);
+    (inside && !crate::kernel::members::exited(fd.as_fd())).then_some(fd)
+}
+
 fn pidfd_cont(fd: &OwnedFd) -> bool {
     // SAFETY: valid pidfd, no siginfo.
     unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGCONT, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
@@ -289,7 +303,7 @@ impl Loop {
                 let Some(until) = m.debt_until(id) else {
                     // The ceiling was lifted after the kernel posted this:
                     // nothing to hold, resume the process now.
-                    if let Some(fd) = pidfd_open(ev.tgid) {
+                    if let Some(fd) = self.pidfd_in_target(ev.tgid, id) {
                         if pidfd_cont(&fd) {
                             self.resumed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -316,11 +330,15 @@ impl Loop {
         if let Some(h) = self.holds.get_mut(&id) {
             h.until_ns = h.until_ns.max(until);
             if let std::collections::hash_map::Entry::Vacant(e) = h.stopped.entry(ev.tgid) {
-                if let Some(fd) = pidfd_open(ev.tgid) {
+                if let Some(fd) = pidfd_in_target(&self.mount, ev.tgid, id) {
                     e.insert(fd);
                 }
             }
         }
+    }
+
+    fn pidfd_in_target(&self, tgid: u32, id: u64) -> Option<OwnedFd> {
+        pidfd_in_target(&self.mount, tgid, id)
     }
 
     /// Freezes target `id` for its debt. A cgroup already frozen is left as

@@ -180,3 +180,53 @@ pub(crate) fn stat_field(stat_path: &str, n: usize) -> Option<i64> {
     let stat = std::fs::read_to_string(stat_path).ok()?;
     stat[stat.rfind(')')? + 2..].split(' ').nth(n.checked_sub(3)?)?.parse().ok()
 }
+
+/// Which number the pid namespace handed out last.
+const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+
+/// A process outside every target with a chosen number; SIGKILLed and
+/// reaped on drop whatever happens.
+pub(crate) struct Bystander(pub(crate) Child);
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGCONTs a process (the agent a test held with SIGSTOP) on drop,
+/// whatever happens.
+pub(crate) struct Resume(pub(crate) i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+/// A `sleep` of the test's own (outside every target) that got number
+/// `want`: `ns_last_pid` set to the number before it, then a fork. Another
+/// task of the host may take the number first: tried again for up to 5 s
+/// while the number is free (one that keeps it ends the tries).
+pub(crate) fn bystander_with_pid(want: i32) -> Bystander {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        std::fs::write(NS_LAST_PID, (want - 1).to_string()).expect("writing ns_last_pid");
+        let b = Bystander(Command::new("sleep").arg("1000").spawn().expect("spawn sleep"));
+        if i32::try_from(b.0.id()) == Ok(want) {
+            return b;
+        }
+        drop(b);
+        let taken = Path::new(&format!("/proc/{want}")).exists();
+        assert!(!taken && std::time::Instant::now() < until, "no bystander got number {want} (taken by another process: {taken})");
+    }
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z`, ...) from
+/// /proc/PID/stat, or None when it is gone.
+pub(crate) fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised comm, which may contain spaces.
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}

@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 mod attacks;
+mod pid_reuse;
 mod starvation;
 
 use crate::{
