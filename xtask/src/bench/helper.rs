@@ -32,6 +32,19 @@ enum Helper {
     /// on one connection) or `udp` (datagrams of UDP_PAYLOAD bytes). A
     /// refused send is retried, as a workload fighting a cut would.
     Blast { proto: String, addr: String },
+    /// Inside the VM: the agent KP in a sandbox, the overhead states
+    /// visited REPS times with CALLS getppid() calls a sample, the samples
+    /// written to OUT as JSON (the `overhead_vm` benchmark).
+    VmOverhead {
+        #[arg(long)]
+        kp: std::path::PathBuf,
+        #[arg(long)]
+        reps: usize,
+        #[arg(long)]
+        calls: u64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Payload of each datagram `blast udp` sends, and its size as the
@@ -44,6 +57,9 @@ pub fn helper(args: &HelperArgs) -> Result<ExitCode> {
         Helper::Reap { command } => reap(command),
         Helper::Blast { proto, addr } => blast(proto, addr),
         Helper::Writes { n, file } => super::trail_cost::write_loop(*n, file),
+        Helper::VmOverhead { kp, reps, calls, out } => {
+            super::overhead_vm::guest(kp, *reps, *calls, out).map(|()| ExitCode::SUCCESS)
+        }
         Helper::Syscalls { n } => {
             let cpu0 = thread_cpu_ns()?;
             let t0 = Instant::now();

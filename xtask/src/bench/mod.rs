@@ -18,7 +18,7 @@
 //! left to a PID 1 that may not reap (zombies would eat the pid space).
 //!
 //! One file per benchmark ([`fork_bomb`], [`isolate`], [`stop_single`],
-//! [`stop_flood`], [`confined_flood`], [`throttle`], [`overhead`], [`exposure`], [`lease`], [`tripwire_cost`], [`trail_net`], [`trail_cost`], [`scale`]); [`section`] and [`report`] hold the results
+//! [`stop_flood`], [`confined_flood`], [`throttle`], [`overhead`], [`overhead_vm`], [`exposure`], [`lease`], [`tripwire_cost`], [`trail_net`], [`trail_cost`], [`scale`]); [`section`] and [`report`] hold the results
 //! and their rendering, [`sandbox`] the agent's sandbox, [`helper`] the
 //! child processes.
 
@@ -42,6 +42,7 @@ mod iperf;
 mod isolate;
 mod lease;
 mod overhead;
+mod overhead_vm;
 mod report;
 mod sandbox;
 mod scale;
@@ -68,7 +69,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these sections (hard_stop_fork_bomb, isolate, stop_single,
-    /// stop_flood, confined_flood, metrics, throttle, overhead, lease, exposure, tripwire_cost, trail_net, trail_cost, scale, time_to_effect); repeatable. Default: all. The
+    /// stop_flood, confined_flood, metrics, throttle, overhead, overhead_vm, lease, exposure, tripwire_cost, trail_net, trail_cost, scale, time_to_effect); repeatable. Default: all. The
     /// results then go to bench/RESULTS-only.md and results-only.json, so
     /// the full run's files stay as they are.
     #[arg(long)]
@@ -140,7 +141,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ];
             for &(id, f) in all {
                 if args.only.is_empty() || args.only.iter().any(|o| o == id) {
-                    sections.push(run_section(&mut sb, &params, id, f));
+                    sections.push(run_section(id, |s| f(&mut sb, &params, s)));
                 }
             }
         }
@@ -149,6 +150,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             s.error = Some(format!("{e:#}"));
             sections.push(s);
         }
+    }
+    // In the VM (a boot of its own), the host's agent idle: last.
+    if args.only.is_empty() || args.only.iter().any(|o| o == "overhead_vm") {
+        sections.push(run_section("overhead_vm", |s| overhead_vm::overhead_vm(&env, &kp, &params, s)));
     }
     let keep = sections.iter().any(|s| s.error.is_some());
     sb.keep_tmp(keep);
@@ -222,17 +227,12 @@ fn build_release(env: &setup::Env) -> Result<()> {
 
 /// Runs one benchmark; an error is recorded in its section (with whatever
 /// samples were taken before it) instead of ending the run.
-fn run_section(
-    sb: &mut Sandbox,
-    params: &Params,
-    id: &'static str,
-    f: fn(&mut Sandbox, &Params, &mut Section) -> Result<()>,
-) -> Section {
+fn run_section(id: &'static str, f: impl FnOnce(&mut Section) -> Result<()>) -> Section {
     let mut section = Section::new(id, "");
     let start = Instant::now();
     let load = read_trimmed("/proc/loadavg");
     println!("bench: {id} ...");
-    if let Err(e) = f(sb, params, &mut section) {
+    if let Err(e) = f(&mut section) {
         println!("bench: {id} FAILED: {e:#}");
         section.error = Some(format!("{e:#}"));
     } else {
@@ -245,4 +245,3 @@ fn run_section(
     ));
     section
 }
-

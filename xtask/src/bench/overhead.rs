@@ -20,7 +20,7 @@ use crate::proc;
 /// getppid() calls per overhead sample.
 const SYSCALLS_N: u64 = 2_000_000;
 /// getppid() samples per visit of a state (agent / no agent).
-const SYSCALL_SAMPLES: usize = 3;
+pub(super) const SYSCALL_SAMPLES: usize = 3;
 /// iperf3 test length per overhead sample, seconds.
 const IPERF_SECS: u32 = 3;
 
@@ -67,9 +67,39 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
          test runs, add their own.",
         p.overhead_reps
     );
+    measure(
+        sb,
+        &Plan {
+            reps: p.overhead_reps,
+            calls: SYSCALLS_N,
+            samples: SYSCALL_SAMPLES,
+            loop_cpu: None,
+            iperf: true,
+        },
+        s,
+    )?;
+    ratios(s);
+    Ok(())
+}
+
+/// What one overhead measurement does: repetitions of the rotation of
+/// states, getppid() calls per sample and samples per visit of a state,
+/// the CPU the getppid() loop is pinned to (None: not pinned), and whether
+/// iperf3 runs too.
+pub(super) struct Plan {
+    pub(super) reps: usize,
+    pub(super) calls: u64,
+    pub(super) samples: usize,
+    pub(super) loop_cpu: Option<usize>,
+    pub(super) iperf: bool,
+}
+
+/// Visits every state `plan.reps` times, in rotating order, recording the
+/// getppid() samples (and iperf3's, when asked) of each into `s`.
+pub(super) fn measure(sb: &mut Sandbox, plan: &Plan, s: &mut Section) -> Result<()> {
     // Warm-up: page cache, CPU frequency.
-    syscall_sample(sb)?;
-    for rep in 0..p.overhead_reps {
+    syscall_sample(sb, plan)?;
+    for rep in 0..plan.reps {
         let mut states = vec![OverheadState::None, OverheadState::Agent];
         states.extend(CLASSES.iter().map(|(c, _, _)| OverheadState::Throttled(c)));
         for state in rotate(&states, rep) {
@@ -118,8 +148,8 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                 );
             }
             let (mut wall_ns, mut cpu_ns) = (0.0, 0.0);
-            for _ in 0..SYSCALL_SAMPLES {
-                (wall_ns, cpu_ns) = syscall_sample(sb)?;
+            for _ in 0..plan.samples {
+                (wall_ns, cpu_ns) = syscall_sample(sb, plan)?;
                 s.push(
                     &format!("getppid_cpu_{tag}"),
                     &format!("getppid(): CPU ns per call, {label}"),
@@ -132,6 +162,10 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                     Unit::NsPerCall,
                     wall_ns,
                 );
+            }
+            if !plan.iperf {
+                println!("bench:   overhead {label}: getppid {cpu_ns:.1} CPU ns/call ({wall_ns:.1} wall)");
+                continue;
             }
             let (bps, per_cpu) = iperf(IPERF_SECS, None)?;
             s.push(
@@ -163,7 +197,11 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
                 .into(),
         );
     }
-    sb.set_agent(true)?;
+    sb.set_agent(true)
+}
+
+/// The overhead ratios, each state to none.
+fn ratios(s: &mut Section) {
     s.ratio(
         "getppid_cpu_agent_over_none",
         "getppid() CPU ns per call, agent / none (p50)",
@@ -179,14 +217,6 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
         "getppid_none",
         0.5,
         Some("≤ 1.05"),
-    );
-    s.ratio(
-        "iperf_agent_over_none",
-        "iperf3 loopback throughput, agent / none (p50)",
-        "iperf_agent",
-        "iperf_none",
-        0.5,
-        Some("≥ 0.95"),
     );
     s.ratio(
         "getppid_cpu_throttled_over_none",
@@ -216,6 +246,14 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
         s.ratio(id, label, num, "getppid_cpu_none", 0.5, Some("≤ 1.05"));
     }
     s.ratio(
+        "iperf_agent_over_none",
+        "iperf3 loopback throughput, agent / none (p50)",
+        "iperf_agent",
+        "iperf_none",
+        0.5,
+        Some("≥ 0.95"),
+    );
+    s.ratio(
         "iperf_net_over_none",
         "iperf3 loopback throughput, another target under a net ceiling / none (p50)",
         "iperf_net",
@@ -239,13 +277,20 @@ pub(super) fn overhead(sb: &mut Sandbox, p: &Params, s: &mut Section) -> Result<
         0.5,
         Some("≥ 0.95"),
     );
-    Ok(())
 }
 
 /// Runs the getppid helper once; (wall, CPU) ns per call.
-fn syscall_sample(sb: &Sandbox) -> Result<(f64, f64)> {
-    let out = Command::new(&sb.helper)
-        .args(["bench-helper", "syscalls", &SYSCALLS_N.to_string()])
+fn syscall_sample(sb: &Sandbox, plan: &Plan) -> Result<(f64, f64)> {
+    let mut cmd = match plan.loop_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(&sb.helper);
+            c
+        }
+        None => Command::new(&sb.helper),
+    };
+    let out = cmd
+        .args(["bench-helper", "syscalls", &plan.calls.to_string()])
         .stdin(Stdio::null())
         .output()
         .context("running the getppid loop")?;
