@@ -301,6 +301,7 @@ impl State {
             "frozen_for_debt": view.frozen,
             "freezes": view.freezes,
             "thaws_undone": view.thaws_undone,
+            "paused_not_resumed": view.not_resumed,
             "syscall_hook_attached": self.enforcer.syscall_hook_attached(),
             "io_uring": c.has_syscalls().then(|| self.enforcer.iouring_coverage()),
             "class_hooks": c.has_syscalls().then(|| self.enforcer.class_hooks(Some(&crate::throttle::class_hooks::classes_of(c)))),

@@ -82,6 +82,10 @@ pub struct PacerView {
     /// Times something else thawed it while the pacer held it (and the
     /// pacer froze it again).
     pub thaws_undone: u64,
+    /// Paused processes the pacer did not resume because, when it came,
+    /// their number named a live process outside the target (moved out,
+    /// or a reused number).
+    pub not_resumed: u64,
 }
 
 /// The pacer's own handles on two pinned maps: the buckets (the debt) and
@@ -198,18 +202,37 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// A pidfd on process `tgid` while it is in target `id`'s cgroup subtree.
-/// The number comes from a pause event that may be old: the process may
-/// have exited since, and a root workload can hand its number to a
-/// bystander (`kernel.ns_last_pid`) that the pacer would then SIGCONT, e.g.
-/// a process an operator stopped. The pidfd pins the process first; the
-/// cgroup read after it is of that process as long as it has not exited
-/// by the end of the read (a number is reused only after its process is
-/// reaped).
-fn pidfd_in_target(mount: &std::path::Path, tgid: u32, id: u64) -> Option<OwnedFd> {
-    let fd = pidfd_open(tgid)?;
-    let inside = crate::kernel::cgroup::process_within_id(mount, tgid as i32, id);
-    (inside && !crate::kernel::members::exited(fd.as_fd())).then_some(fd)
+/// What the pacer found under the number of a pause event.
+enum Paused {
+    /// The process, still in the target's cgroup subtree: a pidfd on it.
+    InTarget(OwnedFd),
+    /// No such process any more, or it has exited.
+    Gone,
+    /// A live process that is not in the target: the paused one moved out,
+    /// or exited and its number now names another process.
+    Elsewhere,
+}
+
+/// The process a pause event names by number (`tgid`), as it is now. The
+/// event may be old: the process may have exited since, and a root
+/// workload can hand its number to a bystander (`kernel.ns_last_pid`) that
+/// a SIGCONT would then resume, e.g. a process an operator stopped. The
+/// pidfd names one process (its number can still pass to another once it
+/// is reaped); the cgroup reads after it are of that process if it has not
+/// exited by their end, hence the exit check last. Any of its threads
+/// counts: the leader may have exited (a zombie leader reads its last
+/// cgroup), and a threaded target may hold some threads only.
+fn paused_process(mount: &std::path::Path, tgid: u32, id: u64) -> Paused {
+    let Some(fd) = pidfd_open(tgid) else { return Paused::Gone };
+    let tids = crate::kernel::procfs::task_ids(tgid).unwrap_or_default();
+    let inside = tids.iter().any(|&tid| crate::kernel::cgroup::process_within_id(mount, tid as i32, id));
+    if crate::kernel::members::exited(fd.as_fd()) {
+        Paused::Gone
+    } else if inside {
+        Paused::InTarget(fd)
+    } else {
+        Paused::Elsewhere
+    }
 }
 
 fn pidfd_cont(fd: &OwnedFd) -> bool {
@@ -303,7 +326,7 @@ impl Loop {
                 let Some(until) = m.debt_until(id) else {
                     // The ceiling was lifted after the kernel posted this:
                     // nothing to hold, resume the process now.
-                    if let Some(fd) = self.pidfd_in_target(ev.tgid, id) {
+                    if let Some(fd) = self.paused_in_target(ev.tgid, id) {
                         if pidfd_cont(&fd) {
                             self.resumed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -327,18 +350,32 @@ impl Loop {
             let hold = self.freeze(id);
             self.holds.insert(id, hold);
         }
+        let seen = self.holds.get(&id).is_some_and(|h| h.stopped.contains_key(&ev.tgid));
+        let fd = if seen { None } else { self.paused_in_target(ev.tgid, id) };
         if let Some(h) = self.holds.get_mut(&id) {
             h.until_ns = h.until_ns.max(until);
-            if let std::collections::hash_map::Entry::Vacant(e) = h.stopped.entry(ev.tgid) {
-                if let Some(fd) = pidfd_in_target(&self.mount, ev.tgid, id) {
-                    e.insert(fd);
-                }
+            if let Some(fd) = fd {
+                h.stopped.insert(ev.tgid, fd);
             }
         }
     }
 
-    fn pidfd_in_target(&self, tgid: u32, id: u64) -> Option<OwnedFd> {
-        pidfd_in_target(&self.mount, tgid, id)
+    /// A pidfd on the process pause event `tgid` names, if it is still the
+    /// target's ([`paused_process`]). One that is not is left stopped, said
+    /// in the log and counted in `status` (`paused_not_resumed`).
+    fn paused_in_target(&self, tgid: u32, id: u64) -> Option<OwnedFd> {
+        match paused_process(&self.mount, tgid, id) {
+            Paused::InTarget(fd) => Some(fd),
+            Paused::Gone => None,
+            Paused::Elsewhere => {
+                warn!(
+                    cgroup_id = id,
+                    tgid, "pacer: process {tgid} is no longer in the target it was paused in (moved out, or exited and its number reused): not resumed"
+                );
+                self.view(id, |v| v.not_resumed += 1);
+                None
+            }
+        }
     }
 
     /// Freezes target `id` for its debt. A cgroup already frozen is left as

@@ -11,7 +11,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::throttle;
+use super::{throttle, throttle_row};
 use crate::{
     harness::{wait_until, Agent},
     support::process::{bystander_with_pid, proc_state, py, run_bg, Resume},
@@ -64,9 +64,18 @@ fn the_pacer_does_not_resume_a_process_that_reused_the_paused_ones_number() {
     wait_until(Duration::from_secs(5), || proc_state(writer) == Some('T')).expect("the bystander never stopped");
     drop(resume);
     // The pacer reads the event, holds the target for its debt (0.1 s at
-    // 10/s) and then resumes what it saw paused: well within 3 s.
-    let answered = agent.json(&["status", "reuse"]);
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(proc_state(writer), Some('T'), "the bystander {writer} was resumed by the pacer\nstatus: {answered}\nlog:\n{}", agent.log_text());
+    // 10/s) and lets it go, resuming what it saw paused: done once it has
+    // frozen the target and holds it no more.
+    let mut row = serde_json::Value::Null;
+    let handled = wait_until(Duration::from_secs(30), || {
+        row = throttle_row(&agent, "reuse");
+        row["freezes"].as_u64().is_some_and(|n| n >= 1) && row["frozen_for_debt"] == false
+    });
+    // A SIGCONT comes after the thaw: give a wrong one time to land.
+    std::thread::sleep(Duration::from_millis(500));
+    let state = proc_state(writer);
+    assert!(handled.is_some(), "the pacer never held and released the target: {row}\nlog:\n{}", agent.log_text());
+    assert_eq!(state, Some('T'), "the bystander {writer} was resumed by the pacer\nthrottle: {row}\nlog:\n{}", agent.log_text());
+    assert_eq!(row["paused_not_resumed"], 1, "the refusal is counted: {row}");
     drop(bystander);
 }

@@ -90,9 +90,6 @@ pub(super) fn overhead_vm(env: &Env, kp: &Path, p: &Params, s: &mut Section) -> 
         );
     };
     let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", out.display()))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("in the VM: {e}");
-    }
     for x in v["series"].as_array().into_iter().flatten() {
         let (Some(id), Some(label)) = (x["id"].as_str(), x["label"].as_str()) else {
             continue;
@@ -101,6 +98,10 @@ pub(super) fn overhead_vm(env: &Env, kp: &Path, p: &Params, s: &mut Section) -> 
         for v in x["samples"].as_array().into_iter().flatten().filter_map(Value::as_f64) {
             s.push(id, &format!("{label} (VM)"), unit, v);
         }
+    }
+    s.notes.extend(v["notes"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned));
+    if let Some(e) = v["error"].as_str() {
+        bail!("in the VM: {e}");
     }
     vm_ratios(s);
     s.notes.push(format!(
@@ -147,36 +148,38 @@ fn vm_ratios(s: &mut Section) {
 }
 
 /// `bench-helper vm-overhead`, in the guest: the agent in a sandbox of its
-/// own, the overhead states visited, and the samples (or the error) written
-/// to `out` as JSON.
+/// own, the overhead states visited, and the samples written to `out` as
+/// JSON, with the error that ended the measurement, if one did (the
+/// samples taken before it are kept, as the host's sections keep theirs).
 pub(super) fn guest(kp: &Path, reps: usize, calls: u64, out: &Path) -> Result<()> {
-    let result = guest_measure(kp, reps, calls);
-    let v = match result {
-        Ok(v) => v,
-        Err(e) => json!({ "error": format!("{e:#}") }),
-    };
-    fs::write(out, v.to_string() + "\n").with_context(|| format!("writing {}", out.display()))
-}
-
-fn guest_measure(kp: &Path, reps: usize, calls: u64) -> Result<Value> {
-    // virtme-ng's guest has no bpffs mounted; the agent pins there.
-    crate::setup::ensure_bpffs()?;
-    pin_self(AGENT_CPU)?;
-    let mut sb = Sandbox::new(kp)?;
-    sb.start_agent()?;
-    let (_, probe) = sb.call("probe", json!({}))?;
     let mut s = Section::new("overhead_vm", "");
-    let plan = Plan { reps, calls, samples: VM_SAMPLES, loop_cpu: Some(LOOP_CPU), iperf: false };
-    overhead::measure(&mut sb, &plan, &mut s)?;
+    let mut hooks = Value::Null;
+    let error = guest_measure(kp, reps, calls, &mut s, &mut hooks).err().map(|e| format!("{e:#}"));
     let series: Vec<Value> = s
         .series
         .iter()
         .map(|x| json!({"id": x.id, "label": x.label, "unit": x.unit.name(), "samples": x.samples}))
         .collect();
-    Ok(json!({
-        "series": series,
-        "syscall_class_hooks": probe["syscall_class_hooks"],
-    }))
+    let v = json!({"series": series, "notes": s.notes, "syscall_class_hooks": hooks, "error": error});
+    fs::write(out, v.to_string() + "\n").with_context(|| format!("writing {}", out.display()))
+}
+
+fn guest_measure(kp: &Path, reps: usize, calls: u64, s: &mut Section, hooks: &mut Value) -> Result<()> {
+    // virtme-ng's guest has no bpffs mounted; the agent pins there.
+    crate::setup::ensure_bpffs()?;
+    // Pinned only where the guest has the two CPUs asked for (vng without
+    // `--cpus` boots one).
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() > LOOP_CPU);
+    if two_cpus {
+        pin_self(AGENT_CPU)?;
+    } else {
+        s.notes.push("The guest had one CPU: the getppid() loop and the agent were not pinned apart.".into());
+    }
+    let mut sb = Sandbox::new(kp)?;
+    sb.start_agent()?;
+    *hooks = sb.call("probe", json!({}))?.1["syscall_class_hooks"].clone();
+    let plan = Plan { reps, calls, samples: VM_SAMPLES, loop_cpu: two_cpus.then_some(LOOP_CPU), iperf: false };
+    overhead::measure(&mut sb, &plan, s)
 }
 
 /// Pins the calling process (and what it starts later: the agent) to `cpu`.
