@@ -224,7 +224,8 @@ enum Paused {
 /// cgroup), and a threaded target may hold some threads only.
 fn paused_process(mount: &std::path::Path, tgid: u32, id: u64) -> Paused {
     let Some(fd) = pidfd_open(tgid) else { return Paused::Gone };
-    let tids = crate::kernel::procfs::task_ids(tgid).unwrap_or_default();
+    // Without a readable task list (no verified procfs), the leader alone.
+    let tids = crate::kernel::procfs::task_ids(tgid).unwrap_or_else(|| vec![tgid]);
     let inside = tids.iter().any(|&tid| crate::kernel::cgroup::process_within_id(mount, tid as i32, id));
     if crate::kernel::members::exited(fd.as_fd()) {
         Paused::Gone
