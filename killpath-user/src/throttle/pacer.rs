@@ -224,9 +224,11 @@ enum Paused {
 /// cgroup), and a threaded target may hold some threads only.
 fn paused_process(mount: &std::path::Path, tgid: u32, id: u64) -> Paused {
     let Some(fd) = pidfd_open(tgid) else { return Paused::Gone };
-    // Without a readable task list (no verified procfs), the leader alone.
-    let tids = crate::kernel::procfs::task_ids(tgid).unwrap_or_else(|| vec![tgid]);
-    let inside = tids.iter().any(|&tid| crate::kernel::cgroup::process_within_id(mount, tid as i32, id));
+    let within = |tid: u32| crate::kernel::cgroup::process_within_id(mount, tid as i32, id);
+    // The leader first: the other threads are read only when it is not in
+    // the target (a process may have thousands, and this runs on the
+    // pacer's real-time thread).
+    let inside = within(tgid) || crate::kernel::procfs::task_ids(tgid).is_some_and(|tids| tids.into_iter().any(|t| t != tgid && within(t)));
     if crate::kernel::members::exited(fd.as_fd()) {
         Paused::Gone
     } else if inside {

@@ -184,17 +184,6 @@ pub(crate) fn stat_field(stat_path: &str, n: usize) -> Option<i64> {
 /// Which number the pid namespace handed out last.
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
-/// A process outside every target with a chosen number; SIGKILLed and
-/// reaped on drop whatever happens.
-pub(crate) struct Bystander(pub(crate) Child);
-
-impl Drop for Bystander {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// SIGCONTs a process (the agent a test held with SIGSTOP) on drop,
 /// whatever happens.
 pub(crate) struct Resume(pub(crate) i32);
@@ -209,12 +198,12 @@ impl Drop for Resume {
 /// `want`: `ns_last_pid` set to the number before it, then a fork. Another
 /// task of the host may take the number first: tried again for up to 5 s
 /// while the number is free (one that keeps it ends the tries).
-pub(crate) fn bystander_with_pid(want: i32) -> Bystander {
+pub(crate) fn bystander_with_pid(want: i32) -> Outside {
     let until = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         std::fs::write(NS_LAST_PID, (want - 1).to_string()).expect("writing ns_last_pid");
-        let b = Bystander(Command::new("sleep").arg("1000").spawn().expect("spawn sleep"));
-        if i32::try_from(b.0.id()) == Ok(want) {
+        let b = spawn_outside(&["sleep", "1000"]);
+        if b.pid() == want {
             return b;
         }
         drop(b);

@@ -14,23 +14,13 @@ use nix::{
 use super::{throttle, throttle_row};
 use crate::{
     harness::{wait_until, Agent},
-    support::process::{bystander_with_pid, proc_state, py, run_bg, Resume},
+    support::process::{bystander_with_pid, proc_state, py, run_bg, spawn_outside, Resume},
 };
 
 /// Waits for argv[1] to exist, then writes one byte to /dev/null in a loop
 /// (class fs-write), until the kernel pauses it.
 const PACED_WRITER: &str = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]):\n    time.sleep(0.02)\n\
                             fd = os.open('/dev/null', os.O_WRONLY)\nwhile True:\n    os.write(fd, b'x')\n";
-
-/// SIGKILLs and reaps the writer whatever happens.
-struct Reap<'a>(&'a mut std::process::Child);
-
-impl Drop for Reap<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// With the agent held (SIGSTOP), the kernel pauses a target's writer at its
 /// fs-write ceiling and posts the event; the writer is killed and reaped,
@@ -47,9 +37,8 @@ fn the_pacer_does_not_resume_a_process_that_reused_the_paused_ones_number() {
     // The writer is the test's child, moved into the target: the test reaps
     // it, freeing its number, with nothing of the target's doing it (a
     // parent in the target would be paused with it).
-    let mut child = std::process::Command::new(py()).args(["-c", PACED_WRITER]).arg(&go).spawn().expect("spawn the writer");
-    let writer = child.id() as i32;
-    let reaper = Reap(&mut child);
+    let reaper = spawn_outside(&[py(), "-c", PACED_WRITER, &go.to_string_lossy()]);
+    let writer = reaper.pid();
     std::fs::write(agent.target_cgroup("reuse").path().join("cgroup.procs"), writer.to_string()).expect("moving the writer into the target");
     throttle(&agent, &["reuse", "--syscall-class", "fs-write=10/s"]);
     kill(Pid::from_raw(agent.pid()), Signal::SIGSTOP).expect("SIGSTOP agent");

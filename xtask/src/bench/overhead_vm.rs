@@ -80,8 +80,7 @@ pub(super) fn overhead_vm(env: &Env, kp: &Path, p: &Params, s: &mut Section) -> 
     let mut cmd = vm::vng_command(env, &command, &[&dir]);
     println!("bench:   {} (guest log {})", proc::describe(&cmd), log.display());
     let status = proc::run_until_stalled(&mut cmd, &console, VM_TIMEOUT, Some((&log, VM_STALL)))?;
-    let text = fs::read_to_string(&out).ok();
-    let Some(text) = text else {
+    let Ok(text) = fs::read_to_string(&out) else {
         bail!(
             "the VM wrote no results ({}); its log ends:\n{}\nconsole:\n{}",
             status.map_or_else(|| "given up on: stalled or timed out".to_owned(), |s| s.to_string()),
