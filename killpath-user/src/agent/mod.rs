@@ -211,7 +211,14 @@ pub fn run(config: AgentConfig) -> Result<()> {
     // Before anything is loaded: an address in use fails the start at once.
     let metrics = config.metrics.map(metrics::bind).transpose()?;
     let state = State::open(config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io("starting the async runtime"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(|| {
+            crate::kernel::priority::set_agent_nice();
+        })
+        .build()
+        .map_err(Error::io("starting the async runtime"))?;
     rt.block_on(async move {
         let listener = server::bind(&state)?;
         tracing::info!(socket = %state.config.socket.display(), state_dir = %state.config.state_dir.display(), "agent ready");

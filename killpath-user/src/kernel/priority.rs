@@ -15,16 +15,27 @@ pub const AGENT_NICE: i32 = -10;
 
 /// Sets the calling thread's nice value to [`AGENT_NICE`]. On Linux nice is
 /// per thread and inherited at creation: called first thing, before any
-/// thread of the agent is started, it covers them all.
+/// thread of the agent is started; the async runtime's threads set it
+/// again as they start ([`set_agent_nice`]).
 pub fn raise() {
-    // SAFETY: setpriority takes no pointers; `who` 0 is the calling thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
-    if rc == 0 {
+    if set_agent_nice() {
         info!(nice = AGENT_NICE, "agent priority raised");
     } else {
         let e = std::io::Error::last_os_error();
         warn!("cannot raise the agent's priority to nice {AGENT_NICE} ({e}): commands may wait behind busy tasks");
     }
+}
+
+/// Sets the calling thread's nice value to [`AGENT_NICE`], quietly;
+/// whether the kernel took it. Also run at the start of every thread of the
+/// agent's async runtime: a thread is created by whichever thread needed it,
+/// and one created by a thread that is real-time at that moment (a stop
+/// raises the command thread holding the state lock) starts at nice 0, as
+/// `SCHED_RESET_ON_FORK` resets a negative nice too (seen in CI,
+/// 2026-12-04: a `tokio-rt-worker` at nice 0).
+pub fn set_agent_nice() -> bool {
+    // SAFETY: setpriority takes no pointers; `who` 0 is the calling thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) == 0 }
 }
 
 /// Makes a child the agent starts (an alert hook, a verify probe inside a
