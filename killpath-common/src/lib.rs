@@ -117,6 +117,18 @@ pub mod maps {
     /// empties, `stop::marks`). Slots are shared between targets: a change
     /// may be another target's, which only costs that reader a walk.
     pub const MARK_SEQ: &str = "KP_MARK_SEQ";
+    /// `HashMap<`[`super::RecentMark`]`, u32 tgid>`: the log of mark
+    /// writes. After every mark written to `KP_MEMBERS` (by a kernel hook
+    /// or by the agent), its (target, task) pair is added here, until the
+    /// agent drains it (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`) into its index
+    /// of every mark (`kernel::mark_index` in killpath-user), so that a
+    /// stop finds its target's marks without reading every mark on the
+    /// host. Keyed by the pair, not the task: two writes of one task's mark
+    /// naming different targets are two entries.
+    pub const MARKS_RECENT: &str = "KP_MARKS_RECENT";
+    /// `Array<u64>` with one entry: pairs that could not be added to
+    /// `KP_MARKS_RECENT` (full). While it has not moved, the log is whole.
+    pub const MARKS_RECENT_LOST: &str = "KP_MARKS_RECENT_LOST";
     /// `HashMap<u32 tgid, u32>`: killpath's own processes (the agent),
     /// which no task inside a target may signal or ptrace.
     pub const PROTECTED_PIDS: &str = "KP_PROTECTED_PIDS";
@@ -492,6 +504,23 @@ pub struct Member {
     pub escapes: u32,
 }
 
+/// A key of `KP_MARKS_RECENT` (see [`maps::MARKS_RECENT`]): a mark of task
+/// `tid` naming `target` was written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RecentMark {
+    /// The target's cgroup id.
+    pub target: u64,
+    /// The marked task.
+    pub tid: u32,
+    pub _pad: u32,
+}
+
+/// Entries of `KP_MARKS_RECENT`: the agent drains it every 200 ms, so it
+/// holds ~40,000 mark writes a second before one is lost (then the agent
+/// reads every mark again).
+pub const MARKS_RECENT_ENTRIES: u32 = 8192;
+
 /// Slots of `KP_MARK_SEQ` (see [`maps::MARK_SEQ`]).
 pub const MARK_SEQ_SLOTS: u32 = 4096;
 
@@ -718,6 +747,8 @@ mod pod {
     unsafe impl aya::Pod for super::ThrottleEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Member {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RecentMark {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EscapeEvent {}
     // SAFETY: as above.

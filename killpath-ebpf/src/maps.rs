@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use killpath_common::{
-    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, TargetState, ThrottleCounts, ThrottleKey,
-    WriteAllow,
+    Bucket, ConnectAllow, DenialKey, GuardConfig, KernelOffsets, Member, ProbeState, ProtectedInode, RateWindow, RecentMark, TargetState, ThrottleCounts,
+    ThrottleKey, WriteAllow,
 };
 
 /// Upper bound on managed targets.
@@ -101,6 +101,15 @@ pub static RELEASED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_TARGETS, 
 /// See `killpath_common::maps::MARK_SEQ`.
 #[map(name = "KP_MARK_SEQ")]
 pub static MARK_SEQ: Array<u64> = Array::with_max_entries(killpath_common::MARK_SEQ_SLOTS, 0);
+
+/// See `killpath_common::maps::MARKS_RECENT`. Preallocated, as the marks
+/// (tracing programs on 6.1 may only use preallocated hash maps).
+#[map(name = "KP_MARKS_RECENT")]
+pub static MARKS_RECENT: HashMap<RecentMark, u32> = HashMap::with_max_entries(killpath_common::MARKS_RECENT_ENTRIES, 0);
+
+/// See `killpath_common::maps::MARKS_RECENT_LOST`.
+#[map(name = "KP_MARKS_RECENT_LOST")]
+pub static MARKS_RECENT_LOST: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "KP_MEMBER_LOST")]
 pub static MEMBER_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

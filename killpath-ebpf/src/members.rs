@@ -33,11 +33,11 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use killpath_common::{escape, level, EscapeEvent, KernelOffsets, Member, TargetState, MAX_CGROUP_DEPTH};
+use killpath_common::{escape, level, EscapeEvent, KernelOffsets, Member, RecentMark, TargetState, MAX_CGROUP_DEPTH};
 
 use crate::{
     kcgroup::{self, read},
-    maps::{ESCAPES, ESCAPE_EVENTS, MARK_SEQ, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, RELEASED, TARGETS},
+    maps::{ESCAPES, ESCAPE_EVENTS, MARKS_RECENT, MARKS_RECENT_LOST, MARK_SEQ, MEMBERS, MEMBER_AGENT, MEMBER_LOST, OFFSETS, RELEASED, TARGETS},
     targets,
 };
 
@@ -191,6 +191,11 @@ fn escaped(pid: u32, tgid: u32, m: &Member, st: &TargetState, dst_cgroup: u64, k
 /// raw tracepoint program runs with preemption off, so only a stalled vCPU
 /// could do that. On x86-64 (the only target built and tested) the locked
 /// add is a full barrier, so the bumps are ordered with the insert.
+///
+/// Then the (target, task) pair is logged in `KP_MARKS_RECENT`, after the
+/// mark is in place: a reader that drains the log after looking marks up
+/// (`kernel::mark_index` in the agent) sees there every mark written
+/// before its lookups that it did not know of.
 #[inline(always)]
 fn mark(pid: u32, m: &Member) {
     bump_seq(m.target);
@@ -200,6 +205,22 @@ fn mark(pid: u32, m: &Member) {
         if let Some(lost) = MEMBER_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
             unsafe { *lost += 1 };
+        }
+        return;
+    }
+    log_recent(pid, m);
+}
+
+/// Adds the pair (`m.target`, `pid`) to `KP_MARKS_RECENT`; a full log is
+/// counted in `KP_MARKS_RECENT_LOST` (BPF_XADD: the agent only asks whether
+/// it moved), and the agent then stops trusting its index.
+#[inline(always)]
+fn log_recent(pid: u32, m: &Member) {
+    let key = RecentMark { target: m.target, tid: pid, _pad: 0 };
+    if MARKS_RECENT.insert(key, m.tgid, 0).is_err() {
+        if let Some(p) = MARKS_RECENT_LOST.get_ptr_mut(0) {
+            // SAFETY: an aligned u64 array slot, valid for this run.
+            unsafe { crate::throttle::bucket::xadd(p, 1) };
         }
     }
 }

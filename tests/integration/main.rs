@@ -19,6 +19,7 @@ mod journal_poisoned;
 mod lease;
 mod metrics;
 mod mark_counters;
+mod mark_index;
 mod marks_capacity;
 mod membership;
 mod membership_nested;

@@ -113,6 +113,7 @@ impl State {
                 "marks_checked": report.marks_checked,
                 "cgroup_empty_us": report.cgroup_empty_us,
                 "marks_wait_us": report.marks_wait_us,
+                "marks_asked_us": report.marks_asked_us,
                 "marks_read_from_us": report.marks_read_from_us,
                 "marks_read_to_us": report.marks_read_to_us,
                 // Marks the kernel could not store, ever (`marks_capacity`):

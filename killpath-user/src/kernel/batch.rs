@@ -35,6 +35,11 @@ struct BatchAttr {
 
 /// The `bpf` command number of BPF_MAP_LOOKUP_BATCH (Linux 5.6+).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The `bpf` command number of BPF_MAP_LOOKUP_AND_DELETE_BATCH (Linux
+/// 5.6+): each bucket's entries are copied out and deleted under the
+/// bucket's lock, so an entry the kernel writes during the read is either
+/// read (and deleted) or left for the next one, never deleted unread.
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// Entries read per syscall: ~25 µs of kernel time at ~0.4 µs an entry,
 /// the longest a CPU is held from a task woken there (see above); the
@@ -55,6 +60,14 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, 
     lookup_in_chunks(map, CHUNK, &mut |_| {})
 }
 
+/// Every entry of hash map `map`, each deleted as it is read (see
+/// [`BPF_MAP_LOOKUP_AND_DELETE_BATCH`]); None when the kernel refuses the
+/// batch (what was read before the refusal is deleted and lost: the caller
+/// takes the map as unreadable).
+pub fn take_all<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>) -> Option<Vec<(K, V)>> {
+    batch_in_chunks(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, CHUNK, &mut |_| {})
+}
+
 /// [`lookup_all`], calling `after_chunk` with the number of entries read
 /// so far after each syscall (between two, the thread is back in user
 /// space: a class change it makes there takes effect at once).
@@ -64,6 +77,17 @@ pub fn lookup_all_then<K: Pod + Default, V: Pod + Default>(map: &impl IterableMa
 
 /// [`lookup_all_then`], `chunk` entries asked for at first.
 fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>, chunk: usize, after_chunk: &mut dyn FnMut(usize)) -> Option<Vec<(K, V)>> {
+    batch_in_chunks(map, BPF_MAP_LOOKUP_BATCH, chunk, after_chunk)
+}
+
+/// A whole-map batch `cmd` (a lookup, or a lookup and delete), `chunk`
+/// entries asked for at first.
+fn batch_in_chunks<K: Pod + Default, V: Pod + Default>(
+    map: &impl IterableMap<K, V>,
+    cmd: libc::c_long,
+    chunk: usize,
+    after_chunk: &mut dyn FnMut(usize),
+) -> Option<Vec<(K, V)>> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
     let start = chunk.max(1);
@@ -87,7 +111,7 @@ fn lookup_in_chunks<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K
         // V against the map's key and value sizes when it typed the map;
         // both Pod) and two 8-byte tokens; the kernel writes at most that
         // much and sets `count` to the entries it wrote.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, (&raw mut attr).cast::<libc::c_void>(), std::mem::size_of::<BatchAttr>() as u32) };
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, (&raw mut attr).cast::<libc::c_void>(), std::mem::size_of::<BatchAttr>() as u32) };
         let err = (r < 0).then(std::io::Error::last_os_error);
         let n = (attr.count as usize).min(chunk);
         match err.and_then(|e| e.raw_os_error()) {
@@ -154,6 +178,23 @@ mod tests {
         assert_eq!(got.len(), want.len(), "an entry read twice or missed");
         assert!(seen.len() >= want.len() / CHUNK && seen.windows(2).all(|w| w[0] < w[1]), "told after each chunk: {seen:?}");
         assert_eq!(got.into_iter().collect::<BTreeMap<_, _>>(), want);
+    }
+
+    /// A read that deletes returns every entry once and leaves the map
+    /// empty; what is written after it stays for the next one.
+    #[test]
+    fn take_all_empties_the_map() {
+        let Some(mut m) = map(4096) else { return };
+        for k in 0..1000u32 {
+            m.insert(k, u64::from(k), 0).expect("insert");
+        }
+        let mut got = take_all(&m).expect("batch lookup and delete");
+        got.sort_unstable();
+        assert_eq!(got, (0..1000u32).map(|k| (k, u64::from(k))).collect::<Vec<_>>());
+        assert_eq!(m.keys().count(), 0, "entries left after the read");
+        m.insert(7, 70, 0).expect("insert");
+        assert_eq!(take_all(&m).expect("second read"), vec![(7, 70)]);
+        assert_eq!(take_all(&m).expect("third read"), vec![]);
     }
 
     /// A bucket longer than the count asked for (ENOSPC, nothing read) is

@@ -43,6 +43,10 @@ pub struct MemberMaps {
     pub(crate) outside_killed_at: Option<PerCpuHashMap<MapData, u64, u64>>,
     /// Each target's marks as last read (`mark_snapshot`), for `status`.
     pub(crate) cache: super::mark_snapshot::MarkCache,
+    /// The log of mark writes and its loss count (`KP_MARKS_RECENT`,
+    /// `KP_MARKS_RECENT_LOST`, see `mark_index`); None in an older build's
+    /// pins.
+    pub(crate) recent: Option<super::mark_index::RecentMaps>,
 }
 
 /// Thread group id of task `tid`: itself when it is listed in the
@@ -125,12 +129,18 @@ impl MemberMaps {
     /// loss; the counter still moves for this write, so a reader that kept
     /// the target's marks (`status NAME`, in this or another process)
     /// reads them again.
+    ///
+    /// Then the write is logged in `KP_MARKS_RECENT`, as the kernel logs
+    /// its own (`mark_index`).
     fn put(&mut self, tid: u32, m: Member, flags: u64) -> Result<(), aya::maps::MapError> {
         self.members.insert(tid, m, flags)?;
         if let Some(seq) = self.seq.as_mut() {
             let slot = killpath_common::mark_seq_slot(m.target);
             let now = seq.get(&slot, 0).unwrap_or(0);
             let _ = seq.set(slot, now.wrapping_add(1), 0);
+        }
+        if let Some(r) = self.recent.as_mut() {
+            r.log(tid, &m);
         }
         self.cache.forget(m.target);
         Ok(())
@@ -175,6 +185,7 @@ impl MemberMaps {
             seq: Some(Array::try_from(Map::Array(dup(seq)?)).ok()?),
             outside_killed_at: None,
             cache: Default::default(),
+            recent: self.recent.as_ref().and_then(super::mark_index::RecentMaps::dup),
         })
     }
 

@@ -30,6 +30,7 @@ pub mod deadman;
 pub mod durable;
 pub mod links;
 pub mod maps;
+pub mod mark_index;
 pub mod mark_snapshot;
 pub mod marks_capacity;
 pub mod members;

@@ -6,7 +6,10 @@
 //! thousand tasks or a thousand targets a task each) is a batch read whose
 //! cost follows the number of marks: ~0.3–0.45 ms at a thousand (this
 //! host, 6.18), which was a stop's whole difference between one target and
-//! a thousand. So the marks are read earlier, off the stop's path (on the
+//! a thousand. First choice: the agent's index of every mark, kept from
+//! the kernel's log of mark writes (`kernel::mark_index`), where the
+//! targets' marks are looked up one by one while the index is whole
+//! (`index`). Else the marks are read earlier, off the stop's path (on the
 //! agent's `kp-stop-marks` thread, while the stop's intent is written to
 //! disk), with the kernel's mark-write counters of the targets read first
 //! (`kernel::mark_snapshot`). Once the cgroup is empty each mark read is
@@ -27,13 +30,14 @@
 use std::{
     cell::{Cell, RefCell},
     collections::BTreeSet,
-    sync::mpsc,
+    sync::{mpsc, Mutex},
     time::{Duration, Instant},
 };
 
 use super::prepared::{self, Prepared, Small};
 use crate::kernel::{
     cgroup::Cgroup,
+    mark_index::{self, MarkIndex, SharedIndex},
     mark_snapshot::MarkSnapshot,
     members::{task_gone, MemberMaps},
 };
@@ -64,6 +68,10 @@ pub struct Pending {
     looked: Cell<bool>,
     prepared: RefCell<Option<Prepared>>,
     done: RefCell<Option<Option<MarkSnapshot>>>,
+    /// When the snapshot was asked for.
+    asked: Instant,
+    /// The agent's index of every mark, checked first (`mark_index`).
+    index: Option<SharedIndex>,
 }
 
 /// Where the threads taking a snapshot and preparing the kill answer.
@@ -87,6 +95,12 @@ impl Reply {
         let _ = self.0.send(Msg::Done(snap));
     }
 
+    /// Answers that no snapshot comes (the index is whole: the stop checks
+    /// there), so that the stop does not wait for one.
+    pub fn skip(self) {
+        let _ = self.0.send(Msg::Done(None));
+    }
+
     /// Opens the target's cgroup by id on `mount` (`path` names it in
     /// messages), makes what its kill needs (`prepared`) and sends that
     /// (on another thread than the snapshot's: the two messages can come in
@@ -106,7 +120,15 @@ impl Pending {
     /// A pending snapshot and where its taker answers.
     pub fn channel() -> (Reply, Self) {
         let (tx, rx) = mpsc::sync_channel(3);
-        let pending = Self { rx, started: Cell::new(false), looked: Cell::new(false), prepared: RefCell::new(None), done: RefCell::new(None) };
+        let pending = Self {
+            rx,
+            started: Cell::new(false),
+            looked: Cell::new(false),
+            prepared: RefCell::new(None),
+            done: RefCell::new(None),
+            asked: Instant::now(),
+            index: None,
+        };
         (Reply(tx), pending)
     }
 
@@ -154,6 +176,21 @@ impl Pending {
         }
     }
 
+    /// When the snapshot was asked for.
+    pub fn asked(&self) -> Instant {
+        self.asked
+    }
+
+    /// This request with the agent's index of every mark, for the check.
+    pub fn with_index(self, index: SharedIndex) -> Self {
+        Self { index: Some(index), ..self }
+    }
+
+    /// The agent's index of every mark, if it keeps one.
+    pub fn index(&self) -> Option<&Mutex<Option<MarkIndex>>> {
+        self.index.as_deref()
+    }
+
     /// The target's cgroup as the taker opened it, if it did in time.
     pub fn cgroup(&self) -> Option<Cgroup> {
         self.look();
@@ -187,7 +224,10 @@ impl Pending {
     }
 }
 
-/// How [`alive`] found the marks.
+/// How [`alive`] found the marks: looked up from the agent's index of
+/// every mark (`mark_index`).
+pub const CHECKED_INDEX: &str = "index";
+/// How [`alive`] found the marks: from the snapshot read beside the stop.
 pub const CHECKED_EARLY: &str = "early";
 /// See [`CHECKED_EARLY`].
 pub const CHECKED_ALL: &str = "all";
@@ -197,11 +237,10 @@ pub const CHECKED_ALL: &str = "all";
 /// looking them up is the cheaper read ([`CHECKED_EARLY`]), else every
 /// mark of `targets` ([`CHECKED_ALL`]). A mark whose task is gone (a
 /// zombie, a pid freed) does not count.
-pub fn alive(m: &MemberMaps, targets: &[u64], snap: Option<&MarkSnapshot>) -> (BTreeSet<u32>, &'static str) {
-    let (marks, checked) = match snap.filter(|s| s.cheaper_than_all()).and_then(|s| s.still_there(m, targets)) {
-        Some(there) => (there, CHECKED_EARLY),
-        None => (m.of_targets(targets), CHECKED_ALL),
-    };
+pub fn alive(m: &MemberMaps, targets: &[u64], snap: Option<&MarkSnapshot>, index: Option<&Mutex<Option<MarkIndex>>>) -> (BTreeSet<u32>, &'static str) {
+    let indexed = || index.and_then(|ix| mark_index::check_shared(ix, m, targets)).map(|there| (there, CHECKED_INDEX));
+    let early = || snap.filter(|s| s.cheaper_than_all()).and_then(|s| s.still_there(m, targets)).map(|there| (there, CHECKED_EARLY));
+    let (marks, checked) = indexed().or_else(early).unwrap_or_else(|| (m.of_targets(targets), CHECKED_ALL));
     (marks.into_iter().filter(|(tid, mk)| !task_gone(mk.tgid, *tid)).map(|(_, mk)| mk.tgid).collect(), checked)
 }
 

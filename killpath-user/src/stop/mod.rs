@@ -135,6 +135,9 @@ pub struct StopReport {
     /// (`marks::Pending::ready`), the first time it asked.
     #[serde(default)]
     pub marks_wait_us: u64,
+    /// Receipt to the moment that read was asked for (0: none was).
+    #[serde(default)]
+    pub marks_asked_us: u64,
     /// Receipt to the start of that read, when it came (0: none came;
     /// `marks_checked` says whether it was then used).
     #[serde(default)]
@@ -396,6 +399,7 @@ pub fn hard_stop_guarded(
             snap = early.and_then(marks::Pending::ready);
             if std::mem::take(&mut first_ask) {
                 report.marks_wait_us = micros(waited);
+                report.marks_asked_us = early.map_or(0, |p| micros_between(received, p.asked()));
             }
             if let Some((from, to)) = snap.as_ref().and_then(|s| s.read_span()) {
                 (report.marks_read_from_us, report.marks_read_to_us) = (micros_between(received, from), micros_between(received, to));
@@ -404,7 +408,7 @@ pub fn hard_stop_guarded(
         let mut members_left = std::collections::BTreeSet::new();
         if let Some((m, ids)) = marked.filter(|_| empty) {
             let checked;
-            (members_left, checked) = marks::alive(m, ids, snap.as_ref());
+            (members_left, checked) = marks::alive(m, ids, snap.as_ref(), early.and_then(marks::Pending::index));
             checked.clone_into(&mut report.marks_checked);
         }
         if empty && members_left.is_empty() {
@@ -456,7 +460,7 @@ pub fn hard_stop_guarded(
     }
     let mut left: std::collections::BTreeSet<u32> = cg.procs_recursive().into_iter().map(|p| p as u32).collect();
     if let Some((m, ids)) = marked.filter(|_| !members_clear) {
-        let (alive, checked) = marks::alive(m, ids, snap.as_ref());
+        let (alive, checked) = marks::alive(m, ids, snap.as_ref(), early.and_then(marks::Pending::index));
         left.extend(alive);
         checked.clone_into(&mut report.marks_checked);
     }

@@ -109,16 +109,21 @@ pub(super) fn push_stop_phases(s: &mut Section, tag: &str, r: &Value) {
     }
     s.push(
         &format!("{tag}_marks_early"),
-        &format!("stop, {tag} agent: marks checked from the early read (1) or every mark read (0)"),
+        &format!("stop, {tag} agent: marks checked in the index (2), from the early read (1) or every mark read (0)"),
         Unit::Count,
         marks_early(r),
     );
 }
 
-/// 1 when a stop checked the marks from the read made beside it
-/// (`marks_checked: early`), else 0.
+/// How a stop checked the marks: 2 from the agent's index of every mark
+/// (`marks_checked: index`), 1 from the read made beside it (`early`), 0
+/// from a read of every mark.
 pub(super) fn marks_early(r: &Value) -> f64 {
-    f64::from(u8::from(r["marks_checked"] == "early"))
+    match r["marks_checked"].as_str() {
+        Some("index") => 2.0,
+        Some("early") => 1.0,
+        _ => 0.0,
+    }
 }
 
 pub(super) fn micros(d: Duration) -> f64 {

@@ -180,9 +180,13 @@ fn stops(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<(
         s.push(&format!("stop_{size}"), &label, Unit::Micros, num(&r, "time_to_empty_us")?);
         s.push(&format!("stop_wall_{size}"), &format!("stop, {size} target(s): client wall"), Unit::Micros, micros(wall));
         for (key, what) in [
+            ("picked_up_us", "receipt to the stop thread's pickup"),
+            ("checked_us", "receipt to the caller checked (state lock held)"),
+            ("intent_durable_us", "receipt to the intent durable"),
             ("time_to_halt_us", "receipt to halt (the kill written)"),
             ("cgroup_empty_us", "receipt to the cgroup seen empty"),
             ("marks_wait_us", "then waiting for the marks read beside the stop"),
+            ("marks_asked_us", "receipt to that read asked for"),
             ("marks_read_from_us", "receipt to the start of that read"),
             ("marks_read_to_us", "receipt to its end"),
         ] {
@@ -192,7 +196,7 @@ fn stops(sb: &mut Sandbox, p: &Params, s: &mut Section, size: usize) -> Result<(
         }
         s.push(
             &format!("stop_marks_early_{size}"),
-            &format!("stop, {size} target(s): marks checked from the early read (1) or every mark read (0)"),
+            &format!("stop, {size} target(s): marks checked in the index (2), from the early read (1) or every mark read (0)"),
             Unit::Count,
             marks_early(&r),
         );
