@@ -77,7 +77,7 @@ fn a_mark_the_kernel_writes_after_the_read_makes_the_check_read_every_mark() {
     assert!(tgids.contains(&pq), "the target's task is in the snapshot: {tgids:?}");
     assert!(!tgids.contains(&(other.pid() as u32)), "another target's task is not: {tgids:?}");
     assert!(snap.still_there(m, &[id]).is_some(), "nothing was marked since the read");
-    let (left, how) = alive(m, &[id], Some(&snap), None);
+    let (left, how, _) = alive(m, &[id], Some(&snap), None);
     assert_eq!((how, left.into_iter().collect::<Vec<_>>()), (CHECKED_EARLY, vec![pq]));
 
     let late = spawn_outside(&["sleep", "1000"]);
@@ -86,7 +86,7 @@ fn a_mark_the_kernel_writes_after_the_read_makes_the_check_read_every_mark() {
     pass_through(&agent, "quiet", pl);
     assert_eq!(m.get(pl as u32).map(|mk| mk.target), Some(id), "the kernel marked the passing task as the target's");
     assert!(snap.still_there(m, &[id]).is_none(), "a mark written after the read left the counter unchanged");
-    let (left, how) = alive(m, &[id], Some(&snap), None);
+    let (left, how, _) = alive(m, &[id], Some(&snap), None);
     assert_eq!(how, CHECKED_ALL);
     assert!(left.contains(&(pl as u32)) && left.contains(&pq), "the check missed a live member: {left:?}");
 }

@@ -40,14 +40,14 @@ fn the_index_finds_a_mark_the_kernel_writes_after_it_was_built() {
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let index = Arc::new(Mutex::new(Some(MarkIndex::build(m).expect("the log of mark writes is pinned"))));
     let pt = target.pid() as u32;
-    let (left, how) = alive(m, &[id], None, Some(&index));
+    let (left, how, _) = alive(m, &[id], None, Some(&index));
     assert_eq!((how, left.iter().copied().collect::<Vec<_>>()), (CHECKED_INDEX, vec![pt]), "the target's task alone");
 
     let escapee = spawn_outside(&["sleep", "1000"]);
     let pe = escapee.pid();
     let _guard = Escapees(vec![pe]);
     pass_through(&agent, "indexed", pe);
-    let (left, how) = alive(m, &[id], None, Some(&index));
+    let (left, how, _) = alive(m, &[id], None, Some(&index));
     assert_eq!(how, CHECKED_INDEX);
     assert!(left.contains(&(pe as u32)) && left.contains(&pt), "the check missed a live member: {left:?}");
     assert!(!left.contains(&(other.pid() as u32)), "another target's task: {left:?}");
@@ -55,6 +55,32 @@ fn the_index_finds_a_mark_the_kernel_writes_after_it_was_built() {
     let (_reply, pending) = Pending::channel();
     let pending = pending.with_index(index);
     stop_kills_both(&agent, "indexed", m, id, &pending, CHECKED_INDEX, [pe, target.pid()]);
+}
+
+/// A mark the agent writes itself (a process re-marked as another
+/// target's, as after it moves an escapee back) is logged like the
+/// kernel's: the check of that other target finds the process through the
+/// index. Fails if user-space mark writes bypass the log (the index would
+/// only know the process as the first target's).
+#[test]
+fn the_index_finds_a_mark_the_agent_writes_after_it_was_built() {
+    let Some(mut agent) = Agent::start() else { return };
+    let _first = run_bg(&agent, "first", &["sleep", "1000"], 1);
+    let _second = run_bg(&agent, "second", &["sleep", "1000"], 1);
+    let second = target_row(&agent, "second").expect("second")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    let mut maps = pinned_maps(&agent);
+    let m = maps.members.as_mut().expect("the membership maps are pinned");
+    let index = Mutex::new(Some(MarkIndex::build(m).expect("the log of mark writes is pinned")));
+    let moved = spawn_outside(&["sleep", "1000"]);
+    let pm = moved.pid();
+    let _guard = Escapees(vec![pm]);
+    pass_through(&agent, "first", pm);
+    m.mark_process(pm as u32, second);
+    assert_eq!(m.get(pm as u32).map(|mk| mk.target), Some(second), "re-marked from user space");
+    let (left, how, _) = alive(m, &[second], None, Some(&index));
+    assert_eq!(how, CHECKED_INDEX);
+    assert!(left.contains(&(pm as u32)), "the check missed a process the agent marked: {left:?}");
 }
 
 /// More mark writes than the log holds while nothing drains it (a shell in
@@ -88,7 +114,7 @@ fn a_full_log_leaves_the_index_unused() {
     let pe = escapee.pid();
     let _guard2 = Escapees(vec![pe]);
     pass_through(&agent, "busy", pe);
-    let (left, how) = alive(m, &[id], None, Some(&index));
+    let (left, how, _) = alive(m, &[id], None, Some(&index));
     assert_eq!(how, CHECKED_ALL, "an index with pairs lost was used");
     assert!(left.contains(&(pe as u32)) && left.contains(&(target.pid() as u32)), "{left:?}");
 }

@@ -16,7 +16,7 @@
 //! intent is durable. A request whose stop is over already is skipped.
 use std::{
     path::PathBuf,
-    sync::{mpsc, Mutex, PoisonError},
+    sync::{mpsc, Mutex},
     time::Instant,
 };
 
@@ -81,27 +81,25 @@ const REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Whether the index is missing, not whole or oversized, and the last
 /// build is [`REBUILD_EVERY`] old.
 fn needs_build(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps, last_build: Option<Instant>) -> bool {
-    let held = index.lock().unwrap_or_else(PoisonError::into_inner);
-    let stale = held.as_ref().is_none_or(|ix| !ix.whole(m) || ix.oversized());
+    let stale = mark_index::lock(index).as_ref().is_none_or(|ix| !ix.whole(m) || ix.oversized());
     stale && last_build.is_none_or(|t| t.elapsed() >= REBUILD_EVERY)
 }
 
-/// Builds the index again when it needs it ([`needs_build`]), else drains
-/// the log into it. Holds the lock throughout: a drain or a check beside a
-/// build would take from the log what the build does not see.
-fn keep_index(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps, last_build: &mut Option<Instant>) {
-    if needs_build(index, m, *last_build) {
-        let mut held = index.lock().unwrap_or_else(PoisonError::into_inner);
-        *held = MarkIndex::build(m);
-        *last_build = Some(Instant::now());
-        match held.as_ref() {
-            Some(ix) => tracing::debug!(pairs = ix.pairs(), "stop: mark index built"),
-            None => tracing::debug!("stop: no mark index (no log of mark writes in these pins)"),
-        }
-        return;
+/// Builds the index again. Holds the lock throughout: a drain or a check
+/// beside a build would take from the log what the build does not see.
+fn build_index(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps, last_build: &mut Option<Instant>) {
+    let mut held = mark_index::lock(index);
+    *held = MarkIndex::build(m);
+    *last_build = Some(Instant::now());
+    match held.as_ref() {
+        Some(ix) => tracing::debug!(pairs = ix.pairs(), "stop: mark index built"),
+        None => tracing::debug!("stop: no mark index (no log of mark writes in these pins, or a read failed)"),
     }
-    let mut held = index.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(ix) = held.as_mut() {
+}
+
+/// Drains the log into the index.
+fn drain_index(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps) {
+    if let Some(ix) = mark_index::lock(index).as_mut() {
         if ix.drain(m).is_none() {
             tracing::warn!("stop: the log of mark writes could not be read; the mark index is built again");
         }
@@ -125,7 +123,7 @@ impl MarkReader {
             // The index first, in the ordinary class (a build reads every
             // mark: tens of ms at tens of thousands).
             let mut last_build = None;
-            keep_index(&kept, &reader, &mut last_build);
+            build_index(&kept, &reader, &mut last_build);
             // Real-time (SCHED_FIFO 1, as the preparation) while it waits
             // and for the start of each read. Ordinary at nice -20 it waited
             // ~0.2 ms for a CPU and was preempted on the way, and at a
@@ -148,10 +146,25 @@ impl MarkReader {
                 let (ids, reply) = match rx.recv_timeout(mark_index::DRAIN_EVERY) {
                     Ok(r) => r,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        // A build reads every mark: in the ordinary class.
-                        let lowered = raised && needs_build(&kept, &reader, last_build) && priority::normal(0, priority::STOP_NICE);
-                        keep_index(&kept, &reader, &mut last_build);
-                        if lowered {
+                        if !needs_build(&kept, &reader, last_build) {
+                            drain_index(&kept, &reader);
+                            continue;
+                        }
+                        // A build reads every mark (tens of ms at tens of
+                        // thousands): never in real time. A thread that
+                        // cannot leave it builds no index (the stops read
+                        // the marks instead).
+                        if raised {
+                            if !priority::normal(0, priority::STOP_NICE) {
+                                if std::mem::replace(&mut may_raise, false) {
+                                    tracing::warn!("stop: the marks thread could not leave the real-time class; no mark index is built");
+                                }
+                                continue;
+                            }
+                            raised = false;
+                        }
+                        build_index(&kept, &reader, &mut last_build);
+                        if may_raise {
                             raised = priority::fifo(0, 1).is_ok();
                         }
                         continue;

@@ -149,7 +149,7 @@ impl Maps {
                 seq: Some(typed(ebpf, maps::MARK_SEQ)?),
                 outside_killed_at: Some(typed(ebpf, maps::GUARD_OUTSIDE_KILLED_AT)?),
                 cache: Default::default(),
-                recent: Some(super::mark_index::RecentMaps { log: typed(ebpf, maps::MARKS_RECENT)?, lost: typed(ebpf, maps::MARKS_RECENT_LOST)? }),
+                recent: Some(super::mark_index::RecentMaps::new(typed(ebpf, maps::MARKS_RECENT)?, typed(ebpf, maps::MARKS_RECENT_LOST)?)),
             }),
             raises: Some(typed(ebpf, maps::RAISES)?),
             armed: None,

@@ -24,8 +24,9 @@
 //!   mark naming two targets are two entries, so no write of a target's
 //!   mark is overwritten in the log before it is drained.
 //! - A full log loses a pair; the kernel counts it
-//!   (`KP_MARKS_RECENT_LOST`) and the index is not used while the count is
-//!   off its base, until built again.
+//!   (`KP_MARKS_RECENT_LOST`, BPF_XADD), the agent counts its own in
+//!   process ([`RecentMaps::log`]), and the index is not used while either
+//!   count is off its base, until built again.
 //! - A check ([`MarkIndex::check`]): drain, look up every task the index
 //!   has for the targets (the mark as it is now decides), drain again, and
 //!   look up the tasks of the targets that drain brought (a mark written
@@ -45,7 +46,10 @@ use std::{
     collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     os::fd::AsFd as _,
     path::Path,
-    sync::{Mutex, PoisonError, TryLockError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, TryLockError,
+    },
     time::Duration,
 };
 
@@ -67,19 +71,29 @@ const ROUNDS: usize = 4;
 /// Pairs beyond twice the marks of the last build before it is made again.
 const REBUILD_SLACK: usize = 4096;
 
-/// The log of mark writes and its loss count.
+/// The log of mark writes and its loss counts: the kernel's, and the
+/// agent's own (its failed log writes, counted in this process: user space
+/// cannot add atomically beside the kernel's adds, and a read and a write
+/// of the kernel's count could bring it back onto a base read in between).
 pub struct RecentMaps {
     pub(crate) log: HashMap<MapData, RecentMark, u32>,
     pub(crate) lost: Array<MapData, u64>,
+    /// Shared by every handle duplicated from this one ([`RecentMaps::dup`]).
+    pub(crate) user_lost: Arc<AtomicU64>,
 }
 
 impl RecentMaps {
+    /// Both maps, from a freshly loaded object's.
+    pub fn new(log: HashMap<MapData, RecentMark, u32>, lost: Array<MapData, u64>) -> Self {
+        Self { log, lost, user_lost: Arc::default() }
+    }
+
     /// Opens both from one generation's pins; None in an older build's.
     pub fn open(gen: &Path) -> Option<Self> {
         let open = |name: &str| MapData::from_pin(map_pin(gen, name)).ok();
         let log = HashMap::try_from(Map::HashMap(open(maps::MARKS_RECENT)?)).ok()?;
         let lost = Array::try_from(Map::Array(open(maps::MARKS_RECENT_LOST)?)).ok()?;
-        Some(Self { log, lost })
+        Some(Self::new(log, lost))
     }
 
     /// A second handle on both (duplicated fds), for another thread.
@@ -87,24 +101,22 @@ impl RecentMaps {
         let dup = |m: &aya::maps::MapData| MapData::from_fd(m.fd().as_fd().try_clone_to_owned().ok()?).ok();
         let log = HashMap::try_from(Map::HashMap(dup(self.log.map())?)).ok()?;
         let lost = Array::try_from(Map::Array(dup(self.lost.map())?)).ok()?;
-        Some(Self { log, lost })
+        Some(Self { log, lost, user_lost: self.user_lost.clone() })
     }
 
-    /// Logs a mark written from user space, as the kernel logs its own. A
-    /// full log moves the loss count (a read and a write, not atomic beside
-    /// the kernel's adds: the count still moves off any base read before
-    /// this, which is all a reader asks of it).
+    /// Logs a mark written from user space, as the kernel logs its own; a
+    /// full log is counted in this process.
     pub fn log(&mut self, tid: u32, m: &Member) {
         let key = RecentMark { target: m.target, tid, _pad: 0 };
         if self.log.insert(key, m.tgid, 0).is_err() {
-            let now = self.lost.get(&0, 0).unwrap_or(0);
-            let _ = self.lost.set(0, now.wrapping_add(1), 0);
+            self.user_lost.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    /// Pairs that could not be logged, ever (None: unreadable).
-    fn lost(&self) -> Option<u64> {
-        self.lost.get(&0, 0).ok()
+    /// Pairs that could not be logged, ever: the kernel's count and this
+    /// process's (None: unreadable).
+    fn lost(&self) -> Option<(u64, u64)> {
+        Some((self.lost.get(&0, 0).ok()?, self.user_lost.load(Ordering::SeqCst)))
     }
 }
 
@@ -115,8 +127,9 @@ pub struct MarkIndex {
     /// Target → tasks.
     by_target: StdHashMap<u64, HashSet<u32>>,
     pairs: usize,
-    /// The log's loss count when the index was built.
-    base_lost: u64,
+    /// The log's loss counts when the index was built; None once a drain
+    /// failed (what it took from the log is gone).
+    base_lost: Option<(u64, u64)>,
     /// Marks read by the build.
     built_marks: usize,
 }
@@ -126,7 +139,7 @@ impl MarkIndex {
     /// without the log (an older build's pins) or when a read fails.
     pub fn build(m: &MemberMaps) -> Option<Self> {
         let base_lost = m.recent.as_ref()?.lost()?;
-        let mut ix = Self { base_lost, ..Self::default() };
+        let mut ix = Self { base_lost: Some(base_lost), ..Self::default() };
         ix.drain(m)?;
         let all = m.all();
         for (tid, mk) in &all {
@@ -148,7 +161,7 @@ impl MarkIndex {
         let Some(taken) = m.recent.as_ref().and_then(|r| super::batch::take_all(&r.log)) else {
             // What a failed batch read had deleted is gone from the log:
             // never trusted again until built anew.
-            self.base_lost = u64::MAX;
+            self.base_lost = None;
             return None;
         };
         let mut brought = Vec::with_capacity(taken.len());
@@ -161,7 +174,7 @@ impl MarkIndex {
 
     /// Whether no pair was lost since the build.
     pub fn whole(&self, m: &MemberMaps) -> bool {
-        m.recent.as_ref().and_then(RecentMaps::lost) == Some(self.base_lost)
+        self.base_lost.is_some() && m.recent.as_ref().and_then(RecentMaps::lost) == self.base_lost
     }
 
     /// Whether pairs of gone tasks make it worth building again.
@@ -231,13 +244,27 @@ impl MarkIndex {
 /// check against it.
 pub type SharedIndex = std::sync::Arc<Mutex<Option<MarkIndex>>>;
 
+/// The index, locked. A lock poisoned by a panic (in a build, say, after
+/// its drain took pairs from the log) is not trusted: the index is dropped,
+/// and built again by the marks thread.
+pub fn lock(index: &Mutex<Option<MarkIndex>>) -> MutexGuard<'_, Option<MarkIndex>> {
+    index.lock().unwrap_or_else(|p| forget(index, p.into_inner()))
+}
+
+/// Drops the index behind a poisoned lock, and clears the poison.
+fn forget<'a>(index: &Mutex<Option<MarkIndex>>, mut held: MutexGuard<'a, Option<MarkIndex>>) -> MutexGuard<'a, Option<MarkIndex>> {
+    *held = None;
+    index.clear_poison();
+    held
+}
+
 /// [`MarkIndex::check`] on `index` if it is there, whole, and not being
 /// built or drained right now (a stop does not wait for the marks thread:
 /// it reads otherwise).
 pub fn check_shared(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps, targets: &[u64]) -> Option<Vec<(u32, Member)>> {
     let mut held = match index.try_lock() {
         Ok(g) => g,
-        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::Poisoned(p)) => forget(index, p.into_inner()),
         Err(TryLockError::WouldBlock) => return None,
     };
     held.as_mut()?.check(m, targets)
@@ -246,5 +273,5 @@ pub fn check_shared(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps, targets: &
 /// Whether `index` is there and whole (the marks thread's question before
 /// reading every mark for a stop: not needed then).
 pub fn whole_shared(index: &Mutex<Option<MarkIndex>>, m: &MemberMaps) -> bool {
-    index.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|ix| ix.whole(m))
+    lock(index).as_ref().is_some_and(|ix| ix.whole(m))
 }

@@ -232,16 +232,32 @@ pub const CHECKED_EARLY: &str = "early";
 /// See [`CHECKED_EARLY`].
 pub const CHECKED_ALL: &str = "all";
 
-/// Marked processes of `targets` still alive, and how the marks were
-/// found: the snapshot's that are still there when `snap` is current and
-/// looking them up is the cheaper read ([`CHECKED_EARLY`]), else every
-/// mark of `targets` ([`CHECKED_ALL`]). A mark whose task is gone (a
-/// zombie, a pid freed) does not count.
-pub fn alive(m: &MemberMaps, targets: &[u64], snap: Option<&MarkSnapshot>, index: Option<&Mutex<Option<MarkIndex>>>) -> (BTreeSet<u32>, &'static str) {
+/// Marked processes of `targets` still alive, how the marks were found,
+/// and whether the answer is unsettled. The marks: from the agent's index
+/// when it is whole ([`CHECKED_INDEX`]), else the snapshot's that are
+/// still there when `snap` is current and looking them up is the cheaper
+/// read ([`CHECKED_EARLY`]), else every mark of `targets`
+/// ([`CHECKED_ALL`]). A mark whose task is gone (a zombie, a pid freed)
+/// does not count; but a thread's mark whose thread is gone while its
+/// process lives makes the answer unsettled: that is what a thread's exec
+/// looks like between de_thread (the thread takes the process's id, its
+/// own is freed) and the exec hook that moves its mark to the process's id
+/// (`on_exec` in `killpath-ebpf/src/members.rs`), and a check a moment
+/// later sees the moved mark.
+pub fn alive(m: &MemberMaps, targets: &[u64], snap: Option<&MarkSnapshot>, index: Option<&Mutex<Option<MarkIndex>>>) -> (BTreeSet<u32>, &'static str, bool) {
     let indexed = || index.and_then(|ix| mark_index::check_shared(ix, m, targets)).map(|there| (there, CHECKED_INDEX));
     let early = || snap.filter(|s| s.cheaper_than_all()).and_then(|s| s.still_there(m, targets)).map(|there| (there, CHECKED_EARLY));
     let (marks, checked) = indexed().or_else(early).unwrap_or_else(|| (m.of_targets(targets), CHECKED_ALL));
-    (marks.into_iter().filter(|(tid, mk)| !task_gone(mk.tgid, *tid)).map(|(_, mk)| mk.tgid).collect(), checked)
+    let mut unsettled = false;
+    let mut tgids = BTreeSet::new();
+    for (tid, mk) in marks {
+        if !task_gone(mk.tgid, tid) {
+            tgids.insert(mk.tgid);
+        } else if tid != mk.tgid && !task_gone(mk.tgid, mk.tgid) {
+            unsettled = true;
+        }
+    }
+    (tgids, checked, unsettled)
 }
 
 #[cfg(test)]

@@ -372,6 +372,11 @@ pub fn hard_stop_guarded(
     let mut members_clear = false;
     // Only the first wait for the marks read is reported.
     let mut first_ask = true;
+    // Checks made again for an unsettled answer (`marks::alive`): an exec
+    // moves its mark within its own syscall; a mark that stays behind (an
+    // exec that failed after de_thread, its process id reused) must not
+    // hold every stop of the target.
+    let mut settle_checks = 3;
     if let Some(w) = watch.as_mut() {
         // Bounded: a process that does not die at once (in D state, or an
         // unrelated one that reused a listed pid) is left to the loop
@@ -406,12 +411,20 @@ pub fn hard_stop_guarded(
             }
         }
         let mut members_left = std::collections::BTreeSet::new();
+        let mut unsettled = false;
         if let Some((m, ids)) = marked.filter(|_| empty) {
             let checked;
-            (members_left, checked) = marks::alive(m, ids, snap.as_ref(), early.and_then(marks::Pending::index));
+            (members_left, checked, unsettled) = marks::alive(m, ids, snap.as_ref(), early.and_then(marks::Pending::index));
             checked.clone_into(&mut report.marks_checked);
         }
         if empty && members_left.is_empty() {
+            // A thread's mark left behind by an exec in progress (see
+            // `marks::alive`): checked again once it has moved.
+            if unsettled && settle_checks > 0 {
+                settle_checks -= 1;
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             members_clear = marked.is_some();
             break;
         }
@@ -460,7 +473,7 @@ pub fn hard_stop_guarded(
     }
     let mut left: std::collections::BTreeSet<u32> = cg.procs_recursive().into_iter().map(|p| p as u32).collect();
     if let Some((m, ids)) = marked.filter(|_| !members_clear) {
-        let (alive, checked) = marks::alive(m, ids, snap.as_ref(), early.and_then(marks::Pending::index));
+        let (alive, checked, _) = marks::alive(m, ids, snap.as_ref(), early.and_then(marks::Pending::index));
         left.extend(alive);
         checked.clone_into(&mut report.marks_checked);
     }
