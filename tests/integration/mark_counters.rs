@@ -21,7 +21,7 @@ use crate::{
     membership::{root_procs, Escapees},
     membership_threads::task_gone,
     support::{
-        process::{run_bg, spawn_outside},
+        process::{run_bg, spawn_outside, Reaped},
         status::target_row,
     },
 };
@@ -30,6 +30,16 @@ use crate::{
 pub(crate) fn pinned_maps(agent: &Agent) -> Maps {
     let gen = killpath::kernel::pins::generations(&agent.pin_dir).pop().expect("a pin generation");
     Maps::open_pinned(&gen).expect("the pinned maps")
+}
+
+/// Starts a `sleep` in each target of `names`, then SIGKILLs the agent
+/// (its pins stay; nothing drains the log of mark writes or moves a task
+/// back): the sleeps, and the cgroup id of the first target.
+pub(crate) fn sleeps_left_behind(agent: &mut Agent, names: &[&str]) -> (Vec<Reaped>, u64) {
+    let runs = names.iter().map(|n| run_bg(agent, n, &["sleep", "1000"], 1)).collect();
+    let id = target_row(agent, names[0]).expect("the first target")["cgroup_id"].as_u64().expect("id");
+    agent.kill9();
+    (runs, id)
 }
 
 /// Moves process `pid` into target `name`'s cgroup and out to the cgroup2
@@ -65,11 +75,8 @@ pub(crate) fn stop_kills_both(agent: &Agent, name: &str, m: &MemberMaps, id: u64
 #[test]
 fn a_mark_the_kernel_writes_after_the_read_makes_the_check_read_every_mark() {
     let Some(mut agent) = Agent::start() else { return };
-    let quiet = run_bg(&agent, "quiet", &["sleep", "1000"], 1);
-    let other = run_bg(&agent, "other", &["sleep", "1000"], 1);
-    let pq = quiet.pid() as u32;
-    let id = target_row(&agent, "quiet").expect("quiet")["cgroup_id"].as_u64().expect("id");
-    agent.kill9();
+    let (runs, id) = sleeps_left_behind(&mut agent, &["quiet", "other"]);
+    let (pq, other) = (runs[0].pid() as u32, &runs[1]);
     let maps = pinned_maps(&agent);
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let snap = MarkSnapshot::take(m, &[id]).expect("the mark counters are pinned");
@@ -98,9 +105,8 @@ fn a_mark_the_kernel_writes_after_the_read_makes_the_check_read_every_mark() {
 #[test]
 fn stop_with_marks_read_before_an_escape_kills_the_escapee() {
     let Some(mut agent) = Agent::start() else { return };
-    let target = run_bg(&agent, "late", &["sleep", "1000"], 1);
-    let id = target_row(&agent, "late").expect("late")["cgroup_id"].as_u64().expect("id");
-    agent.kill9();
+    let (runs, id) = sleeps_left_behind(&mut agent, &["late"]);
+    let target = &runs[0];
     let maps = pinned_maps(&agent);
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let (reply, pending) = Pending::channel();
@@ -139,9 +145,8 @@ fn status_of_one_target_counts_members_marked_or_gone_since_the_last() {
 #[test]
 fn stop_with_marks_read_after_an_escape_kills_the_escapee_by_them() {
     let Some(mut agent) = Agent::start() else { return };
-    let target = run_bg(&agent, "known", &["sleep", "1000"], 1);
-    let id = target_row(&agent, "known").expect("known")["cgroup_id"].as_u64().expect("id");
-    agent.kill9();
+    let (runs, id) = sleeps_left_behind(&mut agent, &["known"]);
+    let target = &runs[0];
     let escapee = spawn_outside(&["sleep", "1000"]);
     let pe = escapee.pid();
     let _guard = Escapees(vec![pe]);

@@ -13,12 +13,12 @@ use killpath::{
 
 use crate::{
     harness::{wait_until, Agent},
-    mark_counters::{pass_through, pinned_maps, stop_kills_both},
+    mark_counters::{pass_through, pinned_maps, sleeps_left_behind, stop_kills_both},
     membership::Escapees,
     membership_threads::task_gone,
     support::{
         process::{run_bg, spawn_outside},
-        status::{stop, target_row},
+        status::stop,
     },
 };
 
@@ -32,10 +32,8 @@ use crate::{
 #[test]
 fn the_index_finds_a_mark_the_kernel_writes_after_it_was_built() {
     let Some(mut agent) = Agent::start() else { return };
-    let target = run_bg(&agent, "indexed", &["sleep", "1000"], 1);
-    let other = run_bg(&agent, "other", &["sleep", "1000"], 1);
-    let id = target_row(&agent, "indexed").expect("indexed")["cgroup_id"].as_u64().expect("id");
-    agent.kill9();
+    let (runs, id) = sleeps_left_behind(&mut agent, &["indexed", "other"]);
+    let (target, other) = (&runs[0], &runs[1]);
     let maps = pinned_maps(&agent);
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let index = Arc::new(Mutex::new(Some(MarkIndex::build(m).expect("the log of mark writes is pinned"))));
@@ -65,10 +63,7 @@ fn the_index_finds_a_mark_the_kernel_writes_after_it_was_built() {
 #[test]
 fn the_index_finds_a_mark_the_agent_writes_after_it_was_built() {
     let Some(mut agent) = Agent::start() else { return };
-    let _first = run_bg(&agent, "first", &["sleep", "1000"], 1);
-    let _second = run_bg(&agent, "second", &["sleep", "1000"], 1);
-    let second = target_row(&agent, "second").expect("second")["cgroup_id"].as_u64().expect("id");
-    agent.kill9();
+    let (_runs, second) = sleeps_left_behind(&mut agent, &["second", "first"]);
     let mut maps = pinned_maps(&agent);
     let m = maps.members.as_mut().expect("the membership maps are pinned");
     let index = Mutex::new(Some(MarkIndex::build(m).expect("the log of mark writes is pinned")));
@@ -92,9 +87,8 @@ fn the_index_finds_a_mark_the_agent_writes_after_it_was_built() {
 #[test]
 fn a_full_log_leaves_the_index_unused() {
     let Some(mut agent) = Agent::start() else { return };
-    let target = run_bg(&agent, "busy", &["sleep", "1000"], 1);
-    let id = target_row(&agent, "busy").expect("busy")["cgroup_id"].as_u64().expect("id");
-    agent.kill9();
+    let (runs, id) = sleeps_left_behind(&mut agent, &["busy"]);
+    let target = &runs[0];
     let maps = pinned_maps(&agent);
     let m = maps.members.as_ref().expect("the membership maps are pinned");
     let index = Mutex::new(Some(MarkIndex::build(m).expect("the log of mark writes is pinned")));

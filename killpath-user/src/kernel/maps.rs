@@ -185,7 +185,11 @@ impl Maps {
                 seq: open_pin(gen, maps::MARK_SEQ, Map::Array).ok().and_then(|m| Array::try_from(m).ok()),
                 outside_killed_at: open_pin(gen, maps::GUARD_OUTSIDE_KILLED_AT, Map::PerCpuHashMap).ok().and_then(|m| PerCpuHashMap::try_from(m).ok()),
                 cache: Default::default(),
-                recent: super::mark_index::RecentMaps::open(gen),
+                recent: open_pin(gen, maps::MARKS_RECENT, Map::HashMap)
+                    .ok()
+                    .and_then(|m| HashMap::try_from(m).ok())
+                    .zip(open_pin(gen, maps::MARKS_RECENT_LOST, Map::Array).ok().and_then(|m| Array::try_from(m).ok()))
+                    .map(|(log, lost)| super::mark_index::RecentMaps::new(log, lost)),
             }),
             raises: open_pin(gen, maps::RAISES, Map::HashMap).ok().and_then(|m| HashMap::try_from(m).ok()),
             armed: None,

@@ -44,8 +44,6 @@
 //!   marks of its last build plus [`REBUILD_SLACK`].
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap, HashSet},
-    os::fd::AsFd as _,
-    path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, TryLockError,
@@ -54,9 +52,9 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData};
-use killpath_common::{maps, Member, RecentMark};
+use killpath_common::{Member, RecentMark};
 
-use super::{members::MemberMaps, pins::map_pin};
+use super::members::{dup_data, MemberMaps};
 
 /// How often the marks thread drains the log: ~40,000 mark writes a second
 /// fit in its [`killpath_common::MARKS_RECENT_ENTRIES`] entries.
@@ -88,19 +86,10 @@ impl RecentMaps {
         Self { log, lost, user_lost: Arc::default() }
     }
 
-    /// Opens both from one generation's pins; None in an older build's.
-    pub fn open(gen: &Path) -> Option<Self> {
-        let open = |name: &str| MapData::from_pin(map_pin(gen, name)).ok();
-        let log = HashMap::try_from(Map::HashMap(open(maps::MARKS_RECENT)?)).ok()?;
-        let lost = Array::try_from(Map::Array(open(maps::MARKS_RECENT_LOST)?)).ok()?;
-        Some(Self::new(log, lost))
-    }
-
     /// A second handle on both (duplicated fds), for another thread.
     pub fn dup(&self) -> Option<Self> {
-        let dup = |m: &aya::maps::MapData| MapData::from_fd(m.fd().as_fd().try_clone_to_owned().ok()?).ok();
-        let log = HashMap::try_from(Map::HashMap(dup(self.log.map())?)).ok()?;
-        let lost = Array::try_from(Map::Array(dup(self.lost.map())?)).ok()?;
+        let log = HashMap::try_from(Map::HashMap(dup_data(self.log.map())?)).ok()?;
+        let lost = Array::try_from(Map::Array(dup_data(self.lost.map())?)).ok()?;
         Some(Self { log, lost, user_lost: self.user_lost.clone() })
     }
 

@@ -98,6 +98,11 @@ fn left_subtree(mount: &std::path::Path, cg: &Cgroup, tid: u32) -> bool {
     !super::cgroup::is_within(&mount.join(rel.trim_start_matches('/')), cg.path())
 }
 
+/// A second handle on map `m` (its fd duplicated), for another thread.
+pub(crate) fn dup_data(m: &MapData) -> Option<MapData> {
+    MapData::from_fd(m.fd().as_fd().try_clone_to_owned().ok()?).ok()
+}
+
 impl MemberMaps {
     /// The mark of task `tid`, if it has one.
     pub fn get(&self, tid: u32) -> Option<Member> {
@@ -173,7 +178,7 @@ impl MemberMaps {
     /// this handle's owner holds it; None without the counters.
     pub fn reader(&self) -> Option<MemberMaps> {
         fn dup<K: aya::Pod, V: aya::Pod>(m: &impl IterableMap<K, V>) -> Option<MapData> {
-            MapData::from_fd(m.map().fd().as_fd().try_clone_to_owned().ok()?).ok()
+            dup_data(m.map())
         }
         let seq = self.seq.as_ref()?;
         Some(MemberMaps {
